@@ -1,0 +1,25 @@
+"""Shared fixtures: small models and checkpoints built by the tests themselves (never downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Tests share 2 cores with whatever else runs; keep torch from oversubscribing them.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A randomly initialised TINY depth-1 checkpoint with the default input contract."""
+    from quakemon.contract import InputContract
+    from quakemon.models import HybridViT, save_checkpoint
+
+    torch.manual_seed(0)
+    contract = InputContract()
+    model = HybridViT("TINY", depth=1, img_size=contract.spectrogram_shape, dropout=0.0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(path, model.eval(), ["noise", "earthquake"], contract, provenance={"note": "random test weights"})
+    return path
