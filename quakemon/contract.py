@@ -24,6 +24,9 @@ class InputContract:
     component_order: one letter per input channel, e.g. "ZNE". Z/1/2 codes map onto Z/N/E.
     transforms:      transform names applied in `KNOWN_TRANSFORMS` order.
     stft_nperseg, stft_hop: STFT segment length and hop in samples (Hann window, scipy.signal.stft semantics).
+    component_sets:  the component subsets the model also accepts, e.g. ("Z",) for a model trained with
+                     component dropout; absent components are zero-filled (the model saw exactly that in training).
+                     The full component_order is always accepted.
     """
 
     sampling_rate: float = 100.0
@@ -32,6 +35,7 @@ class InputContract:
     transforms: tuple[str, ...] = ("DROP_NAN", "TRIMMING", "ZSCORE", "SPECTROGRAM")
     stft_nperseg: int = 64
     stft_hop: int = 32
+    component_sets: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -49,6 +53,17 @@ class InputContract:
                 f"need stft_nperseg > 1 and 0 < stft_hop <= stft_nperseg, got {self.stft_nperseg}, {self.stft_hop}"
             )
         object.__setattr__(self, "transforms", tuple(self.transforms))
+        sets = tuple("".join(sorted(str(c), key=self.component_order.index)) if set(str(c)) <= set(self.component_order)
+                     else str(c) for c in self.component_sets)
+        bad = [c for c in sets if not c or not set(c) <= set(self.component_order)]
+        if bad:
+            raise ContractError(f"component_sets {bad} must be non-empty subsets of {self.component_order!r}")
+        object.__setattr__(self, "component_sets", tuple(dict.fromkeys(sets)))
+
+    def accepts(self, components: str) -> bool:
+        """True when a station with exactly these components can be fed (the rest zero-filled)."""
+        have = "".join(c for c in self.component_order if c in components)
+        return have == self.component_order or have in self.component_sets
 
     @property
     def window_seconds(self) -> float:
@@ -70,6 +85,7 @@ class InputContract:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["transforms"] = list(self.transforms)
+        d["component_sets"] = list(self.component_sets)
         return d
 
     @classmethod
@@ -86,6 +102,7 @@ class InputContract:
                 transforms=tuple(d.get("transforms", cls.transforms)),
                 stft_nperseg=int(d.get("stft_nperseg", 64)),
                 stft_hop=int(d.get("stft_hop", 32)),
+                component_sets=tuple(d.get("component_sets", ())),
                 extra=dict(d.get("extra", {})),
             )
         except KeyError as exc:

@@ -26,6 +26,18 @@ log = structlog.get_logger(__name__)
 
 FORMAT = "quakemon.checkpoint/1"
 METADATA_KEY = "quakemon"
+#: The model shipped inside the package, the default of every command (see README "The bundled model").
+BUNDLED_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "quakemon-detector.safetensors"
+
+
+def resolve_checkpoint(path: str | os.PathLike | None) -> Path:
+    """The checkpoint to use: `path`, or the bundled model when `path` is empty or None."""
+    if path:
+        return Path(path).expanduser()
+    if not BUNDLED_CHECKPOINT.is_file():
+        raise CheckpointError(f"the bundled model {BUNDLED_CHECKPOINT} is missing from this installation; "
+                              "pass a checkpoint explicitly (--model / [model] checkpoint)")
+    return BUNDLED_CHECKPOINT
 
 
 @dataclass

@@ -1,0 +1,130 @@
+"""The detection core shared by replay, the Python API and the streaming workers.
+
+windows -> `stack_windows` (float32 [B, C, N] + per-window metadata) -> `preprocess_windows` (the one batched
+transform) -> `DetectionStage.process` (batched HybridViT + per-station trigger) -> detection bodies.
+
+Every path (live, replay, notebook) goes through these functions in this order, so the same windows give the
+same probabilities and the same detections (ids, onsets) wherever they are computed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import structlog
+
+from quakemon.contract import InputContract
+from quakemon.data.transforms import preprocess_batch
+from quakemon.windowing import Window
+from quakemon.workers.inference import InferenceEngine
+from quakemon.workers.trigger import TriggerBank
+
+log = structlog.get_logger(__name__)
+
+_NS = 1_000_000_000
+
+
+def window_meta(w: Window, arrival: float | None = None) -> dict[str, Any]:
+    """The JSON-able description of a window that travels beside its samples between stages."""
+    return {
+        "station": w.station,
+        "instrument": w.instrument,
+        "start_ns": int(w.start_ns),
+        "end_ns": int(w.end_ns),
+        "arrival": arrival,
+        "missing_fraction": float(w.missing_fraction),
+        "constant": list(w.constant),
+    }
+
+
+def stack_windows(windows: Sequence[Window], arrivals: Sequence[float | None] | None = None, *,
+                  center: bool = True) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Windows -> (float32 [B, C, N], metas). float32 is what travels between stages, so replay uses it too.
+
+    center: subtract each channel's mean in float64 first, so a large DC offset (e.g. 2^24 counts) does not eat
+    float32's 24-bit mantissa. Use it when the contract z-scores (the mean is removed anyway).
+    """
+    if not windows:
+        return np.zeros((0, 0, 0), np.float32), []
+    data = np.stack([w.data for w in windows]).astype(np.float64, copy=False)
+    if center:
+        data = data - data.mean(axis=-1, keepdims=True)
+    data = data.astype(np.float32)
+    arrivals = arrivals if arrivals is not None else [None] * len(windows)
+    return data, [window_meta(w, a) for w, a in zip(windows, arrivals, strict=True)]
+
+
+def preprocess_windows(data: np.ndarray, metas: list[dict[str, Any]], contract: InputContract,
+                       device: str | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Apply the contract's transforms; mark each meta with `valid` and `dead` components."""
+    if len(metas) == 0:
+        f, t = contract.spectrogram_shape
+        return np.zeros((0, contract.n_channels, f, t), np.float32), []
+    result = preprocess_batch(data, contract, device=device)
+    spectra = result.spectrograms
+    if not isinstance(spectra, np.ndarray):
+        spectra = spectra.cpu().numpy()
+    valid = np.asarray(result.valid)
+    dead = np.asarray(result.dead)
+    for i, meta in enumerate(metas):
+        meta["valid"] = bool(valid[i])
+        meta["dead"] = [contract.component_order[c] for c in np.flatnonzero(dead[i])]
+    return np.ascontiguousarray(spectra, dtype=np.float32), metas
+
+
+@dataclass
+class DetectionResult:
+    """What one batch produced: per-window probabilities (NaN rows for skipped windows) and trigger bodies."""
+
+    metas: list[dict[str, Any]]
+    probabilities: np.ndarray  # [B, num_classes]
+    detections: list[tuple[dict[str, Any], float | None]] = field(default_factory=list)  # (body, arrival)
+
+
+class DetectionStage:
+    """Batched inference and per-station triggers: spectra + metas in, detection bodies out."""
+
+    def __init__(self, engine: InferenceEngine, on: float, off: float, min_duration_s: float,
+                 trigger_label: str | None = None, max_gap_s: float | None = None) -> None:
+        self.engine = engine
+        self.labels = list(engine.labels)
+        self.model_info = engine.checkpoint.model_info
+        trigger_labels = [trigger_label] if trigger_label else None
+        self.triggers = TriggerBank(on, off, min_duration_s, self.labels, trigger_labels, max_gap_s)
+        self.stats: Counter[str] = Counter()
+        self._last_start: dict[str, int] = {}
+        self._last_arrival: dict[str, float | None] = {}
+
+    def process(self, spectra: np.ndarray, metas: list[dict[str, Any]]) -> DetectionResult:
+        """Infer the valid windows, then feed every station's trigger in window-start order."""
+        probs = np.full((len(metas), len(self.labels)), np.nan, np.float32)
+        valid = np.array([m.get("valid", True) for m in metas], dtype=bool)
+        if valid.any():
+            probs[valid] = self.engine.predict(spectra[valid])
+        self.stats["windows"] += len(metas)
+        self.stats["inferred"] += int(valid.sum())
+        self.stats["invalid"] += int((~valid).sum())
+        result = DetectionResult(metas, probs)
+        for i in sorted(range(len(metas)), key=lambda j: (metas[j]["start_ns"], metas[j]["station"])):
+            meta = metas[i]
+            station = meta["station"]
+            if not valid[i]:
+                continue
+            if meta["start_ns"] <= self._last_start.get(station, -1):
+                self.stats["late_windows"] += 1  # reordered across workers or duplicated: never re-triggered
+                continue
+            self._last_start[station] = meta["start_ns"]
+            self._last_arrival[station] = meta.get("arrival")
+            events = self.triggers.update(station, meta["start_ns"] / _NS, meta["end_ns"] / _NS, probs[i])
+            for ev in events:
+                result.detections.append((ev.to_body(self.model_info), meta.get("arrival")))
+        self.stats["detections"] += len(result.detections)
+        return result
+
+    def flush(self) -> list[tuple[dict[str, Any], float | None]]:
+        """Close every open trigger (end of a replay)."""
+        return [(ev.to_body(self.model_info), None) for ev in self.triggers.flush()]
