@@ -139,7 +139,7 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
         if bar is not None:
             bar.close()
     stats = {**runner.stats, **{f"source_{k}": v for k, v in source.stats.items()}}
-    log.info("replay_done", windows=runner.windows, detections=len(detections), **stats)
+    log.info("replay_done", published=len(detections), **stats)
     return ReplayResult(detections, runner.series, runner.windows, stats, list(checkpoint.labels))
 
 
