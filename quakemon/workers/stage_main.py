@@ -1,0 +1,102 @@
+"""Entry point of one stage process: `python -m quakemon.workers.stage_main STAGE --config F [--overrides JSON]`.
+
+The supervisor (`quakemon.daemon`) starts one process per stage with this module; it can also be started by
+hand to spread stages over hosts (see `quakemon run --stages`). With `--hold`, ingest reports ready but reads
+SeedLink only after SIGUSR1, which the supervisor sends once the local downstream stages are ready (so no
+window is dropped while the model loads, and all stages import in parallel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+import structlog
+
+from quakemon.errors import QuakemonError
+
+
+def load_contract(checkpoint: str):
+    """The input contract of a checkpoint, read from its metadata without loading the weights."""
+    from quakemon.contract import InputContract
+    from quakemon.models.checkpoint import read_metadata, resolve_checkpoint
+
+    return InputContract.from_dict(read_metadata(resolve_checkpoint(checkpoint))["contract"])
+
+
+def run_stage(stage: str, cfg, control: str | None, stop=None, go=None) -> int:
+    """Run one stage until `stop`; `go` (ingest only): an Event to wait for before reading SeedLink."""
+    from quakemon.models.checkpoint import resolve_checkpoint
+    from quakemon.workers import stages
+
+    stop = stop or stages.StopFlag()
+    if stage == "ingest":
+        return stages.run_ingest(cfg, load_contract(cfg.model.checkpoint), stop, control, go=go)
+    if stage == "preprocess":
+        return stages.run_preprocess(cfg, load_contract(cfg.model.checkpoint), stop, control)
+    if stage == "inference":
+        configure = None
+        if cfg.publish.curve_secret_key:
+            from quakemon.security import curve_server_configurator
+
+            configure = curve_server_configurator(cfg.publish.curve_secret_key, cfg.publish.curve_allowed_keys)
+        return stages.run_inference(cfg, stop, control, str(resolve_checkpoint(cfg.model.checkpoint)),
+                                    configure_publisher=configure)
+    raise QuakemonError(f"unknown stage {stage!r}; expected one of {stages.STAGES}")
+
+
+def _die_with_parent() -> None:
+    """Linux: ask for SIGTERM when the parent exits (prctl PR_SET_PDEATHSIG); elsewhere the ppid check remains."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from quakemon.config import load_config
+    from quakemon.logs import configure_logging
+    from quakemon.workers.stages import StopFlag
+
+    parser = argparse.ArgumentParser(prog="quakemon-stage")
+    parser.add_argument("stage")
+    parser.add_argument("--config")
+    parser.add_argument("--overrides", default="{}", help="JSON object of section.key overrides")
+    parser.add_argument("--control", default=None, help="supervisor's status endpoint")
+    parser.add_argument("--parent", type=int, default=None, help="supervisor pid: stop when it is gone")
+    parser.add_argument("--hold", action="store_true",
+                        help="ingest: report ready, but read SeedLink only after SIGUSR1 (downstream ready)")
+    args = parser.parse_args(argv)
+    stop = StopFlag()
+    stop.install()
+    go = threading.Event()
+    if args.hold:
+        signal.signal(signal.SIGUSR1, lambda *_: go.set())
+    else:
+        go.set()
+    if args.parent:  # started by the supervisor: do not outlive it
+        _die_with_parent()
+        stop.watch_parent(args.parent)
+    try:
+        cfg = load_config(args.config, json.loads(args.overrides))
+        configure_logging(cfg.logging.level, cfg.logging.format)
+        structlog.contextvars.bind_contextvars(stage=args.stage)
+        return run_stage(args.stage, cfg, args.control, stop, go)
+    except QuakemonError as exc:
+        print(f"quakemon {args.stage}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # the stage has closed its sockets and saved its state; skip the slow interpreter teardown
