@@ -12,15 +12,19 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-import torch
 
 from quakemon import __version__
 from quakemon.contract import InputContract
 from quakemon.errors import CheckpointError, ContractError
-from quakemon.models.hybrid_vit import HybridViT, ModelArgs, build_model
+from quakemon.models.args import ModelArgs
+
+if TYPE_CHECKING:  # torch and timm are imported only by the functions that build models
+    import torch
+
+    from quakemon.models.hybrid_vit import HybridViT
 
 log = structlog.get_logger(__name__)
 
@@ -169,6 +173,8 @@ def load_checkpoint(
         state = load_file(str(path), device="cpu")
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{path}: cannot read tensors ({type(exc).__name__}: {exc})") from None
+    from quakemon.models.hybrid_vit import build_model
+
     model = build_model(args)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

@@ -12,7 +12,6 @@ Input: a spectrogram batch [B, in_channels, F, T] (e.g. [B, 3, 33, 64] for Z/N/E
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
 
 import structlog
 import timm
@@ -20,6 +19,7 @@ import torch
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 from torch import nn
 
+from quakemon.models.args import ModelArgs
 from quakemon.models.backbones import Backbone
 
 log = structlog.get_logger(__name__)
@@ -58,33 +58,6 @@ class ConvStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
-
-
-@dataclass(frozen=True)
-class ModelArgs:
-    """Everything needed to rebuild a HybridViT; stored in checkpoints."""
-
-    backbone: str = Backbone.TINY.name
-    depth: int | None = 4
-    in_channels: int = 3
-    num_classes: int = 2
-    img_size: tuple[int, int] = (33, 64)
-    dropout: float = 0.2
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["img_size"] = list(self.img_size)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelArgs:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown model arguments {sorted(unknown)}")
-        d = dict(d)
-        if "img_size" in d:
-            d["img_size"] = tuple(int(v) for v in d["img_size"])
-        return cls(**d)
 
 
 class HybridViT(nn.Module):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
@@ -20,8 +20,10 @@ import structlog
 from quakemon.contract import InputContract
 from quakemon.data.transforms import preprocess_batch
 from quakemon.windowing import Window
-from quakemon.workers.inference import InferenceEngine
 from quakemon.workers.trigger import TriggerBank
+
+if TYPE_CHECKING:
+    from quakemon.workers.inference import InferenceEngine
 
 log = structlog.get_logger(__name__)
 

@@ -264,7 +264,8 @@ def run_ingest(cfg: Config, contract: InputContract, stop: StopFlag, control: st
             if tr is not None:
                 windows = windower.add_trace(tr)
                 if windows:
-                    data, metas = stack_windows(windows, [time.time()] * len(windows))
+                    data, metas = stack_windows(windows, [time.time()] * len(windows),
+                                                center="ZSCORE" in contract.transforms)
                     for w in windows:
                         newest_end[w.station] = max(newest_end.get(w.station, 0), w.end_ns)
                     counters["windows"] += len(windows)
@@ -480,6 +481,9 @@ def run_inference(cfg: Config, stop: StopFlag, control: str | None, checkpoint_p
     ctx = zmq.Context()
     status = StatusReporter(ctx, control, "inference")
     device = os.environ.get("QUAKEMON_FORCE_DEVICE") or cfg.model.device
+    from quakemon.security import adapt_to_write_xor_execute
+
+    adapt_to_write_xor_execute()  # under systemd's MemoryDenyWriteExecute=yes, oneDNN's JIT must be off
     ckpt = load_checkpoint(checkpoint_path)
     engine = InferenceEngine(ckpt, device=device, precision=cfg.model.precision, batch_size=cfg.model.batch_size,
                              max_consecutive_failures=cfg.model.max_consecutive_failures)
@@ -584,6 +588,9 @@ def run_inference(cfg: Config, stop: StopFlag, control: str | None, checkpoint_p
     finally:
         pull.close(linger=0)
         publisher.close()
+        stop_auth = getattr(configure_publisher, "stop", None)
+        if stop_auth is not None:
+            stop_auth()  # the CURVE authenticator's thread holds a socket: ctx.term() would wait for it forever
         status.close()
         ctx.term()
     log.info("stage_stopped", stage="inference", windows=int(stage.stats["windows"]), code=code)
