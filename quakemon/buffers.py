@@ -25,6 +25,7 @@ Sample-rate changes, clock jumps and resampling are handled one level up, in `qu
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from fractions import Fraction
 
 import numpy as np
@@ -174,11 +175,12 @@ class StationBuffer:
         data[~present] = 0.0
         return data, present
 
-    def complete(self, start: int, stop: int) -> bool:
-        """True if every component has every sample in [start, stop)."""
+    def complete(self, start: int, stop: int, components: Sequence[int] | None = None) -> bool:
+        """True if every component (or each of `components`, indices) has every sample in [start, stop)."""
         if self.head is None or start < self.head - self.capacity or stop > self.head:
             return False
-        return bool(self._present[:, self._positions(start, stop)].all())
+        rows = slice(None) if components is None else list(components)
+        return bool(self._present[rows][:, self._positions(start, stop)].all())
 
     def reset(self) -> None:
         """Forget all samples (after a clock jump); counters are kept."""

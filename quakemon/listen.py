@@ -1,4 +1,8 @@
-"""``quakemon listen``: subscribe to a quakemon publisher, print detections, report what was missed.
+"""``quakemon listen``: subscribe to a quakemon publisher, print detections and events, report what was missed.
+
+Events (``quakemon.event/1``, topic ``event.<id>``, from the association stage in the daemon or from
+``quakemon associate``) print as one line per state change: ``EVENT new|updated|closed``, the number of
+stations, the coincidence sum, the first onset and each station with its onset and probability.
 
 Reports (stderr, or JSON lines with ``"kind": "listen"`` on stdout with ``--json``):
 
@@ -28,7 +32,7 @@ from typing import Any, TextIO
 import zmq
 
 from quakemon.errors import ConfigError, QuakemonError
-from quakemon.messages import DETECTION_SCHEMA, HEARTBEAT_TOPIC, MessageError, iso_utc, parse_body
+from quakemon.messages import DETECTION_SCHEMA, EVENT_SCHEMA, HEARTBEAT_TOPIC, MessageError, iso_utc, parse_body
 
 LISTEN_SCHEMA = "quakemon.listen/1"
 _POLL_MS = 100
@@ -111,6 +115,16 @@ def detection_text(body: dict[str, Any]) -> str:
         line += f" end={body['end']} ({body.get('close_reason')})"
     latency = body.get("latency_s")
     return line + (f" latency={latency:.2f}s" if latency is not None else "") + f" id={body['id']} seq={body['seq']}"
+
+
+def event_text(body: dict[str, Any]) -> str:
+    """One readable line for an event: state, stations, coincidence sum, first onset, station onsets."""
+    stations = " ".join(f"{s['station']}@{s['onset'][11:22]}(p={s['probability']:.2f})" for s in body["stations"])
+    line = (f"{iso_utc(time.time())[:19]}Z EVENT {body['state']:<7} {body['label']} {body['n_stations']} stations "
+            f"sum={body['coincidence_sum']:g}/{body['threshold']:g} first_onset={body['first_onset']} [{stations}]")
+    if body["state"] == "closed":
+        line += f" ({body.get('close_reason')})"
+    return line + f" id={body['id']} seq={body['seq']}"
 
 
 def heartbeat_text(body: dict[str, Any]) -> str:
@@ -217,20 +231,21 @@ def _handle(frames: list[bytes], topic_prefix: str, as_json: bool, show_heartbea
         emit_reports([{"event": "malformed", "topic": topic, "error": str(exc)}])
         return 0
     emit_reports(tracker.observe(topic, body, time.monotonic()))
-    is_detection = body["schema"] == DETECTION_SCHEMA
-    if not (topic.startswith(topic_prefix) if is_detection else show_heartbeats):
+    schema = body["schema"]
+    if not (topic.startswith(topic_prefix) if schema in (DETECTION_SCHEMA, EVENT_SCHEMA) else show_heartbeats):
         return 0
     if as_json:
         out.write(frames[1].decode("utf-8") + "\n")  # the body exactly as published
     else:
-        out.write((detection_text(body) if is_detection else heartbeat_text(body)) + "\n")
+        text = {DETECTION_SCHEMA: detection_text, EVENT_SCHEMA: event_text}.get(schema, heartbeat_text)(body)
+        out.write(text + "\n")
     out.flush()
     return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``quakemon listen`` arguments."""
-    parser = argparse.ArgumentParser(prog="quakemon listen", description="Subscribe to quakemon detections; "
+    parser = argparse.ArgumentParser(prog="quakemon listen", description="Subscribe to quakemon detections and events; "
                                      "report seq gaps, publisher restarts and silence.")
     parser.add_argument("endpoint", help="publisher endpoint, e.g. tcp://127.0.0.1:5557")
     parser.add_argument("--topic", default="", help="topic prefix, e.g. detection.BW (default: everything)")

@@ -22,9 +22,18 @@ Heartbeat fields (``quakemon.heartbeat/1``): ``time``, ``uptime_s``, ``stations`
 ``windows_out``, ``dropped``, ``queue_depths`` {stage: n}, ``lag_s``, ``seq_last`` (seq of the last message
 before it), plus any extra counters the daemon adds.
 
+Event fields (``quakemon.event/1``, topic ``event.<id>``; built by :func:`event_body`, see
+quakemon/workers/associate.py for the association policy): ``id`` sha1 of label|first station|its onset (stable
+from "new" to "closed", the same in replay and live); ``state`` "new" (the coincidence sum reached the threshold)
+| "updated" (a station joined) | "closed" (no station can join any more); ``label``; ``first_onset`` and
+``last_onset`` (ISO); ``stations`` a list, in onset order, of {``station``, ``onset``, ``probability`` (of the
+detection's "new"), ``peak_probability``, ``end`` (null until that detection closed), ``weight``,
+``detection_id``}; ``n_stations``; ``coincidence_sum`` (sum of the stations' weights); ``threshold``;
+``window_s``; ``end`` latest ``end`` among the stations (or null); ``close_reason`` ("closed" only) "window" |
+"flush".
+
 Times on the wire are ISO 8601 UTC strings with microseconds and a ``Z`` suffix. ``latency_s`` is computed in one
-place, :func:`latency_s`. The ``event`` topic and ``quakemon.event/1`` schema are reserved for a later
-association stage (events built from several stations' detections).
+place, :func:`latency_s`.
 """
 
 from __future__ import annotations
@@ -45,14 +54,16 @@ from quakemon.errors import QuakemonError
 ARRAYS_SCHEMA = "quakemon.arrays/1"
 DETECTION_SCHEMA = "quakemon.detection/1"
 HEARTBEAT_SCHEMA = "quakemon.heartbeat/1"
-EVENT_SCHEMA = "quakemon.event/1"  # reserved for the association stage
+EVENT_SCHEMA = "quakemon.event/1"
 
 DETECTION_TOPIC_PREFIX = "detection"
 HEARTBEAT_TOPIC = "heartbeat"
-EVENT_TOPIC = "event"  # reserved for the association stage
+EVENT_TOPIC = "event"
 
 DETECTION_STATES = ("new", "closed")
 CLOSE_REASONS = ("off", "gap", "flush")
+EVENT_STATES = ("new", "updated", "closed")
+EVENT_CLOSE_REASONS = ("window", "flush")
 
 #: dtypes allowed in array frames (numpy ``dtype.str``, little-endian). Anything else, notably object, is refused.
 ALLOWED_DTYPES = frozenset(
@@ -247,13 +258,25 @@ def detection_topic(station: str) -> str:
     return f"{DETECTION_TOPIC_PREFIX}.{net}.{sta}"
 
 
+def event_id(label: str, station: str, onset: str) -> str:
+    """Stable id of an event: label, first station and its onset (ISO text); the same in replay and live."""
+    return hashlib.sha1(f"{label}|{station}|{onset}".encode()).hexdigest()[:20]
+
+
+def event_topic(event_id: str) -> str:
+    """Topic of an event's messages: ``event.<id>`` (subscribe to ``event`` for all events)."""
+    if not isinstance(event_id, str) or not event_id or "." in event_id:
+        raise MessageError(f"event id must be a non-empty string without dots, got {event_id!r}")
+    return f"{EVENT_TOPIC}.{event_id}"
+
+
 def json_bytes(body: Mapping[str, Any]) -> bytes:
     """Compact UTF-8 JSON (no NaN: they are not JSON)."""
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 def parse_body(data: bytes | memoryview) -> dict[str, Any]:
-    """Decode and validate a published body (detection or heartbeat); raises :class:`MessageError`."""
+    """Decode and validate a published body (detection, event or heartbeat); raises :class:`MessageError`."""
     try:
         body = json.loads(bytes(data))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -265,7 +288,10 @@ def parse_body(data: bytes | memoryview) -> dict[str, Any]:
         return validate_detection(body)
     if schema == HEARTBEAT_SCHEMA:
         return validate_heartbeat(body)
-    raise MessageError(f"unknown schema {schema!r}; expected {DETECTION_SCHEMA!r} or {HEARTBEAT_SCHEMA!r}")
+    if schema == EVENT_SCHEMA:
+        return validate_event(body)
+    raise MessageError(f"unknown schema {schema!r}; expected {DETECTION_SCHEMA!r}, {EVENT_SCHEMA!r} "
+                       f"or {HEARTBEAT_SCHEMA!r}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -393,6 +419,98 @@ def validate_detection(body: dict[str, Any], stamped: bool = True) -> dict[str, 
     lat = body.get("latency_s", "missing")
     if lat is not None and (isinstance(lat, bool) or not isinstance(lat, int | float) or lat < 0):
         raise MessageError(f"{what} body: latency_s must be a number >= 0 or null, got {lat!r}")
+    return body
+
+
+def event_body(
+    *,
+    state: str,
+    label: str,
+    stations: Sequence[Mapping[str, Any]],
+    coincidence_sum: float,
+    threshold: float,
+    window_s: float,
+    close_reason: str | None = None,
+) -> dict[str, Any]:
+    """An event body (without seq/epoch, which the publisher stamps).
+
+    `stations`: one mapping per station with station, onset (float or UTCDateTime or ISO text), probability,
+    peak_probability, end (or None), weight, detection_id. They are sorted by onset, then station; the id, first
+    and last onset and the event end follow from them.
+    """
+    rows = []
+    for st in stations:
+        onset = st["onset"]
+        end = st.get("end")
+        rows.append({
+            "station": str(st["station"]),
+            "onset": onset if isinstance(onset, str) else iso_utc(onset),
+            "probability": round(float(st["probability"]), 6),
+            "peak_probability": round(float(st.get("peak_probability", st["probability"])), 6),
+            "end": None if end is None else end if isinstance(end, str) else iso_utc(end),
+            "weight": float(st.get("weight", 1.0)),
+            "detection_id": str(st.get("detection_id", "")),
+        })
+    if not rows:
+        raise MessageError("event body: needs at least one station")
+    rows.sort(key=lambda r: (parse_iso_utc(r["onset"]), r["station"]))
+    ends = [r["end"] for r in rows if r["end"] is not None]
+    body: dict[str, Any] = {
+        "schema": EVENT_SCHEMA,
+        "id": event_id(label, rows[0]["station"], rows[0]["onset"]),
+        "state": state,
+        "label": str(label),
+        "first_onset": rows[0]["onset"],
+        "last_onset": rows[-1]["onset"],
+        "stations": rows,
+        "n_stations": len(rows),
+        "coincidence_sum": round(float(coincidence_sum), 6),
+        "threshold": float(threshold),
+        "window_s": float(window_s),
+        "end": max(ends, key=parse_iso_utc) if ends else None,
+    }
+    if close_reason is not None:
+        body["close_reason"] = close_reason
+    return validate_event(body, stamped=False)
+
+
+def validate_event(body: dict[str, Any], stamped: bool = True) -> dict[str, Any]:
+    """Check an event body against ``quakemon.event/1``; returns it unchanged or raises MessageError."""
+    what = "event"
+    if body.get("schema") != EVENT_SCHEMA:
+        raise MessageError(f"{what} body: schema expected {EVENT_SCHEMA!r}, got {body.get('schema')!r}")
+    if stamped:
+        _check_stamp(body, what)
+    event_topic(_require(body, "id", str, what))
+    state = _require(body, "state", str, what)
+    if state not in EVENT_STATES:
+        raise MessageError(f"{what} body: state must be one of {EVENT_STATES}, got {state!r}")
+    _require(body, "label", str, what)
+    for key in ("first_onset", "last_onset"):
+        parse_iso_utc(_require(body, key, str, what))
+    stations = _require(body, "stations", list, what)
+    if not stations:
+        raise MessageError(f"{what} body: stations must not be empty")
+    for i, st in enumerate(stations):
+        if not isinstance(st, dict):
+            raise MessageError(f"{what} body: stations[{i}] must be an object, got {st!r}")
+        _station_parts(_require(st, "station", str, f"{what} stations[{i}]"))
+        parse_iso_utc(_require(st, "onset", str, f"{what} stations[{i}]"))
+        _prob(f"stations[{i}].probability", _require(st, "probability", (int, float), f"{what} stations[{i}]"))
+        if st.get("end") is not None:
+            parse_iso_utc(_require(st, "end", str, f"{what} stations[{i}]"))
+        _require(st, "weight", (int, float), f"{what} stations[{i}]")
+    if len({st["station"] for st in stations}) != len(stations):
+        raise MessageError(f"{what} body: a station appears twice in {[st['station'] for st in stations]}")
+    if _require(body, "n_stations", int, what) != len(stations):
+        raise MessageError(f"{what} body: n_stations {body['n_stations']} != {len(stations)} stations listed")
+    for key in ("coincidence_sum", "threshold", "window_s"):
+        _require(body, key, (int, float), what)
+    if body.get("end") is not None:
+        parse_iso_utc(_require(body, "end", str, what))
+    if state == "closed" and body.get("close_reason") not in EVENT_CLOSE_REASONS:
+        raise MessageError(f"{what} body: close_reason must be one of {EVENT_CLOSE_REASONS}, "
+                           f"got {body.get('close_reason')!r}")
     return body
 
 

@@ -20,6 +20,24 @@ Emission policy (per station, windows strictly in start order):
   smooth, not exact. `Window.missing_fraction` says how much was filled.
 - Components whose samples in the window are all equal are listed in `Window.constant` (dead channel).
 
+Reduced component sets (vertical-only stations). Only when the contract lists `component_sets` (a model trained
+with component dropout, e.g. ("Z",)); otherwise a station must deliver every component, as above.
+
+- Per window (content): a component with no real sample in the window is *absent*. If the components that are
+  present form a set the contract accepts (`InputContract.accepts`), the window goes out with the absent ones
+  zero-filled (exactly what the model saw in training), `missing_fraction` counts the present components only,
+  and `Window.components` names the real ones (counted in `windows_reduced`). Otherwise the usual rule applies
+  (> `max_missing` missing: skipped). The content depends on the data only, never on arrival order.
+- Per station (timing): a component the station has never delivered (since its start or last reset) is decided
+  absent once the station's other components, which must form an accepted set, hold data `max_skew_s` past the
+  end of the station's first window. From then on windows no longer wait for it: a Z-only station's windows go
+  out as soon as Z is complete, like a three-component station's. Waiting `max_skew_s` once keeps assumption
+  (1) above: a three-component station whose horizontals lag by less than `max_skew_s` is never mistaken for a
+  vertical-only one. When an absent component starts delivering, windows wait for it again; windows ending
+  within `max_skew_s` after its first sample may then differ between replay and live (as around clock jumps).
+  Without the decision (e.g. horizontals that died), reduced windows still go out, `late_s` after their end
+  only once every component has data again, or when the ring is about to evict them.
+
 Sample rates: a station's rate is set by its first accepted record. A record at another rate is rejected,
 counted (`rate_change_records`) and logged; after `rate_change_reset` consecutive records at one new rate
 the station is reset and restarts at that rate (a reconfigured datalogger recovers by itself). A station
@@ -158,13 +176,15 @@ class WindowScheduler:
             half = math.ceil(10 * max(self.up, self.down) / self.up) + 1
             self.margin = -(-half // self.down) * self.down
         self.late = math.ceil(late_s * self.rate)
+        self.skew = math.ceil(max_skew_s * self.rate)
         self.jump = self.window
-        capacity = self.window + 2 * self.margin + self.late + math.ceil(max_skew_s * self.rate) + self.stride
+        capacity = self.window + 2 * self.margin + self.late + self.skew + self.stride
         self.buffer = StationBuffer(station, instrument, contract.component_order, sampling_rate, capacity)
         self.max_missing = float(max_missing)
         self.jump_confirm = int(jump_confirm)
         self.dtype = np.dtype(dtype)
         self.next_k: int | None = None  # next window to decide; None until the first decision after a reset
+        self.absent: frozenset[int] = frozenset()  # component indices decided absent (never delivered)
         self._behind = 0
         self.stats: Counter[str] = Counter()
 
@@ -225,6 +245,7 @@ class WindowScheduler:
         )
         self.buffer.reset()
         self.next_k = None
+        self.absent = frozenset()
         self._behind = 0
         return out
 
@@ -241,21 +262,45 @@ class WindowScheduler:
             return None
         return -(-(self.buffer.first + self.margin) // self.stride)
 
+    def _update_absent(self, k: int) -> None:
+        """Decide (once per station start) which never-delivered components are absent; forget revived ones."""
+        buf = self.buffer
+        seen = [i for i, h in enumerate(buf.hwm) if h is not None]
+        if self.absent:
+            revived = [i for i in self.absent if buf.hwm[i] is not None]
+            if revived:
+                self.absent = self.absent - set(revived)
+                log.info("component_appeared", station=self.station, instrument=self.instrument,
+                         components="".join(self.contract.component_order[i] for i in revived))
+            return
+        if not self.contract.component_sets or not seen or len(seen) == len(buf.hwm):
+            return
+        letters = "".join(self.contract.component_order[i] for i in seen)
+        first_end = k * self.stride + self.window + self.margin
+        if self.contract.accepts(letters) and min(buf.hwm[i] for i in seen) >= first_end + self.skew:
+            self.absent = frozenset(i for i in range(len(buf.hwm)) if i not in seen)
+            self.stats["reduced_stations"] += 1
+            log.info("station_components", station=self.station, instrument=self.instrument, components=letters,
+                     zero_filled="".join(self.contract.component_order[i] for i in sorted(self.absent)))
+
     def _decide(self, force_before: int | None = None, final: bool = False) -> list[Window]:
         buf = self.buffer
         out: list[Window] = []
         k = self._first_k()
         if k is None or buf.head is None:
             return out
-        hwms = [h if h is not None else buf.head - buf.capacity for h in buf.hwm]
+        self._update_absent(k)
+        active = [i for i in range(len(buf.hwm)) if i not in self.absent]
+        hwms = [buf.hwm[i] if buf.hwm[i] is not None else buf.head - buf.capacity for i in active]
         low = min(hwms)
+        rows = active if self.absent else None
         while True:
             a = k * self.stride - self.margin
             b = k * self.stride + self.window + self.margin
             forced = force_before is not None and a < force_before
             if b > buf.head and not forced:
                 break
-            if not (forced or final) and not buf.complete(a, b) and low < b + self.late:
+            if not (forced or final) and not buf.complete(a, b, rows) and low < b + self.late:
                 break
             window = self._make(k, a, b)
             if window is not None:
@@ -267,12 +312,21 @@ class WindowScheduler:
     def _make(self, k: int, a: int, b: int) -> Window | None:
         data, present = self.buffer.read(a, b)
         core = slice(self.margin, self.margin + self.window)
-        missing = 1.0 - float(np.count_nonzero(present[:, core])) / present[:, core].size
+        comps = self.contract.component_order
+        real = present[:, core].any(axis=1)
+        use = np.ones(len(comps), dtype=bool)
+        if self.contract.component_sets and real.any() and not real.all():
+            if self.contract.accepts("".join(c for c, r in zip(comps, real, strict=True) if r)):
+                use = real  # absent components are zero-filled below
+        missing = 1.0 - float(np.count_nonzero(present[use, core])) / present[use, core].size
         if missing > self.max_missing:
             self.stats["windows_skipped"] += 1
             return None
-        comps = self.contract.component_order
-        present_comps = tuple(c for i, c in enumerate(comps) if present[i, core].any())
+        if not use.all():
+            data[~use] = 0.0
+            present[~use] = False
+            self.stats["windows_reduced"] += 1
+        present_comps = tuple(c for i, c in enumerate(comps) if real[i])
         constant = []
         for i, c in enumerate(comps):  # one iteration per component, vectorised inside
             row, mask = data[i], present[i]

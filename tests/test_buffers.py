@@ -185,3 +185,15 @@ def test_subsample_offsets_snap_to_the_grid(offset_samples: float, contiguous: b
     buf.write(0, buf.index_of(t1), np.ones(100))
     _, present = buf.read(start0, start0 + 200)
     assert bool(present[0].all()) is contiguous
+
+
+def test_complete_over_a_subset_of_components() -> None:
+    """A vertical-only station is complete when Z is, if the caller asks about Z alone."""
+    buf = _buffer()
+    base = _idx(buf, 0)
+    buf.write(0, base, np.ones(50))
+    assert buf.complete(base, base + 50, [0]) and not buf.complete(base, base + 50)
+    assert not buf.complete(base, base + 51, [0]) and not buf.complete(base, base + 50, [0, 1])
+    buf.write(1, base, np.ones(50))
+    buf.write(2, base, np.ones(50))
+    assert buf.complete(base, base + 50) and buf.complete(base, base + 50, [1, 2])

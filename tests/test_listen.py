@@ -276,3 +276,34 @@ def test_cli_prints_heartbeats_and_stops_cleanly_on_sigint(ctx):
         pub.close()
     assert rc == 0
     assert " heartbeat seq=" in first[0] and "stations=4" in first[0]
+
+
+def event(state="new"):
+    from quakemon.messages import event_body
+
+    stations = [{"station": s, "onset": T0 + i, "probability": 0.9, "weight": 1.0, "detection_id": f"d{i}"}
+                for i, s in enumerate(["BW.UH1.", "BW.UH2.", "BW.UH3."])]
+    return event_body(state=state, label="earthquake", stations=stations, coincidence_sum=3.0, threshold=3.0,
+                      window_s=10.0, close_reason="window" if state == "closed" else None)
+
+
+def test_prints_events_and_filters_them_by_topic(ctx):
+    pub = Publisher("tcp://127.0.0.1:0", context=ctx, linger_ms=0)
+    lt = ListenThread(ctx, pub.endpoint, topic_prefix="event")
+    lj = ListenThread(ctx, pub.endpoint, as_json=True)
+    try:
+        assert wait_until(lambda: lt.out.lines() and lj.out.lines(), tick=lambda: pub.publish_event(event()))
+        pub.publish_detection(detection())  # not an event: filtered out by the "event" prefix
+        pub.publish_event(event("closed"))
+        assert wait_until(lambda: any("closed" in line for line in lt.out.lines()))
+        assert wait_until(lambda: any(b.get("state") == "closed" and "n_stations" in b for b in lj.out.json_lines()))
+    finally:
+        lt.close()
+        lj.close()
+        pub.close()
+    lines = lt.out.lines()
+    assert all(" EVENT " in line for line in lines)
+    for part in ("EVENT new", "3 stations", "sum=3/3", "first_onset=2009-08-24T00:00:00.000000Z", "BW.UH2.@"):
+        assert part in lines[0]
+    assert lines[-1].count("EVENT closed") == 1 and "(window)" in lines[-1]
+    assert any(b.get("schema") == "quakemon.detection/1" for b in lj.out.json_lines())  # --json shows everything

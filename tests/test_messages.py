@@ -222,3 +222,30 @@ def test_topics_times_and_latency():
     assert m.latency_s(100.0, now=99.0) == 0.0  # host clock stepped back: clamped
     with pytest.raises(MessageError):
         m.iso_utc(float("nan"))
+
+
+def test_event_body_fields_topic_and_validation():
+    stations = [{"station": "BW.UH2.", "onset": 1.5e9 + 2, "probability": 0.8, "weight": 1.0, "detection_id": "b"},
+                {"station": "BW.UH1.", "onset": 1.5e9, "probability": 0.9, "weight": 2.0, "detection_id": "a",
+                 "end": 1.5e9 + 30}]
+    body = m.event_body(state="new", label="earthquake", stations=stations, coincidence_sum=3, threshold=3,
+                        window_s=10)
+    assert [s["station"] for s in body["stations"]] == ["BW.UH1.", "BW.UH2."]  # sorted by onset
+    assert body["first_onset"] == m.iso_utc(1.5e9) and body["last_onset"] == m.iso_utc(1.5e9 + 2)
+    assert body["id"] == m.event_id("earthquake", "BW.UH1.", m.iso_utc(1.5e9)) and body["n_stations"] == 2
+    assert body["end"] == m.iso_utc(1.5e9 + 30)
+    assert m.event_topic(body["id"]) == f"event.{body['id']}"
+    stamped = m.Sequencer("e").stamp(m.event_topic(body["id"]), dict(body))
+    assert m.parse_body(m.json_bytes(stamped)) == stamped
+    with pytest.raises(MessageError, match="seq"):
+        m.validate_event(dict(body))  # not stamped
+    for key, value, match in [("state", "open", "state"), ("n_stations", 3, "n_stations"),
+                              ("first_onset", "yesterday", "ISO"), ("stations", [], "empty")]:
+        with pytest.raises(MessageError, match=match):
+            m.validate_event({**body, key: value}, stamped=False)
+    with pytest.raises(MessageError, match="twice"):
+        m.validate_event({**body, "stations": [body["stations"][0]] * 2, "n_stations": 2}, stamped=False)
+    with pytest.raises(MessageError, match="close_reason"):
+        m.validate_event({**body, "state": "closed"}, stamped=False)
+    with pytest.raises(MessageError, match="without dots"):
+        m.event_topic("a.b")

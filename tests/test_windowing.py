@@ -312,3 +312,101 @@ def test_windows_of_several_stations_are_independent() -> None:
     assert len(by["AAA"]) == len(by["BBB"]) == 5
     assert all(np.array_equal(a.data, b.data) for a, b in zip(by["AAA"], by["BBB"], strict=True))
     assert w.stations == [("XX.AAA.", "HH"), ("XX.BBB.", "HH")]
+
+
+# --- vertical-only stations (contract.component_sets) ------------------------------------------------------------
+CONTRACT_Z = InputContract(component_sets=("Z",))  # a model trained with component dropout
+
+
+def test_vertical_only_station_is_zero_filled_once_decided_then_without_waiting() -> None:
+    n = 8000  # 80 s of Z only
+    z = _truth(n, seed=20)["Z"]
+    w = StationWindower(CONTRACT_Z, 1.0)
+    first = window_grid_start(T0.ns, 1.0)
+    emitted: list[Window] = []
+    for i in range(0, n, 100):
+        got = w.add_trace(_trace("Z", i, z[i : i + 100]))
+        fed_end = T0.ns + (i + 100) * NS // 100
+        if fed_end < first + (20 + 30) * NS:  # undecided until Z holds max_skew_s (30 s) past the first window
+            assert got == []
+        else:  # then every window goes out as soon as its Z samples are there
+            emitted += got
+            assert emitted[-1].end_ns > fed_end - NS
+    assert w.flush() == []
+    assert [x.start_ns for x in emitted] == list(range(first, T0.ns + n * NS // 100 - 20 * NS + 1, NS))
+    for win in emitted:
+        i = (win.start_ns - T0.ns) // (NS // 100)
+        np.testing.assert_array_equal(win.data[0], z[i : i + 2000])
+        assert not win.data[1:].any() and win.components == ("Z",) and win.missing_fraction == 0.0
+        assert win.constant == ()
+    c = w.counters()
+    assert c["reduced_stations"] == 1 and c["windows_reduced"] == len(emitted) and c.get("windows_skipped", 0) == 0
+
+
+def test_a_model_without_z_only_support_still_skips_vertical_only_stations() -> None:
+    z = _truth(8000, seed=21)["Z"]
+    wins, w = _run([_trace("Z", i, z[i : i + 100]) for i in range(0, 8000, 100)])
+    assert wins == [] and w.counters()["windows_skipped"] > 0 and "reduced_stations" not in w.counters()
+    # a Z-capable model does not accept N-only or NE stations either
+    truth = _truth(8000, seed=22)
+    wins, w = _run([_trace(c, i, truth[c][i : i + 100]) for i in range(0, 8000, 100) for c in "NE"],
+                   StationWindower(CONTRACT_Z, 1.0))
+    assert wins == [] and "reduced_stations" not in w.counters()
+
+
+@settings(max_examples=25, deadline=None)
+@given(feeds(), st.booleans())
+def test_identical_windows_whatever_the_chunking_with_a_z_capable_model(feed, z_only: bool) -> None:
+    """Chunking invariance holds for vertical-only stations and for three-component stations alike."""
+    n, sizes, gaps, rng = feed
+    truth = _truth(n, seed=23)
+    if z_only:
+        truth = {"Z": truth["Z"]}
+    reference, _ = _run(_sorted_feed(_records(truth, _fixed_sizes(n, 412), gaps)), StationWindower(CONTRACT_Z, 1.0))
+    assert reference
+    recs = _records(truth, sizes, gaps)
+    queues = {c: list(r) for c, r in recs.items()}
+    order: list[Trace] = []
+    while any(queues.values()):
+        heads = {c: q[0].stats.starttime.ns for c, q in queues.items() if q}
+        low = min(heads.values())
+        choice = rng.choice(sorted(c for c, t in heads.items() if t <= low + 8 * NS))
+        order.append(queues[choice].pop(0))
+    got, _ = _run(order, StationWindower(CONTRACT_Z, 1.0))
+    _assert_same(reference, got)
+    assert all(x.components == (("Z",) if z_only else ("Z", "N", "E")) for x in got if x.missing_fraction == 0)
+    if not z_only:  # a three-component station is served exactly as by a model without component_sets
+        _assert_same(reference, _run(_sorted_feed(_records(truth, sizes, gaps)))[0])
+
+
+def test_horizontals_lagging_less_than_max_skew_are_waited_for() -> None:
+    """N and E arriving 25 s behind Z (< max_skew_s) never make a three-component station vertical-only."""
+    n = 6000
+    truth = _truth(n, seed=24)
+    feed = sorted((_trace(c, i, truth[c][i : i + 100]) for c in "ZNE" for i in range(0, n, 100)),
+                  key=lambda t: t.stats.starttime.ns - (25 * NS if t.stats.channel[-1] == "Z" else 0))
+    wins, w = _run(feed, StationWindower(CONTRACT_Z, 1.0))
+    _assert_same(_run(_sorted_feed(_records(truth, _fixed_sizes(n, 100))))[0], wins)
+    assert len(wins) == n // 100 - 20
+    assert "reduced_stations" not in w.counters() and all(x.components == ("Z", "N", "E") for x in wins)
+
+
+def test_dead_horizontals_fall_back_to_vertical_only_and_revived_ones_are_used() -> None:
+    n = 12_000
+    truth = _truth(n, seed=25)
+    # horizontals die after 40 s: a Z-capable model still gets (zero-filled) windows, one without skips them
+    feed = [_trace(c, i, truth[c][i : i + 100]) for i in range(0, n, 100) for c in "ZNE" if c == "Z" or i < 4000]
+    wins, w = _run(feed, StationWindower(CONTRACT_Z, 1.0))
+    late = [x for x in wins if x.start_ns >= T0.ns + 41 * NS]
+    assert late and all(x.components == ("Z",) and not x.data[1:].any() for x in late)
+    death = T0.ns + 40 * NS  # windows straddling it lack > 10 % of their samples and are skipped, the rest go out
+    grid = range(window_grid_start(T0.ns, 1.0), T0.ns + n * NS // 100 - 20 * NS + 1, NS)
+    assert [x.start_ns for x in wins] == [t for t in grid if t + 20 * NS - death <= 3 * NS or t >= death]
+    assert all(x.start_ns < death for x in _run(feed)[0])
+    # a vertical-only station whose horizontals come online later: full windows once they cover a window
+    feed = [_trace(c, i, truth[c][i : i + 100]) for i in range(0, n, 100) for c in "ZNE" if c == "Z" or i >= 6000]
+    wins, w = _run(feed, StationWindower(CONTRACT_Z, 1.0))
+    assert w.counters()["reduced_stations"] == 1
+    after = [x for x in wins if x.start_ns >= T0.ns + 60 * NS]
+    assert len(after) == 40 and all(x.components == ("Z", "N", "E") and x.missing_fraction == 0 for x in after)
+    assert all(x.components == ("Z",) for x in wins if x.end_ns <= T0.ns + 60 * NS)

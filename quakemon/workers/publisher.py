@@ -33,10 +33,12 @@ from quakemon.messages import (
     HEARTBEAT_TOPIC,
     Sequencer,
     detection_topic,
+    event_topic,
     heartbeat_body,
     json_bytes,
     latency_s,
     validate_detection,
+    validate_event,
 )
 
 log = structlog.get_logger(__name__)
@@ -84,7 +86,7 @@ class Publisher:
         self._timer = HeartbeatTimer(heartbeat_interval_s)
         self._started = time.monotonic()
         self._ring: deque[tuple[bytes, bytes]] = deque(maxlen=max(0, ring_size))
-        self.stats = {"sent": 0, "send_errors": 0, "bytes": 0, "detections": 0, "heartbeats": 0}
+        self.stats = {"sent": 0, "send_errors": 0, "bytes": 0, "detections": 0, "heartbeats": 0, "events": 0}
         sock = self._context.socket(zmq.PUB)
         try:
             sock.setsockopt(zmq.LINGER, int(linger_ms))
@@ -161,6 +163,15 @@ class Publisher:
         self.stats["detections"] += 1
         log.debug("detection_published", station=body["station"], state=body["state"], seq=body["seq"],
                   id=body["id"])
+        return seq
+
+    def publish_event(self, body: dict[str, Any]) -> int | None:
+        """Stamp and send an event body (from :func:`quakemon.messages.event_body`) on ``event.<id>``."""
+        validate_event(body, stamped=False)
+        seq = self._send(event_topic(body["id"]), body)
+        self.stats["events"] += 1
+        log.info("event_published", id=body["id"], state=body["state"], stations=body["n_stations"],
+                 first_onset=body["first_onset"], seq=body["seq"])
         return seq
 
     def publish_heartbeat(self, stats: Mapping[str, Any] | None = None) -> int | None:
