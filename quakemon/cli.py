@@ -80,7 +80,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     out = sys.stdout if args.output in (None, "-") else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
     t = cfg.trigger
     try:
+        from quakemon.workers.associate import associator_from_config
+
         result = replay(args.paths, ckpt, output=out, stride_s=cfg.window.stride_s,
+                        associator=associator_from_config(cfg.associate),
                         selectors=args.select or None,
                         trigger={"on": t.on, "off": t.off, "min_duration_s": t.min_duration, "trigger_label": t.label,
                                  "max_missing": cfg.window.max_missing_fraction},

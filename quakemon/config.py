@@ -21,7 +21,7 @@ import re
 import sys
 import tempfile
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,6 +234,33 @@ class LoggingConfig:
                        _choice("json", "console", "auto"))
 
 
+def _weights(v: tuple) -> tuple[tuple[str, float], ...]:
+    """A TOML table of station = weight, kept as sorted (station, weight) pairs so the config stays frozen."""
+    bad = {k: w for k, w in v if not isinstance(w, int | float) or isinstance(w, bool) or w < 0}
+    if bad:
+        raise _Invalid(f'a table of station = weight >= 0, e.g. {{ "BW.UH1" = 2.0 }} (bad: {bad})')
+    return tuple(sorted((str(k), float(w)) for k, w in v))
+
+
+@dataclass(frozen=True, slots=True)
+class AssociateConfig:
+    """[associate]: network coincidence of station detections into events (like ObsPy's coincidence trigger)."""
+
+    enabled: bool = _key(False, "publish event.<id> messages when enough stations trigger together")
+    threshold: float = _key(3.0, "weighted number of stations that makes an event", _range(0, 10_000, lo_open=True))
+    window_s: float = _key(10.0, "onsets within this many seconds coincide", _range(0, 3600, lo_open=True))
+    hold_s: float = _key(10.0, "an event is decided this long after the newest onset (order independence), s",
+                         _range(0, 3600))
+    retrigger_s: float = _key(20.0, "a station re-triggering within this long stays in its event (a window), s",
+                              _range(0, 3600))
+    weights: tuple[tuple[str, float], ...] = _key((), 'per-station weights, e.g. { "BW.UH1" = 2.0 }', _weights)
+    default_weight: float = _key(1.0, "weight of stations not in weights", _range(0, 10_000))
+    inventory: str = _key("", 'StationXML for travel-time bounds between stations; "" = none', _path)
+    velocity_kms: float = _key(3.5, "slowest apparent velocity for the travel-time bound, km/s",
+                               _range(0, 100, lo_open=True))
+    tolerance_s: float = _key(3.0, "slack added to the travel-time bound, s", _range(0, 600))
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration, one frozen section per TOML table."""
@@ -246,6 +273,7 @@ class Config:
     publish: PublishConfig = field(default_factory=PublishConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    associate: AssociateConfig = field(default_factory=AssociateConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """{section: {key: value}} with lists for tuples: plain data for JSON, TOML or logs."""
@@ -256,6 +284,8 @@ class Config:
 
 
 def _plain(v: Any) -> Any:
+    if isinstance(v, tuple) and v and all(isinstance(x, tuple) for x in v):
+        return dict(v)
     return list(v) if isinstance(v, tuple) else v
 
 
@@ -264,6 +294,7 @@ def _sections() -> dict[str, type]:
     return {
         "seedlink": SeedLinkConfig, "model": ModelConfig, "window": WindowConfig, "trigger": TriggerConfig,
         "pipeline": PipelineConfig, "publish": PublishConfig, "metrics": MetricsConfig, "logging": LoggingConfig,
+        "associate": AssociateConfig,
     }
 
 
@@ -284,6 +315,8 @@ def _coerce(value: Any, default: Any, from_text: bool) -> Any:
             raise _Invalid(_type_name(want)) from None
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if want is tuple and isinstance(value, Mapping):  # a TOML table (associate.weights): (key, value) pairs
+        return tuple(value.items())
     if want is tuple:
         if isinstance(value, list | tuple) and all(isinstance(x, str) for x in value):
             return tuple(value)
@@ -411,8 +444,12 @@ def _toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, str):
         return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(v, tuple) and v and all(isinstance(x, tuple) for x in v):
+        v = dict(v)
     if isinstance(v, list | tuple):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
     return repr(v)
 
 

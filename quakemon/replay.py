@@ -19,9 +19,10 @@ import structlog
 from obspy import Trace
 
 from quakemon.contract import InputContract
-from quakemon.messages import Sequencer, detection_topic
+from quakemon.messages import DETECTION_SCHEMA, Sequencer, detection_topic, event_topic
 from quakemon.models.checkpoint import Checkpoint
 from quakemon.windowing import StationWindower, Window
+from quakemon.workers.associate import Associator
 from quakemon.workers.detect import DetectionStage, preprocess_windows, stack_windows
 from quakemon.workers.inference import InferenceEngine
 
@@ -39,11 +40,12 @@ class ProbabilitySeries:
 
 @dataclass
 class ReplayResult:
-    detections: list[dict[str, Any]]
+    detections: list[dict[str, Any]]  # detection bodies (schema quakemon.detection/1)
     series: dict[str, ProbabilitySeries]
     windows: int
     stats: dict[str, int]
     labels: list[str]
+    events: list[dict[str, Any]] = field(default_factory=list)  # network events (quakemon.event/1), if associating
 
 
 class DetectionRunner:
@@ -52,7 +54,7 @@ class DetectionRunner:
     def __init__(self, checkpoint: Checkpoint, *, stride_s: float = 1.0, selectors: list[str] | None = None,
                  max_missing: float = 0.1, on: float = 0.7, off: float = 0.5, min_duration_s: float = 2.0,
                  trigger_label: str | None = "earthquake", device: str = "auto", precision: str = "auto",
-                 batch_size: int = 256, keep_series: bool = False) -> None:
+                 batch_size: int = 256, keep_series: bool = False, associator: Associator | None = None) -> None:
         self.contract: InputContract = checkpoint.contract
         self.windower = StationWindower(self.contract, stride_s, selectors, max_missing=max_missing)
         engine = InferenceEngine(checkpoint, device=device, precision=precision, batch_size=batch_size)
@@ -64,6 +66,7 @@ class DetectionRunner:
         self.series: dict[str, ProbabilitySeries] = {}
         self.windows = 0
         self._pending: list[Window] = []
+        self.associator = associator
 
     def _run_batch(self) -> list[dict[str, Any]]:
         batch, self._pending = self._pending, []
@@ -79,10 +82,22 @@ class DetectionRunner:
                 s.start_ns.append(meta["start_ns"])
                 s.end_ns.append(meta["end_ns"])
                 s.probabilities.append(p)
-        return [self._stamp(body) for body, _ in result.detections]
+        return self._emit([body for body, _ in result.detections])
+
+    def _emit(self, bodies: list[dict[str, Any]], final: bool = False) -> list[dict[str, Any]]:
+        """Stamp detection bodies; each is followed by the event bodies it caused (stamped too)."""
+        out: list[dict[str, Any]] = []
+        for body in bodies:
+            out.append(self._stamp(body))
+            if self.associator is not None:
+                out += [self._stamp(ev) for ev in self.associator.add(body)]
+        if final and self.associator is not None:
+            out += [self._stamp(ev) for ev in self.associator.flush()]
+        return out
 
     def _stamp(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.sequencer.stamp(detection_topic(body["station"]), body)
+        topic = detection_topic(body["station"]) if body["schema"] == DETECTION_SCHEMA else event_topic(body["id"])
+        return self.sequencer.stamp(topic, body)
 
     def add_traces(self, traces: Iterable[Trace]) -> Iterator[dict[str, Any]]:
         """Feed traces; yield detection bodies as soon as their batch has run."""
@@ -95,7 +110,7 @@ class DetectionRunner:
         """Emit the windows still buffered, run them, and close open triggers."""
         self._pending += self.windower.flush()
         out = self._run_batch()
-        return out + [self._stamp(body) for body, _ in self.stage.flush()]
+        return out + self._emit([body for body, _ in self.stage.flush()], final=True)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -105,19 +120,21 @@ class DetectionRunner:
 def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = None, stride_s: float = 1.0,
            selectors: list[str] | None = None, trigger: dict[str, Any] | None = None, device: str = "auto",
            precision: str = "auto", batch_size: int = 256, progress: bool = True, keep_series: bool = False,
-           on_detection: Callable[[dict[str, Any]], None] | None = None) -> ReplayResult:
+           on_detection: Callable[[dict[str, Any]], None] | None = None,
+           associator: Associator | None = None) -> ReplayResult:
     """Run archived MiniSEED through the detection path; write JSON Lines to `output` as they come."""
     from quakemon.ingest.archive import ArchiveSource
 
     trigger = trigger or {}
     runner = DetectionRunner(checkpoint, stride_s=stride_s, selectors=selectors, device=device, precision=precision,
-                             batch_size=batch_size, keep_series=keep_series, **trigger)
+                             batch_size=batch_size, keep_series=keep_series, associator=associator, **trigger)
     source = ArchiveSource(paths, selectors)
     detections: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
     bar = _progress(progress)
 
     def emit(body: dict[str, Any]) -> None:
-        detections.append(body)
+        (detections if body["schema"] == DETECTION_SCHEMA else events).append(body)
         if output is not None:
             output.write(json.dumps(body, separators=(",", ":")) + "\n")
             output.flush()
@@ -140,7 +157,7 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
             bar.close()
     stats = {**runner.stats, **{f"source_{k}": v for k, v in source.stats.items()}}
     log.info("replay_done", published=len(detections), **stats)
-    return ReplayResult(detections, runner.series, runner.windows, stats, list(checkpoint.labels))
+    return ReplayResult(detections, runner.series, runner.windows, stats, list(checkpoint.labels), events)
 
 
 def _progress(enabled: bool):

@@ -520,6 +520,7 @@ def run_inference(cfg: Config, stop: StopFlag, control: str | None, checkpoint_p
             "lag_s": round(max(lags), 3) if lags else None,
             "data_lag_s": round(max(0.0, time.time() - newest_end_ns / 1e9), 3) if newest_end_ns else None,
             "detections": int(stage.stats["detections"]),
+            "events_open": assoc.open_events if assoc is not None else 0,
             "invalid_windows": int(stage.stats["invalid"]),
             "late_windows": int(stage.stats["late_windows"]),
             "model": ckpt.model_info,
@@ -549,7 +550,16 @@ def run_inference(cfg: Config, stop: StopFlag, control: str | None, checkpoint_p
         newest_end_ns = max([newest_end_ns] + [m["end_ns"] for m in metas])
         for body, arrival in result.detections:
             publisher.publish_detection(body, arrival=arrival)
+            if assoc is not None:
+                for ev in assoc.add(body):
+                    publisher.publish_event(ev)
+        if assoc is not None and metas:
+            for ev in assoc.advance(max(m["start_ns"] for m in metas) / 1e9):
+                publisher.publish_event(ev)
 
+    from quakemon.workers.associate import associator_from_config
+
+    assoc = associator_from_config(cfg.associate)  # network events, when [associate] enabled = true
     stage_failures: collections.Counter[str] = collections.Counter()
     status.ready = True
     log.info("stage_started", stage="inference", spectra_endpoint=cfg.pipeline.spectra_endpoint,
@@ -582,6 +592,9 @@ def run_inference(cfg: Config, stop: StopFlag, control: str | None, checkpoint_p
                                        "batch_seconds": engine.stats.last_batch_seconds})
         while queue:  # stopping: what already arrived is still inferred and published
             run_batch()
+        if assoc is not None:
+            for ev in assoc.flush():
+                publisher.publish_event(ev)
     except FatalInferenceError as exc:
         log.error("inference_fatal", error=str(exc), action="exit so the service manager restarts the process")
         code = EXIT_FATAL
