@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import signal
 import sys
 import threading
 import time
@@ -41,6 +40,7 @@ from quakemon.messages import (
     parse_body,
     parse_iso_utc,
 )
+from quakemon.signals import stop_on_signals
 from quakemon.workers.associate import Associator, station_coordinates
 
 log = structlog.get_logger(__name__)
@@ -178,11 +178,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
-    stop = threading.Event()
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, lambda *_: stop.set())
     try:
         if not args.idle > 0:
             raise ConfigError(f"associate --idle must be > 0 seconds, got {args.idle!r}")
@@ -195,13 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         associator = Associator(args.threshold, args.window, _parse_weights(args.weights), hold_s=args.hold,
                                 coordinates=coordinates, velocity_kms=args.velocity, tolerance_s=args.tolerance,
                                 sources=args.connect)
-        return run_associator(args.connect, args.bind, associator, idle_s=args.idle, stop=stop)
+        with stop_on_signals(threading.Event()) as stop:
+            return run_associator(args.connect, args.bind, associator, idle_s=args.idle, stop=stop)
     except QuakemonError as exc:
         print(f"quakemon associate: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 import time
@@ -33,6 +32,7 @@ import zmq
 
 from quakemon.errors import ConfigError, QuakemonError
 from quakemon.messages import DETECTION_SCHEMA, EVENT_SCHEMA, HEARTBEAT_TOPIC, MessageError, iso_utc, parse_body
+from quakemon.signals import stop_on_signals
 
 LISTEN_SCHEMA = "quakemon.listen/1"
 _POLL_MS = 100
@@ -266,21 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bool(args.curve_secret) != bool(args.curve_server_public):
         print("quakemon listen: error: --curve-secret and --curve-server-public go together", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, lambda *_: stop.set())
     try:
-        return listen(
-            args.endpoint, topic_prefix=args.topic, as_json=args.json, silence_s=args.silence,
-            max_messages=args.count, timeout_s=args.timeout,
-            curve=(args.curve_secret, args.curve_server_public) if args.curve_secret else None,
-            show_heartbeats=args.heartbeats, stop=stop,
-        )
+        with stop_on_signals(threading.Event()) as stop:
+            return listen(
+                args.endpoint, topic_prefix=args.topic, as_json=args.json, silence_s=args.silence,
+                max_messages=args.count, timeout_s=args.timeout,
+                curve=(args.curve_secret, args.curve_server_public) if args.curve_secret else None,
+                show_heartbeats=args.heartbeats, stop=stop,
+            )
     except QuakemonError as exc:
         print(f"quakemon listen: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

@@ -378,6 +378,14 @@ def _require(body: Mapping[str, Any], key: str, types: type | tuple[type, ...], 
     return value
 
 
+def _check_header(body: Mapping[str, Any], schema: str, what: str, stamped: bool) -> None:
+    """The schema every body must name, and (once published) its seq, topic_seq and epoch."""
+    if body.get("schema") != schema:
+        raise MessageError(f"{what} body: schema expected {schema!r}, got {body.get('schema')!r}")
+    if stamped:
+        _check_stamp(body, what)
+
+
 def _check_stamp(body: Mapping[str, Any], what: str) -> None:
     for key in ("seq", "topic_seq"):
         if _require(body, key, int, what) < 1:
@@ -389,10 +397,7 @@ def _check_stamp(body: Mapping[str, Any], what: str) -> None:
 def validate_detection(body: dict[str, Any], stamped: bool = True) -> dict[str, Any]:
     """Check a detection body against ``quakemon.detection/1``; returns it unchanged or raises MessageError."""
     what = "detection"
-    if body.get("schema") != DETECTION_SCHEMA:
-        raise MessageError(f"{what} body: schema expected {DETECTION_SCHEMA!r}, got {body.get('schema')!r}")
-    if stamped:
-        _check_stamp(body, what)
+    _check_header(body, DETECTION_SCHEMA, what, stamped)
     _station_parts(_require(body, "station", str, what))
     _require(body, "id", str, what)
     state = _require(body, "state", str, what)
@@ -477,10 +482,7 @@ def event_body(
 def validate_event(body: dict[str, Any], stamped: bool = True) -> dict[str, Any]:
     """Check an event body against ``quakemon.event/1``; returns it unchanged or raises MessageError."""
     what = "event"
-    if body.get("schema") != EVENT_SCHEMA:
-        raise MessageError(f"{what} body: schema expected {EVENT_SCHEMA!r}, got {body.get('schema')!r}")
-    if stamped:
-        _check_stamp(body, what)
+    _check_header(body, EVENT_SCHEMA, what, stamped)
     event_topic(_require(body, "id", str, what))
     state = _require(body, "state", str, what)
     if state not in EVENT_STATES:
@@ -537,10 +539,7 @@ def heartbeat_body(stats: Mapping[str, Any], *, uptime_s: float, seq_last: int, 
 def validate_heartbeat(body: dict[str, Any], stamped: bool = True) -> dict[str, Any]:
     """Check a heartbeat body against ``quakemon.heartbeat/1``; returns it unchanged or raises MessageError."""
     what = "heartbeat"
-    if body.get("schema") != HEARTBEAT_SCHEMA:
-        raise MessageError(f"{what} body: schema expected {HEARTBEAT_SCHEMA!r}, got {body.get('schema')!r}")
-    if stamped:
-        _check_stamp(body, what)
+    _check_header(body, HEARTBEAT_SCHEMA, what, stamped)
     parse_iso_utc(_require(body, "time", str, what))
     _require(body, "uptime_s", (int, float), what)
     for key in ("stations", "windows_in", "windows_out", "dropped", "seq_last"):
