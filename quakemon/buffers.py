@@ -105,6 +105,14 @@ class StationBuffer:
     def _positions(self, lo: int, hi: int) -> np.ndarray:
         return np.arange(lo, hi) % self.capacity
 
+    def _spans(self, lo: int, hi: int) -> tuple[tuple[slice, slice], ...]:
+        """[lo, hi) as one or two (ring slice, offset slice) pairs: views instead of fancy-index copies."""
+        a, n = lo % self.capacity, hi - lo
+        if a + n <= self.capacity:
+            return ((slice(a, a + n), slice(0, n)),)
+        k = self.capacity - a
+        return ((slice(a, self.capacity), slice(0, k)), (slice(0, n - k), slice(k, n)))
+
     def _advance(self, new_head: int) -> None:
         """Move the ring head forward, evicting (clearing) the slots that the new samples reuse."""
         if self.head is None:
@@ -169,10 +177,12 @@ class StationBuffer:
             return data, present
         lo, hi = max(start, self.head - self.capacity), min(stop, self.head)
         if lo < hi:
-            pos = self._positions(lo, hi)
-            data[:, lo - start : hi - start] = self._data[:, pos]
-            present[:, lo - start : hi - start] = self._present[:, pos]
-        data[~present] = 0.0
+            for ring, part in self._spans(lo, hi):
+                out = slice(part.start + lo - start, part.stop + lo - start)
+                data[:, out] = self._data[:, ring]
+                present[:, out] = self._present[:, ring]
+        if not present.all():
+            data[~present] = 0.0
         return data, present
 
     def complete(self, start: int, stop: int, components: Sequence[int] | None = None) -> bool:
@@ -180,7 +190,7 @@ class StationBuffer:
         if self.head is None or start < self.head - self.capacity or stop > self.head:
             return False
         rows = slice(None) if components is None else list(components)
-        return bool(self._present[rows][:, self._positions(start, stop)].all())
+        return all(bool(self._present[rows, ring].all()) for ring, _ in self._spans(start, stop))
 
     def reset(self) -> None:
         """Forget all samples (after a clock jump); counters are kept."""

@@ -197,7 +197,10 @@ class PipelineConfig:
                                  _auto_endpoint)
     spectra_endpoint: str = _key("auto", 'preprocess -> inference PUSH/PULL; "auto" = ipc://<runtime_dir>/spectra',
                                  _auto_endpoint)
-    queue_hwm: int = _key(100, "bounded queue length between stages, messages (oldest dropped)", _range(1, 1_000_000))
+    queue_hwm: int = _key(2000, "windows each stage may queue before dropping the oldest (about 10 s x stations)",
+                          _range(1, 1_000_000))
+    torch_threads: int = _key(1, "torch threads per preprocess/inference process (scale with processes)",
+                              _range(1, 256))
     heartbeat_interval_s: float = _key(1.0, "heartbeat period on the publish socket, s", _range(0, 60, lo_open=True))
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
+import functools
 import io
 import math
 import re
@@ -159,10 +160,14 @@ def sort_records(records: Sequence[Record]) -> list[Record]:
     return sorted(records, key=lambda r: (r.start, r.seed_id))
 
 
+@functools.lru_cache(maxsize=4096)
+def _wild_rx(pattern: str) -> re.Pattern[str]:
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern))
+
+
 def _wild(pattern: str, value: str) -> bool:
     """SeedLink wildcard match: '?' any one character, '*' any run."""
-    rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(rx, value) is not None
+    return _wild_rx(pattern).fullmatch(value) is not None
 
 
 @dataclass
@@ -576,6 +581,7 @@ class _Session:
     # transfer ----------------------------------------------------------------------------------------------
     def _transfer(self) -> None:
         srv, n = self.srv, len(self.srv.records)
+        self.__dict__.pop("_wants", None)  # the subscriptions may have changed since the last transfer
         realtime = any(s.mode == "data" for s in self.subs)
         faulted = realtime and srv._take_fault()
         starts = [s.pos for s in self.subs if s.mode in ("data", "fetch")] + ([0] if any(
@@ -622,9 +628,12 @@ class _Session:
             self._send(b"END")
 
     def _wanted(self, rec: Record, pos: int, shift: int, n: int) -> bool:
-        for s in self.subs:
-            if not s.wants(rec):
-                continue
+        key = (rec.net, rec.sta, rec.loc, rec.cha)
+        cache = self.__dict__.setdefault("_wants", {})  # the subscriptions are fixed during a transfer
+        subs = cache.get(key)
+        if subs is None:
+            subs = cache[key] = [s for s in self.subs if s.wants(rec)]
+        for s in subs:
             if s.mode == "data" and pos >= s.pos:
                 return True
             if s.mode == "fetch" and s.pos <= pos < n:

@@ -201,7 +201,7 @@ def _normalise_loc(loc: str) -> str:
     return "" if loc == "--" else loc
 
 
-@functools.lru_cache(maxsize=256)
+@functools.cache  # one entry per configured selector: 256 thrashed with > 256 stations
 def _compile_selector(selector: str) -> re.Pattern[str]:
     parts = selector.strip().upper().split(".")
     if len(parts) > 4 or not parts[0]:

@@ -35,6 +35,10 @@ def run_stage(stage: str, cfg, control: str | None, stop=None, go=None) -> int:
     from quakemon.workers import stages
 
     stop = stop or stages.StopFlag()
+    if stage in ("preprocess", "inference"):
+        import torch
+
+        torch.set_num_threads(cfg.pipeline.torch_threads)
     if stage == "ingest":
         return stages.run_ingest(cfg, load_contract(cfg.model.checkpoint), stop, control, go=go)
     if stage == "preprocess":
