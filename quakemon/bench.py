@@ -216,12 +216,10 @@ def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto
                batch_sizes: Sequence[int] = (64, 256), min_s: float = 1.0) -> dict[str, Any]:
     """Bare model forward (no preprocessing, no softmax) on random spectrograms: windows/s per batch size,
     with the current torch thread count."""
-    import contextlib
-
     import torch
 
     from quakemon.models.checkpoint import load_checkpoint
-    from quakemon.workers.inference import pick_device, resolve_precision
+    from quakemon.workers.inference import autocast, pick_device, resolve_precision
 
     ckpt = load_checkpoint(checkpoint)
     dev = pick_device(device)
@@ -229,8 +227,7 @@ def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto
     model = ckpt.model.to(dev).eval()
     shape = (ckpt.args.in_channels, *ckpt.args.img_size)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    cast = (contextlib.nullcontext() if prec == "fp32" else
-            torch.autocast(dev.type, dtype=torch.bfloat16 if prec == "bf16" else torch.float16))
+    cast = autocast(prec, dev)
     per_batch: dict[str, float] = {}
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode(), cast:

@@ -143,7 +143,7 @@ def run_demo(duration_s: float | None = None, plot: str | None = "quakemon-demo.
         log_file.close()
     _summary(detections, heartbeat, picks)
     if plot:
-        _plot(archive, ckpt_path, detections, picks, plot, load_checkpoint)
+        _plot(archive, load_checkpoint(ckpt_path), detections, picks, plot)
     if daemon.returncode not in (0, None) and code == 0:
         print(f"  daemon exit code {daemon.returncode}; see {tmp / 'daemon.log'}")
         code = 1
@@ -171,11 +171,11 @@ def _summary(detections: list[dict], heartbeat: dict | None, picks: dict[str, li
     print(f"  {hits} real earthquake(s) detected of {sum(len(v) for v in picks.values())}")
 
 
-def _plot(archive, ckpt_path, detections, picks, png, load_checkpoint) -> None:
+def _plot(archive, ckpt, detections, picks, png) -> None:
+    """Probabilities from an in-process replay of the same archive, with the detections received live."""
     from quakemon.plot import plot_detections
     from quakemon.replay import DetectionRunner
 
-    ckpt = load_checkpoint(ckpt_path)
     runner = DetectionRunner(ckpt, keep_series=True)
     list(runner.add_traces(archive.copy()))
     runner.finish()

@@ -64,20 +64,28 @@ def read_event_csv(path: str | Path) -> list[tuple[str, float]]:
 
 
 def archive_station_hours(paths: list[str]) -> float:
-    """Hours of data summed over stations (NET.STA.LOC + instrument), from the archive's records."""
+    """Hours of data summed over stations (NET.STA.LOC + instrument), from the archive's records.
+
+    Each channel's record spans are summed; a station counts the longest of its channels, so vertical-only and
+    three-component stations both count their real span.
+    """
     from obspy import read
 
-    spans: dict[str, float] = {}
+    channel_s: dict[str, float] = {}
     for p in paths:
         files = [p] if Path(p).is_file() else [str(f) for f in Path(p).rglob("*") if f.is_file()]
         for f in files:
             for tr in read(f, headonly=True):
-                key = f"{tr.stats.network}.{tr.stats.station}.{tr.stats.location}.{tr.stats.channel[:2]}"
-                spans[key] = spans.get(key, 0.0) + (tr.stats.endtime - tr.stats.starttime) / 3.0
-    return sum(spans.values()) / 3600.0
+                channel_s[tr.id] = channel_s.get(tr.id, 0.0) + (tr.stats.endtime - tr.stats.starttime)
+    station_s: dict[str, float] = {}
+    for seed_id, seconds in channel_s.items():
+        key = seed_id[:-1]  # NET.STA.LOC + band and instrument code
+        station_s[key] = max(station_s.get(key, 0.0), seconds)
+    return sum(station_s.values()) / 3600.0
 
 
 def evaluate_main(args: argparse.Namespace) -> int:
+    from quakemon.messages import parse_iso_utc
     from quakemon.models.checkpoint import load_checkpoint, resolve_checkpoint
     from quakemon.scoring import binary_scores, match_events
 
@@ -99,7 +107,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
         if not args.events:
             raise QuakemonError("--continuous needs --events CSV (network,station,p_time)")
         result = replay(args.continuous, ckpt, progress=False)
-        onsets = [(d["station"], _ts(d["onset"])) for d in result.detections if d["state"] == "new"]
+        onsets = [(d["station"], parse_iso_utc(d["onset"])) for d in result.detections if d["state"] == "new"]
         match = match_events(onsets, read_event_csv(args.events),
                              station_hours=archive_station_hours(args.continuous))
         report["continuous"] = match.to_dict()
@@ -110,12 +118,6 @@ def evaluate_main(args: argparse.Namespace) -> int:
     else:
         _print_report(report)
     return 0
-
-
-def _ts(iso: str) -> float:
-    from quakemon.messages import parse_iso_utc
-
-    return parse_iso_utc(iso)
 
 
 def _print_report(report: dict[str, Any]) -> None:

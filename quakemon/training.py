@@ -8,7 +8,6 @@ input contract and provenance. Seeded: the same data, config and seed give the s
 
 from __future__ import annotations
 
-import contextlib
 import math
 import platform
 import sys
@@ -29,7 +28,7 @@ from quakemon.data.datasets import LabelledWaveforms
 from quakemon.models.checkpoint import save_checkpoint
 from quakemon.models.hybrid_vit import HybridViT
 from quakemon.scoring import BinaryScores, binary_scores
-from quakemon.workers.inference import pick_device
+from quakemon.workers.inference import autocast, pick_device
 
 log = structlog.get_logger(__name__)
 
@@ -201,7 +200,7 @@ def train(data: LabelledWaveforms, contract: InputContract, cfg: TrainConfig, ou
             losses = []
             for xb, yb in loader:
                 xb = _component_dropout(xb, cfg.component_dropout, contract, gen).to(device)
-                with _autocast(cfg.precision, device):
+                with autocast(cfg.precision, device):
                     logits = model(xb)
                 loss = criterion(logits.float(), yb.to(device))
                 opt.zero_grad(set_to_none=True)
@@ -241,12 +240,6 @@ def train(data: LabelledWaveforms, contract: InputContract, cfg: TrainConfig, ou
         bar.close()
     log.info("train_done", checkpoint=str(out), best_epoch=best_epoch, sha256=sha, val=best_val)
     return TrainResult(out, sha, best_epoch, best_val, history)
-
-
-def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def _bar(enabled: bool, total: int):

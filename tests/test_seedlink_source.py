@@ -126,13 +126,13 @@ def test_multi_station_selection():
     assert src.stats["unselected"] == 0 and src.stats["records"] == len(want)
 
 
-@pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
-def test_cut_mid_record_reconnects_without_loss(rjob, reset):
-    """FIN/RST 300 bytes into packet k: partial record discarded, reconnect at once, resume at k."""
-    faults = Faults(cut_after_packets=30, cut_bytes=300, reset=reset, connections=2)
-    want = record_ids(rjob)
-    with SeedLinkServer(rjob, speed=0, faults=faults) as srv:
-        src = SeedLinkSource(srv.address, ["BW.RJOB..EH?"], netto=30.0, backoff_initial=0.5)
+def _run_with_faults(records, faults, want, **source_kw):
+    """Stream `records` through a faulty server into a source until `want` arrived.
+
+    Returns (source, received, seconds, the DATA commands the server saw).
+    """
+    with SeedLinkServer(records, speed=0, faults=faults) as srv:
+        src = SeedLinkSource(srv.address, ["BW.RJOB..EH?"], **source_kw)
         t0 = time.monotonic()
         try:
             got = run_until_complete(src, want)
@@ -140,6 +140,15 @@ def test_cut_mid_record_reconnects_without_loss(rjob, reset):
             src.close()
         elapsed = time.monotonic() - t0
         data_cmds = [c for _, c in srv.history if c.startswith("DATA")]
+    return src, got, elapsed, data_cmds
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
+def test_cut_mid_record_reconnects_without_loss(rjob, reset):
+    """FIN/RST 300 bytes into packet k: partial record discarded, reconnect at once, resume at k."""
+    faults = Faults(cut_after_packets=30, cut_bytes=300, reset=reset, connections=2)
+    want = record_ids(rjob)
+    src, got, elapsed, data_cmds = _run_with_faults(rjob, faults, want, netto=30.0, backoff_initial=0.5)
     assert_exactly(got, want)
     assert data_cmds == ["DATA", f"DATA {30:06X}", f"DATA {60:06X}"]
     assert src.stats["reconnects"] == 2 and src.stats["corrupt"] == 0
@@ -149,15 +158,7 @@ def test_cut_mid_record_reconnects_without_loss(rjob, reset):
 def test_stalled_server_detected_and_resumed(rjob):
     faults = Faults(stall_after_packets=25)
     want = record_ids(rjob)
-    with SeedLinkServer(rjob, speed=0, faults=faults) as srv:
-        src = SeedLinkSource(srv.address, ["BW.RJOB..EH?"], netto=1.5, backoff_initial=0.1)
-        t0 = time.monotonic()
-        try:
-            got = run_until_complete(src, want)
-        finally:
-            src.close()
-        elapsed = time.monotonic() - t0
-        data_cmds = [c for _, c in srv.history if c.startswith("DATA")]
+    src, got, elapsed, data_cmds = _run_with_faults(rjob, faults, want, netto=1.5, backoff_initial=0.1)
     assert_exactly(got, want)
     assert elapsed < 1.5 + 0.1 + 5, "stall must be detected after about netto, then reconnect"
     assert data_cmds == ["DATA", f"DATA {25:06X}"]

@@ -27,6 +27,7 @@ import scipy.fft
 import structlog
 
 from quakemon.contract import InputContract
+from quakemon.data.realdata import EVALUATION_SOURCES
 from quakemon.errors import ConfigError, ContractError
 
 log = structlog.get_logger(__name__)
@@ -34,17 +35,16 @@ log = structlog.get_logger(__name__)
 #: Class labels; the index is the class id (0 noise, 1 earthquake).
 LABELS: tuple[str, ...] = ("noise", "earthquake")
 
-#: ObsPy-bundled recordings kept for evaluation; they are never used as training noise.
+#: Basenames of ObsPy-bundled recordings never used as training noise: every evaluation recording of the
+#: real-data catalogue (`quakemon.data.realdata.EVALUATION_SOURCES`, the one list), plus recordings of the
+#: evaluation stations and others judged unsuitable as noise.
 EVALUATION_RECORDINGS: frozenset[str] = frozenset(
-    {
-        "example.npz",  # obspy.read() default: BW.RJOB local event
-        "RJOB.BW.EHZ.D.300806.0000.fullseed",  # BW.RJOB (same station)
-        "loc_RJOB20050831023349.z",  # local events (GSE2)
-        "loc_RNON20040609200559.z",
-        "loc_STAU20031119011659.z",
+    {os.path.basename(source) for source in EVALUATION_SOURCES}
+    | {
+        "RJOB.BW.EHZ.D.300806.0000.fullseed",  # BW.RJOB (an evaluation station)
         "BW.BGLD.__.EHE.D.2008.001.first_10_records",  # BW.BGLD noise
         "timingquality.mseed",  # BW.BGLD 200 Hz noise
-        "ref_STS2",  # 1 h noise, CA.STS2
+        "ref_STS2",  # 1 h noise, CA.STS2, full of transients of unknown origin
         "ref_unknown",  # 1 h noise, CA.0438
     }
 )

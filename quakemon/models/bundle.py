@@ -114,10 +114,12 @@ def evaluate_real(ckpt: Checkpoint, on: float = 0.7, off: float = 0.5, min_durat
                   precision: str = "fp32") -> dict[str, Any]:
     """Recall on real local events and false detections per station-hour on real noise."""
     from quakemon.data.realdata import load, local_events, noise_recordings
+    from quakemon.messages import parse_iso_utc
     from quakemon.workers.detect import DetectionStage, preprocess_windows
     from quakemon.workers.inference import InferenceEngine
 
     contract = ckpt.contract
+    engine = InferenceEngine(ckpt, device="cpu", precision=precision, batch_size=256)
     window_s = contract.window_seconds
     rows = []
     recordings = [(rec, False) for rec in [*local_events(), *noise_recordings()]]
@@ -138,12 +140,9 @@ def evaluate_real(ckpt: Checkpoint, on: float = 0.7, off: float = 0.5, min_durat
             continue
         metas = [{"station": rec.station, "start_ns": s, "end_ns": s + int(window_s * 1e9)} for s in starts]
         spectra, metas = preprocess_windows(data, metas, contract)
-        engine = InferenceEngine(ckpt, device="cpu", precision=precision, batch_size=256)
         stage = DetectionStage(engine, on, off, min_duration_s, "earthquake")
         result = stage.process(spectra, metas)
         dets = [b for b, _ in result.detections + stage.flush() if b["state"] == "new"]
-        from quakemon.messages import parse_iso_utc
-
         onsets = [parse_iso_utc(d["onset"]) for d in dets]
         span_h = (len(starts) - 1) * 1.0 / 3600 + window_s / 3600
         row: dict[str, Any] = {"name": rec.name + (" (horizontals removed)" if force_z else ""), "station": rec.station,

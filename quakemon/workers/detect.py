@@ -99,7 +99,6 @@ class DetectionStage:
         self.triggers = TriggerBank(on, off, min_duration_s, self.labels, trigger_labels, max_gap_s)
         self.stats: Counter[str] = Counter()
         self._last_start: dict[str, int] = {}
-        self._last_arrival: dict[str, float | None] = {}
 
     def process(self, spectra: np.ndarray, metas: list[dict[str, Any]]) -> DetectionResult:
         """Infer the valid windows, then feed every station's trigger in window-start order."""
@@ -120,7 +119,6 @@ class DetectionStage:
                 self.stats["late_windows"] += 1  # reordered across workers or duplicated: never re-triggered
                 continue
             self._last_start[station] = meta["start_ns"]
-            self._last_arrival[station] = meta.get("arrival")
             events = self.triggers.update(station, meta["start_ns"] / _NS, meta["end_ns"] / _NS, probs[i])
             for ev in events:
                 result.detections.append((ev.to_body(self.model_info), meta.get("arrival")))

@@ -20,8 +20,8 @@ from quakemon.models.checkpoint import Checkpoint
 log = structlog.get_logger(__name__)
 
 #: Substrings of errors after which a CUDA context is poisoned and the process must exit (systemd restarts it).
-FATAL_GPU_ERRORS = ("illegal memory access", "device-side assert", "unspecified launch failure",
-                    "CUDA error: misaligned address", "an illegal instruction", "CUBLAS_STATUS_EXECUTION_FAILED")
+FATAL_GPU_ERRORS = ("CUDA error", "illegal memory access", "device-side assert", "unspecified launch failure",
+                    "an illegal instruction", "CUBLAS_STATUS_EXECUTION_FAILED")
 
 
 class FatalInferenceError(QuakemonError):
@@ -61,9 +61,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context for a resolved precision ("fp32" = none) on a device."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
 def is_fatal_gpu_error(exc: BaseException) -> bool:
     text = str(exc)
-    return "CUDA error" in text or any(s in text for s in FATAL_GPU_ERRORS)
+    return any(s in text for s in FATAL_GPU_ERRORS)
 
 
 @dataclass
@@ -92,12 +99,6 @@ class InferenceEngine:
         self._consecutive_failures = 0
         self._input_shape = (checkpoint.args.in_channels, *checkpoint.args.img_size)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
-
     def warmup(self, batches: tuple[int, ...] = (1, 8)) -> None:
         """Run a few dummy batches so the first real window is not slowed by lazy initialisation."""
         for b in batches:
@@ -116,7 +117,7 @@ class InferenceEngine:
         start = time.perf_counter()
         out = []
         try:
-            with torch.inference_mode(), self._autocast():
+            with torch.inference_mode(), autocast(self.precision, self.device):
                 for i in range(0, x.shape[0], self.batch_size):
                     chunk = x[i : i + self.batch_size].to(self.device, dtype=torch.float32, non_blocking=True)
                     logits = self.model(chunk).float()
