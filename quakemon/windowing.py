@@ -74,7 +74,7 @@ from scipy.signal import resample_poly
 
 from quakemon.buffers import StationBuffer, grid_time_ns, rate_fraction, split_seed_id
 from quakemon.contract import InputContract
-from quakemon.ingest.validate import match_selector
+from quakemon.ingest.validate import SelectorSet
 
 log = structlog.get_logger(__name__)
 
@@ -382,6 +382,7 @@ class StationWindower:
         self.contract = contract
         self.stride_s = float(stride_s)
         self.selectors = list(selectors) if selectors else None
+        self._selector_set = SelectorSet(self.selectors) if self.selectors else None
         self._kwargs = dict(max_missing=max_missing, late_s=late_s, max_skew_s=max_skew_s, dtype=dtype)
         self.rate_tolerance = float(rate_tolerance)
         self.rate_change_reset = int(rate_change_reset)
@@ -393,7 +394,7 @@ class StationWindower:
     def add_trace(self, trace: Trace) -> list[Window]:
         """Add one record (or any contiguous trace); return the windows it completed, in start order."""
         seed_id = trace.id
-        if self.selectors is not None and not match_selector(seed_id, self.selectors):
+        if self._selector_set is not None and not self._selector_set.matches(seed_id):
             self.stats["unselected_records"] += 1
             return []
         parts = split_seed_id(seed_id)

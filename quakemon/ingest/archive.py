@@ -40,6 +40,7 @@ from quakemon.ingest.validate import (
     _ID_BYTES,
     _QUALITY_BYTES,
     _SEQ_BYTES,
+    SelectorSet,
     _blockette1000,
     _decode_one,
     decode_record,
@@ -152,6 +153,7 @@ class ArchiveSource(TraceSource):
             raise ValueError(f"chunk_s must be > 0, got {chunk_s}")
         self.paths = [Path(p) for p in paths]
         self.selectors = list(selectors) if selectors else None
+        self._selector_set = SelectorSet(self.selectors) if self.selectors else None
         self.starttime = starttime
         self.endtime = endtime
         self.chunk_s = float(chunk_s)
@@ -185,7 +187,7 @@ class ArchiveSource(TraceSource):
         if m is None:
             return True
         net, sta, loc, cha, year, day = m.groups()
-        if self.selectors is not None and not match_selector(f"{net}.{sta}.{loc}.{cha}", self.selectors):
+        if self._selector_set is not None and not self._selector_set.matches(f"{net}.{sta}.{loc}.{cha}"):
             return False
         day_start = UTCDateTime(year=int(year), julday=int(day))
         if self.endtime is not None and day_start > self.endtime:
@@ -284,7 +286,7 @@ class ArchiveSource(TraceSource):
             return keep
         ids = np.ascontiguousarray(hdr[:, 8:20]).view("S12").ravel()
         uniq, inverse = np.unique(ids, return_inverse=True)
-        wanted = np.array([match_selector(_record_id(u.ljust(12)), self.selectors) for u in uniq])
+        wanted = np.array([self._selector_set.matches(_record_id(u.ljust(12))) for u in uniq])
         keep = wanted[inverse.ravel()]
         self._stats["records_unselected"] += int(np.count_nonzero(~keep))
         return keep

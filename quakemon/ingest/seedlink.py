@@ -42,7 +42,7 @@ from obspy import Trace
 from quakemon.errors import ConfigError
 from quakemon.ingest.base import TraceSource
 from quakemon.ingest.seqstate import SeqState, load_state, save_state, seq_hex, seq_next
-from quakemon.ingest.validate import decode_record, match_selector
+from quakemon.ingest.validate import SelectorSet, decode_record, match_selector
 
 log = structlog.get_logger(__name__)
 
@@ -124,6 +124,8 @@ class SeedLinkSource(TraceSource):
         self._addr = (host, int(port))
         self.selectors = [StreamSelector.parse(s) for s in streams]
         self.stations = sorted({s.station_key for s in self.selectors})
+        self._station_set = frozenset(self.stations)
+        self._selector_set = SelectorSet(s.text for s in self.selectors)
         self.state_file = Path(state_file) if state_file else None
         self.netto, self.connect_timeout = netto, connect_timeout
         self.keepalive = netto / 2 if keepalive is None else keepalive
@@ -391,14 +393,14 @@ class SeedLinkSource(TraceSource):
         with self._cond:
             self._last_seq = seq
         station = f"{rec[18:20].decode('ascii', 'replace').strip()}.{rec[8:13].decode('ascii', 'replace').strip()}"
-        if station in self._rx_seq or station in self.stations:
+        if station in self._rx_seq or station in self._station_set:
             self._rx_seq[station] = seq  # the server has moved past this seq for the station, good or bad
         out = decode_record(rec, 512)
         if isinstance(out, str):
             self._reject(seq, station, out)
             return
         tr = out
-        if not any(s.matches(tr.id) for s in self.selectors):
+        if not self._selector_set.matches(tr.id):
             with self._cond:
                 self._counts["unselected"] += 1
             return

@@ -17,9 +17,11 @@ import io
 import math
 import re
 import struct
+import threading
 import time
 import warnings
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import obspy
@@ -108,6 +110,31 @@ def _blockette1000(header: bytes) -> tuple[int, str] | None:
     return None
 
 
+# bytes per sample of the fixed-size encodings libmseed decodes: ASCII, int16, int32, float32, float64,
+# GEOSCOPE 24-bit and 16-bit gain-ranged (two), CDSN, SRO, DWWSSN
+_SAMPLE_BYTES = {0: 1, 1: 2, 3: 4, 4: 4, 5: 8, 12: 3, 13: 2, 14: 2, 16: 2, 30: 2, 32: 2}
+
+
+def _payload_overruns(rec: bytes, order: str, nsamp: int, reclen: int) -> bool:
+    """True when an uncompressed record claims more samples than its record holds.
+
+    libmseed (ObsPy's copy) then reads past the end of the record buffer: garbage samples, or worse.
+    """
+    (data_offset,) = struct.unpack_from(order + "H", rec, 44)
+    offset = struct.unpack_from(order + "H", rec, 46)[0]
+    for _ in range(8):
+        if not 48 <= offset <= min(len(rec), 256) - 8:
+            return False
+        btype, nxt = struct.unpack_from(order + "HH", rec, offset)
+        if btype == 1000:
+            size = _SAMPLE_BYTES.get(rec[offset + 4])
+            return size is not None and data_offset + nsamp * size > reclen
+        if nxt <= offset:
+            return False
+        offset = nxt
+    return False
+
+
 def detect_reclen(data: bytes, default: int = DEFAULT_RECLEN) -> int:
     """Record length of a blob of MiniSEED 2 records, from the first record's blockette 1000 (else `default`)."""
     found = _blockette1000(bytes(data[:256]))
@@ -134,11 +161,129 @@ def _decode_one(rec: bytes) -> obspy.Stream:
     return obspy.read(io.BytesIO(rec), format="MSEED")  # pragma: no cover
 
 
-def decode_record(rec: bytes, reclen: int | None = None, *, now_ns: int | None = None) -> Trace | str:
+class _FastDecoder:
+    """One record -> Trace through libmseed's `msr_parse` (ObsPy's own bundled copy, via ObsPy's ctypes wrapper).
+
+    ObsPy's reader spends ~150 us of Python per 512-byte record (segment lists, a Stats built field by field,
+    strptime); the live ingest stage decodes every record, and at 500 stations that was a third of its CPU.
+    This path asks the same C library for the same record and builds the Trace directly: ~35 us. It handles
+    the common case only and answers None for anything else (a libmseed error or warning, blockette 100,
+    an unexpected sample type or count), which then goes through ObsPy's reader as before, so a record's
+    fate (Trace or rejection reason) is decided by the same rules either way. tests/test_validate.py checks
+    that both paths give identical Traces over ObsPy's example data and every encoding.
+    """
+
+    def __init__(self) -> None:
+        import ctypes
+
+        from obspy.io.mseed.headers import HPTMODULUS, MSRecord, clibmseed
+
+        self._ctypes = ctypes
+        self._lib = clibmseed
+        self._hpt_ns = 10**9 // int(HPTMODULUS)
+        self._local = threading.local()
+        self._types = {b"i": (ctypes.c_int32, np.int32), b"f": (ctypes.c_float, np.float32),
+                       b"d": (ctypes.c_double, np.float64)}
+        self._msr_type = MSRecord
+
+    def _msr(self) -> Any:
+        msr = getattr(self._local, "msr", None)
+        if msr is None:  # one parse buffer per thread, reused (libmseed reallocates its samples in place)
+            msr = self._local.msr = self._lib.msr_init(self._ctypes.POINTER(self._msr_type)())
+        return msr
+
+    def decode(self, rec: bytes, reclen: int, nsamp: int) -> Trace | None:
+        if not _plain_record(rec):
+            return None
+        msr = self._msr()
+        ctypes = self._ctypes
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ret = self._lib.msr_parse(np.frombuffer(rec, dtype=np.int8), reclen, ctypes.pointer(msr), reclen, 1, 0)
+        except Exception:  # noqa: BLE001 - ObsPy's reader decides what this record is
+            return None
+        m = msr.contents
+        if ret != 0 or caught or m.Blkt100 or m.numsamples != nsamp or m.samplecnt != nsamp or nsamp <= 0:
+            return None
+        kind = self._types.get(m.sampletype)
+        if kind is None or not m.datasamples:
+            return None
+        data = np.ctypeslib.as_array(ctypes.cast(m.datasamples, ctypes.POINTER(kind[0])), shape=(nsamp,))
+        header = {
+            "network": m.network.decode("ascii").strip(),
+            "station": m.station.decode("ascii").strip(),
+            "location": m.location.decode("ascii").strip(),
+            "channel": m.channel.decode("ascii").strip(),
+            "sampling_rate": float(m.samprate),
+            "starttime": obspy.UTCDateTime(ns=int(m.starttime) * self._hpt_ns),
+        }
+        return Trace(data=np.array(data, dtype=kind[1]), header=header)
+
+
+_FAST_ENCODINGS = frozenset({1, 3, 4, 5, 10, 11})  # int16, int32, float32, float64, Steim-1, Steim-2
+_BTIME = struct.Struct(">HHBBBxH")
+
+
+def _plain_record(rec: bytes) -> bool:
+    """True for a record ObsPy's reader would take without a word: the fast path handles only those.
+
+    Mirrors the checks of ObsPy's header parsing (`obspy.io.mseed.util._get_record_information`): the byte
+    order it would infer from the day of year, a plausible BTIME, a blockette chain of 1000 (valid encoding,
+    word order matching the header) and optionally 1001, no pending time correction.
+    """
+    for order in (">", "<"):
+        year, jday, hour, minute, second, fract = _BTIME.unpack_from(rec, 20) if order == ">" else \
+            struct.unpack_from("<HHBBBxH", rec, 20)
+        if 1 <= jday <= 366:
+            break
+    else:
+        return False
+    if not (1 <= year <= 9999 and hour <= 23 and minute <= 59 and second <= 59 and fract <= 9999):
+        return False
+    act, _io, _dq, _nb, tcorr, _data, offset = struct.unpack_from(order + "BBBBlHH", rec, 36)
+    if tcorr and not act & 2:
+        return False
+    seen_1000 = False
+    for _ in range(4):
+        if offset == 0:
+            break
+        if not 48 <= offset <= len(rec) - 8:
+            return False
+        btype, nxt = struct.unpack_from(order + "HH", rec, offset)
+        if btype == 1000:
+            encoding, word_order = rec[offset + 4], rec[offset + 5]
+            if encoding not in _FAST_ENCODINGS or word_order != (1 if order == ">" else 0):
+                return False
+            seen_1000 = True
+        elif btype != 1001:
+            return False
+        if nxt != 0 and (nxt < 4 or nxt - 4 <= offset):
+            return False
+        offset = nxt
+    else:
+        return False
+    return seen_1000
+
+
+@functools.cache
+def _fast_decoder() -> _FastDecoder | None:
+    try:
+        return _FastDecoder()
+    except (ImportError, AttributeError) as exc:  # pragma: no cover - another ObsPy layout: ObsPy's reader only
+        import structlog
+
+        structlog.get_logger(__name__).warning("mseed_fast_decoder_unavailable", error=repr(exc))
+        return None
+
+
+def decode_record(rec: bytes, reclen: int | None = None, *, now_ns: int | None = None,
+                  fast_path: bool = True) -> Trace | str:
     """Decode one MiniSEED 2 record; return the Trace, or a rejection reason. Never raises.
 
     ObsPy warnings (libmseed errors, Steim integrity checks) count as corruption. Not thread-safe with
     respect to other code that changes warning filters at the same time (warnings.catch_warnings).
+    fast_path: try `_FastDecoder` first (same library, same result, ~4x less CPU); False = ObsPy's reader only.
     """
     if reclen is None:
         reclen = len(rec)
@@ -154,6 +299,13 @@ def decode_record(rec: bytes, reclen: int | None = None, *, now_ns: int | None =
     if b1000[0] != reclen:
         return "bad_reclen"
     (nsamp,) = struct.unpack_from(b1000[1] + "H", rec, 30)
+    if _payload_overruns(rec, b1000[1], nsamp, reclen):
+        return "npts_mismatch"
+    fast = _fast_decoder()
+    tr = fast.decode(bytes(rec), reclen, nsamp) if fast is not None and fast_path else None
+    if tr is not None:
+        reason = validate_trace(tr, max_samples=2 * reclen, now_ns=now_ns)
+        return reason if reason is not None else tr
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -228,8 +380,39 @@ def match_selector(seed_id: str, selectors: Sequence[str] | Iterable[str]) -> bo
     return any(_compile_selector(s).match(sid) for s in selectors)
 
 
+class SelectorSet:
+    """A fixed list of selectors, matched without scanning all of them (`match_selector`'s semantics).
+
+    A configuration watching 500 stations has 500+ selectors, and every record is matched: scanning them
+    all was an O(stations) cost per record. Selectors with an explicit NET.STA are indexed by it; the
+    others (wildcards in the network or station code) are tried for every id.
+    """
+
+    def __init__(self, selectors: Iterable[str]) -> None:
+        self.selectors = tuple(selectors)
+        self._by_station: dict[str, list[re.Pattern[str]]] = {}
+        self._wild: list[re.Pattern[str]] = []
+        for sel in self.selectors:
+            pattern = _compile_selector(sel)  # raises ValueError for a malformed selector
+            net, sta = ([*sel.strip().upper().split("."), "*"])[:2]
+            if "?" in net + sta or "*" in net + sta:
+                self._wild.append(pattern)
+            else:
+                self._by_station.setdefault(f"{net}.{sta}", []).append(pattern)
+
+    def matches(self, seed_id: str) -> bool:
+        parts = seed_id.upper().split(".")
+        if len(parts) != 4:
+            return False
+        parts[2] = _normalise_loc(parts[2])
+        sid = ".".join(parts)
+        candidates = self._by_station.get(f"{parts[0]}.{parts[1]}", ())
+        return any(p.match(sid) for p in candidates) or any(p.match(sid) for p in self._wild)
+
+
 __all__ = [
     "DEFAULT_RECLEN",
+    "SelectorSet",
     "decode_record",
     "decode_records",
     "detect_reclen",
