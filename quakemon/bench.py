@@ -72,7 +72,7 @@ class BenchPlan:
     replay_stations: int = 40
     replay_seconds: float = 300.0
     replay_batch: int = 256
-    live_stations: tuple[int, ...] = (50, 100, 200, 400, 800)
+    live_stations: tuple[int, ...] = (100, 200, 300, 400, 500, 600, 700, 800, 1000)
     live_speed: float = 1.0
     live_archive_s: float = 120.0
     live_measure_s: float = 30.0
@@ -215,16 +215,17 @@ def spread_checkpoint(base: Path, out: Path, files: Sequence[Path], label: str =
 def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto",
                batch_sizes: Sequence[int] = (64, 256), min_s: float = 1.0) -> dict[str, Any]:
     """Bare model forward (no preprocessing, no softmax) on random spectrograms: windows/s per batch size,
-    with the current torch thread count."""
+    with the current torch thread count. The model is prepared as the inference engine prepares it (folded
+    stem, channels_last), so the roof is the fastest forward quakemon knows, not a slower strawman."""
     import torch
 
     from quakemon.models.checkpoint import load_checkpoint
-    from quakemon.workers.inference import autocast, pick_device, resolve_precision
+    from quakemon.workers.inference import autocast, pick_device, prepare_for_inference, resolve_precision
 
     ckpt = load_checkpoint(checkpoint)
     dev = pick_device(device)
     prec = resolve_precision(precision, dev)
-    model = ckpt.model.to(dev).eval()
+    model = prepare_for_inference(ckpt.model, dev)
     shape = (ckpt.args.in_channels, *ckpt.args.img_size)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     cast = autocast(prec, dev)
@@ -232,7 +233,7 @@ def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode(), cast:
         for b in batch_sizes:
-            x = torch.rand((b, *shape), generator=gen).to(dev)
+            x = torch.rand((b, *shape), generator=gen).to(dev).contiguous(memory_format=torch.channels_last)
             model(x)  # warm-up (lazy init, oneDNN kernel selection)
             sync()
             n, start = 0, time.perf_counter()
@@ -512,6 +513,23 @@ def bench_main(args: argparse.Namespace) -> int:
     configure_logging("warning", "console")
     kw: dict[str, Any] = {"device": getattr(args, "device", "auto") or "auto"}
     for key in ("precision", "stride_s"):
+        if getattr(args, key, None) is not None:
+            kw[key] = getattr(args, key)
+    if getattr(args, "parts", None):
+        parts = tuple(part.strip() for part in args.parts.split(",") if part.strip())
+        unknown = sorted(set(parts) - {"roof", "replay", "live"})
+        if unknown:
+            raise SystemExit(f"quakemon bench: --parts: unknown part(s) {unknown}; choose from roof, replay, live")
+        kw["parts"] = parts
+    for key in ("live_stations", "roof_batches"):
+        text = getattr(args, key, None)
+        if text:
+            try:
+                kw[key] = tuple(int(n) for n in text.split(","))
+            except ValueError:
+                flag = "--" + key.replace("_", "-")
+                raise SystemExit(f"quakemon bench: {flag}: expected integers like 64,256,1024, got {text!r}") from None
+    for key in ("replay_stations", "replay_batch"):
         if getattr(args, key, None) is not None:
             kw[key] = getattr(args, key)
     plan = BenchPlan.quick(**kw) if getattr(args, "quick", False) else BenchPlan(**kw)

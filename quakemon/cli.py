@@ -284,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help='"auto", "cpu", "cuda" or "cuda:N"')
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None)
     p.add_argument("--stride-s", type=float, default=None, help="window stride in seconds (default 1)")
+    p.add_argument("--parts", default=None, help="comma-separated subset of roof,replay,live (default all)")
+    p.add_argument("--roof-batches", default=None, help="comma-separated batch sizes for the roof")
+    p.add_argument("--replay-stations", type=int, default=None, help="stations in the replay archive (default 40)")
+    p.add_argument("--replay-batch", type=int, default=None, help="replay inference batch (default 256)")
+    p.add_argument("--live-stations", default=None,
+                   help="comma-separated station counts the live part tries in turn (default 100,200,...,1000)")
 
     cmd("params", _cmd_params, "print the exact parameter count of every backbone")
     return parser

@@ -191,6 +191,8 @@ class PipelineConfig:
     """[pipeline]: stage processes and the sockets between them."""
 
     preprocess_workers: int = _key(1, "preprocessing worker processes", _range(1, 64))
+    preprocess_device: str = _key("auto", '"auto" (the model\'s device when that is a GPU, else CPU), "cpu", "cuda"'
+                                  ' or "cuda:N"', _device)
     runtime_dir: str = _key("auto", 'directory for ipc:// sockets; "auto" = $RUNTIME_DIRECTORY or a per-user dir',
                             _path)
     windows_endpoint: str = _key("auto", 'scheduler -> preprocess PUSH/PULL; "auto" = ipc://<runtime_dir>/windows',

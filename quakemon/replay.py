@@ -60,6 +60,8 @@ class DetectionRunner:
         engine = InferenceEngine(checkpoint, device=device, precision=precision, batch_size=batch_size)
         label = trigger_label if trigger_label in checkpoint.labels else None
         self.stage = DetectionStage(engine, on, off, min_duration_s, label)
+        # on a GPU the transform runs there too and the spectra never leave the device
+        self._preprocess_device = engine.device if engine.device.type != "cpu" else None
         self.batch_size = batch_size
         self.sequencer = Sequencer()
         self.keep_series = keep_series
@@ -73,7 +75,8 @@ class DetectionRunner:
         if not batch:
             return []
         data, metas = stack_windows(batch, center="ZSCORE" in self.contract.transforms)
-        spectra, metas = preprocess_windows(data, metas, self.contract)
+        spectra, metas = preprocess_windows(data, metas, self.contract, device=self._preprocess_device,
+                                            keep_on_device=True)
         result = self.stage.process(spectra, metas)
         self.windows += len(batch)
         if self.keep_series:

@@ -171,3 +171,25 @@ def test_parameter_counts_match_readme_table():
         assert row, f"README has no parameter row for {b.name}"
         readme = {DEPTHS[0]: int(row.group(1).replace(",", "")), DEPTHS[1]: int(row.group(2).replace(",", ""))}
         assert readme == counts[b.name], b.name
+
+
+def test_prepare_for_inference_folds_the_stem_and_keeps_outputs() -> None:
+    """The engine's copy: BatchNorm folded into the stem convolutions, channels_last; same outputs, original intact."""
+    from quakemon.workers.inference import prepare_for_inference
+
+    torch.manual_seed(0)
+    model = HybridViT("TINY", depth=2, img_size=(33, 64)).eval()
+    for m in model.modules():  # non-trivial BatchNorm statistics, so a wrong fold would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    fast = prepare_for_inference(model, torch.device("cpu"))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 3  # the original is untouched
+    x = torch.randn(5, 3, 33, 64)
+    with torch.inference_mode():
+        ref = model(x)
+        got = fast(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4)

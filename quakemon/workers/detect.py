@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
+import torch
 
 from quakemon.contract import InputContract
 from quakemon.data.transforms import preprocess_batch
@@ -61,20 +62,29 @@ def stack_windows(windows: Sequence[Window], arrivals: Sequence[float | None] | 
 
 
 def preprocess_windows(data: np.ndarray, metas: list[dict[str, Any]], contract: InputContract,
-                       device: str | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Apply the contract's transforms; mark each meta with `valid` and `dead` components."""
+                       device: str | torch.device | None = None,
+                       keep_on_device: bool = False) -> tuple[np.ndarray | torch.Tensor, list[dict[str, Any]]]:
+    """Apply the contract's transforms; mark each meta with `valid` and `dead` components.
+
+    device: where the transform runs (None = CPU). keep_on_device: return the spectra as a torch tensor on
+    that device (replay on a GPU hands them straight to the model) instead of a float32 numpy array.
+    """
     if len(metas) == 0:
         f, t = contract.spectrogram_shape
         return np.zeros((0, contract.n_channels, f, t), np.float32), []
-    result = preprocess_batch(data, contract, device=device)
-    spectra = result.spectrograms
-    if not isinstance(spectra, np.ndarray):
-        spectra = spectra.cpu().numpy()
-    valid = np.asarray(result.valid)
-    dead = np.asarray(result.dead)
+    on_gpu = device is not None and torch.device(device).type != "cpu"
+    x = torch.from_numpy(np.ascontiguousarray(data)).to(device, non_blocking=True) if on_gpu else data
+    result = preprocess_batch(x, contract)
+    valid = np.asarray(result.valid.cpu() if on_gpu else result.valid)
+    dead = np.asarray(result.dead.cpu() if on_gpu else result.dead)
     for i, meta in enumerate(metas):
         meta["valid"] = bool(valid[i])
         meta["dead"] = [contract.component_order[c] for c in np.flatnonzero(dead[i])]
+    spectra = result.spectrograms
+    if on_gpu and keep_on_device:
+        return spectra, metas
+    if not isinstance(spectra, np.ndarray):
+        spectra = spectra.cpu().numpy()
     return np.ascontiguousarray(spectra, dtype=np.float32), metas
 
 
@@ -100,12 +110,18 @@ class DetectionStage:
         self.stats: Counter[str] = Counter()
         self._last_start: dict[str, int] = {}
 
-    def process(self, spectra: np.ndarray, metas: list[dict[str, Any]]) -> DetectionResult:
-        """Infer the valid windows, then feed every station's trigger in window-start order."""
+    def process(self, spectra: np.ndarray | torch.Tensor, metas: list[dict[str, Any]]) -> DetectionResult:
+        """Infer the valid windows, then feed every station's trigger in window-start order.
+
+        spectra: numpy, or a torch tensor already on the engine's device (see `preprocess_windows`).
+        """
         probs = np.full((len(metas), len(self.labels)), np.nan, np.float32)
         valid = np.array([m.get("valid", True) for m in metas], dtype=bool)
-        if valid.any():
-            probs[valid] = self.engine.predict(spectra[valid])
+        if valid.all():
+            probs[:] = self.engine.predict(spectra)
+        elif valid.any():
+            mask = torch.from_numpy(valid).to(spectra.device) if isinstance(spectra, torch.Tensor) else valid
+            probs[valid] = self.engine.predict(spectra[mask])
         self.stats["windows"] += len(metas)
         self.stats["inferred"] += int(valid.sum())
         self.stats["invalid"] += int((~valid).sum())

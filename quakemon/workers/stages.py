@@ -453,11 +453,12 @@ def run_preprocess(cfg: Config, contract: InputContract, stop: StopFlag, control
         return {"source": sid, "preprocessed": counters["windows"], "dropped_preprocess": queue.dropped,
                 "queue_preprocess": queue.windows}
 
+    device = preprocess_device(cfg)
     ingest_stats: dict[str, dict[str, Any]] = {}  # newest counters per ingest process, until forwarded
     stats_clock = _Every(STATS_INTERVAL_S)
     status.ready = True
     log.info("stage_started", stage="preprocess", windows_endpoint=cfg.pipeline.windows_endpoint,
-             spectra_endpoint=cfg.pipeline.spectra_endpoint)
+             spectra_endpoint=cfg.pipeline.spectra_endpoint, device=str(device or "cpu"))
     poller = zmq.Poller()
     poller.register(pull, zmq.POLLIN)
     try:
@@ -478,7 +479,7 @@ def run_preprocess(cfg: Config, contract: InputContract, stop: StopFlag, control
             # everything received this round is transformed together, in calls of up to max_batch windows
             sent = False
             for metas, data in _coalesce(batches, max_batch):
-                spectra, part = preprocess_windows(data, metas, contract)
+                spectra, part = preprocess_windows(data, metas, contract, device=device)
                 counters["windows"] += len(part)
                 status.progress += len(part)
                 header = {"kind": "spectra", "windows": part}
@@ -501,6 +502,17 @@ def run_preprocess(cfg: Config, contract: InputContract, stop: StopFlag, control
         ctx.term()
     log.info("stage_stopped", stage="preprocess", windows=counters["windows"], dropped=queue.dropped)
     return 0
+
+
+def preprocess_device(cfg: Config) -> Any:
+    """The torch device the preprocessing workers use, or None for the CPU ([pipeline] preprocess_device)."""
+    from quakemon.workers.inference import pick_device
+
+    wanted = cfg.pipeline.preprocess_device
+    if wanted == "auto":
+        wanted = os.environ.get("QUAKEMON_FORCE_DEVICE") or cfg.model.device
+    device = pick_device(wanted)
+    return device if device.type != "cpu" else None
 
 
 def _coalesce(batches: list[tuple[dict, dict]], max_batch: int) -> Iterator[tuple[list[dict], np.ndarray]]:
