@@ -529,7 +529,7 @@ def bench_main(args: argparse.Namespace) -> int:
             except ValueError:
                 flag = "--" + key.replace("_", "-")
                 raise SystemExit(f"quakemon bench: {flag}: expected integers like 64,256,1024, got {text!r}") from None
-    for key in ("replay_stations", "replay_batch"):
+    for key in ("replay_stations", "replay_batch", "live_batch"):
         if getattr(args, key, None) is not None:
             kw[key] = getattr(args, key)
     plan = BenchPlan.quick(**kw) if getattr(args, "quick", False) else BenchPlan(**kw)
