@@ -41,3 +41,11 @@ def test_upstream_accepts_one_or_several_ingest_sources() -> None:
     up.update({"ingest": [{"source": "a", "windows_out": 5}, {"source": "b", "windows_out": 7}]}, now=1.0)
     ingest, pre = up.current(now=2.0)
     assert sorted(s["windows_out"] for s in ingest) == [5, 7] and [s["source"] for s in pre] == ["p"]
+
+
+def test_upstream_keeps_the_data_ends_between_messages_that_carry_them() -> None:
+    up = _Upstream()
+    up.update({"ingest": {"source": "a", "windows_out": 3, "newest_end_s": {"XB.S1": 10.0}}}, now=0.0)
+    up.update({"ingest": [{"source": "a", "windows_out": 4}]}, now=0.5)  # counters only
+    (ingest,), _ = up.current(now=1.0)
+    assert ingest["windows_out"] == 4 and ingest["newest_end_s"] == {"XB.S1": 10.0}

@@ -422,4 +422,5 @@ class SeedLinkSource(TraceSource):
                 self._counts["dropped"] += 1
             tr.stats.seedlink_seq = seq
             self._queue.append(tr)
-            self._cond.notify()
+            if len(self._queue) == 1:  # the consumer waits only on an empty queue: no wake-up per record
+                self._cond.notify()

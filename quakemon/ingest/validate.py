@@ -179,7 +179,16 @@ class _FastDecoder:
         from obspy.io.mseed.headers import HPTMODULUS, MSRecord, clibmseed
 
         self._ctypes = ctypes
+        # the raw library, without ObsPy's per-call wrapper (it builds two ctypes callbacks per call): our own
+        # callbacks are made once and installed before each parse; any libmseed message sends the record to
+        # ObsPy's reader, which then raises or warns exactly as before
+        self._raw = clibmseed.lib
         self._lib = clibmseed
+        self._messages: list[bytes] = []
+        callback = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+        self._diag = callback(self._messages.append)
+        self._log = callback(self._messages.append)
+        self._lock = threading.Lock()  # libmseed's log hooks are process-global
         self._hpt_ns = 10**9 // int(HPTMODULUS)
         self._local = threading.local()
         self._types = {b"i": (ctypes.c_int32, np.int32), b"f": (ctypes.c_float, np.float32),
@@ -197,14 +206,16 @@ class _FastDecoder:
             return None
         msr = self._msr()
         ctypes = self._ctypes
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                ret = self._lib.msr_parse(np.frombuffer(rec, dtype=np.int8), reclen, ctypes.pointer(msr), reclen, 1, 0)
-        except Exception:  # noqa: BLE001 - ObsPy's reader decides what this record is
+        with self._lock:
+            self._messages.clear()
+            self._raw.setupLogging(self._diag, self._log)
+            ret = self._raw.msr_parse(np.frombuffer(rec, dtype=np.int8), reclen, ctypes.pointer(msr), reclen, 1, 0)
+            spoke = bool(self._messages)
+        if not msr:  # libmseed freed the record on an error: a fresh one next time
+            self._local.msr = None
             return None
         m = msr.contents
-        if ret != 0 or caught or m.Blkt100 or m.numsamples != nsamp or m.samplecnt != nsamp or nsamp <= 0:
+        if ret != 0 or spoke or m.Blkt100 or m.numsamples != nsamp or m.samplecnt != nsamp or nsamp <= 0:
             return None
         kind = self._types.get(m.sampletype)
         if kind is None or not m.datasamples:

@@ -263,37 +263,36 @@ def run_ingest(cfg: Config, contract: InputContract, stop: StopFlag, control: st
     newest_end: dict[str, int] = {}
     counters: collections.Counter[str] = collections.Counter()
 
-    def stats() -> dict[str, Any]:
-        """Travels downstream with each batch: the newest data end per station, so lag is computed when used."""
-        return {"source": sid, "stations": len({key[0] for key in windower.schedulers}),
-                "windows_out": counters["windows"], "dropped_ingest": queue.dropped, "queue_ingest": queue.windows,
-                "newest_end_s": {st: end / 1e9 for st, end in newest_end.items()}}
+    def stats(ends: bool = True) -> dict[str, Any]:
+        """Travels downstream with each batch. The newest data end per station (so lag is computed when used)
+        grows with the station count, so it rides along at most every STATS_INTERVAL_S (`ends`)."""
+        out: dict[str, Any] = {"source": sid, "stations": len({key[0] for key in windower.schedulers}),
+                               "windows_out": counters["windows"], "dropped_ingest": queue.dropped,
+                               "queue_ingest": queue.windows}
+        if ends:
+            out["newest_end_s"] = {st: end / 1e9 for st, end in newest_end.items()}
+        return out
 
     def full_stats() -> dict[str, Any]:
         now_ns = time.time_ns()
         lag = {st: round(max(0.0, (now_ns - end) / 1e9), 3) for st, end in newest_end.items()}
-        return {**{k: v for k, v in stats().items() if k != "newest_end_s"}, "lag_s": lag,
+        return {**stats(ends=False), "lag_s": lag,
                 **{f"source_{k}": v for k, v in source.stats.items()},
                 **{f"windower_{k}": v for k, v in windower.counters().items()}}
 
     center = "ZSCORE" in contract.transforms
     pending: list[Any] = []  # windows cut since the last message, with their arrival times
     arrivals: list[float] = []
-    stats_clock = _Every(STATS_INTERVAL_S)
-
-    stats_sent_for = -1  # counters["windows"] when the stats last travelled
+    ends_clock = _Every(STATS_INTERVAL_S)
+    ends_sent = True  # newest_end has not changed since it last travelled
 
     def flush() -> None:
-        """Send the pending windows (possibly none: then only the stats, once they are due and have changed)."""
-        nonlocal stats_sent_for
-        header: dict[str, Any] = {"kind": "windows"}
-        if stats_clock.due():
-            header["stats"] = stats()
-            stats_sent_for = counters["windows"]
-        elif not pending:
-            return
-        data, header["windows"] = stack_windows(pending, arrivals, center=center)
-        queue.put(header, {"data": data})
+        """Send the pending windows with the counters (possibly no windows: then the newest ends, when due)."""
+        nonlocal ends_sent
+        ends = ends_clock.due()
+        ends_sent = ends_sent or ends
+        data, metas = stack_windows(pending, arrivals, center=center)
+        queue.put({"kind": "windows", "windows": metas, "stats": stats(ends)}, {"data": data})
         pending.clear()
         arrivals.clear()
 
@@ -311,6 +310,7 @@ def run_ingest(cfg: Config, contract: InputContract, stop: StopFlag, control: st
                     now = time.time()
                     for w in windows:
                         newest_end[w.station] = max(newest_end.get(w.station, 0), w.end_ns)
+                    ends_sent = False
                     counters["windows"] += len(windows)
                     status.progress += len(windows)
                     pending += windows
@@ -319,8 +319,8 @@ def run_ingest(cfg: Config, contract: InputContract, stop: StopFlag, control: st
             # tr None: the feed has caught up with the source, so whatever was cut goes now
             if pending and (tr is None or len(pending) >= FLUSH_WINDOWS or time.time() - arrivals[0] >= FLUSH_AGE_S):
                 flush()
-            elif tr is None and stats_sent_for != counters["windows"]:
-                flush()  # quiet: the final counters still reach the heartbeat
+            elif tr is None and not ends_sent and ends_clock.last + STATS_INTERVAL_S <= time.monotonic():
+                flush()  # quiet: the final data ends still reach the heartbeat
             _drain_to(push, queue)
             status.maybe_send(full_stats)
             if stop.is_set():
@@ -402,7 +402,8 @@ class _IdleFeed:
                     while len(self.handoff) >= self.max_items and not self.stop.event.is_set():
                         self.cond.wait(0.1)
                     self.handoff.append(tr)
-                    self.cond.notify_all()
+                    if len(self.handoff) == 1:  # the consumer waits only while the hand-off is empty
+                        self.cond.notify_all()
                 if self.stop.event.is_set():
                     break
         except BaseException as exc:  # surfaced in the consuming thread
@@ -419,7 +420,8 @@ class _IdleFeed:
                     self.cond.wait(self.tick_s)
                 items = list(self.handoff)
                 self.handoff.clear()
-                self.cond.notify_all()
+                if len(items) >= self.max_items:  # the pump waits only on a full hand-off
+                    self.cond.notify_all()
             yield from items
             if not items and self.done.is_set():
                 if self.error is not None:
@@ -454,8 +456,6 @@ def run_preprocess(cfg: Config, contract: InputContract, stop: StopFlag, control
                 "queue_preprocess": queue.windows}
 
     device = preprocess_device(cfg)
-    ingest_stats: dict[str, dict[str, Any]] = {}  # newest counters per ingest process, until forwarded
-    stats_clock = _Every(STATS_INTERVAL_S)
     status.ready = True
     log.info("stage_started", stage="preprocess", windows_endpoint=cfg.pipeline.windows_endpoint,
              spectra_endpoint=cfg.pipeline.spectra_endpoint, device=str(device or "cpu"))
@@ -472,27 +472,25 @@ def run_preprocess(cfg: Config, contract: InputContract, stop: StopFlag, control
                         batches.append(unpack_arrays(pull.recv_multipart(zmq.NOBLOCK, copy=False)))
                     except zmq.Again:
                         break
+            # the newest counters of each ingest process this round travel on with the first output message
+            ingest_stats: dict[str, dict[str, Any]] = {}
             for header, _ in batches:
                 upstream = header.get("stats")
                 if isinstance(upstream, dict) and upstream.get("source"):
-                    ingest_stats[str(upstream["source"])] = upstream
+                    src = str(upstream["source"])
+                    ingest_stats[src] = {**ingest_stats.get(src, {}), **upstream}
             # everything received this round is transformed together, in calls of up to max_batch windows
-            sent = False
             for metas, data in _coalesce(batches, max_batch):
                 spectra, part = preprocess_windows(data, metas, contract, device=device)
                 counters["windows"] += len(part)
                 status.progress += len(part)
-                header = {"kind": "spectra", "windows": part}
-                if stats_clock.due():
-                    header["stats"] = {"ingest": list(ingest_stats.values()), "preprocess": own()}
-                    ingest_stats.clear()
-                queue.put(header, {"spectra": spectra})
-                sent = True
-            if not sent and ingest_stats and stats_clock.due():  # counters only (e.g. the final ones)
-                header = {"kind": "spectra", "windows": [],
-                          "stats": {"ingest": list(ingest_stats.values()), "preprocess": own()}}
-                queue.put(header, {"spectra": np.zeros((0, 0, 0, 0), np.float32)})
-                ingest_stats.clear()
+                stats = {"ingest": list(ingest_stats.values()), "preprocess": own()}
+                queue.put({"kind": "spectra", "windows": part, "stats": stats}, {"spectra": spectra})
+                ingest_stats = {}
+            if ingest_stats:  # counters without windows (an ingest message with only the newest data ends)
+                stats = {"ingest": list(ingest_stats.values()), "preprocess": own()}
+                queue.put({"kind": "spectra", "windows": [], "stats": stats},
+                          {"spectra": np.zeros((0, 0, 0, 0), np.float32)})
             _drain_to(push, queue)
             status.maybe_send(own)
     finally:
@@ -551,7 +549,9 @@ class _Upstream:
             part = stats.get(name)
             for item in part if isinstance(part, list) else [part]:
                 if isinstance(item, dict) and item.get("source"):
-                    table[str(item["source"])] = (now, item)
+                    # merged: the per-station data ends ride along only every STATS_INTERVAL_S
+                    key = str(item["source"])
+                    table[key] = (now, {**table.get(key, (now, {}))[1], **item})
 
     def current(self, now: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         for table in (self.ingest, self.preprocess):
