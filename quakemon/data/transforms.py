@@ -40,9 +40,19 @@ The output is always finite float32 (a last guard zeroes anything non-finite, e.
 ZSCORE). Precision: the steps up to the mean removal run in float64 (float32 input stays float32), since raw
 counts with a large offset lose their signal in float32; the centred signal and the STFT run in `dtype`
 (float32 by default: within ~3e-7 of scipy relative to the spectrogram peak; float64 matches bin for bin).
-Speed: the STFT is a batched matrix product with a windowed DFT matrix, so the same code runs on a GPU
-(`device="cuda"`); on a CPU shared with other processes, one torch thread per worker process is the
-efficient setting (torch.set_num_threads(1)), since OpenMP threads spin when their cores are busy.
+Speed: the STFT is a matrix product with a windowed DFT matrix (real and imaginary parts land in separate
+planes, so the magnitude is three vectorised passes; 1/std rides on the copy of the frames), and the same code
+runs on a GPU (`device="cuda"`), where each of the two passes below is one batched call. On the CPU the passes
+go over the batch in parts of ~8 and ~16 windows (`CPU_PART_SAMPLES`), so that a part's intermediates stay in
+the core's L2 cache instead of streaming through memory once per step: pass 1 checks (and repairs), centres the
+signal into the zero-padded STFT input and takes its sums and norms; the z-score statistics of the whole batch
+follow; pass 2 copies the frames times 1/std, multiplies them by the DFT matrix and takes the magnitude. With
+torch.get_num_threads() > 1 the parts are shared out to a persistent pool of that many threads, each running
+torch single-threaded (torch ops release the GIL): two hand-offs per pass instead of OpenMP's fork/join per
+operation, which stalls whenever another process holds a core. With one torch thread per worker process
+(torch.set_num_threads(1): the efficient setting on a CPU shared with other processes) the parts run in the
+calling thread, which also keeps its zero-padded STFT input buffer (up to 32 MB) from one call to the next.
+tests/bench/bench_transforms.py measures it against a per-window scipy loop.
 
 `stream_to_array` turns one station's ObsPy Stream into the [C, N] array the contract expects: component
 mapping, merging of split traces (gaps become NaN, handled by DROP_NAN) and resampling.
@@ -50,7 +60,11 @@ mapping, merging of split traces (gaps become NaN, handled by DROP_NAN) and resa
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -88,6 +102,22 @@ class PreprocessResult:
     nan_fraction: Any
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What all parts of one `preprocess_batch` call share."""
+
+    ops: frozenset[str]
+    work: torch.dtype  # precision up to the mean removal
+    dtype: torch.dtype  # precision of the centred signal and the STFT
+    n_real: int  # samples TRIMMING keeps; the rest of the window is padding
+    pad_left: int  # STFT boundary zeros before the signal (0 without SPECTROGRAM)
+    length: int  # the zero-padded STFT input, or the window without SPECTROGRAM
+    nperseg: int
+    hop: int
+    lean: bool  # input in the working dtype, only DROP_NAN, TRIMMING, ZSCORE (required), SPECTROGRAM
+    contract: InputContract
+
+
 def preprocess_batch(
     x: np.ndarray | torch.Tensor,
     contract: InputContract,
@@ -114,90 +144,276 @@ def preprocess_batch(
     if t.is_complex() or t.dtype == torch.bool:
         raise ContractError(f"waveforms must be real numbers, got dtype {t.dtype}")
     dev = torch.device(device) if device is not None else t.device
-    # Steps up to the centring run in float64 (float32 input stays float32): raw counts with a large offset
-    # lose their signal in float32. The centred signal and the STFT are computed in `dtype`.
-    work = torch.promote_types(t.dtype if t.is_floating_point() else torch.float64, dtype)
-    t = t.to(device=dev, dtype=work)
+    t = t.to(device=dev)  # the working dtype is applied per part (no batch-sized copy of int counts)
     if max_nan_fraction is None:
         max_nan_fraction = float(contract.extra.get("max_nan_fraction", DEFAULT_MAX_NAN_FRACTION))
-    ops = set(contract.transforms)
+    ops = frozenset(contract.transforms)
     b, c, n = t.shape
     window = contract.window_samples if "TRIMMING" in ops else n
-    n_real = min(n, window)
+    spectrogram = "SPECTROGRAM" in ops
+    nperseg, hop = contract.stft_nperseg, contract.stft_hop
+    # Steps up to the centring run in float64 (float32 input stays float32): raw counts with a large
+    # offset lose their signal in float32. The centred signal and the STFT are computed in `dtype`.
+    work = torch.promote_types(t.dtype if t.is_floating_point() else torch.float64, dtype)
+    plan = _Plan(
+        ops=ops,
+        work=work,
+        dtype=dtype,
+        n_real=min(n, window),
+        pad_left=nperseg // 2 if spectrogram else 0,
+        length=_stft_length(window, nperseg, hop) if spectrogram else window,
+        nperseg=nperseg,
+        hop=hop,
+        lean=t.dtype == work and "ZSCORE" in ops and ops <= {"DROP_NAN", "TRIMMING", "ZSCORE", "SPECTROGRAM"},
+        contract=contract,
+    )
+    shape = (nperseg // 2 + 1, (plan.length - nperseg) // hop + 1) if spectrogram else (window,)
+    spectra = torch.empty(b, c, *shape, dtype=torch.float32, device=dev)
+    dead = torch.empty(b, c, dtype=torch.bool, device=dev)
+    nan_fraction = torch.zeros(b, dtype=torch.float32, device=dev)
+    if b == 0:
+        valid = torch.ones(0, dtype=torch.bool, device=dev)
+        return _result(as_numpy, spectra, valid, dead, nan_fraction)
+    padded, zeroed = _padded_buffer((b, c, plan.length), plan, dev)
+    sums = torch.empty(b, c, 1, dtype=work, device=dev)
+    norm = torch.empty(b, c, 1, dtype=dtype, device=dev)
+    rows = b * c
 
-    untouched = t
-    nonfinite_rows, t, row_sums = _drop_nan(t, repair="DROP_NAN" in ops)
-    if nonfinite_rows is None:
-        nan_fraction = torch.zeros(b, dtype=torch.float32, device=dev)
+    # CPU: the two passes below go over the batch in parts of a few windows (intermediates stay in L2), on a
+    # pool of worker threads when torch has more than one. GPU: each pass is one batched call.
+    cpu = dev.type == "cpu"
+    threads = torch.get_num_threads()
+    parts = _cpu_parts(b, c * n, CPU_PART_SAMPLES) if cpu else [b]
+
+    # 1: repair, detrend, cut, taper, filter; the signal, centred, into the zero-padded STFT input; sum, norm
+    signal = padded.narrow(-1, plan.pad_left, plan.n_real)
+    starts = [0, *itertools.accumulate(parts)][:-1]
+    pieces = zip(*(tensor.split(parts) for tensor in (t, signal, padded, sums, norm)), starts, strict=True)
+    _run(lambda p: _centre(*p, plan, zeroed, nan_fraction), list(pieces), min(threads, len(parts)))
+
+    # ZSCORE statistics over the real samples (population std). Dead channels (std <= 10 eps |mean|, eps of
+    # the working precision) give zeros: their scale is 0.
+    std = norm.mul_(1 / math.sqrt(plan.n_real))
+    torch.le(std, sums.abs_().mul_(10 * torch.finfo(work).eps / plan.n_real), out=dead.unsqueeze(-1))
+    zscore = "ZSCORE" in ops
+    scale = std.reciprocal().masked_fill_(dead.unsqueeze(-1), 0.0) if zscore else None
+
+    # 2: |STFT| (or the waveform) times 1/std into the output, in row parts (of twice the windows: measured
+    # faster for this pass, whose DFT product gains from the larger matrices)
+    parts = _cpu_parts(b, c * n, 2 * CPU_PART_SAMPLES) if cpu else [b]
+    workers = min(threads, len(parts))
+    row_parts = [part * c for part in parts]
+    scales = scale.view(rows, 1, 1).split(row_parts) if scale is not None else [None] * len(parts)
+    if spectrogram:
+        segments = padded.view(rows, plan.length).unfold(-1, nperseg, hop)  # [R, T, nperseg] view
+        magnitudes = spectra.view(rows, *shape).transpose(0, 1)  # [F, R, T] view
+        pieces = zip(segments.split(row_parts), scales, magnitudes.split(row_parts, dim=1), strict=True)
+        _run(lambda p: _stft_magnitude(*p, plan), list(pieces), workers)
     else:
-        nan_fraction = nonfinite_rows[..., :n_real].float().mean(-1).amax(-1)
+        waves = padded.view(rows, -1).split(row_parts)
+        pieces = zip(waves, scales, spectra.view(rows, -1).split(row_parts), strict=True)
+        _run(lambda p: _scaled_copy(*p), list(pieces), workers)
+
+    # z-scored output with finite std is bounded; anything else gets the guard (e.g. float32 overflow)
+    if (not zscore or not _all_finite(std)) and not _all_finite(spectra.sum()):
+        torch.nan_to_num(spectra, nan=0.0, posinf=0.0, neginf=0.0, out=spectra)
     valid = nan_fraction <= max_nan_fraction if "DROP_NAN" in ops else nan_fraction == 0
+    return _result(as_numpy, spectra, valid, dead, nan_fraction)
+
+
+def _result(as_numpy: bool, *outputs: torch.Tensor) -> PreprocessResult:
+    if as_numpy:
+        return PreprocessResult(*(tensor.cpu().numpy() for tensor in outputs))
+    return PreprocessResult(*outputs)
+
+
+def _centre(
+    x: torch.Tensor,
+    signal: torch.Tensor,
+    padded: torch.Tensor,
+    sums: torch.Tensor,
+    norm: torch.Tensor,
+    start: int,
+    plan: _Plan,
+    zeroed: bool,
+    nan_fraction: torch.Tensor,
+) -> None:
+    """Pass 1 for windows x [b, C, N] (batch rows start..): DROP_NAN .. BANDPASS, then the signal, centred (ZSCORE)
+    or raw, into `signal`, the real samples of the buffer padded [b, C, L] (plan.dtype; its padding is zeroed
+    here unless `zeroed`); the sums [b, C, 1] (plan.work) and the norms [b, C, 1] of the centred signal; the
+    batch's nan_fraction (arrives zeroed). Every step is per window and channel.
+    """
+    n_real = plan.n_real
+    if plan.lean:  # the common case in a few calls, since each call here is GIL time: finite samples, no filters
+        kept = x if x.shape[-1] == n_real else x.narrow(-1, 0, n_real)
+        torch.sum(kept, -1, keepdim=True, out=sums)
+        if _all_finite(sums):
+            if not zeroed:
+                padded.zero_()
+            torch.sub(kept, sums, alpha=1 / n_real, out=signal)
+            torch.linalg.vector_norm(signal, dim=-1, keepdim=True, out=norm)
+            return
+
+    ops = plan.ops
+    t = x if x.dtype == plan.work else x.to(plan.work)
+    untouched = t
+    nonfinite_rows, t = _drop_nan(t, repair="DROP_NAN" in ops, sums=sums)
+    if nonfinite_rows is not None:
+        rows_nan = nonfinite_rows[..., :n_real].float().mean(-1).amax(-1)
+        nan_fraction.narrow(0, start, x.shape[0]).copy_(rows_nan)
     if "DETREND" in ops:
         t = _detrend(t)
-    t = t[..., :n_real]  # TRIMMING's cut; its padding is added below (stats exclude it)
+    if n_real < t.shape[-1]:
+        t = t.narrow(-1, 0, n_real)  # TRIMMING's cut; its padding is added below (stats exclude it)
     if "TAPER" in ops:
-        t = t * _tukey(n_real, work, dev)
+        t = t * _tukey(n_real, plan.work, t.device)
     if "BANDPASS" in ops:
-        t = _bandpass(t, contract)
+        t = _bandpass(t, plan.contract)
+    if t is not untouched or nonfinite_rows is not None:
+        torch.sum(t, -1, keepdim=True, out=sums)  # (else the finiteness check summed these very samples)
 
-    # ZSCORE statistics over the real samples; the centred signal is written straight into the zero-padded
-    # buffer the STFT reads (one pass), and 1/std is applied to the (smaller) magnitude at the end.
-    pad_left = contract.stft_nperseg // 2 if "SPECTROGRAM" in ops else 0
-    length = _stft_length(window, contract.stft_nperseg, contract.stft_hop) if "SPECTROGRAM" in ops else window
-    padded = torch.empty(b, c, length, dtype=dtype, device=dev)
-    padded[..., :pad_left] = 0
-    padded[..., pad_left + n_real :] = 0
-    signal = padded[..., pad_left : pad_left + n_real]
-    if row_sums is not None and t.data_ptr() == untouched.data_ptr() and n_real == n:
-        mean = row_sums / n  # the finiteness check already summed these very samples
-    else:
-        mean = t.mean(-1, keepdim=True)
-    if dev.type == "cpu":  # numpy subtracts in the working precision and casts on the fly, without a temporary
-        np.subtract(t.numpy(), mean.numpy(), out=signal.numpy(), casting="same_kind")
-    else:
-        torch.sub(t, mean, out=signal)
-    std = (torch.linalg.vector_norm(signal, dim=-1, keepdim=True) / math.sqrt(n_real)).to(work)
-    dead_k = std <= 10 * torch.finfo(work).eps * mean.abs()
-    dead = dead_k[..., 0]
-    if "ZSCORE" in ops:
-        scale = torch.where(dead_k, 0.0, 1.0 / torch.where(dead_k, 1.0, std)).to(dtype)
-    else:
-        scale = None
-        signal.copy_(t)  # no ZSCORE: the raw (transformed) samples, not centred
-
-    if "SPECTROGRAM" in ops:
-        out = _stft_magnitude(padded, contract.stft_nperseg, contract.stft_hop)  # [B, C, F, T]
-        if scale is not None:
-            out.mul_(scale[..., None])
-    else:
-        out = padded if scale is None else padded.mul_(scale)
-    out = out.to(torch.float32, memory_format=torch.contiguous_format)
-    # z-scored output with finite std is bounded; anything else gets the guard (e.g. float32 overflow)
-    if ("ZSCORE" not in ops or not torch.isfinite(std).all()) and not torch.isfinite(out.sum()):
-        out = torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
-    if as_numpy:
-        return PreprocessResult(out.cpu().numpy(), valid.cpu().numpy(), dead.cpu().numpy(), nan_fraction.cpu().numpy())
-    return PreprocessResult(out, valid, dead, nan_fraction)
+    # The centred signal goes straight into the zero-padded buffer the STFT reads, cast to plan.dtype on the
+    # way. The statistics exclude the padding, which is exactly zero (i.e. at the channel mean).
+    if not zeroed:
+        padded.zero_()
+    torch.sub(t, sums, alpha=1 / n_real, out=signal)
+    torch.linalg.vector_norm(signal, dim=-1, keepdim=True, out=norm)
+    if "ZSCORE" not in ops:
+        signal.copy_(t)  # the raw (transformed) samples, not centred
 
 
-def _drop_nan(t: torch.Tensor, *, repair: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-    """(non-finite mask or None when all finite, t with non-finite runs interpolated when repair, row sums).
+_padded_buffers = threading.local()
+_PADDED_CACHE_BYTES = 32 << 20
 
-    The row sums [B, C, 1] come from the cheap finiteness check (NaN/inf anywhere makes a sum non-finite) and
-    are returned, for reuse as the ZSCORE mean, only when every sample is finite.
+
+def _padded_buffer(shape: tuple[int, int, int], plan: _Plan, device: torch.device) -> tuple[torch.Tensor, bool]:
+    """(buffer for the zero-padded signal, whether its padding is already zero).
+
+    On the CPU the calling thread keeps its last buffer (up to _PADDED_CACHE_BYTES): only the signal samples are
+    ever written, so the padding stays zero, and a warm buffer is not faulted in and zeroed (a cold one
+    streams from memory) on every call.
     """
-    sums = t.sum(-1, keepdim=True)
-    if torch.isfinite(sums).all():
-        return None, t, sums
+    if device.type != "cpu" or math.prod(shape) * plan.dtype.itemsize > _PADDED_CACHE_BYTES:
+        return torch.empty(shape, dtype=plan.dtype, device=device), False
+    key = (shape, plan.dtype, plan.pad_left, plan.n_real)
+    held = getattr(_padded_buffers, "held", None)
+    if held is None or held[0] != key:
+        held = (key, torch.zeros(shape, dtype=plan.dtype))
+        _padded_buffers.held = held
+    return held[1], True
+
+
+def _scaled_copy(source: torch.Tensor, scale: torch.Tensor | None, out: torch.Tensor) -> None:
+    """Pass 2 without SPECTROGRAM: out (float32) = the waveform times 1/std (or as is, without ZSCORE)."""
+    if scale is None:
+        out.copy_(source)
+    else:
+        torch.mul(source, scale.view(-1, 1), out=out)
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    if t.is_cpu and t.numel() < 4096:  # numpy answers a small CPU tensor faster than bool(tensor)
+        return bool(np.isfinite(t.numpy()).all())
+    return bool(torch.isfinite(t).all())
+
+
+# CPU parts of pass 1 hold about this many input samples (B_part * C * N: 8 windows of 3 x 2000), those of pass 2
+# twice as many windows. A part's intermediates (pass 1: float64 input 0.4 MB, the float64 temporary of the cast,
+# float32 signal 0.2 MB; pass 2: frames 0.8 MB, DFT output 0.8 MB, magnitude 0.4 MB) mostly stay in the 2 MB L2
+# cache between steps, instead of streaming through L3/memory once per step as whole-batch tensors do. Each part
+# costs ~5 torch calls in Python and dispatch, under the GIL: smaller parts measured slower, and so did larger.
+CPU_PART_SAMPLES = 48_000
+
+
+def _cpu_parts(b: int, samples_per_window: int, part_samples: int) -> list[int]:
+    """Window counts of near-equal parts of the batch, each about part_samples input samples (>= 1 window)."""
+    count = min(max(round(b * samples_per_window / part_samples), 1), b)
+    return [(i + 1) * b // count - i * b // count for i in range(count)]
+
+
+def _run(fn: Any, parts: list[Any], workers: int) -> None:
+    """fn(part) for every part: in this thread, or drained from one shared iterator by `workers` pool threads.
+
+    One pool task per worker (not per part) keeps the hand-offs to two per pass, and a worker slowed down by
+    other load simply takes fewer parts. All tasks are waited for before the first exception is raised.
+    """
+    if workers <= 1:
+        for part in parts:
+            fn(part)
+        return
+    shared = iter(parts)  # next() on a list iterator is atomic under the GIL
+
+    def drain() -> None:
+        for part in shared:
+            fn(part)
+
+    futures = [executor.submit(drain) for executor in [_worker_pool(workers)] for _ in range(workers)]
+    errors = [future.exception() for future in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+
+
+_pool_lock = threading.Lock()
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, executor)
+
+
+def _worker_pool(workers: int) -> ThreadPoolExecutor:
+    """A persistent pool of `workers` threads that each run torch single-threaded (CPU parts in parallel).
+
+    Parts on threads rather than torch's intra-op threads: two hand-offs per pass instead of a fork/join per
+    operation, and no thread waits for another between operations, which matters on a CPU shared with other
+    processes. Torch ops release the GIL, so the threads run in parallel. Re-created after a fork (threads do not
+    survive one) or when the thread count changes.
+    """
+    global _pool
+    with _pool_lock:
+        if _pool is not None and _pool[:2] == (os.getpid(), workers):
+            return _pool[2]
+        if _pool is not None and _pool[0] == os.getpid():
+            _pool[2].shutdown(wait=False)
+        default = _in_new_thread(torch.get_num_threads)  # the intra-op count torch gives a new thread
+        executor = ThreadPoolExecutor(workers, thread_name_prefix="quakemon-preprocess", initializer=_one_torch_thread)
+        started = threading.Barrier(workers)
+        for future in [executor.submit(started.wait, 60) for _ in range(workers)]:
+            future.result()  # every worker thread exists and is initialised
+        # torch.set_num_threads(1) in the workers also set torch's default for threads started later: put it back
+        _in_new_thread(torch.set_num_threads, default)
+        _pool = (os.getpid(), workers, executor)
+        return executor
+
+
+def _one_torch_thread() -> None:
+    torch.get_num_threads()  # torch initialises a thread's count lazily, at its first call: do that first
+    torch.set_num_threads(1)  # this thread's OpenMP and MKL count (thread-local)
+
+
+def _in_new_thread(fn: Any, *args: Any) -> Any:
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(fn(*args)))
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+def _drop_nan(t: torch.Tensor, *, repair: bool, sums: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(non-finite mask or None when all finite, t with non-finite runs interpolated when repair).
+
+    The finiteness check sums each row into sums [.., 1] (NaN/inf anywhere makes a sum non-finite); when every
+    sample is finite those are the rows' sums, for the ZSCORE mean.
+    """
+    torch.sum(t, -1, keepdim=True, out=sums)
+    if _all_finite(sums):
+        return None, t
     bad = ~torch.isfinite(t)
     if not bad.any():  # a sum overflowed, the data are fine
-        return None, t, None
+        return None, t
     if not repair:
-        return bad, t, None
+        return bad, t
     rows = bad.flatten(0, 1).any(-1)
     flat = t.flatten(0, 1).clone()
     flat[rows] = _interpolate_nonfinite(flat[rows], bad.flatten(0, 1)[rows])
-    return bad, flat.view_as(t), None
+    return bad, flat.view_as(t)
 
 
 def _interpolate_nonfinite(x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
@@ -255,16 +471,25 @@ def _bandpass(t: torch.Tensor, contract: InputContract) -> torch.Tensor:
 
 @lru_cache(maxsize=16)
 def _dft_matrix(nperseg: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Periodic-Hann-windowed real DFT scaled by 1/sum(window), as a matrix [nperseg, 2F] (cos | -sin).
+    """Periodic-Hann-windowed real DFT scaled by 1/sum(window), as a matrix [F + F_im, nperseg]: cos rows for the
+    F bins, then -sin rows for the bins whose sine row is not identically zero (all but k = 0 and, for even
+    nperseg, the Nyquist bin k = nperseg / 2: _sine_bins).
 
-    Built in float64, then cast once per (nperseg, dtype, device).
+    Built in float64 (angles reduced exactly, k*n mod nperseg, before the trig), then cast once per
+    (nperseg, dtype, device).
     """
-    n = np.arange(nperseg)[:, None]
-    f = np.arange(nperseg // 2 + 1)[None, :]
+    n = np.arange(nperseg)[None, :]
+    f = np.arange(nperseg // 2 + 1)[:, None]
     win = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(nperseg) / nperseg)  # periodic Hann = scipy 'hann'
-    ang = 2 * np.pi * n * f / nperseg
-    m = np.concatenate([np.cos(ang), -np.sin(ang)], axis=1) * (win / win.sum())[:, None]
-    return torch.from_numpy(m).to(device=device, dtype=dtype)
+    ang = 2 * np.pi * ((f * n) % nperseg) / nperseg
+    lo, hi = _sine_bins(nperseg)
+    m = np.concatenate([np.cos(ang), -np.sin(ang[lo:hi])], axis=0) * (win / win.sum())[None, :]
+    return torch.from_numpy(m).to(device=device, dtype=dtype).contiguous()
+
+
+def _sine_bins(nperseg: int) -> tuple[int, int]:
+    """The bins lo..hi-1 with a sine part: not k = 0, nor the Nyquist bin of an even nperseg."""
+    return 1, (nperseg + 1) // 2
 
 
 def _stft_length(window: int, nperseg: int, hop: int) -> int:
@@ -273,35 +498,64 @@ def _stft_length(window: int, nperseg: int, hop: int) -> int:
     return length + (-(length - nperseg) % hop) % nperseg
 
 
-def _stft_magnitude(padded: torch.Tensor, nperseg: int, hop: int) -> torch.Tensor:
-    """|windowed real DFT| of every segment of the already zero-padded x [B, C, L] -> [B, C, F, T].
+class _StftWork:
+    """Work buffers for the STFT of R rows: frames [R, T, nperseg] and the DFT output [F + F_im, R * T]."""
 
-    Batched matrix products with the windowed, scaled DFT matrix (cos | -sin rows) instead of an FFT: for
-    64-point segments this beats torch.stft/rfft on the CPU (no complex intermediate, output lands in
-    [F, T] layout) and maps onto GEMM on a GPU. When hop divides nperseg, a segment is k = nperseg/hop
-    consecutive hop-blocks of the signal, so the products read the buffer in place (no frame copy):
-    spec = sum_j  dft[:, j-th block of columns] @ blocks[j : j + T].T.
+    def __init__(self, rows: int, frames: int, plan: _Plan, device: torch.device) -> None:
+        self.dft = _dft_matrix(plan.nperseg, plan.dtype, device)  # [F + F_im, nperseg]
+        freqs = plan.nperseg // 2 + 1
+        self.sine = slice(*_sine_bins(plan.nperseg))
+        self.frames = torch.empty(rows, frames, plan.nperseg, dtype=plan.dtype, device=device)
+        self.frames_t = self.frames.view(rows * frames, plan.nperseg).T
+        self.spec = torch.empty(self.dft.shape[0], rows * frames, dtype=plan.dtype, device=device)
+        self.re = self.spec[:freqs].view(freqs, rows, frames)
+        self.im = self.spec[freqs:].view(-1, rows, frames)
+
+
+_stft_work = threading.local()
+
+
+def _stft_buffers(rows: int, frames: int, plan: _Plan, device: torch.device) -> _StftWork:
+    """New buffers, or on the CPU this thread's from its last parts of the same size (two sizes are kept: the
+    near-equal parts of a batch differ by one window at most)."""
+    if device.type != "cpu":
+        return _StftWork(rows, frames, plan, device)
+    key = (rows, frames, plan.nperseg, plan.dtype)
+    held: dict[tuple[Any, ...], _StftWork] = _stft_work.__dict__.setdefault("held", {})
+    work = held.get(key)
+    if work is None:
+        if len(held) >= 2:
+            held.clear()
+        work = held[key] = _StftWork(rows, frames, plan, device)
+    return work
+
+
+def _stft_magnitude(segments: torch.Tensor, scale: torch.Tensor | None, out: torch.Tensor, plan: _Plan) -> None:
+    """out [F, R, T] = scale * |windowed real DFT| of the zero-padded signal's segments [R, T, nperseg] (a view).
+
+    One copy of the overlapping segments into contiguous frames [R, T, nperseg], multiplied by the row's scale
+    [R, 1, 1] (the z-score's 1/std) on the way, then one matrix product with the windowed, scaled DFT matrix
+    (cos | -sin rows): [F + F_im, nperseg] @ [nperseg, R * T]. For 64-point segments this beats torch.stft/rfft on
+    the CPU: the product lands real and imaginary parts in separate planes, so the magnitude is three
+    vectorised elementwise passes (the complex abs of an FFT's interleaved output is a slow scalar loop), and
+    it is one GEMM on a GPU. out is a [F, R, T] view of the [R, F, T] output (runs of T are contiguous).
     """
-    b, c, length = padded.shape
-    dft_t = _dft_matrix(nperseg, padded.dtype, padded.device).T  # [2F, nperseg]
-    two_f = dft_t.shape[0]
-    freqs = two_f // 2
-    frames = (length - nperseg) // hop + 1
-    rows = b * c
-    if nperseg % hop == 0:
-        blocks = padded.reshape(rows, length // hop, hop)
-        spec = None
-        for j in range(nperseg // hop):
-            part = dft_t[:, j * hop : (j + 1) * hop].contiguous()
-            seg = blocks[:, j : j + frames].transpose(1, 2)
-            # matmul broadcasts the first product; baddbmm_ accumulates the others in place
-            spec = torch.matmul(part, seg) if spec is None else spec.baddbmm_(part.expand(rows, two_f, hop), seg)
+    rows, frames, _ = segments.shape
+    work = _stft_buffers(rows, frames, plan, segments.device)
+    if scale is None:
+        work.frames.copy_(segments)
     else:
-        segments = padded.reshape(rows, length).unfold(-1, nperseg, hop)  # [rows, T, nperseg] view
-        spec = torch.matmul(dft_t, segments.transpose(1, 2))  # copies the overlapping segments once
-    assert spec is not None
-    spec.mul_(spec)
-    return torch.add(spec[:, :freqs], spec[:, freqs:]).sqrt_().view(b, c, freqs, frames)
+        torch.mul(segments, scale, out=work.frames)
+    torch.mm(work.dft, work.frames_t, out=work.spec)
+    re, im = work.re, work.im
+    if out.dtype == re.dtype:
+        torch.mul(re, re, out=out)
+        out[work.sine].addcmul_(im, im)
+        out.sqrt_()
+    else:
+        power = re.mul_(re)
+        power[work.sine].addcmul_(im, im)
+        out.copy_(power.sqrt_())
 
 
 def stream_to_array(stream: obspy.Stream, contract: InputContract) -> np.ndarray:

@@ -3,8 +3,12 @@
     .venv/bin/python tests/bench/bench_transforms.py [--batch 256] [--repeats 15] [--threads 2] [--device cpu]
 
 The reference is what one would write per window: numpy z-score + scipy.signal.stft (same parameters) + abs.
-Runs alternate (reference, batched, reference, ...) so that load from other processes hits both alike; the
-median and the best run are reported with the ratio. Not collected by pytest (no test_ names).
+preprocess_batch runs with --threads torch threads (on the CPU: its parts of a few windows shared out to a pool
+of that many single-threaded worker threads, see quakemon.data.transforms) and again with one torch thread (parts
+in the calling thread), the figure that counts when another process holds the other core. Runs alternate
+(reference, batched, batched 1 thread, alternatives, reference, ...) so that load from other processes hits all
+alike; the median and the best run are reported with the ratios. Check `uptime` first: on a 2-core machine the
+--threads figure needs the second core idle. Not collected by pytest (no test_ names).
 """
 
 from __future__ import annotations
@@ -81,12 +85,26 @@ def main() -> None:
         res = preprocess_batch(x, contract, device=args.device)
         assert res.spectrograms.shape == (args.batch, contract.n_channels, *contract.spectrogram_shape)
 
+    def batched_one_thread() -> None:
+        torch.set_num_threads(1)
+        try:
+            batched()
+        finally:
+            torch.set_num_threads(args.threads)
+
     # equality check and warm-up
     ref = np.stack(scipy_loop(x[:8], contract))
     got = preprocess_batch(x[:8], contract, device=args.device).spectrograms
     rel = float(np.abs(got - ref).max() / ref.max())
     batched()
-    names = ("scipy per-window loop", "preprocess_batch", "alt: torch.stft batch", "alt: numpy rfft batch")
+    batched_one_thread()
+    names = (
+        "scipy per-window loop",
+        "preprocess_batch",
+        "preprocess_batch 1 thr",
+        "alt: torch.stft batch",
+        "alt: numpy rfft batch",
+    )
     times: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     load_start = os.getloadavg()[0]
@@ -94,6 +112,7 @@ def main() -> None:
         fns = (
             lambda: scipy_loop(x, contract),
             batched,
+            batched_one_thread,
             lambda: torch_stft_batch(x, contract),
             lambda: numpy_rfft_batch(x, contract),
         )
@@ -126,6 +145,11 @@ def main() -> None:
     print(
         f"speed-up batched / scipy loop: wall median {fast[0] / slow[0]:.1f}x, wall best {fast[1] / slow[1]:.1f}x, "
         f"CPU time {fast[2] / slow[2]:.1f}x (CPU time is the load-insensitive figure on a shared machine)"
+    )
+    one = rates["preprocess_batch 1 thr"]
+    print(
+        f"speed-up batched with 1 torch thread / scipy loop: wall median {one[0] / slow[0]:.1f}x, "
+        f"wall best {one[1] / slow[1]:.1f}x, CPU time {one[2] / slow[2]:.1f}x"
     )
 
 
