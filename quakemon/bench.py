@@ -83,6 +83,9 @@ class BenchPlan:
     live_queue_s: float | None = 10.0
     live_timeout_s: float = 120.0
     lag_growth_limit_s: float = 2.0
+    # a step counts as watched in real time only if the p99 latency (window's last sample in -> published)
+    # stays within this: a daemon that keeps pace seconds behind is not what an observatory runs
+    latency_p99_limit_s: float = 1.0
     parts: tuple[str, ...] = ("roof", "replay", "live")
 
     @classmethod

@@ -151,7 +151,8 @@ def _parse_iso(text: str) -> float:
 
 def live_step(files: Sequence[Path], checkpoint: Path, workdir: Path, *, speed: float = 1.0, stride_s: float = 1.0,
               measure_s: float = 30.0, batch_size: int = 64, timeout_s: float = 120.0,
-              lag_growth_limit_s: float = 2.0, env: dict[str, str] | None = None,
+              lag_growth_limit_s: float = 2.0, latency_p99_limit_s: float | None = 1.0,
+              env: dict[str, str] | None = None,
               queue_hwm: int | None = None) -> LiveStep:
     """Start a daemon for the stations of `files`; once it is ready, serve them in real time (x speed) from a
     fresh `quakemon serve --retime-now` (so data time = wall time and the heartbeat lag is meaningful), and
@@ -222,7 +223,7 @@ def live_step(files: Sequence[Path], checkpoint: Path, workdir: Path, *, speed: 
                 deadline = time.monotonic() + measure_s + 10.0  # room for the closing heartbeat
             elif measuring is not None and time.monotonic() - measuring[0] >= measure_s:
                 _finish_step(step, measuring, (time.monotonic(), body, proc_usage(daemon.pid)), latencies, hops,
-                             lag_growth_limit_s)
+                             lag_growth_limit_s, latency_p99_limit_s)
                 step.server_cpu_cores = (proc_usage(server.pid)[0] - server_cpu) / step.measure_s
                 if step.server_cpu_cores > 0.85:
                     step.reason += f"; SeedLink server busy ({step.server_cpu_cores:.2f} cores): it may be the limit"
@@ -253,7 +254,7 @@ def live_step(files: Sequence[Path], checkpoint: Path, workdir: Path, *, speed: 
 
 def _finish_step(step: LiveStep, first: tuple[float, dict[str, Any], tuple[float, int]],
                  last: tuple[float, dict[str, Any], tuple[float, int]], latencies: list[float], hops: list[float],
-                 lag_growth_limit_s: float) -> None:
+                 lag_growth_limit_s: float, latency_p99_limit_s: float | None = None) -> None:
     (t_a, hb_a, (cpu_a, _)), (t_b, hb_b, (cpu_b, mem_b)) = first, last
     dt = t_b - t_a
     step.measure_s = dt
@@ -279,6 +280,8 @@ def _finish_step(step: LiveStep, first: tuple[float, dict[str, Any], tuple[float
         problems.append(f"{step.dropped} windows dropped")
     if step.lag_growth_s is None or step.lag_growth_s > lag_growth_limit_s:
         problems.append(f"ingest lag grew by {step.lag_growth_s} s")
+    if latency_p99_limit_s is not None and step.latency_p99_s is not None and step.latency_p99_s > latency_p99_limit_s:
+        problems.append(f"p99 latency {step.latency_p99_s:.2f} s > {latency_p99_limit_s:g} s")
     step.ok = not problems
     step.reason = "; ".join(problems) or "kept up"
 
@@ -303,7 +306,8 @@ def bench_live(archive_dir: Path, checkpoint: Path, plan: BenchPlan, workdir: Pa
         progress(f"live: {n} stations at {plan.live_speed:g}x real time, queue_hwm {hwm or 'default'}")
         step = live_step(files[:n], live_ckpt, workdir / f"n{n}", speed=plan.live_speed, stride_s=plan.stride_s,
                          measure_s=plan.live_measure_s, batch_size=plan.live_batch, timeout_s=plan.live_timeout_s,
-                         lag_growth_limit_s=plan.lag_growth_limit_s, env=env, queue_hwm=hwm)
+                         lag_growth_limit_s=plan.lag_growth_limit_s,
+                         latency_p99_limit_s=plan.latency_p99_limit_s, env=env, queue_hwm=hwm)
         steps.append(step)
         progress(f"live: {n} stations: {step.reason}")
         if not step.ok:

@@ -65,6 +65,19 @@ def _die_with_parent() -> None:
         pass
 
 
+def _profiled(stage: str, directory: str, run) -> int:
+    """Diagnostics: run the stage under cProfile (QUAKEMON_PROFILE_DIR, optionally QUAKEMON_PROFILE_STAGES=a,b)
+    and write <dir>/<stage>-<pid>.prof when it stops (`python -m pstats` reads it)."""
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(run)
+    finally:
+        os.makedirs(directory, exist_ok=True)
+        profiler.dump_stats(os.path.join(directory, f"{stage}-{os.getpid()}.prof"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from quakemon.config import load_config
     from quakemon.logs import configure_logging
@@ -93,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args.config, json.loads(args.overrides))
         configure_logging(cfg.logging.level, cfg.logging.format)
         structlog.contextvars.bind_contextvars(stage=args.stage)
+        profile_dir = os.environ.get("QUAKEMON_PROFILE_DIR")
+        if profile_dir and args.stage in os.environ.get("QUAKEMON_PROFILE_STAGES", args.stage).split(","):
+            return _profiled(args.stage, profile_dir, lambda: run_stage(args.stage, cfg, args.control, stop, go))
         return run_stage(args.stage, cfg, args.control, stop, go)
     except QuakemonError as exc:
         print(f"quakemon {args.stage}: error: {exc}", file=sys.stderr)
