@@ -123,7 +123,8 @@ class StationBuffer:
         if new_head - self.head >= self.capacity:
             self._present[:] = False
         else:
-            self._present[:, self._positions(self.head, new_head)] = False
+            for ring, _ in self._spans(self.head, new_head):
+                self._present[:, ring] = False
         self.head = new_head
 
     def write(self, component: int, start: int, values: np.ndarray) -> int:
@@ -142,6 +143,15 @@ class StationBuffer:
                 return 0
             values = values[late:]
             start = tail
+        spans = self._spans(start, end)
+        present = self._present[component]
+        if not any(present[ring].any() for ring, _ in spans) and np.isfinite(values.sum()):
+            # the common case (new samples, all finite): slice copies, no index arrays
+            for ring, part in spans:
+                self._data[component, ring] = values[part]
+                present[ring] = True
+            self._note_written(component, start, end)
+            return n
         pos = self._positions(start, end)
         finite = np.isfinite(values)
         n_nan = int(values.size - np.count_nonzero(finite))
@@ -161,10 +171,13 @@ class StationBuffer:
         if stored:
             self._data[component, pos[new]] = values[new]
             self._present[component, pos[new]] = True
+        self._note_written(component, start, end)
+        return stored
+
+    def _note_written(self, component: int, start: int, end: int) -> None:
         hwm = self.hwm[component]
         self.hwm[component] = end if hwm is None else max(hwm, end)
         self.first = start if self.first is None else min(self.first, start)
-        return stored
 
     # --- reading ---------------------------------------------------------------------------------------
 

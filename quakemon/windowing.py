@@ -328,14 +328,19 @@ class WindowScheduler:
             self.stats["windows_reduced"] += 1
         present_comps = tuple(c for i, c in enumerate(comps) if real[i])
         constant = []
-        for i, c in enumerate(comps):  # one iteration per component, vectorised inside
-            row, mask = data[i], present[i]
-            real = row[core][mask[core]]
-            if real.size and real.min() == real.max():
-                constant.append(c)
-            if not mask.all() and mask.any():
-                idx = np.flatnonzero(mask)
-                data[i] = np.interp(np.arange(row.size), idx, row[idx])
+        if missing == 0 and use.all() and present.all():  # the common case: every sample there, no masks
+            core_data = data[:, core]
+            constant = [c for c, flat in zip(comps, core_data.min(axis=1) == core_data.max(axis=1), strict=True)
+                        if flat]
+        else:
+            for i, c in enumerate(comps):  # one iteration per component, vectorised inside
+                row, mask = data[i], present[i]
+                real = row[core][mask[core]]
+                if real.size and real.min() == real.max():
+                    constant.append(c)
+                if not mask.all() and mask.any():
+                    idx = np.flatnonzero(mask)
+                    data[i] = np.interp(np.arange(row.size), idx, row[idx])
         if self.margin:
             y = resample_poly(data, self.up, self.down, axis=1)
             crop = self.margin * self.up // self.down
