@@ -11,6 +11,7 @@ import json
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -23,7 +24,7 @@ from quakemon.messages import DETECTION_SCHEMA, Sequencer, detection_topic, even
 from quakemon.models.checkpoint import Checkpoint
 from quakemon.windowing import StationWindower, Window
 from quakemon.workers.associate import Associator
-from quakemon.workers.detect import DetectionStage, preprocess_windows, stack_windows
+from quakemon.workers.detect import DetectionResult, DetectionStage, preprocess_windows, stack_windows
 from quakemon.workers.inference import InferenceEngine
 
 log = structlog.get_logger(__name__)
@@ -54,7 +55,8 @@ class DetectionRunner:
     def __init__(self, checkpoint: Checkpoint, *, stride_s: float = 1.0, selectors: list[str] | None = None,
                  max_missing: float = 0.1, on: float = 0.7, off: float = 0.5, min_duration_s: float = 2.0,
                  trigger_label: str | None = "earthquake", device: str = "auto", precision: str = "auto",
-                 batch_size: int = 256, keep_series: bool = False, associator: Associator | None = None) -> None:
+                 batch_size: int = 256, keep_series: bool = False, associator: Associator | None = None,
+                 overlap: bool = True) -> None:
         self.contract: InputContract = checkpoint.contract
         self.windower = StationWindower(self.contract, stride_s, selectors, max_missing=max_missing)
         engine = InferenceEngine(checkpoint, device=device, precision=precision, batch_size=batch_size)
@@ -69,16 +71,34 @@ class DetectionRunner:
         self.windows = 0
         self._pending: list[Window] = []
         self.associator = associator
+        # overlap: a batch's inference + trigger run on one worker thread (torch releases the GIL) while this
+        # thread decodes, windows and preprocesses the next batch; batches still run strictly in order, so the
+        # detections are the same as without overlap, each yielded one batch later
+        self._worker: ThreadPoolExecutor | None = ThreadPoolExecutor(1, "replay-infer") if overlap else None
+        self._inflight: Future | None = None
 
     def _run_batch(self) -> list[dict[str, Any]]:
+        """Preprocess the pending windows and start their inference; return what the previous batch produced."""
         batch, self._pending = self._pending, []
-        if not batch:
-            return []
-        data, metas = stack_windows(batch, center="ZSCORE" in self.contract.transforms)
-        spectra, metas = preprocess_windows(data, metas, self.contract, device=self._preprocess_device,
-                                            keep_on_device=True)
-        result = self.stage.process(spectra, metas)
-        self.windows += len(batch)
+        out = []
+        if batch:
+            data, metas = stack_windows(batch, center="ZSCORE" in self.contract.transforms)
+            spectra, metas = preprocess_windows(data, metas, self.contract, device=self._preprocess_device,
+                                                keep_on_device=True)
+            if self._worker is None:
+                return self._collect(self.stage.process(spectra, metas))
+            previous, self._inflight = self._inflight, self._worker.submit(self.stage.process, spectra, metas)
+            if previous is not None:
+                out = self._collect(previous.result())
+        return out
+
+    def _drain(self) -> list[dict[str, Any]]:
+        """Wait for the batch in flight (if any) and return its detections."""
+        previous, self._inflight = self._inflight, None
+        return self._collect(previous.result()) if previous is not None else []
+
+    def _collect(self, result: DetectionResult) -> list[dict[str, Any]]:
+        self.windows += len(result.metas)
         if self.keep_series:
             for meta, p in zip(result.metas, result.probabilities, strict=True):
                 s = self.series.setdefault(meta["station"], ProbabilitySeries())
@@ -113,6 +133,7 @@ class DetectionRunner:
         """Emit the windows still buffered, run them, and close open triggers."""
         self._pending += self.windower.flush()
         out = self._run_batch()
+        out += self._drain()
         return out + self._emit([body for body, _ in self.stage.flush()], final=True)
 
     @property

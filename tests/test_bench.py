@@ -54,15 +54,20 @@ def test_roof_reports_every_batch_size_and_the_best(ckpt: Path) -> None:
 
 
 def test_replay_counts_windows_station_hours_and_sections(ckpt: Path, archive: list[Path]) -> None:
-    rep = bench.bench_replay(archive, ckpt, device="cpu", precision="fp32", batch_size=8)
-    # 40 s per station, 20 s windows on a 1 s grid starting at the first sample: 21 windows per station
-    assert rep["windows"] == 2 * 21
-    assert rep["station_hours"] == pytest.approx(2 * 40.0 / 3600, rel=1e-3)
-    assert rep["station_hours_per_s"] == pytest.approx(rep["station_hours"] / rep["seconds"])
-    assert rep["windows_per_s"] == pytest.approx(rep["windows"] / rep["seconds"])
-    assert rep["records"] > 6 and rep["inference_batches"] >= 1
-    assert sum(rep["sections_s"].values()) == pytest.approx(rep["seconds"], abs=0.01)
-    assert all(v >= 0 for v in rep["sections_s"].values()) and rep["sections_s"]["inference (engine.predict)"] > 0
+    serial = bench.bench_replay(archive, ckpt, device="cpu", precision="fp32", batch_size=8, overlap=False)
+    overlapped = bench.bench_replay(archive, ckpt, device="cpu", precision="fp32", batch_size=8)
+    assert overlapped["overlap"] and not serial["overlap"]
+    for rep in (serial, overlapped):
+        # 40 s per station, 20 s windows on a 1 s grid starting at the first sample: 21 windows per station
+        assert rep["windows"] == 2 * 21
+        assert rep["station_hours"] == pytest.approx(2 * 40.0 / 3600, rel=1e-3)
+        assert rep["station_hours_per_s"] == pytest.approx(rep["station_hours"] / rep["seconds"])
+        assert rep["windows_per_s"] == pytest.approx(rep["windows"] / rep["seconds"])
+        assert rep["records"] > 6 and rep["inference_batches"] >= 1
+        assert all(v >= 0 for v in rep["sections_s"].values()) and rep["sections_s"]["inference (engine.predict)"] > 0
+    assert overlapped["detections"] == serial["detections"]
+    # one thread: the timed sections are (nearly) all of the elapsed time, never more
+    assert 0.5 * serial["seconds"] <= sum(serial["sections_s"].values()) <= serial["seconds"] + 0.01
 
 
 def _beat(windows_out: int, dropped: int = 0, lag: float | None = 0.5) -> dict:
