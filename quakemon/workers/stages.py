@@ -50,8 +50,8 @@ STATUS_INTERVAL_S = 0.5
 SOURCE_EXPIRY_S = 30.0  # upstream stats not refreshed for this long are dropped from heartbeats
 MAX_RECV_PER_ROUND = 64
 # Upstream counters ride on data messages at most this often (they grow with the station count: sending them
-# on every message made the header JSON an O(stations) cost per message, measured as a third of the
-# preprocess stage's CPU at 400 stations).
+# on every message made the header JSON an O(stations) cost per message: about a quarter of the preprocess
+# stage's profile samples at 400 stations).
 STATS_INTERVAL_S = 0.25
 # Ingest sends the windows cut since its last send as one message once the oldest of them has waited
 # FLUSH_AGE_S, or at once when FLUSH_WINDOWS are pending: windows complete one by one as records arrive, and a
