@@ -71,7 +71,7 @@ class BenchPlan:
     roof_min_s: float = 1.5
     replay_stations: int = 40
     replay_seconds: float = 300.0
-    replay_batch: int = 256
+    replay_batch: int | None = None  # None: the roof's best batch at run_threads (256 without a roof)
     live_stations: tuple[int, ...] = (100, 200, 300, 400, 500, 600, 700, 800, 1000)
     live_speed: float = 1.0
     live_archive_s: float = 120.0
@@ -431,12 +431,15 @@ def run_bench(plan: BenchPlan, workdir: Path | None = None,
             roof["run_threads"] = {"threads": threads, "best_batch": batch, "best_windows_per_s": [mine[str(batch)]]}
             report["roof"] = roof
         torch.set_num_threads(threads)
+        replay_batch = plan.replay_batch
+        if replay_batch is None:  # the batch size at which the bare model was fastest with the replay's threads
+            replay_batch = report["roof"]["run_threads"]["best_batch"] if "roof" in report else 256
         if "replay" in plan.parts:
             progress(f"replay: writing {plan.replay_stations} stations x {plan.replay_seconds:g} s")
             files = write_synthetic_archive(tmp / "replay", plan.replay_stations, plan.replay_seconds)
             progress(f"replay: running ({threads} torch threads)")
             report["replay"] = bench_replay(files, ckpt, device=plan.device, precision=plan.precision,
-                                            stride_s=plan.stride_s, batch_size=plan.replay_batch)
+                                            stride_s=plan.stride_s, batch_size=replay_batch)
             report["replay"]["torch_threads"] = threads
             if "roof" in report:  # again, so that the ratio uses roofs measured around the replay
                 progress("roof: again, after the replay")

@@ -287,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parts", default=None, help="comma-separated subset of roof,replay,live (default all)")
     p.add_argument("--roof-batches", default=None, help="comma-separated batch sizes for the roof")
     p.add_argument("--replay-stations", type=int, default=None, help="stations in the replay archive (default 40)")
-    p.add_argument("--replay-batch", type=int, default=None, help="replay inference batch (default 256)")
+    p.add_argument("--replay-batch", type=int, default=None,
+                   help="replay inference batch (default: the roof's best at 1 thread)")
     p.add_argument("--live-batch", type=int, default=None, help="the live daemon's model.batch_size (default 64)")
     p.add_argument("--live-stations", default=None,
                    help="comma-separated station counts the live part tries in turn (default 100,200,...,1000)")
