@@ -52,14 +52,21 @@ def test_keygen_secret_is_0600_whatever_the_umask(tmp_path: Path) -> None:
     assert b"secret-key" in secret.read_bytes() and b"secret-key" not in public.read_bytes()
 
 
-def test_curve_admits_only_allowed_keys(tmp_path: Path, ctx: zmq.Context) -> None:
-    """RELIABILITY 20, on a raw PUB socket: allowed key receives; unknown key and NULL get 0; AUTH failure seen."""
+def _server_and_clients(tmp_path: Path) -> tuple[Path, Path, Path, Path, Path]:
+    """Server keys, alice (in the allow-list directory) and mallory (not): (server public, server secret,
+    alice secret, mallory secret, allow-list directory)."""
     server_public, server_secret = keygen(tmp_path / "server", "server")
     alice_public, alice_secret = keygen(tmp_path / "alice", "alice")
     _, mallory_secret = keygen(tmp_path / "mallory", "mallory")
     allowed = tmp_path / "allowed"
     allowed.mkdir()
     (allowed / "alice.key").write_bytes(alice_public.read_bytes())
+    return server_public, server_secret, alice_secret, mallory_secret, allowed
+
+
+def test_curve_admits_only_allowed_keys(tmp_path: Path, ctx: zmq.Context) -> None:
+    """RELIABILITY 20, on a raw PUB socket: allowed key receives; unknown key and NULL get 0; AUTH failure seen."""
+    server_public, server_secret, alice_secret, mallory_secret, allowed = _server_and_clients(tmp_path)
 
     pub = ctx.socket(zmq.PUB)
     pub.linger = 0
@@ -84,12 +91,7 @@ def test_curve_admits_only_allowed_keys(tmp_path: Path, ctx: zmq.Context) -> Non
 
 def test_publisher_with_curve_configurator(tmp_path: Path) -> None:
     """The daemon's path: Publisher.from_config + curve_server_configurator; stop() lets the context terminate."""
-    server_public, server_secret = keygen(tmp_path / "server", "server")
-    alice_public, alice_secret = keygen(tmp_path / "alice", "alice")
-    _, mallory_secret = keygen(tmp_path / "mallory", "mallory")
-    allowed = tmp_path / "allowed"
-    allowed.mkdir()
-    (allowed / "alice.key").write_bytes(alice_public.read_bytes())
+    server_public, server_secret, alice_secret, mallory_secret, allowed = _server_and_clients(tmp_path)
     ctx = zmq.Context()
     configure = curve_server_configurator(server_secret, allowed)
     pub = Publisher.from_config(PublishConfig(endpoint="tcp://127.0.0.1:0", linger_s=0.0), context=ctx,

@@ -194,11 +194,14 @@ class _Every:
         self.interval_s = interval_s
         self.last = -float("inf")
 
+    def ready(self) -> bool:
+        """Would `due()` be True now (without using it up)?"""
+        return time.monotonic() - self.last >= self.interval_s
+
     def due(self) -> bool:
-        now = time.monotonic()
-        if now - self.last < self.interval_s:
+        if not self.ready():
             return False
-        self.last = now
+        self.last = time.monotonic()
         return True
 
 
@@ -329,7 +332,7 @@ def run_ingest(cfg: Config, contract: InputContract, stop: StopFlag, control: st
                 committer.add(tr)
             if pending and (len(pending) >= FLUSH_WINDOWS or time.time() - arrivals[0] >= FLUSH_AGE_S):
                 flush()
-            elif tr is None and not ends_sent and ends_clock.last + STATS_INTERVAL_S <= time.monotonic():
+            elif tr is None and not ends_sent and ends_clock.ready():
                 flush()  # quiet: the final data ends still reach the heartbeat
             _drain_to(push, queue)
             status.maybe_send(full_stats)
