@@ -71,7 +71,13 @@ class BenchPlan:
     roof_min_s: float = 1.5
     replay_stations: int = 40
     replay_seconds: float = 300.0
-    replay_batch: int | None = None  # None: the roof's best batch at run_threads (256 without a roof)
+    # torch threads of the replay, one process alone: None = torch's default (the core count), which is what
+    # `quakemon replay` runs with
+    replay_threads: int | None = None
+    replay_batch: int | None = None  # None: the roof's best batch at the replay's threads (256 without a roof)
+    # replays, each between two roofs at its own threads and batch; the ratio is the median of
+    # replay / mean(roof before, roof after): this machine's speed drifts by tens of % within minutes
+    replay_repeats: int = 3
     live_stations: tuple[int, ...] = (100, 200, 300, 400, 500, 600, 700, 800, 1000)
     live_speed: float = 1.0
     live_archive_s: float = 120.0
@@ -90,7 +96,7 @@ class BenchPlan:
 
     @classmethod
     def quick(cls, **kw: Any) -> BenchPlan:
-        base = dict(roof_batches=(64, 256), roof_min_s=0.5, replay_stations=6, replay_seconds=100.0,
+        base = dict(roof_batches=(64, 256), roof_min_s=0.5, replay_stations=6, replay_seconds=100.0, replay_repeats=1,
                     live_stations=(5,), live_speed=2.0, live_archive_s=60.0, live_measure_s=6.0, live_timeout_s=90.0)
         return cls(**{**base, **kw})
 
@@ -216,13 +222,16 @@ def spread_checkpoint(base: Path, out: Path, files: Sequence[Path], label: str =
 # ---------------------------------------------------------------------------------------------------------------
 
 def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto",
-               batch_sizes: Sequence[int] = (64, 256), min_s: float = 1.0) -> dict[str, Any]:
+               batch_sizes: Sequence[int] = (64, 256), min_s: float = 1.0, streams: int = 0) -> dict[str, Any]:
     """Bare model forward (no preprocessing, no softmax) on random spectrograms: windows/s per batch size,
-    with the current torch thread count. The model is prepared as the inference engine prepares it (folded
-    stem, channels_last), so the roof is the fastest forward quakemon knows, not a slower strawman."""
+    with the current torch thread count, or with `streams` > 0: that many threads each running forwards of its
+    own batch on one torch thread, at once (the replay's inference workers; the figure is their sum). The
+    model is prepared as the inference engine prepares it (folded stem, channels_last), so the roof is the
+    fastest forward quakemon knows, not a slower strawman."""
     import torch
 
     from quakemon.models.checkpoint import load_checkpoint
+    from quakemon.torch_threads import single_threaded_pool
     from quakemon.workers.inference import autocast, pick_device, prepare_for_inference, resolve_precision
 
     ckpt = load_checkpoint(checkpoint)
@@ -231,26 +240,44 @@ def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto
     model = prepare_for_inference(ckpt.model, dev)
     shape = (ckpt.args.in_channels, *ckpt.args.img_size)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    cast = autocast(prec, dev)
     per_batch: dict[str, float] = {}
     gen = torch.Generator().manual_seed(0)
-    with torch.inference_mode(), cast:
-        for b in batch_sizes:
-            x = torch.rand((b, *shape), generator=gen).to(dev).contiguous(memory_format=torch.channels_last)
+
+    def forwards(x: torch.Tensor, start: float, ready: threading.Barrier | None = None) -> tuple[int, float]:
+        """Forwards of x until min_s has passed (and at least two): (windows, seconds since start)."""
+        b, n = x.shape[0], 0
+        with torch.inference_mode(), autocast(prec, dev):
             model(x)  # warm-up (lazy init, oneDNN kernel selection)
             sync()
-            n, start = 0, time.perf_counter()
+            if ready is not None:
+                ready.wait()
+                start = time.perf_counter()
             while True:
                 model(x)
                 n += b
                 sync()
                 elapsed = time.perf_counter() - start
                 if elapsed >= min_s and n >= 2 * b:
-                    break
-            per_batch[str(b)] = n / elapsed
+                    return n, elapsed
+
+    pool = single_threaded_pool(streams, "roof-stream") if streams else None
+    try:
+        for b in batch_sizes:
+            x = torch.rand((b, *shape), generator=gen).to(dev).contiguous(memory_format=torch.channels_last)
+            if pool is None:
+                n, elapsed = forwards(x, time.perf_counter())
+                per_batch[str(b)] = n / elapsed
+            else:
+                ready = threading.Barrier(streams)
+                runs = [f.result() for f in [pool.submit(forwards, x.clone(), 0.0, ready) for _ in range(streams)]]
+                per_batch[str(b)] = sum(n / elapsed for n, elapsed in runs)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     best = max(per_batch, key=per_batch.__getitem__)
-    return {"device": str(dev), "precision": prec, "torch_threads": torch.get_num_threads(),
-            "windows_per_s": per_batch, "best_batch": int(best), "best_windows_per_s": per_batch[best]}
+    return {"device": str(dev), "precision": prec, "torch_threads": 1 if streams else torch.get_num_threads(),
+            "streams": streams, "windows_per_s": per_batch, "best_batch": int(best),
+            "best_windows_per_s": per_batch[best]}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -262,6 +289,11 @@ class _Timer:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()  # sections run on several threads (the replay's inference workers)
+
+    def _add(self, name: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*a: Any, **kw: Any) -> Any:
@@ -269,7 +301,7 @@ class _Timer:
             try:
                 return fn(*a, **kw)
             finally:
-                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+                self._add(name, time.perf_counter() - start)
         return timed
 
     def iterate(self, name: str, it: Iterator[Any]) -> Iterator[Any]:
@@ -278,14 +310,16 @@ class _Timer:
             try:
                 item = next(it)
             except StopIteration:
-                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+                self._add(name, time.perf_counter() - start)
                 return
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self._add(name, time.perf_counter() - start)
             yield item
 
 
-def bench_roof_threads(checkpoint: Path, threads: Sequence[int], **kw: Any) -> dict[str, Any]:
-    """`bench_roof` for each torch thread count; the best (threads, batch) is the roof. Restores the thread count.
+def bench_roof_threads(checkpoint: Path, threads: Sequence[int | str], **kw: Any) -> dict[str, Any]:
+    """`bench_roof` for each configuration: an int n is one forward at a time on n torch threads, a string
+    "Nx1" is N single-threaded forwards at once (`streams`); the best (configuration, batch) is the roof.
+    Restores the thread count.
 
     On a CPU shared with other processes one thread can beat all cores by a wide margin: OpenMP threads spin
     and wait for each other while their cores run someone else.
@@ -296,12 +330,20 @@ def bench_roof_threads(checkpoint: Path, threads: Sequence[int], **kw: Any) -> d
     runs: dict[str, Any] = {}
     try:
         for n in threads:
-            torch.set_num_threads(int(n))
-            runs[str(n)] = bench_roof(checkpoint, **kw)
+            if isinstance(n, str):
+                runs[n] = bench_roof(checkpoint, streams=int(n.split("x")[0]), **kw)
+            else:
+                torch.set_num_threads(int(n))
+                runs[str(n)] = bench_roof(checkpoint, **kw)
     finally:
         torch.set_num_threads(before)
     best = max(runs, key=lambda k: runs[k]["best_windows_per_s"])
-    return {**runs[best], "by_threads": {k: r["windows_per_s"] for k, r in runs.items()}}
+    return {**runs[best], "config": best, "by_threads": {k: r["windows_per_s"] for k, r in runs.items()}}
+
+
+def streams_config(workers: int) -> str:
+    """The roof configuration of `workers` single-threaded forwards at once (the replay's inference workers)."""
+    return f"{workers}x1"
 
 
 def default_threads() -> tuple[int, ...]:
@@ -326,8 +368,7 @@ def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto
     runner.stage.engine.warmup()
     timer = _Timer()
     runner.windower.add_trace = timer.wrap("windows", runner.windower.add_trace)  # type: ignore[method-assign]
-    process = runner.stage.process
-    runner.stage.process = timer.wrap("inference+trigger", process)  # type: ignore[method-assign]
+    runner.stage.decide = timer.wrap("trigger", runner.stage.decide)  # type: ignore[method-assign]
     saved = replay_module.stack_windows, replay_module.preprocess_windows
     replay_module.stack_windows = timer.wrap("stack", saved[0])  # type: ignore[assignment]
     replay_module.preprocess_windows = timer.wrap("preprocess", saved[1])  # type: ignore[assignment]
@@ -357,14 +398,14 @@ def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto
     elapsed = time.perf_counter() - start
     sec = dict(timer.seconds)
     infer = engine.stats.seconds
-    # busy seconds per section; with overlap, inference + trigger run on their own thread beside the rest, so
-    # the sections can add up to more than the elapsed time
+    # busy seconds per section; with overlap, inference runs on worker threads beside the rest, so the sections
+    # can add up to more than the elapsed time
     sections = {
         "source (read + decode)": sec.get("source (read + decode)", 0.0),
         "windows (buffers + scheduler)": sec.get("windows", 0.0),
         "stack + preprocess": sec.get("stack", 0.0) + sec.get("preprocess", 0.0),
         "inference (engine.predict)": infer,
-        "trigger + bookkeeping": max(0.0, sec.get("inference+trigger", 0.0) - infer),
+        "trigger": sec.get("trigger", 0.0),
     }
     if station_seconds is None:
         by_station: dict[str, float] = {}
@@ -379,7 +420,7 @@ def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto
         "station_hours": station_seconds / 3600.0,
         "station_hours_per_s": station_seconds / 3600.0 / elapsed if elapsed else float("nan"),
         "batch_size": batch_size, "device": str(engine.device), "precision": engine.precision,
-        "inference_batches": engine.stats.batches, "overlap": overlap,
+        "inference_batches": engine.stats.batches, "overlap": overlap, "inference_workers": runner.inference_workers,
         "sections_s": {k: round(v, 3) for k, v in sections.items()},
         "sections_share": {k: round(v / elapsed, 3) for k, v in sections.items()} if elapsed else {},
     }
@@ -407,9 +448,11 @@ def run_bench(plan: BenchPlan, workdir: Path | None = None,
               progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Run the parts of `plan`; returns the report (JSON-able).
 
-    The replay and the live daemon run with `plan.run_threads` torch threads per process (the daemon's stage
-    processes get it through OMP_NUM_THREADS); the replay's ratio is to the roof at that thread count, measured
-    before and after the replay. The roof is also measured at the other thread counts, for the table.
+    The live daemon runs with `plan.run_threads` torch threads per process (its stage processes get it through
+    OMP_NUM_THREADS). The replay, one process alone, runs with `plan.replay_threads` (default: torch's, as
+    `quakemon replay` does), `plan.replay_repeats` times, each between two roofs at its own thread count and
+    batch; its ratio to the roof is the median over the repeats. The roof is measured at every thread count
+    for the table.
     """
     import torch
 
@@ -417,40 +460,60 @@ def run_bench(plan: BenchPlan, workdir: Path | None = None,
     tmp = Path(tempfile.mkdtemp(prefix="qmb-")) if own else Path(workdir)
     threads_before = torch.get_num_threads()
     threads = plan.run_threads
+    replay_threads = plan.replay_threads or threads_before
     try:
         report: dict[str, Any] = {"plan": asdict(plan), "machine_before": machine_info()}
         ckpt = bench_checkpoint(tmp / "random.safetensors")
         report["checkpoint"] = str(ckpt)
+        # the replay's inference: on the CPU one single-threaded worker per torch thread (DetectionRunner)
+        from quakemon.workers.inference import pick_device
+
+        on_cpu = pick_device(plan.device).type == "cpu"
+        replay_config = streams_config(replay_threads) if on_cpu and replay_threads > 1 else str(replay_threads)
         if "roof" in plan.parts:
             progress("roof: bare model forward")
-            sweep = tuple(sorted(set(plan.threads or default_threads()) | {threads}))
+            sweep: list[int | str] = sorted(set(plan.threads or default_threads()) | {threads, replay_threads})
+            if replay_config not in map(str, sweep):
+                sweep.append(replay_config)
             roof = bench_roof_threads(ckpt, sweep, device=plan.device, precision=plan.precision,
                                       batch_sizes=plan.roof_batches, min_s=plan.roof_min_s)
-            mine = roof["by_threads"][str(threads)]
-            batch = int(max(mine, key=mine.__getitem__))
-            roof["run_threads"] = {"threads": threads, "best_batch": batch, "best_windows_per_s": [mine[str(batch)]]}
+            for key, config in (("run_threads", str(threads)), ("replay_threads", replay_config)):
+                mine = roof["by_threads"][config]
+                batch = int(max(mine, key=mine.__getitem__))
+                roof[key] = {"threads": config, "best_batch": batch, "best_windows_per_s": [mine[str(batch)]]}
             report["roof"] = roof
-        torch.set_num_threads(threads)
         replay_batch = plan.replay_batch
         if replay_batch is None:  # the batch size at which the bare model was fastest with the replay's threads
-            replay_batch = report["roof"]["run_threads"]["best_batch"] if "roof" in report else 256
+            replay_batch = report["roof"]["replay_threads"]["best_batch"] if "roof" in report else 256
         if "replay" in plan.parts:
             progress(f"replay: writing {plan.replay_stations} stations x {plan.replay_seconds:g} s")
             files = write_synthetic_archive(tmp / "replay", plan.replay_stations, plan.replay_seconds)
-            progress(f"replay: running ({threads} torch threads)")
-            report["replay"] = bench_replay(files, ckpt, device=plan.device, precision=plan.precision,
-                                            stride_s=plan.stride_s, batch_size=replay_batch)
-            report["replay"]["torch_threads"] = threads
-            if "roof" in report:  # again, so that the ratio uses roofs measured around the replay
-                progress("roof: again, after the replay")
-                run = report["roof"]["run_threads"]
-                again = bench_roof_threads(ckpt, (threads,), device=plan.device, precision=plan.precision,
-                                           batch_sizes=(run["best_batch"],), min_s=plan.roof_min_s)
-                run["best_windows_per_s"].append(again["best_windows_per_s"])
-                report["replay"]["ratio_to_roof"] = (report["replay"]["windows_per_s"]
-                                                     / float(np.mean(run["best_windows_per_s"])))
-                report["replay"]["ratio_to_best_roof"] = (report["replay"]["windows_per_s"]
-                                                          / float(report["roof"]["best_windows_per_s"]))
+            torch.set_num_threads(replay_threads)
+            runs = []
+            for i in range(max(1, plan.replay_repeats)):
+                progress(f"replay: run {i + 1} of {plan.replay_repeats} ({replay_threads} torch threads, "
+                         f"batch {replay_batch})")
+                runs.append(bench_replay(files, ckpt, device=plan.device, precision=plan.precision,
+                                         stride_s=plan.stride_s, batch_size=replay_batch))
+                if "roof" in report:  # again, so that each replay's ratio uses the roofs measured around it
+                    progress("roof: again, after the replay")
+                    again = bench_roof_threads(ckpt, [replay_config if "x" in replay_config else replay_threads],
+                                               device=plan.device, precision=plan.precision,
+                                               batch_sizes=(replay_batch,), min_s=plan.roof_min_s)
+                    report["roof"]["replay_threads"]["best_windows_per_s"].append(again["best_windows_per_s"])
+            # the median run by windows/s is the one reported, with its sections
+            order = sorted(range(len(runs)), key=lambda j: runs[j]["windows_per_s"])
+            median = order[len(order) // 2]
+            rep = {**runs[median], "torch_threads": replay_threads, "roof_config": replay_config, "repeats": len(runs),
+                   "windows_per_s_runs": [r["windows_per_s"] for r in runs]}
+            if "roof" in report:
+                around = report["roof"]["replay_threads"]["best_windows_per_s"]
+                ratios = [r["windows_per_s"] / float(np.mean(around[j : j + 2])) for j, r in enumerate(runs)]
+                rep["ratio_to_roof_runs"] = ratios
+                rep["ratio_to_roof"] = float(np.median(ratios))
+                rep["ratio_to_best_roof"] = rep["windows_per_s"] / float(report["roof"]["best_windows_per_s"])
+            report["replay"] = rep
+        torch.set_num_threads(threads)
         if "live" in plan.parts:
             report["live"] = bench_live(tmp / "live-archive", ckpt, plan, tmp / "live", progress,
                                         env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
@@ -462,6 +525,13 @@ def run_bench(plan: BenchPlan, workdir: Path | None = None,
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _config_text(config: Any) -> str:
+    text = str(config)
+    if "x" in text:
+        return f"{text.split('x')[0]} single-threaded forwards at once"
+    return f"{text} torch thread(s)"
 
 
 def _f(v: Any, fmt: str = ".0f") -> str:
@@ -482,13 +552,13 @@ def format_report(report: dict[str, Any]) -> str:
         per = ", ".join(f"{b}: {v:.0f}" for b, v in roof["windows_per_s"].items())
         lines.append(f"(a) roof  bare forward on {roof['device']} {roof['precision']}: best "
                      f"{roof['best_windows_per_s']:.0f} windows/s at batch {roof['best_batch']}, "
-                     f"{roof['torch_threads']} torch threads  [batch: windows/s  {per}]")
+                     f"{_config_text(roof.get('config', roof['torch_threads']))}  [batch: windows/s  {per}]")
         for th, per_b in roof.get("by_threads", {}).items():
-            lines.append(f"          {th} thread(s): " + ", ".join(f"{b}: {v:.0f}" for b, v in per_b.items()))
-        run = roof.get("run_threads")
-        if run:
-            lines.append(f"          roof at {run['threads']} thread(s), batch {run['best_batch']} (the replay's and "
-                         "daemon's setting), before / after the replay: "
+            lines.append(f"          {_config_text(th)}: " + ", ".join(f"{b}: {v:.0f}" for b, v in per_b.items()))
+        run = roof.get("replay_threads")
+        if run and len(run["best_windows_per_s"]) > 1:
+            lines.append(f"          roof at {_config_text(run['threads'])}, batch {run['best_batch']} (the replay's "
+                         "setting), before, between and after the replays: "
                          + " / ".join(f"{v:.0f}" for v in run["best_windows_per_s"]))
     rep = report.get("replay")
     if rep:
@@ -496,9 +566,14 @@ def format_report(report: dict[str, Any]) -> str:
                      f"{rep['seconds']:.1f} s: {rep['windows_per_s']:.0f} windows/s, "
                      f"{rep['station_hours_per_s']:.2f} station-hours/s, "
                      f"ratio to roof {_f(rep.get('ratio_to_roof'), '.2f')} (to the best roof at any thread count "
-                     f"{_f(rep.get('ratio_to_best_roof'), '.2f')})  (batch {rep['batch_size']}, {rep['precision']}"
-                     + (", inference overlapped on a second thread: sections are busy time per thread" if
-                        rep.get("overlap") else "") + ")")
+                     f"{_f(rep.get('ratio_to_best_roof'), '.2f')})  ({rep.get('torch_threads')} torch threads, "
+                     f"batch {rep['batch_size']}, {rep['precision']}"
+                     + (f", inference on {rep.get('inference_workers')} worker thread(s) beside the rest: sections are "
+                        "busy time summed over threads" if rep.get("overlap") else "") + ")")
+        if rep.get("repeats", 1) > 1:
+            lines.append(f"          {rep['repeats']} runs (median shown): windows/s "
+                         + ", ".join(f"{v:.0f}" for v in rep["windows_per_s_runs"]) + "; ratio to the roofs around "
+                         "each: " + ", ".join(f"{v:.2f}" for v in rep.get("ratio_to_roof_runs", [])))
         for k, v in rep["sections_s"].items():
             lines.append(f"          {k:<32} {v:7.2f} s  {100 * rep['sections_share'].get(k, 0):5.1f} %")
     live = report.get("live")
@@ -545,7 +620,7 @@ def bench_main(args: argparse.Namespace) -> int:
             except ValueError:
                 flag = "--" + key.replace("_", "-")
                 raise SystemExit(f"quakemon bench: {flag}: expected integers like 64,256,1024, got {text!r}") from None
-    for key in ("replay_stations", "replay_batch", "live_batch"):
+    for key in ("replay_stations", "replay_batch", "replay_threads", "replay_repeats", "live_batch"):
         if getattr(args, key, None) is not None:
             kw[key] = getattr(args, key)
     plan = BenchPlan.quick(**kw) if getattr(args, "quick", False) else BenchPlan(**kw)

@@ -198,6 +198,15 @@ class StationBuffer:
             data[~present] = 0.0
         return data, present
 
+    def read_values(self, start: int, stop: int) -> np.ndarray:
+        """A copy of the values [C, n] for [start, stop), which must lie inside the ring (see `complete`)."""
+        if self.head is None or start < self.head - self.capacity or stop > self.head or stop < start:
+            raise ValueError(f"[{start}, {stop}) is not inside the ring")
+        data = np.empty((len(self.components), stop - start), dtype=np.float64)
+        for ring, part in self._spans(start, stop):
+            data[:, part] = self._data[:, ring]
+        return data
+
     def complete(self, start: int, stop: int, components: Sequence[int] | None = None) -> bool:
         """True if every component (or each of `components`, indices) has every sample in [start, stop)."""
         if self.head is None or start < self.head - self.capacity or stop > self.head:

@@ -288,7 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roof-batches", default=None, help="comma-separated batch sizes for the roof")
     p.add_argument("--replay-stations", type=int, default=None, help="stations in the replay archive (default 40)")
     p.add_argument("--replay-batch", type=int, default=None,
-                   help="replay inference batch (default: the roof's best at 1 thread)")
+                   help="replay inference batch (default: the roof's best at the replay's threads)")
+    p.add_argument("--replay-threads", type=int, default=None,
+                   help="torch threads of the replay (default: torch's, as `quakemon replay` runs)")
+    p.add_argument("--replay-repeats", type=int, default=None,
+                   help="replay runs, each between two roofs; the ratio is their median (default 3)")
     p.add_argument("--live-batch", type=int, default=None, help="the live daemon's model.batch_size (default 64)")
     p.add_argument("--live-stations", default=None,
                    help="comma-separated station counts the live part tries in turn (default 100,200,...,1000)")

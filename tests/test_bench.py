@@ -113,18 +113,39 @@ def test_proc_usage_sees_this_process() -> None:
 
 def test_run_bench_report_is_json_and_printable(tmp_path: Path) -> None:
     plan = bench.BenchPlan(device="cpu", precision="fp32", roof_batches=(2,), roof_min_s=0.01, threads=(1,),
-                           replay_stations=1, replay_seconds=30.0, replay_batch=4, parts=("roof", "replay"))
+                           replay_stations=1, replay_seconds=30.0, replay_batch=4, replay_threads=1, replay_repeats=2,
+                           parts=("roof", "replay"))
     report = bench.run_bench(plan, workdir=tmp_path)
-    assert report["replay"]["windows"] == 11
-    run = report["roof"]["run_threads"]
-    assert run["threads"] == 1 and run["best_batch"] == 2 and len(run["best_windows_per_s"]) == 2
-    assert report["replay"]["torch_threads"] == 1
-    mean_roof = float(np.mean(run["best_windows_per_s"]))
-    assert report["replay"]["ratio_to_roof"] == pytest.approx(report["replay"]["windows_per_s"] / mean_roof)
+    rep = report["replay"]
+    assert rep["windows"] == 11 and rep["repeats"] == 2 and len(rep["windows_per_s_runs"]) == 2
+    run = report["roof"]["replay_threads"]
+    # a roof before the first replay, one after each
+    assert run["threads"] == "1" and run["best_batch"] == 2 and len(run["best_windows_per_s"]) == 3
+    assert rep["torch_threads"] == 1
+    around = run["best_windows_per_s"]
+    expected = [w / float(np.mean(around[j : j + 2])) for j, w in enumerate(rep["windows_per_s_runs"])]
+    assert rep["ratio_to_roof_runs"] == pytest.approx(expected)
+    assert rep["ratio_to_roof"] == pytest.approx(float(np.median(expected)))
+    assert rep["windows_per_s"] in rep["windows_per_s_runs"]
     json.loads(json.dumps(report, default=float))
     text = bench.format_report(report)
-    assert "(a) roof" in text and "(b) replay" in text and "(c) live" not in text
-    assert not any(math.isnan(v) for v in report["replay"]["sections_s"].values())
+    assert "(a) roof" in text and "(b) replay" in text and "(c) live" not in text and "2 runs" in text
+    assert not any(math.isnan(v) for v in rep["sections_s"].values())
+
+
+def test_roof_streams_and_the_replay_on_two_inference_workers(tmp_path: Path, ckpt: Path) -> None:
+    """Two single-threaded forwards at once are a roof configuration of their own ("2x1"), and the replay with two
+    torch threads runs two inference workers, its ratio taken against that configuration."""
+    roof = bench.bench_roof(ckpt, device="cpu", precision="fp32", batch_sizes=(2, 4), min_s=0.01, streams=2)
+    assert roof["streams"] == 2 and roof["torch_threads"] == 1 and set(roof["windows_per_s"]) == {"2", "4"}
+    assert all(v > 0 for v in roof["windows_per_s"].values())
+    plan = bench.BenchPlan(device="cpu", precision="fp32", roof_batches=(2,), roof_min_s=0.01, threads=(1,),
+                           replay_stations=1, replay_seconds=30.0, replay_threads=2, replay_repeats=1,
+                           parts=("roof", "replay"))
+    report = bench.run_bench(plan, workdir=tmp_path)
+    assert "2x1" in report["roof"]["by_threads"] and report["roof"]["replay_threads"]["threads"] == "2x1"
+    assert report["replay"]["inference_workers"] == 2 and report["replay"]["windows"] == 11
+    assert "2 single-threaded forwards at once" in bench.format_report(report)
 
 
 def test_live_step_measures_a_running_daemon(tmp_path: Path, ckpt: Path) -> None:

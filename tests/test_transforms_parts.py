@@ -183,9 +183,9 @@ def in_new_thread(fn):
 def test_pool_workers_run_torch_single_threaded_and_leave_other_threads_alone():
     before_main = torch.get_num_threads()
     before_new = in_new_thread(torch.get_num_threads)  # what torch gives a thread started now
-    if transforms._pool is not None:  # start from a new pool
-        transforms._pool[2].shutdown()
-        transforms._pool = None
+    for executor in transforms._pools.values():  # start from new pools
+        executor.shutdown()
+    transforms._pools.clear()
     pool = transforms._worker_pool(2)
     assert sorted(pool.map(lambda _: torch.get_num_threads(), range(8))) == [1] * 8
     assert torch.get_num_threads() == before_main

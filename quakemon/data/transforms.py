@@ -76,6 +76,7 @@ import torch
 
 from quakemon.contract import InputContract
 from quakemon.errors import ContractError
+from quakemon.torch_threads import single_threaded_pool
 
 if TYPE_CHECKING:  # obspy is only needed by callers that hand us Streams
     import obspy
@@ -355,7 +356,7 @@ def _run(fn: Any, parts: list[Any], workers: int) -> None:
 
 
 _pool_lock = threading.Lock()
-_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, executor)
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (pid, workers) -> executor
 
 
 def _worker_pool(workers: int) -> ThreadPoolExecutor:
@@ -363,37 +364,16 @@ def _worker_pool(workers: int) -> ThreadPoolExecutor:
 
     Parts on threads rather than torch's intra-op threads: two hand-offs per pass instead of a fork/join per
     operation, and no thread waits for another between operations, which matters on a CPU shared with other
-    processes. Torch ops release the GIL, so the threads run in parallel. Re-created after a fork (threads do not
-    survive one) or when the thread count changes.
+    processes. Torch ops release the GIL, so the threads run in parallel. One pool per worker count and process
+    (threads do not survive a fork).
     """
-    global _pool
     with _pool_lock:
-        if _pool is not None and _pool[:2] == (os.getpid(), workers):
-            return _pool[2]
-        if _pool is not None and _pool[0] == os.getpid():
-            _pool[2].shutdown(wait=False)
-        default = _in_new_thread(torch.get_num_threads)  # the intra-op count torch gives a new thread
-        executor = ThreadPoolExecutor(workers, thread_name_prefix="quakemon-preprocess", initializer=_one_torch_thread)
-        started = threading.Barrier(workers)
-        for future in [executor.submit(started.wait, 60) for _ in range(workers)]:
-            future.result()  # every worker thread exists and is initialised
-        # torch.set_num_threads(1) in the workers also set torch's default for threads started later: put it back
-        _in_new_thread(torch.set_num_threads, default)
-        _pool = (os.getpid(), workers, executor)
-        return executor
-
-
-def _one_torch_thread() -> None:
-    torch.get_num_threads()  # torch initialises a thread's count lazily, at its first call: do that first
-    torch.set_num_threads(1)  # this thread's OpenMP and MKL count (thread-local)
-
-
-def _in_new_thread(fn: Any, *args: Any) -> Any:
-    result: list[Any] = []
-    thread = threading.Thread(target=lambda: result.append(fn(*args)))
-    thread.start()
-    thread.join()
-    return result[0]
+        key = (os.getpid(), workers)
+        if key not in _pools:
+            for stale in [k for k in _pools if k[0] != key[0]]:
+                del _pools[stale]  # inherited through a fork: its threads are gone
+            _pools[key] = single_threaded_pool(workers, "quakemon-preprocess")
+        return _pools[key]
 
 
 def _drop_nan(t: torch.Tensor, *, repair: bool, sums: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:

@@ -53,10 +53,13 @@ def stack_windows(windows: Sequence[Window], arrivals: Sequence[float | None] | 
     """
     if not windows:
         return np.zeros((0, 0, 0), np.float32), []
-    data = np.stack([w.data for w in windows]).astype(np.float64, copy=False)
-    if center:
-        data = data - data.mean(axis=-1, keepdims=True)
-    data = data.astype(np.float32)
+    data = np.empty((len(windows), *windows[0].data.shape), np.float32)
+    for w, row in zip(windows, data, strict=True):  # per window, so each one's float64 temporaries stay in cache
+        if center:  # the float64 difference, rounded once to float32 (what a whole-batch float64 pass gives)
+            x = np.asarray(w.data, dtype=np.float64)
+            np.subtract(x, x.mean(axis=-1, keepdims=True), out=row, casting="unsafe")
+        else:
+            row[...] = w.data
     arrivals = arrivals if arrivals is not None else [None] * len(windows)
     return data, [window_meta(w, a) for w, a in zip(windows, arrivals, strict=True)]
 
@@ -115,6 +118,12 @@ class DetectionStage:
 
         spectra: numpy, or a torch tensor already on the engine's device (see `preprocess_windows`).
         """
+        return self.decide(metas, self.infer(spectra, metas))
+
+    def infer(self, spectra: np.ndarray | torch.Tensor, metas: list[dict[str, Any]]) -> np.ndarray:
+        """Class probabilities [B, num_classes] of the valid windows (NaN rows for invalid ones). Touches no
+        trigger state, so batches may be inferred on several threads at once; `decide` must then take them in
+        order."""
         probs = np.full((len(metas), len(self.labels)), np.nan, np.float32)
         valid = np.array([m.get("valid", True) for m in metas], dtype=bool)
         if valid.all():
@@ -122,6 +131,11 @@ class DetectionStage:
         elif valid.any():
             mask = torch.from_numpy(valid).to(spectra.device) if isinstance(spectra, torch.Tensor) else valid
             probs[valid] = self.engine.predict(spectra[mask])
+        return probs
+
+    def decide(self, metas: list[dict[str, Any]], probs: np.ndarray) -> DetectionResult:
+        """Feed every station's trigger with a batch's probabilities (from `infer`), in window-start order."""
+        valid = np.array([m.get("valid", True) for m in metas], dtype=bool)
         self.stats["windows"] += len(metas)
         self.stats["inferred"] += int(valid.sum())
         self.stats["invalid"] += int((~valid).sum())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 import time
 from dataclasses import dataclass
 
@@ -119,6 +120,7 @@ class InferenceEngine:
         self.model = prepare_for_inference(checkpoint.model, self.device)
         self.labels = list(checkpoint.labels)
         self.stats = InferenceStats()
+        self._stats_lock = threading.Lock()
         self._consecutive_failures = 0
         self._input_shape = (checkpoint.args.in_channels, *checkpoint.args.img_size)
 
@@ -147,8 +149,9 @@ class InferenceEngine:
                     logits = self.model(chunk).float()
                     out.append(torch.softmax(logits, dim=-1).cpu())
         except Exception as exc:
-            self.stats.failures += 1
-            self._consecutive_failures += 1
+            with self._stats_lock:
+                self.stats.failures += 1
+                self._consecutive_failures += 1
             if is_fatal_gpu_error(exc):
                 raise FatalInferenceError(f"fatal GPU error, the CUDA context is unusable: {exc}") from exc
             if self._consecutive_failures >= self.max_consecutive_failures:
@@ -156,11 +159,12 @@ class InferenceEngine:
                     f"{self._consecutive_failures} consecutive inference failures, last: {exc}"
                 ) from exc
             raise
-        self._consecutive_failures = 0
         elapsed = time.perf_counter() - start
-        self.stats.batches += 1
-        self.stats.windows += int(x.shape[0])
-        self.stats.seconds += elapsed
-        self.stats.last_batch_size = int(x.shape[0])
-        self.stats.last_batch_seconds = elapsed
+        with self._stats_lock:  # predict may run on several threads at once (replay's inference workers)
+            self._consecutive_failures = 0
+            self.stats.batches += 1
+            self.stats.windows += int(x.shape[0])
+            self.stats.seconds += elapsed
+            self.stats.last_batch_size = int(x.shape[0])
+            self.stats.last_batch_seconds = elapsed
         return torch.cat(out).numpy()
