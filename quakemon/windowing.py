@@ -327,7 +327,7 @@ class WindowScheduler:
         views = np.ndarray((count, block.shape[0], self.window), block.dtype, block, 0,
                            (self.stride * block.strides[1], block.strides[0], block.strides[1]))
         flat = views.min(axis=-1) == views.max(axis=-1)  # [K, C], on the float64 samples like `_make`
-        data = np.array(views, dtype=self.dtype)  # one contiguous copy
+        data = np.array(views, dtype=self.dtype, order="C")  # one copy, each window contiguous
         comps = self.contract.component_order
         rate, source_rate = float(self.contract.sampling_rate), self._rate_hz
         out = []

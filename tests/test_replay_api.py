@@ -88,18 +88,23 @@ def test_api_annotate_and_detect(tiny_checkpoint):
     assert bodies[0]["model"]["sha256"] == det.checkpoint.sha256
 
 
-def test_overlapped_inference_gives_the_same_detections_and_series(tiny_checkpoint):
-    """overlap=True (inference on a worker thread, one batch behind) == overlap=False, window for window."""
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_overlapped_inference_gives_the_same_detections_and_series(tiny_checkpoint, workers):
+    """overlap=True (preprocessing + inference on `workers` worker threads, triggers in batch order) == overlap=False,
+    window for window."""
     ckpt = load_checkpoint(tiny_checkpoint)
     on, off = _calibrated_runner(ckpt)
     out = {}
     for overlap in (False, True):
         runner = DetectionRunner(load_checkpoint(tiny_checkpoint), precision="fp32", keep_series=True, on=float(on),
-                                 off=float(off), min_duration_s=0.0, batch_size=4, overlap=overlap)
+                                 off=float(off), min_duration_s=0.0, batch_size=2, overlap=overlap,
+                                 inference_workers=workers)
+        assert runner.inference_workers == (workers if overlap else 0)
         bodies = list(runner.add_traces(obspy.read())) + runner.finish()
         series = runner.series["BW.RJOB."]
         out[overlap] = ([(b["id"], b["onset"], b["seq"]) for b in bodies], series.start_ns,
-                        np.asarray(series.probabilities), runner.windows)
+                        np.asarray(series.probabilities), runner.windows, runner.stats)
     assert out[True][0] == out[False][0] and out[True][0], "calibrated thresholds must trigger"
     assert out[True][1] == out[False][1] and out[True][3] == out[False][3] == 11
     assert np.array_equal(out[True][2], out[False][2])
+    assert out[True][4] == out[False][4]

@@ -410,3 +410,24 @@ def test_dead_horizontals_fall_back_to_vertical_only_and_revived_ones_are_used()
     after = [x for x in wins if x.start_ns >= T0.ns + 60 * NS]
     assert len(after) == 40 and all(x.components == ("Z", "N", "E") and x.missing_fraction == 0 for x in after)
     assert all(x.components == ("Z",) for x in wins if x.end_ns <= T0.ns + 60 * NS)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_complete_runs_give_the_windows_make_gives(dtype) -> None:
+    """The steady-state path (all windows of a complete run at once) == `_make` per window, bit for bit, with a
+    channel that is flat in some windows only."""
+    from quakemon.windowing import WindowScheduler
+
+    truth = _truth(5000, seed=11)  # inside the ring (5600 samples)
+    truth["N"][1000:3600] = 7.0  # flat over whole windows 10..16, partly in others
+    sched = WindowScheduler("XX.TEST.", "HH", CONTRACT, 100.0, 1.0, dtype=dtype)
+    for comp, data in enumerate(truth.values()):
+        sched.buffer.write(comp, 0, data)
+    run = sched._make_complete_run(0, 30)
+    assert len(run) == 31 and sched.next_k == 31 and sched.stats["windows_emitted"] == 31
+    single = [sched._make(k, k * 100, k * 100 + 2000) for k in range(31)]
+    _assert_same(single, run)
+    assert [w.constant for w in run if w.constant] == [("N",)] * 7
+    assert all(w.data.dtype == dtype and w.data.flags.c_contiguous for w in run)
+    assert sched._make_complete_run(31, 35) == []  # samples 5000.. are not there
+    assert sched._make_complete_run(3, 2) == []
