@@ -30,7 +30,7 @@ timeout 90 python3 tests/bench/bench_transforms.py --device cuda --batch 1024 --
 
 step "quakemon bench: roof and replay on CUDA"
 timeout 200 python3 -m quakemon bench --device cuda --parts roof,replay --roof-batches 64,256,1024,4096 \
-    --replay-stations 120 --replay-batch 1024 --json "$OUT/bench_gpu.json" 2>&1 | tail -20
+    --replay-stations 120 --replay-batch 1024 --replay-repeats 2 --json "$OUT/bench_gpu.json" 2>&1 | tail -20
 
 step "quakemon bench: live capacity with CUDA inference"
 timeout 240 python3 -m quakemon bench --device cuda --parts live --live-stations 500,1000,2000 \
