@@ -267,9 +267,13 @@ def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto
             if pool is None:
                 n, elapsed = forwards(x, time.perf_counter())
                 per_batch[str(b)] = n / elapsed
-            else:
+            else:  # at the replay's GIL switch interval, which the streams' Python between ops gains from too
+                from quakemon.replay import REPLAY_SWITCH_INTERVAL_S, gil_switch_interval
+
                 ready = threading.Barrier(streams)
-                runs = [f.result() for f in [pool.submit(forwards, x.clone(), 0.0, ready) for _ in range(streams)]]
+                with gil_switch_interval(REPLAY_SWITCH_INTERVAL_S):
+                    futures = [pool.submit(forwards, x.clone(), 0.0, ready) for _ in range(streams)]
+                    runs = [f.result() for f in futures]
                 per_batch[str(b)] = sum(n / elapsed for n, elapsed in runs)
     finally:
         if pool is not None:
@@ -389,9 +393,10 @@ def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto
     engine = runner.stage.engine
     start = time.perf_counter()
     try:
-        for _ in runner.add_traces(counted(timer.iterate("source (read + decode)", source.traces(stop)))):
-            detections += 1
-        detections += len(runner.finish())
+        with replay_module.gil_switch_interval(replay_module.REPLAY_SWITCH_INTERVAL_S):  # as `replay` runs
+            for _ in runner.add_traces(counted(timer.iterate("source (read + decode)", source.traces(stop)))):
+                detections += 1
+            detections += len(runner.finish())
     finally:
         source.close()
         replay_module.stack_windows, replay_module.preprocess_windows = saved

@@ -108,3 +108,15 @@ def test_overlapped_inference_gives_the_same_detections_and_series(tiny_checkpoi
     assert out[True][1] == out[False][1] and out[True][3] == out[False][3] == 11
     assert np.array_equal(out[True][2], out[False][2])
     assert out[True][4] == out[False][4]
+
+
+def test_gil_switch_interval_is_restored():
+    import sys
+
+    from quakemon.replay import gil_switch_interval
+
+    before = sys.getswitchinterval()
+    with pytest.raises(RuntimeError), gil_switch_interval(1e-4):
+        assert sys.getswitchinterval() == pytest.approx(1e-4)
+        raise RuntimeError("inside")
+    assert sys.getswitchinterval() == before
