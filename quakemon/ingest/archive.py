@@ -15,9 +15,11 @@ in record-sized pieces. `ArchiveSource` therefore
 Windows do not depend on the chunking (see `quakemon.windowing`), so `chunk_s` only bounds how far one
 channel runs ahead of another: the default 10 s stays well inside the windower's `max_skew_s` (30 s), and is
 twice the 5 s it was, since each piece costs a Trace (~40 us of ObsPy header work) and a windower call, and the
-replay measured 42 -> 27 us per window in the windower from 5 to 10 s pieces. SDS layout (YEAR/NET/STA/CHAN.TYPE/NET.STA.LOC.CHAN.TYPE.YEAR.DAY, as
-`obspy.clients.filesystem.sds` writes it) is recognised by file name: files of unselected streams or of
-days outside [starttime, endtime] are skipped without being opened.
+replay measured 42 -> 27 us per window in the windower from 5 to 10 s pieces.
+
+SDS layout (YEAR/NET/STA/CHAN.TYPE/NET.STA.LOC.CHAN.TYPE.YEAR.DAY, as `obspy.clients.filesystem.sds` writes it)
+is recognised by file name: files of unselected streams or of days outside [starttime, endtime] are skipped
+without being opened.
 """
 
 from __future__ import annotations
