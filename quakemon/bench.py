@@ -74,7 +74,7 @@ class BenchPlan:
     # torch threads of the replay, one process alone: None = torch's default (the core count), which is what
     # `quakemon replay` runs with
     replay_threads: int | None = None
-    replay_batch: int | None = None  # None: the roof's best batch at the replay's threads (256 without a roof)
+    replay_batch: int | None = None  # None: REPLAY_BATCH, what `quakemon replay` runs with
     # replays, each between two roofs at its own threads and batch; the ratio is the median of
     # replay / mean(roof before, roof after): this machine's speed drifts by tens of % within minutes
     replay_repeats: int = 3
@@ -104,6 +104,9 @@ class BenchPlan:
 # ---------------------------------------------------------------------------------------------------------------
 # data and model
 # ---------------------------------------------------------------------------------------------------------------
+
+REPLAY_BATCH = 256  # `quakemon replay`'s inference batch (cli: max(model.batch_size, 256))
+
 
 def station_code(i: int) -> str:
     return f"S{i:04d}"
@@ -482,18 +485,22 @@ def run_bench(plan: BenchPlan, workdir: Path | None = None,
                 sweep.append(replay_config)
             roof = bench_roof_threads(ckpt, sweep, device=plan.device, precision=plan.precision,
                                       batch_sizes=plan.roof_batches, min_s=plan.roof_min_s)
-            for key, config in (("run_threads", str(threads)), ("replay_threads", replay_config)):
-                mine = roof["by_threads"][config]
-                batch = int(max(mine, key=mine.__getitem__))
-                roof[key] = {"threads": config, "best_batch": batch, "best_windows_per_s": [mine[str(batch)]]}
             report["roof"] = roof
-        replay_batch = plan.replay_batch
-        if replay_batch is None:  # the batch size at which the bare model was fastest with the replay's threads
-            replay_batch = report["roof"]["replay_threads"]["best_batch"] if "roof" in report else 256
+        replay_batch = plan.replay_batch or REPLAY_BATCH
         if "replay" in plan.parts:
             progress(f"replay: writing {plan.replay_stations} stations x {plan.replay_seconds:g} s")
             files = write_synthetic_archive(tmp / "replay", plan.replay_stations, plan.replay_seconds)
             torch.set_num_threads(replay_threads)
+            if "roof" in report:  # the roof at the replay's configuration and batch, before each replay and after
+                mine = report["roof"]["by_threads"][replay_config]
+                around = [mine[str(replay_batch)]] if str(replay_batch) in mine else []
+                report["roof"]["replay_threads"] = {"threads": replay_config, "batch": replay_batch,
+                                                    "windows_per_s_around": around}
+                if not around:
+                    around.append(bench_roof_threads(
+                        ckpt, [replay_config if "x" in replay_config else replay_threads], device=plan.device,
+                        precision=plan.precision, batch_sizes=(replay_batch,), min_s=plan.roof_min_s,
+                    )["best_windows_per_s"])
             runs = []
             for i in range(max(1, plan.replay_repeats)):
                 progress(f"replay: run {i + 1} of {plan.replay_repeats} ({replay_threads} torch threads, "
@@ -505,14 +512,14 @@ def run_bench(plan: BenchPlan, workdir: Path | None = None,
                     again = bench_roof_threads(ckpt, [replay_config if "x" in replay_config else replay_threads],
                                                device=plan.device, precision=plan.precision,
                                                batch_sizes=(replay_batch,), min_s=plan.roof_min_s)
-                    report["roof"]["replay_threads"]["best_windows_per_s"].append(again["best_windows_per_s"])
+                    report["roof"]["replay_threads"]["windows_per_s_around"].append(again["best_windows_per_s"])
             # the median run by windows/s is the one reported, with its sections
             order = sorted(range(len(runs)), key=lambda j: runs[j]["windows_per_s"])
             median = order[len(order) // 2]
             rep = {**runs[median], "torch_threads": replay_threads, "roof_config": replay_config, "repeats": len(runs),
                    "windows_per_s_runs": [r["windows_per_s"] for r in runs]}
             if "roof" in report:
-                around = report["roof"]["replay_threads"]["best_windows_per_s"]
+                around = report["roof"]["replay_threads"]["windows_per_s_around"]
                 ratios = [r["windows_per_s"] / float(np.mean(around[j : j + 2])) for j, r in enumerate(runs)]
                 rep["ratio_to_roof_runs"] = ratios
                 rep["ratio_to_roof"] = float(np.median(ratios))
@@ -561,10 +568,10 @@ def format_report(report: dict[str, Any]) -> str:
         for th, per_b in roof.get("by_threads", {}).items():
             lines.append(f"          {_config_text(th)}: " + ", ".join(f"{b}: {v:.0f}" for b, v in per_b.items()))
         run = roof.get("replay_threads")
-        if run and len(run["best_windows_per_s"]) > 1:
-            lines.append(f"          roof at {_config_text(run['threads'])}, batch {run['best_batch']} (the replay's "
+        if run and len(run["windows_per_s_around"]) > 1:
+            lines.append(f"          roof at {_config_text(run['threads'])}, batch {run['batch']} (the replay's "
                          "setting), before, between and after the replays: "
-                         + " / ".join(f"{v:.0f}" for v in run["best_windows_per_s"]))
+                         + " / ".join(f"{v:.0f}" for v in run["windows_per_s_around"]))
     rep = report.get("replay")
     if rep:
         lines.append(f"(b) replay  {rep['windows']} windows, {rep['station_hours']:.2f} station-hours in "

@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roof-batches", default=None, help="comma-separated batch sizes for the roof")
     p.add_argument("--replay-stations", type=int, default=None, help="stations in the replay archive (default 40)")
     p.add_argument("--replay-batch", type=int, default=None,
-                   help="replay inference batch (default: the roof's best at the replay's threads)")
+                   help="replay inference batch (default 256, as `quakemon replay` runs)")
     p.add_argument("--replay-threads", type=int, default=None,
                    help="torch threads of the replay (default: torch's, as `quakemon replay` runs)")
     p.add_argument("--replay-repeats", type=int, default=None,

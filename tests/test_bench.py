@@ -119,10 +119,10 @@ def test_run_bench_report_is_json_and_printable(tmp_path: Path) -> None:
     rep = report["replay"]
     assert rep["windows"] == 11 and rep["repeats"] == 2 and len(rep["windows_per_s_runs"]) == 2
     run = report["roof"]["replay_threads"]
-    # a roof before the first replay, one after each
-    assert run["threads"] == "1" and run["best_batch"] == 2 and len(run["best_windows_per_s"]) == 3
-    assert rep["torch_threads"] == 1
-    around = run["best_windows_per_s"]
+    # a roof before the first replay (at batch 4, which the sweep lacks), one after each
+    assert run["threads"] == "1" and run["batch"] == 4 and len(run["windows_per_s_around"]) == 3
+    assert rep["torch_threads"] == 1 and rep["batch_size"] == 4
+    around = run["windows_per_s_around"]
     expected = [w / float(np.mean(around[j : j + 2])) for j, w in enumerate(rep["windows_per_s_runs"])]
     assert rep["ratio_to_roof_runs"] == pytest.approx(expected)
     assert rep["ratio_to_roof"] == pytest.approx(float(np.median(expected)))
@@ -145,6 +145,7 @@ def test_roof_streams_and_the_replay_on_two_inference_workers(tmp_path: Path, ck
     report = bench.run_bench(plan, workdir=tmp_path)
     assert "2x1" in report["roof"]["by_threads"] and report["roof"]["replay_threads"]["threads"] == "2x1"
     assert report["replay"]["inference_workers"] == 2 and report["replay"]["windows"] == 11
+    assert report["replay"]["batch_size"] == bench.REPLAY_BATCH == 256
     assert "2 single-threaded forwards at once" in bench.format_report(report)
 
 
