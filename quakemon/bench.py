@@ -491,16 +491,16 @@ def run_bench(plan: BenchPlan, workdir: Path | None = None,
             progress(f"replay: writing {plan.replay_stations} stations x {plan.replay_seconds:g} s")
             files = write_synthetic_archive(tmp / "replay", plan.replay_stations, plan.replay_seconds)
             torch.set_num_threads(replay_threads)
+            def roof_at_replay_setting() -> float:
+                config = replay_config if "x" in replay_config else replay_threads
+                return bench_roof_threads(ckpt, [config], device=plan.device, precision=plan.precision,
+                                          batch_sizes=(replay_batch,), min_s=plan.roof_min_s)["best_windows_per_s"]
+
             if "roof" in report:  # the roof at the replay's configuration and batch, before each replay and after
                 mine = report["roof"]["by_threads"][replay_config]
-                around = [mine[str(replay_batch)]] if str(replay_batch) in mine else []
+                around = [mine[str(replay_batch)] if str(replay_batch) in mine else roof_at_replay_setting()]
                 report["roof"]["replay_threads"] = {"threads": replay_config, "batch": replay_batch,
                                                     "windows_per_s_around": around}
-                if not around:
-                    around.append(bench_roof_threads(
-                        ckpt, [replay_config if "x" in replay_config else replay_threads], device=plan.device,
-                        precision=plan.precision, batch_sizes=(replay_batch,), min_s=plan.roof_min_s,
-                    )["best_windows_per_s"])
             runs = []
             for i in range(max(1, plan.replay_repeats)):
                 progress(f"replay: run {i + 1} of {plan.replay_repeats} ({replay_threads} torch threads, "
@@ -509,10 +509,7 @@ def run_bench(plan: BenchPlan, workdir: Path | None = None,
                                          stride_s=plan.stride_s, batch_size=replay_batch))
                 if "roof" in report:  # again, so that each replay's ratio uses the roofs measured around it
                     progress("roof: again, after the replay")
-                    again = bench_roof_threads(ckpt, [replay_config if "x" in replay_config else replay_threads],
-                                               device=plan.device, precision=plan.precision,
-                                               batch_sizes=(replay_batch,), min_s=plan.roof_min_s)
-                    report["roof"]["replay_threads"]["windows_per_s_around"].append(again["best_windows_per_s"])
+                    report["roof"]["replay_threads"]["windows_per_s_around"].append(roof_at_replay_setting())
             # the median run by windows/s is the one reported, with its sections
             order = sorted(range(len(runs)), key=lambda j: runs[j]["windows_per_s"])
             median = order[len(order) // 2]
