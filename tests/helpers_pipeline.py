@@ -373,6 +373,14 @@ class NotifySocket:
     def times(self, line: str) -> list[float]:
         return [t for t, m in list(self.messages) if line in m.splitlines()]
 
+    def wait_for(self, line: str, timeout: float = 5.0) -> list[float]:
+        """times(line) once it is non-empty, or [] after timeout. The daemon logs an event right after sending its
+        datagram; this thread can still be on its way to reading the datagram when the test sees the log line."""
+        deadline = time.monotonic() + timeout
+        while not (found := self.times(line)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return found
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)

@@ -206,7 +206,7 @@ def test_hung_stage_stops_watchdog_pings_and_sigterm_still_stops(server, tiny_ch
                                "QUAKEMON_INJECT_HANG": "preprocess:2"})
     try:
         daemon.wait_event("daemon_ready", START_TIMEOUT)
-        ready = notify.times("READY=1")
+        ready = notify.wait_for("READY=1")
         assert len(ready) == 1
         daemon.wait_event("inject_hang", 60)
         hung = time.monotonic()
