@@ -225,16 +225,18 @@ def spread_checkpoint(base: Path, out: Path, files: Sequence[Path], label: str =
 # ---------------------------------------------------------------------------------------------------------------
 
 def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto",
-               batch_sizes: Sequence[int] = (64, 256), min_s: float = 1.0, streams: int = 0) -> dict[str, Any]:
+               batch_sizes: Sequence[int] = (64, 256), min_s: float = 1.0, streams: int = 0,
+               stream_threads: int = 1) -> dict[str, Any]:
     """Bare model forward (no preprocessing, no softmax) on random spectrograms: windows/s per batch size,
     with the current torch thread count, or with `streams` > 0: that many threads each running forwards of its
-    own batch on one torch thread, at once (the replay's inference workers; the figure is their sum). The
+    own batch on `stream_threads` torch threads, at once (the replay's inference workers; the figure is their
+    sum). The
     model is prepared as the inference engine prepares it (folded stem, channels_last), so the roof is the
     fastest forward quakemon knows, not a slower strawman."""
     import torch
 
     from quakemon.models.checkpoint import load_checkpoint
-    from quakemon.torch_threads import single_threaded_pool
+    from quakemon.torch_threads import torch_worker_pool
     from quakemon.workers.inference import autocast, pick_device, prepare_for_inference, resolve_precision
 
     ckpt = load_checkpoint(checkpoint)
@@ -263,7 +265,7 @@ def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto
                 if elapsed >= min_s and n >= 2 * b:
                     return n, elapsed
 
-    pool = single_threaded_pool(streams, "roof-stream") if streams else None
+    pool = torch_worker_pool(streams, "roof-stream", stream_threads) if streams else None
     try:
         for b in batch_sizes:
             x = torch.rand((b, *shape), generator=gen).to(dev).contiguous(memory_format=torch.channels_last)
@@ -282,7 +284,8 @@ def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto
         if pool is not None:
             pool.shutdown()
     best = max(per_batch, key=per_batch.__getitem__)
-    return {"device": str(dev), "precision": prec, "torch_threads": 1 if streams else torch.get_num_threads(),
+    threads = stream_threads if streams else torch.get_num_threads()
+    return {"device": str(dev), "precision": prec, "torch_threads": threads,
             "streams": streams, "windows_per_s": per_batch, "best_batch": int(best),
             "best_windows_per_s": per_batch[best]}
 
@@ -325,7 +328,7 @@ class _Timer:
 
 def bench_roof_threads(checkpoint: Path, threads: Sequence[int | str], **kw: Any) -> dict[str, Any]:
     """`bench_roof` for each configuration: an int n is one forward at a time on n torch threads, a string
-    "Nx1" is N single-threaded forwards at once (`streams`); the best (configuration, batch) is the roof.
+    "WxP" is W forwards at once on P torch threads each (`streams`); the best (configuration, batch) is the roof.
     Restores the thread count.
 
     On a CPU shared with other processes one thread can beat all cores by a wide margin: OpenMP threads spin
@@ -338,7 +341,8 @@ def bench_roof_threads(checkpoint: Path, threads: Sequence[int | str], **kw: Any
     try:
         for n in threads:
             if isinstance(n, str):
-                runs[n] = bench_roof(checkpoint, streams=int(n.split("x")[0]), **kw)
+                streams, per_stream = (int(v) for v in n.split("x"))
+                runs[n] = bench_roof(checkpoint, streams=streams, stream_threads=per_stream, **kw)
             else:
                 torch.set_num_threads(int(n))
                 runs[str(n)] = bench_roof(checkpoint, **kw)
@@ -348,9 +352,12 @@ def bench_roof_threads(checkpoint: Path, threads: Sequence[int | str], **kw: Any
     return {**runs[best], "config": best, "by_threads": {k: r["windows_per_s"] for k, r in runs.items()}}
 
 
-def streams_config(workers: int) -> str:
-    """The roof configuration of `workers` single-threaded forwards at once (the replay's inference workers)."""
-    return f"{workers}x1"
+def streams_config(threads: int) -> str:
+    """The roof configuration of the replay's inference workers for `threads` torch threads (`worker_split`)."""
+    from quakemon.torch_threads import worker_split
+
+    workers, per_worker = worker_split(threads)
+    return f"{workers}x{per_worker}"
 
 
 def default_threads() -> tuple[int, ...]:
@@ -539,7 +546,9 @@ def run_bench(plan: BenchPlan, workdir: Path | None = None,
 def _config_text(config: Any) -> str:
     text = str(config)
     if "x" in text:
-        return f"{text.split('x')[0]} single-threaded forwards at once"
+        streams, per_stream = text.split("x")
+        each = "single-threaded" if per_stream == "1" else f"{per_stream}-thread"
+        return f"{streams} {each} forwards at once"
     return f"{text} torch thread(s)"
 
 

@@ -25,7 +25,7 @@ from obspy import Trace
 from quakemon.contract import InputContract
 from quakemon.messages import DETECTION_SCHEMA, Sequencer, detection_topic, event_topic
 from quakemon.models.checkpoint import Checkpoint
-from quakemon.torch_threads import single_threaded_pool
+from quakemon.torch_threads import torch_worker_pool, worker_split
 from quakemon.windowing import StationWindower, Window
 from quakemon.workers.associate import Associator
 from quakemon.workers.detect import DetectionResult, DetectionStage, preprocess_windows, stack_windows
@@ -77,17 +77,19 @@ class DetectionRunner:
         self.associator = associator
         # overlap: batches are preprocessed and inferred on worker threads (torch releases the GIL) while this
         # thread decodes and windows the next ones; the triggers take the results here, strictly in batch order, so
-        # the detections are the same as without overlap, each yielded a batch or two later. On the CPU there is
-        # one single-threaded worker per torch thread (`inference_workers`): independent forwards on N threads
-        # measured 1,580-1,800 windows/s on this 2-core machine against 960-1,010 for one forward on N OpenMP
-        # threads, and the cores this thread takes for decoding slow one worker instead of stalling an OpenMP
-        # barrier. On a GPU, one worker.
+        # the detections are the same as without overlap, each yielded a batch or two later. On the CPU the torch
+        # threads are split into workers (`worker_split`: one single-threaded worker per thread up to 4): two
+        # independent forwards measured 1,580-1,800 windows/s on this 2-core machine against 960-1,010 for one
+        # forward on two OpenMP threads, and the cores this thread takes for decoding slow one worker instead of
+        # stalling an OpenMP barrier. On a GPU, one worker.
+        threads_each = 1
         if inference_workers is None:
-            inference_workers = torch.get_num_threads() if engine.device.type == "cpu" else 1
+            inference_workers, threads_each = (worker_split(torch.get_num_threads()) if engine.device.type == "cpu"
+                                               else (1, 1))
         self.inference_workers = max(1, int(inference_workers)) if overlap else 0
         self._worker: ThreadPoolExecutor | None = None
         if self.inference_workers:
-            self._worker = (single_threaded_pool(self.inference_workers, "replay-infer")
+            self._worker = (torch_worker_pool(self.inference_workers, "replay-infer", threads_each)
                             if engine.device.type == "cpu" else ThreadPoolExecutor(1, "replay-infer"))
         self._inflight: deque[Future] = deque()
 

@@ -149,6 +149,15 @@ def test_roof_streams_and_the_replay_on_two_inference_workers(tmp_path: Path, ck
     assert "2 single-threaded forwards at once" in bench.format_report(report)
 
 
+def test_worker_split_uses_every_core_with_at_most_four_workers() -> None:
+    from quakemon.torch_threads import worker_split
+
+    assert [worker_split(n) for n in (1, 2, 4, 5, 6, 16, 64)] == [(1, 1), (2, 1), (4, 1), (2, 2), (3, 2), (4, 4),
+                                                                  (4, 16)]
+    assert bench.streams_config(2) == "2x1" and bench.streams_config(16) == "4x4"
+    assert bench._config_text("4x4") == "4 4-thread forwards at once"
+
+
 def test_live_step_measures_a_running_daemon(tmp_path: Path, ckpt: Path) -> None:
     """Two stations at 5x real time through `quakemon serve` and `quakemon run`: windows, latency, CPU, memory."""
     files = bench.write_synthetic_archive(tmp_path / "arch", 2, 40.0, layout="station")

@@ -120,3 +120,19 @@ def test_gil_switch_interval_is_restored():
         assert sys.getswitchinterval() == pytest.approx(1e-4)
         raise RuntimeError("inside")
     assert sys.getswitchinterval() == before
+
+
+@pytest.mark.parametrize(("threads", "workers", "each"), [(2, 2, 1), (6, 3, 2)])
+def test_cpu_inference_workers_share_out_the_torch_threads(tiny_checkpoint, threads, workers, each):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        runner = DetectionRunner(load_checkpoint(tiny_checkpoint), device="cpu", precision="fp32")
+        assert runner.inference_workers == workers
+        counts = {runner._worker.submit(torch.get_num_threads).result() for _ in range(4 * workers)}
+        assert counts == {each}
+        assert torch.get_num_threads() == threads  # the caller's count is left alone
+    finally:
+        torch.set_num_threads(before)

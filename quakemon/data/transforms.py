@@ -76,7 +76,7 @@ import torch
 
 from quakemon.contract import InputContract
 from quakemon.errors import ContractError
-from quakemon.torch_threads import single_threaded_pool
+from quakemon.torch_threads import torch_worker_pool
 
 if TYPE_CHECKING:  # obspy is only needed by callers that hand us Streams
     import obspy
@@ -372,7 +372,7 @@ def _worker_pool(workers: int) -> ThreadPoolExecutor:
         if key not in _pools:
             for stale in [k for k in _pools if k[0] != key[0]]:
                 del _pools[stale]  # inherited through a fork: its threads are gone
-            _pools[key] = single_threaded_pool(workers, "quakemon-preprocess")
+            _pools[key] = torch_worker_pool(workers, "quakemon-preprocess")
         return _pools[key]
 
 
