@@ -236,6 +236,7 @@ def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto
     import torch
 
     from quakemon.models.checkpoint import load_checkpoint
+    from quakemon.replay import REPLAY_SWITCH_INTERVAL_S, gil_switch_interval
     from quakemon.torch_threads import torch_worker_pool
     from quakemon.workers.inference import autocast, pick_device, prepare_for_inference, resolve_precision
 
@@ -273,8 +274,6 @@ def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto
                 n, elapsed = forwards(x, time.perf_counter())
                 per_batch[str(b)] = n / elapsed
             else:  # at the replay's GIL switch interval, which the streams' Python between ops gains from too
-                from quakemon.replay import REPLAY_SWITCH_INTERVAL_S, gil_switch_interval
-
                 ready = threading.Barrier(streams)
                 with gil_switch_interval(REPLAY_SWITCH_INTERVAL_S):
                     futures = [pool.submit(forwards, x.clone(), 0.0, ready) for _ in range(streams)]
@@ -327,8 +326,8 @@ class _Timer:
 
 
 def bench_roof_threads(checkpoint: Path, threads: Sequence[int | str], **kw: Any) -> dict[str, Any]:
-    """`bench_roof` for each configuration: an int n is one forward at a time on n torch threads, a string
-    "WxP" is W forwards at once on P torch threads each (`streams`); the best (configuration, batch) is the roof.
+    """`bench_roof` for each configuration: n (or "n") is one forward at a time on n torch threads, "WxP" is W
+    forwards at once on P torch threads each (`streams`); the best (configuration, batch) is the roof.
     Restores the thread count.
 
     On a CPU shared with other processes one thread can beat all cores by a wide margin: OpenMP threads spin
@@ -339,13 +338,13 @@ def bench_roof_threads(checkpoint: Path, threads: Sequence[int | str], **kw: Any
     before = torch.get_num_threads()
     runs: dict[str, Any] = {}
     try:
-        for n in threads:
-            if isinstance(n, str):
-                streams, per_stream = (int(v) for v in n.split("x"))
-                runs[n] = bench_roof(checkpoint, streams=streams, stream_threads=per_stream, **kw)
+        for config in map(str, threads):
+            if "x" in config:
+                streams, per_stream = (int(v) for v in config.split("x"))
+                runs[config] = bench_roof(checkpoint, streams=streams, stream_threads=per_stream, **kw)
             else:
-                torch.set_num_threads(int(n))
-                runs[str(n)] = bench_roof(checkpoint, **kw)
+                torch.set_num_threads(int(config))
+                runs[config] = bench_roof(checkpoint, **kw)
     finally:
         torch.set_num_threads(before)
     best = max(runs, key=lambda k: runs[k]["best_windows_per_s"])
@@ -487,8 +486,8 @@ def run_bench(plan: BenchPlan, workdir: Path | None = None,
         replay_config = streams_config(replay_threads) if on_cpu and replay_threads > 1 else str(replay_threads)
         if "roof" in plan.parts:
             progress("roof: bare model forward")
-            sweep: list[int | str] = sorted(set(plan.threads or default_threads()) | {threads, replay_threads})
-            if replay_config not in map(str, sweep):
+            sweep = [str(n) for n in sorted(set(plan.threads or default_threads()) | {threads, replay_threads})]
+            if replay_config not in sweep:
                 sweep.append(replay_config)
             roof = bench_roof_threads(ckpt, sweep, device=plan.device, precision=plan.precision,
                                       batch_sizes=plan.roof_batches, min_s=plan.roof_min_s)
@@ -499,8 +498,7 @@ def run_bench(plan: BenchPlan, workdir: Path | None = None,
             files = write_synthetic_archive(tmp / "replay", plan.replay_stations, plan.replay_seconds)
             torch.set_num_threads(replay_threads)
             def roof_at_replay_setting() -> float:
-                config = replay_config if "x" in replay_config else replay_threads
-                return bench_roof_threads(ckpt, [config], device=plan.device, precision=plan.precision,
+                return bench_roof_threads(ckpt, [replay_config], device=plan.device, precision=plan.precision,
                                           batch_sizes=(replay_batch,), min_s=plan.roof_min_s)["best_windows_per_s"]
 
             if "roof" in report:  # the roof at the replay's configuration and batch, before each replay and after

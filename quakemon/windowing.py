@@ -294,9 +294,10 @@ class WindowScheduler:
         active = [i for i in range(len(buf.hwm)) if i not in self.absent]
         hwms = [buf.hwm[i] if buf.hwm[i] is not None else buf.head - buf.capacity for i in active]
         low = min(hwms)
-        if not self.margin and not self.absent:
-            out += self._make_complete_run(k, (min(low, buf.head) - self.window) // self.stride)
-            k = self.next_k if out else k
+        if not self.margin and not self.absent:  # the steady state first: every window whose samples are all there
+            out = self._make_complete_run(k, (min(low, buf.head) - self.window) // self.stride)
+            if out:
+                k = self.next_k
         rows = active if self.absent else None
         while True:
             a = k * self.stride - self.margin
