@@ -28,7 +28,13 @@ from quakemon.models.checkpoint import Checkpoint
 from quakemon.torch_threads import torch_worker_pool, worker_split
 from quakemon.windowing import StationWindower, Window
 from quakemon.workers.associate import Associator
-from quakemon.workers.detect import DetectionResult, DetectionStage, preprocess_windows, stack_windows
+from quakemon.workers.detect import (
+    DetectionResult,
+    DetectionStage,
+    preprocess_windows,
+    stack_windows,
+    warm_up_preprocess,
+)
 from quakemon.workers.inference import InferenceEngine
 
 log = structlog.get_logger(__name__)
@@ -68,6 +74,7 @@ class DetectionRunner:
         self.stage = DetectionStage(engine, on, off, min_duration_s, label)
         # on a GPU the transform runs there too and the spectra never leave the device
         self._preprocess_device = engine.device if engine.device.type != "cpu" else None
+        warm_up_preprocess(self.contract, self._preprocess_device)
         self.batch_size = batch_size
         self.sequencer = Sequencer()
         self.keep_series = keep_series

@@ -40,18 +40,24 @@ The output is always finite float32 (a last guard zeroes anything non-finite, e.
 ZSCORE). Precision: the steps up to the mean removal run in float64 (float32 input stays float32), since raw
 counts with a large offset lose their signal in float32; the centred signal and the STFT run in `dtype`
 (float32 by default: within ~3e-7 of scipy relative to the spectrogram peak; float64 matches bin for bin).
-Speed: the STFT is a matrix product with a windowed DFT matrix (real and imaginary parts land in separate
-planes, so the magnitude is three vectorised passes; 1/std rides on the copy of the frames), and the same code
-runs on a GPU (`device="cuda"`), where each of the two passes below is one batched call. On the CPU the passes
-go over the batch in parts of ~8 and ~16 windows (`CPU_PART_SAMPLES`), so that a part's intermediates stay in
-the core's L2 cache instead of streaming through memory once per step: pass 1 checks (and repairs), centres the
-signal into the zero-padded STFT input and takes its sums and norms; the z-score statistics of the whole batch
-follow; pass 2 copies the frames times 1/std, multiplies them by the DFT matrix and takes the magnitude. With
-torch.get_num_threads() > 1 the parts are shared out to a persistent pool of that many threads, each running
-torch single-threaded (torch ops release the GIL): two hand-offs per pass instead of OpenMP's fork/join per
-operation, which stalls whenever another process holds a core. With one torch thread per worker process
-(torch.set_num_threads(1): the efficient setting on a CPU shared with other processes) the parts run in the
-calling thread, which also keeps its zero-padded STFT input buffer (up to 32 MB) from one call to the next.
+Speed: on the CPU, the common contract (finite input, DROP_NAN/TRIMMING/ZSCORE/SPECTROGRAM, float32 STFT, a
+power-of-two nperseg that the hop divides: the default 64/32 is) runs in one compiled pass per row
+(`quakemon.data.stft_kernel`, numba): sum, centre, a radix-2 FFT of the packed real frames vectorised across
+frames, magnitude straight into the output. Rows with non-finite samples, and every other case (GPU, float64
+STFT, DETREND/TAPER/BANDPASS, other STFT sizes), go through the torch passes below, which compute the same
+numbers (tests/test_stft_kernel.py holds the two paths to within 2e-6 of each other and to scipy within 1e-5).
+With torch.get_num_threads() > 1 either path shares parts of the batch out to a persistent pool of that many
+threads (the kernel and torch ops release the GIL): two hand-offs per pass instead of OpenMP's fork/join per
+operation, which stalls whenever another process holds a core. With one torch thread (torch.set_num_threads(1):
+the efficient setting on a CPU shared with other processes) everything runs in the calling thread.
+The torch passes: the STFT is a matrix product with a windowed DFT matrix (real and imaginary parts land in
+separate planes, so the magnitude is three vectorised passes; 1/std rides on the copy of the frames), and the
+same code runs on a GPU (`device="cuda"`), where each of the two passes below is one batched call. On the CPU the
+passes go over the batch in parts of ~8 and ~16 windows (`CPU_PART_SAMPLES`), so that a part's intermediates
+stay in the core's L2 cache: pass 1 checks (and repairs), centres the signal into the zero-padded STFT input and
+takes its sums and norms; the z-score statistics of the whole batch follow; pass 2 copies the frames times 1/std,
+multiplies them by the DFT matrix and takes the magnitude. The calling thread keeps its zero-padded STFT input
+buffer (up to 32 MB) from one call to the next.
 tests/bench/bench_transforms.py measures it against a per-window scipy loop.
 
 `stream_to_array` turns one station's ObsPy Stream into the [C, N] array the contract expects: component
@@ -75,6 +81,7 @@ import structlog
 import torch
 
 from quakemon.contract import InputContract
+from quakemon.data import stft_kernel
 from quakemon.errors import ContractError
 from quakemon.torch_threads import torch_worker_pool
 
@@ -175,6 +182,70 @@ def preprocess_batch(
     if b == 0:
         valid = torch.ones(0, dtype=torch.bool, device=dev)
         return _result(as_numpy, spectra, valid, dead, nan_fraction)
+    if _fused_applies(plan, dev):
+        _fused_passes(t, plan, spectra, dead, nan_fraction)
+    else:
+        _torch_passes(t, plan, spectra, dead, nan_fraction)
+    valid = nan_fraction <= max_nan_fraction if "DROP_NAN" in ops else nan_fraction == 0
+    return _result(as_numpy, spectra, valid, dead, nan_fraction)
+
+
+# The compiled CPU kernel (quakemon.data.stft_kernel) serves the common contract; tests switch it off to compare
+# it with the torch passes, which serve everything else (GPU, float64 STFT, DETREND/TAPER/BANDPASS, NaN repair).
+FUSED_KERNEL = True
+
+
+def _fused_applies(plan: _Plan, device: torch.device) -> bool:
+    return (
+        FUSED_KERNEL
+        and device.type == "cpu"
+        and plan.lean
+        and plan.dtype == torch.float32
+        and "SPECTROGRAM" in plan.ops
+        and stft_kernel.applies(plan.nperseg, plan.hop)
+    )
+
+
+def _fused_passes(
+    t: torch.Tensor, plan: _Plan, spectra: torch.Tensor, dead: torch.Tensor, nan_fraction: torch.Tensor
+) -> None:
+    """The compiled kernel over the batch's rows (in parts on the preprocessing pool when torch has more than
+    one thread: the kernel releases the GIL); windows with a non-finite row go through the torch passes."""
+    b, c, n = t.shape
+    rows = t.contiguous().numpy().reshape(b * c, n)
+    out = spectra.numpy().reshape(b * c, *spectra.shape[2:])
+    dead_rows = dead.numpy().reshape(b * c)
+    bad = np.zeros(b * c, dtype=bool)
+    dead_eps = 10 * torch.finfo(plan.work).eps
+
+    def part(bounds: tuple[int, int]) -> None:
+        lo, hi = bounds
+        stft_kernel.spectrogram_rows(
+            rows[lo:hi], plan.n_real, plan.pad_left, plan.length, plan.nperseg, plan.hop, dead_eps,
+            out[lo:hi], dead_rows[lo:hi], bad[lo:hi],
+        )  # fmt: skip
+
+    threads = torch.get_num_threads()
+    counts = _cpu_parts(b, c * n, 4 * CPU_PART_SAMPLES) if threads > 1 else [b]
+    edges = [0, *itertools.accumulate(count * c for count in counts)]
+    _run(part, list(itertools.pairwise(edges)), min(threads, len(counts)))
+    if bad.any():  # NaN/inf (repaired or flagged by the torch passes), or a float32 overflow
+        windows = torch.from_numpy(bad.reshape(b, c).any(1).nonzero()[0])
+        sub = (spectra[windows], dead[windows], torch.zeros(len(windows), dtype=torch.float32))
+        _torch_passes(t[windows], plan, *sub)
+        for target, values in zip((spectra, dead, nan_fraction), sub, strict=True):
+            target[windows] = values
+
+
+def _torch_passes(
+    t: torch.Tensor, plan: _Plan, spectra: torch.Tensor, dead: torch.Tensor, nan_fraction: torch.Tensor
+) -> None:
+    """The transforms as torch operations (CPU in cache-sized parts, or one batched call per pass on a GPU):
+    fills spectra, dead and nan_fraction (which arrives zeroed)."""
+    b, c, n = t.shape
+    dev, work, dtype, ops = t.device, plan.work, plan.dtype, plan.ops
+    nperseg, hop, spectrogram = plan.nperseg, plan.hop, "SPECTROGRAM" in ops
+    shape = spectra.shape[2:]
     padded, zeroed = _padded_buffer((b, c, plan.length), plan, dev)
     sums = torch.empty(b, c, 1, dtype=work, device=dev)
     norm = torch.empty(b, c, 1, dtype=dtype, device=dev)
@@ -218,8 +289,6 @@ def preprocess_batch(
     # z-scored output with finite std is bounded; anything else gets the guard (e.g. float32 overflow)
     if (not zscore or not _all_finite(std)) and not _all_finite(spectra.sum()):
         torch.nan_to_num(spectra, nan=0.0, posinf=0.0, neginf=0.0, out=spectra)
-    valid = nan_fraction <= max_nan_fraction if "DROP_NAN" in ops else nan_fraction == 0
-    return _result(as_numpy, spectra, valid, dead, nan_fraction)
 
 
 def _result(as_numpy: bool, *outputs: torch.Tensor) -> PreprocessResult:

@@ -91,6 +91,13 @@ def preprocess_windows(data: np.ndarray, metas: list[dict[str, Any]], contract: 
     return np.ascontiguousarray(spectra, dtype=np.float32), metas
 
 
+def warm_up_preprocess(contract: InputContract, device: str | torch.device | None = None) -> None:
+    """Run one float32 window (what travels between stages) through the transform: loads the CPU kernel, or on a
+    fresh install compiles it (~5 s), before the first real windows instead of during them."""
+    preprocess_windows(np.zeros((1, contract.n_channels, contract.window_samples), np.float32), [{}], contract,
+                       device=device)
+
+
 @dataclass
 class DetectionResult:
     """What one batch produced: per-window probabilities (NaN rows for skipped windows) and trigger bodies."""

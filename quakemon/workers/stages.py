@@ -453,7 +453,7 @@ class _IdleFeed:
 def run_preprocess(cfg: Config, contract: InputContract, stop: StopFlag, control: str | None,
                    max_batch: int = 512) -> int:
     """PULL windows -> preprocess_batch -> PUSH spectra; drops the oldest spectra when inference lags."""
-    from quakemon.workers.detect import preprocess_windows
+    from quakemon.workers.detect import preprocess_windows, warm_up_preprocess
 
     ctx = zmq.Context()
     status = StatusReporter(ctx, control, "preprocess")
@@ -469,6 +469,7 @@ def run_preprocess(cfg: Config, contract: InputContract, stop: StopFlag, control
                 "queue_preprocess": queue.windows}
 
     device = preprocess_device(cfg)
+    warm_up_preprocess(contract, device)
     status.ready = True
     log.info("stage_started", stage="preprocess", windows_endpoint=cfg.pipeline.windows_endpoint,
              spectra_endpoint=cfg.pipeline.spectra_endpoint, device=str(device or "cpu"))

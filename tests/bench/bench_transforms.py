@@ -3,9 +3,10 @@
     .venv/bin/python tests/bench/bench_transforms.py [--batch 256] [--repeats 15] [--threads 2] [--device cpu]
 
 The reference is what one would write per window: numpy z-score + scipy.signal.stft (same parameters) + abs.
-preprocess_batch runs with --threads torch threads (on the CPU: its parts of a few windows shared out to a pool
-of that many single-threaded worker threads, see quakemon.data.transforms) and again with one torch thread (parts
-in the calling thread), the figure that counts when another process holds the other core. Runs alternate
+preprocess_batch runs with --threads torch threads (on the CPU: the compiled kernel over parts of the batch shared
+out to a pool of that many worker threads, see quakemon.data.transforms) and again with one torch thread (one
+kernel call in the calling thread), the figure that counts when another process holds the other core; and with
+the kernel switched off ("torch passes", the implementation before it, still used off the kernel's path). Runs alternate
 (reference, batched, batched 1 thread, reference, ...) so that load from other processes hits all alike; the
 median and the best run are reported with the ratios. The two alternatives considered (torch.stft, numpy rfft)
 are timed afterwards, alternating between themselves: each allocates ~50-100 MB of temporaries, and timed
@@ -27,6 +28,7 @@ import scipy.signal
 import torch
 
 from quakemon.contract import InputContract
+from quakemon.data import transforms
 from quakemon.data.transforms import preprocess_batch
 
 
@@ -96,16 +98,25 @@ def main() -> None:
         finally:
             torch.set_num_threads(args.threads)
 
+    def torch_passes() -> None:  # the implementation before the compiled kernel, still used off the fast path
+        transforms.FUSED_KERNEL = False
+        try:
+            batched()
+        finally:
+            transforms.FUSED_KERNEL = True
+
     # equality check and warm-up
     ref = np.stack(scipy_loop(x[:8], contract))
     got = preprocess_batch(x[:8], contract, device=args.device).spectrograms
     rel = float(np.abs(got - ref).max() / ref.max())
     batched()
     batched_one_thread()
+    torch_passes()
     names = (
         "scipy per-window loop",
         "preprocess_batch",
         "preprocess_batch 1 thr",
+        "torch passes (no kernel)",
         "alt: torch.stft batch",
         "alt: numpy rfft batch",
     )
@@ -116,10 +127,11 @@ def main() -> None:
         "scipy per-window loop": lambda: scipy_loop(x, contract),
         "preprocess_batch": batched,
         "preprocess_batch 1 thr": batched_one_thread,
+        "torch passes (no kernel)": torch_passes,
         "alt: torch.stft batch": lambda: torch_stft_batch(x, contract),
         "alt: numpy rfft batch": lambda: numpy_rfft_batch(x, contract),
     }
-    for phase in (names[:3], names[3:]):  # the comparison, then the alternatives (see the module docstring)
+    for phase in (names[:4], names[4:]):  # the comparison, then the alternatives (see the module docstring)
         for _ in range(args.repeats):
             for name in phase:
                 start, start_cpu = time.perf_counter(), time.process_time()
@@ -142,7 +154,7 @@ def main() -> None:
         med, best, med_cpu = statistics.median(times[name]), min(times[name]), statistics.median(cpu[name])
         rates[name] = (args.batch / med, args.batch / best, args.batch / med_cpu)
         print(
-            f"{name:22s} wall median {med * 1e3:7.2f} ms {args.batch / med:8.0f} windows/s | "
+            f"{name:24s} wall median {med * 1e3:7.2f} ms {args.batch / med:8.0f} windows/s | "
             f"wall best {best * 1e3:7.2f} ms {args.batch / best:8.0f} windows/s | "
             f"CPU median {med_cpu * 1e3:7.2f} ms {args.batch / med_cpu:8.0f} windows/CPU-s"
         )
@@ -155,6 +167,11 @@ def main() -> None:
     print(
         f"speed-up batched with 1 torch thread / scipy loop: wall median {one[0] / slow[0]:.1f}x, "
         f"wall best {one[1] / slow[1]:.1f}x, CPU time {one[2] / slow[2]:.1f}x"
+    )
+    old = rates["torch passes (no kernel)"]
+    print(
+        f"compiled kernel / torch passes (both at {args.threads} threads): wall median {fast[0] / old[0]:.1f}x, "
+        f"wall best {fast[1] / old[1]:.1f}x, CPU time {fast[2] / old[2]:.1f}x"
     )
 
 
