@@ -239,3 +239,31 @@ def _rows(x, n_real, pad_left, length, nperseg, hop, window, bitrev, tw_re, tw_i
                 if not bad[r]:
                     _magnitude(zr[:, g * frames :], zi[:, g * frames :], post_re, post_im, out, r, 1, frames)
                     g += 1
+
+
+def warm_up() -> None:
+    """Load (on a fresh install: compile, ~5 s) the kernels for the usual input types, before the first window."""
+    frames = np.zeros((2, 64), np.float64)
+    for x in (frames, frames.astype(np.float32)):
+        spectrogram_rows(x, 64, 2, 68, 4, 2, 1e-15, np.empty((2, 3, 33), np.float32), np.empty(2, bool),
+                         np.empty(2, bool))
+    centre_to_float32(frames[None], np.empty((1, 2, 64), np.float32))
+
+
+def centre_to_float32(x: np.ndarray, out: np.ndarray) -> None:
+    """out[k, c, :] = float32(x[k, c, :] - mean of x[k, c, :]), the mean in float64 (x: float64 [K, C, N]).
+
+    What `quakemon.workers.detect.stack_windows` does to every window before it travels as float32: one read for
+    the mean and one for the difference, instead of numpy's buffered float64 -> float32 cast."""
+    _centre_rows(x.reshape(-1, x.shape[-1]), out.reshape(-1, out.shape[-1]))
+
+
+@_jit
+def _centre_rows(x, out):
+    n = x.shape[1]
+    for r in range(x.shape[0]):
+        row = x[r]
+        mean = _sum(row, n) / n
+        dst = out[r]
+        for i in range(n):
+            dst[i] = np.float32(row[i] - mean)

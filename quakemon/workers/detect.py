@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import structlog
 import torch
+from numpy.lib.stride_tricks import as_strided
 
 from quakemon.contract import InputContract
+from quakemon.data import stft_kernel
 from quakemon.data.transforms import preprocess_batch
 from quakemon.windowing import Window
 from quakemon.workers.trigger import TriggerBank
@@ -50,18 +52,38 @@ def stack_windows(windows: Sequence[Window], arrivals: Sequence[float | None] | 
 
     center: subtract each channel's mean in float64 first, so a large DC offset (e.g. 2^24 counts) does not eat
     float32's 24-bit mantissa. Use it when the contract z-scores (the mean is removed anyway).
+    Consecutive windows that are consecutive rows of one array (the windower emits a station's steady-state run
+    that way) are centred a run at a time, by one call of a compiled loop (`stft_kernel.centre_to_float32`).
     """
     if not windows:
         return np.zeros((0, 0, 0), np.float32), []
     data = np.empty((len(windows), *windows[0].data.shape), np.float32)
-    for w, row in zip(windows, data, strict=True):  # per window, so each one's float64 temporaries stay in cache
+    for lo, hi in _row_runs([w.data for w in windows]):
+        first = windows[lo].data
+        x = first if hi == lo + 1 else as_strided(first, (hi - lo, *first.shape), (first.nbytes, *first.strides))
         if center:  # the float64 difference, rounded once to float32 (what a whole-batch float64 pass gives)
-            x = np.asarray(w.data, dtype=np.float64)
-            np.subtract(x, x.mean(axis=-1, keepdims=True), out=row, casting="unsafe")
+            stft_kernel.centre_to_float32(np.asarray(x, dtype=np.float64), data[lo:hi])
         else:
-            row[...] = w.data
+            data[lo:hi] = x
     arrivals = arrivals if arrivals is not None else [None] * len(windows)
     return data, [window_meta(w, a) for w, a in zip(windows, arrivals, strict=True)]
+
+
+def _row_runs(arrays: list[np.ndarray]) -> list[tuple[int, int]]:
+    """[lo, hi) ranges of consecutive arrays that are consecutive C-contiguous rows of one buffer (of equal shape
+    and dtype); any other array is a range of its own."""
+    runs: list[tuple[int, int]] = []
+    lo, end = 0, None
+    for i, a in enumerate(arrays):
+        start = a.__array_interface__["data"][0] if a.flags.c_contiguous else None
+        follows = (start is not None and start == end and a.base is not None and a.base is arrays[lo].base
+                   and a.shape == arrays[lo].shape and a.dtype == arrays[lo].dtype)
+        if i and not follows:
+            runs.append((lo, i))
+            lo = i
+        end = start + a.nbytes if start is not None else None
+    runs.append((lo, len(arrays)))
+    return runs
 
 
 def preprocess_windows(data: np.ndarray, metas: list[dict[str, Any]], contract: InputContract,
@@ -92,8 +114,9 @@ def preprocess_windows(data: np.ndarray, metas: list[dict[str, Any]], contract: 
 
 
 def warm_up_preprocess(contract: InputContract, device: str | torch.device | None = None) -> None:
-    """Run one float32 window (what travels between stages) through the transform: loads the CPU kernel, or on a
-    fresh install compiles it (~5 s), before the first real windows instead of during them."""
+    """Load the compiled CPU kernels (or on a fresh install compile them, ~5 s) and run one float32 window (what
+    travels between stages) through the transform, before the first real windows instead of during them."""
+    stft_kernel.warm_up()
     preprocess_windows(np.zeros((1, contract.n_channels, contract.window_samples), np.float32), [{}], contract,
                        device=device)
 

@@ -239,10 +239,12 @@ def run_ingest(cfg: Config, contract: InputContract, stop: StopFlag, control: st
 
     `go`: when given, the stage reports ready at once but connects to SeedLink only once it is set.
     """
+    from quakemon.data import stft_kernel
     from quakemon.ingest.seedlink import SeedLinkSource
     from quakemon.windowing import StationWindower
     from quakemon.workers.detect import stack_windows
 
+    stft_kernel.warm_up()  # the compiled centring that stack_windows runs, loaded before the first window
     ctx = zmq.Context()
     status = StatusReporter(ctx, control, "ingest")
     push = _socket(ctx, zmq.PUSH, cfg.pipeline.windows_endpoint, bind=True)
