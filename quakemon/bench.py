@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import sys
 import tempfile
 import threading
@@ -76,8 +77,11 @@ class BenchPlan:
     replay_threads: int | None = None
     replay_batch: int | None = None  # None: REPLAY_BATCH, what `quakemon replay` runs with
     # replays, each between two roofs at its own threads and batch; the ratio is the median of
-    # replay / mean(roof before, roof after): this machine's speed drifts by tens of % within minutes
-    replay_repeats: int = 3
+    # replay / mean(roof before, roof after): this machine's speed drifts by tens of % within minutes, and twelve
+    # back-to-back 1 s roofs at one setting spread over 1,438-2,033 windows/s
+    replay_repeats: int = 5
+    # seconds each of those roofs runs: several, so that one sample of the drift does not decide a ratio
+    replay_roof_s: float = 4.0
     live_stations: tuple[int, ...] = (100, 200, 300, 400, 500, 600, 700, 800, 1000)
     live_speed: float = 1.0
     live_archive_s: float = 120.0
@@ -97,6 +101,7 @@ class BenchPlan:
     @classmethod
     def quick(cls, **kw: Any) -> BenchPlan:
         base = dict(roof_batches=(64, 256), roof_min_s=0.5, replay_stations=6, replay_seconds=100.0, replay_repeats=1,
+                    replay_roof_s=0.5,
                     live_stations=(5,), live_speed=2.0, live_archive_s=60.0, live_measure_s=6.0, live_timeout_s=90.0)
         return cls(**{**base, **kw})
 
@@ -293,6 +298,12 @@ def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto
 # (b) replay
 # ---------------------------------------------------------------------------------------------------------------
 
+def _process_cpu_s() -> float:
+    """User + system CPU seconds of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 class _Timer:
     """Accumulates perf_counter seconds per section."""
 
@@ -400,7 +411,7 @@ def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto
 
     detections = 0
     engine = runner.stage.engine
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _process_cpu_s()
     try:
         with replay_module.gil_switch_interval(replay_module.REPLAY_SWITCH_INTERVAL_S):  # as `replay` runs
             for _ in runner.add_traces(counted(timer.iterate("source (read + decode)", source.traces(stop)))):
@@ -409,7 +420,7 @@ def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto
     finally:
         source.close()
         replay_module.stack_windows, replay_module.preprocess_windows = saved
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, _process_cpu_s() - cpu_start
     sec = dict(timer.seconds)
     infer = engine.stats.seconds
     # busy seconds per section; with overlap, inference runs on worker threads beside the rest, so the sections
@@ -435,6 +446,12 @@ def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto
         "station_hours_per_s": station_seconds / 3600.0 / elapsed if elapsed else float("nan"),
         "batch_size": batch_size, "device": str(engine.device), "precision": engine.precision,
         "inference_batches": engine.stats.batches, "overlap": overlap, "inference_workers": runner.inference_workers,
+        # CPU time, all threads, and the part inside the model forward: the pipeline's own cost, measured at the
+        # same moments as the model's (so not moved by the machine's drift, unlike a ratio of two runs). Exact
+        # when each inference worker runs torch on one thread (2 cores: 2 workers x 1); with intra-op threads
+        # (or a GPU) thread_time misses the forward's other threads, and the share reads high.
+        "cpu_seconds": cpu, "model_cpu_seconds": engine.stats.cpu_seconds,
+        "overhead_cpu_share": 1.0 - engine.stats.cpu_seconds / cpu if cpu > 0 else float("nan"),
         "sections_s": {k: round(v, 3) for k, v in sections.items()},
         "sections_share": {k: round(v / elapsed, 3) for k, v in sections.items()} if elapsed else {},
     }
@@ -499,13 +516,13 @@ def run_bench(plan: BenchPlan, workdir: Path | None = None,
             torch.set_num_threads(replay_threads)
             def roof_at_replay_setting() -> float:
                 return bench_roof_threads(ckpt, [replay_config], device=plan.device, precision=plan.precision,
-                                          batch_sizes=(replay_batch,), min_s=plan.roof_min_s)["best_windows_per_s"]
+                                          batch_sizes=(replay_batch,), min_s=plan.replay_roof_s)["best_windows_per_s"]
 
             if "roof" in report:  # the roof at the replay's configuration and batch, before each replay and after
-                mine = report["roof"]["by_threads"][replay_config]
-                around = [mine[str(replay_batch)] if str(replay_batch) in mine else roof_at_replay_setting()]
+                progress("roof: at the replay's setting, before the first replay")
                 report["roof"]["replay_threads"] = {"threads": replay_config, "batch": replay_batch,
-                                                    "windows_per_s_around": around}
+                                                    "seconds_each": plan.replay_roof_s,
+                                                    "windows_per_s_around": [roof_at_replay_setting()]}
             runs = []
             for i in range(max(1, plan.replay_repeats)):
                 progress(f"replay: run {i + 1} of {plan.replay_repeats} ({replay_threads} torch threads, "
@@ -526,6 +543,8 @@ def run_bench(plan: BenchPlan, workdir: Path | None = None,
                 rep["ratio_to_roof_runs"] = ratios
                 rep["ratio_to_roof"] = float(np.median(ratios))
                 rep["ratio_to_best_roof"] = rep["windows_per_s"] / float(report["roof"]["best_windows_per_s"])
+            rep["overhead_cpu_share_runs"] = [r["overhead_cpu_share"] for r in runs]
+            rep["overhead_cpu_share"] = float(np.median(rep["overhead_cpu_share_runs"]))
             report["replay"] = rep
         torch.set_num_threads(threads)
         if "live" in plan.parts:
@@ -590,6 +609,10 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"          {rep['repeats']} runs (median shown): windows/s "
                          + ", ".join(f"{v:.0f}" for v in rep["windows_per_s_runs"]) + "; ratio to the roofs around "
                          "each: " + ", ".join(f"{v:.2f}" for v in rep.get("ratio_to_roof_runs", [])))
+        if "overhead_cpu_share" in rep:
+            lines.append(f"          CPU time outside the model forward (engine.predict): "
+                         f"{100 * rep['overhead_cpu_share']:.1f} % of the process's CPU time (median; runs: "
+                         + ", ".join(f"{100 * v:.1f}" for v in rep["overhead_cpu_share_runs"]) + " %)")
         for k, v in rep["sections_s"].items():
             lines.append(f"          {k:<32} {v:7.2f} s  {100 * rep['sections_share'].get(k, 0):5.1f} %")
     live = report.get("live")

@@ -102,6 +102,7 @@ class InferenceStats:
     batches: int = 0
     windows: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the calling threads inside predict (thread_time)
     failures: int = 0
     last_batch_size: int = 0
     last_batch_seconds: float = 0.0
@@ -139,7 +140,7 @@ class InferenceEngine:
             raise ValueError(f"expected spectrograms [B, {shape}], got {list(x.shape)}")
         if x.shape[0] == 0:
             return np.zeros((0, len(self.labels)), np.float32)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         out = []
         try:
             with torch.inference_mode(), autocast(self.precision, self.device):
@@ -159,12 +160,13 @@ class InferenceEngine:
                     f"{self._consecutive_failures} consecutive inference failures, last: {exc}"
                 ) from exc
             raise
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.thread_time() - cpu_start
         with self._stats_lock:  # predict may run on several threads at once (replay's inference workers)
             self._consecutive_failures = 0
             self.stats.batches += 1
             self.stats.windows += int(x.shape[0])
             self.stats.seconds += elapsed
+            self.stats.cpu_seconds += cpu
             self.stats.last_batch_size = int(x.shape[0])
             self.stats.last_batch_seconds = elapsed
         return torch.cat(out).numpy()
