@@ -612,7 +612,8 @@ def format_report(report: dict[str, Any]) -> str:
         if "overhead_cpu_share" in rep:
             lines.append(f"          CPU time outside the model forward (engine.predict): "
                          f"{100 * rep['overhead_cpu_share']:.1f} % of the process's CPU time (median; runs: "
-                         + ", ".join(f"{100 * v:.1f}" for v in rep["overhead_cpu_share_runs"]) + " %)")
+                         + ", ".join(f"{100 * v:.1f}" for v in rep["overhead_cpu_share_runs"]) + " %); "
+                         f"{rep['cpu_seconds'] / rep['seconds']:.2f} cores busy on average")
         for k, v in rep["sections_s"].items():
             lines.append(f"          {k:<32} {v:7.2f} s  {100 * rep['sections_share'].get(k, 0):5.1f} %")
     live = report.get("live")
