@@ -175,8 +175,9 @@ def _fft(zr, zi, tw_re, tw_im, width):
 
 
 @_jit
-def _magnitude(zr, zi, post_re, post_im, out, first, rows, frames):
-    """out[first + g, k, :] = |X[k]| of group row g: X[k] = E[k] + e^{-2 pi i k/nperseg} O[k] from the packed FFT."""
+def _magnitude(zr, zi, post_re, post_im, out, first, rows, frames, packed):
+    """out[first + g, k, :] = |X[k]| of packed row `packed + g` (columns from (packed + g) * frames):
+    X[k] = E[k] + e^{-2 pi i k/nperseg} O[k] from the packed FFT."""
     size = zr.shape[0]
     for k in range(size + 1):
         k1 = k % size
@@ -184,7 +185,7 @@ def _magnitude(zr, zi, post_re, post_im, out, first, rows, frames):
         cr = post_re[k]
         ci = post_im[k]
         for g in range(rows):
-            column = g * frames
+            column = (packed + g) * frames
             z1r = zr[k1, column:]
             z1i = zi[k1, column:]
             z2r = zr[k2, column:]
@@ -232,12 +233,12 @@ def _rows(x, n_real, pad_left, length, nperseg, hop, window, bitrev, tw_re, tw_i
             continue
         _fft(zr, zi, tw_re, tw_im, rows * frames)
         if rows == min(group, x.shape[0] - first):
-            _magnitude(zr, zi, post_re, post_im, out, first, rows, frames)
+            _magnitude(zr, zi, post_re, post_im, out, first, rows, frames, 0)
         else:  # a bad row in the group: write the packed rows one by one to their own output rows
             g = 0
             for r in range(first, min(first + group, x.shape[0])):
                 if not bad[r]:
-                    _magnitude(zr[:, g * frames :], zi[:, g * frames :], post_re, post_im, out, r, 1, frames)
+                    _magnitude(zr, zi, post_re, post_im, out, r, 1, frames, g)
                     g += 1
 
 
