@@ -54,7 +54,7 @@ _FFT_COLUMNS = 128
 
 def applies(nperseg: int, hop: int) -> bool:
     """Whether the kernel handles this STFT: nperseg a power of two >= 4 and a hop that divides it."""
-    return nperseg >= 4 and nperseg & (nperseg - 1) == 0 and 0 < hop <= nperseg and nperseg % hop == 0
+    return nperseg >= 4 and nperseg & (nperseg - 1) == 0 and hop > 0 and nperseg % hop == 0
 
 
 @lru_cache(maxsize=8)
@@ -67,16 +67,13 @@ def constants(nperseg: int) -> tuple[np.ndarray, ...]:
     bitrev = np.array([int(format(i, f"0{bits}b")[::-1], 2) if bits else 0 for i in range(half)], dtype=np.int64)
     fft_angles = -2 * np.pi * np.arange(max(half // 2, 1)) / half
     post_angles = -2 * np.pi * np.arange(half + 1) / nperseg
-    return tuple(
-        np.ascontiguousarray(a)
-        for a in (
-            (window / window.sum()).astype(np.float32),
-            bitrev,
-            np.cos(fft_angles).astype(np.float32),
-            np.sin(fft_angles).astype(np.float32),
-            np.cos(post_angles).astype(np.float32),
-            np.sin(post_angles).astype(np.float32),
-        )
+    return (
+        (window / window.sum()).astype(np.float32),
+        bitrev,
+        np.cos(fft_angles).astype(np.float32),
+        np.sin(fft_angles).astype(np.float32),
+        np.cos(post_angles).astype(np.float32),
+        np.sin(post_angles).astype(np.float32),
     )
 
 
@@ -242,13 +239,10 @@ def _rows(x, n_real, pad_left, length, nperseg, hop, window, bitrev, tw_re, tw_i
                     g += 1
 
 
-def warm_up() -> None:
-    """Load (on a fresh install: compile, ~5 s) the kernels for the usual input types, before the first window."""
-    frames = np.zeros((2, 64), np.float64)
-    for x in (frames, frames.astype(np.float32)):
-        spectrogram_rows(x, 64, 2, 68, 4, 2, 1e-15, np.empty((2, 3, 33), np.float32), np.empty(2, bool),
-                         np.empty(2, bool))
-    centre_to_float32(frames[None], np.empty((1, 2, 64), np.float32))
+def warm_up_centring() -> None:
+    """Load (on a fresh install: compile, ~1 s) `centre_to_float32`, before the first window. The spectrogram
+    kernel is loaded by a first `preprocess_batch` call (`quakemon.workers.detect.warm_up_preprocess`)."""
+    centre_to_float32(np.zeros((1, 2, 64)), np.empty((1, 2, 64), np.float32))
 
 
 def centre_to_float32(x: np.ndarray, out: np.ndarray) -> None:
@@ -263,8 +257,4 @@ def centre_to_float32(x: np.ndarray, out: np.ndarray) -> None:
 def _centre_rows(x, out):
     n = x.shape[1]
     for r in range(x.shape[0]):
-        row = x[r]
-        mean = _sum(row, n) / n
-        dst = out[r]
-        for i in range(n):
-            dst[i] = np.float32(row[i] - mean)
+        _centre(x[r], n, _sum(x[r], n) / n, out[r], 0)

@@ -216,7 +216,7 @@ def _fused_passes(
     out = spectra.numpy().reshape(b * c, *spectra.shape[2:])
     dead_rows = dead.numpy().reshape(b * c)
     bad = np.zeros(b * c, dtype=bool)
-    dead_eps = 10 * torch.finfo(plan.work).eps
+    dead_eps = _dead_tolerance(plan.work)
 
     def part(bounds: tuple[int, int]) -> None:
         lo, hi = bounds
@@ -235,6 +235,11 @@ def _fused_passes(
         _torch_passes(t[windows], plan, *sub)
         for target, values in zip((spectra, dead, nan_fraction), sub, strict=True):
             target[windows] = values
+
+
+def _dead_tolerance(work: torch.dtype) -> float:
+    """A channel is dead when its std <= this times |mean| (10 eps of the working precision), on either path."""
+    return 10 * torch.finfo(work).eps
 
 
 def _torch_passes(
@@ -266,7 +271,7 @@ def _torch_passes(
     # ZSCORE statistics over the real samples (population std). Dead channels (std <= 10 eps |mean|, eps of
     # the working precision) give zeros: their scale is 0.
     std = norm.mul_(1 / math.sqrt(plan.n_real))
-    torch.le(std, sums.abs_().mul_(10 * torch.finfo(work).eps / plan.n_real), out=dead.unsqueeze(-1))
+    torch.le(std, sums.abs_().mul_(_dead_tolerance(work) / plan.n_real), out=dead.unsqueeze(-1))
     zscore = "ZSCORE" in ops
     scale = std.reciprocal().masked_fill_(dead.unsqueeze(-1), 0.0) if zscore else None
 

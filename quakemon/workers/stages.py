@@ -244,7 +244,7 @@ def run_ingest(cfg: Config, contract: InputContract, stop: StopFlag, control: st
     from quakemon.windowing import StationWindower
     from quakemon.workers.detect import stack_windows
 
-    stft_kernel.warm_up()  # the compiled centring that stack_windows runs, loaded before the first window
+    stft_kernel.warm_up_centring()  # the compiled centring that stack_windows runs, before the first window
     ctx = zmq.Context()
     status = StatusReporter(ctx, control, "ingest")
     push = _socket(ctx, zmq.PUSH, cfg.pipeline.windows_endpoint, bind=True)
