@@ -264,6 +264,10 @@ def test_two_process_groups_over_tcp_match_single_host(env: Env):
         front.wait_event("daemon_ready", START_TIMEOUT)
         back.wait_event("daemon_ready", START_TIMEOUT)
         wait_for(lambda: _windows_out(sub) >= PASS_WINDOWS + 5, 90, "the first pass through both hosts")
+        # the subscriber was waiting before the inference host started: it gets every message from seq 1 on,
+        # although host A queued a backlog of windows that host B turns into detections as soon as it can
+        seqs = [b["seq"] for b in sub.bodies()]
+        assert seqs == list(range(1, len(seqs) + 1)), seqs[:20]
         dets = sub.bodies("detection.")
         for body in dets:
             validate_detection(body)

@@ -61,6 +61,7 @@ STATS_INTERVAL_S = 0.25
 FLUSH_WINDOWS = 256
 FLUSH_AGE_S = 0.1
 FEED_TICK_S = 0.05
+JOIN_GRACE_S = 0.3  # PUB bound -> spectra PULL bound, at least: three of ZeroMQ's default 100 ms connect retries
 EXIT_FATAL = 70  # a stage that must not be restarted in place (poisoned GPU): the daemon exits non-zero
 
 
@@ -594,21 +595,34 @@ def run_inference(cfg: Config, stop: StopFlag, control: str | None, checkpoint_p
 
     ctx = zmq.Context()
     status = StatusReporter(ctx, control, "inference")
+    # The PUB socket is bound before the model loads, and the spectra PULL socket at least JOIN_GRACE_S later
+    # (after the warm-up): a subscriber that was already waiting (ZeroMQ retries a refused connect every 100 ms
+    # by default) has joined before the first detection can be published. Bound last, the backlog an upstream
+    # host queued while this stage was down went out within milliseconds of the bind, before any subscription
+    # had arrived (ZeroMQ's slow joiner), and those detections were lost to every subscriber.
+    publisher = Publisher.from_config(cfg.publish, context=ctx, heartbeat_interval_s=cfg.pipeline.heartbeat_interval_s,
+                                      configure_socket=configure_publisher)
+    joinable_at = time.monotonic() + JOIN_GRACE_S
     device = os.environ.get("QUAKEMON_FORCE_DEVICE") or cfg.model.device
     from quakemon.security import adapt_to_write_xor_execute
 
     adapt_to_write_xor_execute()  # under systemd's MemoryDenyWriteExecute=yes, oneDNN's JIT must be off
-    ckpt = load_checkpoint(checkpoint_path)
-    engine = InferenceEngine(ckpt, device=device, precision=cfg.model.precision, batch_size=cfg.model.batch_size,
-                             max_consecutive_failures=cfg.model.max_consecutive_failures)
-    engine.warmup()
+    try:
+        ckpt = load_checkpoint(checkpoint_path)
+        engine = InferenceEngine(ckpt, device=device, precision=cfg.model.precision, batch_size=cfg.model.batch_size,
+                                 max_consecutive_failures=cfg.model.max_consecutive_failures)
+        engine.warmup()
+    except BaseException:  # a bad checkpoint or a failed warm-up: let go of the bound socket before leaving
+        _close_publisher(publisher, configure_publisher)
+        status.close()
+        ctx.term()
+        raise
     _maybe_inject_fault(engine)
     hang = _HangInjector("inference")
     t = cfg.trigger
     stage = DetectionStage(engine, t.on, t.off, t.min_duration, t.label if t.label in ckpt.labels else None)
+    stop.event.wait(max(0.0, joinable_at - time.monotonic()))
     pull = _socket(ctx, zmq.PULL, cfg.pipeline.spectra_endpoint, bind=True)
-    publisher = Publisher.from_config(cfg.publish, context=ctx, heartbeat_interval_s=cfg.pipeline.heartbeat_interval_s,
-                                      configure_socket=configure_publisher)
     queue = DropOldestQueue(cfg.pipeline.queue_hwm)
     upstream = _Upstream()
     newest_end_ns = 0
@@ -714,14 +728,18 @@ def run_inference(cfg: Config, stop: StopFlag, control: str | None, checkpoint_p
         code = EXIT_FATAL
     finally:
         pull.close(linger=0)
-        publisher.close()
-        stop_auth = getattr(configure_publisher, "stop", None)
-        if stop_auth is not None:
-            stop_auth()  # the CURVE authenticator's thread holds a socket: ctx.term() would wait for it forever
+        _close_publisher(publisher, configure_publisher)
         status.close()
         ctx.term()
     log.info("stage_stopped", stage="inference", windows=int(stage.stats["windows"]), code=code)
     return code
+
+
+def _close_publisher(publisher, configure_publisher: Callable[[zmq.Socket], None] | None) -> None:
+    publisher.close()
+    stop_auth = getattr(configure_publisher, "stop", None)
+    if stop_auth is not None:
+        stop_auth()  # the CURVE authenticator's thread holds a socket: ctx.term() would wait for it forever
 
 
 def _maybe_inject_fault(engine) -> None:
