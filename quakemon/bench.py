@@ -231,25 +231,33 @@ def spread_checkpoint(base: Path, out: Path, files: Sequence[Path], label: str =
 
 def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto",
                batch_sizes: Sequence[int] = (64, 256), min_s: float = 1.0, streams: int = 0,
-               stream_threads: int = 1) -> dict[str, Any]:
+               stream_threads: int = 1, graph: str = "auto") -> dict[str, Any]:
     """Bare model forward (no preprocessing, no softmax) on random spectrograms: windows/s per batch size,
     with the current torch thread count, or with `streams` > 0: that many threads each running forwards of its
     own batch on `stream_threads` torch threads, at once (the replay's inference workers; the figure is their
     sum). The
-    model is prepared as the inference engine prepares it (folded stem, channels_last), so the roof is the
-    fastest forward quakemon knows, not a slower strawman."""
+    model is prepared as the inference engine prepares it (folded stem, channels_last, and on the CPU the frozen
+    TorchScript graph), so the roof is the fastest forward quakemon knows, not a slower strawman."""
     import torch
 
     from quakemon.models.checkpoint import load_checkpoint
     from quakemon.replay import REPLAY_SWITCH_INTERVAL_S, gil_switch_interval
     from quakemon.torch_threads import torch_worker_pool
-    from quakemon.workers.inference import autocast, pick_device, prepare_for_inference, resolve_precision
+    from quakemon.workers.inference import (
+        autocast,
+        freeze_graph,
+        pick_device,
+        prepare_for_inference,
+        resolve_precision,
+    )
 
     ckpt = load_checkpoint(checkpoint)
     dev = pick_device(device)
     prec = resolve_precision(precision, dev)
-    model = prepare_for_inference(ckpt.model, dev)
     shape = (ckpt.args.in_channels, *ckpt.args.img_size)
+    model = prepare_for_inference(ckpt.model, dev)
+    if graph == "auto":
+        model = freeze_graph(model, prec, dev, shape)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     per_batch: dict[str, float] = {}
     gen = torch.Generator().manual_seed(0)
@@ -378,7 +386,7 @@ def default_threads() -> tuple[int, ...]:
 
 def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto", precision: str = "auto",
                  stride_s: float = 1.0, batch_size: int = 256, station_seconds: float | None = None,
-                 overlap: bool = True) -> dict[str, Any]:
+                 overlap: bool = True, forward_batch: int | None = None) -> dict[str, Any]:
     """The replay path over `paths`, timed as a whole and per section. station_seconds: data span, for
     station-hours/s (default: computed from the record headers)."""
     from quakemon import replay as replay_module
@@ -388,7 +396,7 @@ def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto
 
     ckpt = load_checkpoint(checkpoint)
     runner = DetectionRunner(ckpt, stride_s=stride_s, device=device, precision=precision, batch_size=batch_size,
-                             overlap=overlap)
+                             overlap=overlap, forward_batch=forward_batch)
     runner.stage.engine.warmup()
     timer = _Timer()
     runner.windower.add_trace = timer.wrap("windows", runner.windower.add_trace)  # type: ignore[method-assign]
@@ -444,7 +452,8 @@ def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto
         "windows_per_s": windows / elapsed if elapsed else float("nan"),
         "station_hours": station_seconds / 3600.0,
         "station_hours_per_s": station_seconds / 3600.0 / elapsed if elapsed else float("nan"),
-        "batch_size": batch_size, "device": str(engine.device), "precision": engine.precision,
+        "batch_size": batch_size, "forward_batch": engine.batch_size, "device": str(engine.device),
+        "precision": engine.precision,
         "inference_batches": engine.stats.batches, "overlap": overlap, "inference_workers": runner.inference_workers,
         # CPU time, all threads, and the part inside the model forward: the pipeline's own cost, measured at the
         # same moments as the model's (so not moved by the machine's drift, unlike a ratio of two runs). Exact

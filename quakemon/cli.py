@@ -87,7 +87,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                         selectors=args.select or None,
                         trigger={"on": t.on, "off": t.off, "min_duration_s": t.min_duration, "trigger_label": t.label,
                                  "max_missing": cfg.window.max_missing_fraction},
-                        device=cfg.model.device, precision=cfg.model.precision,
+                        device=cfg.model.device, precision=cfg.model.precision, graph=cfg.model.graph,
                         batch_size=max(cfg.model.batch_size, 256), progress=not args.quiet,
                         keep_series=bool(args.plot))
     finally:

@@ -161,6 +161,8 @@ class ModelConfig:
     device: str = _key("auto", '"auto" (CUDA if present, else CPU), "cpu", "cuda" or "cuda:N"', _device)
     precision: str = _key("auto", "auto = bf16 on CUDA if supported, else fp32",
                           _choice("auto", "fp32", "bf16", "fp16"))
+    graph: str = _key("auto", 'auto = a frozen TorchScript graph on the CPU, the eager model on CUDA; '
+                      '"eager" = always the eager model', _choice("auto", "eager"))
     batch_size: int = _key(64, "largest inference micro-batch, windows", _range(1, 4096))
     max_wait_ms: float = _key(50.0, "longest wait to fill a micro-batch, ms", _range(0, 60_000))
     on_fatal_gpu_error: str = _key("exit", "exit (systemd restarts) or fall back to cpu", _choice("exit", "cpu"))

@@ -35,7 +35,7 @@ from quakemon.workers.detect import (
     stack_windows,
     warm_up_preprocess,
 )
-from quakemon.workers.inference import InferenceEngine
+from quakemon.workers.inference import CPU_FORWARD_BATCH, InferenceEngine, pick_device
 
 log = structlog.get_logger(__name__)
 
@@ -66,10 +66,17 @@ class DetectionRunner:
                  max_missing: float = 0.1, on: float = 0.7, off: float = 0.5, min_duration_s: float = 2.0,
                  trigger_label: str | None = "earthquake", device: str = "auto", precision: str = "auto",
                  batch_size: int = 256, keep_series: bool = False, associator: Associator | None = None,
-                 overlap: bool = True, inference_workers: int | None = None) -> None:
+                 overlap: bool = True, inference_workers: int | None = None,
+                 forward_batch: int | None = None, graph: str = "auto") -> None:
         self.contract: InputContract = checkpoint.contract
         self.windower = StationWindower(self.contract, stride_s, selectors, max_missing=max_missing)
-        engine = InferenceEngine(checkpoint, device=device, precision=precision, batch_size=batch_size)
+        # `batch_size` windows go through the pipeline together (one stack, one transform, one task for a
+        # worker); the model sees them in forwards of `forward_batch` (default: CPU_FORWARD_BATCH on the CPU,
+        # the whole batch on a GPU)
+        chunk = forward_batch or (min(batch_size, CPU_FORWARD_BATCH) if pick_device(device).type == "cpu"
+                                  else batch_size)
+        engine = InferenceEngine(checkpoint, device=device, precision=precision, batch_size=chunk, graph=graph)
+        self._forward_batch = chunk
         label = trigger_label if trigger_label in checkpoint.labels else None
         self.stage = DetectionStage(engine, on, off, min_duration_s, label)
         # on a GPU the transform runs there too and the spectra never leave the device
@@ -103,6 +110,9 @@ class DetectionRunner:
     def _run_batch(self) -> list[dict[str, Any]]:
         """Start the pending windows' preprocessing and inference; return what finished batches produced."""
         batch, self._pending = self._pending, []
+        return self._submit(batch)
+
+    def _submit(self, batch: list[Window]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         if batch:
             if self._worker is None:
@@ -160,16 +170,29 @@ class DetectionRunner:
         return self.sequencer.stamp(topic, body)
 
     def add_traces(self, traces: Iterable[Trace]) -> Iterator[dict[str, Any]]:
-        """Feed traces; yield detection bodies as soon as their batch has run."""
+        """Feed traces; yield detection bodies as soon as their batch has run.
+
+        A batch starts at `batch_size` windows, or at one forward's worth while a worker is idle: at the start
+        of a replay (the first windows need a window length of every station's data) and whenever the source is
+        slower than the workers, they do not wait for a full batch."""
         for tr in traces:
             self._pending += self.windower.add_trace(tr)
-            if len(self._pending) >= self.batch_size:
+            if len(self._pending) >= self.batch_size or (len(self._pending) >= self._forward_batch
+                                                         and self._worker_idle()):
                 yield from self._run_batch()
+
+    def _worker_idle(self) -> bool:
+        return self._worker is not None and sum(not f.done() for f in self._inflight) < self.inference_workers
 
     def finish(self) -> list[dict[str, Any]]:
         """Emit the windows still buffered, run them, and close open triggers."""
         self._pending += self.windower.flush()
-        out = self._run_batch()
+        tail, self._pending = self._pending, []
+        # in forward-sized pieces, so that every worker takes a share of the tail instead of one running it alone
+        step = self._forward_batch if self._worker is not None else max(1, len(tail))
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(tail), step):
+            out += self._submit(tail[i : i + step])
         out += self._drain()
         return out + self._emit([body for body, _ in self.stage.flush()], final=True)
 
@@ -182,13 +205,14 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
            selectors: list[str] | None = None, trigger: dict[str, Any] | None = None, device: str = "auto",
            precision: str = "auto", batch_size: int = 256, progress: bool = True, keep_series: bool = False,
            on_detection: Callable[[dict[str, Any]], None] | None = None,
-           associator: Associator | None = None) -> ReplayResult:
+           associator: Associator | None = None, graph: str = "auto") -> ReplayResult:
     """Run archived MiniSEED through the detection path; write JSON Lines to `output` as they come."""
     from quakemon.ingest.archive import ArchiveSource
 
     trigger = trigger or {}
     runner = DetectionRunner(checkpoint, stride_s=stride_s, selectors=selectors, device=device, precision=precision,
-                             batch_size=batch_size, keep_series=keep_series, associator=associator, **trigger)
+                             batch_size=batch_size, keep_series=keep_series, associator=associator, graph=graph,
+                             **trigger)
     source = ArchiveSource(paths, selectors)
     detections: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []

@@ -110,6 +110,36 @@ def test_overlapped_inference_gives_the_same_detections_and_series(tiny_checkpoi
     assert out[True][4] == out[False][4]
 
 
+def test_idle_workers_start_on_a_forward_worth_and_share_the_tail(tiny_checkpoint):
+    """With batch_size 8 and forwards of 2: the first batch starts at 2 windows (the workers are idle), no batch
+    exceeds 8, the tail goes out in forward-sized pieces, and the results equal the serial run's."""
+    ckpt = load_checkpoint(tiny_checkpoint)
+    st = obspy.read()
+    t0 = st[0].stats.starttime
+    pieces = [tr.slice(t0 + s, t0 + s + 1 - tr.stats.delta) for s in range(30) for tr in st]  # 1 s, in time order
+    serial = DetectionRunner(ckpt, precision="fp32", keep_series=True, batch_size=8, overlap=False)
+    list(serial.add_traces(pieces))
+    serial.finish()
+
+    runner = DetectionRunner(load_checkpoint(tiny_checkpoint), precision="fp32", keep_series=True, batch_size=8,
+                             forward_batch=2, inference_workers=2)
+    assert runner.stage.engine.batch_size == 2
+    sizes: list[int] = []
+    submit = runner._submit
+    runner._submit = lambda batch: sizes.append(len(batch)) or submit(batch)  # type: ignore[method-assign]
+    list(runner.add_traces(pieces[:-9]))  # the last 3 s held back: their 3 windows become the tail below
+    assert sizes[0] == 2 and max(sizes) <= 8
+    fed = len(sizes)
+    runner._pending += [w for tr in pieces[-9:] for w in runner.windower.add_trace(tr)]
+    tail = len(runner._pending)
+    runner.finish()
+    assert tail >= 3 and sizes[fed:] == [2] * (tail // 2) + [tail % 2] * (tail % 2)
+    assert sum(sizes) == runner.windows == serial.windows == 11
+    a, b = runner.series["BW.RJOB."], serial.series["BW.RJOB."]
+    assert a.start_ns == b.start_ns
+    np.testing.assert_allclose(a.probabilities, b.probabilities, rtol=1e-5, atol=1e-7)  # other batch groupings
+
+
 def test_gil_switch_interval_is_restored():
     import sys
 
