@@ -125,8 +125,9 @@ def freeze_graph(model: torch.nn.Module, precision: str, device: torch.device,
     gen = torch.Generator().manual_seed(0)
     example = torch.rand((8, *input_shape), generator=gen).contiguous(memory_format=torch.channels_last)
     check = torch.randn((3, *input_shape), generator=gen).contiguous(memory_format=torch.channels_last)
-    previous = torch._C._jit_set_autocast_mode(False)
+    previous = None
     try:
+        previous = torch._C._jit_set_autocast_mode(False)
         with warnings.catch_warnings():  # trace/freeze warn that TorchScript is deprecated, and on the shape check
             warnings.simplefilter("ignore")
             with torch.inference_mode(), autocast(precision, device):
@@ -134,11 +135,12 @@ def freeze_graph(model: torch.nn.Module, precision: str, device: torch.device,
                 # another batch size than the trace's: the graph must not have baked the batch dimension in
                 want = torch.softmax(model(check).float(), dim=-1)
                 got = torch.softmax(frozen(check).float(), dim=-1)
-    except Exception as exc:  # an exotic model the tracer cannot follow: eager PyTorch still runs it
+    except Exception as exc:  # a model the tracer cannot follow, or a torch without TorchScript: run eager
         log.warning("graph_freeze_failed", error=repr(exc), action="running the eager model")
         return model
     finally:
-        torch._C._jit_set_autocast_mode(previous)
+        if previous is not None:
+            torch._C._jit_set_autocast_mode(previous)
     diff = float((want - got).abs().max())
     tolerance = 1e-5 if precision == "fp32" else 1e-2
     if not diff <= tolerance:
