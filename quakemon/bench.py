@@ -297,7 +297,8 @@ def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto
             pool.shutdown()
     best = max(per_batch, key=per_batch.__getitem__)
     threads = stream_threads if streams else torch.get_num_threads()
-    return {"device": str(dev), "precision": prec, "torch_threads": threads,
+    graph_kind = "frozen" if isinstance(model, torch.jit.ScriptModule) else "eager"
+    return {"device": str(dev), "precision": prec, "graph": graph_kind, "torch_threads": threads,
             "streams": streams, "windows_per_s": per_batch, "best_batch": int(best),
             "best_windows_per_s": per_batch[best]}
 
@@ -452,7 +453,8 @@ def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto
         "windows_per_s": windows / elapsed if elapsed else float("nan"),
         "station_hours": station_seconds / 3600.0,
         "station_hours_per_s": station_seconds / 3600.0 / elapsed if elapsed else float("nan"),
-        "batch_size": batch_size, "forward_batch": engine.batch_size, "device": str(engine.device),
+        "batch_size": batch_size, "forward_batch": engine.batch_size, "graph": engine.graph,
+        "device": str(engine.device),
         "precision": engine.precision,
         "inference_batches": engine.stats.batches, "overlap": overlap, "inference_workers": runner.inference_workers,
         # CPU time, all threads, and the part inside the model forward: the pipeline's own cost, measured at the
@@ -604,7 +606,8 @@ def format_report(report: dict[str, Any]) -> str:
     roof = report.get("roof")
     if roof:
         per = ", ".join(f"{b}: {v:.0f}" for b, v in roof["windows_per_s"].items())
-        lines.append(f"(a) roof  bare forward on {roof['device']} {roof['precision']}: best "
+        lines.append(f"(a) roof  bare forward on {roof['device']} {roof['precision']} ({roof.get('graph', 'eager')} "
+                     f"graph): best "
                      f"{roof['best_windows_per_s']:.0f} windows/s at batch {roof['best_batch']}, "
                      f"{_config_text(roof.get('config', roof['torch_threads']))}  [batch: windows/s  {per}]")
         for th, per_b in roof.get("by_threads", {}).items():

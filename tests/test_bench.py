@@ -48,6 +48,7 @@ def test_synthetic_archive_is_512_byte_steim2_per_channel(archive: list[Path], t
 def test_roof_reports_every_batch_size_and_the_best(ckpt: Path) -> None:
     roof = bench.bench_roof_threads(ckpt, (1,), device="cpu", precision="fp32", batch_sizes=(1, 4), min_s=0.01)
     assert roof["device"] == "cpu" and roof["precision"] == "fp32" and roof["torch_threads"] == 1
+    assert roof["graph"] == "frozen"  # the roof runs the graph the engine runs
     assert set(roof["windows_per_s"]) == {"1", "4"} and set(roof["by_threads"]) == {"1"}
     assert roof["best_windows_per_s"] == max(roof["windows_per_s"].values()) > 0
     assert roof["windows_per_s"][str(roof["best_batch"])] == roof["best_windows_per_s"]
@@ -130,6 +131,7 @@ def test_run_bench_report_is_json_and_printable(tmp_path: Path) -> None:
     json.loads(json.dumps(report, default=float))
     text = bench.format_report(report)
     assert "(a) roof" in text and "(b) replay" in text and "(c) live" not in text and "2 runs" in text
+    assert "(frozen graph)" in text and rep["graph"] == "frozen"
     assert not any(math.isnan(v) for v in rep["sections_s"].values())
 
 
