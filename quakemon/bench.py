@@ -454,8 +454,7 @@ def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto
         "station_hours": station_seconds / 3600.0,
         "station_hours_per_s": station_seconds / 3600.0 / elapsed if elapsed else float("nan"),
         "batch_size": batch_size, "forward_batch": engine.batch_size, "graph": engine.graph,
-        "device": str(engine.device),
-        "precision": engine.precision,
+        "device": str(engine.device), "precision": engine.precision,
         "inference_batches": engine.stats.batches, "overlap": overlap, "inference_workers": runner.inference_workers,
         # CPU time, all threads, and the part inside the model forward: the pipeline's own cost, measured at the
         # same moments as the model's (so not moved by the machine's drift, unlike a ratio of two runs). Exact

@@ -114,8 +114,8 @@ def freeze_graph(model: torch.nn.Module, precision: str, device: torch.device,
     graph cannot be built or does not reproduce the eager outputs; logged).
 
     Tracing under autocast with the JIT's own autocast pass off bakes the bf16 casts into the graph; freezing
-    then folds the weights in as constants, already cast, and lets oneDNN prepack them. The whole forward runs
-    in C++: no per-module Python, no GIL between ops, no per-call cast of the fp32 weights. Measured here
+    then folds the weights in as constants, already cast. The whole forward runs in C++: no per-module Python,
+    no GIL between ops, no per-call cast of the fp32 weights. Measured here
     (TINY depth 4, bf16, two single-threaded forwards at once at batch 64, 15 alternating pairs of 0.6 s):
     1.24-1.31x the eager forward's windows/s; one thread, batches of 1-64 at random: 0.88 against 1.22 ms per
     window (fp32: 1.84 against 1.96), with bit-identical outputs. Building it takes ~0.4 s.
