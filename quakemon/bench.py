@@ -246,6 +246,7 @@ def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto
     from quakemon.workers.inference import (
         autocast,
         freeze_graph,
+        graph_kind,
         pick_device,
         prepare_for_inference,
         resolve_precision,
@@ -297,8 +298,7 @@ def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto
             pool.shutdown()
     best = max(per_batch, key=per_batch.__getitem__)
     threads = stream_threads if streams else torch.get_num_threads()
-    graph_kind = "frozen" if isinstance(model, torch.jit.ScriptModule) else "eager"
-    return {"device": str(dev), "precision": prec, "graph": graph_kind, "torch_threads": threads,
+    return {"device": str(dev), "precision": prec, "graph": graph_kind(model), "torch_threads": threads,
             "streams": streams, "windows_per_s": per_batch, "best_batch": int(best),
             "best_windows_per_s": per_batch[best]}
 

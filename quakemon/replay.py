@@ -76,7 +76,6 @@ class DetectionRunner:
         chunk = forward_batch or (min(batch_size, CPU_FORWARD_BATCH) if pick_device(device).type == "cpu"
                                   else batch_size)
         engine = InferenceEngine(checkpoint, device=device, precision=precision, batch_size=chunk, graph=graph)
-        self._forward_batch = chunk
         label = trigger_label if trigger_label in checkpoint.labels else None
         self.stage = DetectionStage(engine, on, off, min_duration_s, label)
         # on a GPU the transform runs there too and the spectra never leave the device
@@ -175,10 +174,11 @@ class DetectionRunner:
         A batch starts at `batch_size` windows, or at one forward's worth while a worker is idle: at the start
         of a replay (the first windows need a window length of every station's data) and whenever the source is
         slower than the workers, they do not wait for a full batch."""
+        forward = self.stage.engine.batch_size
         for tr in traces:
             self._pending += self.windower.add_trace(tr)
-            if len(self._pending) >= self.batch_size or (len(self._pending) >= self._forward_batch
-                                                         and self._worker_idle()):
+            pending = len(self._pending)
+            if pending >= self.batch_size or (pending >= forward and self._worker_idle()):
                 yield from self._run_batch()
 
     def _worker_idle(self) -> bool:
@@ -189,7 +189,7 @@ class DetectionRunner:
         self._pending += self.windower.flush()
         tail, self._pending = self._pending, []
         # in forward-sized pieces, so that every worker takes a share of the tail instead of one running it alone
-        step = self._forward_batch if self._worker is not None else max(1, len(tail))
+        step = self.stage.engine.batch_size if self._worker is not None else max(1, len(tail))
         out: list[dict[str, Any]] = []
         for i in range(0, len(tail), step):
             out += self._submit(tail[i : i + step])

@@ -151,6 +151,11 @@ def freeze_graph(model: torch.nn.Module, precision: str, device: torch.device,
     return frozen
 
 
+def graph_kind(model: torch.nn.Module) -> str:
+    """"frozen" for what `freeze_graph` built, else "eager" (what the engine and the bench report)."""
+    return "frozen" if isinstance(model, torch.jit.ScriptModule) else "eager"
+
+
 @dataclass
 class InferenceStats:
     batches: int = 0
@@ -180,7 +185,7 @@ class InferenceEngine:
         self.model = prepare_for_inference(checkpoint.model, self.device)
         if graph == "auto":
             self.model = freeze_graph(self.model, self.precision, self.device, self._input_shape)
-        self.graph = "frozen" if isinstance(self.model, torch.jit.ScriptModule) else "eager"
+        self.graph = graph_kind(self.model)
         self.labels = list(checkpoint.labels)
         self.stats = InferenceStats()
         self._stats_lock = threading.Lock()

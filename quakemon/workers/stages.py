@@ -736,7 +736,8 @@ def run_inference(cfg: Config, stop: StopFlag, control: str | None, checkpoint_p
     return code
 
 
-def _close_publisher(publisher, configure_publisher: Callable[[zmq.Socket], None] | None) -> None:
+def _close_publisher(publisher: Any, configure_publisher: Callable[[zmq.Socket], None] | None) -> None:
+    """Close the PUB socket, then stop the CURVE authenticator if `configure_publisher` started one."""
     publisher.close()
     stop_auth = getattr(configure_publisher, "stop", None)
     if stop_auth is not None:
