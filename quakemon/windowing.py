@@ -315,9 +315,11 @@ class WindowScheduler:
         return out
 
     def _make_complete_run(self, k: int, last: int) -> list[Window]:
-        """Windows k..last at once when every sample of all of them is there (the steady state): one read, one
-        copy into [K, C, N] and one constant check, where `_make` per window would do ~20 numpy calls. The same
-        windows as `_make` gives for complete data (no margin, no absent components); [] if any sample is missing.
+        """Windows k..last at once when every sample of all of them is there (the steady state): one read of the
+        run's samples into a block and one constant check, where `_make` per window would do ~20 numpy calls. The
+        windows are overlapping read-only views of that block (no copy per window; `stack_windows` reads them as
+        one strided array); with another dtype than float64, one cast copy [K, C, N]. The same windows as `_make`
+        gives for complete data (no margin, no absent components); [] if any sample is missing.
         """
         buf = self.buffer
         if last < k or not buf.complete(k * self.stride, last * self.stride + self.window):
@@ -328,7 +330,11 @@ class WindowScheduler:
         views = np.ndarray((count, block.shape[0], self.window), block.dtype, block, 0,
                            (self.stride * block.strides[1], block.strides[0], block.strides[1]))
         flat = views.min(axis=-1) == views.max(axis=-1)  # [K, C], on the float64 samples like `_make`
-        data = np.array(views, dtype=self.dtype, order="C")  # one copy, each window contiguous
+        if views.dtype == self.dtype:  # the windows are read-only views of the block: no copy per window
+            views.flags.writeable = False
+            data = views
+        else:
+            data = np.array(views, dtype=self.dtype, order="C")
         comps = self.contract.component_order
         rate, source_rate = float(self.contract.sampling_rate), self._rate_hz
         out = []

@@ -172,12 +172,35 @@ def test_stack_windows_centres_runs_of_one_block_like_single_windows():
     np.testing.assert_array_equal(raw, np.stack(arrays).astype(np.float32))
 
 
-def test_row_runs_need_the_same_base_and_adjacent_rows():
+def test_row_runs_need_the_same_base_and_equal_spacing():
     from quakemon.workers.detect import _row_runs
 
     block = np.zeros((4, 3, 10))
-    assert _row_runs([block[0], block[2], block[3], block[1]]) == [(0, 1), (1, 3), (3, 4)]
+    assert _row_runs([block[0], block[2], block[3], block[1]]) == [(0, 2), (2, 4)]  # steps of 2 rows, then -2
+    assert _row_runs([block[0], block[1], block[3]]) == [(0, 2), (2, 3)]
+    assert _row_runs([block[0], block[0][:, :5]]) == [(0, 1), (1, 2)]  # another shape
+    assert _row_runs([block[0], block[1][:, ::2], block[2][:, ::2]]) == [(0, 1), (1, 3)]  # other strides
     other = np.zeros((2, 3, 10))
     assert _row_runs([block[3], other[0], other[1]]) == [(0, 1), (1, 3)]
     assert _row_runs([np.zeros((3, 10)), np.zeros((3, 10))]) == [(0, 1), (1, 2)]  # no common base
     assert _row_runs([block[0]]) == [(0, 1)]
+
+
+@pytest.mark.parametrize("layout", ["overlapping", "every_other_sample", "reversed", "contiguous"])
+def test_centre_to_float32_reads_any_strides(layout):
+    from numpy.lib.stride_tricks import as_strided
+
+    from quakemon.data.stft_kernel import centre_to_float32
+
+    block = np.random.default_rng(3).standard_normal((3, 1200)) * 50 + 1e6
+    windows = np.stack([block[:, i : i + 400] for i in range(0, 500, 100)])  # [5, 3, 400], C-contiguous
+    x = {
+        "overlapping": as_strided(block, (5, 3, 400), (100 * 8, *block.strides), writeable=False),  # the windower's
+        "every_other_sample": np.stack([block[:, i : i + 800] for i in range(0, 500, 100)])[:, :, ::2],
+        "reversed": windows[::-1, ::-1, ::-1],
+        "contiguous": windows,
+    }[layout]
+    out = np.empty(x.shape, np.float32)
+    centre_to_float32(x, out)
+    want = (x - x.mean(-1, keepdims=True)).astype(np.float32)  # numpy's pairwise mean may differ in the last bit
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-6 * np.abs(want).max())

@@ -34,6 +34,7 @@ from functools import lru_cache
 
 import numba
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 
 def _jit(function):
@@ -246,15 +247,28 @@ def warm_up_centring() -> None:
 
 
 def centre_to_float32(x: np.ndarray, out: np.ndarray) -> None:
-    """out[k, c, :] = float32(x[k, c, :] - mean of x[k, c, :]), the mean in float64 (x: float64 [K, C, N]).
+    """out[k, c, :] = float32(x[k, c, :] - mean of x[k, c, :]), the mean in float64 (x: float64 [K, C, N], e.g.
+    overlapping windows of one block of samples; out: float32 [K, C, N], C-contiguous).
 
     What `quakemon.workers.detect.stack_windows` does to every window before it travels as float32: one read for
     the mean and one for the difference, instead of numpy's buffered float64 -> float32 cast."""
-    _centre_rows(x.reshape(-1, x.shape[-1]), out.reshape(-1, out.shape[-1]))
+    k, c, n = x.shape
+    if not x.size:
+        return
+    item = x.itemsize
+    if x.strides[2] != item or any(s < 0 or s % item for s in x.strides[:2]):
+        x = np.ascontiguousarray(x)
+    # the memory x spans, as one contiguous read-only row: the compiled loop then reads every row of every window
+    # as a contiguous slice (with x's own strides it could not vectorise)
+    s0, s1 = x.strides[0] // item, x.strides[1] // item
+    flat = as_strided(x, ((k - 1) * s0 + (c - 1) * s1 + n,), (item,), writeable=False)
+    _centre_windows(flat, s0, s1, k, c, n, out)
 
 
 @_jit
-def _centre_rows(x, out):
-    n = x.shape[1]
-    for r in range(x.shape[0]):
-        _centre(x[r], n, _sum(x[r], n) / n, out[r], 0)
+def _centre_windows(flat, s0, s1, k, c, n, out):
+    for i in range(k):
+        for j in range(c):
+            start = i * s0 + j * s1
+            row = flat[start : start + n]
+            _centre(row, n, _sum(row, n) / n, out[i, j], 0)

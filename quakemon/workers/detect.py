@@ -52,15 +52,16 @@ def stack_windows(windows: Sequence[Window], arrivals: Sequence[float | None] | 
 
     center: subtract each channel's mean in float64 first, so a large DC offset (e.g. 2^24 counts) does not eat
     float32's 24-bit mantissa. Use it when the contract z-scores (the mean is removed anyway).
-    Consecutive windows that are consecutive rows of one array (the windower emits a station's steady-state run
-    that way) are centred a run at a time, by one call of a compiled loop (`stft_kernel.centre_to_float32`).
+    Consecutive windows that are equally spaced views of one block of samples (the windower emits a station's
+    steady-state run that way) are centred a run at a time, by one call of a compiled loop
+    (`stft_kernel.centre_to_float32`).
     """
     if not windows:
         return np.zeros((0, 0, 0), np.float32), []
     data = np.empty((len(windows), *windows[0].data.shape), np.float32)
-    for lo, hi in _row_runs([w.data for w in windows]):
-        first = windows[lo].data
-        x = first if hi == lo + 1 else as_strided(first, (hi - lo, *first.shape), (first.nbytes, *first.strides))
+    arrays = [w.data for w in windows]
+    for lo, hi in _row_runs(arrays):
+        x = _run_view(arrays[lo:hi])
         if center:  # the float64 difference, rounded once to float32 (what a whole-batch float64 pass gives)
             stft_kernel.centre_to_float32(np.asarray(x, dtype=np.float64), data[lo:hi])
         else:
@@ -70,20 +71,34 @@ def stack_windows(windows: Sequence[Window], arrivals: Sequence[float | None] | 
 
 
 def _row_runs(arrays: list[np.ndarray]) -> list[tuple[int, int]]:
-    """[lo, hi) ranges of consecutive arrays that are consecutive C-contiguous rows of one buffer (of equal shape
-    and dtype); any other array is a range of its own."""
+    """[lo, hi) ranges of consecutive arrays that are equally spaced views of one buffer (same base, shape, dtype and
+    strides, each starting the same number of bytes after the one before: the windows of a station's steady-state
+    run, overlapping views of one block of samples); any other array is a range of its own."""
     runs: list[tuple[int, int]] = []
-    lo, end = 0, None
+    lo, prev, step = 0, None, None
     for i, a in enumerate(arrays):
-        start = a.__array_interface__["data"][0] if a.flags.c_contiguous else None
-        follows = (start is not None and start == end and a.base is not None and a.base is arrays[lo].base
-                   and a.shape == arrays[lo].shape and a.dtype == arrays[lo].dtype)
+        start = a.__array_interface__["data"][0]
+        first = arrays[lo]
+        follows = (prev is not None and a.base is not None and a.base is first.base and a.shape == first.shape
+                   and a.dtype == first.dtype and a.strides == first.strides
+                   and (step is None or start - prev == step))
         if i and not follows:
             runs.append((lo, i))
-            lo = i
-        end = start + a.nbytes if start is not None else None
+            lo, step = i, None
+        elif i:
+            step = start - prev
+        prev = start
     runs.append((lo, len(arrays)))
     return runs
+
+
+def _run_view(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """The arrays of one `_row_runs` range as one [K, ...] view of their buffer (no copy)."""
+    first = arrays[0]
+    if len(arrays) == 1:
+        return first[None]
+    step = arrays[1].__array_interface__["data"][0] - first.__array_interface__["data"][0]
+    return as_strided(first, (len(arrays), *first.shape), (step, *first.strides), writeable=False)
 
 
 def preprocess_windows(data: np.ndarray, metas: list[dict[str, Any]], contract: InputContract,
