@@ -204,7 +204,7 @@ def spread_checkpoint(base: Path, out: Path, files: Sequence[Path], label: str =
     runner = DetectionRunner(ckpt, device="cpu", keep_series=True, trigger_label=None)
     source = ArchiveSource([str(p) for p in files])
     try:
-        for _ in runner.add_traces(source.traces(_t.Event())):
+        for _ in runner.add_samples(source.samples(_t.Event())):
             pass
         runner.finish()
     finally:
@@ -400,7 +400,7 @@ def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto
                              overlap=overlap, forward_batch=forward_batch)
     runner.stage.engine.warmup()
     timer = _Timer()
-    runner.windower.add_trace = timer.wrap("windows", runner.windower.add_trace)  # type: ignore[method-assign]
+    runner.windower.add_samples = timer.wrap("windows", runner.windower.add_samples)  # type: ignore[method-assign]
     runner.stage.decide = timer.wrap("trigger", runner.stage.decide)  # type: ignore[method-assign]
     saved = replay_module.stack_windows, replay_module.preprocess_windows
     replay_module.stack_windows = timer.wrap("stack", saved[0])  # type: ignore[assignment]
@@ -410,20 +410,20 @@ def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto
     spans: dict[str, list[int]] = {}
     records = 0
 
-    def counted(traces: Iterator[Any]) -> Iterator[Any]:
+    def counted(pieces: Iterator[Any]) -> Iterator[Any]:
         nonlocal records
-        for tr in traces:
+        for piece in pieces:
             records += 1
-            s = spans.setdefault(tr.id, [tr.stats.starttime.ns, tr.stats.endtime.ns])
-            s[0], s[1] = min(s[0], tr.stats.starttime.ns), max(s[1], tr.stats.endtime.ns)
-            yield tr
+            s = spans.setdefault(piece.seed_id, [piece.start_ns, piece.end_ns])
+            s[0], s[1] = min(s[0], piece.start_ns), max(s[1], piece.end_ns)
+            yield piece
 
     detections = 0
     engine = runner.stage.engine
     start, cpu_start = time.perf_counter(), _process_cpu_s()
     try:
         with replay_module.gil_switch_interval(replay_module.REPLAY_SWITCH_INTERVAL_S):  # as `replay` runs
-            for _ in runner.add_traces(counted(timer.iterate("source (read + decode)", source.traces(stop)))):
+            for _ in runner.add_samples(counted(timer.iterate("source (read + decode)", source.samples(stop)))):
                 detections += 1
             detections += len(runner.finish())
     finally:

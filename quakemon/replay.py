@@ -23,6 +23,7 @@ import torch
 from obspy import Trace
 
 from quakemon.contract import InputContract
+from quakemon.ingest.base import Samples
 from quakemon.messages import DETECTION_SCHEMA, Sequencer, detection_topic, event_topic
 from quakemon.models.checkpoint import Checkpoint
 from quakemon.torch_threads import torch_worker_pool, worker_split
@@ -169,14 +170,18 @@ class DetectionRunner:
         return self.sequencer.stamp(topic, body)
 
     def add_traces(self, traces: Iterable[Trace]) -> Iterator[dict[str, Any]]:
-        """Feed traces; yield detection bodies as soon as their batch has run.
+        """Feed traces; yield detection bodies as soon as their batch has run (see `add_samples`)."""
+        return self.add_samples(Samples.from_trace(tr) for tr in traces)
+
+    def add_samples(self, pieces: Iterable[Samples]) -> Iterator[dict[str, Any]]:
+        """Feed pieces of channels (`ArchiveSource.samples`); yield detection bodies as soon as their batch has run.
 
         A batch starts at `batch_size` windows, or at one forward's worth while a worker is idle: at the start
         of a replay (the first windows need a window length of every station's data) and whenever the source is
         slower than the workers, they do not wait for a full batch."""
         forward = self.stage.engine.batch_size
-        for tr in traces:
-            self._pending += self.windower.add_trace(tr)
+        for piece in pieces:
+            self._pending += self.windower.add_samples(piece)
             pending = len(self._pending)
             if pending >= self.batch_size or (pending >= forward and self._worker_idle()):
                 yield from self._run_batch()
@@ -230,7 +235,7 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
     try:
         last = 0
         with gil_switch_interval(REPLAY_SWITCH_INTERVAL_S):
-            for body in runner.add_traces(_counting(source.traces(stop), bar)):
+            for body in runner.add_samples(_counting(source.samples(stop), bar)):
                 emit(body)
                 if bar is not None and runner.windows != last:
                     bar.set_postfix(windows=runner.windows, detections=len(detections), refresh=False)
@@ -272,8 +277,8 @@ def _progress(enabled: bool):
     return tqdm(unit=" rec", file=sys.stderr, dynamic_ncols=True, mininterval=0.5, desc="replay")
 
 
-def _counting(traces: Iterator[Trace], bar) -> Iterator[Trace]:
-    for tr in traces:
+def _counting(pieces: Iterator[Samples], bar) -> Iterator[Samples]:
+    for piece in pieces:
         if bar is not None:
             bar.update(1)
-        yield tr
+        yield piece

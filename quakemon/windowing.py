@@ -74,6 +74,7 @@ from scipy.signal import resample_poly
 
 from quakemon.buffers import StationBuffer, grid_time_ns, rate_fraction, split_seed_id
 from quakemon.contract import InputContract
+from quakemon.ingest.base import Samples
 from quakemon.ingest.validate import SelectorSet
 
 log = structlog.get_logger(__name__)
@@ -436,7 +437,11 @@ class StationWindower:
 
     def add_trace(self, trace: Trace) -> list[Window]:
         """Add one record (or any contiguous trace); return the windows it completed, in start order."""
-        seed_id = trace.id
+        return self.add_samples(Samples.from_trace(trace))
+
+    def add_samples(self, piece: Samples) -> list[Window]:
+        """`add_trace` for a piece without ObsPy headers (what `ArchiveSource.samples` yields)."""
+        seed_id = piece.seed_id
         if self._selector_set is not None and not self._selector_set.matches(seed_id):
             self.stats["unselected_records"] += 1
             return []
@@ -446,8 +451,8 @@ class StationWindower:
             return []
         station, instrument, comp = parts
         key = (station, instrument)
-        rate = float(trace.stats.sampling_rate)
-        if not (math.isfinite(rate) and rate > 0) or trace.stats.npts == 0:
+        rate = float(piece.sampling_rate)
+        if not (math.isfinite(rate) and rate > 0) or len(piece.data) == 0:
             self.stats["invalid_records"] += 1
             return []
         sched = self.schedulers.get(key)
@@ -463,10 +468,7 @@ class StationWindower:
         else:
             self._rate_rejects.pop(key, None)
         self.stats["records"] += 1
-        data = trace.data
-        if isinstance(data, np.ma.MaskedArray):  # e.g. a merged Stream: masked samples are missing
-            data = data.astype(np.float64).filled(np.nan)
-        out += sched.add(self.contract.component_order.index(comp), int(trace.stats.starttime.ns), data)
+        out += sched.add(self.contract.component_order.index(comp), int(piece.start_ns), piece.data)
         return out
 
     def add_traces(self, traces: Iterable[Trace]) -> list[Window]:

@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from quakemon.contract import InputContract
 from quakemon.ingest.archive import ArchiveSource
+from quakemon.ingest.base import Samples
 from quakemon.ingest.validate import decode_records, match_selector
 from quakemon.windowing import StationWindower
 
@@ -168,6 +169,28 @@ def test_replay_gives_the_same_windows_as_a_live_record_stream(tmp_path: Path) -
     assert len(replay_windows) == len(live_windows) == 60 - 20 + 1
     assert all(a.same_as(b) for a, b in zip(replay_windows, live_windows, strict=True))
     assert replay_windows[0].start == MIDNIGHT - 30
+
+
+def test_samples_are_the_traces_without_obspy_headers(tmp_path: Path) -> None:
+    """`samples()` (replay's path) yields the very pieces `traces()` does, and the windower cuts the same windows
+    from them."""
+    stream = _synthetic(("AAA", "BBB"), MIDNIGHT - 30, 60, seed=4)
+    _write_sds(stream, tmp_path / "sds")
+    traces = _read_all(ArchiveSource([tmp_path / "sds"], chunk_s=7.0))
+    pieces = list(ArchiveSource([tmp_path / "sds"], chunk_s=7.0).samples(threading.Event()))
+    assert len(pieces) == len(traces) > 12
+    for piece, tr in zip(pieces, traces, strict=True):
+        assert (piece.seed_id, piece.sampling_rate, piece.start_ns, piece.end_ns) == (
+            tr.id, tr.stats.sampling_rate, tr.stats.starttime.ns, tr.stats.endtime.ns)
+        assert piece.data.dtype == tr.data.dtype == np.int32
+        np.testing.assert_array_equal(piece.data, tr.data)
+        assert Samples.from_trace(tr).start_ns == piece.start_ns and piece.to_trace().id == tr.id
+    from_traces, from_samples = StationWindower(InputContract(), 1.0), StationWindower(InputContract(), 1.0)
+    a = from_traces.add_traces(traces) + from_traces.flush()
+    b = [w for piece in pieces for w in from_samples.add_samples(piece)] + from_samples.flush()
+    assert len(a) == len(b) == 2 * (60 - 20 + 1)
+    assert all(x.same_as(y) for x, y in zip(a, b, strict=True))
+    assert from_traces.counters() == from_samples.counters()
 
 
 def test_stop_flag_and_missing_path(tmp_path: Path) -> None:

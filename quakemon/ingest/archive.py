@@ -14,7 +14,8 @@ in record-sized pieces. `ArchiveSource` therefore
 
 Windows do not depend on the chunking (see `quakemon.windowing`), so `chunk_s` only bounds how far one
 channel runs ahead of another: the default 20 s stays inside the windower's `max_skew_s` (30 s) and is four
-times the 5 s it was, since each piece costs a Trace (~40 us of ObsPy header work) and a windower call. The
+times the 5 s it was, since each piece costs a windower call (and, as a Trace, ~40 us of ObsPy header work:
+`samples()` yields the pieces without it, for replay). The
 replay measured 42 -> 27 us per window in the windower from 5 to 10 s pieces, and from 10 to 20 s pieces
 (without inference, four alternating runs) 33-44 -> 30-37 us per window in decoding and 45-58 -> 31-37 in the
 windower. Blocks of up to `block_records` (128) consecutive records go to ObsPy's reader in one call: from 32 to
@@ -43,7 +44,7 @@ import structlog
 from obspy import Trace, UTCDateTime
 
 from quakemon.buffers import grid_time_ns, rate_fraction
-from quakemon.ingest.base import TraceSource
+from quakemon.ingest.base import Samples, TraceSource
 from quakemon.ingest.validate import (
     _ID_BYTES,
     _QUALITY_BYTES,
@@ -209,10 +210,15 @@ class ArchiveSource(TraceSource):
 
     def traces(self, stop: threading.Event) -> Iterator[Trace]:
         """Yield record-sized Traces from all files, merged in start-time order, until done or `stop`."""
+        for piece in self.samples(stop):
+            yield piece.to_trace()
+
+    def samples(self, stop: threading.Event) -> Iterator[Samples]:
+        """`traces` without ObsPy's header objects: the pieces as `Samples` (what replay feeds the windower)."""
         files = [_ArchiveFile(p, i) for i, p in enumerate(self.files())]
         pending = sorted(((f.first_start_ns(), f.number, f) for f in files), key=lambda x: x[:2])
         pending.reverse()  # pop() takes the earliest
-        heap: list[tuple[int, int, int, Trace, Iterator[Trace]]] = []
+        heap: list[tuple[int, int, int, Samples, Iterator[Samples]]] = []
         counter = 0
         try:
             while not stop.is_set():
@@ -221,7 +227,7 @@ class ArchiveSource(TraceSource):
                     gen = self._file_chunks(f)
                     first = next(gen, None)
                     if first is not None:
-                        heapq.heappush(heap, (first.stats.starttime.ns, f.number, counter, first, gen))
+                        heapq.heappush(heap, (first.start_ns, f.number, counter, first, gen))
                         counter += 1
                 if not heap:
                     break
@@ -229,7 +235,7 @@ class ArchiveSource(TraceSource):
                 yield tr
                 nxt = next(gen, None)
                 if nxt is not None:
-                    heapq.heappush(heap, (nxt.stats.starttime.ns, number, counter, nxt, gen))
+                    heapq.heappush(heap, (nxt.start_ns, number, counter, nxt, gen))
                     counter += 1
         finally:
             for _, _, _, _, gen in heap:
@@ -238,7 +244,7 @@ class ArchiveSource(TraceSource):
                 f.close()
             self._open_files.clear()
 
-    def _file_chunks(self, f: _ArchiveFile) -> Iterator[Trace]:
+    def _file_chunks(self, f: _ArchiveFile) -> Iterator[Samples]:
         """Chunks of one file in start-time order (records sorted, decoded in blocks, cut to chunk_s)."""
         try:
             f.open()
@@ -262,13 +268,13 @@ class ArchiveSource(TraceSource):
                 order = np.argsort(starts, kind="stable")
                 order = order[keep[order]]
                 # Chunks wait in a heap until no later record of this file can start before them.
-                ready: list[tuple[int, int, Trace]] = []
+                ready: list[tuple[int, int, Samples]] = []
                 seq = 0
                 for block, traces, nxt in self._decode_blocks(f, order, ok, nsamp, rejected):
                     good += block
                     for tr in traces:
                         for c in self._chunks(tr):
-                            heapq.heappush(ready, (c.stats.starttime.ns, seq, c))
+                            heapq.heappush(ready, (c.start_ns, seq, c))
                             seq += 1
                     horizon = int(starts[order[nxt]]) if nxt < len(order) else None
                     while ready and (horizon is None or ready[0][0] <= horizon):
@@ -343,17 +349,17 @@ class ArchiveSource(TraceSource):
             return None
         return list(st)
 
-    def _chunks(self, tr: Trace) -> Iterator[Trace]:
+    def _chunks(self, tr: Trace) -> Iterator[Samples]:
         """Cut a decoded trace into pieces of at most chunk_s, on exact sample times; apply start/end bounds."""
-        rate = rate_fraction(tr.stats.sampling_rate)
-        step = max(1, int(self.chunk_s * tr.stats.sampling_rate))
+        hz = float(tr.stats.sampling_rate)
+        rate = rate_fraction(hz)
+        step = max(1, int(self.chunk_s * hz))
         t0 = int(tr.stats.starttime.ns)
         lo, hi = 0, tr.stats.npts
         if self.starttime is not None:
             lo = max(lo, -(-(int(self.starttime.ns) - t0) * rate.numerator // (rate.denominator * _NS)))
         if self.endtime is not None:
             hi = min(hi, (int(self.endtime.ns) - t0) * rate.numerator // (rate.denominator * _NS) + 1)
-        header = {k: tr.stats[k] for k in ("network", "station", "location", "channel", "sampling_rate")}
+        seed_id = tr.id
         for i in range(lo, hi, step):
-            header["starttime"] = UTCDateTime(ns=t0 + grid_time_ns(i, rate))
-            yield Trace(data=tr.data[i : min(i + step, hi)], header=dict(header))
+            yield Samples(seed_id, hz, t0 + grid_time_ns(i, rate), tr.data[i : min(i + step, hi)])
