@@ -106,21 +106,34 @@ class DetectionRunner:
             self._worker = (torch_worker_pool(self.inference_workers, "replay-infer", threads_each)
                             if engine.device.type == "cpu" else ThreadPoolExecutor(1, "replay-infer"))
         self._inflight: deque[Future] = deque()
+        # Work goes to the CPU workers in forward-sized tasks (a batch is cut into several), so that at the end of a
+        # replay no worker is left alone with a whole batch while the others have finished (a 256-window batch is
+        # ~0.2 s of one core here); as many tasks as make a batch may wait in the queue, so this thread still runs
+        # ahead by a batch and wakes about once per batch.
+        self._task = chunk if self._worker is not None and engine.device.type == "cpu" else max(1, batch_size)
+        self._max_inflight = self.inference_workers + -(-max(1, batch_size) // self._task)
 
-    def _run_batch(self) -> list[dict[str, Any]]:
-        """Start the pending windows' preprocessing and inference; return what finished batches produced."""
-        batch, self._pending = self._pending, []
+    def _run_batch(self, count: int | None = None) -> list[dict[str, Any]]:
+        """Start the preprocessing and inference of the pending windows (the first `count` of them); return what
+        finished batches produced."""
+        count = len(self._pending) if count is None else count
+        batch, self._pending = self._pending[:count], self._pending[count:]
         return self._submit(batch)
 
     def _submit(self, batch: list[Window]) -> list[dict[str, Any]]:
+        if not batch:
+            return []
+        if self._worker is None:
+            return self._collect(self.stage.process(*self._preprocess(batch)))
         out: list[dict[str, Any]] = []
-        if batch:
-            if self._worker is None:
-                return self._collect(self.stage.process(*self._preprocess(batch)))
-            while len(self._inflight) > self.inference_workers:  # every worker busy, one batch queued: wait
+        for i in range(0, len(batch), self._task):
+            while len(self._inflight) >= self._max_inflight:  # every worker busy, a batch's worth queued: wait
                 out += self._decide_oldest()
-            self._inflight.append(self._worker.submit(self._infer, batch))
+            self._start(batch[i : i + self._task])
         return out
+
+    def _start(self, task: list[Window]) -> None:
+        self._inflight.append(self._worker.submit(self._infer, task))
 
     def _preprocess(self, batch: list[Window]) -> tuple[Any, list[dict[str, Any]]]:
         data, metas = stack_windows(batch, center="ZSCORE" in self.contract.transforms)
@@ -183,8 +196,10 @@ class DetectionRunner:
         for piece in pieces:
             self._pending += self.windower.add_samples(piece)
             pending = len(self._pending)
-            if pending >= self.batch_size or (pending >= forward and self._worker_idle()):
+            if pending >= self.batch_size:
                 yield from self._run_batch()
+            elif pending >= forward and self._worker_idle():  # whole forwards only; the rest waits for more
+                yield from self._run_batch(pending - pending % forward)
 
     def _worker_idle(self) -> bool:
         return self._worker is not None and sum(not f.done() for f in self._inflight) < self.inference_workers
@@ -192,12 +207,7 @@ class DetectionRunner:
     def finish(self) -> list[dict[str, Any]]:
         """Emit the windows still buffered, run them, and close open triggers."""
         self._pending += self.windower.flush()
-        tail, self._pending = self._pending, []
-        # in forward-sized pieces, so that every worker takes a share of the tail instead of one running it alone
-        step = self.stage.engine.batch_size if self._worker is not None else max(1, len(tail))
-        out: list[dict[str, Any]] = []
-        for i in range(0, len(tail), step):
-            out += self._submit(tail[i : i + step])
+        out = self._run_batch()  # (in forward-sized tasks on the CPU, shared out among the workers)
         out += self._drain()
         return out + self._emit([body for body, _ in self.stage.flush()], final=True)
 

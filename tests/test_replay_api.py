@@ -111,8 +111,9 @@ def test_overlapped_inference_gives_the_same_detections_and_series(tiny_checkpoi
 
 
 def test_idle_workers_start_on_a_forward_worth_and_share_the_tail(tiny_checkpoint):
-    """With batch_size 8 and forwards of 2: the first batch starts at 2 windows (the workers are idle), no batch
-    exceeds 8, the tail goes out in forward-sized pieces, and the results equal the serial run's."""
+    """With batch_size 8 and forwards of 2: the first batch starts at 2 windows (the workers are idle), every
+    batch goes to the workers in forward-sized tasks, at most a batch's worth waits, the tail goes out in
+    forward-sized tasks too, and the results equal the serial run's."""
     ckpt = load_checkpoint(tiny_checkpoint)
     st = obspy.read()
     t0 = st[0].stats.starttime
@@ -125,10 +126,18 @@ def test_idle_workers_start_on_a_forward_worth_and_share_the_tail(tiny_checkpoin
                              forward_batch=2, inference_workers=2)
     assert runner.stage.engine.batch_size == 2
     sizes: list[int] = []
-    submit = runner._submit
-    runner._submit = lambda batch: sizes.append(len(batch)) or submit(batch)  # type: ignore[method-assign]
+    waiting: list[int] = []
+    start = runner._start
+
+    def record(task):
+        sizes.append(len(task))
+        waiting.append(len(runner._inflight))
+        start(task)
+
+    runner._start = record  # type: ignore[method-assign]
     list(runner.add_traces(pieces[:-9]))  # the last 3 s held back: their 3 windows become the tail below
-    assert sizes[0] == 2 and max(sizes) <= 8
+    assert sizes[0] == 2 and set(sizes) == {2}
+    assert max(waiting) < 2 + 8 // 2  # the workers' tasks and a batch's worth queued
     fed = len(sizes)
     runner._pending += [w for tr in pieces[-9:] for w in runner.windower.add_trace(tr)]
     tail = len(runner._pending)
