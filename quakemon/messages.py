@@ -192,6 +192,8 @@ _EPOCH0 = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
 def to_timestamp(t: Any) -> float:
     """POSIX seconds from a float/int, an ObsPy UTCDateTime (``.timestamp``) or an aware datetime."""
+    if type(t) is float and math.isfinite(t):  # the common case (triggers get every window's times), first
+        return t
     if isinstance(t, _dt.datetime):
         if t.tzinfo is None:
             raise MessageError(f"naive datetime {t!r}: times must be UTC-aware")

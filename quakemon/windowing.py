@@ -96,6 +96,9 @@ class Window:
     components: tuple[str, ...] = ()  # components with at least one real sample in the window
     constant: tuple[str, ...] = ()  # components whose real samples are all equal (dead/flat channel)
     source_rate: float = 0.0  # the station's own rate before resampling
+    # (the [K, C, N] array of a steady-state run, this window's row in it): data is run[0][run[1]], and
+    # `stack_windows` takes consecutive rows of one run as one array
+    run: tuple[np.ndarray, int] | None = None
 
     @property
     def n_samples(self) -> int:
@@ -343,7 +346,8 @@ class WindowScheduler:
             constant = tuple(c for c, f in zip(comps, row, strict=True) if f) if any(row) else ()
             out.append(Window(station=self.station, instrument=self.instrument, start_ns=(k + i) * self.stride_ns,
                               sampling_rate=rate, data=data[i], component_order=comps, missing_fraction=0.0,
-                              components=tuple(comps), constant=constant, source_rate=source_rate))
+                              components=tuple(comps), constant=constant, source_rate=source_rate,
+                              run=(data, i)))
         self.stats["windows_emitted"] += len(out)
         self.next_k = last + 1
         return out

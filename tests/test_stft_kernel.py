@@ -143,47 +143,50 @@ def test_torch_tensor_input_contiguous_or_not_agrees_with_numpy():
 # --- stack_windows: the float32 centring before windows travel between stages ---------------------------------
 
 
-def make_window(data, start_ns=0):
+def make_window(data, start_ns=0, run=None):
     from quakemon.windowing import Window
 
     return Window(station="XX.STA.", instrument="HH", start_ns=start_ns, sampling_rate=100.0, data=data,
-                  component_order="ZNE", components=("Z", "N", "E"))  # fmt: skip
+                  component_order="ZNE", components=("Z", "N", "E"), run=run)  # fmt: skip
 
 
 def test_stack_windows_centres_runs_of_one_block_like_single_windows():
-    from quakemon.workers.detect import _row_runs, stack_windows
+    from quakemon.workers.detect import _runs, stack_windows
 
     rng = np.random.default_rng(20)
     block = rng.standard_normal((5, 3, 2000)) * 1e3 + 2.0**24  # a station's steady-state run, as the windower emits
-    loose = [rng.standard_normal((3, 2000)) * 10 - 7e5 for _ in range(2)]
-    strided = np.asfortranarray(rng.standard_normal((3, 2000)))  # not C-contiguous: a run of its own
-    arrays = [block[0], block[1], block[2], loose[0], block[3], block[4], strided, loose[1]]
-    assert _row_runs(arrays) == [(0, 3), (3, 4), (4, 6), (6, 7), (7, 8)]
-    windows = [make_window(a, i * 10**9) for i, a in enumerate(arrays)]
+    other = rng.standard_normal((2, 3, 2000)) * 10 - 7e5
+    loose = rng.standard_normal((3, 2000)) * 10 - 7e5
+    parts = [(block, 0), (block, 1), (block, 2), (other, 0), (block, 3), (block, 4), (other, 1), (None, loose)]
+    windows = [make_window(b[i], k * 10**9, (b, i)) if b is not None else make_window(i, k * 10**9)
+               for k, (b, i) in enumerate(parts)]
+    runs = _runs(windows)
+    assert [(lo, hi) for lo, hi, _ in runs] == [(0, 3), (3, 4), (4, 6), (6, 7), (7, 8)]
+    assert np.shares_memory(runs[0][2], block) and runs[0][2].shape == (3, 3, 2000)
     data, metas = stack_windows(windows)
     assert data.dtype == np.float32 and data.shape == (8, 3, 2000)
     assert [m["start_ns"] for m in metas] == [i * 10**9 for i in range(8)]
     one_by_one = np.concatenate([stack_windows([w])[0] for w in windows])
     np.testing.assert_array_equal(data, one_by_one)  # grouping changes nothing
-    for got, a in zip(data, arrays, strict=True):  # the float64 difference, rounded once to float32
-        want = (a - a.mean(-1, keepdims=True)).astype(np.float32)
+    for got, w in zip(data, windows, strict=True):  # the float64 difference, rounded once to float32
+        want = (w.data - w.data.mean(-1, keepdims=True)).astype(np.float32)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
     raw, _ = stack_windows(windows, center=False)
-    np.testing.assert_array_equal(raw, np.stack(arrays).astype(np.float32))
+    np.testing.assert_array_equal(raw, np.stack([w.data for w in windows]).astype(np.float32))
 
 
-def test_row_runs_need_the_same_base_and_equal_spacing():
-    from quakemon.workers.detect import _row_runs
+def test_runs_need_the_same_run_and_the_next_row():
+    from quakemon.workers.detect import _runs
 
-    block = np.zeros((4, 3, 10))
-    assert _row_runs([block[0], block[2], block[3], block[1]]) == [(0, 2), (2, 4)]  # steps of 2 rows, then -2
-    assert _row_runs([block[0], block[1], block[3]]) == [(0, 2), (2, 3)]
-    assert _row_runs([block[0], block[0][:, :5]]) == [(0, 1), (1, 2)]  # another shape
-    assert _row_runs([block[0], block[1][:, ::2], block[2][:, ::2]]) == [(0, 1), (1, 3)]  # other strides
-    other = np.zeros((2, 3, 10))
-    assert _row_runs([block[3], other[0], other[1]]) == [(0, 1), (1, 3)]
-    assert _row_runs([np.zeros((3, 10)), np.zeros((3, 10))]) == [(0, 1), (1, 2)]  # no common base
-    assert _row_runs([block[0]]) == [(0, 1)]
+    block, other = np.zeros((4, 3, 10)), np.zeros((2, 3, 10))
+
+    def spans(*rows):
+        return [(lo, hi) for lo, hi, _ in _runs([make_window(b[i], run=(b, i)) for b, i in rows])]
+
+    assert spans((block, 0), (block, 2), (block, 3), (block, 1)) == [(0, 1), (1, 3), (3, 4)]
+    assert spans((block, 3), (other, 0), (other, 1)) == [(0, 1), (1, 3)]
+    assert spans((block, 0)) == [(0, 1)]
+    assert [(lo, hi) for lo, hi, _ in _runs([make_window(block[0]), make_window(block[1])])] == [(0, 1), (1, 2)]
 
 
 @pytest.mark.parametrize("layout", ["overlapping", "every_other_sample", "reversed", "contiguous"])

@@ -430,10 +430,10 @@ def test_complete_runs_give_the_windows_make_gives(dtype) -> None:
     assert [w.constant for w in run if w.constant] == [("N",)] * 7
     assert all(w.data.dtype == dtype for w in run)
     if dtype == np.float64:  # read-only overlapping views of one block (no copy per window), one run for the stack
-        from quakemon.workers.detect import _row_runs, stack_windows
+        from quakemon.workers.detect import _runs, stack_windows
 
         assert not any(w.data.flags.writeable for w in run)
-        assert _row_runs([w.data for w in run]) == [(0, 31)]
+        assert [(lo, hi) for lo, hi, _ in _runs(run)] == [(0, 31)]
         np.testing.assert_array_equal(stack_windows(run)[0], stack_windows(single)[0])
     else:
         assert all(w.data.flags.c_contiguous for w in run)

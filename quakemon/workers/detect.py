@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import structlog
 import torch
-from numpy.lib.stride_tricks import as_strided
 
 from quakemon.contract import InputContract
 from quakemon.data import stft_kernel
@@ -52,16 +51,13 @@ def stack_windows(windows: Sequence[Window], arrivals: Sequence[float | None] | 
 
     center: subtract each channel's mean in float64 first, so a large DC offset (e.g. 2^24 counts) does not eat
     float32's 24-bit mantissa. Use it when the contract z-scores (the mean is removed anyway).
-    Consecutive windows that are equally spaced views of one block of samples (the windower emits a station's
-    steady-state run that way) are centred a run at a time, by one call of a compiled loop
-    (`stft_kernel.centre_to_float32`).
+    Consecutive windows of one steady-state run of the windower (`Window.run`: overlapping views of one block of
+    samples) are centred a run at a time, by one call of a compiled loop (`stft_kernel.centre_to_float32`).
     """
     if not windows:
         return np.zeros((0, 0, 0), np.float32), []
     data = np.empty((len(windows), *windows[0].data.shape), np.float32)
-    arrays = [w.data for w in windows]
-    for lo, hi in _row_runs(arrays):
-        x = _run_view(arrays[lo:hi])
+    for lo, hi, x in _runs(windows):
         if center:  # the float64 difference, rounded once to float32 (what a whole-batch float64 pass gives)
             stft_kernel.centre_to_float32(np.asarray(x, dtype=np.float64), data[lo:hi])
         else:
@@ -70,35 +66,21 @@ def stack_windows(windows: Sequence[Window], arrivals: Sequence[float | None] | 
     return data, [window_meta(w, a) for w, a in zip(windows, arrivals, strict=True)]
 
 
-def _row_runs(arrays: list[np.ndarray]) -> list[tuple[int, int]]:
-    """[lo, hi) ranges of consecutive arrays that are equally spaced views of one buffer (same base, shape, dtype and
-    strides, each starting the same number of bytes after the one before: the windows of a station's steady-state
-    run, overlapping views of one block of samples); any other array is a range of its own."""
-    runs: list[tuple[int, int]] = []
-    lo, prev, step = 0, None, None
-    for i, a in enumerate(arrays):
-        start = a.__array_interface__["data"][0]
-        first = arrays[lo]
-        follows = (prev is not None and a.base is not None and a.base is first.base and a.shape == first.shape
-                   and a.dtype == first.dtype and a.strides == first.strides
-                   and (step is None or start - prev == step))
-        if i and not follows:
-            runs.append((lo, i))
-            lo, step = i, None
-        elif i:
-            step = start - prev
-        prev = start
-    runs.append((lo, len(arrays)))
-    return runs
-
-
-def _run_view(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """The arrays of one `_row_runs` range as one [K, ...] view of their buffer (no copy)."""
-    first = arrays[0]
-    if len(arrays) == 1:
-        return first[None]
-    step = arrays[1].__array_interface__["data"][0] - first.__array_interface__["data"][0]
-    return as_strided(first, (len(arrays), *first.shape), (step, *first.strides), writeable=False)
+def _runs(windows: Sequence[Window]) -> list[tuple[int, int, np.ndarray]]:
+    """(lo, hi, data [hi - lo, C, N]) for consecutive windows that are consecutive rows of one windower run (a
+    view of the run's array, no copy); any other window is a range of its own."""
+    out: list[tuple[int, int, np.ndarray]] = []
+    lo = 0
+    for i in range(1, len(windows) + 1):
+        if i < len(windows):
+            a, b = windows[i - 1].run, windows[i].run
+            if a is not None and b is not None and b[0] is a[0] and b[1] == a[1] + 1:
+                continue
+        first = windows[lo]
+        out.append((lo, i, first.run[0][first.run[1] : first.run[1] + i - lo] if first.run is not None
+                    else first.data[None]))
+        lo = i
+    return out
 
 
 def preprocess_windows(data: np.ndarray, metas: list[dict[str, Any]], contract: InputContract,
@@ -186,6 +168,7 @@ class DetectionStage:
         self.stats["inferred"] += int(valid.sum())
         self.stats["invalid"] += int((~valid).sum())
         result = DetectionResult(metas, probs)
+        rows = probs.tolist()
         for i in sorted(range(len(metas)), key=lambda j: (metas[j]["start_ns"], metas[j]["station"])):
             meta = metas[i]
             station = meta["station"]
@@ -195,7 +178,7 @@ class DetectionStage:
                 self.stats["late_windows"] += 1  # reordered across workers or duplicated: never re-triggered
                 continue
             self._last_start[station] = meta["start_ns"]
-            events = self.triggers.update(station, meta["start_ns"] / _NS, meta["end_ns"] / _NS, probs[i])
+            events = self.triggers.update(station, meta["start_ns"] / _NS, meta["end_ns"] / _NS, rows[i])
             for ev in events:
                 result.detections.append((ev.to_body(self.model_info), meta.get("arrival")))
         self.stats["detections"] += len(result.detections)

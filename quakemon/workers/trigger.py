@@ -101,10 +101,14 @@ class StationTrigger:
 
     def update(self, window_start: Any, window_end: Any, probabilities: Mapping[str, float]) -> list[TriggerEvent]:
         """Feed one window (in time order); returns the transitions it caused (zero, one or two events)."""
-        start, end = to_timestamp(window_start), to_timestamp(window_end)
-        if self.label not in probabilities:
-            raise ConfigError(f"trigger label {self.label!r} not among the model's labels {sorted(probabilities)}")
-        p = float(probabilities[self.label])
+        return self._update(to_timestamp(window_start), to_timestamp(window_end),
+                            {str(k): float(v) for k, v in probabilities.items()})
+
+    def _update(self, start: float, end: float, probs: dict[str, float]) -> list[TriggerEvent]:
+        """`update` with POSIX times and a {label: float} dict that the trigger may keep (not copied)."""
+        if self.label not in probs:
+            raise ConfigError(f"trigger label {self.label!r} not among the model's labels {sorted(probs)}")
+        p = probs[self.label]
         if (self._last is not None and start <= self._last[0]) or not math.isfinite(p):
             self.stats["ignored"] += 1
             log.debug("trigger_window_ignored", station=self.station, window_start=start, probability=p)
@@ -112,7 +116,6 @@ class StationTrigger:
         events: list[TriggerEvent] = []
         if self._last is not None and start - self._last[0] > self._max_gap() + _EPS:
             events.extend(self._close("gap"))
-        probs = {str(k): float(v) for k, v in probabilities.items()}
         self._last = (start, end, p, probs)
         if self.state == "idle":
             if p >= self.on:
@@ -195,8 +198,10 @@ class TriggerBank:
                  labels: Sequence[str] | None) -> dict[str, float]:
         if isinstance(probabilities, Mapping):
             return {str(k): float(v) for k, v in probabilities.items()}
-        values = np.asarray(probabilities, dtype=np.float64).reshape(-1)
         names = tuple(labels) if labels is not None else self.labels
+        if type(probabilities) is list and len(probabilities) == len(names):  # e.g. a row of ndarray.tolist()
+            return dict(zip(names, map(float, probabilities), strict=True))
+        values = np.asarray(probabilities, dtype=np.float64).reshape(-1)
         if values.size != len(names):
             raise ConfigError(f"got {values.size} probabilities for {len(names)} labels {list(names)}")
         return dict(zip(names, values.tolist(), strict=True))
@@ -219,9 +224,10 @@ class TriggerBank:
     ) -> list[TriggerEvent]:
         """Feed one station's window; returns its transitions for every trigger label, in label order."""
         probs = self._as_dict(probabilities, labels)
+        start, end = to_timestamp(window_start), to_timestamp(window_end)
         events: list[TriggerEvent] = []
-        for label in self.trigger_labels:
-            events.extend(self.trigger(station, label).update(window_start, window_end, probs))
+        for label in self.trigger_labels:  # (each trigger keeps `probs`: a dict of its own, never changed)
+            events.extend(self.trigger(station, label)._update(start, end, probs))
         return events
 
     def flush(self) -> list[TriggerEvent]:
