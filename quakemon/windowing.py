@@ -84,7 +84,10 @@ _NS = 1_000_000_000
 
 @dataclass(frozen=True, eq=False)
 class Window:
-    """One model input: `data[C, window_samples]` in `component_order`, starting at `start_ns`."""
+    """One model input: `data[C, window_samples]` in `component_order`, starting at `start_ns`.
+
+    `data` may be a read-only view that overlaps the windows before and after it (a steady-state run, see
+    `run`): copy it before changing it."""
 
     station: str  # "NET.STA.LOC"
     instrument: str  # band + instrument code, e.g. "EH"
