@@ -235,9 +235,9 @@ def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto
     """Bare model forward (no preprocessing, no softmax) on random spectrograms: windows/s per batch size,
     with the current torch thread count, or with `streams` > 0: that many threads each running forwards of its
     own batch on `stream_threads` torch threads, at once (the replay's inference workers; the figure is their
-    sum). The
-    model is prepared as the inference engine prepares it (folded stem, channels_last, and on the CPU the frozen
-    TorchScript graph), so the roof is the fastest forward quakemon knows, not a slower strawman."""
+    sum). The model and its input are prepared as the inference engine prepares them (folded stem, channels_last
+    weights, on the CPU the frozen TorchScript graph; `model_input`), so the roof is the fastest forward quakemon
+    knows, not a slower strawman."""
     import torch
 
     from quakemon.models.checkpoint import load_checkpoint
@@ -247,6 +247,7 @@ def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto
         autocast,
         freeze_graph,
         graph_kind,
+        model_input,
         pick_device,
         prepare_for_inference,
         resolve_precision,
@@ -283,7 +284,7 @@ def bench_roof(checkpoint: Path, *, device: str = "auto", precision: str = "auto
     pool = torch_worker_pool(streams, "roof-stream", stream_threads) if streams else None
     try:
         for b in batch_sizes:
-            x = torch.rand((b, *shape), generator=gen).to(dev).contiguous(memory_format=torch.channels_last)
+            x = model_input(model, torch.rand((b, *shape), generator=gen).to(dev))
             if pool is None:
                 n, elapsed = forwards(x, time.perf_counter())
                 per_batch[str(b)] = n / elapsed

@@ -71,9 +71,9 @@ class DetectionRunner:
                  forward_batch: int | None = None, graph: str = "auto") -> None:
         self.contract: InputContract = checkpoint.contract
         self.windower = StationWindower(self.contract, stride_s, selectors, max_missing=max_missing)
-        # `batch_size` windows go through the pipeline together (one stack, one transform, one task for a
-        # worker); the model sees them in forwards of `forward_batch` (default: CPU_FORWARD_BATCH on the CPU,
-        # the whole batch on a GPU)
+        # `batch_size` windows are taken from the windower together; the model sees them in forwards of
+        # `forward_batch` (default: CPU_FORWARD_BATCH on the CPU, the whole batch on a GPU), and the CPU workers
+        # in tasks of that size (below)
         chunk = forward_batch or (min(batch_size, CPU_FORWARD_BATCH) if pick_device(device).type == "cpu"
                                   else batch_size)
         engine = InferenceEngine(checkpoint, device=device, precision=precision, batch_size=chunk, graph=graph)

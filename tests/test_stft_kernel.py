@@ -157,9 +157,9 @@ def test_stack_windows_centres_runs_of_one_block_like_single_windows():
     block = rng.standard_normal((5, 3, 2000)) * 1e3 + 2.0**24  # a station's steady-state run, as the windower emits
     other = rng.standard_normal((2, 3, 2000)) * 10 - 7e5
     loose = rng.standard_normal((3, 2000)) * 10 - 7e5
-    parts = [(block, 0), (block, 1), (block, 2), (other, 0), (block, 3), (block, 4), (other, 1), (None, loose)]
-    windows = [make_window(b[i], k * 10**9, (b, i)) if b is not None else make_window(i, k * 10**9)
-               for k, (b, i) in enumerate(parts)]
+    rows = [(block, 0), (block, 1), (block, 2), (other, 0), (block, 3), (block, 4), (other, 1)]
+    windows = [make_window(b[i], k * 10**9, (b, i)) for k, (b, i) in enumerate(rows)]
+    windows.append(make_window(loose, len(rows) * 10**9))  # no run: a range of its own
     runs = _runs(windows)
     assert [(lo, hi) for lo, hi, _ in runs] == [(0, 3), (3, 4), (4, 6), (6, 7), (7, 8)]
     assert np.shares_memory(runs[0][2], block) and runs[0][2].shape == (3, 3, 2000)
