@@ -2,6 +2,6 @@
 
 import sys
 
-from quakemon.cli import main
+from quakemon.cli.app import main
 
 sys.exit(main())

@@ -5,7 +5,7 @@
     probs = det.annotate(stream)                # ObsPy Stream of probability traces, one per station and class
     detections = det.detect(stream)             # detection bodies, exactly as the daemon would publish them
 
-Both run the daemon's code path (`quakemon.replay.DetectionRunner`: windower, the one preprocessing, the
+Both run the daemon's code path (`quakemon.pipeline.runner.DetectionRunner`: windower, the one preprocessing, the
 inference engine, the trigger), so a notebook sees what the service would.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 from obspy import Stream, Trace, UTCDateTime
 
 from quakemon.models.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
-from quakemon.replay import DetectionRunner
+from quakemon.pipeline.runner import DetectionRunner
 
 
 @dataclass

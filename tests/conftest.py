@@ -14,8 +14,8 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A randomly initialised TINY depth-1 checkpoint with the default input contract."""
-    from quakemon.contract import InputContract
     from quakemon.models import HybridViT, save_checkpoint
+    from quakemon.models.contract import InputContract
 
     torch.manual_seed(0)
     contract = InputContract()

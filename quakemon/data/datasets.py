@@ -1,7 +1,7 @@
 """Labelled waveform loaders: SeisBench-format datasets, MiniSEED + CSV, and the synthetic generator.
 
 Every loader returns a `LabelledWaveforms` (waveforms, int labels, label names, per-example meta), which is what
-`quakemon.data.adapter.WaveformDataAdapter` consumes. Array loaders already cut windows of the contract's
+`quakemon.pipeline.adapter.WaveformDataAdapter` consumes. Array loaders already cut windows of the contract's
 length, rate and component order, with a documented, seeded choice of where the P pick falls:
 
 * P-centred crop: an earthquake window places its P pick `p_offset_s` seconds after the window start, drawn
@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 import structlog
 
-from quakemon.contract import InputContract
+from quakemon.base.errors import QuakemonError
 from quakemon.data.synthetic import LABELS, SyntheticConfig, generate
-from quakemon.errors import QuakemonError
+from quakemon.models.contract import InputContract
 
 log = structlog.get_logger(__name__)
 

@@ -34,7 +34,7 @@ import obspy
 import structlog
 from obspy import Stream, Trace, UTCDateTime
 
-from quakemon.errors import QuakemonError
+from quakemon.base.errors import QuakemonError
 
 log = structlog.get_logger(__name__)
 

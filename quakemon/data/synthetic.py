@@ -26,9 +26,9 @@ import numpy as np
 import scipy.fft
 import structlog
 
-from quakemon.contract import InputContract
+from quakemon.base.errors import ConfigError, ContractError
 from quakemon.data.realdata import EVALUATION_SOURCES
-from quakemon.errors import ConfigError, ContractError
+from quakemon.models.contract import InputContract
 
 log = structlog.get_logger(__name__)
 

@@ -12,7 +12,7 @@ in record-sized pieces. `ArchiveSource` therefore
   start time (files are opened only when the merge reaches their first record, so an SDS archive of many
   days does not open every file at once).
 
-Windows do not depend on the chunking (see `quakemon.windowing`), so `chunk_s` only bounds how far one
+Windows do not depend on the chunking (see `quakemon.pipeline.windowing`), so `chunk_s` only bounds how far one
 channel runs ahead of another: the default 20 s stays inside the windower's `max_skew_s` (30 s) and is four
 times the 5 s it was, since each piece costs a windower call and, as a Trace, ~40 us of ObsPy header work
 (`samples()` yields the pieces without it: replay's path, 12.8-14.0 -> 9.4-10.0 us per window in decoding). The
@@ -43,7 +43,7 @@ import numpy as np
 import structlog
 from obspy import Trace, UTCDateTime
 
-from quakemon.buffers import grid_time_ns, rate_fraction
+from quakemon.base.timegrid import grid_time_ns, rate_fraction
 from quakemon.ingest.base import Samples, TraceSource
 from quakemon.ingest.validate import (
     _ID_BYTES,

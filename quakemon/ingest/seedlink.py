@@ -39,7 +39,7 @@ from pathlib import Path
 import structlog
 from obspy import Trace
 
-from quakemon.errors import ConfigError
+from quakemon.base.errors import ConfigError
 from quakemon.ingest.base import TraceSource
 from quakemon.ingest.seqstate import SeqState, load_state, save_state, seq_hex, seq_next
 from quakemon.ingest.validate import SelectorSet, decode_record, match_selector

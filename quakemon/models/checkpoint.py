@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from quakemon import __version__
-from quakemon.contract import InputContract
-from quakemon.errors import CheckpointError, ContractError
+from quakemon.base.errors import CheckpointError, ContractError
 from quakemon.models.args import ModelArgs
+from quakemon.models.contract import InputContract
 
 if TYPE_CHECKING:  # torch and timm are imported only by the functions that build models
     import torch

@@ -14,7 +14,7 @@ import structlog
 import torch
 from timm.models.vision_transformer import VisionTransformer, _load_weights, checkpoint_filter_fn
 
-from quakemon.errors import PretrainedWeightsError
+from quakemon.base.errors import PretrainedWeightsError
 from quakemon.models.backbones import Backbone
 
 log = structlog.get_logger(__name__)

@@ -1,0 +1,706 @@
+"""The one preprocessing implementation: waveform windows [B, C, N] -> float32 spectrograms [B, C, F, T].
+
+Training (`quakemon.pipeline.adapter.WaveformDataAdapter`) and streaming (the preprocessing worker) both call
+`preprocess_batch`, so a model sees the same numbers live as in training. Everything is batched tensor
+algebra in torch (CPU or any device; only BANDPASS goes through scipy on the CPU): no per-window Python loop.
+Transforms run in `quakemon.models.contract.KNOWN_TRANSFORMS` order, as named in the model's `InputContract.transforms`:
+
+DROP_NAN     Non-finite samples (NaN, +-inf) are *repaired*, not dropped: every run of them is linearly
+             interpolated between its finite neighbours (held at the nearest finite value at the edges; a
+             channel with no finite sample becomes zeros). Linear fill, not zero fill, because a zero-filled
+             gap in raw counts is a step, and a step looks like an impulsive event in a spectrogram. A window
+             whose worst channel has more than `max_nan_fraction` (default 0.1, RELIABILITY.md #10, or
+             `contract.extra["max_nan_fraction"]`) non-finite samples is flagged `valid=False`. Rows are never
+             removed here: the caller counts and drops them (the adapter drops such events; streaming skips
+             inference for them). `nan_fraction` counts only the samples TRIMMING keeps. Without DROP_NAN
+             nothing is repaired and any non-finite sample makes the window invalid (its output is zeroed).
+DETREND      Removes the least-squares line per channel (scipy.signal.detrend(type="linear")), over the whole
+             input. Optional: useful for stations with drift or a large DC offset before TAPER/BANDPASS.
+TRIMMING     Cuts or pads to `contract.window_samples`, aligned at the start: the first window_samples samples
+             are kept (a streaming window and a training event are both cut from their start time, so an
+             onset keeps its position); a shorter input is padded at the end. The padding is excluded from the
+             ZSCORE statistics and is exactly zero in the z-scored waveform (i.e. it sits at the channel mean),
+             so a short event does not get a step to zero counts. Without TRIMMING the output length follows N.
+TAPER        Tukey (cosine) window with a 5 % ramp at each end (scipy.signal.windows.tukey(n, alpha=0.1)) over
+             the real samples. Optional: reduces edge leakage, mainly before BANDPASS.
+BANDPASS     Zero-phase Butterworth band-pass (scipy.signal.sosfiltfilt), corners from
+             `contract.extra["bandpass_hz"] = [fmin, fmax]`, order `contract.extra.get("bandpass_order", 4)`.
+             Runs on the CPU (scipy); optional, for models trained on a band.
+ZSCORE       Per window and channel: (x - mean) / std (population std) over the real samples. A dead channel
+             (std <= 10 * eps * |mean|, eps of the working precision: constant, or an all-NaN channel after
+             DROP_NAN) gives zeros, never inf/NaN, and is reported in `dead` (also without ZSCORE). Dead
+             channels do not make a window invalid: the caller decides.
+SPECTROGRAM  |STFT| exactly as `np.abs(scipy.signal.stft(x, window="hann", nperseg, noverlap=nperseg - hop,
+             boundary="zeros", padded=True)[2])`: periodic Hann window, nperseg//2 zeros at both ends, zeros at
+             the end to fill the last segment, scaled by 1 / sum(window). No log, no further normalisation.
+             F = nperseg // 2 + 1, T = `contract.spectrogram_shape[1]` (33 x 64 for 64/32 and 2000 samples).
+             Without SPECTROGRAM the output is the transformed waveform [B, C, N'].
+
+The output is always finite float32 (a last guard zeroes anything non-finite, e.g. a float32 overflow without
+ZSCORE). Precision: the steps up to the mean removal run in float64 (float32 input stays float32), since raw
+counts with a large offset lose their signal in float32; the centred signal and the STFT run in `dtype`
+(float32 by default: within ~3e-7 of scipy relative to the spectrogram peak; float64 matches bin for bin).
+Speed: on the CPU, the common contract (finite input, DROP_NAN/TRIMMING/ZSCORE/SPECTROGRAM, float32 STFT, a
+power-of-two nperseg that the hop divides: the default 64/32 is) runs in one compiled pass per row
+(`quakemon.pipeline.stft_kernel`, numba): sum, centre, a radix-2 FFT of the packed real frames vectorised across
+frames, magnitude straight into the output. Rows with non-finite samples, and every other case (GPU, float64
+STFT, DETREND/TAPER/BANDPASS, other STFT sizes), go through the torch passes below, which compute the same
+numbers (tests/test_stft_kernel.py holds the two paths to within 2e-6 of each other and to scipy within 1e-5).
+With torch.get_num_threads() > 1 either path shares parts of the batch out to a persistent pool of that many
+threads (the kernel and torch ops release the GIL): two hand-offs per pass instead of OpenMP's fork/join per
+operation, which stalls whenever another process holds a core. With one torch thread (torch.set_num_threads(1):
+the efficient setting on a CPU shared with other processes) everything runs in the calling thread.
+The torch passes: the STFT is a matrix product with a windowed DFT matrix (real and imaginary parts land in
+separate planes, so the magnitude is three vectorised passes; 1/std rides on the copy of the frames), and the
+same code runs on a GPU (`device="cuda"`), where each of the two passes below is one batched call. On the CPU the
+passes go over the batch in parts of ~8 and ~16 windows (`CPU_PART_SAMPLES`), so that a part's intermediates
+stay in the core's L2 cache: pass 1 checks (and repairs), centres the signal into the zero-padded STFT input and
+takes its sums and norms; the z-score statistics of the whole batch follow; pass 2 copies the frames times 1/std,
+multiplies them by the DFT matrix and takes the magnitude. The calling thread keeps its zero-padded STFT input
+buffer (up to 32 MB) from one call to the next.
+benchmarks/bench_transforms.py measures it against a per-window scipy loop.
+
+`stream_to_array` turns one station's ObsPy Stream into the [C, N] array the contract expects: component
+mapping, merging of split traces (gaps become NaN, handled by DROP_NAN) and resampling.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import structlog
+import torch
+
+from quakemon.base.errors import ContractError
+from quakemon.models.contract import InputContract
+from quakemon.pipeline import stft_kernel
+from quakemon.pipeline.threads import torch_worker_pool
+
+if TYPE_CHECKING:  # obspy is only needed by callers that hand us Streams
+    import obspy
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_MAX_NAN_FRACTION = 0.1
+TAPER_FRACTION = 0.05  # per side
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    """Output of `preprocess_batch`; numpy arrays for numpy input, torch tensors (on the device) for tensor input.
+
+    spectrograms: float32 [B, C, F, T] (the waveform [B, C, N'] when SPECTROGRAM is not in the contract).
+    valid:        bool [B]; False when the worst channel's non-finite fraction exceeds max_nan_fraction.
+    dead:         bool [B, C]; constant (zero-variance) channels, output zeros under ZSCORE.
+    nan_fraction: float32 [B]; worst channel's fraction of non-finite samples in the kept window.
+    """
+
+    spectrograms: Any
+    valid: Any
+    dead: Any
+    nan_fraction: Any
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What all parts of one `preprocess_batch` call share."""
+
+    ops: frozenset[str]
+    work: torch.dtype  # precision up to the mean removal
+    dtype: torch.dtype  # precision of the centred signal and the STFT
+    n_real: int  # samples TRIMMING keeps; the rest of the window is padding
+    pad_left: int  # STFT boundary zeros before the signal (0 without SPECTROGRAM)
+    length: int  # the zero-padded STFT input, or the window without SPECTROGRAM
+    nperseg: int
+    hop: int
+    lean: bool  # input in the working dtype, only DROP_NAN, TRIMMING, ZSCORE (required), SPECTROGRAM
+    contract: InputContract
+
+
+def preprocess_batch(
+    x: np.ndarray | torch.Tensor,
+    contract: InputContract,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    max_nan_fraction: float | None = None,
+) -> PreprocessResult:
+    """Apply the contract's transforms to a batch of windows x [B, C, N] (any real dtype: float64, int32 counts).
+
+    device: where to compute (default: x's device, CPU for numpy). Output type follows the input type.
+    """
+    as_numpy = not isinstance(x, torch.Tensor)
+    t = torch.from_numpy(np.ascontiguousarray(x)) if as_numpy else x.detach()
+    if t.ndim != 3:
+        raise ContractError(f"preprocess_batch expects windows [B, C, N], got shape {tuple(t.shape)}")
+    if t.shape[1] != contract.n_channels:
+        raise ContractError(
+            f"expected {contract.n_channels} channels ({contract.component_order}), got {t.shape[1]} "
+            f"(shape {tuple(t.shape)})"
+        )
+    if t.shape[-1] == 0:
+        raise ContractError(f"windows have no samples (shape {tuple(t.shape)})")
+    if t.is_complex() or t.dtype == torch.bool:
+        raise ContractError(f"waveforms must be real numbers, got dtype {t.dtype}")
+    dev = torch.device(device) if device is not None else t.device
+    t = t.to(device=dev)  # the working dtype is applied per part (no batch-sized copy of int counts)
+    if max_nan_fraction is None:
+        max_nan_fraction = float(contract.extra.get("max_nan_fraction", DEFAULT_MAX_NAN_FRACTION))
+    ops = frozenset(contract.transforms)
+    b, c, n = t.shape
+    window = contract.window_samples if "TRIMMING" in ops else n
+    spectrogram = "SPECTROGRAM" in ops
+    nperseg, hop = contract.stft_nperseg, contract.stft_hop
+    # Steps up to the centring run in float64 (float32 input stays float32): raw counts with a large
+    # offset lose their signal in float32. The centred signal and the STFT are computed in `dtype`.
+    work = torch.promote_types(t.dtype if t.is_floating_point() else torch.float64, dtype)
+    plan = _Plan(
+        ops=ops,
+        work=work,
+        dtype=dtype,
+        n_real=min(n, window),
+        pad_left=nperseg // 2 if spectrogram else 0,
+        length=_stft_length(window, nperseg, hop) if spectrogram else window,
+        nperseg=nperseg,
+        hop=hop,
+        lean=t.dtype == work and "ZSCORE" in ops and ops <= {"DROP_NAN", "TRIMMING", "ZSCORE", "SPECTROGRAM"},
+        contract=contract,
+    )
+    shape = (nperseg // 2 + 1, (plan.length - nperseg) // hop + 1) if spectrogram else (window,)
+    spectra = torch.empty(b, c, *shape, dtype=torch.float32, device=dev)
+    dead = torch.empty(b, c, dtype=torch.bool, device=dev)
+    nan_fraction = torch.zeros(b, dtype=torch.float32, device=dev)
+    if b == 0:
+        valid = torch.ones(0, dtype=torch.bool, device=dev)
+        return _result(as_numpy, spectra, valid, dead, nan_fraction)
+    if _fused_applies(plan, dev):
+        _fused_passes(t, plan, spectra, dead, nan_fraction)
+    else:
+        _torch_passes(t, plan, spectra, dead, nan_fraction)
+    valid = nan_fraction <= max_nan_fraction if "DROP_NAN" in ops else nan_fraction == 0
+    return _result(as_numpy, spectra, valid, dead, nan_fraction)
+
+
+# The compiled CPU kernel (quakemon.pipeline.stft_kernel) serves the common contract; tests switch it off to compare
+# it with the torch passes, which serve everything else (GPU, float64 STFT, DETREND/TAPER/BANDPASS, NaN repair).
+FUSED_KERNEL = True
+
+
+def _fused_applies(plan: _Plan, device: torch.device) -> bool:
+    return (
+        FUSED_KERNEL
+        and device.type == "cpu"
+        and plan.lean
+        and plan.dtype == torch.float32
+        and "SPECTROGRAM" in plan.ops
+        and stft_kernel.applies(plan.nperseg, plan.hop)
+    )
+
+
+def _fused_passes(
+    t: torch.Tensor, plan: _Plan, spectra: torch.Tensor, dead: torch.Tensor, nan_fraction: torch.Tensor
+) -> None:
+    """The compiled kernel over the batch's rows (in parts on the preprocessing pool when torch has more than
+    one thread: the kernel releases the GIL); windows with a non-finite row go through the torch passes."""
+    b, c, n = t.shape
+    rows = t.contiguous().numpy().reshape(b * c, n)
+    out = spectra.numpy().reshape(b * c, *spectra.shape[2:])
+    dead_rows = dead.numpy().reshape(b * c)
+    bad = np.zeros(b * c, dtype=bool)
+    dead_eps = _dead_tolerance(plan.work)
+
+    def part(bounds: tuple[int, int]) -> None:
+        lo, hi = bounds
+        stft_kernel.spectrogram_rows(
+            rows[lo:hi], plan.n_real, plan.pad_left, plan.length, plan.nperseg, plan.hop, dead_eps,
+            out[lo:hi], dead_rows[lo:hi], bad[lo:hi],
+        )  # fmt: skip
+
+    threads = torch.get_num_threads()
+    counts = _cpu_parts(b, c * n, 4 * CPU_PART_SAMPLES) if threads > 1 else [b]
+    edges = [0, *itertools.accumulate(count * c for count in counts)]
+    _run(part, list(itertools.pairwise(edges)), min(threads, len(counts)))
+    if bad.any():  # NaN/inf (repaired or flagged by the torch passes), or a float32 overflow
+        windows = torch.from_numpy(bad.reshape(b, c).any(1).nonzero()[0])
+        sub = (spectra[windows], dead[windows], torch.zeros(len(windows), dtype=torch.float32))
+        _torch_passes(t[windows], plan, *sub)
+        for target, values in zip((spectra, dead, nan_fraction), sub, strict=True):
+            target[windows] = values
+
+
+def _dead_tolerance(work: torch.dtype) -> float:
+    """A channel is dead when its std <= this times |mean| (10 eps of the working precision), on either path."""
+    return 10 * torch.finfo(work).eps
+
+
+def _torch_passes(
+    t: torch.Tensor, plan: _Plan, spectra: torch.Tensor, dead: torch.Tensor, nan_fraction: torch.Tensor
+) -> None:
+    """The transforms as torch operations (CPU in cache-sized parts, or one batched call per pass on a GPU):
+    fills spectra, dead and nan_fraction (which arrives zeroed)."""
+    b, c, n = t.shape
+    dev, work, dtype, ops = t.device, plan.work, plan.dtype, plan.ops
+    nperseg, hop, spectrogram = plan.nperseg, plan.hop, "SPECTROGRAM" in ops
+    shape = spectra.shape[2:]
+    padded, zeroed = _padded_buffer((b, c, plan.length), plan, dev)
+    sums = torch.empty(b, c, 1, dtype=work, device=dev)
+    norm = torch.empty(b, c, 1, dtype=dtype, device=dev)
+    rows = b * c
+
+    # CPU: the two passes below go over the batch in parts of a few windows (intermediates stay in L2), on a
+    # pool of worker threads when torch has more than one. GPU: each pass is one batched call.
+    cpu = dev.type == "cpu"
+    threads = torch.get_num_threads()
+    parts = _cpu_parts(b, c * n, CPU_PART_SAMPLES) if cpu else [b]
+
+    # 1: repair, detrend, cut, taper, filter; the signal, centred, into the zero-padded STFT input; sum, norm
+    signal = padded.narrow(-1, plan.pad_left, plan.n_real)
+    starts = [0, *itertools.accumulate(parts)][:-1]
+    pieces = zip(*(tensor.split(parts) for tensor in (t, signal, padded, sums, norm)), starts, strict=True)
+    _run(lambda p: _centre(*p, plan, zeroed, nan_fraction), list(pieces), min(threads, len(parts)))
+
+    # ZSCORE statistics over the real samples (population std). Dead channels (std <= 10 eps |mean|, eps of
+    # the working precision) give zeros: their scale is 0.
+    std = norm.mul_(1 / math.sqrt(plan.n_real))
+    torch.le(std, sums.abs_().mul_(_dead_tolerance(work) / plan.n_real), out=dead.unsqueeze(-1))
+    zscore = "ZSCORE" in ops
+    scale = std.reciprocal().masked_fill_(dead.unsqueeze(-1), 0.0) if zscore else None
+
+    # 2: |STFT| (or the waveform) times 1/std into the output, in row parts (of twice the windows: measured
+    # faster for this pass, whose DFT product gains from the larger matrices)
+    parts = _cpu_parts(b, c * n, 2 * CPU_PART_SAMPLES) if cpu else [b]
+    workers = min(threads, len(parts))
+    row_parts = [part * c for part in parts]
+    scales = scale.view(rows, 1, 1).split(row_parts) if scale is not None else [None] * len(parts)
+    if spectrogram:
+        segments = padded.view(rows, plan.length).unfold(-1, nperseg, hop)  # [R, T, nperseg] view
+        magnitudes = spectra.view(rows, *shape).transpose(0, 1)  # [F, R, T] view
+        pieces = zip(segments.split(row_parts), scales, magnitudes.split(row_parts, dim=1), strict=True)
+        _run(lambda p: _stft_magnitude(*p, plan), list(pieces), workers)
+    else:
+        waves = padded.view(rows, -1).split(row_parts)
+        pieces = zip(waves, scales, spectra.view(rows, -1).split(row_parts), strict=True)
+        _run(lambda p: _scaled_copy(*p), list(pieces), workers)
+
+    # z-scored output with finite std is bounded; anything else gets the guard (e.g. float32 overflow)
+    if (not zscore or not _all_finite(std)) and not _all_finite(spectra.sum()):
+        torch.nan_to_num(spectra, nan=0.0, posinf=0.0, neginf=0.0, out=spectra)
+
+
+def _result(as_numpy: bool, *outputs: torch.Tensor) -> PreprocessResult:
+    if as_numpy:
+        return PreprocessResult(*(tensor.cpu().numpy() for tensor in outputs))
+    return PreprocessResult(*outputs)
+
+
+def _centre(
+    x: torch.Tensor,
+    signal: torch.Tensor,
+    padded: torch.Tensor,
+    sums: torch.Tensor,
+    norm: torch.Tensor,
+    start: int,
+    plan: _Plan,
+    zeroed: bool,
+    nan_fraction: torch.Tensor,
+) -> None:
+    """Pass 1 for windows x [b, C, N] (batch rows start..): DROP_NAN .. BANDPASS, then the signal, centred (ZSCORE)
+    or raw, into `signal`, the real samples of the buffer padded [b, C, L] (plan.dtype; its padding is zeroed
+    here unless `zeroed`); the sums [b, C, 1] (plan.work) and the norms [b, C, 1] of the centred signal; the
+    batch's nan_fraction (arrives zeroed). Every step is per window and channel.
+    """
+    n_real = plan.n_real
+    if plan.lean:  # the common case in a few calls, since each call here is GIL time: finite samples, no filters
+        kept = x if x.shape[-1] == n_real else x.narrow(-1, 0, n_real)
+        torch.sum(kept, -1, keepdim=True, out=sums)
+        if _all_finite(sums):
+            if not zeroed:
+                padded.zero_()
+            torch.sub(kept, sums, alpha=1 / n_real, out=signal)
+            torch.linalg.vector_norm(signal, dim=-1, keepdim=True, out=norm)
+            return
+
+    ops = plan.ops
+    t = x if x.dtype == plan.work else x.to(plan.work)
+    untouched = t
+    nonfinite_rows, t = _drop_nan(t, repair="DROP_NAN" in ops, sums=sums)
+    if nonfinite_rows is not None:
+        rows_nan = nonfinite_rows[..., :n_real].float().mean(-1).amax(-1)
+        nan_fraction.narrow(0, start, x.shape[0]).copy_(rows_nan)
+    if "DETREND" in ops:
+        t = _detrend(t)
+    if n_real < t.shape[-1]:
+        t = t.narrow(-1, 0, n_real)  # TRIMMING's cut; its padding is added below (stats exclude it)
+    if "TAPER" in ops:
+        t = t * _tukey(n_real, plan.work, t.device)
+    if "BANDPASS" in ops:
+        t = _bandpass(t, plan.contract)
+    if t is not untouched or nonfinite_rows is not None:
+        torch.sum(t, -1, keepdim=True, out=sums)  # (else the finiteness check summed these very samples)
+
+    # The centred signal goes straight into the zero-padded buffer the STFT reads, cast to plan.dtype on the
+    # way. The statistics exclude the padding, which is exactly zero (i.e. at the channel mean).
+    if not zeroed:
+        padded.zero_()
+    torch.sub(t, sums, alpha=1 / n_real, out=signal)
+    torch.linalg.vector_norm(signal, dim=-1, keepdim=True, out=norm)
+    if "ZSCORE" not in ops:
+        signal.copy_(t)  # the raw (transformed) samples, not centred
+
+
+_padded_buffers = threading.local()
+_PADDED_CACHE_BYTES = 32 << 20
+
+
+def _padded_buffer(shape: tuple[int, int, int], plan: _Plan, device: torch.device) -> tuple[torch.Tensor, bool]:
+    """(buffer for the zero-padded signal, whether its padding is already zero).
+
+    On the CPU the calling thread keeps its last buffer (up to _PADDED_CACHE_BYTES): only the signal samples are
+    ever written, so the padding stays zero, and a warm buffer is not faulted in and zeroed (a cold one
+    streams from memory) on every call.
+    """
+    if device.type != "cpu" or math.prod(shape) * plan.dtype.itemsize > _PADDED_CACHE_BYTES:
+        return torch.empty(shape, dtype=plan.dtype, device=device), False
+    key = (shape, plan.dtype, plan.pad_left, plan.n_real)
+    held = getattr(_padded_buffers, "held", None)
+    if held is None or held[0] != key:
+        held = (key, torch.zeros(shape, dtype=plan.dtype))
+        _padded_buffers.held = held
+    return held[1], True
+
+
+def _scaled_copy(source: torch.Tensor, scale: torch.Tensor | None, out: torch.Tensor) -> None:
+    """Pass 2 without SPECTROGRAM: out (float32) = the waveform times 1/std (or as is, without ZSCORE)."""
+    if scale is None:
+        out.copy_(source)
+    else:
+        torch.mul(source, scale.view(-1, 1), out=out)
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    if t.is_cpu and t.numel() < 4096:  # numpy answers a small CPU tensor faster than bool(tensor)
+        return bool(np.isfinite(t.numpy()).all())
+    return bool(torch.isfinite(t).all())
+
+
+# CPU parts of pass 1 hold about this many input samples (B_part * C * N: 8 windows of 3 x 2000), those of pass 2
+# twice as many windows. A part's intermediates (pass 1: float64 input 0.4 MB, the float64 temporary of the cast,
+# float32 signal 0.2 MB; pass 2: frames 0.8 MB, DFT output 0.8 MB, magnitude 0.4 MB) mostly stay in the 2 MB L2
+# cache between steps, instead of streaming through L3/memory once per step as whole-batch tensors do. Each part
+# costs ~5 torch calls in Python and dispatch, under the GIL: smaller parts measured slower, and so did larger.
+CPU_PART_SAMPLES = 48_000
+
+
+def _cpu_parts(b: int, samples_per_window: int, part_samples: int) -> list[int]:
+    """Window counts of near-equal parts of the batch, each about part_samples input samples (>= 1 window)."""
+    count = min(max(round(b * samples_per_window / part_samples), 1), b)
+    return [(i + 1) * b // count - i * b // count for i in range(count)]
+
+
+def _run(fn: Any, parts: list[Any], workers: int) -> None:
+    """fn(part) for every part: in this thread, or drained from one shared iterator by `workers` pool threads.
+
+    One pool task per worker (not per part) keeps the hand-offs to two per pass, and a worker slowed down by
+    other load simply takes fewer parts. All tasks are waited for before the first exception is raised.
+    """
+    if workers <= 1:
+        for part in parts:
+            fn(part)
+        return
+    shared = iter(parts)  # next() on a list iterator is atomic under the GIL
+
+    def drain() -> None:
+        for part in shared:
+            fn(part)
+
+    futures = [executor.submit(drain) for executor in [_worker_pool(workers)] for _ in range(workers)]
+    errors = [future.exception() for future in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+
+
+_pool_lock = threading.Lock()
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (pid, workers) -> executor
+
+
+def _worker_pool(workers: int) -> ThreadPoolExecutor:
+    """A persistent pool of `workers` threads that each run torch single-threaded (CPU parts in parallel).
+
+    Parts on threads rather than torch's intra-op threads: two hand-offs per pass instead of a fork/join per
+    operation, and no thread waits for another between operations, which matters on a CPU shared with other
+    processes. Torch ops release the GIL, so the threads run in parallel. One pool per worker count and process
+    (threads do not survive a fork).
+    """
+    with _pool_lock:
+        key = (os.getpid(), workers)
+        if key not in _pools:
+            for stale in [k for k in _pools if k[0] != key[0]]:
+                del _pools[stale]  # inherited through a fork: its threads are gone
+            _pools[key] = torch_worker_pool(workers, "quakemon-preprocess")
+        return _pools[key]
+
+
+def _drop_nan(t: torch.Tensor, *, repair: bool, sums: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(non-finite mask or None when all finite, t with non-finite runs interpolated when repair).
+
+    The finiteness check sums each row into sums [.., 1] (NaN/inf anywhere makes a sum non-finite); when every
+    sample is finite those are the rows' sums, for the ZSCORE mean.
+    """
+    torch.sum(t, -1, keepdim=True, out=sums)
+    if _all_finite(sums):
+        return None, t
+    bad = ~torch.isfinite(t)
+    if not bad.any():  # a sum overflowed, the data are fine
+        return None, t
+    if not repair:
+        return bad, t
+    rows = bad.flatten(0, 1).any(-1)
+    flat = t.flatten(0, 1).clone()
+    flat[rows] = _interpolate_nonfinite(flat[rows], bad.flatten(0, 1)[rows])
+    return bad, flat.view_as(t)
+
+
+def _interpolate_nonfinite(x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation over non-finite runs of each row of x [R, N]; edges hold, empty rows become 0."""
+    n = x.shape[-1]
+    idx = torch.arange(n, device=x.device).expand_as(x)
+    prev = torch.where(bad, -1, idx).cummax(-1).values  # last finite index <= i, or -1
+    nxt = torch.where(bad, n, idx).flip(-1).cummin(-1).values.flip(-1)  # next finite index >= i, or n
+    finite = torch.where(bad, torch.zeros_like(x), x)
+    pv = finite.gather(-1, prev.clamp(min=0))
+    nv = finite.gather(-1, nxt.clamp(max=n - 1))
+    has_prev, has_next = prev >= 0, nxt < n
+    frac = (idx - prev).to(x.dtype) / (nxt - prev).clamp(min=1).to(x.dtype)
+    both = pv + (nv - pv) * frac
+    fill = torch.where(has_prev & has_next, both, torch.where(has_prev, pv, torch.where(has_next, nv, 0.0)))
+    return torch.where(bad, fill, x)
+
+
+def _detrend(t: torch.Tensor) -> torch.Tensor:
+    """Subtract the least-squares line of each channel (scipy.signal.detrend, type='linear')."""
+    n = t.shape[-1]
+    if n < 2:
+        return t - t.mean(-1, keepdim=True)
+    ramp = torch.arange(n, dtype=t.dtype, device=t.device) - (n - 1) / 2.0
+    centred = t - t.mean(-1, keepdim=True)
+    slope = (centred @ ramp) / (ramp @ ramp)
+    return centred - slope[..., None] * ramp
+
+
+@lru_cache(maxsize=16)
+def _tukey(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    from scipy.signal.windows import tukey
+
+    return torch.from_numpy(tukey(n, alpha=2 * TAPER_FRACTION)).to(device=device, dtype=dtype)
+
+
+def _bandpass(t: torch.Tensor, contract: InputContract) -> torch.Tensor:
+    """Zero-phase Butterworth band-pass on the CPU (scipy), corners from contract.extra['bandpass_hz']."""
+    from scipy.signal import butter, sosfiltfilt
+
+    corners = contract.extra.get("bandpass_hz")
+    nyquist = contract.sampling_rate / 2
+    if not isinstance(corners, list | tuple) or len(corners) != 2 or not 0 < corners[0] < corners[1] < nyquist:
+        raise ContractError(
+            f'BANDPASS needs contract.extra["bandpass_hz"] = [fmin, fmax] with 0 < fmin < fmax < {nyquist} Hz '
+            f"(Nyquist), got {corners!r}"
+        )
+    order = int(contract.extra.get("bandpass_order", 4))
+    sos = butter(
+        order, [float(corners[0]), float(corners[1])], btype="bandpass", fs=contract.sampling_rate, output="sos"
+    )
+    filtered = sosfiltfilt(sos, t.detach().cpu().double().numpy(), axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(filtered)).to(device=t.device, dtype=t.dtype)
+
+
+@lru_cache(maxsize=16)
+def _dft_matrix(nperseg: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Periodic-Hann-windowed real DFT scaled by 1/sum(window), as a matrix [F + F_im, nperseg]: cos rows for the
+    F bins, then -sin rows for the bins whose sine row is not identically zero (all but k = 0 and, for even
+    nperseg, the Nyquist bin k = nperseg / 2: _sine_bins).
+
+    Built in float64 (angles reduced exactly, k*n mod nperseg, before the trig), then cast once per
+    (nperseg, dtype, device).
+    """
+    n = np.arange(nperseg)[None, :]
+    f = np.arange(nperseg // 2 + 1)[:, None]
+    win = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(nperseg) / nperseg)  # periodic Hann = scipy 'hann'
+    ang = 2 * np.pi * ((f * n) % nperseg) / nperseg
+    lo, hi = _sine_bins(nperseg)
+    m = np.concatenate([np.cos(ang), -np.sin(ang[lo:hi])], axis=0) * (win / win.sum())[None, :]
+    return torch.from_numpy(m).to(device=device, dtype=dtype).contiguous()
+
+
+def _sine_bins(nperseg: int) -> tuple[int, int]:
+    """The bins lo..hi-1 with a sine part: not k = 0, nor the Nyquist bin of an even nperseg."""
+    return 1, (nperseg + 1) // 2
+
+
+def _stft_length(window: int, nperseg: int, hop: int) -> int:
+    """Samples after scipy's boundary='zeros' (nperseg//2 each side) and padded=True (fill the last segment)."""
+    length = window + 2 * (nperseg // 2)
+    return length + (-(length - nperseg) % hop) % nperseg
+
+
+class _StftWork:
+    """Work buffers for the STFT of R rows: frames [R, T, nperseg] and the DFT output [F + F_im, R * T]."""
+
+    def __init__(self, rows: int, frames: int, plan: _Plan, device: torch.device) -> None:
+        self.dft = _dft_matrix(plan.nperseg, plan.dtype, device)  # [F + F_im, nperseg]
+        freqs = plan.nperseg // 2 + 1
+        self.sine = slice(*_sine_bins(plan.nperseg))
+        self.frames = torch.empty(rows, frames, plan.nperseg, dtype=plan.dtype, device=device)
+        self.frames_t = self.frames.view(rows * frames, plan.nperseg).T
+        self.spec = torch.empty(self.dft.shape[0], rows * frames, dtype=plan.dtype, device=device)
+        self.re = self.spec[:freqs].view(freqs, rows, frames)
+        self.im = self.spec[freqs:].view(-1, rows, frames)
+
+
+_stft_work = threading.local()
+
+
+def _stft_buffers(rows: int, frames: int, plan: _Plan, device: torch.device) -> _StftWork:
+    """New buffers, or on the CPU this thread's from its last parts of the same size (two sizes are kept: the
+    near-equal parts of a batch differ by one window at most)."""
+    if device.type != "cpu":
+        return _StftWork(rows, frames, plan, device)
+    key = (rows, frames, plan.nperseg, plan.dtype)
+    held: dict[tuple[Any, ...], _StftWork] = _stft_work.__dict__.setdefault("held", {})
+    work = held.get(key)
+    if work is None:
+        if len(held) >= 2:
+            held.clear()
+        work = held[key] = _StftWork(rows, frames, plan, device)
+    return work
+
+
+def _stft_magnitude(segments: torch.Tensor, scale: torch.Tensor | None, out: torch.Tensor, plan: _Plan) -> None:
+    """out [F, R, T] = scale * |windowed real DFT| of the zero-padded signal's segments [R, T, nperseg] (a view).
+
+    One copy of the overlapping segments into contiguous frames [R, T, nperseg], multiplied by the row's scale
+    [R, 1, 1] (the z-score's 1/std) on the way, then one matrix product with the windowed, scaled DFT matrix
+    (cos | -sin rows): [F + F_im, nperseg] @ [nperseg, R * T]. For 64-point segments this beats torch.stft/rfft on
+    the CPU: the product lands real and imaginary parts in separate planes, so the magnitude is three
+    vectorised elementwise passes (the complex abs of an FFT's interleaved output is a slow scalar loop), and
+    it is one GEMM on a GPU. out is a [F, R, T] view of the [R, F, T] output (runs of T are contiguous).
+    """
+    rows, frames, _ = segments.shape
+    work = _stft_buffers(rows, frames, plan, segments.device)
+    if scale is None:
+        work.frames.copy_(segments)
+    else:
+        torch.mul(segments, scale, out=work.frames)
+    torch.mm(work.dft, work.frames_t, out=work.spec)
+    re, im = work.re, work.im
+    if out.dtype == re.dtype:
+        torch.mul(re, re, out=out)
+        out[work.sine].addcmul_(im, im)
+        out.sqrt_()
+    else:
+        power = re.mul_(re)
+        power[work.sine].addcmul_(im, im)
+        out.copy_(power.sqrt_())
+
+
+def stream_to_array(stream: obspy.Stream, contract: InputContract) -> np.ndarray:
+    """One station's Stream -> float64 [C, N] in contract.component_order at contract.sampling_rate.
+
+    Channel codes map by their last letter: Z -> Z; N/E when both exist, else the two numeric horizontals
+    (1/2 or 2/3) in ascending order -> N, E. Split traces are merged; gaps and unequal spans become NaN
+    (DROP_NAN's business). Traces at another rate are resampled (scipy.signal.resample_poly, an
+    anti-aliased polyphase filter) before merging. Raises ContractError naming NET.STA.LOC for a missing,
+    ambiguous or mixed-station input.
+    """
+    if len(stream) == 0:
+        raise ContractError("empty Stream: no traces to build a window from")
+    stations = sorted({_station_id(tr) for tr in stream})
+    if len(stations) != 1:
+        raise ContractError(f"a Stream must hold one station (NET.STA.LOC), got {stations}")
+    station = stations[0]
+    bands = sorted({tr.stats.channel[:-1] for tr in stream})
+    if len(bands) != 1:
+        raise ContractError(
+            f"station {station}: traces from several instruments {bands} "
+            f"(channels {sorted({tr.stats.channel for tr in stream})}); select one band/instrument"
+        )
+    mapping = _component_mapping({tr.stats.channel[-1:] for tr in stream}, contract.component_order, station)
+    fs = contract.sampling_rate
+    by_component: dict[str, list[Any]] = {}
+    for tr in stream:
+        tr = tr.copy()
+        if not math.isclose(tr.stats.sampling_rate, fs, rel_tol=1e-6):
+            tr = _resample(tr, fs, station)
+        by_component.setdefault(tr.stats.channel[-1:], []).append(tr)
+    merged = {code: _merge(traces, station) for code, traces in by_component.items()}
+    t0 = min(tr.stats.starttime for tr in merged.values())
+    offsets = {code: round((tr.stats.starttime - t0) * fs) for code, tr in merged.items()}
+    length = max(offsets[code] + tr.stats.npts for code, tr in merged.items())
+    out = np.full((contract.n_channels, length), np.nan)
+    for row, letter in enumerate(contract.component_order):
+        code = mapping[letter]
+        data = merged[code].data
+        values = np.ma.asarray(data, dtype=np.float64).filled(np.nan) if np.ma.isMaskedArray(data) else data
+        out[row, offsets[code] : offsets[code] + len(values)] = values
+    return out
+
+
+def _station_id(tr: Any) -> str:
+    s = tr.stats
+    return f"{s.network}.{s.station}.{s.location}"
+
+
+def _component_mapping(codes: set[str], order: str, station: str) -> dict[str, str]:
+    """contract letter -> channel component code present in the stream (see stream_to_array)."""
+    mapping: dict[str, str] = {}
+    horizontals = sorted(codes & {"1", "2", "3"})
+    for letter in order:
+        if letter in codes:
+            mapping[letter] = letter
+        elif letter in "NE" and not {"N", "E"} & codes and len(horizontals) == 2:
+            mapping[letter] = horizontals["NE".index(letter)]
+    missing = [letter for letter in order if letter not in mapping]
+    if missing:
+        raise ContractError(
+            f"station {station}: missing component(s) {missing} for component_order {order!r}; "
+            f"present: {sorted(codes)} (accepted: Z, N/E, or two of 1/2/3 for N, E)"
+        )
+    return mapping
+
+
+def _resample(tr: Any, fs: float, station: str) -> Any:
+    ratio = Fraction(fs / tr.stats.sampling_rate).limit_denominator(1000)
+    if not math.isclose(float(ratio), fs / tr.stats.sampling_rate, rel_tol=1e-6):
+        raise ContractError(
+            f"station {station} {tr.stats.channel}: cannot resample {tr.stats.sampling_rate} Hz to {fs} Hz "
+            "by a rational factor with denominator <= 1000"
+        )
+    from scipy.signal import resample_poly
+
+    log.debug("resampling", station=station, channel=tr.stats.channel, from_hz=tr.stats.sampling_rate, to_hz=fs)
+    data = np.asarray(tr.data, dtype=np.float64)
+    tr.data = resample_poly(data, ratio.numerator, ratio.denominator)
+    tr.stats.sampling_rate = fs
+    return tr
+
+
+def _merge(traces: list[Any], station: str) -> Any:
+    from obspy import Stream
+
+    if len(traces) == 1:
+        return traces[0]
+    for tr in traces:
+        tr.data = np.asarray(tr.data, dtype=np.float64)
+    st = Stream(traces).merge(method=1, fill_value=None)
+    if len(st) != 1:
+        raise ContractError(f"station {station}: cannot merge traces {[tr.id for tr in traces]}")
+    return st[0]

@@ -1,0 +1,250 @@
+"""Trigger logic: turns per-window class probabilities into "new"/"closed" detections, per station and label.
+
+Policy (the same in replay and live, so the same windows give the same detections, ids and onsets):
+
+* Hysteresis. A trigger opens when a window's probability reaches ``on`` (``p >= on``) and stays open while
+  windows stay at or above ``off`` (``off <= on``); the first window below ``off`` closes it.
+* Minimum duration, with a fast "new". The trigger is *pending* from the first window over ``on`` until it has
+  lasted ``min_duration_s``, measured between window start times (first window over ``on`` to the current
+  window still at or above ``off``). Then "new" is sent at once. A pending trigger that falls below ``off``
+  earlier is dropped silently (counted in ``stats["suppressed"]``): short blips never reach subscribers, and
+  with ``min_duration_s = 0`` "new" goes out on the very first window over ``on``. The delay a real event pays
+  is ``min_duration_s`` rounded up to the window stride.
+* ``onset`` is the start time of the first window whose probability reached ``on`` (a grid time, so stable
+  between replay and live). The signal lies between ``onset`` and that window's end. ``end`` (on "closed") is
+  the end time of the last window at or above ``off``.
+* Gaps. Windows arrive in time order per station but may skip (dropped windows, data gaps). When the next
+  window starts more than ``max_gap_s`` after the previous one (default: the window length, i.e. the two
+  windows no longer overlap), an open trigger is closed first (``close_reason = "gap"``) and a pending one is
+  dropped. Windows that do not advance in time (duplicates,
+  out of order) and windows with non-finite probabilities are ignored and counted.
+* ``flush()`` closes open triggers at the end of a replay (``close_reason = "flush"``); ``expire(data_time)``
+  closes triggers of stations whose windows stopped arriving (live).
+* Each trigger label (by default every class except ``noise``) has its own independent trigger.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import structlog
+
+from quakemon.base.errors import ConfigError
+from quakemon.wire.schema import detection_body, to_timestamp
+
+log = structlog.get_logger(__name__)
+
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class TriggerEvent:
+    """A trigger transition, the content of a detection body before it is stamped and published."""
+
+    station: str
+    state: str  # "new" | "closed"
+    label: str
+    probability: float
+    probabilities: dict[str, float]
+    onset: float
+    window_start: float
+    window_end: float
+    peak_probability: float
+    end: float | None = None
+    close_reason: str | None = None  # "off" | "gap" | "flush" on "closed"
+
+    def to_body(self, model: Mapping[str, str], latency_s: float | None = None) -> dict[str, Any]:
+        """The detection body (schema ``quakemon.detection/1``) for this transition, without seq/epoch."""
+        return detection_body(
+            station=self.station, state=self.state, label=self.label, probability=self.probability,
+            probabilities=self.probabilities, onset=self.onset, window_start=self.window_start,
+            window_end=self.window_end, peak_probability=self.peak_probability, model=model,
+            latency_s=latency_s, end=self.end, close_reason=self.close_reason,
+        )
+
+
+def check_thresholds(on: float, off: float, min_duration_s: float, max_gap_s: float | None) -> None:
+    """Raise ConfigError naming the [trigger] key when thresholds are inconsistent."""
+    if not 0.0 < on <= 1.0:
+        raise ConfigError(f"trigger.on must be in (0, 1], got {on!r}")
+    if not 0.0 < off <= on:
+        raise ConfigError(f"trigger.off must be in (0, trigger.on={on!r}], got {off!r}")
+    if not min_duration_s >= 0.0:
+        raise ConfigError(f"trigger.min_duration must be >= 0 seconds, got {min_duration_s!r}")
+    if max_gap_s is not None and not max_gap_s > 0.0:
+        raise ConfigError(f"trigger max_gap_s must be > 0 seconds, got {max_gap_s!r}")
+
+
+@dataclass
+class StationTrigger:
+    """On/off trigger with hysteresis and a minimum duration for one station and one label."""
+
+    on: float
+    off: float
+    min_duration_s: float
+    label: str
+    station: str = "XX.XXX."
+    max_gap_s: float | None = None  # None: the window length
+    state: str = "idle"  # "idle" | "pending" | "active"
+    stats: dict[str, int] = field(default_factory=lambda: {"suppressed": 0, "ignored": 0, "new": 0, "closed": 0})
+    _onset: float = 0.0
+    _peak: float = 0.0
+    _last_above_end: float = 0.0
+    _last: tuple[float, float, float, dict[str, float]] | None = None  # start, end, p, probabilities
+
+    def __post_init__(self) -> None:
+        check_thresholds(self.on, self.off, self.min_duration_s, self.max_gap_s)
+
+    def update(self, window_start: Any, window_end: Any, probabilities: Mapping[str, float]) -> list[TriggerEvent]:
+        """Feed one window (in time order); returns the transitions it caused (zero, one or two events)."""
+        return self._update(to_timestamp(window_start), to_timestamp(window_end),
+                            {str(k): float(v) for k, v in probabilities.items()})
+
+    def _update(self, start: float, end: float, probs: dict[str, float]) -> list[TriggerEvent]:
+        """`update` with POSIX times and a {label: float} dict that the trigger may keep (not copied)."""
+        if self.label not in probs:
+            raise ConfigError(f"trigger label {self.label!r} not among the model's labels {sorted(probs)}")
+        p = probs[self.label]
+        if (self._last is not None and start <= self._last[0]) or not math.isfinite(p):
+            self.stats["ignored"] += 1
+            log.debug("trigger_window_ignored", station=self.station, window_start=start, probability=p)
+            return []
+        events: list[TriggerEvent] = []
+        if self._last is not None and start - self._last[0] > self._max_gap() + _EPS:
+            events.extend(self._close("gap"))
+        self._last = (start, end, p, probs)
+        if self.state == "idle":
+            if p >= self.on:
+                self.state, self._onset, self._peak, self._last_above_end = "pending", start, p, end
+                events.extend(self._confirm())
+        elif p >= self.off:
+            self._peak, self._last_above_end = max(self._peak, p), end
+            events.extend(self._confirm())
+        else:
+            events.extend(self._close("off"))
+        return events
+
+    def flush(self) -> list[TriggerEvent]:
+        """Close an open trigger (end of replay); a pending one is dropped."""
+        return self._close("flush")
+
+    def expire(self, data_time: float) -> list[TriggerEvent]:
+        """Close the trigger if its last window started more than max_gap_s before `data_time` (data time)."""
+        if self._last is not None and self.state != "idle" and data_time - self._last[0] > self._max_gap() + _EPS:
+            return self._close("gap")
+        return []
+
+    def _max_gap(self) -> float:
+        assert self._last is not None
+        return self.max_gap_s if self.max_gap_s is not None else self._last[1] - self._last[0]
+
+    def _event(self, state: str, end: float | None = None, reason: str | None = None) -> TriggerEvent:
+        assert self._last is not None
+        start, wend, p, probs = self._last
+        return TriggerEvent(
+            station=self.station, state=state, label=self.label, probability=p, probabilities=probs,
+            onset=self._onset, window_start=start, window_end=wend, peak_probability=self._peak,
+            end=end, close_reason=reason,
+        )
+
+    def _confirm(self) -> list[TriggerEvent]:
+        assert self._last is not None
+        if self.state == "pending" and self._last[0] - self._onset >= self.min_duration_s - _EPS:
+            self.state = "active"
+            self.stats["new"] += 1
+            return [self._event("new")]
+        return []
+
+    def _close(self, reason: str) -> list[TriggerEvent]:
+        state, self.state = self.state, "idle"
+        if state == "pending":
+            self.stats["suppressed"] += 1
+            log.debug("trigger_suppressed", station=self.station, label=self.label, reason=reason)
+        if state != "active":
+            return []
+        self.stats["closed"] += 1
+        return [self._event("closed", end=self._last_above_end, reason=reason)]
+
+
+class TriggerBank:
+    """Triggers for every station and trigger label; probabilities come as {label: p} or an array in label order."""
+
+    def __init__(
+        self,
+        on: float,
+        off: float,
+        min_duration_s: float,
+        labels: Sequence[str],
+        trigger_labels: Sequence[str] | None = None,
+        max_gap_s: float | None = None,
+    ) -> None:
+        check_thresholds(on, off, min_duration_s, max_gap_s)
+        self.labels = tuple(str(label) for label in labels)
+        if trigger_labels is None:
+            trigger_labels = [label for label in self.labels if label.lower() != "noise"]
+        unknown = [label for label in trigger_labels if label not in self.labels]
+        if unknown or not trigger_labels:
+            raise ConfigError(f"trigger labels {list(trigger_labels)} must be a non-empty subset of the model's "
+                              f"labels {list(self.labels)}")
+        self.trigger_labels = tuple(trigger_labels)
+        self.on, self.off, self.min_duration_s, self.max_gap_s = on, off, min_duration_s, max_gap_s
+        self._triggers: dict[tuple[str, str], StationTrigger] = {}
+
+    def _as_dict(self, probabilities: Mapping[str, float] | np.ndarray | Sequence[float],
+                 labels: Sequence[str] | None) -> dict[str, float]:
+        if isinstance(probabilities, Mapping):
+            return {str(k): float(v) for k, v in probabilities.items()}
+        names = tuple(labels) if labels is not None else self.labels
+        if type(probabilities) is list and len(probabilities) == len(names):  # e.g. a row of ndarray.tolist()
+            return dict(zip(names, map(float, probabilities), strict=True))
+        values = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+        if values.size != len(names):
+            raise ConfigError(f"got {values.size} probabilities for {len(names)} labels {list(names)}")
+        return dict(zip(names, values.tolist(), strict=True))
+
+    def trigger(self, station: str, label: str) -> StationTrigger:
+        """The trigger of one station and label (created on first use)."""
+        key = (station, label)
+        if key not in self._triggers:
+            self._triggers[key] = StationTrigger(self.on, self.off, self.min_duration_s, label, station,
+                                                 self.max_gap_s)
+        return self._triggers[key]
+
+    def update(
+        self,
+        station: str,
+        window_start: Any,
+        window_end: Any,
+        probabilities: Mapping[str, float] | np.ndarray | Sequence[float],
+        labels: Sequence[str] | None = None,
+    ) -> list[TriggerEvent]:
+        """Feed one station's window; returns its transitions for every trigger label, in label order."""
+        probs = self._as_dict(probabilities, labels)
+        start, end = to_timestamp(window_start), to_timestamp(window_end)
+        events: list[TriggerEvent] = []
+        for label in self.trigger_labels:  # (each trigger keeps `probs`: a dict of its own, never changed)
+            events.extend(self.trigger(station, label)._update(start, end, probs))
+        return events
+
+    def flush(self) -> list[TriggerEvent]:
+        """Close all open triggers (end of replay), in station then label order."""
+        return [ev for key in sorted(self._triggers) for ev in self._triggers[key].flush()]
+
+    def expire(self, data_time: Any) -> list[TriggerEvent]:
+        """Close triggers of stations whose last window started more than max_gap_s before `data_time`."""
+        t = to_timestamp(data_time)
+        return [ev for key in sorted(self._triggers) for ev in self._triggers[key].expire(t)]
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters summed over all triggers: new, closed, suppressed (shorter than min_duration), ignored."""
+        total = {"new": 0, "closed": 0, "suppressed": 0, "ignored": 0}
+        for trig in self._triggers.values():
+            for key, value in trig.stats.items():
+                total[key] += value
+        total["open"] = sum(t.state == "active" for t in self._triggers.values())
+        return total

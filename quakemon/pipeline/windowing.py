@@ -1,0 +1,561 @@
+"""Window scheduling on an absolute time grid: station buffers in, model-ready windows out.
+
+Windows start at k * stride_s since the epoch (k integer), last `contract.window_samples` samples at
+`contract.sampling_rate` and hold the contract's components in its order, so a replay of archived data
+and a live stream of the same data produce the same windows bit for bit, whatever the record chunking
+and interleaving, provided that (1) no component runs more than `max_skew_s` ahead of another, and
+(2) a record that arrives out of order within its channel arrives before that channel holds data more
+than `late_s` past the record's start. Traces longer than the ring are fed in ring-sized pieces.
+
+Emission policy (per station, windows strictly in start order):
+
+- A window is emitted as soon as every component has every sample it needs (plus the resampling margin,
+  if any). Complete windows never wait for more data.
+- A window with missing samples waits until every component has data `late_s` past its end (late,
+  out-of-order records can still fill it), or until the ring is about to evict its first sample (a dead
+  component), or until `flush()`. Then, if more than `max_missing` (default 10 %) of its samples are
+  missing, it is skipped and counted (`windows_skipped`); otherwise missing samples are filled by linear
+  interpolation between the neighbouring present samples (edge gaps hold the nearest value; a component
+  with no sample at all is zeros). The z-score that follows removes the mean, so the fill only has to be
+  smooth, not exact. `Window.missing_fraction` says how much was filled.
+- Components whose samples in the window are all equal are listed in `Window.constant` (dead channel).
+
+Reduced component sets (vertical-only stations). Only when the contract lists `component_sets` (a model trained
+with component dropout, e.g. ("Z",)); otherwise a station must deliver every component, as above.
+
+- Per window (content): a component with no real sample in the window is *absent*. If the components that are
+  present form a set the contract accepts (`InputContract.accepts`), the window goes out with the absent ones
+  zero-filled (exactly what the model saw in training), `missing_fraction` counts the present components only,
+  and `Window.components` names the real ones (counted in `windows_reduced`). Otherwise the usual rule applies
+  (> `max_missing` missing: skipped). The content depends on the data only, never on arrival order.
+- Per station (timing): a component the station has never delivered (since its start or last reset) is decided
+  absent once the station's other components, which must form an accepted set, hold data `max_skew_s` past the
+  end of the station's first window. From then on windows no longer wait for it: a Z-only station's windows go
+  out as soon as Z is complete, like a three-component station's. Waiting `max_skew_s` once keeps assumption
+  (1) above: a three-component station whose horizontals lag by less than `max_skew_s` is never mistaken for a
+  vertical-only one. When an absent component starts delivering, windows wait for it again; windows ending
+  within `max_skew_s` after its first sample may then differ between replay and live (as around clock jumps).
+  Without the decision (e.g. horizontals that died), reduced windows still go out, `late_s` after their end
+  only once every component has data again, or when the ring is about to evict them.
+
+Sample rates: a station's rate is set by its first accepted record. A record at another rate is rejected,
+counted (`rate_change_records`) and logged; after `rate_change_reset` consecutive records at one new rate
+the station is reset and restarts at that rate (a reconfigured datalogger recovers by itself). A station
+whose rate differs from the contract's is stored at its own rate and each window is resampled at
+emission time with `scipy.signal.resample_poly` (up/down from the exact rate ratio). The window is cut
+with a margin of the filter's half-length on both sides and the margin is cropped after resampling, so
+there are no edge effects from the window boundary; the price is that the window waits for that margin
+(about 0.1 s at 200 Hz, 0.2 s at 50 Hz). Resampling whole windows, not records, keeps the output independent
+of how the stream was chunked.
+
+Clock jumps: a record starting more than one window after the newest data of its station resets the
+station (pending windows are decided first; `clock_jumps`, WARNING log); so does an outage longer than a
+window, which costs at most the one or two windows that would have straddled its end with < 10 % missing.
+Around a jump, replay and live can differ where the channels' records interleave differently. Records from more than one
+window before the ring are dropped (`late_records`) unless `jump_confirm` of them arrive in a row, which
+resets the station too (the clock stepped back).
+
+Memory: one ring per station instrument of window + 2 * margin + late_s + max_skew_s + one stride samples
+per component (float64 + mask: about 150 kB for 3 components at 100 Hz with the defaults).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import structlog
+from obspy import Trace, UTCDateTime
+from scipy.signal import resample_poly
+
+from quakemon.base.timegrid import grid_time_ns, rate_fraction, split_seed_id
+from quakemon.ingest.base import Samples
+from quakemon.ingest.validate import SelectorSet
+from quakemon.models.contract import InputContract
+from quakemon.pipeline.buffers import StationBuffer
+
+log = structlog.get_logger(__name__)
+
+_NS = 1_000_000_000
+
+
+@dataclass(frozen=True, eq=False)
+class Window:
+    """One model input: `data[C, window_samples]` in `component_order`, starting at `start_ns`.
+
+    `data` may be a read-only view that overlaps the windows before and after it (a steady-state run, see
+    `run`): copy it before changing it."""
+
+    station: str  # "NET.STA.LOC"
+    instrument: str  # band + instrument code, e.g. "EH"
+    start_ns: int  # integer ns since the epoch; a multiple of the stride
+    sampling_rate: float  # the contract's rate (after resampling)
+    data: np.ndarray
+    component_order: str
+    missing_fraction: float = 0.0  # share of samples filled by interpolation
+    components: tuple[str, ...] = ()  # components with at least one real sample in the window
+    constant: tuple[str, ...] = ()  # components whose real samples are all equal (dead/flat channel)
+    source_rate: float = 0.0  # the station's own rate before resampling
+    # (the [K, C, N] array of a steady-state run, this window's row in it): data is run[0][run[1]], and
+    # `stack_windows` takes consecutive rows of one run as one array
+    run: tuple[np.ndarray, int] | None = None
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.data.shape[-1])
+
+    @property
+    def end_ns(self) -> int:
+        """Exclusive end: start + window_samples / sampling_rate."""
+        return self.start_ns + round(self.n_samples * _NS / self.sampling_rate)
+
+    @property
+    def start(self) -> UTCDateTime:
+        return UTCDateTime(ns=self.start_ns)
+
+    @property
+    def end(self) -> UTCDateTime:
+        return UTCDateTime(ns=self.end_ns)
+
+    @property
+    def network(self) -> str:
+        return self.station.split(".")[0]
+
+    def same_as(self, other: Window) -> bool:
+        """Bit-for-bit equality of everything a window carries."""
+        return (
+            (self.station, self.instrument, self.start_ns, self.sampling_rate, self.component_order)
+            == (other.station, other.instrument, other.start_ns, other.sampling_rate, other.component_order)
+            and self.data.dtype == other.data.dtype
+            and self.data.shape == other.data.shape
+            and self.data.tobytes() == other.data.tobytes()
+            and self.missing_fraction == other.missing_fraction
+            and self.components == other.components
+            and self.constant == other.constant
+        )
+
+
+def _ratio(native: Fraction, target: Fraction) -> tuple[int, int]:
+    r = target / native  # up / down
+    return r.numerator, r.denominator
+
+
+class WindowScheduler:
+    """Windows of one station instrument: owns its `StationBuffer` and decides when each window is ready."""
+
+    def __init__(
+        self,
+        station: str,
+        instrument: str,
+        contract: InputContract,
+        sampling_rate: float,
+        stride_s: float = 1.0,
+        *,
+        max_missing: float = 0.1,
+        late_s: float = 5.0,
+        max_skew_s: float = 30.0,
+        jump_confirm: int = 3,
+        dtype: np.dtype | type = np.float64,
+    ) -> None:
+        self.contract = contract
+        self.rate = rate_fraction(sampling_rate)
+        self._rate_hz = float(self.rate)
+        target = rate_fraction(contract.sampling_rate)
+        stride_ns = round(stride_s * _NS)
+        if stride_ns <= 0:
+            raise ValueError(f"[window] stride_s must be > 0, got {stride_s}")
+        stride = Fraction(stride_ns, _NS) * self.rate
+        win = Fraction(contract.window_samples) * self.rate / target
+        if stride.denominator != 1 or win.denominator != 1:
+            raise ValueError(
+                f"station {station} {instrument}: sampling rate {float(sampling_rate)} Hz does not put stride "
+                f"{stride_s} s and the {contract.window_seconds} s window on whole samples"
+            )
+        self.stride_ns = stride_ns
+        self.stride = int(stride)  # native samples per stride
+        self.window = int(win)  # native samples per window
+        self.up, self.down = _ratio(self.rate, target)
+        if (self.up, self.down) == (1, 1):
+            self.margin = 0
+        else:  # resample_poly's filter half-length, in input samples, rounded up to a multiple of `down`
+            half = math.ceil(10 * max(self.up, self.down) / self.up) + 1
+            self.margin = -(-half // self.down) * self.down
+        self.late = math.ceil(late_s * self.rate)
+        self.skew = math.ceil(max_skew_s * self.rate)
+        self.jump = self.window
+        capacity = self.window + 2 * self.margin + self.late + self.skew + self.stride
+        self.buffer = StationBuffer(station, instrument, contract.component_order, sampling_rate, capacity)
+        self.max_missing = float(max_missing)
+        self.jump_confirm = int(jump_confirm)
+        self.dtype = np.dtype(dtype)
+        self.next_k: int | None = None  # next window to decide; None until the first decision after a reset
+        self.absent: frozenset[int] = frozenset()  # component indices decided absent (never delivered)
+        self._behind = 0
+        self.stats: Counter[str] = Counter()
+
+    @property
+    def station(self) -> str:
+        return self.buffer.station
+
+    @property
+    def instrument(self) -> str:
+        return self.buffer.instrument
+
+    # --- input -----------------------------------------------------------------------------------------
+
+    def add(self, component: int, start_ns: int, values: np.ndarray) -> list[Window]:
+        """Add samples of one component (record start in ns); return the windows that became ready."""
+        buf = self.buffer
+        start = buf.index_of(start_ns)
+        if abs(start_ns - buf.time_ns(start)) > 1000:
+            buf.stats["snapped_records"] += 1
+        piece = buf.capacity - self.window - 2 * self.margin
+        if len(values) <= piece:
+            return self._add_at(component, start, values)
+        out: list[Window] = []  # a long trace goes in as ring-sized pieces, so none of it is evicted unseen
+        for i in range(0, len(values), piece):
+            out += self._add_at(component, start + i, values[i : i + piece])
+        return out
+
+    def _add_at(self, component: int, start: int, values: np.ndarray) -> list[Window]:
+        buf = self.buffer
+        end = start + len(values)
+        out: list[Window] = []
+        if buf.head is not None:
+            if start >= buf.head + self.jump:
+                out += self._clock_jump(start - buf.head)
+            elif end <= buf.head - buf.capacity - self.jump:
+                self._behind += 1
+                if self._behind < self.jump_confirm:
+                    self.stats["late_records"] += 1
+                    return out
+                out += self._clock_jump(start - buf.head)
+            else:
+                self._behind = 0
+        if buf.head is not None and end > buf.head:
+            out += self._decide(force_before=end - buf.capacity)
+        buf.write(component, start, values)
+        out += self._decide()
+        return out
+
+    def _clock_jump(self, jump_samples: int) -> list[Window]:
+        out = self.flush()
+        self.stats["clock_jumps"] += 1
+        log.warning(
+            "clock_jump",
+            station=self.station,
+            instrument=self.instrument,
+            jump_s=round(jump_samples / float(self.rate), 3),
+            action="station buffer reset",
+        )
+        self.buffer.reset()
+        self.next_k = None
+        self.absent = frozenset()
+        self._behind = 0
+        return out
+
+    def flush(self) -> list[Window]:
+        """Decide every window whose samples (and margin) lie inside the data received so far."""
+        return self._decide(force_before=None, final=True)
+
+    # --- decisions -------------------------------------------------------------------------------------
+
+    def _first_k(self) -> int | None:
+        if self.next_k is not None:
+            return self.next_k
+        if self.buffer.first is None:
+            return None
+        return -(-(self.buffer.first + self.margin) // self.stride)
+
+    def _update_absent(self, k: int) -> None:
+        """Decide (once per station start) which never-delivered components are absent; forget revived ones."""
+        buf = self.buffer
+        seen = [i for i, h in enumerate(buf.hwm) if h is not None]
+        if self.absent:
+            revived = [i for i in self.absent if buf.hwm[i] is not None]
+            if revived:
+                self.absent = self.absent - set(revived)
+                log.info("component_appeared", station=self.station, instrument=self.instrument,
+                         components="".join(self.contract.component_order[i] for i in revived))
+            return
+        if not self.contract.component_sets or not seen or len(seen) == len(buf.hwm):
+            return
+        letters = "".join(self.contract.component_order[i] for i in seen)
+        first_end = k * self.stride + self.window + self.margin
+        if self.contract.accepts(letters) and min(buf.hwm[i] for i in seen) >= first_end + self.skew:
+            self.absent = frozenset(i for i in range(len(buf.hwm)) if i not in seen)
+            self.stats["reduced_stations"] += 1
+            log.info("station_components", station=self.station, instrument=self.instrument, components=letters,
+                     zero_filled="".join(self.contract.component_order[i] for i in sorted(self.absent)))
+
+    def _decide(self, force_before: int | None = None, final: bool = False) -> list[Window]:
+        buf = self.buffer
+        out: list[Window] = []
+        k = self._first_k()
+        if k is None or buf.head is None:
+            return out
+        self._update_absent(k)
+        active = [i for i in range(len(buf.hwm)) if i not in self.absent]
+        hwms = [buf.hwm[i] if buf.hwm[i] is not None else buf.head - buf.capacity for i in active]
+        low = min(hwms)
+        if not self.margin and not self.absent:  # the steady state first: every window whose samples are all there
+            out = self._make_complete_run(k, (min(low, buf.head) - self.window) // self.stride)
+            if out:
+                k = self.next_k
+        rows = active if self.absent else None
+        while True:
+            a = k * self.stride - self.margin
+            b = k * self.stride + self.window + self.margin
+            forced = force_before is not None and a < force_before
+            if b > buf.head and not forced:
+                break
+            if not (forced or final) and not buf.complete(a, b, rows) and low < b + self.late:
+                break
+            window = self._make(k, a, b)
+            if window is not None:
+                out.append(window)
+            k += 1
+            self.next_k = k
+        return out
+
+    def _make_complete_run(self, k: int, last: int) -> list[Window]:
+        """Windows k..last at once when every sample of all of them is there (the steady state): one read of the
+        run's samples into a block and one constant check, where `_make` per window would do ~20 numpy calls. The
+        windows are overlapping read-only views of that block (no copy per window; `stack_windows` reads them as
+        one strided array); with another dtype than float64, one cast copy [K, C, N]. The same windows as `_make`
+        gives for complete data (no margin, no absent components); [] if any sample is missing.
+        """
+        buf = self.buffer
+        if last < k or not buf.complete(k * self.stride, last * self.stride + self.window):
+            return []
+        block = buf.read_values(k * self.stride, last * self.stride + self.window)
+        count = last - k + 1
+        # [K, C, N] view of the overlapping windows (np.ndarray directly: sliding_window_view costs ~15 us a call)
+        views = np.ndarray((count, block.shape[0], self.window), block.dtype, block, 0,
+                           (self.stride * block.strides[1], block.strides[0], block.strides[1]))
+        flat = views.min(axis=-1) == views.max(axis=-1)  # [K, C], on the float64 samples like `_make`
+        if views.dtype == self.dtype:  # the windows are read-only views of the block: no copy per window
+            views.flags.writeable = False
+            data = views
+        else:
+            data = np.array(views, dtype=self.dtype, order="C")
+        comps = self.contract.component_order
+        rate, source_rate = float(self.contract.sampling_rate), self._rate_hz
+        out = []
+        for i, row in enumerate(flat.tolist()):
+            constant = tuple(c for c, f in zip(comps, row, strict=True) if f) if any(row) else ()
+            out.append(Window(station=self.station, instrument=self.instrument, start_ns=(k + i) * self.stride_ns,
+                              sampling_rate=rate, data=data[i], component_order=comps, missing_fraction=0.0,
+                              components=tuple(comps), constant=constant, source_rate=source_rate,
+                              run=(data, i)))
+        self.stats["windows_emitted"] += len(out)
+        self.next_k = last + 1
+        return out
+
+    def _make(self, k: int, a: int, b: int) -> Window | None:
+        data, present = self.buffer.read(a, b)
+        core = slice(self.margin, self.margin + self.window)
+        comps = self.contract.component_order
+        real = present[:, core].any(axis=1)
+        use = np.ones(len(comps), dtype=bool)
+        if self.contract.component_sets and real.any() and not real.all():
+            if self.contract.accepts("".join(c for c, r in zip(comps, real, strict=True) if r)):
+                use = real  # absent components are zero-filled below
+        missing = 1.0 - float(np.count_nonzero(present[use, core])) / present[use, core].size
+        if missing > self.max_missing:
+            self.stats["windows_skipped"] += 1
+            return None
+        if not use.all():
+            data[~use] = 0.0
+            present[~use] = False
+            self.stats["windows_reduced"] += 1
+        present_comps = tuple(c for i, c in enumerate(comps) if real[i])
+        constant = []
+        if missing == 0 and use.all() and present.all():  # the common case: every sample there, no masks
+            core_data = data[:, core]
+            constant = [c for c, flat in zip(comps, core_data.min(axis=1) == core_data.max(axis=1), strict=True)
+                        if flat]
+        else:
+            for i, c in enumerate(comps):  # one iteration per component, vectorised inside
+                row, mask = data[i], present[i]
+                real = row[core][mask[core]]
+                if real.size and real.min() == real.max():
+                    constant.append(c)
+                if not mask.all() and mask.any():
+                    idx = np.flatnonzero(mask)
+                    data[i] = np.interp(np.arange(row.size), idx, row[idx])
+        if self.margin:
+            y = resample_poly(data, self.up, self.down, axis=1)
+            crop = self.margin * self.up // self.down
+            data = y[:, crop : crop + self.contract.window_samples]
+        if missing > 0:
+            self.stats["windows_filled"] += 1
+        self.stats["windows_emitted"] += 1
+        return Window(
+            station=self.station,
+            instrument=self.instrument,
+            start_ns=k * self.stride_ns,
+            sampling_rate=float(self.contract.sampling_rate),
+            data=np.ascontiguousarray(data, dtype=self.dtype),
+            component_order=comps,
+            missing_fraction=missing,
+            components=present_comps,
+            constant=tuple(constant),
+            source_rate=float(self.rate),
+        )
+
+
+class StationWindower:
+    """Routes traces to per-station schedulers and returns the windows that are ready.
+
+    Only stations matching `selectors` (NET.STA.LOC.CHA with ? and *) get a buffer; others are counted
+    (`unselected_records`) and allocate nothing. `max_stations` caps the number of buffers when no
+    selectors are given (ID flood protection; extra stations are counted as `station_limit_records`).
+    """
+
+    def __init__(
+        self,
+        contract: InputContract,
+        stride_s: float = 1.0,
+        selectors: Sequence[str] | None = None,
+        *,
+        max_missing: float = 0.1,
+        late_s: float = 5.0,
+        max_skew_s: float = 30.0,
+        rate_tolerance: float = 1e-4,
+        rate_change_reset: int = 50,
+        max_stations: int | None = None,
+        dtype: np.dtype | type = np.float64,
+    ) -> None:
+        self.contract = contract
+        self.stride_s = float(stride_s)
+        self.selectors = list(selectors) if selectors else None
+        self._selector_set = SelectorSet(self.selectors) if self.selectors else None
+        self._kwargs = dict(max_missing=max_missing, late_s=late_s, max_skew_s=max_skew_s, dtype=dtype)
+        self.rate_tolerance = float(rate_tolerance)
+        self.rate_change_reset = int(rate_change_reset)
+        self.max_stations = max_stations
+        self.schedulers: dict[tuple[str, str], WindowScheduler] = {}
+        self._rate_rejects: dict[tuple[str, str], tuple[Fraction, int]] = {}
+        self.stats: Counter[str] = Counter()
+
+    def add_trace(self, trace: Trace) -> list[Window]:
+        """Add one record (or any contiguous trace); return the windows it completed, in start order."""
+        return self.add_samples(Samples.from_trace(trace))
+
+    def add_samples(self, piece: Samples) -> list[Window]:
+        """`add_trace` for a piece without ObsPy headers (what `ArchiveSource.samples` yields)."""
+        seed_id = piece.seed_id
+        if self._selector_set is not None and not self._selector_set.matches(seed_id):
+            self.stats["unselected_records"] += 1
+            return []
+        parts = split_seed_id(seed_id)
+        if parts is None or parts[2] not in self.contract.component_order:
+            self.stats["unknown_component_records"] += 1
+            return []
+        station, instrument, comp = parts
+        key = (station, instrument)
+        rate = float(piece.sampling_rate)
+        if not (math.isfinite(rate) and rate > 0) or len(piece.data) == 0:
+            self.stats["invalid_records"] += 1
+            return []
+        sched = self.schedulers.get(key)
+        out: list[Window] = []
+        if sched is None:
+            sched = self._open(key, rate)
+            if sched is None:
+                return []
+        elif abs(rate - float(sched.rate)) > self.rate_tolerance * float(sched.rate):
+            sched, out = self._rate_change(key, sched, rate)
+            if sched is None:
+                return out
+        else:
+            self._rate_rejects.pop(key, None)
+        self.stats["records"] += 1
+        out += sched.add(self.contract.component_order.index(comp), int(piece.start_ns), piece.data)
+        return out
+
+    def add_traces(self, traces: Iterable[Trace]) -> list[Window]:
+        out: list[Window] = []
+        for tr in traces:
+            out += self.add_trace(tr)
+        return out
+
+    def _open(self, key: tuple[str, str], rate: float) -> WindowScheduler | None:
+        if self.selectors is None and self.max_stations is not None and len(self.schedulers) >= self.max_stations:
+            self.stats["station_limit_records"] += 1
+            return None
+        try:
+            sched = WindowScheduler(key[0], key[1], self.contract, rate, self.stride_s, **self._kwargs)
+        except ValueError as exc:
+            self.stats["unsupported_rate_records"] += 1
+            if self.stats["unsupported_rate_records"] == 1 or self.stats["unsupported_rate_records"] % 1000 == 0:
+                log.warning("unsupported_rate", station=key[0], instrument=key[1], rate=rate, error=str(exc))
+            return None
+        self.schedulers[key] = sched
+        log.info("station_open", station=key[0], instrument=key[1], rate=rate, resample=(sched.up, sched.down))
+        return sched
+
+    def _rate_change(
+        self, key: tuple[str, str], sched: WindowScheduler, rate: float
+    ) -> tuple[WindowScheduler | None, list[Window]]:
+        new = rate_fraction(rate)
+        prev, count = self._rate_rejects.get(key, (new, 0))
+        count = count + 1 if prev == new else 1
+        self._rate_rejects[key] = (new, count)
+        self.stats["rate_change_records"] += 1
+        if count == 1 or count % 1000 == 0:
+            log.warning(
+                "rate_change_rejected",
+                station=key[0],
+                instrument=key[1],
+                expected_rate=float(sched.rate),
+                actual_rate=rate,
+                consecutive=count,
+            )
+        if count < self.rate_change_reset:
+            return None, []
+        out = sched.flush()
+        self._merge_stats(sched)
+        del self.schedulers[key]
+        self._rate_rejects.pop(key, None)
+        self.stats["rate_resets"] += 1
+        log.warning("rate_change_reset", station=key[0], instrument=key[1], old_rate=float(sched.rate), new_rate=rate)
+        return self._open(key, rate), out
+
+    def _merge_stats(self, sched: WindowScheduler) -> None:
+        self.stats.update(sched.stats)
+        self.stats.update(sched.buffer.stats)
+
+    def flush(self) -> list[Window]:
+        """Decide every pending window with the data received so far (end of a replay)."""
+        out: list[Window] = []
+        for sched in self.schedulers.values():
+            out += sched.flush()
+        return out
+
+    def counters(self) -> dict[str, int]:
+        """All counters: router-level plus the sum over stations (buffers and schedulers)."""
+        total: Counter[str] = Counter(self.stats)
+        for sched in self.schedulers.values():
+            total.update(sched.stats)
+            total.update(sched.buffer.stats)
+        total["stations"] = len(self.schedulers)
+        return dict(total)
+
+    @property
+    def stations(self) -> list[tuple[str, str]]:
+        return sorted(self.schedulers)
+
+
+def window_grid_start(t_ns: int, stride_s: float) -> int:
+    """The grid window start (ns) at or after `t_ns` for a stride in seconds."""
+    stride_ns = round(stride_s * _NS)
+    return -(-t_ns // stride_ns) * stride_ns
+
+
+__all__ = ["StationWindower", "Window", "WindowScheduler", "grid_time_ns", "window_grid_start"]

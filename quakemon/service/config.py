@@ -1,0 +1,483 @@
+"""The daemon's configuration: typed, frozen, loaded once from TOML and validated strictly.
+
+Every key has a default (see config/quakemon.toml, which lists them all), so a minimal file names only the
+SeedLink server, the streams, the state file and the publish endpoint. Validation refuses unknown keys at
+any level (suggesting the closest known key), wrong types and out-of-range values with a `ConfigError`
+(exit code 2) that names the file, the key as `section.key`, the expected and the actual value.
+
+Path keys (state_file, checkpoint, curve_*) expand `$VAR` / `${VAR}`, so that a unit file can point at
+`${CREDENTIALS_DIRECTORY}` or `${STATE_DIRECTORY}`. Pipeline endpoints set to "auto" resolve at load time
+to ipc:// sockets under the runtime directory (systemd's $RUNTIME_DIRECTORY when set).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quakemon.base.errors import ConfigError
+
+Check = Callable[[Any], Any]
+
+
+class _Invalid(ValueError):
+    """Raised by a key check; the message says what was expected."""
+
+
+def _key(default: Any, doc: str, check: Check | None = None) -> Any:
+    """A config key: its default, a one-line doc and an optional check (normalises or raises `_Invalid`)."""
+    return field(default=default, metadata={"doc": doc, "check": check})
+
+
+# -- checks --------------------------------------------------------------------------------------------------
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Check:
+    def check(v: float) -> float:
+        too_low = lo is not None and (v <= lo if lo_open else v < lo)
+        if too_low or (hi is not None and v > hi) or (isinstance(v, float) and not math.isfinite(v)):
+            lo_txt = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
+            hi_txt = "" if hi is None else f"<= {hi}"
+            raise _Invalid(f"a number {' and '.join(t for t in (lo_txt, hi_txt) if t)}")
+        return v
+
+    return check
+
+
+def _choice(*values: str) -> Check:
+    def check(v: str) -> str:
+        if v not in values:
+            raise _Invalid("one of " + ", ".join(json.dumps(x) for x in values))
+        return v
+
+    return check
+
+
+def _host_port(v: str, *, what: str, allow_empty: bool = False, min_port: int = 1) -> str:
+    if allow_empty and v == "":
+        return v
+    host, sep, port = v.rpartition(":")
+    expected = f'"host:port" ({what}, port {min_port}..65535)' + (' or "" (off)' if allow_empty else "")
+    if not sep or not host or "/" in v or not port.isdigit() or not min_port <= int(port) <= 65535:
+        raise _Invalid(expected)
+    return v
+
+
+def _server(v: str) -> str:
+    return _host_port(v, what="a SeedLink server, no seedlink:// prefix")
+
+
+def _listen(v: str) -> str:
+    return _host_port(v, what="HTTP listen address, port 0 picks a free one", allow_empty=True, min_port=0)
+
+
+_SELECTOR = re.compile(r"^[A-Z0-9]{1,2}\.[A-Z0-9]{1,5}\.[A-Z0-9?*-]{0,2}\.[A-Z0-9?*]{1,3}$")
+
+
+def _streams(v: tuple[str, ...]) -> tuple[str, ...]:
+    for sel in v:
+        if not _SELECTOR.match(sel):
+            raise _Invalid(
+                'selectors "NET.STA.LOC.CHA" (upper case; station explicit; ? and * only in LOC and CHA, '
+                f'e.g. "BW.RJOB..EH?"), but {sel!r} is not one'
+            )
+    dupes = sorted({s for s in v if v.count(s) > 1})
+    if dupes:
+        raise _Invalid(f"distinct selectors, but {dupes} appear more than once")
+    return v
+
+
+_ENDPOINT = re.compile(r"^(tcp://[^\s/]+:(\d+|\*)|ipc://\S+|inproc://\S+)$")
+
+
+def _endpoint(v: str, *, allow_auto: bool = False) -> str:
+    if allow_auto and v == "auto":
+        return v
+    if not _ENDPOINT.match(v) or (v.startswith("ipc://") and len(v) - len("ipc://") > 107):
+        raise _Invalid('a ZeroMQ endpoint "tcp://host:port", "ipc://path" (path <= 107 bytes) or "inproc://name"'
+                       + (' or "auto"' if allow_auto else ""))
+    return v
+
+
+def _auto_endpoint(v: str) -> str:
+    return _endpoint(v, allow_auto=True)
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def _device(v: str) -> str:
+    if not _DEVICE.match(v):
+        raise _Invalid('"auto", "cpu", "cuda" or "cuda:N"')
+    return v
+
+
+def _path(v: str) -> str:
+    return os.path.expandvars(v)
+
+
+def _non_empty(v: str) -> str:
+    if not v.strip():
+        raise _Invalid("a non-empty string")
+    return v
+
+
+# -- sections ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SeedLinkConfig:
+    """[seedlink]: the upstream SeedLink server and what to ask it for."""
+
+    server: str = _key("127.0.0.1:18000", "SeedLink server as host:port", _server)
+    streams: tuple[str, ...] = _key((), 'selectors "NET.STA.LOC.CHA"; ? and * in LOC and CHA; required by run',
+                                    _streams)
+    state_file: str = _key("/var/lib/quakemon/seedlink.state", 'sequence numbers for resume; "" = no resume', _path)
+    netto: float = _key(30.0, "seconds without data before the connection counts as dead",
+                        _range(0, 3600, lo_open=True))
+    reconnect_backoff_max: float = _key(30.0, "cap of the exponential reconnect backoff, s",
+                                        _range(0, 3600, lo_open=True))
+    connect_timeout: float = _key(10.0, "TCP connect and handshake timeout, s", _range(0, 600, lo_open=True))
+    resume_policy: str = _key("earliest", "when the resume seq is gone: earliest buffered packet or now",
+                              _choice("earliest", "now"))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """[model]: which checkpoint runs where, and how inference is batched."""
+
+    checkpoint: str = _key("", 'safetensors checkpoint; "" = the bundled model', _path)
+    device: str = _key("auto", '"auto" (CUDA if present, else CPU), "cpu", "cuda" or "cuda:N"', _device)
+    precision: str = _key("auto", "auto = bf16 on CUDA if supported, else fp32",
+                          _choice("auto", "fp32", "bf16", "fp16"))
+    graph: str = _key("auto", 'auto = a frozen TorchScript graph on the CPU, the eager model on CUDA; '
+                      '"eager" = always the eager model', _choice("auto", "eager"))
+    batch_size: int = _key(64, "largest inference micro-batch, windows", _range(1, 4096))
+    max_wait_ms: float = _key(50.0, "longest wait to fill a micro-batch, ms", _range(0, 60_000))
+    on_fatal_gpu_error: str = _key("exit", "exit (systemd restarts) or fall back to cpu", _choice("exit", "cpu"))
+    max_consecutive_failures: int = _key(3, "inference failures in a row that count as fatal", _range(1, 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class WindowConfig:
+    """[window]: the window grid (length and rate come from the checkpoint)."""
+
+    stride_s: float = _key(1.0, "window start grid step, s (start = k * stride since the epoch)",
+                           _range(0, 3600, lo_open=True))
+    max_missing_fraction: float = _key(0.1, "windows missing more than this fraction are not inferred", _range(0, 1))
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerConfig:
+    """[trigger]: turning window probabilities into detections (on/off hysteresis)."""
+
+    on: float = _key(0.7, "probability that opens a detection", _range(0, 1, lo_open=True))
+    off: float = _key(0.5, "probability below which it closes (0 < off <= on)", _range(0, 1, lo_open=True))
+    min_duration: float = _key(2.0, "shortest detection worth publishing, s", _range(0, 3600))
+    label: str = _key("earthquake", "class label that triggers", _non_empty)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """[pipeline]: stage processes and the sockets between them."""
+
+    preprocess_workers: int = _key(1, "preprocessing worker processes", _range(1, 64))
+    preprocess_device: str = _key("auto", '"auto" (the model\'s device when that is a GPU, else CPU), "cpu", "cuda"'
+                                  ' or "cuda:N"', _device)
+    runtime_dir: str = _key("auto", 'directory for ipc:// sockets; "auto" = $RUNTIME_DIRECTORY or a per-user dir',
+                            _path)
+    windows_endpoint: str = _key("auto", 'scheduler -> preprocess PUSH/PULL; "auto" = ipc://<runtime_dir>/windows',
+                                 _auto_endpoint)
+    spectra_endpoint: str = _key("auto", 'preprocess -> inference PUSH/PULL; "auto" = ipc://<runtime_dir>/spectra',
+                                 _auto_endpoint)
+    queue_hwm: int = _key(2000, "windows each stage may queue before dropping the oldest (about 10 s x stations)",
+                          _range(1, 1_000_000))
+    torch_threads: int = _key(1, "torch threads per preprocess/inference process (scale with processes)",
+                              _range(1, 256))
+    heartbeat_interval_s: float = _key(1.0, "heartbeat period on the publish socket, s", _range(0, 60, lo_open=True))
+
+
+@dataclass(frozen=True, slots=True)
+class PublishConfig:
+    """[publish]: the detection PUB socket and its CURVE security."""
+
+    endpoint: str = _key("tcp://127.0.0.1:5557", "PUB endpoint subscribers connect to", _endpoint)
+    curve_secret_key: str = _key("", 'server secret key file (zmq certificate); "" = no CURVE', _path)
+    curve_allowed_keys: str = _key("", "directory of allowed client public keys (needed with curve_secret_key)", _path)
+    sndhwm: int = _key(1000, "messages queued per subscriber before it misses some", _range(1, 10_000_000))
+    zmq_heartbeat_ivl_s: float = _key(1.0, "ZMTP ping period per peer, s", _range(0, 600, lo_open=True))
+    zmq_heartbeat_timeout_s: float = _key(3.0, "a peer silent this long is disconnected, s",
+                                          _range(0, 600, lo_open=True))
+    handshake_ivl_s: float = _key(5.0, "a peer that has not finished the handshake by then is dropped, s",
+                                  _range(0, 600, lo_open=True))
+    linger_s: float = _key(1.0, "how long close() may wait for unsent messages, s", _range(0, 60))
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """[metrics]: the Prometheus HTTP endpoint."""
+
+    listen: str = _key("", 'host:port for /metrics, e.g. "127.0.0.1:9108"; "" = off', _listen)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    """[logging]: structlog output."""
+
+    level: str = _key("info", "debug, info, warning, error or critical",
+                      _choice("debug", "info", "warning", "error", "critical"))
+    format: str = _key("auto", "json, console, or auto (console on a terminal, else JSON)",
+                       _choice("json", "console", "auto"))
+
+
+def _weights(v: tuple) -> tuple[tuple[str, float], ...]:
+    """A TOML table of station = weight, kept as sorted (station, weight) pairs so the config stays frozen."""
+    bad = {k: w for k, w in v if not isinstance(w, int | float) or isinstance(w, bool) or w < 0}
+    if bad:
+        raise _Invalid(f'a table of station = weight >= 0, e.g. {{ "BW.UH1" = 2.0 }} (bad: {bad})')
+    return tuple(sorted((str(k), float(w)) for k, w in v))
+
+
+@dataclass(frozen=True, slots=True)
+class AssociateConfig:
+    """[associate]: network coincidence of station detections into events (like ObsPy's coincidence trigger)."""
+
+    enabled: bool = _key(False, "publish event.<id> messages when enough stations trigger together")
+    threshold: float = _key(3.0, "weighted number of stations that makes an event", _range(0, 10_000, lo_open=True))
+    window_s: float = _key(10.0, "onsets within this many seconds coincide", _range(0, 3600, lo_open=True))
+    hold_s: float = _key(10.0, "an event is decided this long after the newest onset (order independence), s",
+                         _range(0, 3600))
+    retrigger_s: float = _key(20.0, "a station re-triggering within this long stays in its event (a window), s",
+                              _range(0, 3600))
+    weights: tuple[tuple[str, float], ...] = _key((), 'per-station weights, e.g. { "BW.UH1" = 2.0 }', _weights)
+    default_weight: float = _key(1.0, "weight of stations not in weights", _range(0, 10_000))
+    inventory: str = _key("", 'StationXML for travel-time bounds between stations; "" = none', _path)
+    velocity_kms: float = _key(3.5, "slowest apparent velocity for the travel-time bound, km/s",
+                               _range(0, 100, lo_open=True))
+    tolerance_s: float = _key(3.0, "slack added to the travel-time bound, s", _range(0, 600))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration, one frozen section per TOML table."""
+
+    seedlink: SeedLinkConfig = field(default_factory=SeedLinkConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    trigger: TriggerConfig = field(default_factory=TriggerConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    associate: AssociateConfig = field(default_factory=AssociateConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """{section: {key: value}} with lists for tuples: plain data for JSON, TOML or logs."""
+        return {
+            name: {f.name: _plain(getattr(getattr(self, name), f.name)) for f in dataclasses.fields(cls)}
+            for name, cls in _sections().items()
+        }
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, tuple) and v and all(isinstance(x, tuple) for x in v):
+        return dict(v)
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _sections() -> dict[str, type]:
+    """Section name -> its dataclass, in file order."""
+    return {
+        "seedlink": SeedLinkConfig, "model": ModelConfig, "window": WindowConfig, "trigger": TriggerConfig,
+        "pipeline": PipelineConfig, "publish": PublishConfig, "metrics": MetricsConfig, "logging": LoggingConfig,
+        "associate": AssociateConfig,
+    }
+
+
+# -- loading -------------------------------------------------------------------------------------------------
+
+
+def _type_name(t: type) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", tuple: "an array of strings"}[t]
+
+
+def _coerce(value: Any, default: Any, from_text: bool) -> Any:
+    """Check the TOML type against the default's type; CLI overrides may also come as strings."""
+    want = type(default)
+    if from_text and isinstance(value, str) and want in (int, float):
+        try:
+            value = want(value.strip())
+        except ValueError:
+            raise _Invalid(_type_name(want)) from None
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if want is tuple and isinstance(value, Mapping):  # a TOML table (associate.weights): (key, value) pairs
+        return tuple(value.items())
+    if want is tuple:
+        if isinstance(value, list | tuple) and all(isinstance(x, str) for x in value):
+            return tuple(value)
+        raise _Invalid(_type_name(want))
+    if type(value) is not want:
+        raise _Invalid(_type_name(want))
+    return value
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else f"; known: {', '.join(known)}"
+
+
+def _build_section(cls: type, name: str, table: Any, where: str, from_text: bool) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [{name}] must be a table, got {table!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        if key not in fields:
+            known = [f"{name}.{k}" for k in fields]
+            raise ConfigError(f"{where}: unknown key {name}.{key}{_suggest(f'{name}.{key}', known)}")
+        f = fields[key]
+        try:
+            value = _coerce(raw, f.default, from_text)
+            check = f.metadata["check"]
+            values[key] = check(value) if check else value
+        except _Invalid as exc:
+            raise ConfigError(f"{where}: {name}.{key}: expected {exc}, got {raw!r}") from None
+    return cls(**values)
+
+
+def _default_runtime_dir() -> str:
+    env = os.environ.get("RUNTIME_DIRECTORY") or (
+        os.path.join(os.environ["XDG_RUNTIME_DIR"], "quakemon") if os.environ.get("XDG_RUNTIME_DIR") else ""
+    )
+    return env.split(":")[0] if env else os.path.join(tempfile.gettempdir(), f"quakemon-{os.getuid()}")
+
+
+def _resolve(cfg: Config, where: str) -> Config:
+    """Cross-key checks and "auto" endpoints."""
+    t, p, pub = cfg.trigger, cfg.pipeline, cfg.publish
+    if not t.off <= t.on:
+        raise ConfigError(f"{where}: trigger.off: expected 0 < off <= trigger.on ({t.on}), got {t.off}")
+    if bool(pub.curve_secret_key) != bool(pub.curve_allowed_keys):
+        missing = "publish.curve_allowed_keys" if pub.curve_secret_key else "publish.curve_secret_key"
+        raise ConfigError(
+            f"{where}: {missing}: expected a path when the other CURVE key is set "
+            f"(curve_secret_key={pub.curve_secret_key!r}, curve_allowed_keys={pub.curve_allowed_keys!r})"
+        )
+    runtime_dir = _default_runtime_dir() if p.runtime_dir == "auto" else p.runtime_dir
+    windows = p.windows_endpoint if p.windows_endpoint != "auto" else f"ipc://{runtime_dir}/windows"
+    spectra = p.spectra_endpoint if p.spectra_endpoint != "auto" else f"ipc://{runtime_dir}/spectra"
+    for key, value in (("windows_endpoint", windows), ("spectra_endpoint", spectra)):
+        try:
+            _endpoint(value)
+        except _Invalid as exc:
+            raise ConfigError(f"{where}: pipeline.{key}: expected {exc} (from runtime_dir), got {value!r}") from None
+    if windows == spectra:
+        raise ConfigError(f"{where}: pipeline.spectra_endpoint: expected an endpoint other than "
+                          f"pipeline.windows_endpoint, got {spectra!r} for both")
+    if pub.endpoint in (windows, spectra):
+        raise ConfigError(f"{where}: publish.endpoint: expected an endpoint not used by the pipeline, "
+                          f"got {pub.endpoint!r}")
+    pipeline = dataclasses.replace(p, runtime_dir=runtime_dir, windows_endpoint=windows, spectra_endpoint=spectra)
+    return dataclasses.replace(cfg, pipeline=pipeline)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a directory, expected a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"config file {str(path)!r} is not readable (permission denied)") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+
+
+def load_config(
+    path: str | Path | None, overrides: dict[str, Any] | None = None, *, require_streams: bool = False
+) -> Config:
+    """Load, validate and resolve a config file; `overrides` ("section.key" -> value) win over the file.
+
+    path None means defaults only. Override values may be strings (CLI flags) and are checked like file
+    values; None values are ignored (a flag that was not given). require_streams: `quakemon run` needs at
+    least one [seedlink] streams selector. Raises ConfigError (exit code 2) naming the file and the key.
+    """
+    where = f"config file {str(path)!r}" if path is not None else "config (defaults)"
+    data = _read_toml(Path(path)) if path is not None else {}
+    sections = _sections()
+    built: dict[str, Any] = {}
+    for name in data:
+        if name not in sections:
+            known = [f"[{s}]" for s in sections]
+            raise ConfigError(f"{where}: unknown section [{name}]{_suggest(f'[{name}]', known)}")
+    for name, cls in sections.items():
+        built[name] = _build_section(cls, name, data.get(name, {}), where, from_text=False)
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        name, _, key = dotted.partition(".")
+        if name not in sections or not key:
+            known = [f"{s}.{f.name}" for s, cls in sections.items() for f in dataclasses.fields(cls)]
+            raise ConfigError(f"override: unknown key {dotted}{_suggest(dotted, known)}")
+        merged = {**data.get(name, {}), key: value}
+        built[name] = _build_section(sections[name], name, merged, "command-line override", from_text=True)
+        data = {**data, name: merged}
+    config = _resolve(Config(**built), where)
+    if require_streams and not config.seedlink.streams:
+        raise ConfigError(f'{where}: seedlink.streams: expected at least one selector like "BW.RJOB..EH?" '
+                          "for `quakemon run`, got []")
+    return config
+
+
+# -- printing ------------------------------------------------------------------------------------------------
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(v, tuple) and v and all(isinstance(x, tuple) for x in v):
+        v = dict(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    return repr(v)
+
+
+def format_config(config: Config) -> str:
+    """The resolved config as TOML (loadable again), each key with its one-line doc as a comment."""
+    lines: list[str] = []
+    for name, cls in _sections().items():
+        lines.append(f"[{name}]")
+        section = getattr(config, name)
+        for f in dataclasses.fields(cls):
+            lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}  # {f.metadata['doc']}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def check_config_main(path: str | Path) -> int:
+    """`quakemon check-config FILE`: print the resolved values (exit 0) or the error (exit 2)."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    sys.stdout.write(format_config(config))
+    return 0

@@ -1,0 +1,363 @@
+"""`quakemon run`: the supervisor that starts the stage processes and owns the service lifecycle.
+
+startup -> main loop -> shutdown, as uvicorn/gunicorn do it:
+- startup: check the config and the checkpoint (a bad one exits non-zero before READY), bind the control
+  socket, start each stage as a child process (`quakemon.service.stage_main`), all at once so that they
+  import in parallel; ingest is started with --hold and reads SeedLink only once the local preprocess and
+  inference stages are ready (SIGUSR1), so no window is dropped while the model loads. Children write to
+  the supervisor's stderr (their stdout is redirected there too), get SIGTERM when the supervisor dies
+  (PR_SET_PDEATHSIG, plus a parent-pid check), and never see NOTIFY_SOCKET/WATCHDOG_*: only the
+  supervisor talks to systemd (the unit's NotifyAccess=main, KillMode=mixed).
+- main loop (5 Hz): read stage status messages; READY=1 once every stage has reported ready (the inference
+  stage only after its model is loaded and warmed up); WATCHDOG=1 only while every running stage's loop
+  advanced within the last `STALE_S` seconds, so a hung stage stops the pings and systemd restarts the
+  service (a stage waiting for its restart, or starting, counts as alive for `STARTUP_GRACE_S`); STATUS=
+  with stations, windows and lag.
+  A stage that dies is restarted with exponential backoff (1 s doubling to 30 s); one that dies before it was
+  ever ready, or more than `MAX_RESTARTS` times in `RESTART_WINDOW_S`, or with the fatal-GPU exit code, makes
+  the daemon exit 1 (systemd's Restart=on-failure takes over), unless model.on_fatal_gpu_error = "cpu".
+- shutdown (SIGTERM/SIGINT; handlers only set a flag): STOPPING=1, then stages stop in data-flow order
+  (ingest first, which saves its SeedLink state, inference last), each with SIGTERM and a 3 s grace before
+  SIGKILL; exit 0 well inside systemd's TimeoutStopSec.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import zmq
+
+from quakemon.base.errors import QuakemonError
+from quakemon.service.config import Config
+from quakemon.service.stages import EXIT_FATAL, STAGES
+
+log = structlog.get_logger(__name__)
+
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+BACKOFF_MAX_S = 30.0
+STOP_GRACE_S = 3.0
+STALE_S = 3.0
+STARTUP_GRACE_S = 120.0
+
+
+@dataclass
+class StageProcess:
+    """One supervised stage: its child process and what its latest status message said."""
+
+    name: str
+    kind: str
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+    ready: bool = False
+    ever_ready: bool = False
+    spawned_at: float = 0.0
+    last_status: float = 0.0
+    last_advance: float = 0.0
+    loops: int = -1
+    stats: dict[str, Any] = field(default_factory=dict)
+    restarts: list[float] = field(default_factory=list)
+    restart_at: float | None = None
+    held: bool = False  # ingest started with --hold, waiting for SIGUSR1
+
+
+class Supervisor:
+    """Starts, watches, restarts and stops the stage processes; the only process that talks to systemd."""
+
+    def __init__(self, cfg: Config, config_path: str | None, overrides: dict[str, Any], stages: list[str],
+                 notifier=None) -> None:
+        from quakemon.service.sdnotify import Notifier
+
+        self.cfg = cfg
+        self.config_path = config_path
+        self.overrides = overrides
+        self.notifier = notifier or Notifier()
+        self.stop = threading.Event()
+        self.ctx = zmq.Context()
+        os.makedirs(cfg.pipeline.runtime_dir, mode=0o700, exist_ok=True)
+        self.control_endpoint = f"ipc://{cfg.pipeline.runtime_dir}/control-{os.getpid()}"
+        if len(self.control_endpoint) - len("ipc://") > 107:
+            raise QuakemonError(f"pipeline.runtime_dir: expected a path short enough for a unix socket "
+                                f"(<= ~90 bytes), got {cfg.pipeline.runtime_dir!r}")
+        self.control = self.ctx.socket(zmq.PULL)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control.bind(self.control_endpoint)
+        self.stages: list[StageProcess] = []
+        for kind in stages:
+            if kind == "preprocess":
+                self.stages += [StageProcess(f"preprocess-{i}", kind) for i in range(cfg.pipeline.preprocess_workers)]
+            else:
+                self.stages.append(StageProcess(kind, kind))
+        self.ready_sent = False
+        self.started = time.monotonic()
+        self.stopping_since: float | None = None
+        self.metrics: Any = None
+        self.metrics_stop: Any = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop.set())
+
+    def spawn(self, st: StageProcess, hold: bool = False) -> None:
+        cmd = [sys.executable, "-m", "quakemon.service.stage_main", st.kind, "--control", self.control_endpoint,
+               "--parent", str(os.getpid()), "--overrides", json.dumps(self.overrides)] + (["--hold"] if hold else [])
+        if self.config_path:
+            cmd += ["--config", self.config_path]
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        st.proc = subprocess.Popen(cmd, env={**env, **st.env}, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno())
+        st.ready = False
+        st.loops = -1
+        st.spawned_at = st.last_status = st.last_advance = time.monotonic()
+        st.restart_at = None
+        st.held = hold
+        log.info("stage_spawned", stage=st.name, kind=st.kind, pid=st.proc.pid, hold=hold)
+
+    def run(self) -> int:
+        from quakemon.service.sdnotify import Watchdog
+
+        self.notifier.status("starting stages")
+        downstream = any(st.kind != "ingest" for st in self.stages)
+        for st in self.stages:  # all at once (imports in parallel); ingest holds until downstream is ready
+            self.spawn(st, hold=st.kind == "ingest" and downstream)
+        watchdog = Watchdog(self.notifier, status_fn=self.status_text)
+        watchdog.start()
+        code = 0
+        try:
+            while not self.stop.is_set():
+                self.read_status(0.2)
+                code = self.check_children()
+                if code:
+                    break
+                self.start_ingest_when_downstream_ready()
+                if not self.ready_sent and all(st.ready for st in self.stages):
+                    self.ready_sent = True
+                    self.notifier.ready(self.status_text())
+                    log.info("daemon_ready", stages=[st.name for st in self.stages],
+                             seconds=round(time.monotonic() - self.started, 1))
+                if self.pipeline_progressing():
+                    watchdog.progress()
+                if self.metrics is not None:
+                    try:
+                        self.metrics(self.stages)
+                    except Exception as exc:  # metrics must never take the service down
+                        log.error("metrics_update_failed", error=repr(exc), action="metrics off")
+                        self.metrics = None
+        finally:
+            self.stopping_since = time.monotonic()
+            watchdog.stop()
+            self.notifier.stopping("stopping" if not code else "stopping after a fatal stage error")
+            log.info("daemon_stopping", reason="signal" if self.stop.is_set() else "stage failure", code=code)
+            self.shutdown()
+        return code
+
+    def read_status(self, timeout_s: float) -> None:
+        if not self.control.poll(int(timeout_s * 1000)):
+            return
+        by_pid = {st.proc.pid: st for st in self.stages if st.proc is not None}
+        while True:
+            try:
+                body = json.loads(self.control.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            except ValueError:
+                continue
+            st = by_pid.get(body.get("pid"))
+            if st is None:
+                continue
+            now = time.monotonic()
+            st.last_status = now
+            loops = int(body.get("loops", 0))
+            if loops != st.loops:
+                st.last_advance = now
+            st.loops = loops
+            st.stats = body.get("stats") or {}
+            if body.get("ready") and not st.ready:
+                st.ready = st.ever_ready = True
+                log.info("stage_ready", stage=st.name, pid=st.proc.pid)
+
+    def start_ingest_when_downstream_ready(self) -> None:
+        """Release a held ingest (SIGUSR1) once it and every other local stage are ready (first start only)."""
+        waiting = [st for st in self.stages if st.held and st.ready and st.proc is not None]
+        if waiting and all(st.ready for st in self.stages if st.kind != "ingest"):
+            for st in waiting:
+                st.held = False
+                st.proc.send_signal(signal.SIGUSR1)
+                log.info("ingest_released", stage=st.name, pid=st.proc.pid)
+
+    def stage_alive(self, st: StageProcess, now: float) -> bool:
+        """A ready stage must have advanced its loop within STALE_S; a starting one gets STARTUP_GRACE_S."""
+        if st.ready:
+            return now - st.last_advance < STALE_S
+        if st.proc is None or st.restart_at is not None:
+            return True  # waiting for its restart: bounded by MAX_RESTARTS / RESTART_WINDOW_S
+        return now - st.spawned_at < STARTUP_GRACE_S
+
+    def pipeline_progressing(self) -> bool:
+        """True when every stage is alive (see `stage_alive`); before READY, start-up is TimeoutStartSec's job."""
+        if not self.ready_sent:
+            return True
+        now = time.monotonic()
+        return all(self.stage_alive(st, now) for st in self.stages)
+
+    def check_children(self) -> int:
+        if self.stop.is_set():
+            return 0  # stopping: children exiting now is expected (systemd may signal the whole group)
+        now = time.monotonic()
+        for st in self.stages:
+            if st.restart_at is not None:
+                if now >= st.restart_at and not self.stop.is_set():
+                    self.spawn(st)
+                continue
+            code = st.proc.poll() if st.proc else None
+            if code is None:
+                if not st.ready and now - st.spawned_at > STARTUP_GRACE_S and st.proc is not None:
+                    log.error("stage_start_timeout", stage=st.name, seconds=STARTUP_GRACE_S, action="kill")
+                    st.proc.kill()
+                continue
+            log.error("stage_died", stage=st.name, pid=st.proc.pid, code=code, ever_ready=st.ever_ready)
+            if code == EXIT_FATAL and st.kind == "inference":
+                if self.cfg.model.on_fatal_gpu_error == "cpu" and st.env.get("QUAKEMON_FORCE_DEVICE") != "cpu":
+                    log.warning("inference_fallback_cpu", reason="fatal GPU error")
+                    st.env["QUAKEMON_FORCE_DEVICE"] = "cpu"
+                    self.spawn(st)
+                    continue
+                return 1
+            if code == EXIT_FATAL:
+                log.error("stage_fatal", stage=st.name, code=code, action="exit")
+                return 1
+            if not st.ever_ready:
+                log.error("stage_failed_at_startup", stage=st.name, code=code, action="exit")
+                return 1
+            st.restarts = [t for t in st.restarts if now - t < RESTART_WINDOW_S] + [now]
+            if len(st.restarts) > MAX_RESTARTS:
+                log.error("stage_keeps_dying", stage=st.name, restarts=len(st.restarts), window_s=RESTART_WINDOW_S)
+                return 1
+            delay = min(BACKOFF_MAX_S, 2.0 ** (len(st.restarts) - 1))
+            st.ready = False
+            st.proc = None
+            st.restart_at = now + delay
+            log.warning("stage_restart_scheduled", stage=st.name, delay_s=delay)
+        return 0
+
+    def status_text(self) -> str:
+        stats: dict[str, Any] = {}
+        for st in self.stages:
+            stats.update(st.stats)
+        lag = stats.get("lag_s") or {}
+        lag_max = max(lag.values()) if lag else None
+        text = f"{stats.get('stations', 0)} stations, {stats.get('windows', 0)} windows inferred"
+        if lag_max is not None:
+            text += f", lag {lag_max:.1f} s"
+        return text if self.ready_sent else "starting: " + text
+
+    def shutdown(self) -> None:
+        order = {k: i for i, k in enumerate(STAGES)}
+        for st in sorted(self.stages, key=lambda s: order.get(s.kind, 99)):
+            proc = st.proc
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                log.warning("stage_kill", stage=st.name, pid=proc.pid)
+                proc.kill()
+                proc.wait(2.0)
+        if self.metrics_stop is not None:
+            self.metrics_stop()
+        self.control.close(linger=0)
+        self.ctx.term()
+        log.info("daemon_stopped", seconds=round(time.monotonic() - self.stopping_since, 2)
+                 if self.stopping_since else None)
+
+
+def run_daemon(cfg: Config, config_path: str | None, overrides: dict[str, Any] | None = None,
+               stages: list[str] | None = None) -> int:
+    """Start the stages (all by default) and supervise them until SIGTERM/SIGINT; return the exit code."""
+    from quakemon.models.checkpoint import read_metadata, resolve_checkpoint
+
+    stages = stages or list(STAGES)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise QuakemonError(f"unknown stages {unknown}; expected some of {list(STAGES)}")
+    if "ingest" in stages and not cfg.seedlink.streams:
+        from quakemon.base.errors import ConfigError
+
+        raise ConfigError("seedlink.streams: expected at least one NET.STA.LOC.CHA selector to run ingest, got []")
+    read_metadata(resolve_checkpoint(cfg.model.checkpoint))  # a bad checkpoint fails here, before READY
+    sup = Supervisor(cfg, config_path, overrides or {}, stages)
+    sup.install_signals()
+    if cfg.metrics.listen:
+        sup.metrics, sup.metrics_stop = _metrics_updater(cfg)
+    log.info("daemon_starting", stages=stages, pid=os.getpid())
+    return sup.run()
+
+
+class MetricsBridge:
+    """Feeds the stage processes' status counters into `quakemon.service.metrics.Metrics` (served by the supervisor).
+
+    Stages report cumulative totals; counters are incremented by the difference since the previous report
+    of the same process (a restarted stage, with a new pid, counts from zero again).
+    """
+
+    COUNTERS = (("ingest", "windows_out", "windows_in"), ("ingest", "source_records", "records"),
+                ("ingest", "source_duplicates", "records_duplicate"), ("ingest", "source_reconnects", "reconnects"),
+                ("inference", "windows", "windows_out"))
+    DROPPED = (("ingest", "dropped_ingest", "ingest_queue"), ("preprocess", "dropped_preprocess", "preprocess_queue"),
+               ("inference", "dropped_inference", "inference_queue"))
+    QUEUES = (("ingest", "queue_ingest"), ("preprocess", "queue_preprocess"), ("inference", "queue_inference"))
+
+    def __init__(self, metrics: Any) -> None:
+        self.metrics = metrics
+        self._last: dict[tuple[str, int, str], float] = {}
+
+    def _delta(self, st: StageProcess, key: str) -> float:
+        value = st.stats.get(key)
+        if not isinstance(value, int | float) or st.proc is None:
+            return 0.0
+        k = (st.name, st.proc.pid, key)
+        prev = self._last.get(k, 0.0)
+        self._last[k] = value
+        return value - prev if value >= prev else value
+
+    def __call__(self, stages: list[StageProcess]) -> None:
+        m = self.metrics
+        depth: dict[str, float] = {}
+        for st in stages:
+            for kind, key, name in self.COUNTERS:
+                if st.kind == kind and (d := self._delta(st, key)) > 0:
+                    getattr(m, name).inc(d)
+            for kind, key, reason in self.DROPPED:
+                if st.kind == kind and (d := self._delta(st, key)) > 0:
+                    m.windows_dropped.labels(reason=reason).inc(d)
+            for kind, key in self.QUEUES:
+                if st.kind == kind:
+                    depth[kind] = depth.get(kind, 0.0) + float(st.stats.get(key, 0) or 0)
+            if st.kind == "ingest":
+                for station, lag in (st.stats.get("lag_s") or {}).items():
+                    m.station_lag.labels(station=station).set(max(float(lag), 0.0))
+            if st.kind == "inference" and self._delta(st, "batches") > 0:  # the latest batch, sampled
+                m.batch_size.observe(float(st.stats.get("batch_size", 0) or 0))
+                m.inference_seconds.observe(float(st.stats.get("batch_seconds", 0) or 0))
+        for queue, value in depth.items():
+            m.queue_depth.labels(queue=queue).set(value)
+
+
+def _metrics_updater(cfg: Config) -> tuple[MetricsBridge, Any]:
+    """Serve /metrics at metrics.listen; returns (bridge fed with the stages each loop, stop function)."""
+    from quakemon.service.metrics import Metrics, start_metrics_server
+
+    bridge = MetricsBridge(Metrics())
+    port, stop = start_metrics_server(cfg.metrics.listen, bridge.metrics.registry)
+    log.info("metrics_serving", listen=cfg.metrics.listen, port=port)
+    return bridge, stop

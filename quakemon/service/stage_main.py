@@ -1,0 +1,122 @@
+"""Entry point of one stage process: `python -m quakemon.service.stage_main STAGE --config F [--overrides JSON]`.
+
+The supervisor (`quakemon.service.daemon`) starts one process per stage with this module; it can also be started by
+hand to spread stages over hosts (see `quakemon run --stages`). With `--hold`, ingest reports ready but reads
+SeedLink only after SIGUSR1, which the supervisor sends once the local downstream stages are ready (so no
+window is dropped while the model loads, and all stages import in parallel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+import structlog
+
+from quakemon.base.errors import QuakemonError
+
+
+def load_contract(checkpoint: str):
+    """The input contract of a checkpoint, read from its metadata without loading the weights."""
+    from quakemon.models.checkpoint import read_metadata, resolve_checkpoint
+    from quakemon.models.contract import InputContract
+
+    return InputContract.from_dict(read_metadata(resolve_checkpoint(checkpoint))["contract"])
+
+
+def run_stage(stage: str, cfg, control: str | None, stop=None, go=None) -> int:
+    """Run one stage until `stop`; `go` (ingest only): an Event to wait for before reading SeedLink."""
+    from quakemon.models.checkpoint import resolve_checkpoint
+    from quakemon.service import stages
+
+    stop = stop or stages.StopFlag()
+    if stage in ("preprocess", "inference"):
+        import torch
+
+        torch.set_num_threads(cfg.pipeline.torch_threads)
+    if stage == "ingest":
+        return stages.run_ingest(cfg, load_contract(cfg.model.checkpoint), stop, control, go=go)
+    if stage == "preprocess":
+        return stages.run_preprocess(cfg, load_contract(cfg.model.checkpoint), stop, control)
+    if stage == "inference":
+        configure = None
+        if cfg.publish.curve_secret_key:
+            from quakemon.wire.security import curve_server_configurator
+
+            configure = curve_server_configurator(cfg.publish.curve_secret_key, cfg.publish.curve_allowed_keys)
+        return stages.run_inference(cfg, stop, control, str(resolve_checkpoint(cfg.model.checkpoint)),
+                                    configure_publisher=configure)
+    raise QuakemonError(f"unknown stage {stage!r}; expected one of {stages.STAGES}")
+
+
+def _die_with_parent() -> None:
+    """Linux: ask for SIGTERM when the parent exits (prctl PR_SET_PDEATHSIG); elsewhere the ppid check remains."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+def _profiled(stage: str, directory: str, run) -> int:
+    """Diagnostics: run the stage under cProfile (QUAKEMON_PROFILE_DIR, optionally QUAKEMON_PROFILE_STAGES=a,b)
+    and write <dir>/<stage>-<pid>.prof when it stops (`python -m pstats` reads it)."""
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(run)
+    finally:
+        os.makedirs(directory, exist_ok=True)
+        profiler.dump_stats(os.path.join(directory, f"{stage}-{os.getpid()}.prof"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from quakemon.base.logs import configure_logging
+    from quakemon.service.config import load_config
+    from quakemon.service.stages import StopFlag
+
+    parser = argparse.ArgumentParser(prog="quakemon-stage")
+    parser.add_argument("stage")
+    parser.add_argument("--config")
+    parser.add_argument("--overrides", default="{}", help="JSON object of section.key overrides")
+    parser.add_argument("--control", default=None, help="supervisor's status endpoint")
+    parser.add_argument("--parent", type=int, default=None, help="supervisor pid: stop when it is gone")
+    parser.add_argument("--hold", action="store_true",
+                        help="ingest: report ready, but read SeedLink only after SIGUSR1 (downstream ready)")
+    args = parser.parse_args(argv)
+    stop = StopFlag()
+    stop.install()
+    go = threading.Event()
+    if args.hold:
+        signal.signal(signal.SIGUSR1, lambda *_: go.set())
+    else:
+        go.set()
+    if args.parent:  # started by the supervisor: do not outlive it
+        _die_with_parent()
+        stop.watch_parent(args.parent)
+    try:
+        cfg = load_config(args.config, json.loads(args.overrides))
+        configure_logging(cfg.logging.level, cfg.logging.format)
+        structlog.contextvars.bind_contextvars(stage=args.stage)
+        profile_dir = os.environ.get("QUAKEMON_PROFILE_DIR")
+        if profile_dir and args.stage in os.environ.get("QUAKEMON_PROFILE_STAGES", args.stage).split(","):
+            return _profiled(args.stage, profile_dir, lambda: run_stage(args.stage, cfg, args.control, stop, go))
+        return run_stage(args.stage, cfg, args.control, stop, go)
+    except QuakemonError as exc:
+        print(f"quakemon {args.stage}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # the stage has closed its sockets and saved its state; skip the slow interpreter teardown

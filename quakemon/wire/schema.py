@@ -1,0 +1,556 @@
+"""The wire schema, in one place: array frames between stages, and detection/heartbeat bodies on the PUB socket.
+
+Two kinds of messages travel over ZeroMQ:
+
+* Array frames (PUSH/PULL between pipeline stages): ``[JSON header, raw buffer, raw buffer, ...]``. The header
+  names the schema (``quakemon.arrays/1``), the caller's metadata and, per array, its name, dtype and shape.
+  Buffers are C-contiguous little-endian and are sent and received without copies (``np.frombuffer``).
+  Never pickle: dtypes are checked against an allow-list, sizes against the declared shapes.
+* Published bodies (PUB to subscribers): ``[topic, JSON body]`` with topics ``detection.<NET>.<STA>`` and
+  ``heartbeat``. Every body carries ``schema``, ``seq`` (+1 per message from this publisher), ``topic_seq`` (+1
+  per message on this topic, so a subscriber filtering by prefix still sees its gaps) and ``epoch`` (id of the
+  publisher run, new on every restart). Detections carry ``station`` "NET.STA.LOC".
+
+Detection fields (``quakemon.detection/1``; see quakemon/workers/trigger.py for the trigger policy):
+``id`` sha1 of station|onset|model sha256 (stable across replay/live and between "new" and "closed");
+``state`` "new" | "closed"; ``label``; ``probability`` and ``probabilities`` of the window that caused the
+message; ``onset`` start time of the first window whose probability reached ``on``; ``window_start`` /
+``window_end`` of the window that caused the message; ``end`` ("closed" only) end time of the last window still
+at or above ``off``; ``close_reason`` ("closed" only) "off" | "gap" | "flush"; ``peak_probability`` so far;
+``model`` {name, sha256}; ``latency_s`` arrival of the window's last sample -> publication (null in replays).
+Heartbeat fields (``quakemon.heartbeat/1``): ``time``, ``uptime_s``, ``stations``, ``windows_in``,
+``windows_out``, ``dropped``, ``queue_depths`` {stage: n}, ``lag_s``, ``seq_last`` (seq of the last message
+before it), plus any extra counters the daemon adds.
+
+Event fields (``quakemon.event/1``, topic ``event.<id>``; built by :func:`event_body`, see
+quakemon/workers/associate.py for the association policy): ``id`` sha1 of label|first station|its onset (stable
+from "new" to "closed", the same in replay and live); ``state`` "new" (the coincidence sum reached the threshold)
+| "updated" (a station joined) | "closed" (no station can join any more); ``label``; ``first_onset`` and
+``last_onset`` (ISO); ``stations`` a list, in onset order, of {``station``, ``onset``, ``probability`` (of the
+detection's "new"), ``peak_probability``, ``end`` (null until that detection closed), ``weight``,
+``detection_id``}; ``n_stations``; ``coincidence_sum`` (sum of the stations' weights); ``threshold``;
+``window_s``; ``end`` latest ``end`` among the stations (or null); ``close_reason`` ("closed" only) "window" |
+"flush".
+
+Times on the wire are ISO 8601 UTC strings with microseconds and a ``Z`` suffix. ``latency_s`` is computed in one
+place, :func:`latency_s`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from quakemon.base.errors import QuakemonError
+
+ARRAYS_SCHEMA = "quakemon.arrays/1"
+DETECTION_SCHEMA = "quakemon.detection/1"
+HEARTBEAT_SCHEMA = "quakemon.heartbeat/1"
+EVENT_SCHEMA = "quakemon.event/1"
+
+DETECTION_TOPIC_PREFIX = "detection"
+HEARTBEAT_TOPIC = "heartbeat"
+EVENT_TOPIC = "event"
+
+DETECTION_STATES = ("new", "closed")
+CLOSE_REASONS = ("off", "gap", "flush")
+EVENT_STATES = ("new", "updated", "closed")
+EVENT_CLOSE_REASONS = ("window", "flush")
+
+#: dtypes allowed in array frames (numpy ``dtype.str``, little-endian). Anything else, notably object, is refused.
+ALLOWED_DTYPES = frozenset(
+    {"|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f2", "<f4", "<f8", "<c8", "<c16"}
+)
+MAX_NDIM = 8
+
+
+class MessageError(QuakemonError):
+    """A message does not follow the wire schema (malformed frames, unknown dtype, missing field, ...)."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Array frames
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _wire_array(name: str, array: np.ndarray) -> np.ndarray:
+    """Return `array` as a C-contiguous little-endian array with an allowed dtype (no copy when already so)."""
+    arr = np.asarray(array)
+    if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not np.little_endian):
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    if arr.dtype.str not in ALLOWED_DTYPES:
+        raise MessageError(
+            f"array {name!r}: dtype {arr.dtype.str!r} is not allowed on the wire; allowed: {sorted(ALLOWED_DTYPES)}"
+        )
+    if arr.ndim > MAX_NDIM:
+        raise MessageError(f"array {name!r}: {arr.ndim} dimensions, at most {MAX_NDIM} allowed")
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")  # (ascontiguousarray turns 0-d into 1-d)
+
+
+def pack_arrays(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> list[bytes | memoryview]:
+    """Frames for one multipart message: a JSON header, then one raw buffer per array (zero-copy views).
+
+    `header` is the caller's JSON-serialisable metadata (station, window_start, ...); it comes back unchanged
+    from :func:`unpack_arrays`. Arrays keep their insertion order. Non-contiguous or big-endian arrays are
+    copied once; contiguous little-endian ones are sent straight from their memory, so they must not be
+    modified until the send completes.
+    """
+    specs = []
+    buffers: list[bytes | memoryview] = []
+    for name, array in arrays.items():
+        if not isinstance(name, str):
+            raise MessageError(f"array names must be strings, got {name!r}")
+        arr = _wire_array(name, array)
+        specs.append({"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape)})
+        buffers.append(memoryview(arr.reshape(-1).view(np.uint8)))
+    try:
+        head = json_bytes({"schema": ARRAYS_SCHEMA, "header": dict(header), "arrays": specs})
+    except (TypeError, ValueError) as exc:
+        raise MessageError(f"array header is not JSON-serialisable: {exc}") from exc
+    return [head, *buffers]
+
+
+def _frame_buffer(frame: Any) -> memoryview:
+    """A memoryview onto a frame: bytes, bytearray, memoryview or zmq.Frame (``recv_multipart(copy=False)``)."""
+    buf = getattr(frame, "buffer", frame)
+    try:
+        return memoryview(buf)
+    except TypeError as exc:
+        raise MessageError(f"frame of type {type(frame).__name__} does not expose a buffer") from exc
+
+
+def _parse_specs(head: Any) -> tuple[dict[str, Any], list[tuple[str, np.dtype, tuple[int, ...]]]]:
+    if not isinstance(head, dict):
+        raise MessageError(f"array header must be a JSON object, got {type(head).__name__}")
+    if head.get("schema") != ARRAYS_SCHEMA:
+        raise MessageError(f"array header schema: expected {ARRAYS_SCHEMA!r}, got {head.get('schema')!r}")
+    header, specs = head.get("header"), head.get("arrays")
+    if not isinstance(header, dict) or not isinstance(specs, list):
+        raise MessageError("array header needs an object 'header' and a list 'arrays'")
+    parsed = []
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict):
+            raise MessageError(f"array spec {i}: expected an object, got {spec!r}")
+        name, dtype, shape = spec.get("name"), spec.get("dtype"), spec.get("shape")
+        if not isinstance(name, str):
+            raise MessageError(f"array spec {i}: 'name' must be a string, got {name!r}")
+        if dtype not in ALLOWED_DTYPES:
+            raise MessageError(f"array {name!r}: dtype {dtype!r} is not allowed; allowed: {sorted(ALLOWED_DTYPES)}")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > MAX_NDIM
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+        ):
+            raise MessageError(f"array {name!r}: shape must be a list of at most {MAX_NDIM} ints >= 0, got {shape!r}")
+        parsed.append((name, np.dtype(dtype), tuple(shape)))
+    if len({p[0] for p in parsed}) != len(parsed):
+        raise MessageError(f"array names repeat: {[p[0] for p in parsed]}")
+    return header, parsed
+
+
+def unpack_arrays(frames: Sequence[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Header and arrays from frames made by :func:`pack_arrays`; raises :class:`MessageError` if malformed.
+
+    Arrays are zero-copy views onto the frames (read-only when the frames are bytes); copy one to modify it.
+    """
+    if len(frames) < 1:
+        raise MessageError("array message has no frames; expected a JSON header frame")
+    try:
+        head = json.loads(bytes(_frame_buffer(frames[0])))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MessageError(f"array header frame is not valid JSON: {exc}") from exc
+    header, specs = _parse_specs(head)
+    if len(frames) != 1 + len(specs):
+        raise MessageError(f"array message: expected {1 + len(specs)} frames (header + {len(specs)} arrays), "
+                           f"got {len(frames)}")
+    arrays: dict[str, np.ndarray] = {}
+    for (name, dtype, shape), frame in zip(specs, frames[1:], strict=True):
+        buf = _frame_buffer(frame)
+        expected = math.prod(shape) * dtype.itemsize
+        if buf.nbytes != expected:
+            raise MessageError(f"array {name!r}: shape {list(shape)} of {dtype.str} needs {expected} bytes, "
+                               f"frame has {buf.nbytes}")
+        arrays[name] = np.frombuffer(buf.cast("B") if buf.ndim != 1 or buf.format != "B" else buf,
+                                     dtype=dtype).reshape(shape)
+    return header, arrays
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Times, ids, topics
+# --------------------------------------------------------------------------------------------------------------
+
+_EPOCH0 = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+
+
+def to_timestamp(t: Any) -> float:
+    """POSIX seconds from a float/int, an ObsPy UTCDateTime (``.timestamp``) or an aware datetime."""
+    if type(t) is float and math.isfinite(t):  # the common case (triggers get every window's times), first
+        return t
+    if isinstance(t, _dt.datetime):
+        if t.tzinfo is None:
+            raise MessageError(f"naive datetime {t!r}: times must be UTC-aware")
+        return t.timestamp()
+    ts = getattr(t, "timestamp", t)
+    if callable(ts):
+        ts = ts()
+    try:
+        value = float(ts)
+    except (TypeError, ValueError) as exc:
+        raise MessageError(f"not a time: {t!r}") from exc
+    if not math.isfinite(value):
+        raise MessageError(f"not a finite time: {t!r}")
+    return value
+
+
+def iso_utc(t: Any) -> str:
+    """ISO 8601 UTC with microseconds, e.g. ``2009-08-24T00:20:03.000000Z``; the same input gives the same text."""
+    micros = round(to_timestamp(t) * 1_000_000)
+    return (_EPOCH0 + _dt.timedelta(microseconds=micros)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso_utc(text: str) -> float:
+    """POSIX seconds from :func:`iso_utc` text (or any ISO 8601 string with a UTC offset or ``Z``)."""
+    try:
+        value = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (AttributeError, ValueError) as exc:
+        raise MessageError(f"not an ISO 8601 time: {text!r}") from exc
+    if value.tzinfo is None:
+        raise MessageError(f"ISO time {text!r} has no UTC offset")
+    return value.timestamp()
+
+
+def latency_s(last_sample_arrival: float, now: float | None = None) -> float:
+    """Seconds from the arrival of a window's last sample (host ``time.time()``) to now (publication).
+
+    Negative values (host clock stepped backwards) are clamped to 0.
+    """
+    now = time.time() if now is None else now
+    return max(0.0, round(float(now) - float(last_sample_arrival), 6))
+
+
+def new_epoch(now: float | None = None) -> str:
+    """Id of one publisher run: start time (UTC, seconds) plus 64 random bits, e.g. ``20261128T113114Z-9f..``."""
+    start = _dt.datetime.fromtimestamp(time.time() if now is None else now, _dt.UTC)
+    return f"{start:%Y%m%dT%H%M%SZ}-{secrets.token_hex(8)}"
+
+
+def detection_id(station: str, onset: str, model_sha256: str) -> str:
+    """Stable id of a detection: the same station, onset (ISO text) and model give the same id, live or replay."""
+    return hashlib.sha1(f"{station}|{onset}|{model_sha256}".encode()).hexdigest()[:20]
+
+
+def _station_parts(station: str) -> list[str]:
+    parts = station.split(".") if isinstance(station, str) else []
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise MessageError(f"station must be 'NET.STA.LOC' (LOC may be empty), got {station!r}")
+    return parts
+
+
+def detection_topic(station: str) -> str:
+    """Topic of a station's detections: ``detection.NET.STA`` for station ``NET.STA.LOC``."""
+    net, sta, _ = _station_parts(station)
+    return f"{DETECTION_TOPIC_PREFIX}.{net}.{sta}"
+
+
+def event_id(label: str, station: str, onset: str) -> str:
+    """Stable id of an event: label, first station and its onset (ISO text); the same in replay and live."""
+    return hashlib.sha1(f"{label}|{station}|{onset}".encode()).hexdigest()[:20]
+
+
+def event_topic(event_id: str) -> str:
+    """Topic of an event's messages: ``event.<id>`` (subscribe to ``event`` for all events)."""
+    if not isinstance(event_id, str) or not event_id or "." in event_id:
+        raise MessageError(f"event id must be a non-empty string without dots, got {event_id!r}")
+    return f"{EVENT_TOPIC}.{event_id}"
+
+
+def json_bytes(body: Mapping[str, Any]) -> bytes:
+    """Compact UTF-8 JSON (no NaN: they are not JSON)."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def parse_body(data: bytes | memoryview) -> dict[str, Any]:
+    """Decode and validate a published body (detection, event or heartbeat); raises :class:`MessageError`."""
+    try:
+        body = json.loads(bytes(data))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MessageError(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise MessageError(f"body must be a JSON object, got {type(body).__name__}")
+    schema = body.get("schema")
+    if schema == DETECTION_SCHEMA:
+        return validate_detection(body)
+    if schema == HEARTBEAT_SCHEMA:
+        return validate_heartbeat(body)
+    if schema == EVENT_SCHEMA:
+        return validate_event(body)
+    raise MessageError(f"unknown schema {schema!r}; expected {DETECTION_SCHEMA!r}, {EVENT_SCHEMA!r} "
+                       f"or {HEARTBEAT_SCHEMA!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bodies
+# --------------------------------------------------------------------------------------------------------------
+
+
+class Sequencer:
+    """Stamps ``seq``, ``topic_seq`` and ``epoch`` on bodies from one publisher run (or one replay output)."""
+
+    def __init__(self, epoch: str | None = None) -> None:
+        self.epoch = epoch or new_epoch()
+        self.seq_last = 0
+        self._topic_seq: dict[str, int] = {}
+
+    def stamp(self, topic: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Add the next seq (global and per topic) and the epoch to `body` (in place) and return it."""
+        self.seq_last += 1
+        topic_seq = self._topic_seq.get(topic, 0) + 1
+        self._topic_seq[topic] = topic_seq
+        body["seq"] = self.seq_last
+        body["topic_seq"] = topic_seq
+        body["epoch"] = self.epoch
+        return body
+
+
+def _prob(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+        raise MessageError(f"{name}: expected a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def detection_body(
+    *,
+    station: str,
+    state: str,
+    label: str,
+    probability: float,
+    probabilities: Mapping[str, float],
+    onset: Any,
+    window_start: Any,
+    window_end: Any,
+    peak_probability: float,
+    model: Mapping[str, str],
+    latency_s: float | None = None,
+    end: Any = None,
+    close_reason: str | None = None,
+) -> dict[str, Any]:
+    """A detection body (without seq/epoch, which the publisher stamps); times may be floats or UTCDateTime.
+
+    ``id`` is :func:`detection_id` of station, onset and model sha256. ``end`` and ``close_reason`` are set on
+    "closed" only. ``latency_s`` is null in replays and filled at publication otherwise.
+    """
+    onset_iso = iso_utc(onset)
+    body: dict[str, Any] = {
+        "schema": DETECTION_SCHEMA,
+        "station": station,
+        "id": detection_id(station, onset_iso, str(model.get("sha256", ""))),
+        "state": state,
+        "label": label,
+        "probability": round(float(probability), 6),
+        "probabilities": {str(k): round(float(v), 6) for k, v in probabilities.items()},
+        "onset": onset_iso,
+        "window_start": iso_utc(window_start),
+        "window_end": iso_utc(window_end),
+        "end": None if end is None else iso_utc(end),
+        "peak_probability": round(float(peak_probability), 6),
+        "model": {"name": str(model.get("name", "")), "sha256": str(model.get("sha256", ""))},
+        "latency_s": None if latency_s is None else float(latency_s),
+    }
+    if close_reason is not None:
+        body["close_reason"] = close_reason
+    return validate_detection(body, stamped=False)
+
+
+def _require(body: Mapping[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:
+    if key not in body:
+        raise MessageError(f"{what} body: missing field {key!r}")
+    value = body[key]
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise MessageError(f"{what} body: field {key!r} must be {types}, got {value!r}")
+    if not isinstance(value, types):
+        raise MessageError(f"{what} body: field {key!r} must be {types}, got {value!r}")
+    return value
+
+
+def _check_header(body: Mapping[str, Any], schema: str, what: str, stamped: bool) -> None:
+    """The schema every body must name, and (once published) its seq, topic_seq and epoch."""
+    if body.get("schema") != schema:
+        raise MessageError(f"{what} body: schema expected {schema!r}, got {body.get('schema')!r}")
+    if stamped:
+        _check_stamp(body, what)
+
+
+def _check_stamp(body: Mapping[str, Any], what: str) -> None:
+    for key in ("seq", "topic_seq"):
+        if _require(body, key, int, what) < 1:
+            raise MessageError(f"{what} body: {key} must be >= 1, got {body[key]!r}")
+    if not _require(body, "epoch", str, what):
+        raise MessageError(f"{what} body: epoch must be a non-empty string")
+
+
+def validate_detection(body: dict[str, Any], stamped: bool = True) -> dict[str, Any]:
+    """Check a detection body against ``quakemon.detection/1``; returns it unchanged or raises MessageError."""
+    what = "detection"
+    _check_header(body, DETECTION_SCHEMA, what, stamped)
+    _station_parts(_require(body, "station", str, what))
+    _require(body, "id", str, what)
+    state = _require(body, "state", str, what)
+    if state not in DETECTION_STATES:
+        raise MessageError(f"{what} body: state must be one of {DETECTION_STATES}, got {state!r}")
+    _require(body, "label", str, what)
+    _prob("probability", _require(body, "probability", (int, float), what))
+    _prob("peak_probability", _require(body, "peak_probability", (int, float), what))
+    for label, p in _require(body, "probabilities", dict, what).items():
+        _prob(f"probabilities[{label!r}]", p)
+    for key in ("onset", "window_start", "window_end"):
+        parse_iso_utc(_require(body, key, str, what))
+    end = body.get("end")
+    if state == "closed":
+        parse_iso_utc(_require(body, "end", str, what))
+        if body.get("close_reason") not in CLOSE_REASONS:
+            raise MessageError(f"{what} body: close_reason must be one of {CLOSE_REASONS}, "
+                               f"got {body.get('close_reason')!r}")
+    elif end is not None:
+        raise MessageError(f"{what} body: 'end' must be null while state is 'new', got {end!r}")
+    model = _require(body, "model", dict, what)
+    if not isinstance(model.get("name"), str) or not isinstance(model.get("sha256"), str):
+        raise MessageError(f"{what} body: model must be {{name: str, sha256: str}}, got {model!r}")
+    lat = body.get("latency_s", "missing")
+    if lat is not None and (isinstance(lat, bool) or not isinstance(lat, int | float) or lat < 0):
+        raise MessageError(f"{what} body: latency_s must be a number >= 0 or null, got {lat!r}")
+    return body
+
+
+def event_body(
+    *,
+    state: str,
+    label: str,
+    stations: Sequence[Mapping[str, Any]],
+    coincidence_sum: float,
+    threshold: float,
+    window_s: float,
+    close_reason: str | None = None,
+) -> dict[str, Any]:
+    """An event body (without seq/epoch, which the publisher stamps).
+
+    `stations`: one mapping per station with station, onset (float or UTCDateTime or ISO text), probability,
+    peak_probability, end (or None), weight, detection_id. They are sorted by onset, then station; the id, first
+    and last onset and the event end follow from them.
+    """
+    rows = []
+    for st in stations:
+        onset = st["onset"]
+        end = st.get("end")
+        rows.append({
+            "station": str(st["station"]),
+            "onset": onset if isinstance(onset, str) else iso_utc(onset),
+            "probability": round(float(st["probability"]), 6),
+            "peak_probability": round(float(st.get("peak_probability", st["probability"])), 6),
+            "end": None if end is None else end if isinstance(end, str) else iso_utc(end),
+            "weight": float(st.get("weight", 1.0)),
+            "detection_id": str(st.get("detection_id", "")),
+        })
+    if not rows:
+        raise MessageError("event body: needs at least one station")
+    rows.sort(key=lambda r: (parse_iso_utc(r["onset"]), r["station"]))
+    ends = [r["end"] for r in rows if r["end"] is not None]
+    body: dict[str, Any] = {
+        "schema": EVENT_SCHEMA,
+        "id": event_id(label, rows[0]["station"], rows[0]["onset"]),
+        "state": state,
+        "label": str(label),
+        "first_onset": rows[0]["onset"],
+        "last_onset": rows[-1]["onset"],
+        "stations": rows,
+        "n_stations": len(rows),
+        "coincidence_sum": round(float(coincidence_sum), 6),
+        "threshold": float(threshold),
+        "window_s": float(window_s),
+        "end": max(ends, key=parse_iso_utc) if ends else None,
+    }
+    if close_reason is not None:
+        body["close_reason"] = close_reason
+    return validate_event(body, stamped=False)
+
+
+def validate_event(body: dict[str, Any], stamped: bool = True) -> dict[str, Any]:
+    """Check an event body against ``quakemon.event/1``; returns it unchanged or raises MessageError."""
+    what = "event"
+    _check_header(body, EVENT_SCHEMA, what, stamped)
+    event_topic(_require(body, "id", str, what))
+    state = _require(body, "state", str, what)
+    if state not in EVENT_STATES:
+        raise MessageError(f"{what} body: state must be one of {EVENT_STATES}, got {state!r}")
+    _require(body, "label", str, what)
+    for key in ("first_onset", "last_onset"):
+        parse_iso_utc(_require(body, key, str, what))
+    stations = _require(body, "stations", list, what)
+    if not stations:
+        raise MessageError(f"{what} body: stations must not be empty")
+    for i, st in enumerate(stations):
+        if not isinstance(st, dict):
+            raise MessageError(f"{what} body: stations[{i}] must be an object, got {st!r}")
+        _station_parts(_require(st, "station", str, f"{what} stations[{i}]"))
+        parse_iso_utc(_require(st, "onset", str, f"{what} stations[{i}]"))
+        _prob(f"stations[{i}].probability", _require(st, "probability", (int, float), f"{what} stations[{i}]"))
+        if st.get("end") is not None:
+            parse_iso_utc(_require(st, "end", str, f"{what} stations[{i}]"))
+        _require(st, "weight", (int, float), f"{what} stations[{i}]")
+    if len({st["station"] for st in stations}) != len(stations):
+        raise MessageError(f"{what} body: a station appears twice in {[st['station'] for st in stations]}")
+    if _require(body, "n_stations", int, what) != len(stations):
+        raise MessageError(f"{what} body: n_stations {body['n_stations']} != {len(stations)} stations listed")
+    for key in ("coincidence_sum", "threshold", "window_s"):
+        _require(body, key, (int, float), what)
+    if body.get("end") is not None:
+        parse_iso_utc(_require(body, "end", str, what))
+    if state == "closed" and body.get("close_reason") not in EVENT_CLOSE_REASONS:
+        raise MessageError(f"{what} body: close_reason must be one of {EVENT_CLOSE_REASONS}, "
+                           f"got {body.get('close_reason')!r}")
+    return body
+
+
+def heartbeat_body(stats: Mapping[str, Any], *, uptime_s: float, seq_last: int, now: float | None = None) -> dict:
+    """A heartbeat body (without seq/epoch): liveness plus pipeline counters from `stats`.
+
+    Known `stats` keys (defaults 0 / {} / null): stations (int), windows_in, windows_out, dropped (int),
+    queue_depths ({stage: int}), lag_s (float or null). Other keys are passed through unchanged.
+    ``seq_last`` is the seq of the last message this publisher sent before the heartbeat.
+    """
+    body: dict[str, Any] = {
+        "stations": 0, "windows_in": 0, "windows_out": 0, "dropped": 0, "queue_depths": {}, "lag_s": None,
+    }
+    body.update(stats)
+    body.update({
+        "schema": HEARTBEAT_SCHEMA,
+        "time": iso_utc(time.time() if now is None else now),
+        "uptime_s": round(float(uptime_s), 3),
+        "seq_last": int(seq_last),
+    })
+    return validate_heartbeat(body, stamped=False)
+
+
+def validate_heartbeat(body: dict[str, Any], stamped: bool = True) -> dict[str, Any]:
+    """Check a heartbeat body against ``quakemon.heartbeat/1``; returns it unchanged or raises MessageError."""
+    what = "heartbeat"
+    _check_header(body, HEARTBEAT_SCHEMA, what, stamped)
+    parse_iso_utc(_require(body, "time", str, what))
+    _require(body, "uptime_s", (int, float), what)
+    for key in ("stations", "windows_in", "windows_out", "dropped", "seq_last"):
+        if _require(body, key, int, what) < 0:
+            raise MessageError(f"{what} body: {key} must be >= 0, got {body[key]!r}")
+    depths = _require(body, "queue_depths", dict, what)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in depths.values()):
+        raise MessageError(f"{what} body: queue_depths must map stage names to ints, got {depths!r}")
+    lag = body.get("lag_s")
+    if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int | float)):
+        raise MessageError(f"{what} body: lag_s must be a number or null, got {lag!r}")
+    return body

@@ -1,0 +1,185 @@
+"""Config loading: the minimal file loads, defaults fill the rest, every user mistake names file + key."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from quakemon.base.errors import ConfigError
+from quakemon.service.config import (
+    Config,
+    check_config_main,
+    format_config,
+    load_config,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "quakemon.toml"
+
+MINIMAL = """\
+[seedlink]
+server = "127.0.0.1:18000"
+streams = ["BW.RJOB..EH?", "GR.FUR..HH?"]   # NET.STA.LOC.CHA, ? and * wildcards in LOC and CHA
+state_file = "/var/lib/quakemon/seedlink.state"
+
+[publish]
+endpoint = "tcp://127.0.0.1:5557"
+"""
+
+
+@pytest.fixture(autouse=True)
+def _runtime_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "q.toml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_config_loads_with_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL))
+    assert cfg.seedlink.streams == ("BW.RJOB..EH?", "GR.FUR..HH?")
+    assert cfg.seedlink.netto == 30.0 and cfg.seedlink.resume_policy == "earliest"
+    assert cfg.model.checkpoint == "" and cfg.model.batch_size == 64 and cfg.model.device == "auto"
+    assert cfg.trigger.on == 0.7 and cfg.trigger.off == 0.5 and cfg.trigger.label == "earthquake"
+    assert cfg.publish.endpoint == "tcp://127.0.0.1:5557"
+    run = tmp_path / "run"
+    assert cfg.pipeline.runtime_dir == str(run)
+    assert cfg.pipeline.windows_endpoint == f"ipc://{run}/windows"
+    assert cfg.pipeline.spectra_endpoint == f"ipc://{run}/spectra"
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.model.batch_size = 3  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.model = cfg.model  # type: ignore[misc]
+
+
+def test_example_file_lists_every_key_with_its_default() -> None:
+    data = tomllib.loads(EXAMPLE.read_text())
+    cfg_fields = {name: {f.name for f in dataclasses.fields(type(sec))} for name, sec in
+                  ((f.name, getattr(Config(), f.name)) for f in dataclasses.fields(Config))}
+    assert {name: set(table) for name, table in data.items()} == cfg_fields
+    example = load_config(EXAMPLE).to_dict()
+    defaults = load_config(None).to_dict()
+    example["seedlink"].pop("streams")
+    defaults["seedlink"].pop("streams")
+    assert example == defaults
+
+
+def test_format_config_is_loadable_toml_and_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL), {"model.batch_size": 8, "trigger.label": 'quote"d'})
+    text = format_config(cfg)
+    assert "batch_size = 8" in text
+    again = load_config(write(tmp_path, text))
+    assert again == cfg
+
+
+def test_to_dict_is_plain_data(tmp_path: Path) -> None:
+    d = load_config(write(tmp_path, MINIMAL)).to_dict()
+    assert d["seedlink"]["streams"] == ["BW.RJOB..EH?", "GR.FUR..HH?"]
+    assert d["model"]["batch_size"] == 64
+
+
+def test_int_accepted_for_float_key(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL + "[window]\nstride_s = 2\n"))
+    assert cfg.window.stride_s == 2.0 and isinstance(cfg.window.stride_s, float)
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ("[seedlink]\nstrems = []\n", ["seedlink.strems", "did you mean seedlink.streams"]),
+        ("[seedlnk]\nserver = 'a:1'\n", ["[seedlnk]", "did you mean [seedlink]"]),
+        ("[model]\nbatch_size = 0\n", ["model.batch_size", "1", "4096", "got 0"]),
+        ("[model]\nbatch_size = 5000\n", ["model.batch_size", "got 5000"]),
+        ("[model]\nbatch_size = 'big'\n", ["model.batch_size", "an integer", "got 'big'"]),
+        ("[model]\nbatch_size = true\n", ["model.batch_size", "an integer", "got True"]),
+        ("[model]\nbatch_size = 1.5\n", ["model.batch_size", "an integer", "got 1.5"]),
+        ("[model]\ndevice = 'gpu'\n", ["model.device", "cuda:N", "got 'gpu'"]),
+        ("[model]\nprecision = 'int8'\n", ["model.precision", '"bf16"', "got 'int8'"]),
+        ("[model]\non_fatal_gpu_error = 'retry'\n", ["model.on_fatal_gpu_error", '"exit"', "got 'retry'"]),
+        ("[seedlink]\nserver = 'seedlink://host:18000'\n", ["seedlink.server", "host:port", "seedlink://"]),
+        ("[seedlink]\nserver = 'host:99999'\n", ["seedlink.server", "got 'host:99999'"]),
+        ("[seedlink]\nstreams = 'BW.RJOB..EH?'\n", ["seedlink.streams", "array of strings"]),
+        ("[seedlink]\nstreams = ['BW.*..EH?']\n", ["seedlink.streams", "station explicit", "'BW.*..EH?'"]),
+        ("[seedlink]\nstreams = ['BW.RJOB.EH?']\n", ["seedlink.streams", "'BW.RJOB.EH?'"]),
+        ("[seedlink]\nstreams = ['BW.RJOB..EH?', 'BW.RJOB..EH?']\n", ["seedlink.streams", "more than once"]),
+        ("[seedlink]\nresume_policy = 'latest'\n", ["seedlink.resume_policy", '"earliest"', "got 'latest'"]),
+        ("[seedlink]\nnetto = 0\n", ["seedlink.netto", "> 0", "got 0"]),
+        ("[seedlink]\nnetto = nan\n", ["seedlink.netto", "got nan"]),
+        ("[seedlink.timeouts]\nnetto = 3\n", ["seedlink.timeouts"]),
+        ("[window]\nstride_s = -1.0\n", ["window.stride_s", "> 0", "got -1.0"]),
+        ("[window]\nmax_missing_fraction = 1.5\n", ["window.max_missing_fraction", "<= 1", "got 1.5"]),
+        ("[trigger]\non = 0.4\noff = 0.6\n", ["trigger.off", "off <= trigger.on", "got 0.6"]),
+        ("[trigger]\non = 1.2\n", ["trigger.on", "<= 1", "got 1.2"]),
+        ("[trigger]\nlabel = ''\n", ["trigger.label", "non-empty"]),
+        ("[pipeline]\npreprocess_workers = 65\n", ["pipeline.preprocess_workers", "<= 64", "got 65"]),
+        ("[pipeline]\nwindows_endpoint = 'localhost:5'\n", ["pipeline.windows_endpoint", "tcp://", "'localhost:5'"]),
+        ("[pipeline]\nwindows_endpoint = 'inproc://a'\nspectra_endpoint = 'inproc://a'\n",
+         ["pipeline.spectra_endpoint", "inproc://a"]),
+        ("[publish]\nendpoint = 'tcp://127.0.0.1'\n", ["publish.endpoint", "got 'tcp://127.0.0.1'"]),
+        ("[publish]\ncurve_secret_key = '/k'\n", ["publish.curve_allowed_keys", "'/k'"]),
+        ("[metrics]\nlisten = '9108'\n", ["metrics.listen", "host:port", "got '9108'"]),
+        ("[logging]\nformat = 'xml'\n", ["logging.format", '"json"', "got 'xml'"]),
+        ("[logging]\nlevel = 'loud'\n", ["logging.level", "got 'loud'"]),
+        ("model = 3\n", ["[model] must be a table", "got 3"]),
+    ],
+)
+def test_bad_values_name_file_key_expected_and_actual(tmp_path: Path, text: str, needles: list[str]) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert str(path) in msg
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+    assert info.value.exit_code == 2
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match=r"not valid TOML.*line 1"):
+        load_config(write(tmp_path, "[seedlink\nserver = 1\n"))
+
+
+def test_overrides_win_and_are_validated(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    cfg = load_config(path, {"model.device": "cpu", "model.batch_size": "16", "trigger.on": 0.9})
+    assert (cfg.model.device, cfg.model.batch_size, cfg.trigger.on) == ("cpu", 16, 0.9)
+    assert cfg.seedlink.streams == ("BW.RJOB..EH?", "GR.FUR..HH?")  # the rest of the file still applies
+    with pytest.raises(ConfigError, match=r"model\.batch_size.*got 'x'"):
+        load_config(path, {"model.batch_size": "x"})
+    with pytest.raises(ConfigError, match=r"model\.devce.*did you mean model\.device"):
+        load_config(path, {"model.devce": "cpu"})
+    assert load_config(path, {"model.device": None}).model.device == "auto"  # a CLI flag that was not given
+
+
+def test_run_requires_streams(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, MINIMAL), require_streams=True).seedlink.streams
+    with pytest.raises(ConfigError, match=r"seedlink\.streams: expected at least one selector.*got \[\]"):
+        load_config(write(tmp_path, "[publish]\nendpoint = 'tcp://127.0.0.1:5557'\n"), require_streams=True)
+
+
+def test_path_keys_expand_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/run/credentials/quakemon.service")
+    cfg = load_config(write(tmp_path, MINIMAL.replace("[publish]", "[publish]\n"
+                                                      'curve_secret_key = "${CREDENTIALS_DIRECTORY}/server.key"\n'
+                                                      'curve_allowed_keys = "/etc/quakemon/clients"')))
+    assert cfg.publish.curve_secret_key == "/run/credentials/quakemon.service/server.key"
+
+
+def test_check_config_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert check_config_main(write(tmp_path, MINIMAL)) == 0
+    out = capsys.readouterr().out
+    assert 'streams = ["BW.RJOB..EH?", "GR.FUR..HH?"]' in out and "batch_size = 64" in out
+    assert check_config_main(write(tmp_path, "[model]\nbatch_size = 0\n")) == 2
+    err = capsys.readouterr().err
+    assert "model.batch_size" in err and "got 0" in err

@@ -1,0 +1,173 @@
+"""Smoke tests of `quakemon bench`'s pieces at a tiny size: data, report structure, the keep-up criterion.
+
+No timing assertions: the figures depend on the machine; only their presence, consistency and units are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quakemon.tools import bench, bench_live
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return bench.random_checkpoint(tmp_path_factory.mktemp("ckpt") / "random.safetensors")
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return bench.write_synthetic_archive(tmp_path_factory.mktemp("arch"), 2, 40.0, event_every_s=30.0)
+
+
+def test_synthetic_archive_is_512_byte_steim2_per_channel(archive: list[Path], tmp_path: Path) -> None:
+    from obspy import read
+
+    assert [p.name for p in archive] == [f"XB.S000{i}..HH{c}.mseed" for i in range(2) for c in "ZNE"]
+    for p in archive:
+        assert p.stat().st_size % 512 == 0
+        st = read(str(p), details=True)
+        assert {tr.stats.mseed.record_length for tr in st} == {512}
+        assert {tr.stats.mseed.encoding for tr in st} == {"STEIM2"}
+        assert sum(tr.stats.npts for tr in st) == 4000
+        assert st[0].data.dtype == np.int32
+    station = bench.write_synthetic_archive(tmp_path, 1, 40.0, layout="station", first=7)
+    assert [p.name for p in station] == ["XB.S0007.mseed"]
+    assert sorted(tr.stats.channel for tr in read(str(station[0])).merge()) == ["HHE", "HHN", "HHZ"]
+    # an event is in the data: the 30 s event window is louder than the first seconds of noise
+    z = read(str(archive[0]))[0].data.astype(float)
+    assert np.abs(z - z.mean()).max() > 3 * np.std(z[:300])
+
+
+def test_roof_reports_every_batch_size_and_the_best(ckpt: Path) -> None:
+    roof = bench.bench_roof_threads(ckpt, (1,), device="cpu", precision="fp32", batch_sizes=(1, 4), min_s=0.01)
+    assert roof["device"] == "cpu" and roof["precision"] == "fp32" and roof["torch_threads"] == 1
+    assert roof["graph"] == "frozen"  # the roof runs the graph the engine runs
+    assert set(roof["windows_per_s"]) == {"1", "4"} and set(roof["by_threads"]) == {"1"}
+    assert roof["best_windows_per_s"] == max(roof["windows_per_s"].values()) > 0
+    assert roof["windows_per_s"][str(roof["best_batch"])] == roof["best_windows_per_s"]
+
+
+def test_replay_counts_windows_station_hours_and_sections(ckpt: Path, archive: list[Path]) -> None:
+    serial = bench.bench_replay(archive, ckpt, device="cpu", precision="fp32", batch_size=8, overlap=False)
+    overlapped = bench.bench_replay(archive, ckpt, device="cpu", precision="fp32", batch_size=8)
+    assert overlapped["overlap"] and not serial["overlap"]
+    for rep in (serial, overlapped):
+        # 40 s per station, 20 s windows on a 1 s grid starting at the first sample: 21 windows per station
+        assert rep["windows"] == 2 * 21
+        assert rep["station_hours"] == pytest.approx(2 * 40.0 / 3600, rel=1e-3)
+        assert rep["station_hours_per_s"] == pytest.approx(rep["station_hours"] / rep["seconds"])
+        assert rep["windows_per_s"] == pytest.approx(rep["windows"] / rep["seconds"])
+        assert rep["records"] > 6 and rep["inference_batches"] >= 1
+        assert all(v >= 0 for v in rep["sections_s"].values()) and rep["sections_s"]["inference (engine.predict)"] > 0
+    assert overlapped["detections"] == serial["detections"]
+    # one thread: the timed sections are (nearly) all of the elapsed time, never more
+    assert 0.5 * serial["seconds"] <= sum(serial["sections_s"].values()) <= serial["seconds"] + 0.01
+
+
+def _beat(windows_out: int, dropped: int = 0, lag: float | None = 0.5) -> dict:
+    return {"windows_out": windows_out, "dropped": dropped, "lag_s": lag, "time": "2026-01-01T00:00:00.000000Z"}
+
+
+@pytest.mark.parametrize(
+    ("last", "ok", "reason"),
+    [
+        (_beat(1000 + 100 * 10), True, "kept up"),
+        (_beat(1000 + 80 * 10), False, "80 windows/s < 90 % of 100"),
+        (_beat(2000, dropped=5), False, "5 windows dropped"),
+        (_beat(2000, lag=3.0), False, "ingest lag grew by 2.5 s"),
+        (_beat(2000, lag=None), False, "ingest lag grew by None"),
+    ],
+)
+def test_keep_up_criterion(last: dict, ok: bool, reason: str) -> None:
+    step = bench.LiveStep(stations=100, speed=1.0, expected_windows_per_s=100.0)
+    bench_live._finish_step(step, (0.0, _beat(1000), (1.0, 0)), (10.0, last, (6.0, 200 * 2**20)),
+                       latencies=[0.1, 0.2, 0.3], hops=[0.001], lag_growth_limit_s=2.0)
+    assert step.ok is ok
+    assert reason in step.reason
+    assert step.cpu_cores == pytest.approx(0.5) and step.cpu_per_station == pytest.approx(0.005)
+    assert step.mem_mb == pytest.approx(200) and step.latency_n == 3
+    assert step.latency_p50_s == pytest.approx(0.2) and step.latency_max_s == pytest.approx(0.3)
+
+
+def test_daemon_config_is_valid(tmp_path: Path, ckpt: Path) -> None:
+    from quakemon.service.config import load_config
+
+    path = bench.daemon_config(tmp_path / "b.toml", server="127.0.0.1:18000", stations=["S0000", "S0001"],
+                               checkpoint=ckpt, runtime_dir=tmp_path, publish="tcp://127.0.0.1:5999", batch_size=32)
+    cfg = load_config(path)
+    assert cfg.seedlink.streams == ("XB.S0000..HH?", "XB.S0001..HH?")
+    assert (cfg.trigger.on, cfg.trigger.off, cfg.trigger.min_duration) == (0.5, 0.5, 0.0)
+    assert cfg.model.batch_size == 32 and cfg.seedlink.state_file == ""
+
+
+def test_proc_usage_sees_this_process() -> None:
+    cpu, mem = bench.proc_usage(os.getpid())
+    assert cpu > 0 and mem > 10 * 2**20
+
+
+def test_run_bench_report_is_json_and_printable(tmp_path: Path) -> None:
+    plan = bench.BenchPlan(device="cpu", precision="fp32", roof_batches=(2,), roof_min_s=0.01, threads=(1,),
+                           replay_stations=1, replay_seconds=30.0, replay_batch=4, replay_threads=1, replay_repeats=2,
+                           parts=("roof", "replay"))
+    report = bench.run_bench(plan, workdir=tmp_path)
+    rep = report["replay"]
+    assert rep["windows"] == 11 and rep["repeats"] == 2 and len(rep["windows_per_s_runs"]) == 2
+    run = report["roof"]["replay_threads"]
+    # a roof before the first replay (at batch 4, which the sweep lacks), one after each
+    assert run["threads"] == "1" and run["batch"] == 4 and len(run["windows_per_s_around"]) == 3
+    assert rep["torch_threads"] == 1 and rep["batch_size"] == 4
+    around = run["windows_per_s_around"]
+    expected = [w / float(np.mean(around[j : j + 2])) for j, w in enumerate(rep["windows_per_s_runs"])]
+    assert rep["ratio_to_roof_runs"] == pytest.approx(expected)
+    assert rep["ratio_to_roof"] == pytest.approx(float(np.median(expected)))
+    assert rep["windows_per_s"] in rep["windows_per_s_runs"]
+    json.loads(json.dumps(report, default=float))
+    text = bench.format_report(report)
+    assert "(a) roof" in text and "(b) replay" in text and "(c) live" not in text and "2 runs" in text
+    assert "(frozen graph)" in text and rep["graph"] == "frozen"
+    assert not any(math.isnan(v) for v in rep["sections_s"].values())
+
+
+def test_roof_streams_and_the_replay_on_two_inference_workers(tmp_path: Path, ckpt: Path) -> None:
+    """Two single-threaded forwards at once are a roof configuration of their own ("2x1"), and the replay with two
+    torch threads runs two inference workers, its ratio taken against that configuration."""
+    roof = bench.bench_roof(ckpt, device="cpu", precision="fp32", batch_sizes=(2, 4), min_s=0.01, streams=2)
+    assert roof["streams"] == 2 and roof["torch_threads"] == 1 and set(roof["windows_per_s"]) == {"2", "4"}
+    assert all(v > 0 for v in roof["windows_per_s"].values())
+    plan = bench.BenchPlan(device="cpu", precision="fp32", roof_batches=(2,), roof_min_s=0.01, threads=(1,),
+                           replay_stations=1, replay_seconds=30.0, replay_threads=2, replay_repeats=1,
+                           parts=("roof", "replay"))
+    report = bench.run_bench(plan, workdir=tmp_path)
+    assert "2x1" in report["roof"]["by_threads"] and report["roof"]["replay_threads"]["threads"] == "2x1"
+    assert report["replay"]["inference_workers"] == 2 and report["replay"]["windows"] == 11
+    assert report["replay"]["batch_size"] == bench.REPLAY_BATCH == 256
+    assert "2 single-threaded forwards at once" in bench.format_report(report)
+
+
+def test_worker_split_uses_every_core_with_at_most_four_workers() -> None:
+    from quakemon.pipeline.threads import worker_split
+
+    assert [worker_split(n) for n in (1, 2, 4, 5, 6, 16, 64)] == [(1, 1), (2, 1), (4, 1), (2, 2), (3, 2), (4, 4),
+                                                                  (4, 16)]
+    assert bench.streams_config(2) == "2x1" and bench.streams_config(16) == "4x4"
+    assert bench._config_text("4x4") == "4 4-thread forwards at once"
+
+
+def test_live_step_measures_a_running_daemon(tmp_path: Path, ckpt: Path) -> None:
+    """Two stations at 5x real time through `quakemon serve` and `quakemon run`: windows, latency, CPU, memory."""
+    files = bench.write_synthetic_archive(tmp_path / "arch", 2, 40.0, layout="station")
+    step = bench.live_step(files, ckpt, tmp_path / "live", speed=5.0, measure_s=3.0, timeout_s=150.0,
+                           env={"OMP_NUM_THREADS": "1"})
+    log = (tmp_path / "live" / "processes.log").read_text(errors="replace")[-3000:]
+    assert step.measure_s >= 3.0, f"{step.reason}\n{log}"
+    assert step.windows_per_s > 0 and step.expected_windows_per_s == 10.0
+    assert step.cpu_cores > 0 and step.mem_mb > 0
+    assert step.heartbeat["stations"] == 2
+    assert step.daemon_exit == 0
