@@ -20,6 +20,9 @@ Policy (the same in replay and live, so the same windows give the same detection
   out of order) and windows with non-finite probabilities are ignored and counted.
 * ``flush()`` closes open triggers at the end of a replay (``close_reason = "flush"``); ``expire(data_time)``
   closes triggers of stations whose windows stopped arriving (live).
+* The end of a record is not noise: a trigger still *pending* at ``flush()`` whose every window so far reached
+  ``on`` is reported ("new", then "closed" with ``close_reason = "flush"``): the record ended before
+  ``min_duration_s`` could pass, the signal did not. A pending trigger that had a window below ``on`` is dropped.
 * Each trigger label (by default every class except ``noise``) has its own independent trigger.
 """
 
@@ -94,6 +97,7 @@ class StationTrigger:
     _onset: float = 0.0
     _peak: float = 0.0
     _last_above_end: float = 0.0
+    _all_on: bool = False  # every window of the current trigger so far reached `on`
     _last: tuple[float, float, float, dict[str, float]] | None = None  # start, end, p, probabilities
 
     def __post_init__(self) -> None:
@@ -120,16 +124,23 @@ class StationTrigger:
         if self.state == "idle":
             if p >= self.on:
                 self.state, self._onset, self._peak, self._last_above_end = "pending", start, p, end
+                self._all_on = True
                 events.extend(self._confirm())
         elif p >= self.off:
             self._peak, self._last_above_end = max(self._peak, p), end
+            self._all_on = self._all_on and p >= self.on
             events.extend(self._confirm())
         else:
             events.extend(self._close("off"))
         return events
 
     def flush(self) -> list[TriggerEvent]:
-        """Close an open trigger (end of replay); a pending one is dropped."""
+        """Close an open trigger (end of replay). A pending one is reported ("new" + "closed") when every window
+        so far reached `on`, else dropped."""
+        if self.state == "pending" and self._all_on:
+            self.state = "active"
+            self.stats["new"] += 1
+            return [self._event("new"), *self._close("flush")]
         return self._close("flush")
 
     def expire(self, data_time: float) -> list[TriggerEvent]:

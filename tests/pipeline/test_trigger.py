@@ -168,6 +168,7 @@ def test_deterministic_and_well_formed(probs, min_duration):
     assert states == ["new", "closed"] * (len(states) // 2)
     for new, closed in zip(first[::2], first[1::2], strict=True):
         assert new.onset == closed.onset and closed.end is not None and closed.end > new.onset
-        assert new.window_start - new.onset >= min_duration - 1e-9
+        if closed.close_reason != "flush":  # a record may end before min_duration (test_trigger_flush.py)
+            assert new.window_start - new.onset >= min_duration - 1e-9
         assert closed.peak_probability >= new.peak_probability >= 0.8
         assert new.to_body(MODEL)["id"] == closed.to_body(MODEL)["id"]
