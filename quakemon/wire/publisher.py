@@ -12,8 +12,11 @@ Delivery policy (ZeroMQ PUB semantics, verified in tests/test_publisher.py):
 * ZMTP heartbeats (``heartbeat_ivl_s``, ``heartbeat_timeout_s``, default 1 s / 3 s) and TCP keepalive
   disconnect a peer that stopped answering (e.g. a SIGSTOPped subscriber) and free its queue.
 * Late joiners get no history: a subscriber receives only what is published after its subscription reached
-  the publisher (ZeroMQ's "slow joiner"). The last ``ring_size`` messages are kept in :meth:`Publisher.recent`
-  for a future replay endpoint.
+  the publisher (ZeroMQ's "slow joiner"). The last ``ring_size`` messages are kept in :meth:`Publisher.recent`.
+* With a ``journal`` (:class:`quakemon.wire.journal.Journal`), every detection and event is committed to it
+  before it is sent, and seq continues from the journal's last seq (new epoch), so nothing a subscriber missed
+  is lost: it fetches the missing seqs from the catch-up server (:mod:`quakemon.wire.catchup`), whose endpoint
+  heartbeats advertise in ``catchup``. A failed journal write raises and the message is not sent.
 
 The socket belongs to the thread that created the Publisher; call every method from that thread.
 """
@@ -29,6 +32,7 @@ import structlog
 import zmq
 
 from quakemon.base.errors import ConfigError, QuakemonError
+from quakemon.wire.journal import Journal
 from quakemon.wire.schema import (
     HEARTBEAT_TOPIC,
     Sequencer,
@@ -80,9 +84,15 @@ class Publisher:
         handshake_ivl_s: float = 5.0,
         ring_size: int = 1000,
         configure_socket: Callable[[zmq.Socket], None] | None = None,
+        journal: Journal | None = None,
+        catchup_endpoint: str | None = None,
     ) -> None:
         self._context = context or zmq.Context.instance()
         self.sequencer = Sequencer(epoch)
+        self.journal = journal
+        self.catchup_endpoint = catchup_endpoint
+        if journal is not None:
+            self.sequencer.seq_last = journal.seq_last
         self._timer = HeartbeatTimer(heartbeat_interval_s)
         self._started = time.monotonic()
         self._ring: deque[tuple[bytes, bytes]] = deque(maxlen=max(0, ring_size))
@@ -107,7 +117,8 @@ class Publisher:
             raise QuakemonError(f"publish.endpoint {endpoint!r}: cannot bind PUB socket: {exc}") from exc
         self._socket = sock
         self.endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        log.info("publisher_bound", endpoint=self.endpoint, epoch=self.epoch, sndhwm=sndhwm)
+        log.info("publisher_bound", endpoint=self.endpoint, epoch=self.epoch, sndhwm=sndhwm,
+                 seq_last=self.seq_last, journal=None if journal is None else str(journal.path))
 
     @classmethod
     def from_config(
@@ -140,6 +151,8 @@ class Publisher:
     def _send(self, topic: str, body: dict[str, Any]) -> int | None:
         self.sequencer.stamp(topic, body)
         frames = (topic.encode("utf-8"), json_bytes(body))
+        if self.journal is not None and topic != HEARTBEAT_TOPIC:
+            self.journal.append(body["seq"], self.epoch, topic, frames[1])
         self._ring.append(frames)
         try:
             self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
@@ -176,7 +189,8 @@ class Publisher:
 
     def publish_heartbeat(self, stats: Mapping[str, Any] | None = None) -> int | None:
         """Send a heartbeat with pipeline counters `stats` (see :func:`quakemon.wire.schema.heartbeat_body`)."""
-        body = heartbeat_body(stats or {}, uptime_s=time.monotonic() - self._started, seq_last=self.seq_last)
+        body = heartbeat_body(stats or {}, uptime_s=time.monotonic() - self._started, seq_last=self.seq_last,
+                              catchup=self.catchup_endpoint)
         self.stats["heartbeats"] += 1
         return self._send(HEARTBEAT_TOPIC, body)
 

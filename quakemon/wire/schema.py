@@ -20,7 +20,8 @@ at or above ``off``; ``close_reason`` ("closed" only) "off" | "gap" | "flush"; `
 ``model`` {name, sha256}; ``latency_s`` arrival of the window's last sample -> publication (null in replays).
 Heartbeat fields (``quakemon.heartbeat/1``): ``time``, ``uptime_s``, ``stations``, ``windows_in``,
 ``windows_out``, ``dropped``, ``queue_depths`` {stage: n}, ``lag_s``, ``seq_last`` (seq of the last message
-before it), plus any extra counters the daemon adds.
+before it), ``catchup`` (optional: the ZeroMQ endpoint of the catch-up server that answers from the journal, see
+docs/delivery.md), plus any extra counters the daemon adds.
 
 Event fields (``quakemon.event/1``, topic ``event.<id>``; built by :func:`event_body`, see
 quakemon/workers/associate.py for the association policy): ``id`` sha1 of label|first station|its onset (stable
@@ -518,12 +519,14 @@ def validate_event(body: dict[str, Any], stamped: bool = True) -> dict[str, Any]
     return body
 
 
-def heartbeat_body(stats: Mapping[str, Any], *, uptime_s: float, seq_last: int, now: float | None = None) -> dict:
+def heartbeat_body(stats: Mapping[str, Any], *, uptime_s: float, seq_last: int, now: float | None = None,
+                   catchup: str | None = None) -> dict:
     """A heartbeat body (without seq/epoch): liveness plus pipeline counters from `stats`.
 
     Known `stats` keys (defaults 0 / {} / null): stations (int), windows_in, windows_out, dropped (int),
     queue_depths ({stage: int}), lag_s (float or null). Other keys are passed through unchanged.
-    ``seq_last`` is the seq of the last message this publisher sent before the heartbeat.
+    ``seq_last`` is the seq of the last message this publisher sent before the heartbeat. ``catchup``, when
+    given, is the catch-up server's endpoint (the field is left out otherwise).
     """
     body: dict[str, Any] = {
         "stations": 0, "windows_in": 0, "windows_out": 0, "dropped": 0, "queue_depths": {}, "lag_s": None,
@@ -535,6 +538,8 @@ def heartbeat_body(stats: Mapping[str, Any], *, uptime_s: float, seq_last: int, 
         "uptime_s": round(float(uptime_s), 3),
         "seq_last": int(seq_last),
     })
+    if catchup is not None:
+        body["catchup"] = catchup
     return validate_heartbeat(body, stamped=False)
 
 
@@ -553,4 +558,7 @@ def validate_heartbeat(body: dict[str, Any], stamped: bool = True) -> dict[str, 
     lag = body.get("lag_s")
     if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int | float)):
         raise MessageError(f"{what} body: lag_s must be a number or null, got {lag!r}")
+    catchup = body.get("catchup")
+    if catchup is not None and (not isinstance(catchup, str) or not catchup):
+        raise MessageError(f"{what} body: catchup must be a non-empty endpoint string or absent, got {catchup!r}")
     return body
