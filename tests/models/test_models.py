@@ -1,4 +1,4 @@
-"""HybridViT as ../shared/HybridViT.md specifies it: shapes, pretrained loading, parameter counts, freezing."""
+"""HybridViT as docs/model.md describes it: shapes, pretrained loading, parameter counts, freezing."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from quakemon.base.errors import PretrainedWeightsError
 from quakemon.models import Backbone, HybridViT, stem_grid
 from quakemon.models.params import DEPTHS, parameter_counts
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+MODEL_DOC = Path(__file__).resolve().parents[2] / "docs" / "model.md"
 
 
 def test_shape_table_tiny_depth4():
@@ -163,14 +163,14 @@ def test_freeze_backbone_gradients():
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_parameter_counts_match_readme_table():
-    text = README.read_text()
+def test_parameter_counts_match_the_table_in_the_model_doc():
+    text = MODEL_DOC.read_text()
     counts = parameter_counts()
     for b in Backbone:
         row = re.search(rf"^\| {b.name} \| {b.timm_name} \| ([\d,]+) \| ([\d,]+) \|$", text, re.M)
-        assert row, f"README has no parameter row for {b.name}"
-        readme = {DEPTHS[0]: int(row.group(1).replace(",", "")), DEPTHS[1]: int(row.group(2).replace(",", ""))}
-        assert readme == counts[b.name], b.name
+        assert row, f"docs/model.md has no parameter row for {b.name}"
+        documented = {DEPTHS[0]: int(row.group(1).replace(",", "")), DEPTHS[1]: int(row.group(2).replace(",", ""))}
+        assert documented == counts[b.name], b.name
 
 
 def test_prepare_for_inference_folds_the_stem_and_keeps_outputs() -> None:

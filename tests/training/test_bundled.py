@@ -15,7 +15,7 @@ import pytest
 from quakemon.models.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint, resolve_checkpoint
 from quakemon.wire.schema import parse_iso_utc
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+EVALUATION_DOC = Path(__file__).resolve().parents[2] / "docs" / "evaluation.md"
 RJOB_P = obspy.UTCDateTime("2009-08-24T00:20:07.75").timestamp  # quakemon.data.realdata, checked on a plot
 
 
@@ -32,12 +32,12 @@ def test_bundled_model_is_small_and_declares_its_contract(bundled):
     assert bundled.provenance["command"] == "python -m quakemon.training.bundle train"
 
 
-def test_evaluation_report_belongs_to_this_checkpoint_and_readme_quotes_it(bundled):
+def test_evaluation_report_belongs_to_this_checkpoint_and_the_docs_quote_it(bundled):
     report = json.loads(BUNDLED_CHECKPOINT.with_suffix(".eval.json").read_text())
     assert report["model"]["sha256"] == bundled.sha256
-    text = README.read_text()
+    text = EVALUATION_DOC.read_text()
     ev = report["events_all"]
-    assert f"{ev['detected']} of {ev['events']}" in text, "README must quote the recall of the committed model"
+    assert f"{ev['detected']} of {ev['events']}" in text, "docs/evaluation.md must quote the committed recall"
     assert re.search(rf"{report['noise']['false']} false detection", text)
 
 
