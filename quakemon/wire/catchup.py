@@ -43,7 +43,11 @@ MAX_REQUEST_BYTES = 65_536
 
 
 class RequestError(QuakemonError):
-    """A catch-up request that does not follow ``quakemon.catchup/1``."""
+    """A catch-up request that does not follow ``quakemon.catchup/1``; `req_id` is its ``id`` when it had one."""
+
+    def __init__(self, message: str, req_id: Any = None) -> None:
+        super().__init__(message)
+        self.req_id = req_id
 
 
 def _int_field(req: dict[str, Any], key: str, minimum: int, required: bool = True) -> int | None:
@@ -63,6 +67,14 @@ def parse_request(data: bytes, max_page: int) -> dict[str, Any]:
         raise RequestError(f"request is not valid JSON: {exc}") from None
     if not isinstance(req, dict):
         raise RequestError(f"request must be a JSON object, got {type(req).__name__}")
+    try:
+        return _parse_fields(req, max_page)
+    except RequestError as exc:
+        exc.req_id = req.get("id")
+        raise
+
+
+def _parse_fields(req: dict[str, Any], max_page: int) -> dict[str, Any]:
     if req.get("schema") != CATCHUP_SCHEMA:
         raise RequestError(f"request schema must be {CATCHUP_SCHEMA!r}, got {req.get('schema')!r}")
     op = req.get("op")
@@ -182,6 +194,7 @@ class CatchupServer:
             req_id = req["id"]
             body = self._answer(reader, req)
         except RequestError as exc:
+            req_id = exc.req_id
             self.stats["errors"] += 1
             log.info("catchup_bad_request", error=str(exc))
             body = self._error(req_id, str(exc))
