@@ -1,0 +1,315 @@
+"""Detection quality on continuous data: a checkpoint and a classic STA/LTA, side by side on the same records.
+
+Three measures, each for the model and for the reference STA/LTA on identical data:
+
+* False detections per station-day on continuous noise (e.g. the msnoise noise days, `quakemon.data.noise_days`),
+  with an exact Poisson 95 % interval (chi-square, Garwood 1936). Every "new" detection there counts as false.
+* Recall by kind on event records: real local events (`quakemon.data.realdata.local_events`) and synthetic
+  regional and teleseismic events over real noise (`quakemon.data.distant`). A P arrival is detected when a
+  detection's onset lies within [P - window length, P + 10 s]; a detection 10-60 s after a P is "late" (S wave or
+  coda of that event), any other detection in an event record is false.
+* A threshold sweep: recall and false detections per station-day for trigger ``on`` from 0.5 to 0.99, so an
+  operator can choose ``on``. The model's probabilities are computed once per record (`model_series`, the
+  runner's own windowing, preprocessing and inference); the sweep re-runs only the trigger on them.
+
+The STA/LTA is ObsPy's recursive STA/LTA on the vertical, band-passed 1-20 Hz (upper corner capped at 0.45 of the
+sampling rate), 1 s / 10 s, trigger on 3.5 / off 1.0 (`trigger_onset`). Its first LTA length of every trace is
+skipped (the recursive LTA is still filling up there), as the model cannot detect before its first full window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import structlog
+from obspy import Stream
+from scipy.stats import chi2
+
+from quakemon.models.checkpoint import Checkpoint
+from quakemon.pipeline.trigger import StationTrigger
+
+log = structlog.get_logger(__name__)
+
+#: Detection onset within [P - window, P + MATCH_AFTER_S] counts as detecting that P.
+MATCH_AFTER_S = 10.0
+#: A detection 10-60 s after a P arrival is "late" (S or coda of that event), not false.
+LATE_S = 60.0
+#: Trigger `on` values of the sweep.
+SWEEP_ON: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99)
+#: STA/LTA trigger-on values of its sweep (off stays 1.0).
+SWEEP_STA_LTA: tuple[float, ...] = (2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0)
+
+
+@dataclass(frozen=True)
+class StaLta:
+    """The reference detector's settings."""
+
+    sta_s: float = 1.0
+    lta_s: float = 10.0
+    on: float = 3.5
+    off: float = 1.0
+    band_hz: tuple[float, float] = (1.0, 20.0)
+
+
+@dataclass
+class Series:
+    """One station's model probabilities: window start/end (POSIX seconds) and p(label) per window."""
+
+    start: np.ndarray
+    end: np.ndarray
+    p: np.ndarray
+
+
+@dataclass
+class EventRecord:
+    """A record with known P arrivals: its stream, P times (POSIX seconds) and kind (local/regional/teleseismic)."""
+
+    name: str
+    stream: Stream
+    p_times: list[float]
+    kind: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def poisson_interval(k: int, exposure: float, level: float = 0.95) -> tuple[float, float, float]:
+    """Rate k/exposure and its exact (chi-square) two-sided confidence interval."""
+    a = (1.0 - level) / 2.0
+    lo = chi2.ppf(a, 2 * k) / 2.0 if k > 0 else 0.0
+    hi = chi2.ppf(1.0 - a, 2 * k + 2) / 2.0
+    return k / exposure, float(lo / exposure), float(hi / exposure)
+
+
+# ------------------------------------------------------------------------------------------------------ detectors
+def model_series(ckpt: Checkpoint, streams: Iterable[Stream], label: str = "earthquake", precision: str = "fp32",
+                 batch_size: int = 256) -> dict[str, Series]:
+    """Per-station probabilities of `label` through the runner (windowing, preprocessing, inference on the CPU)."""
+    from quakemon.pipeline.runner import DetectionRunner
+
+    runner = DetectionRunner(ckpt, device="cpu", precision=precision, batch_size=batch_size, keep_series=True,
+                             trigger_label=label)
+    col = list(ckpt.labels).index(label)
+    for st in streams:
+        for _ in runner.add_traces(list(st)):
+            pass
+    runner.finish()
+    out = {}
+    for station, s in runner.series.items():
+        order = np.argsort(s.start_ns)
+        out[station] = Series(np.asarray(s.start_ns)[order] / 1e9, np.asarray(s.end_ns)[order] / 1e9,
+                              np.asarray([p[col] for p in s.probabilities], dtype=np.float64)[order])
+    return out
+
+
+def trigger_onsets(series: Series, on: float, off: float = 0.5, min_duration_s: float = 2.0) -> list[float]:
+    """Onsets of the "new" detections the daemon's trigger gives on these probabilities (flush at the end)."""
+    trig = StationTrigger(on, min(off, on), min_duration_s, "earthquake")
+    onsets = []
+    for s, e, p in zip(series.start.tolist(), series.end.tolist(), series.p.tolist(), strict=True):
+        onsets += [ev.onset for ev in trig._update(s, e, {"earthquake": p}) if ev.state == "new"]
+    onsets += [ev.onset for ev in trig.flush() if ev.state == "new"]
+    return onsets
+
+
+def sta_lta_onsets(stream: Stream, cfg: StaLta = StaLta(), on: float | None = None) -> list[float]:
+    """Trigger-on times of the recursive STA/LTA on each vertical trace (POSIX seconds)."""
+    from obspy.signal.trigger import recursive_sta_lta, trigger_onset
+
+    onsets: list[float] = []
+    for tr in stream.select(component="Z"):
+        fs = tr.stats.sampling_rate
+        nsta, nlta = int(round(cfg.sta_s * fs)), int(round(cfg.lta_s * fs))
+        if tr.stats.npts <= nlta:
+            continue
+        x = tr.copy()
+        x.data = x.data.astype(np.float64)
+        x.detrend("demean")
+        x.filter("bandpass", freqmin=cfg.band_hz[0], freqmax=min(cfg.band_hz[1], 0.45 * fs), corners=4)
+        cft = recursive_sta_lta(x.data, nsta, nlta)
+        cft[:nlta] = 0.0
+        t0 = tr.stats.starttime.timestamp
+        onsets += [t0 + i / fs for i, _ in trigger_onset(cft, cfg.on if on is None else on, cfg.off)]
+    return sorted(onsets)
+
+
+# ------------------------------------------------------------------------------------------------------- scoring
+def match(onsets: Sequence[float], p_times: Sequence[float], window_s: float) -> dict[str, int]:
+    """Detected P arrivals, late and false detections of one record."""
+    detected = sum(any(p - window_s <= o <= p + MATCH_AFTER_S for o in onsets) for p in p_times)
+    late = sum(1 for o in onsets if not any(p - window_s <= o <= p + MATCH_AFTER_S for p in p_times)
+               and any(p + MATCH_AFTER_S < o <= p + LATE_S for p in p_times))
+    false = sum(1 for o in onsets if not any(p - window_s <= o <= p + LATE_S for p in p_times))
+    return {"events": len(p_times), "detected": int(detected), "late": int(late), "false": int(false)}
+
+
+def recall_by_kind(per_record: list[tuple[EventRecord, list[float]]], window_s: float) -> dict[str, Any]:
+    """{kind: {events, detected, recall, late, false}} plus "all"."""
+    out: dict[str, Any] = {}
+    for rec, onsets in per_record:
+        m = match(onsets, rec.p_times, window_s)
+        for key in (rec.kind, "all"):
+            agg = out.setdefault(key, {"events": 0, "detected": 0, "late": 0, "false": 0})
+            for k, v in m.items():
+                agg[k] += v
+    for agg in out.values():
+        agg["recall"] = agg["detected"] / agg["events"] if agg["events"] else None
+    return out
+
+
+def station_days(series: dict[str, Series], window_s: float) -> float:
+    """Station-days covered by the windows (a station's windows, each stride apart, plus one window length)."""
+    total = 0.0
+    for s in series.values():
+        if len(s.start):
+            stride = float(np.median(np.diff(s.start))) if len(s.start) > 1 else window_s
+            total += (len(s.start) - 1) * stride + window_s
+    return total / 86400.0
+
+
+def false_rate(count: int, days: float) -> dict[str, Any]:
+    rate, lo, hi = poisson_interval(count, days)
+    return {"false": count, "station_days": days, "per_station_day": rate, "ci95": [lo, hi]}
+
+
+# ----------------------------------------------------------------------------------------------------- the report
+def evaluate_continuous(ckpt: Checkpoint, noise: dict[str, Stream], events: list[EventRecord], *,
+                        on: float = 0.7, off: float = 0.5, min_duration_s: float = 2.0,
+                        sta_lta: StaLta = StaLta(), precision: str = "fp32",
+                        noise_series: dict[str, dict[str, Series]] | None = None) -> dict[str, Any]:
+    """The side-by-side report: false detections per noise day, recall by kind, late detections, sweeps.
+
+    `noise` maps a name (e.g. "UV10") to that day's stream; `noise_series` may hold precomputed model
+    probabilities for some of them (same checkpoint), which are then not computed again.
+    """
+    window_s = ckpt.contract.window_seconds
+    report: dict[str, Any] = {"model": ckpt.model_info,
+                              "trigger": {"on": on, "off": off, "min_duration_s": min_duration_s},
+                              "sta_lta": {**sta_lta.__dict__, "band_hz": list(sta_lta.band_hz)},
+                              "noise": {}, "series": {}}
+    for name, st in noise.items():
+        series = (noise_series or {}).get(name) or model_series(ckpt, [st], precision=precision)
+        report["series"][name] = series
+        days = station_days(series, window_s)
+        model_on = {o: sum(len(trigger_onsets(s, o, off, min_duration_s)) for s in series.values())
+                    for o in sorted({*SWEEP_ON, on})}
+        classic = {o: len(sta_lta_onsets(st, sta_lta, o)) for o in sorted({*SWEEP_STA_LTA, sta_lta.on})}
+        onsets = [o for s in series.values() for o in trigger_onsets(s, on, off, min_duration_s)]
+        classic_onsets = sta_lta_onsets(st, sta_lta)
+        near = sum(any(abs(o - c) <= window_s for c in classic_onsets) for o in onsets)
+        report["noise"][name] = {
+            "station_days": days, "windows": int(sum(len(s.p) for s in series.values())),
+            "model": false_rate(model_on[on], days), "sta_lta": false_rate(classic[sta_lta.on], days),
+            "model_also_sta_lta": int(near),
+            "sweep_model": {f"{o:g}": false_rate(n, days) for o, n in model_on.items()},
+            "sweep_sta_lta": {f"{o:g}": false_rate(n, days) for o, n in classic.items()},
+        }
+        log.info("noise_day_scored", day=name, model=model_on[on], sta_lta=classic[sta_lta.on], days=round(days, 3))
+    if events:
+        ev_series = model_series(ckpt, [r.stream for r in events], precision=precision)
+        rec_series = []
+        for r in events:
+            sta = ".".join(r.stream[0].id.split(".")[:3])
+            rec_series.append((r, ev_series.get(sta, Series(np.zeros(0), np.zeros(0), np.zeros(0)))))
+        report["events"] = {
+            "model": recall_by_kind([(r, trigger_onsets(s, on, off, min_duration_s)) for r, s in rec_series],
+                                    window_s),
+            "sta_lta": recall_by_kind([(r, sta_lta_onsets(r.stream, sta_lta)) for r in events], window_s),
+            "sweep_model": {f"{o:g}": recall_by_kind(
+                [(r, trigger_onsets(s, o, off, min_duration_s)) for r, s in rec_series], window_s)
+                for o in SWEEP_ON},
+            "sweep_sta_lta": {f"{o:g}": recall_by_kind([(r, sta_lta_onsets(r.stream, sta_lta, o)) for r in events],
+                                                       window_s) for o in SWEEP_STA_LTA},
+            "records": [{"name": r.name, "kind": r.kind, **r.info,
+                         "max_p": float(s.p.max()) if len(s.p) else None,
+                         **{f"model_{k}": v for k, v in match(trigger_onsets(s, on, off, min_duration_s),
+                                                              r.p_times, window_s).items()}}
+                        for r, s in rec_series],
+        }
+    return report
+
+
+def day_series(ckpt: Checkpoint, day: str, precision: str = "fp32") -> dict[str, Series]:
+    """`model_series` of one noise day (`quakemon.data.noise_days`), cached per checkpoint sha256 and precision."""
+    from quakemon.data.noise_days import cache_dir, load_day
+
+    path = cache_dir() / "series" / f"{ckpt.sha256[:16]}_{day}_{precision}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return {str(z["station"]): Series(z["start"], z["end"], z["p"])}
+    series = model_series(ckpt, [load_day(day)], precision=precision)
+    (station, s), = series.items()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path.with_suffix(".part.npz"), station=station, start=s.start, end=s.end, p=s.p)
+    path.with_suffix(".part.npz").replace(path)
+    return series
+
+
+def real_event_records(sampling_rate: float = 100.0, min_seconds: float = 20.0) -> list[EventRecord]:
+    """The real-data catalogue's earthquakes (`realdata.local_events`), kind prefixed "real:"; records shorter than
+    `min_seconds` (one window) are left out."""
+    from quakemon.data.realdata import load, local_events
+
+    out = []
+    for rec in local_events():
+        st = load(rec, sampling_rate=sampling_rate)
+        if min(tr.stats.endtime - tr.stats.starttime for tr in st) < min_seconds:
+            continue
+        out.append(EventRecord(rec.name, st, [p.timestamp for p in rec.p_times], f"real:{rec.kind}",
+                               {"components": rec.components}))
+    return out
+
+
+def synthetic_event_records(noise: Stream, n_per_kind: int = 40, seed: int = 7_000_001) -> list[EventRecord]:
+    """Synthetic regional and teleseismic events over the real noise of `noise`'s vertical (kind "synthetic:...").
+
+    The default seed is not one any training data uses."""
+    from quakemon.data.distant import distant_records
+
+    tr = max(noise.select(component="Z"), key=lambda t: t.stats.npts)
+    return [EventRecord(f"{kind}-{i:03d}", st, [p], f"synthetic:{kind}", info)
+            for i, (st, p, kind, info) in enumerate(distant_records(tr, n_per_kind, seed))]
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without the per-window probability series (JSON-friendly)."""
+    return {k: v for k, v in report.items() if k != "series"}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """Tables for docs: false detections per station-day, recall by kind, and the threshold sweep."""
+    on = report["trigger"]["on"]
+    lines = ["| noise day | station-days | model detections | per station-day (95 % CI) | STA/LTA detections | "
+             "per station-day (95 % CI) |", "|---|---:|---:|---:|---:|---:|"]
+
+    def fmt(r):
+        return f"{r['per_station_day']:.2f} ({r['ci95'][0]:.2f}-{r['ci95'][1]:.2f})"
+
+    for day, r in report["noise"].items():
+        lines.append(f"| {day} | {r['station_days']:.3f} | {r['model']['false']} | {fmt(r['model'])} | "
+                     f"{r['sta_lta']['false']} | {fmt(r['sta_lta'])} |")
+    if "events" in report:
+        lines += ["", f"| kind | P arrivals | model detected (on {on:g}) | model late | model false | "
+                  "STA/LTA detected | STA/LTA late | STA/LTA false |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        m, c = report["events"]["model"], report["events"]["sta_lta"]
+        for kind in sorted(m, key=lambda k: (k == "all", k)):
+            lines.append(f"| {kind} | {m[kind]['events']} | {m[kind]['detected']} ({m[kind]['recall']:.0%}) | "
+                         f"{m[kind]['late']} | {m[kind]['false']} | {c[kind]['detected']} ({c[kind]['recall']:.0%}) "
+                         f"| {c[kind]['late']} | {c[kind]['false']} |")
+    days = list(report["noise"])
+    head = "| on | " + " | ".join(f"{d} false/station-day" for d in days) + " | recall real | recall synthetic |"
+    lines += ["", head, "|---" * (3 + len(days)) + "|"]
+    for o in report["noise"][days[0]]["sweep_model"] if days else []:
+        cells = [f"{report['noise'][d]['sweep_model'][o]['per_station_day']:.2f}" for d in days]
+        rec = report.get("events", {}).get("sweep_model", {}).get(o, {})
+        real = _group(rec, "real:")
+        syn = _group(rec, "synthetic:")
+        lines.append(f"| {o} | " + " | ".join(cells) + f" | {real} | {syn} |")
+    return "\n".join(lines)
+
+
+def _group(rec: dict[str, Any], prefix: str) -> str:
+    ev = sum(v["events"] for k, v in rec.items() if k.startswith(prefix))
+    det = sum(v["detected"] for k, v in rec.items() if k.startswith(prefix))
+    return f"{det}/{ev} ({det / ev:.0%})" if ev else "-"
