@@ -4,7 +4,7 @@ Why: quakemon may not download anything, yet its detector must be judged on real
 ships a few dozen real waveforms as test data; this module names the usable ones (local earthquakes with P times,
 quiet noise), loads them with proper SEED ids, and builds the bundled demo archive from them.
 
-Policies (see the README section "Real data"):
+Policies (docs/evaluation.md describes the data set and its use):
 
 - Every recording is one station, 1 or 3 components, read from ``obspy/<source>``; nothing is downloaded.
 - Sources without network codes get ``XX`` (the FDSN placeholder), except RJOB/RNON/MANZ, which are BayernNetz (BW)

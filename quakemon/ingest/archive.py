@@ -13,14 +13,12 @@ in record-sized pieces. `ArchiveSource` therefore
   days does not open every file at once).
 
 Windows do not depend on the chunking (see `quakemon.pipeline.windowing`), so `chunk_s` only bounds how far one
-channel runs ahead of another: the default 20 s stays inside the windower's `max_skew_s` (30 s) and is four
-times the 5 s it was, since each piece costs a windower call and, as a Trace, ~40 us of ObsPy header work
-(`samples()` yields the pieces without it: replay's path, 12.8-14.0 -> 9.4-10.0 us per window in decoding). The
-replay measured 42 -> 27 us per window in the windower from 5 to 10 s pieces, and from 10 to 20 s pieces
-(without inference, four alternating runs) 33-44 -> 30-37 us per window in decoding and 45-58 -> 31-37 in the
-windower. Blocks of up to `block_records` (128) consecutive records go to ObsPy's reader in one call: from 32 to
-128, decoding went from 34-41 to 20-26 us per window (five alternating runs). A block with a bad record costs
-its records a second, record-by-record decode, whatever the block size.
+channel runs ahead of another. The default 20 s stays inside the windower's `max_skew_s` (30 s) while keeping
+pieces few, since each piece costs a windower call and, as a Trace, ObsPy's header objects; `samples()` yields the
+pieces without those (the replay's path), `traces()` wraps the same pieces into Traces. Blocks of up to
+`block_records` (128) consecutive records go to ObsPy's reader in one call, which amortises its per-call cost. A
+block with a bad record costs its records a second, record-by-record decode, whatever the block size.
+docs/performance.md gives the measurements behind both defaults.
 
 SDS layout (YEAR/NET/STA/CHAN.TYPE/NET.STA.LOC.CHAN.TYPE.YEAR.DAY, as `obspy.clients.filesystem.sds` writes it)
 is recognised by file name: files of unselected streams or of days outside [starttime, endtime] are skipped

@@ -13,7 +13,7 @@ from obspy import Trace, UTCDateTime
 
 class Samples(NamedTuple):
     """A contiguous run of one channel's samples: what the station windower takes from a Trace, without ObsPy's
-    header objects (a Trace's Stats and UTCDateTime cost ~40 us to build; replay cuts thousands of pieces)."""
+    header objects (a Trace's Stats and UTCDateTime are costly to build, and a replay cuts thousands of pieces)."""
 
     seed_id: str  # NET.STA.LOC.CHA
     sampling_rate: float

@@ -30,7 +30,7 @@ log = structlog.get_logger(__name__)
 
 FORMAT = "quakemon.checkpoint/1"
 METADATA_KEY = "quakemon"
-#: The model shipped inside the package, the default of every command (see README "The bundled model").
+#: The model shipped inside the package, the default of every command (docs/model.md, "The bundled model").
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "quakemon-detector.safetensors"
 
 

@@ -44,7 +44,7 @@ def stem_grid(img_size: tuple[int, int]) -> tuple[int, int]:
 
 
 class ConvStem(nn.Module):
-    """Three 3x3/7x7 stride-2 convolutions, BatchNorm after each, ReLU after the first two; 8x downsampling."""
+    """Three stride-2 convolutions (7x7, 3x3, 3x3), BatchNorm after each, ReLU after the first two; 8x downsampling."""
 
     def __init__(self, in_channels: int, embed_dim: int) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""Print the exact parameter count of every backbone at depth 4 and 12 (README table).
+"""Print the exact parameter count of every backbone at depth 4 and 12 (the table in docs/model.md).
 
 Run: python -m quakemon.models.params
 """

@@ -3,7 +3,7 @@
 One `StationBuffer` holds the components of one instrument of one station (key: "NET.STA.LOC" plus the
 band+instrument code, e.g. "EH"), in a fixed-length ring, so memory per station is bounded.
 
-Policies (RELIABILITY scenario 10):
+Policies (docs/reliability.md describes them for operators):
 
 - Time grid: sample k of a station at rate r sits at t = k / r seconds since the epoch. A record's start
   time is snapped to the nearest grid index (integer arithmetic on nanoseconds, no float drift), so a

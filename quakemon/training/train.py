@@ -53,7 +53,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     seed: int = 0
     device: str = "auto"
-    precision: str = "fp32"  # "bf16": autocast the forward pass (CUDA, or CPUs with native bf16: ~1.8x here)
+    precision: str = "fp32"  # "bf16": autocast the forward pass (worth it on CUDA and on CPUs with native bf16)
     positive_label: str = "earthquake"
 
 

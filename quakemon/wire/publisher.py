@@ -3,7 +3,7 @@
 Messages are ``[topic, JSON body]`` (see :mod:`quakemon.wire.schema`). Every body is stamped with ``seq``,
 ``topic_seq`` and ``epoch``, so subscribers see what they missed and when the publisher restarted.
 
-Delivery policy (ZeroMQ PUB semantics, verified in tests/test_publisher.py):
+Delivery policy (ZeroMQ PUB semantics, verified in tests/wire/test_publisher.py):
 
 * A slow, stopped or dead subscriber never blocks the publisher. When a subscriber's queue (``sndhwm``
   messages on our side, plus its own RCVHWM and the kernel buffers) is full, PUB drops that subscriber's

@@ -11,7 +11,7 @@ Two kinds of messages travel over ZeroMQ:
   per message on this topic, so a subscriber filtering by prefix still sees its gaps) and ``epoch`` (id of the
   publisher run, new on every restart). Detections carry ``station`` "NET.STA.LOC".
 
-Detection fields (``quakemon.detection/1``; see quakemon/workers/trigger.py for the trigger policy):
+Detection fields (``quakemon.detection/1``; see :mod:`quakemon.pipeline.trigger` for the trigger policy):
 ``id`` sha1 of station|onset|model sha256 (stable across replay/live and between "new" and "closed");
 ``state`` "new" | "closed"; ``label``; ``probability`` and ``probabilities`` of the window that caused the
 message; ``onset`` start time of the first window whose probability reached ``on``; ``window_start`` /
@@ -24,7 +24,7 @@ before it), ``catchup`` (optional: the ZeroMQ endpoint of the catch-up server th
 docs/delivery.md), plus any extra counters the daemon adds.
 
 Event fields (``quakemon.event/1``, topic ``event.<id>``; built by :func:`event_body`, see
-quakemon/workers/associate.py for the association policy): ``id`` sha1 of label|first station|its onset (stable
+:mod:`quakemon.pipeline.associate` for the association policy): ``id`` sha1 of label|first station|its onset (stable
 from "new" to "closed", the same in replay and live); ``state`` "new" (the coincidence sum reached the threshold)
 | "updated" (a station joined) | "closed" (no station can join any more); ``label``; ``first_onset`` and
 ``last_onset`` (ISO); ``stations`` a list, in onset order, of {``station``, ``onset``, ``probability`` (of the

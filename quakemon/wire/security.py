@@ -1,14 +1,15 @@
 """CURVE keys and authentication for the detection PUB socket, and the socket options that keep it safe.
 
 - `keygen` writes a zmq certificate pair and makes the secret file 0600 (and its directory 0700) explicitly:
-  `zmq.auth.create_certificates` follows the umask and wrote 0644 secrets in our measurements.
+  `zmq.auth.create_certificates` follows the umask, so under the usual 022 it writes world-readable secrets.
 - `make_curve_server` turns a socket into a CURVE server whose ZAP handler (a `ThreadAuthenticator`)
   admits only the client public keys found in one directory (*.key files). Unknown keys and plain (NULL)
   clients complete no handshake and receive nothing.
 - `curve_server_configurator` wraps it as a publisher's `configure_socket(socket)` hook.
 - `make_curve_client` is the subscriber side.
-- The publisher's own socket options (per-peer HWM, ZMTP heartbeats, handshake deadline, linger; RELIABILITY.md
-  scenarios 17, 20, 23) are set by `quakemon.wire.publisher.Publisher.from_config` from [publish].
+- The publisher's own socket options (per-peer HWM, ZMTP heartbeats, handshake deadline, linger: what keeps a
+  stuck, unauthenticated or vanished peer from holding it) are set by
+  `quakemon.wire.publisher.Publisher.from_config` from [publish].
 - `HandshakeMonitor` counts handshake failures (e.g. `HANDSHAKE_FAILED_AUTH`) for metrics and logs.
 - `adapt_to_write_xor_execute` keeps CPU inference working under systemd's MemoryDenyWriteExecute=yes:
   torch's oneDNN backend JIT-compiles convolution kernels (writable+executable memory) and fails with
@@ -222,7 +223,7 @@ def adapt_to_write_xor_execute() -> bool:
     """Under enforced W^X, turn off torch's JIT-compiling oneDNN backend; call before building the model.
 
     Returns True when W^X is enforced (and oneDNN was disabled). CPU convolutions then use torch's native
-    kernels (slower stem; see the benchmark figure in the README). torch is imported only in that case.
+    kernels (slower; docs/performance.md gives the figure). torch is imported only in that case.
     """
     if not write_xor_execute_enforced():
         return False
