@@ -32,9 +32,8 @@ class FatalInferenceError(QuakemonError):
 
 
 # Windows per forward on the CPU, for callers that batch more than that for their own sake (replay: 256 per
-# pipeline batch). Two single-threaded forwards at once on this 2-core machine, bf16, 15 rounds of 0.6 s slices
-# alternating the batch size in one process, windows/s relative to 64 (median of the paired ratios): eager
-# model 32: 0.95, 128: 0.93, 256: 0.80; frozen graph 32: 0.99, 128: 0.97, 256: 0.94.
+# pipeline batch). 64 gave more windows/s than 32, 128 or 256 for the eager model and the frozen graph alike
+# (docs/performance.md, "Design measurements").
 CPU_FORWARD_BATCH = 64
 
 
@@ -59,7 +58,7 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" -> bf16 on CUDA and on CPUs with native bf16 (measured ~1.8x faster here), else fp32."""
+    """"auto" -> bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32."""
     if precision != "auto":
         if precision not in ("fp32", "bf16", "fp16"):
             raise QuakemonError(f"model.precision must be auto, fp32, bf16 or fp16, got {precision!r}")
@@ -88,8 +87,8 @@ def prepare_for_inference(model: torch.nn.Module, device: torch.device) -> torch
 
     Each Conv2d + BatchNorm2d pair of the stem is folded into one convolution (eval-mode BatchNorm is an affine
     map), and the weights use the channels_last layout that oneDNN and cuDNN convolve fastest; the eager
-    model's inputs are made channels_last in `predict`. Measured here (TINY depth 4, bf16, 1 thread, batch
-    256): 919 -> 1,135 windows/s; outputs differ by ~5e-7 (float rounding of the folded weights).
+    model's inputs are made channels_last in `predict`. Outputs differ from the original model by float rounding
+    of the folded weights only (a test holds them together).
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -115,10 +114,9 @@ def freeze_graph(model: torch.nn.Module, precision: str, device: torch.device,
 
     Tracing under autocast with the JIT's own autocast pass off bakes the bf16 casts into the graph; freezing
     then folds the weights in as constants, already cast. The whole forward runs in C++: no per-module Python,
-    no GIL between ops, no per-call cast of the fp32 weights. Measured here
-    (TINY depth 4, bf16, two single-threaded forwards at once at batch 64, 15 alternating pairs of 0.6 s):
-    1.24-1.31x the eager forward's windows/s; one thread, batches of 1-64 at random: 0.88 against 1.22 ms per
-    window (fp32: 1.84 against 1.96), with bit-identical outputs. Building it takes ~0.4 s.
+    no GIL between ops, no per-call cast of the fp32 weights. The check against the eager model runs on another
+    batch size than the trace's, so a graph that baked the batch dimension in is refused too. The gain is in
+    docs/performance.md.
     """
     if device.type != "cpu":
         return model
@@ -158,9 +156,8 @@ def graph_kind(model: torch.nn.Module) -> str:
 
 def model_input(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """x in the layout `model` takes (the engine and the bench roof both feed it so). The eager model gets
-    channels_last inputs, its convolutions' layout. The frozen graph takes the spectra as they come: the same
-    outputs (max difference 0.0) and the same forward time (0.994x, 15 alternating pairs, 1 thread, batch 64)
-    without the ~7 us per window that the layout copy costs before it."""
+    channels_last inputs, its convolutions' layout. The frozen graph takes the spectra as they come: it gives the
+    same outputs and runs no slower without that layout, so the copy before it would be pure cost."""
     return x if graph_kind(model) == "frozen" else x.contiguous(memory_format=torch.channels_last)
 
 

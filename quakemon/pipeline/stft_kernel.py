@@ -8,8 +8,9 @@ SPECTROGRAM, a power-of-two nperseg that the hop divides), within float32 roundi
     dead = std <= dead_eps * |mean|, then |STFT| of the zero-padded centred signal times 1/std (0 when dead)
     with the periodic Hann window scaled by 1/sum(window).
 
-Why a compiled kernel: the torch path spends ~20 us per window in a 64 x 64 DFT matrix product and ~30 us in a
-dozen memory passes (cast, centre, frame copy, re^2, +im^2, sqrt into a strided output), each a separate call.
+Why a compiled kernel: the torch path spends its time in a 64 x 64 DFT matrix product (an FFT needs a sixth of
+its arithmetic) and in a dozen memory passes (cast, centre, frame copy, re^2, +im^2, sqrt into a strided output),
+each a separate call.
 Here each row is read twice (sum, then centre) and everything after stays in the L1 cache:
 
 1. the centred float32 signal goes into a zero-padded row p; p seen as [blocks, hop] is transposed to
@@ -41,7 +42,7 @@ def _jit(function):
     """numba.njit without the GIL. reassoc lets LLVM vectorise the sums, contract allows fused multiply-adds; no
     fast-math on NaN/inf: the finiteness checks must see them. Compiled code is cached on disk (next to this
     file, else in numba's user-wide cache directory, e.g. under $HOME, which the systemd unit points at its state
-    directory); where neither is writable, each process compiles once (~5 s) instead."""
+    directory); where neither is writable, each process compiles once (a few seconds) instead."""
     options = {"nogil": True, "fastmath": {"reassoc", "contract"}}
     try:
         return numba.njit(cache=True, **options)(function)
@@ -241,7 +242,7 @@ def _rows(x, n_real, pad_left, length, nperseg, hop, window, bitrev, tw_re, tw_i
 
 
 def warm_up_centring() -> None:
-    """Load (on a fresh install: compile, ~1 s) `centre_to_float32`, before the first window. The spectrogram
+    """Load (on a fresh install: compile) `centre_to_float32`, before the first window. The spectrogram
     kernel is loaded by a first `preprocess_batch` call (`quakemon.pipeline.detect.warm_up_preprocess`)."""
     centre_to_float32(np.zeros((1, 2, 64)), np.empty((1, 2, 64), np.float32))
 

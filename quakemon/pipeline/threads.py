@@ -30,8 +30,8 @@ def torch_worker_pool(workers: int, thread_name_prefix: str, threads_per_worker:
 def worker_split(threads: int, max_workers: int = 4) -> tuple[int, int]:
     """(workers, torch threads each) for `threads` cores: single-threaded workers up to `max_workers`, then at most
     that many workers with an equal share of the threads each (16 -> 4 x 4, 6 -> 3 x 2, 2 -> 2 x 1; a remainder
-    stays unused: 5 -> 2 x 2), so that a many-core server does not run dozens of batches at once. Measured only
-    on 2 cores."""
+    stays unused: 5 -> 2 x 2), so that a many-core server does not run dozens of batches at once. The split has
+    been benchmarked on 2 cores only."""
     threads = max(1, int(threads))
     per_worker = -(-threads // max_workers)
     return threads // per_worker, per_worker

@@ -9,8 +9,8 @@ DROP_NAN     Non-finite samples (NaN, +-inf) are *repaired*, not dropped: every 
              interpolated between its finite neighbours (held at the nearest finite value at the edges; a
              channel with no finite sample becomes zeros). Linear fill, not zero fill, because a zero-filled
              gap in raw counts is a step, and a step looks like an impulsive event in a spectrogram. A window
-             whose worst channel has more than `max_nan_fraction` (default 0.1, RELIABILITY.md #10, or
-             `contract.extra["max_nan_fraction"]`) non-finite samples is flagged `valid=False`. Rows are never
+             whose worst channel has more than `max_nan_fraction` (default 0.1, the streaming windows' limit too;
+             or `contract.extra["max_nan_fraction"]`) non-finite samples is flagged `valid=False`. Rows are never
              removed here: the caller counts and drops them (the adapter drops such events; streaming skips
              inference for them). `nan_fraction` counts only the samples TRIMMING keeps. Without DROP_NAN
              nothing is repaired and any non-finite sample makes the window invalid (its output is zeroed).
@@ -45,7 +45,7 @@ power-of-two nperseg that the hop divides: the default 64/32 is) runs in one com
 (`quakemon.pipeline.stft_kernel`, numba): sum, centre, a radix-2 FFT of the packed real frames vectorised across
 frames, magnitude straight into the output. Rows with non-finite samples, and every other case (GPU, float64
 STFT, DETREND/TAPER/BANDPASS, other STFT sizes), go through the torch passes below, which compute the same
-numbers (tests/test_stft_kernel.py holds the two paths to within 2e-6 of each other and to scipy within 1e-5).
+numbers (tests/pipeline/test_stft_kernel.py holds the two paths within 2e-6 of each other, scipy within 1e-5).
 With torch.get_num_threads() > 1 either path shares parts of the batch out to a persistent pool of that many
 threads (the kernel and torch ops release the GIL): two hand-offs per pass instead of OpenMP's fork/join per
 operation, which stalls whenever another process holds a core. With one torch thread (torch.set_num_threads(1):
@@ -275,8 +275,8 @@ def _torch_passes(
     zscore = "ZSCORE" in ops
     scale = std.reciprocal().masked_fill_(dead.unsqueeze(-1), 0.0) if zscore else None
 
-    # 2: |STFT| (or the waveform) times 1/std into the output, in row parts (of twice the windows: measured
-    # faster for this pass, whose DFT product gains from the larger matrices)
+    # 2: |STFT| (or the waveform) times 1/std into the output, in row parts (of twice the windows: this pass's
+    # DFT product gains from the larger matrices)
     parts = _cpu_parts(b, c * n, 2 * CPU_PART_SAMPLES) if cpu else [b]
     workers = min(threads, len(parts))
     row_parts = [part * c for part in parts]
@@ -396,7 +396,8 @@ def _all_finite(t: torch.Tensor) -> bool:
 # twice as many windows. A part's intermediates (pass 1: float64 input 0.4 MB, the float64 temporary of the cast,
 # float32 signal 0.2 MB; pass 2: frames 0.8 MB, DFT output 0.8 MB, magnitude 0.4 MB) mostly stay in the 2 MB L2
 # cache between steps, instead of streaming through L3/memory once per step as whole-batch tensors do. Each part
-# costs ~5 torch calls in Python and dispatch, under the GIL: smaller parts measured slower, and so did larger.
+# costs ~5 torch calls in Python and dispatch, under the GIL: smaller parts pay that more often, larger ones spill
+# out of L2.
 CPU_PART_SAMPLES = 48_000
 
 
