@@ -3,6 +3,7 @@ names in README.md and docs/*.md that point at things that exist."""
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -94,8 +95,8 @@ def test_paths_and_modules_named_in_the_docs_exist(page: Path) -> None:
 
 
 def _module_or_name_exists(dotted: str) -> bool:
-    """True for a module or package (quakemon.pipeline.runner), or a name defined at the top of one
-    (quakemon.pipeline.runner.DetectionRunner, quakemon.data.realdata.local_events)."""
+    """True for a module or package (quakemon.pipeline.runner), or a name it defines or imports at top level
+    (quakemon.pipeline.runner.DetectionRunner, quakemon.client.Subscriber), or exports lazily by a string key."""
     parts = dotted.split(".")
     for i in range(len(parts), 0, -1):
         base = ROOT.joinpath(*parts[:i])
@@ -103,12 +104,24 @@ def _module_or_name_exists(dotted: str) -> bool:
         if not module.is_file():
             continue
         rest = parts[i:]
-        if not rest:
-            return True
-        source = module.read_text()
-        name = rest[0]
-        return bool(re.search(rf"^(?:def|class)\s+{name}\b|^{name}\s*[:=]|\"{name}\":", source, re.M))
+        return not rest or rest[0] in _top_level_names(module)
     return False
+
+
+def _top_level_names(module: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.parse(module.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+            if isinstance(node.value, ast.Dict):  # lazy exports: {"Name": "module", ...}
+                keys = [k for k in node.value.keys if isinstance(k, ast.Constant)]
+                names.update(k.value for k in keys if isinstance(k.value, str))
+    return names
 
 
 _OUTSIDE = ("../" + "shared", "DESIGN" + ".md", "RELIABILITY" + ".md", "HybridViT" + ".md")
