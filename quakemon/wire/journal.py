@@ -23,7 +23,8 @@ Contract:
   ``quick_check``, or cannot be written.
 
 One :class:`Journal` (the writer) per file; any number of :class:`JournalReader` in other threads or processes.
-SQLite connections belong to the thread that opened them.
+A reader belongs to the thread that opened it; the writer may be handed to another thread (like the publisher
+that owns it), but only one thread may use it at a time.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ class Journal(JournalReader):
             raise JournalError(f"journal {str(path)!r} cannot be created: directory {str(path.parent)!r} "
                                "is not writable or does not exist")
         try:
-            conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None)
+            conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise JournalError(f"journal {str(path)!r} cannot be opened: {exc}") from exc
         super().__init__(path, _conn=conn)
