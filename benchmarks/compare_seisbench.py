@@ -5,10 +5,10 @@
 Needs the optional extra `seisbench` (nothing is downloaded: both SeisBench models get random weights, which do
 not change their cost). All three run in this process, one after the other, with the same torch thread count,
 batch size and window stride (SeisBench: overlap = in_samples - stride), on the same synthetic MiniSEED archive
-(`quakemon.tools.bench.write_synthetic_archive`: 3-component 100 Hz stations, 512-byte STEIM2 records). Timed for each:
-reading/decoding the MiniSEED plus everything up to the model outputs (SeisBench: `obspy.read` + `annotate`;
-quakemon: `ArchiveSource` + windows + preprocessing + HybridViT + trigger, as `quakemon replay` runs it). Model
-construction/loading is outside the timing for all three. Prints station-hours of data per second and ratios;
+(`quakemon.tools.bench_common.write_synthetic_archive`: 3-component 100 Hz stations, 512-byte STEIM2 records).
+Timed for each: reading/decoding the MiniSEED plus everything up to the model outputs (SeisBench: `obspy.read`
++ `annotate`; quakemon: `ArchiveSource` + windows + preprocessing + HybridViT + trigger, as `quakemon replay` runs
+it). Model construction/loading is outside the timing for all three. Prints station-hours of data per second and ratios;
 the machine may be shared, so run the comparison more than once (--repeat) and read the ratios.
 """
 
@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from quakemon.base.logs import configure_logging
-    from quakemon.tools.bench import bench_checkpoint, bench_replay, write_synthetic_archive
+    from quakemon.tools.bench_common import bench_checkpoint, write_synthetic_archive
+    from quakemon.tools.bench_replay import bench_replay
 
     configure_logging("warning", "console")
     if args.threads:

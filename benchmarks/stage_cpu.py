@@ -13,8 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from quakemon.tools import bench
-from quakemon.tools.bench_live import daemon_config, free_port
+from quakemon.base.net import free_port
+from quakemon.tools import bench_common as bench
+from quakemon.tools.bench_live import daemon_config
 
 WARMUP_S = 45.0
 MEASURE_S = 20.0

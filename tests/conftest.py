@@ -1,11 +1,14 @@
-"""Shared fixtures: small models and checkpoints built by the tests themselves (never downloaded)."""
+"""Shared fixtures: small models and checkpoints built by the tests themselves (never downloaded), free ports."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 import torch
+
+from quakemon.base import net
 
 # Tests share 2 cores with whatever else runs; keep torch from oversubscribing them.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -23,3 +26,9 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     save_checkpoint(path, model.eval(), ["noise", "earthquake"], contract, provenance={"note": "random test weights"})
     return path
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """`quakemon.base.net.free_port`: call it for a TCP port on 127.0.0.1 that was free a moment ago."""
+    return net.free_port

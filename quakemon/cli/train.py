@@ -1,4 +1,4 @@
-"""`quakemon train` and `quakemon evaluate`: argument handling around `training.train` and `training.scoring`."""
+"""`quakemon train`, `quakemon evaluate` (around `training.train` and `training.scoring`) and `quakemon params`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,53 @@ from typing import Any
 import numpy as np
 
 from quakemon.base.errors import QuakemonError
+from quakemon.cli.common import Subparsers, add_command, load_config
 from quakemon.models.contract import InputContract
+
+
+def add_train(sub: Subparsers) -> None:
+    p = add_command(sub, "train", cmd_train, "train HybridViT on labelled waveforms")
+    p.add_argument("--data", action="append", required=True,
+                   help="synthetic:N, a SeisBench folder, or a CSV (file,label or network,station,p_time)")
+    p.add_argument("--output", "-o", required=True, help="checkpoint to write (.safetensors)")
+    for flag, typ, default in (("--backbone", str, "TINY"), ("--depth", int, 4), ("--epochs", int, 10),
+                               ("--batch-size", int, 64), ("--lr", float, 3e-4), ("--freeze-epochs", int, 0),
+                               ("--seed", int, 0), ("--component-dropout", float, 0.0),
+                               ("--pretrained", str, ""), ("--device", str, "auto"), ("--val-fraction", float, 0.15)):
+        p.add_argument(flag, type=typ, default=default)
+    p.add_argument("--quiet", action="store_true")
+
+
+def add_evaluate(sub: Subparsers) -> None:
+    p = add_command(sub, "evaluate", cmd_evaluate, "score a checkpoint on labelled windows or continuous data")
+    p.add_argument("--model", help="checkpoint (default: the bundled model)")
+    p.add_argument("--data", action="append", help="labelled windows, as for train")
+    p.add_argument("--continuous", nargs="*", help="MiniSEED files for event matching")
+    p.add_argument("--events", help="CSV network,station,p_time for --continuous")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+
+
+def add_params(sub: Subparsers) -> None:
+    add_command(sub, "params", cmd_params, "print the exact parameter count of every backbone")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    load_config(args)  # logging as configured
+    return train_main(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    load_config(args)
+    return evaluate_main(args)
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from quakemon.models.params import main
+
+    main()
+    return 0
 
 
 def load_sources(sources: list[str], contract: InputContract, seed: int):

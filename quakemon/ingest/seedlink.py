@@ -8,6 +8,8 @@ station, END, then 520-byte `SL<seq hex><record>` packets), so this module speak
 reuses ObsPy (through `quakemon.ingest.validate.decode_record`) only to decode and validate the MiniSEED.
 
 Behaviour:
+- Streams are stream selectors (`quakemon.ingest.selectors`): per station one STATION command and the SELECT
+  patterns of its selectors; records outside the selectors are dropped and counted as `unselected`.
 - Reconnects forever with capped exponential backoff (`backoff_initial` .. `backoff_max`, default 1 .. 30 s);
   a FIN/RST is noticed at once (recv returns b"" or fails), a stalled peer after `netto` seconds without a
   byte. Keepalive `INFO ID` requests every `keepalive` seconds let a quiet but live server answer.
@@ -33,7 +35,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -41,60 +42,20 @@ from obspy import Trace
 
 from quakemon.base.errors import ConfigError
 from quakemon.ingest.base import TraceSource
+from quakemon.ingest.selectors import SelectorError, SelectorSet, StreamSelector
 from quakemon.ingest.seqstate import SeqState, load_state, save_state, seq_hex, seq_next
-from quakemon.ingest.validate import SelectorSet, decode_record, match_selector
+from quakemon.ingest.validate import decode_record
 
 log = structlog.get_logger(__name__)
 
 PACKET = 520
 _HEAD = re.compile(rb"SL[0-9A-F]{6}")
 _POLL_S = 0.2
-_CODE = re.compile(r"^[A-Z0-9]{1,5}$")
 _RECENT = 8  # start times remembered per stream for duplicate detection
 
 
 class _Disconnected(Exception):
     """The connection ended (FIN, RST, stall, protocol error); the reader reconnects."""
-
-
-@dataclass(frozen=True)
-class StreamSelector:
-    """One configured stream "NET.STA.LOC.CHA": explicit network and station, ? and * in LOC and CHA."""
-
-    net: str
-    sta: str
-    loc: str
-    cha: str
-    text: str
-
-    @classmethod
-    def parse(cls, text: str) -> StreamSelector:
-        parts = text.strip().upper().split(".")
-        if len(parts) != 4:
-            raise ConfigError(f"[seedlink] streams: {text!r} must be NET.STA.LOC.CHA (e.g. 'BW.RJOB..EH?')")
-        net, sta, loc, cha = parts
-        if not (_CODE.match(net) and len(net) <= 2 and _CODE.match(sta)):
-            raise ConfigError(f"[seedlink] streams: {text!r}: network and station must be explicit codes "
-                              f"without wildcards (got network {net!r}, station {sta!r}); wildcards disable resume")
-        if not re.fullmatch(r"[A-Z0-9?*\-]{0,2}", loc) or not re.fullmatch(r"[A-Z0-9?*]{1,3}", cha):
-            raise ConfigError(f"[seedlink] streams: {text!r}: location must be 0-2 and channel 1-3 characters "
-                              f"of A-Z, 0-9, ? or * (got location {loc!r}, channel {cha!r})")
-        return cls(net, sta, loc, cha, text.strip())
-
-    @property
-    def station_key(self) -> str:
-        return f"{self.net}.{self.sta}"
-
-    def seedlink_select(self) -> str:
-        """The SeedLink v3 SELECT pattern `[LL]CCC` ('-' = blank location, '*' widened to '?')."""
-        cha = self.cha.replace("*", "???")[:3].ljust(3, "?") if "*" in self.cha else self.cha.ljust(3, "?")
-        if "*" in self.loc:
-            return cha
-        loc = self.loc.replace("-", "") or "--"
-        return (loc if len(loc) == 2 else loc.ljust(2, "-")) + cha
-
-    def matches(self, seed_id: str) -> bool:
-        return match_selector(seed_id, [self.text])
 
 
 class SeedLinkSource(TraceSource):
@@ -122,7 +83,10 @@ class SeedLinkSource(TraceSource):
             raise ConfigError("[seedlink] streams: at least one NET.STA.LOC.CHA selector is required")
         self.server = server
         self._addr = (host, int(port))
-        self.selectors = [StreamSelector.parse(s) for s in streams]
+        try:
+            self.selectors = [StreamSelector.parse(s) for s in streams]
+        except SelectorError as exc:
+            raise ConfigError(f"[seedlink] streams: {exc}") from None
         self.stations = sorted({s.station_key for s in self.selectors})
         self._station_set = frozenset(self.stations)
         self._selector_set = SelectorSet(s.text for s in self.selectors)

@@ -1,13 +1,16 @@
-"""Post-parse validation of MiniSEED records, record-by-record decoding, and SEED-id selectors.
+"""Post-parse validation of MiniSEED records and record-by-record decoding.
 
 ObsPy's MiniSEED reader accepts some garbage (impossible headers, records it decoded while libmseed
-reported an error), so every record that reaches the station buffers passes `validate_trace` first
-(RELIABILITY scenarios 8 and 9). `decode_records` never raises: a blob of records becomes good Traces
-plus `(offset, reason)` for each rejected record, so one bad record costs one record, not the stream.
+reported an error), so every record that reaches the station buffers passes `validate_trace` first.
+`decode_records` never raises: a blob of records becomes good Traces plus `(offset, reason)` for each
+rejected record, so one bad record costs one record, not the stream.
 
 Rejection reasons (stable labels for metrics): truncated, bad_header, bad_reclen, decode_error,
 decode_warning (libmseed/Steim integrity warnings count as corruption), npts_mismatch, bad_encoding,
 bad_sampling_rate, bad_time, bad_id, nan, empty, too_long.
+
+Stream selectors live in `quakemon.ingest.selectors`; `match_selector` and `SelectorSet` are importable from
+here as well for the sources that import them with the decoder.
 """
 
 from __future__ import annotations
@@ -20,14 +23,15 @@ import struct
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import obspy
 from obspy import Trace
 
-try:  # ObsPy's MSEED plugin reader: ~7x faster per record than obspy.read's format dispatch.
+from quakemon.ingest.selectors import SelectorSet, match_selector
+
+try:  # ObsPy's MSEED plugin reader: skips obspy.read's per-call format detection and dispatch
     from obspy.io.mseed.core import _read_mseed as _read_mseed_impl
 except ImportError:  # pragma: no cover - fall back to the public entry point on other ObsPy versions
     _read_mseed_impl = None
@@ -160,14 +164,13 @@ def _decode_one(rec: bytes) -> obspy.Stream:
 class _FastDecoder:
     """One record -> Trace through libmseed's `msr_parse` (ObsPy's own bundled copy, called through ctypes).
 
-    ObsPy's reader spends ~150 us of Python per 512-byte record (segment lists, a Stats built field by field,
-    strptime); the live ingest stage decodes every record, and at 400 stations that was about a third of its
-    profile samples. This path asks the same C library for the same record and builds the Trace directly
-    (decode_record: ~60 us with the header checks and validation). It handles
-    the common case only and answers None for anything else (a libmseed error or warning, blockette 100,
-    an unexpected sample type or count), which then goes through ObsPy's reader as before, so a record's
-    fate (Trace or rejection reason) is decided by the same rules either way. tests/test_validate.py checks
-    that both paths give identical Traces over ObsPy's example data and every encoding.
+    ObsPy's reader spends most of its time per 512-byte record in Python (segment lists, a Stats built field by
+    field, strptime), and the live ingest stage decodes every record. This path asks the same C library for the
+    same record and builds the Trace directly. It handles the common case only and answers None for anything
+    else (a libmseed error or warning, blockette 100, an unexpected sample type or count), which then goes
+    through ObsPy's reader as before, so a record's fate (Trace or rejection reason) is decided by the same rules
+    either way. tests/ingest/test_validate.py checks that both paths give identical Traces over ObsPy's example
+    data and every encoding.
     """
 
     def __init__(self) -> None:
@@ -289,7 +292,7 @@ def decode_record(rec: bytes, reclen: int | None = None, *, now_ns: int | None =
 
     ObsPy warnings (libmseed errors, Steim integrity checks) count as corruption. Not thread-safe with
     respect to other code that changes warning filters at the same time (warnings.catch_warnings).
-    fast_path: try `_FastDecoder` first (same library, same result, ~4x less CPU); False = ObsPy's reader only.
+    fast_path: try `_FastDecoder` first (same library, same result, less CPU); False = ObsPy's reader only.
     """
     if reclen is None:
         reclen = len(rec)
@@ -351,70 +354,6 @@ def decode_records(
         else:
             traces.append(out)
     return traces, rejected
-
-
-# --- SEED id selectors --------------------------------------------------------------------------------
-
-
-def _normalise_loc(loc: str) -> str:
-    return "" if loc == "--" else loc
-
-
-@functools.cache  # one entry per configured selector: 256 thrashed with > 256 stations
-def _compile_selector(selector: str) -> re.Pattern[str]:
-    parts = selector.strip().upper().split(".")
-    if len(parts) > 4 or not parts[0]:
-        raise ValueError(f"stream selector {selector!r}: expected NET.STA.LOC.CHA with ? and * wildcards")
-    parts += ["*"] * (4 - len(parts))
-    parts[2] = _normalise_loc(parts[2])
-    # '?' is one character and '*' any run of characters, never crossing the '.' between codes.
-    wild = {"?": "[^.]", "*": "[^.]*"}
-    body = r"\.".join("".join(wild.get(ch) or re.escape(ch) for ch in part) for part in parts)
-    return re.compile(body + r"\Z")
-
-
-def match_selector(seed_id: str, selectors: Sequence[str] | Iterable[str]) -> bool:
-    """True if "NET.STA.LOC.CHA" matches any selector (same syntax as [seedlink] streams).
-
-    Selectors are NET.STA.LOC.CHA with ? and * wildcards in any part; missing trailing parts match
-    anything ("GR.FUR" = "GR.FUR.*.*"); "--" means the empty location code. Case-insensitive.
-    """
-    parts = seed_id.upper().split(".")
-    if len(parts) != 4:
-        return False
-    parts[2] = _normalise_loc(parts[2])
-    sid = ".".join(parts)
-    return any(_compile_selector(s).match(sid) for s in selectors)
-
-
-class SelectorSet:
-    """A fixed list of selectors, matched without scanning all of them (`match_selector`'s semantics).
-
-    A configuration watching 500 stations has 500+ selectors, and every record is matched: scanning them
-    all was an O(stations) cost per record. Selectors with an explicit NET.STA are indexed by it; the
-    others (wildcards in the network or station code) are tried for every id.
-    """
-
-    def __init__(self, selectors: Iterable[str]) -> None:
-        self.selectors = tuple(selectors)
-        self._by_station: dict[str, list[re.Pattern[str]]] = {}
-        self._wild: list[re.Pattern[str]] = []
-        for sel in self.selectors:
-            pattern = _compile_selector(sel)  # raises ValueError for a malformed selector
-            net, sta = ([*sel.strip().upper().split("."), "*"])[:2]
-            if "?" in net + sta or "*" in net + sta:
-                self._wild.append(pattern)
-            else:
-                self._by_station.setdefault(f"{net}.{sta}", []).append(pattern)
-
-    def matches(self, seed_id: str) -> bool:
-        parts = seed_id.upper().split(".")
-        if len(parts) != 4:
-            return False
-        parts[2] = _normalise_loc(parts[2])
-        sid = ".".join(parts)
-        candidates = self._by_station.get(f"{parts[0]}.{parts[1]}", ())
-        return any(p.match(sid) for p in candidates) or any(p.match(sid) for p in self._wild)
 
 
 __all__ = [

@@ -21,12 +21,13 @@ import re
 import sys
 import tempfile
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from quakemon.base.errors import ConfigError
+from quakemon.ingest.selectors import STREAM_SYNTAX, SelectorError, parse_streams
 
 Check = Callable[[Any], Any]
 
@@ -82,20 +83,11 @@ def _listen(v: str) -> str:
     return _host_port(v, what="HTTP listen address, port 0 picks a free one", allow_empty=True, min_port=0)
 
 
-_SELECTOR = re.compile(r"^[A-Z0-9]{1,2}\.[A-Z0-9]{1,5}\.[A-Z0-9?*-]{0,2}\.[A-Z0-9?*]{1,3}$")
-
-
 def _streams(v: tuple[str, ...]) -> tuple[str, ...]:
-    for sel in v:
-        if not _SELECTOR.match(sel):
-            raise _Invalid(
-                'selectors "NET.STA.LOC.CHA" (upper case; station explicit; ? and * only in LOC and CHA, '
-                f'e.g. "BW.RJOB..EH?"), but {sel!r} is not one'
-            )
-    dupes = sorted({s for s in v if v.count(s) > 1})
-    if dupes:
-        raise _Invalid(f"distinct selectors, but {dupes} appear more than once")
-    return v
+    try:
+        return tuple(s.text for s in parse_streams(v))
+    except SelectorError as exc:
+        raise _Invalid(f"distinct {STREAM_SYNTAX}, but {exc}") from None
 
 
 _ENDPOINT = re.compile(r"^(tcp://[^\s/]+:(\d+|\*)|ipc://\S+|inproc://\S+)$")
@@ -437,10 +429,35 @@ def load_config(
         built[name] = _build_section(sections[name], name, merged, "command-line override", from_text=True)
         data = {**data, name: merged}
     config = _resolve(Config(**built), where)
-    if require_streams and not config.seedlink.streams:
-        raise ConfigError(f'{where}: seedlink.streams: expected at least one selector like "BW.RJOB..EH?" '
-                          "for `quakemon run`, got []")
+    if require_streams:
+        check_stages(["ingest"], config, where=where)
     return config
+
+
+# -- stages --------------------------------------------------------------------------------------------------
+
+#: The pipeline stages of `quakemon run`, in data-flow order; each runs as its own process.
+STAGES = ("ingest", "preprocess", "inference")
+
+
+def check_stages(stages: str | Sequence[str] | None, config: Config | None = None, *, key: str = "stages",
+                 where: str = "config") -> list[str]:
+    """The stages to run, checked; the one place that decides which stage lists `quakemon run` accepts.
+
+    `stages`: None = all of STAGES; a string is a comma-separated list (the `--stages` flag). Every name must be
+    one of STAGES and at least one must be given (ConfigError naming `key`). With `config`, the ingest stage
+    needs at least one seedlink.streams selector (ConfigError naming seedlink.streams, prefixed by `where`).
+    """
+    if stages is None:
+        names = list(STAGES)
+    else:
+        names = [s.strip() for s in stages.split(",") if s.strip()] if isinstance(stages, str) else list(stages)
+        if not names or any(s not in STAGES for s in names):
+            raise ConfigError(f"{key}: expected a comma-separated subset of {','.join(STAGES)}, got {stages!r}")
+    if config is not None and "ingest" in names and not config.seedlink.streams:
+        raise ConfigError(f'{where}: seedlink.streams: expected at least one selector like "BW.RJOB..EH?" '
+                          "for the ingest stage of `quakemon run`, got []")
+    return names
 
 
 # -- printing ------------------------------------------------------------------------------------------------

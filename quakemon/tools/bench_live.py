@@ -1,6 +1,7 @@
 """`quakemon bench` part (c): live capacity, N stations through `quakemon serve` into a real `quakemon run`.
 
-See `quakemon.tools.bench` for what is measured and how; this module owns the daemon and server subprocesses.
+See `quakemon.tools.bench` for what is measured and how; this module owns the daemon and server subprocesses
+and reads their CPU and memory from /proc.
 """
 
 from __future__ import annotations
@@ -9,38 +10,26 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import structlog
 
-if TYPE_CHECKING:
-    from quakemon.tools.bench import BenchPlan
+from quakemon.base.net import free_port
+from quakemon.tools.bench_common import NETWORK, BenchPlan, spread_checkpoint, write_synthetic_archive
 
 log = structlog.get_logger(__name__)
-
-# ---------------------------------------------------------------------------------------------------------------
-# (c) live
-# ---------------------------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def daemon_config(path: Path, *, server: str, stations: Sequence[str], checkpoint: Path, runtime_dir: Path,
                   publish: str, stride_s: float = 1.0, batch_size: int = 64, queue_hwm: int | None = None) -> Path:
     """A `quakemon run` config for the bench: no resume state, triggers at p = 0.5 with no minimum duration."""
-    from quakemon.tools.bench import NETWORK
-
     streams = [f"{NETWORK}.{s}..HH?" for s in stations]
     hwm = f"queue_hwm = {int(queue_hwm)}\n" if queue_hwm else ""
     path.write_text(
@@ -289,8 +278,6 @@ def _finish_step(step: LiveStep, first: tuple[float, dict[str, Any], tuple[float
 def bench_live(archive_dir: Path, checkpoint: Path, plan: BenchPlan, workdir: Path,
                progress: Callable[[str], None] = lambda s: None, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Grow N over plan.live_stations until a step does not keep up; the largest N that did is the capacity."""
-    from quakemon.tools.bench import spread_checkpoint, write_synthetic_archive
-
     workdir.mkdir(parents=True, exist_ok=True)
     steps: list[LiveStep] = []
     files: list[Path] = []

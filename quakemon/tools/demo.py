@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,15 +21,10 @@ from pathlib import Path
 
 import zmq
 
+from quakemon.base.net import free_port
 from quakemon.wire.schema import parse_iso_utc
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _picks() -> dict[str, list[float]]:
@@ -70,7 +64,8 @@ def run_demo(duration_s: float | None = None, plot: str | None = "quakemon-demo.
 
     from quakemon.base.logs import configure_logging
     from quakemon.models.checkpoint import load_checkpoint, resolve_checkpoint
-    from quakemon.tools.serve import SeedLinkServer, load_records
+    from quakemon.tools.serve import SeedLinkServer
+    from quakemon.tools.serve_records import load_records
 
     configure_logging("warning", "console")
     files = sorted(DEMO_DIR.glob("*.mseed"))
@@ -86,7 +81,7 @@ def run_demo(duration_s: float | None = None, plot: str | None = "quakemon-demo.
     records = load_records(files)
     server = SeedLinkServer(records, host="127.0.0.1", port=0, speed=speed).start()
     tmp = Path(tempfile.mkdtemp(prefix="quakemon-demo-"))
-    publish = f"tcp://127.0.0.1:{_free_port()}"
+    publish = f"tcp://127.0.0.1:{free_port()}"
     config = _config(tmp, server.address, streams, publish)
     print(f"  serving on {server.address}; daemon publishes on {publish}; logs in {tmp / 'daemon.log'}")
     ctx = zmq.Context()

@@ -33,6 +33,7 @@ import zmq
 from quakemon.base.errors import ConfigError, QuakemonError
 from quakemon.base.signals import stop_on_signals
 from quakemon.wire.schema import DETECTION_SCHEMA, EVENT_SCHEMA, HEARTBEAT_TOPIC, MessageError, iso_utc, parse_body
+from quakemon.wire.security import make_curve_client
 
 LISTEN_SCHEMA = "quakemon.tools.listen/1"
 _POLL_MS = 100
@@ -135,14 +136,6 @@ def heartbeat_text(body: dict[str, Any]) -> str:
             f"dropped={body['dropped']} lag={'-' if lag is None else f'{lag:.2f}s'}")
 
 
-def _curve_configurer(curve: tuple[str, str]) -> Callable[[zmq.Socket], None]:
-    try:
-        from quakemon.wire.security import make_curve_client  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise ConfigError("listen --curve needs CURVE support (quakemon.wire.security), which is not installed") from exc
-    return lambda sock: make_curve_client(sock, curve[0], curve[1])
-
-
 def listen(
     endpoint: str,
     topic_prefix: str = "",
@@ -159,8 +152,8 @@ def listen(
     stop: threading.Event | None = None,
     context: zmq.Context | None = None,
 ) -> int:
-    """Subscribe to `endpoint` and print until `max_messages` were printed, `timeout_s` passed, `stop` is set
-    or SIGINT; returns the exit code (0).
+    """Subscribe to `endpoint` and print until `max_messages` were printed, `timeout_s` passed or `stop` is set
+    (`main` sets it on SIGINT/SIGTERM); returns the exit code (0).
 
     `curve`: (client secret key file, server public key file); `configure_socket` is called on the SUB socket
     before it connects (socket options, CURVE keys).
@@ -174,7 +167,7 @@ def listen(
     sock.setsockopt(zmq.LINGER, 0)
     try:
         if curve is not None:
-            _curve_configurer(curve)(sock)
+            make_curve_client(sock, curve[0], curve[1])
         if configure_socket is not None:
             configure_socket(sock)
         sock.setsockopt_string(zmq.SUBSCRIBE, topic_prefix)
@@ -184,6 +177,9 @@ def listen(
     except zmq.ZMQError as exc:
         sock.close(linger=0)
         raise ConfigError(f"listen endpoint {endpoint!r}: cannot connect: {exc}") from exc
+    except BaseException:  # e.g. an unreadable CURVE key file: the socket must not outlive the call
+        sock.close(linger=0)
+        raise
 
     def emit_reports(reports: list[dict[str, Any]]) -> None:
         for report in reports:
@@ -212,8 +208,6 @@ def listen(
                         break
                     printed += _handle(frames, topic_prefix, as_json, show_heartbeats, tracker, out, emit_reports)
             emit_reports(tracker.check_silence(time.monotonic()))
-    except KeyboardInterrupt:
-        pass
     finally:
         sock.close(linger=0)
     return 0

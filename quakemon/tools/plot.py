@@ -77,7 +77,7 @@ def plot_replay(paths: Sequence[str], result, png: str | Path, selectors: Sequen
     """`quakemon replay --plot`: read the archive's waveforms back and plot them with the replay's results."""
     from obspy import Stream, read
 
-    from quakemon.ingest.validate import match_selector
+    from quakemon.ingest.selectors import match_selector
 
     st = Stream()
     for p in paths:
@@ -88,6 +88,6 @@ def plot_replay(paths: Sequence[str], result, png: str | Path, selectors: Sequen
             except Exception:  # noqa: BLE001 - unreadable files were reported by the replay itself
                 continue
     if selectors:
-        st = Stream([tr for tr in st if match_selector(tr.id, list(selectors))])
+        st = Stream([tr for tr in st if match_selector(tr.id, selectors)])
     st.merge(method=1, fill_value=None)
     return plot_detections(st, result.series, result.detections, result.labels, png, title="quakemon replay")

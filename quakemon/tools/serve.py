@@ -1,18 +1,19 @@
 """`quakemon serve`: a small SeedLink v3 server that streams archived MiniSEED (tests, demos, replays).
 
-The archive is re-packed into 512-byte MiniSEED 2 records (the only size ObsPy's SeedLink client reads),
-sorted by start time, and each record gets a fixed sequence number: its place in the archive (plus an
-optional `first_seq`, modulo 2**24). `DATA <seq>` therefore resumes exactly, also across server restarts.
-Plain `DATA` streams the archive from its start, paced from the moment the transfer starts (`speed` times
-real time; 0 or inf = as fast as the client reads). With `loop` the archive repeats and each pass is
-shifted forward by the archive's span (record start times are rewritten in the header), so time never
-runs backwards and sequence numbers keep increasing. `retime_now` shifts the whole archive so that it
-starts when the server starts (fixed for the server's life, so a sequence number always means the same
-record). Protocol notes: /work/shared/SEEDLINK.md; supported: HELLO, STATION, SELECT, DATA, FETCH, TIME,
-END, INFO ID|CAPABILITIES|STATIONS|STREAMS, BYE.
+The archive is re-packed into 512-byte MiniSEED 2 records (`quakemon.tools.serve_records`), sorted by start
+time, and each record gets a fixed sequence number: its place in the archive (plus an optional `first_seq`,
+modulo 2**24). `DATA <seq>` therefore resumes exactly, also across server restarts. Plain `DATA` streams the
+archive from its start, paced from the moment the transfer starts (`speed` times real time; 0 or inf = as fast
+as the client reads). With `loop` the archive repeats and each pass is shifted forward by the archive's span
+(record start times are rewritten in the header), so time never runs backwards and sequence numbers keep
+increasing. `retime_now` shifts the whole archive so that it starts when the server starts (fixed for the
+server's life, so a sequence number always means the same record).
 
-`Faults` injects network failures for tests: cut a connection after N packets (optionally mid-record,
-FIN or RST), stall it (socket open, no data), duplicate packets, or mutate the bytes of records on the wire.
+Commands: HELLO, STATION, SELECT, DATA, FETCH, TIME, END, INFO ID|CAPABILITIES|STATIONS|STREAMS, BYE. STATION
+and SELECT patterns follow `quakemon.ingest.selectors`. During a transfer only INFO and BYE are answered.
+
+`Faults` injects network failures for tests: cut a connection after N packets (optionally mid-record, FIN or
+RST), stall it (socket open, no data), duplicate packets, or mutate the bytes of records on the wire.
 """
 
 from __future__ import annotations
@@ -20,12 +21,9 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
-import functools
-import io
 import math
 import re
 import select
-import signal
 import socket
 import struct
 import sys
@@ -35,172 +33,34 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import structlog
 
 from quakemon.base.errors import QuakemonError
+from quakemon.base.signals import stop_on_signals
+from quakemon.ingest.selectors import (
+    SelectPattern,
+    is_network_pattern,
+    is_station_pattern,
+    seedlink_wildcard,
+    select_matches,
+)
 from quakemon.ingest.seqstate import SEQ_MASK
+from quakemon.tools.serve_records import (
+    TICKS,
+    Record,
+    frame_info,
+    load_records,
+    parse_sl_time,
+    retime_record,
+    sl_time,
+)
+
+__all__ = ["Faults", "SeedLinkServer", "main", "serve"]
 
 log = structlog.get_logger(__name__)
 
-RECLEN = 512
-TICKS = 10_000  # BTIME resolution: 1e-4 s
 HELLO_ID = "SeedLink v3.1 (quakemon serve) :: SLPROTO:3.1 NSWILDCARD"
 _POLL_S = 0.2
-_EPOCH = dt.datetime(1970, 1, 1)
-_STATION_RE = re.compile(r"^[A-Z0-9?*]{1,5}$")
-_NETWORK_RE = re.compile(r"^[A-Z0-9?*]{1,2}$")
-_SELECT_RE = re.compile(r"^(!?)([A-Z0-9?\-]{2})?([A-Z0-9?]{3})(\.[A-Z?])?$")
-
-
-@dataclass(frozen=True)
-class Record:
-    """One 512-byte MiniSEED 2 record of the archive with the header fields the server needs."""
-
-    raw: bytes
-    net: str
-    sta: str
-    loc: str
-    cha: str
-    start: float  # POSIX seconds (BTIME + unapplied time correction)
-    end: float  # start + numsamples / rate
-    little_endian: bool
-
-    @property
-    def seed_id(self) -> str:
-        return f"{self.net}.{self.sta}.{self.loc}.{self.cha}"
-
-
-def _rate(factor: int, mult: int) -> float:
-    if factor == 0 or mult == 0:
-        return 0.0
-    if factor > 0:
-        return factor * mult if mult > 0 else -factor / mult
-    return -mult / factor if mult > 0 else 1.0 / (factor * mult)
-
-
-def _btime_ticks(raw: bytes, little: bool) -> int:
-    year, doy, hour, minute, sec, _, fract = struct.unpack_from("<HHBBBBH" if little else ">HHBBBBH", raw, 20)
-    days = (dt.datetime(year, 1, 1) - _EPOCH).days + doy - 1
-    return ((days * 24 + hour) * 60 + minute) * 60 * TICKS + sec * TICKS + fract
-
-
-def parse_record(raw: bytes) -> Record:
-    """Read the fixed header of a 512-byte MiniSEED 2 record (ValueError if it is not plausible)."""
-    if len(raw) != RECLEN:
-        raise ValueError(f"record is {len(raw)} bytes, expected {RECLEN}")
-    little = not 1900 <= struct.unpack_from(">H", raw, 20)[0] <= 2100
-    fmt = "<" if little else ">"
-    year, doy = struct.unpack_from(fmt + "HH", raw, 20)
-    if not (1900 <= year <= 2100 and 1 <= doy <= 366):
-        raise ValueError(f"implausible record start year={year} day={doy}")
-    nsamp, factor, mult = struct.unpack_from(fmt + "Hhh", raw, 30)
-    flags = raw[36]
-    corr = struct.unpack_from(fmt + "i", raw, 40)[0]
-    ticks = _btime_ticks(raw, little) + (0 if flags & 0x02 else corr)
-    rate = _rate(factor, mult)
-    start = ticks / TICKS
-    end = start + (nsamp / rate if rate > 0 else 0.0)
-
-    def text(a: int, b: int) -> str:
-        return raw[a:b].decode("ascii", "replace").strip()
-
-    return Record(raw, text(18, 20), text(8, 13), text(13, 15), text(15, 18), start, end, little)
-
-
-def retime_record(raw: bytes, shift_ticks: int, little_endian: bool) -> bytes:
-    """Shift the BTIME start of a record by `shift_ticks` x 1e-4 s (everything else unchanged)."""
-    if shift_ticks == 0:
-        return raw
-    ticks = _btime_ticks(raw, little_endian) + shift_ticks
-    t = _EPOCH + dt.timedelta(microseconds=(ticks // TICKS) * 1_000_000)
-    doy = t.timetuple().tm_yday
-    btime = struct.pack("<HHBBBBH" if little_endian else ">HHBBBBH", t.year, doy, t.hour, t.minute, t.second, 0,
-                        ticks % TICKS)
-    return raw[:20] + btime + raw[30:]
-
-
-def pack_records(stream) -> list[bytes]:
-    """Re-pack an ObsPy Stream into 512-byte MiniSEED 2 records (one write per trace, split)."""
-    out: list[bytes] = []
-    for tr in stream:
-        buf = io.BytesIO()
-        tr.write(buf, format="MSEED", reclen=RECLEN)
-        data = buf.getvalue()
-        out.extend(data[i:i + RECLEN] for i in range(0, len(data), RECLEN))
-    return out
-
-
-def load_records(paths: Sequence[str | Path]) -> list[Record]:
-    """Read MiniSEED (or anything ObsPy reads) from files/directories; 512-byte records sorted by start time."""
-    import obspy
-
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.is_file()))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise QuakemonError(f"serve: archive path {p} does not exist (expected a MiniSEED file or directory)")
-    records: list[Record] = []
-    for f in files:
-        try:
-            st = obspy.read(str(f))
-        except Exception as exc:  # ObsPy raises many types for unreadable files
-            raise QuakemonError(f"serve: cannot read {f} as waveform data: {exc}") from exc
-        records.extend(parse_record(r) for r in pack_records(st))
-    if not records:
-        raise QuakemonError(f"serve: no waveform records found in {', '.join(map(str, paths))}")
-    return sort_records(records)
-
-
-def sort_records(records: Sequence[Record]) -> list[Record]:
-    """Archive order: start time, then stream id (stable)."""
-    return sorted(records, key=lambda r: (r.start, r.seed_id))
-
-
-@functools.lru_cache(maxsize=4096)
-def _wild_rx(pattern: str) -> re.Pattern[str]:
-    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern))
-
-
-def _wild(pattern: str, value: str) -> bool:
-    """SeedLink wildcard match: '?' any one character, '*' any run."""
-    return _wild_rx(pattern).fullmatch(value) is not None
-
-
-@dataclass
-class Selector:
-    """One SELECT pattern `[!][LL]CCC[.T]`: '?' wildcard, '-' for a blank location character."""
-
-    negate: bool
-    loc: str | None
-    cha: str
-    dtype: str | None
-
-    @classmethod
-    def parse(cls, text: str) -> Selector | None:
-        m = _SELECT_RE.match(text.upper())
-        if not m:
-            return None
-        loc = m.group(2).replace("-", " ") if m.group(2) else None
-        return cls(bool(m.group(1)), loc, m.group(3), m.group(4)[1:] if m.group(4) else None)
-
-    def matches(self, rec: Record) -> bool:
-        if self.dtype not in (None, "D", "?"):
-            return False
-        if self.loc is not None and not _wild(self.loc, rec.loc.ljust(2)):
-            return False
-        return _wild(self.cha, rec.cha)
-
-
-def selected(selectors: Sequence[Selector], rec: Record) -> bool:
-    """Selected when it matches any positive selector (or there is none) and no negative one."""
-    pos = [s for s in selectors if not s.negate]
-    if pos and not any(s.matches(rec) for s in pos):
-        return False
-    return not any(s.matches(rec) for s in selectors if s.negate)
 
 
 @dataclass
@@ -222,14 +82,15 @@ class _Sub:
 
     net: str
     sta: str
-    selectors: list[Selector]
+    selectors: list[SelectPattern]
     mode: str = ""  # "data", "fetch", "time"
     pos: int = 0  # first archive position (absolute, for data/fetch)
     t0: float = -math.inf
     t1: float = math.inf
 
     def wants(self, rec: Record) -> bool:
-        return _wild(self.sta, rec.sta) and _wild(self.net, rec.net) and selected(self.selectors, rec)
+        return (seedlink_wildcard(self.sta, rec.sta) and seedlink_wildcard(self.net, rec.net)
+                and select_matches(self.selectors, rec.loc, rec.cha))
 
 
 class _Closed(Exception):
@@ -393,7 +254,7 @@ class SeedLinkServer:
         """The XML answer to INFO `level`, as SLINFO-framed 512-byte ASCII MiniSEED records."""
         level = level.upper()
         if level not in self._info_cache:
-            self._info_cache[level] = _frame_info(self._info_xml(level))
+            self._info_cache[level] = frame_info(self._info_xml(level))
         return self._info_cache[level]
 
     def _info_xml(self, level: str) -> str:
@@ -420,39 +281,12 @@ class SeedLinkServer:
                 continue
             parts.append(">")
             for (loc, cha), ids in sorted(streams.items()):
-                b = _sl_time(self.records[ids[0]].start + self.retime_ticks / TICKS)
-                e = _sl_time(self.records[ids[-1]].end + self.retime_ticks / TICKS)
+                b = sl_time(self.records[ids[0]].start + self.retime_ticks / TICKS)
+                e = sl_time(self.records[ids[-1]].end + self.retime_ticks / TICKS)
                 parts.append(f'<stream location="{loc}" seedname="{cha}" type="D" begin_time="{b}" end_time="{e}"'
                              ' begin_recno="0" end_recno="0" gap_check="disabled" gap_treshold="0"/>')
             parts.append("</station>")
         return "".join(parts) + "</seedlink>"
-
-
-def _sl_time(t: float) -> str:
-    d = dt.datetime.fromtimestamp(t, dt.UTC)
-    return f"{d:%Y/%m/%d %H:%M:%S}.{d.microsecond // 100:04d}"
-
-
-def _frame_info(xml: str) -> bytes:
-    """Pack XML into ASCII MiniSEED records framed `SLINFO *` (more follow) / `SLINFO  ` (last)."""
-    from obspy import Trace
-
-    tr = Trace(np.frombuffer(xml.encode("ascii", "replace"), dtype="S1").copy())
-    tr.stats.network, tr.stats.station, tr.stats.channel = "XX", "INFO", "LOG"
-    buf = io.BytesIO()
-    tr.write(buf, format="MSEED", encoding="ASCII", reclen=RECLEN)
-    data = buf.getvalue()
-    recs = [data[i:i + RECLEN] for i in range(0, len(data), RECLEN)]
-    return b"".join((b"SLINFO *" if i < len(recs) - 1 else b"SLINFO  ") + r for i, r in enumerate(recs))
-
-
-def _parse_sl_time(text: str) -> float:
-    parts = [p for p in text.split(",") if p != ""]
-    if not 3 <= len(parts) <= 7:
-        raise ValueError(f"bad SeedLink time {text!r}")
-    nums = [int(p) for p in parts[:5]] + [0] * (5 - min(5, len(parts)))
-    sec = float(parts[5]) if len(parts) > 5 else 0.0
-    return (dt.datetime(*nums[:5], tzinfo=dt.UTC) - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)).total_seconds() + sec
 
 
 class _Session:
@@ -524,19 +358,19 @@ class _Session:
         elif verb == "INFO":
             self._send(self.srv.info_packets(args[0] if args else "ID"))
         elif verb == "STATION":
-            if not args or not _STATION_RE.match(args[0].upper()):
+            if not args or not is_station_pattern(args[0]):
                 self._send(err)
                 return False
             sta, net = args[0].upper(), (args[1].upper() if len(args) > 1 else "*")
-            if not _NETWORK_RE.match(net) or not any(
-                    _wild(sta, r.sta) and _wild(net, r.net) for r in self.srv.records):
+            if not is_network_pattern(net) or not any(
+                    seedlink_wildcard(sta, r.sta) and seedlink_wildcard(net, r.net) for r in self.srv.records):
                 self.cur = None
                 self._send(err)
                 return False
             self.cur = _Sub(net, sta, [])
             self._send(ok)
         elif verb == "SELECT":
-            sel = Selector.parse(args[0]) if len(args) == 1 else None
+            sel = SelectPattern.parse(args[0]) if len(args) == 1 else None
             if sel is None:
                 self._send(err)
                 return False
@@ -570,8 +404,8 @@ class _Session:
         if verb == "TIME":
             if not args:
                 raise ValueError("TIME needs a begin time")
-            sub.t0 = _parse_sl_time(args[0])
-            sub.t1 = _parse_sl_time(args[1]) if len(args) > 1 else math.inf
+            sub.t0 = parse_sl_time(args[0])
+            sub.t1 = parse_sl_time(args[1]) if len(args) > 1 else math.inf
         elif args:
             seq = int(args[0], 16)
             if not 0 <= seq <= SEQ_MASK:
@@ -700,24 +534,25 @@ def serve(
     port_file: str | Path | None = None,
     stop: threading.Event | None = None,
 ) -> int:
-    """Serve the archive until `stop` is set or SIGINT/SIGTERM arrives (main thread); returns exit code 0."""
+    """Serve the archive until `stop` is set or SIGINT/SIGTERM arrives; returns exit code 0.
+
+    The signal handlers (`stop_on_signals`, main thread only) are in place while the server runs and the previous
+    ones come back afterwards. `port_file` receives the bound port (atomically) once the server listens.
+    """
     records = load_records(paths)
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-    srv = SeedLinkServer(records, host=host, port=port, speed=speed, loop=loop, retime_now=retime,
-                         first_seq=first_seq).start()
-    try:
-        if port_file is not None:
-            tmp = Path(f"{port_file}.tmp")
-            tmp.write_text(f"{srv.port}\n")
-            tmp.replace(port_file)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        srv.stop()
-        log.info("seedlink_server_stopped", connections=srv.connections, packets=srv.packets_sent)
+    with stop_on_signals(stop or threading.Event()) as stopping:
+        srv = SeedLinkServer(records, host=host, port=port, speed=speed, loop=loop, retime_now=retime,
+                             first_seq=first_seq).start()
+        try:
+            if port_file is not None:
+                tmp = Path(f"{port_file}.tmp")
+                tmp.write_text(f"{srv.port}\n")
+                tmp.replace(port_file)
+            while not stopping.wait(0.5):
+                pass
+        finally:
+            srv.stop()
+            log.info("seedlink_server_stopped", connections=srv.connections, packets=srv.packets_sent)
     return 0
 
 

@@ -57,12 +57,6 @@ def write_config(path: Path, streams: str = '["BW.RJOB..EH?"]', checkpoint: str 
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def record_calls(monkeypatch, module: str, name: str, result=0) -> list[dict]:
     """Replace module.name by a recorder that checks each call against the real signature; return its calls."""
     mod = importlib.import_module(module)
@@ -398,7 +392,7 @@ def test_serve_missing_archive_exits_nonzero_without_traceback(tmp_path):
     assert "absent.mseed" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_listen_with_timeout_and_no_publisher_returns_0():
+def test_listen_with_timeout_and_no_publisher_returns_0(free_port):
     proc = quakemon_cmd("listen", f"tcp://127.0.0.1:{free_port()}", "--timeout", "1", "--json", timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr

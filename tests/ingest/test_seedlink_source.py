@@ -14,10 +14,10 @@ from collections import Counter
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from support.seedlink import REPO, collect, free_port, make_records, record_ids, rid, server_process, write_archive
+from support.seedlink import REPO, collect, make_records, record_ids, rid, server_process, write_archive
 
 from quakemon.base.errors import ConfigError
-from quakemon.ingest.seedlink import SeedLinkSource, StreamSelector
+from quakemon.ingest.seedlink import SeedLinkSource
 from quakemon.ingest.seqstate import (
     SEQ_MASK,
     SeqState,
@@ -95,17 +95,13 @@ def test_state_file_atomic_roundtrip_and_corruption(tmp_path):
     assert load_state(tmp_path / "missing") == SeqState()
 
 
-def test_stream_selectors():
-    s = StreamSelector.parse("BW.RJOB..EH?")
-    assert (s.station_key, s.seedlink_select()) == ("BW.RJOB", "--EH?")
-    assert s.matches("BW.RJOB..EHZ") and not s.matches("BW.RJOB.00.EHZ") and not s.matches("BW.RJOB..HHZ")
-    assert StreamSelector.parse("GR.FUR.*.HH*").seedlink_select() == "HH?"
-    assert StreamSelector.parse("GR.FUR.00.*").seedlink_select() == "00???"
-    for bad in ("BW.*..EHZ", "B?.RJOB..EHZ", "BW.RJOB.EHZ", "BW.RJOB..EHZZ"):
-        with pytest.raises(ConfigError, match="streams"):
-            StreamSelector.parse(bad)
+def test_source_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="host:port"):
         SeedLinkSource("seedlink://x", ["BW.RJOB..EHZ"])
+    with pytest.raises(ConfigError, match=r"\[seedlink\] streams: 'BW\.\*\.\.EHZ'.*explicit"):
+        SeedLinkSource("127.0.0.1:18000", ["BW.*..EHZ"])
+    with pytest.raises(ConfigError, match="at least one"):
+        SeedLinkSource("127.0.0.1:18000", [])
 
 
 # --- behaviour against the server -------------------------------------------------------------------------------
@@ -232,7 +228,7 @@ def test_corrupt_records_never_crash_the_source(rjob):
     assert len(got) >= clean - 2 * len(truncated)  # a truncation may cost its neighbour (resync)
 
 
-def test_server_down_at_start_backoff_capped_then_flows(rjob):
+def test_server_down_at_start_backoff_capped_then_flows(rjob, free_port):
     port = free_port()
     src = SeedLinkSource(f"127.0.0.1:{port}", ["BW.RJOB..EH?"], backoff_initial=0.05, backoff_max=0.2, netto=5.0)
     src.start()
@@ -293,10 +289,10 @@ def test_restart_resumes_from_state_file(rjob, tmp_path):
     assert data_cmds[-1] == f"DATA {19:06X}"
 
 
-def test_server_killed_and_restarted_mid_stream(tmp_path):
+def test_server_killed_and_restarted_mid_stream(tmp_path, free_port):
     """A real `python -m quakemon.tools.serve` is SIGKILLed mid-stream and restarted on the same port."""
     path = write_archive(tmp_path / "a.mseed", [("BW", "RJOB"), ("XX", "ABC")])
-    from quakemon.tools.serve import load_records
+    from quakemon.tools.serve_records import load_records
 
     want = record_ids(load_records([path]), lambda r: r.sta == "RJOB")
     port = free_port()

@@ -10,8 +10,10 @@ import pytest
 
 from quakemon.base.errors import ConfigError
 from quakemon.service.config import (
+    STAGES,
     Config,
     check_config_main,
+    check_stages,
     format_config,
     load_config,
 )
@@ -111,6 +113,8 @@ def test_int_accepted_for_float_key(tmp_path: Path) -> None:
         ("[seedlink]\nstreams = ['BW.*..EH?']\n", ["seedlink.streams", "station explicit", "'BW.*..EH?'"]),
         ("[seedlink]\nstreams = ['BW.RJOB.EH?']\n", ["seedlink.streams", "'BW.RJOB.EH?'"]),
         ("[seedlink]\nstreams = ['BW.RJOB..EH?', 'BW.RJOB..EH?']\n", ["seedlink.streams", "more than once"]),
+        ("[seedlink]\nstreams = ['BW.RJOB..EH?', 'bw.rjob..eh?']\n", ["seedlink.streams", "more than once"]),
+        ("[seedlink]\nstreams = ['BW.RJOB..EHZZ']\n", ["seedlink.streams", "channel 1-3", "'BW.RJOB..EHZZ'"]),
         ("[seedlink]\nresume_policy = 'latest'\n", ["seedlink.resume_policy", '"earliest"', "got 'latest'"]),
         ("[seedlink]\nnetto = 0\n", ["seedlink.netto", "> 0", "got 0"]),
         ("[seedlink]\nnetto = nan\n", ["seedlink.netto", "got nan"]),
@@ -166,6 +170,27 @@ def test_run_requires_streams(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, MINIMAL), require_streams=True).seedlink.streams
     with pytest.raises(ConfigError, match=r"seedlink\.streams: expected at least one selector.*got \[\]"):
         load_config(write(tmp_path, "[publish]\nendpoint = 'tcp://127.0.0.1:5557'\n"), require_streams=True)
+
+
+def test_streams_are_stream_selectors_normalised_to_upper_case(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL.replace('"GR.FUR..HH?"', '" gr.fur.*.hh* "')))
+    assert cfg.seedlink.streams == ("BW.RJOB..EH?", "GR.FUR.*.HH*")
+
+
+def test_check_stages_is_the_one_stage_check(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL))
+    no_streams = load_config(None)
+    assert check_stages(None) == list(STAGES) == ["ingest", "preprocess", "inference"]
+    assert check_stages("inference, preprocess", key="--stages") == ["inference", "preprocess"]
+    assert check_stages(["inference"], no_streams) == ["inference"]  # an inference-only host needs no streams
+    assert check_stages(None, cfg) == list(STAGES)
+    for bad in ("ingest,gpu", ",", ["gpu"], []):
+        with pytest.raises(ConfigError, match=r"^--stages: expected a comma-separated subset of "
+                                              r"ingest,preprocess,inference, got "):
+            check_stages(bad, key="--stages")
+    for stages in (None, ["ingest"], "preprocess,ingest"):
+        with pytest.raises(ConfigError, match=r"^config: seedlink\.streams: expected at least one selector.*got \[\]"):
+            check_stages(stages, no_streams)
 
 
 def test_path_keys_expand_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

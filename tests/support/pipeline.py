@@ -21,15 +21,11 @@ from typing import Any
 import numpy as np
 import zmq
 
+from quakemon.base.net import free_port  # noqa: F401 - the one free_port, for the daemon tests' helpers
+
 ROOT = Path(__file__).resolve().parents[2]
 STREAMS = ["BW.RJOB..EH?"]
 BLOCKS = 4  # 30 s blocks: RJOB event, noise, RJOB event, noise -> a 120 s archive
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

@@ -1,4 +1,4 @@
-"""Shared helpers for the SeedLink server/source tests: archives, free ports, collecting Traces, a worker.
+"""Shared helpers for the SeedLink server/source tests: archives, server processes, collecting Traces, a worker.
 
 Run as a script (`python tests/support/seedlink.py worker ...`) it is the ingest process of the SIGKILL test:
 it runs a SeedLinkSource and appends one line per Trace to a file.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from quakemon.tools.serve import Record, pack_records, parse_record, sort_records  # noqa: E402
+from quakemon.tools.serve_records import Record, pack_records, parse_record, sort_records  # noqa: E402
 
 
 def example_stream(net: str = "BW", sta: str = "RJOB"):
@@ -56,12 +55,6 @@ def write_archive(path: Path, stations: Sequence[tuple[str, str]] = (("BW", "RJO
         st += example_stream(net, sta)
     st.write(str(path), format="MSEED", reclen=4096)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rid(tr) -> tuple[str, int]:

@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quakemon.tools import bench, bench_live
+from quakemon.tools import bench, bench_common, bench_live, bench_replay, bench_roof
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return bench.random_checkpoint(tmp_path_factory.mktemp("ckpt") / "random.safetensors")
+    return bench_common.random_checkpoint(tmp_path_factory.mktemp("ckpt") / "random.safetensors")
 
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return bench.write_synthetic_archive(tmp_path_factory.mktemp("arch"), 2, 40.0, event_every_s=30.0)
+    return bench_common.write_synthetic_archive(tmp_path_factory.mktemp("arch"), 2, 40.0, event_every_s=30.0)
 
 
 def test_synthetic_archive_is_512_byte_steim2_per_channel(archive: list[Path], tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def test_synthetic_archive_is_512_byte_steim2_per_channel(archive: list[Path], t
         assert {tr.stats.mseed.encoding for tr in st} == {"STEIM2"}
         assert sum(tr.stats.npts for tr in st) == 4000
         assert st[0].data.dtype == np.int32
-    station = bench.write_synthetic_archive(tmp_path, 1, 40.0, layout="station", first=7)
+    station = bench_common.write_synthetic_archive(tmp_path, 1, 40.0, layout="station", first=7)
     assert [p.name for p in station] == ["XB.S0007.mseed"]
     assert sorted(tr.stats.channel for tr in read(str(station[0])).merge()) == ["HHE", "HHN", "HHZ"]
     # an event is in the data: the 30 s event window is louder than the first seconds of noise
@@ -46,7 +46,7 @@ def test_synthetic_archive_is_512_byte_steim2_per_channel(archive: list[Path], t
 
 
 def test_roof_reports_every_batch_size_and_the_best(ckpt: Path) -> None:
-    roof = bench.bench_roof_threads(ckpt, (1,), device="cpu", precision="fp32", batch_sizes=(1, 4), min_s=0.01)
+    roof = bench_roof.bench_roof_threads(ckpt, (1,), device="cpu", precision="fp32", batch_sizes=(1, 4), min_s=0.01)
     assert roof["device"] == "cpu" and roof["precision"] == "fp32" and roof["torch_threads"] == 1
     assert roof["graph"] == "frozen"  # the roof runs the graph the engine runs
     assert set(roof["windows_per_s"]) == {"1", "4"} and set(roof["by_threads"]) == {"1"}
@@ -55,8 +55,8 @@ def test_roof_reports_every_batch_size_and_the_best(ckpt: Path) -> None:
 
 
 def test_replay_counts_windows_station_hours_and_sections(ckpt: Path, archive: list[Path]) -> None:
-    serial = bench.bench_replay(archive, ckpt, device="cpu", precision="fp32", batch_size=8, overlap=False)
-    overlapped = bench.bench_replay(archive, ckpt, device="cpu", precision="fp32", batch_size=8)
+    serial = bench_replay.bench_replay(archive, ckpt, device="cpu", precision="fp32", batch_size=8, overlap=False)
+    overlapped = bench_replay.bench_replay(archive, ckpt, device="cpu", precision="fp32", batch_size=8)
     assert overlapped["overlap"] and not serial["overlap"]
     for rep in (serial, overlapped):
         # 40 s per station, 20 s windows on a 1 s grid starting at the first sample: 21 windows per station
@@ -86,7 +86,7 @@ def _beat(windows_out: int, dropped: int = 0, lag: float | None = 0.5) -> dict:
     ],
 )
 def test_keep_up_criterion(last: dict, ok: bool, reason: str) -> None:
-    step = bench.LiveStep(stations=100, speed=1.0, expected_windows_per_s=100.0)
+    step = bench_live.LiveStep(stations=100, speed=1.0, expected_windows_per_s=100.0)
     bench_live._finish_step(step, (0.0, _beat(1000), (1.0, 0)), (10.0, last, (6.0, 200 * 2**20)),
                        latencies=[0.1, 0.2, 0.3], hops=[0.001], lag_growth_limit_s=2.0)
     assert step.ok is ok
@@ -99,7 +99,7 @@ def test_keep_up_criterion(last: dict, ok: bool, reason: str) -> None:
 def test_daemon_config_is_valid(tmp_path: Path, ckpt: Path) -> None:
     from quakemon.service.config import load_config
 
-    path = bench.daemon_config(tmp_path / "b.toml", server="127.0.0.1:18000", stations=["S0000", "S0001"],
+    path = bench_live.daemon_config(tmp_path / "b.toml", server="127.0.0.1:18000", stations=["S0000", "S0001"],
                                checkpoint=ckpt, runtime_dir=tmp_path, publish="tcp://127.0.0.1:5999", batch_size=32)
     cfg = load_config(path)
     assert cfg.seedlink.streams == ("XB.S0000..HH?", "XB.S0001..HH?")
@@ -108,12 +108,12 @@ def test_daemon_config_is_valid(tmp_path: Path, ckpt: Path) -> None:
 
 
 def test_proc_usage_sees_this_process() -> None:
-    cpu, mem = bench.proc_usage(os.getpid())
+    cpu, mem = bench_live.proc_usage(os.getpid())
     assert cpu > 0 and mem > 10 * 2**20
 
 
 def test_run_bench_report_is_json_and_printable(tmp_path: Path) -> None:
-    plan = bench.BenchPlan(device="cpu", precision="fp32", roof_batches=(2,), roof_min_s=0.01, threads=(1,),
+    plan = bench_common.BenchPlan(device="cpu", precision="fp32", roof_batches=(2,), roof_min_s=0.01, threads=(1,),
                            replay_stations=1, replay_seconds=30.0, replay_batch=4, replay_threads=1, replay_repeats=2,
                            parts=("roof", "replay"))
     report = bench.run_bench(plan, workdir=tmp_path)
@@ -138,17 +138,30 @@ def test_run_bench_report_is_json_and_printable(tmp_path: Path) -> None:
 def test_roof_streams_and_the_replay_on_two_inference_workers(tmp_path: Path, ckpt: Path) -> None:
     """Two single-threaded forwards at once are a roof configuration of their own ("2x1"), and the replay with two
     torch threads runs two inference workers, its ratio taken against that configuration."""
-    roof = bench.bench_roof(ckpt, device="cpu", precision="fp32", batch_sizes=(2, 4), min_s=0.01, streams=2)
+    roof = bench_roof.bench_roof(ckpt, device="cpu", precision="fp32", batch_sizes=(2, 4), min_s=0.01, streams=2)
     assert roof["streams"] == 2 and roof["torch_threads"] == 1 and set(roof["windows_per_s"]) == {"2", "4"}
     assert all(v > 0 for v in roof["windows_per_s"].values())
-    plan = bench.BenchPlan(device="cpu", precision="fp32", roof_batches=(2,), roof_min_s=0.01, threads=(1,),
+    plan = bench_common.BenchPlan(device="cpu", precision="fp32", roof_batches=(2,), roof_min_s=0.01, threads=(1,),
                            replay_stations=1, replay_seconds=30.0, replay_threads=2, replay_repeats=1,
                            parts=("roof", "replay"))
     report = bench.run_bench(plan, workdir=tmp_path)
     assert "2x1" in report["roof"]["by_threads"] and report["roof"]["replay_threads"]["threads"] == "2x1"
     assert report["replay"]["inference_workers"] == 2 and report["replay"]["windows"] == 11
-    assert report["replay"]["batch_size"] == bench.REPLAY_BATCH == 256
+    assert report["replay"]["batch_size"] == bench_common.REPLAY_BATCH == 256
     assert "2 single-threaded forwards at once" in bench.format_report(report)
+
+
+def test_bench_parts_never_import_the_bench_runner() -> None:
+    """Imports run one way: the runner (`bench`) uses the parts, the parts use `bench_common` and nothing above."""
+    import ast
+
+    for module in (bench_common, bench_roof, bench_replay, bench_live):
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+        assert "quakemon.tools.bench" not in imported, module.__name__
+        if module is bench_common:
+            assert not {m for m in imported if m and m.startswith("quakemon.tools")}, imported
 
 
 def test_worker_split_uses_every_core_with_at_most_four_workers() -> None:
@@ -156,14 +169,14 @@ def test_worker_split_uses_every_core_with_at_most_four_workers() -> None:
 
     assert [worker_split(n) for n in (1, 2, 4, 5, 6, 16, 64)] == [(1, 1), (2, 1), (4, 1), (2, 2), (3, 2), (4, 4),
                                                                   (4, 16)]
-    assert bench.streams_config(2) == "2x1" and bench.streams_config(16) == "4x4"
+    assert bench_roof.streams_config(2) == "2x1" and bench_roof.streams_config(16) == "4x4"
     assert bench._config_text("4x4") == "4 4-thread forwards at once"
 
 
 def test_live_step_measures_a_running_daemon(tmp_path: Path, ckpt: Path) -> None:
     """Two stations at 5x real time through `quakemon serve` and `quakemon run`: windows, latency, CPU, memory."""
-    files = bench.write_synthetic_archive(tmp_path / "arch", 2, 40.0, layout="station")
-    step = bench.live_step(files, ckpt, tmp_path / "live", speed=5.0, measure_s=3.0, timeout_s=150.0,
+    files = bench_common.write_synthetic_archive(tmp_path / "arch", 2, 40.0, layout="station")
+    step = bench_live.live_step(files, ckpt, tmp_path / "live", speed=5.0, measure_s=3.0, timeout_s=150.0,
                            env={"OMP_NUM_THREADS": "1"})
     log = (tmp_path / "live" / "processes.log").read_text(errors="replace")[-3000:]
     assert step.measure_s >= 3.0, f"{step.reason}\n{log}"

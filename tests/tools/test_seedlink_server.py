@@ -11,19 +11,11 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import obspy
 import pytest
-from support.seedlink import free_port, make_records, record_ids, rid, server_process, write_archive
+from support.seedlink import make_records, record_ids, rid, server_process, write_archive
 
 from quakemon.base.errors import QuakemonError
-from quakemon.tools.serve import (
-    RECLEN,
-    Faults,
-    SeedLinkServer,
-    Selector,
-    load_records,
-    parse_record,
-    retime_record,
-    selected,
-)
+from quakemon.tools.serve import Faults, SeedLinkServer
+from quakemon.tools.serve_records import RECLEN, load_records, parse_record, retime_record
 
 STATIONS = (("BW", "RJOB"), ("XX", "ABC"))
 
@@ -226,20 +218,6 @@ def test_retime_record_roundtrip(records):
     assert shifted[30:] == raw[30:] and shifted[:20] == raw[:20]
 
 
-def test_selectors():
-    rec = make_records()[0]  # BW.RJOB..EH? with a blank location
-    assert Selector.parse("EH?").matches(rec)
-    assert Selector.parse("--EH?").matches(rec)
-    assert not Selector.parse("00EH?").matches(rec)
-    assert not Selector.parse("EH?.E").matches(rec)
-    assert Selector.parse("EH?.D").matches(rec)
-    for bad in ("EH", "EH*", "AB.CDE", "toolong"):
-        assert Selector.parse(bad) is None, bad
-    assert selected([], rec)
-    assert not selected([Selector.parse(f"!{rec.cha}")], rec)
-    assert selected([Selector.parse("EH?"), Selector.parse("!XXX")], rec)
-
-
 def test_paced_transfer_follows_speed(records):
     """speed=20: 30 s of data take about 1.5 s; a loose lower bound only proves pacing exists."""
     rjob = [r for r in records if r.sta == "RJOB"]
@@ -304,7 +282,7 @@ def test_load_records_repacks_and_reports_bad_paths(tmp_path):
         load_records([tmp_path / "junk.txt"])
 
 
-def test_module_entry_point_serves(tmp_path):
+def test_module_entry_point_serves(tmp_path, free_port):
     """`python -m quakemon.tools.serve FILE --port N` works end to end (the future `quakemon serve`)."""
     path = write_archive(tmp_path / "a.mseed", STATIONS)
     port = free_port()

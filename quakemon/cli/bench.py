@@ -1,0 +1,34 @@
+"""`quakemon bench`: capacity and throughput on this machine (`quakemon.tools.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from quakemon.cli.common import Subparsers, add_command
+
+
+def add_bench(sub: Subparsers) -> None:
+    p = add_command(sub, "bench", cmd_bench, "capacity and throughput on this machine")
+    p.add_argument("--quick", action="store_true", help="small sizes, about a minute")
+    p.add_argument("--json", help="write the figures as JSON to this file")
+    p.add_argument("--device", default="auto", help='"auto", "cpu", "cuda" or "cuda:N"')
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None)
+    p.add_argument("--stride-s", type=float, default=None, help="window stride in seconds (default 1)")
+    p.add_argument("--parts", default=None, help="comma-separated subset of roof,replay,live (default all)")
+    p.add_argument("--roof-batches", default=None, help="comma-separated batch sizes for the roof")
+    p.add_argument("--replay-stations", type=int, default=None, help="stations in the replay archive (default 40)")
+    p.add_argument("--replay-batch", type=int, default=None,
+                   help="replay inference batch (default 256, as `quakemon replay` runs)")
+    p.add_argument("--replay-threads", type=int, default=None,
+                   help="torch threads of the replay (default: torch's, as `quakemon replay` runs)")
+    p.add_argument("--replay-repeats", type=int, default=None,
+                   help="replay runs, each between two roofs; the ratio is their median (default 5)")
+    p.add_argument("--live-batch", type=int, default=None, help="the live daemon's model.batch_size (default 64)")
+    p.add_argument("--live-stations", default=None,
+                   help="comma-separated station counts the live part tries in turn (default 100,200,...,1000)")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from quakemon.tools.bench import bench_main
+
+    return bench_main(args)
