@@ -128,16 +128,20 @@ class Publisher:
         epoch: str | None = None,
         heartbeat_interval_s: float = 1.0,
         configure_socket: Callable[[zmq.Socket], None] | None = None,
+        journal: Journal | None = None,
+        catchup_endpoint: str | None = None,
     ) -> Publisher:
         """A Publisher from the [publish] config section (endpoint, sndhwm, zmq_heartbeat_*, handshake, linger).
 
-        CURVE keys are applied by `configure_socket` (quakemon.wire.security), called before bind.
+        CURVE keys are applied by `configure_socket` (quakemon.wire.security), called before bind. `journal` and
+        `catchup_endpoint` are passed through (see the class).
         """
         return cls(
             publish.endpoint, context=context, sndhwm=publish.sndhwm, epoch=epoch,
             linger_ms=int(publish.linger_s * 1000), heartbeat_interval_s=heartbeat_interval_s,
             heartbeat_ivl_s=publish.zmq_heartbeat_ivl_s, heartbeat_timeout_s=publish.zmq_heartbeat_timeout_s,
-            handshake_ivl_s=publish.handshake_ivl_s, configure_socket=configure_socket,
+            handshake_ivl_s=publish.handshake_ivl_s, configure_socket=configure_socket, journal=journal,
+            catchup_endpoint=catchup_endpoint,
         )
 
     @property
