@@ -9,10 +9,9 @@ kernel call in the calling thread), the figure that counts when another process 
 the kernel switched off ("torch passes", the implementation before it, still used off the kernel's path). Runs
 alternate (reference, batched, batched 1 thread, torch passes, reference, ...) so that load from other processes
 hits all alike; the median and the best run are reported with the ratios. The two alternatives considered
-(torch.stft, numpy rfft) are timed afterwards, alternating between themselves: each allocates ~50-100 MB of
-temporaries, and timed between the others they left the heap trimmed and the caches cold for whichever run came
-next (the batched transform then paid its page faults: 10.6 ms median against 6.4-6.6 ms for the same call in a
-loop of its own).
+(torch.stft, numpy rfft) are timed afterwards, alternating between themselves: each allocates large
+temporaries, and timed between the others they would leave the heap trimmed and the caches cold for whichever run
+came next, which would then pay the page faults.
 Check `uptime` first: on a 2-core machine the --threads figure needs the second core idle. Not collected by
 pytest (no test_ names).
 """

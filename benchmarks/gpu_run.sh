@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The one prepared GPU check, run on a lent GPU machine (the `device` tool) from the repository root:
-#   CUDA tests, the transform benchmark on the device, and `quakemon bench` on CUDA (roof, replay, live).
-# That machine has torch/timm/scipy but no network: obspy, pyzmq, structlog and decorator travel as cp312
-# wheels in .whl/ (see the README, "GPU figures"). Output goes to $OUT (default /tmp/quakemon-gpu).
+# The GPU check, run from the repository root on a machine with a CUDA GPU: the CUDA tests, the transform
+# benchmark on the device, and `quakemon bench` on CUDA (roof, replay, live). For a machine without network
+# access, wheels of the missing dependencies (e.g. obspy, pyzmq, structlog, decorator) can be put in .whl/;
+# they are installed into /tmp/site first. Output goes to $OUT (default /tmp/quakemon-gpu).
 set -u
 OUT=${OUT:-/tmp/quakemon-gpu}
 mkdir -p "$OUT"
@@ -23,7 +23,7 @@ python3 -c "import torch, timm, obspy, zmq; print('torch', torch.__version__, to
 'timm', timm.__version__, 'obspy', obspy.__version__, 'pyzmq', zmq.__version__)"
 
 step "pytest: CUDA tests and the end-to-end daemon (device auto = CUDA here)"
-timeout 180 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_pipeline_e2e.py 2>&1 | tail -15
+timeout 180 python3 -m pytest -q -rs -p no:cacheprovider tests/pipeline/test_cuda.py tests/service/test_pipeline_e2e.py 2>&1 | tail -15
 
 step "transform benchmark on the device (batched preprocess_batch on CUDA vs the per-window scipy loop on CPU)"
 timeout 90 python3 benchmarks/bench_transforms.py --device cuda --batch 1024 --repeats 10 2>&1 | tail -12

@@ -43,15 +43,14 @@ from obspy import Trace, UTCDateTime
 
 from quakemon.base.timegrid import grid_time_ns, rate_fraction
 from quakemon.ingest.base import Samples, TraceSource
+from quakemon.ingest.selectors import SelectorSet, match_selector
 from quakemon.ingest.validate import (
     _ID_BYTES,
     _QUALITY_BYTES,
     _SEQ_BYTES,
-    SelectorSet,
     _blockette1000,
     _decode_one,
     decode_record,
-    match_selector,
     validate_trace,
 )
 

@@ -8,9 +8,6 @@ rejected record, so one bad record costs one record, not the stream.
 Rejection reasons (stable labels for metrics): truncated, bad_header, bad_reclen, decode_error,
 decode_warning (libmseed/Steim integrity warnings count as corruption), npts_mismatch, bad_encoding,
 bad_sampling_rate, bad_time, bad_id, nan, empty, too_long.
-
-Stream selectors live in `quakemon.ingest.selectors`; `match_selector` and `SelectorSet` are importable from
-here as well for the sources that import them with the decoder.
 """
 
 from __future__ import annotations
@@ -28,8 +25,6 @@ from typing import Any
 import numpy as np
 import obspy
 from obspy import Trace
-
-from quakemon.ingest.selectors import SelectorSet, match_selector
 
 try:  # ObsPy's MSEED plugin reader: skips obspy.read's per-call format detection and dispatch
     from obspy.io.mseed.core import _read_mseed as _read_mseed_impl
@@ -358,10 +353,8 @@ def decode_records(
 
 __all__ = [
     "DEFAULT_RECLEN",
-    "SelectorSet",
     "decode_record",
     "decode_records",
     "detect_reclen",
-    "match_selector",
     "validate_trace",
 ]

@@ -74,7 +74,7 @@ from scipy.signal import resample_poly
 
 from quakemon.base.timegrid import grid_time_ns, rate_fraction, split_seed_id
 from quakemon.ingest.base import Samples
-from quakemon.ingest.validate import SelectorSet
+from quakemon.ingest.selectors import SelectorSet
 from quakemon.models.contract import InputContract
 from quakemon.pipeline.buffers import StationBuffer
 

@@ -13,7 +13,8 @@ from structlog.testing import capture_logs
 
 from quakemon.ingest.archive import ArchiveSource
 from quakemon.ingest.base import Samples
-from quakemon.ingest.validate import decode_records, match_selector
+from quakemon.ingest.selectors import match_selector
+from quakemon.ingest.validate import decode_records
 from quakemon.models.contract import InputContract
 from quakemon.pipeline.windowing import StationWindower
 

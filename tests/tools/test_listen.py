@@ -139,7 +139,7 @@ def test_prints_detections_filters_topics_and_hides_heartbeats(ctx):
 
 
 def test_listen_reports_every_seq_gap_of_a_slow_subscriber(ctx):
-    """RELIABILITY #17/#18: a slow listener with a tiny RCVHWM loses messages; every loss is reported."""
+    """A slow listener with a tiny RCVHWM loses messages; every loss is reported."""
 
     def small_buffers(sock):
         sock.setsockopt(zmq.RCVHWM, 10)
@@ -173,7 +173,7 @@ def test_listen_reports_every_seq_gap_of_a_slow_subscriber(ctx):
 
 
 def test_listen_reports_publisher_death_and_restart_as_epoch_change(ctx):
-    """RELIABILITY #18: publisher death -> silence report; restart on the same endpoint -> epoch change."""
+    """Publisher death -> silence report; restart on the same endpoint -> epoch change."""
     pub = Publisher("tcp://127.0.0.1:0", context=ctx, linger_ms=0)
     endpoint, old_epoch = pub.endpoint, pub.epoch
     lt = ListenThread(ctx, endpoint, silence_s=0.5)
