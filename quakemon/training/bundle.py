@@ -1,7 +1,12 @@
 """Build and evaluate the bundled detector (quakemon/assets/quakemon-detector.safetensors).
 
     python -m quakemon.training.bundle train      # fixed seed; writes the checkpoint and its evaluation
+    python -m quakemon.training.bundle finetune --init OLD.safetensors   # fine-tune OLD on noise day UV05
     python -m quakemon.training.bundle evaluate   # re-runs the real-data evaluation of an existing checkpoint
+
+`finetune` starts from a checkpoint's weights and trains on the UV05 noise day (`quakemon.training.finetune`:
+hard negatives, transients, local and distant events over real noise); its evaluation adds the continuous
+report (`quakemon.training.continuous`) on the day it did not train on, UV10, next to a recursive STA/LTA.
 
 Training data: `quakemon.data.synthetic.generate` (physically motivated local earthquakes and hard negatives
 over synthetic and real ObsPy noise files that are *not* evaluation recordings) plus real noise windows cut from
@@ -114,7 +119,7 @@ def evaluate_real(ckpt: Checkpoint, on: float = 0.7, off: float = 0.5, min_durat
                   precision: str = "fp32") -> dict[str, Any]:
     """Recall on real local events and false detections per station-hour on real noise."""
     from quakemon.data.realdata import load, local_events, noise_recordings
-    from quakemon.pipeline.detect import DetectionStage, preprocess_windows
+    from quakemon.pipeline.detect import DetectionStage, WindowMeta, preprocess_windows
     from quakemon.pipeline.engine import InferenceEngine
     from quakemon.wire.schema import parse_iso_utc
 
@@ -138,7 +143,7 @@ def evaluate_real(ckpt: Checkpoint, on: float = 0.7, off: float = 0.5, min_durat
         if len(starts) == 0:
             rows.append({"name": rec.name, "skipped": "shorter than one window"})
             continue
-        metas = [{"station": rec.station, "start_ns": s, "end_ns": s + int(window_s * 1e9)} for s in starts]
+        metas = [WindowMeta(rec.station, s, s + int(window_s * 1e9)) for s in starts]
         spectra, metas = preprocess_windows(data, metas, contract)
         stage = DetectionStage(engine, on, off, min_duration_s, "earthquake")
         result = stage.process(spectra, metas)
@@ -185,6 +190,22 @@ def evaluate_real(ckpt: Checkpoint, on: float = 0.7, off: float = 0.5, min_durat
     }
 
 
+def continuous_summary(ckpt: Checkpoint, events_day: str = "UV10") -> dict[str, Any]:
+    """The continuous report (`quakemon.training.continuous`) on both noise days, without the sweeps' details."""
+    from quakemon.data.noise_days import NOISE_DAYS, load_day
+    from quakemon.training import continuous as cont
+
+    days = {d: load_day(d) for d in NOISE_DAYS}
+    events = cont.real_event_records(ckpt.contract.sampling_rate)
+    events += cont.synthetic_event_records(days[events_day])
+    rep = cont.summary(cont.evaluate_continuous(ckpt, days, events,
+                                                noise_series={d: cont.day_series(ckpt, d) for d in days}))
+    rep.pop("model", None)
+    rep["events"].pop("records", None)
+    rep["events_day"] = events_day
+    return rep
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = ["| recording | station | comps | windows | P arrivals | detected | late | false | max p |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -201,10 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     from quakemon.base.logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m quakemon.training.bundle")
-    parser.add_argument("action", choices=["train", "evaluate"])
+    parser.add_argument("action", choices=["train", "finetune", "evaluate"])
+    parser.add_argument("--init", default=None, help="finetune: the checkpoint to start from")
+    parser.add_argument("--continuous", action="store_true",
+                        help="evaluate: add the noise-day report (needs the msnoise noise days)")
     parser.add_argument("--output", default=str(BUNDLED_CHECKPOINT))
     parser.add_argument("--n", type=int, default=N_SYNTHETIC)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=None, help="default: 6 (train), 2 (finetune)")
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--precision", default="bf16")
     args = parser.parse_args(argv)
@@ -217,12 +241,25 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         data = training_data(contract, args.n, SEED)
         log.info("bundle_data", counts=data.counts(), seconds=round(time.time() - t0, 1))
-        cfg = TrainConfig(backbone="TINY", depth=args.depth, epochs=args.epochs, batch_size=64, lr=5e-4,
+        cfg = TrainConfig(backbone="TINY", depth=args.depth, epochs=args.epochs or 6, batch_size=64, lr=5e-4,
                           component_dropout=0.3, seed=SEED, precision=args.precision, val_fraction=0.1)
         train(data, contract, cfg, out, progress=sys.stderr.isatty(), provenance={
             "data": f"bundle.training_data(n={args.n}, seed={SEED}): synthetic + real BW.KW1 noise",
             "command": "python -m quakemon.training.bundle train"})
+    if args.action == "finetune":
+        import torch
+
+        from quakemon.training.finetune import finetune
+
+        torch.set_num_threads(min(2, torch.get_num_threads()))
+        init = Path(args.init or BUNDLED_CHECKPOINT)
+        staged = out.with_name(out.stem + ".finetune.safetensors")  # `out` may be `init` itself
+        finetune("UV05", staged, init, epochs=args.epochs or 2, precision=args.precision,
+                 progress=sys.stderr.isatty())
+        staged.replace(out)
     report = evaluate_real(load_checkpoint(out))
+    if args.action == "finetune" or args.continuous:
+        report["continuous"] = continuous_summary(load_checkpoint(out))
     out.with_suffix(".eval.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     print(markdown(report))
     keys = ("events_all", "events_3c", "events_3c_as_z", "events_z", "noise", "event_recordings")

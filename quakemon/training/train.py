@@ -49,7 +49,8 @@ class TrainConfig:
     freeze_epochs: int = 0
     finetune_lr_factor: float = 0.1
     label_smoothing: float = 0.0
-    component_dropout: float = 0.0  # probability of zeroing the horizontals of a training example (Z-only input)
+    component_dropout: float = 0.3  # probability of zeroing the horizontals of a training example (Z-only input)
+    init_checkpoint: str = ""  # start from this checkpoint's weights (fine-tuning; same architecture and labels)
     val_fraction: float = 0.15
     seed: int = 0
     device: str = "auto"
@@ -147,6 +148,8 @@ def train(data: LabelledWaveforms, contract: InputContract, cfg: TrainConfig, ou
     """Train on `data` (split into train/validation), save the best checkpoint to `out`."""
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
+    if (why := z_only_warning(contract, cfg.component_dropout)) is not None:
+        log.warning("train_skips_z_only_stations", reason=why)
     device = pick_device(cfg.device)
     labels = list(data.label_names)
     if cfg.positive_label not in labels:
@@ -173,6 +176,8 @@ def train(data: LabelledWaveforms, contract: InputContract, cfg: TrainConfig, ou
         pretrained = cfg.pretrained
     model = HybridViT(cfg.backbone, depth=cfg.depth, in_channels=contract.n_channels, num_classes=len(labels),
                       img_size=contract.spectrogram_shape, dropout=cfg.dropout, pretrained=pretrained).to(device)
+    if cfg.init_checkpoint:
+        _load_initial_weights(model, cfg.init_checkpoint, labels, contract)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(TensorDataset(x_train, y_train), batch_size=cfg.batch_size, shuffle=True, generator=gen,
                         drop_last=len(y_train) > cfg.batch_size)
@@ -240,6 +245,31 @@ def train(data: LabelledWaveforms, contract: InputContract, cfg: TrainConfig, ou
         bar.close()
     log.info("train_done", checkpoint=str(out), best_epoch=best_epoch, sha256=sha, val=best_val)
     return TrainResult(out, sha, best_epoch, best_val, history)
+
+
+def z_only_warning(contract: InputContract, component_dropout: float) -> str | None:
+    """Why a model trained this way would skip vertical-only stations, or None when it serves them."""
+    if contract.accepts("Z") or "Z" not in contract.component_order:
+        return None
+    if component_dropout <= 0:
+        return ("component_dropout is 0: the model never sees vertical-only input and its contract will not "
+                "accept Z-only stations, which the detector then skips; use a component dropout such as 0.3")
+    return ("the contract does not list Z among its component sets: the model would skip vertical-only stations "
+            "although it is trained with component dropout")
+
+
+def _load_initial_weights(model: nn.Module, path: str, labels: list[str], contract: InputContract) -> None:
+    """Copy a checkpoint's weights into `model` (fine-tuning): same labels, same input layout, same tensors."""
+    from quakemon.models.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if list(ckpt.labels) != labels:
+        raise ValueError(f"init checkpoint {path} has labels {ckpt.labels}, the data {labels}")
+    if (ckpt.contract.n_channels, ckpt.contract.spectrogram_shape) != (contract.n_channels,
+                                                                       contract.spectrogram_shape):
+        raise ValueError(f"init checkpoint {path} takes another input shape than {contract}")
+    model.load_state_dict(ckpt.model.state_dict())
+    log.info("train_init_weights", checkpoint=str(path), sha256=ckpt.sha256)
 
 
 def _bar(enabled: bool, total: int):

@@ -1,0 +1,226 @@
+"""Fine-tune a checkpoint on one real noise day: hard negatives, transients and distant events over real noise.
+
+    python -m quakemon.training.finetune --day UV05 --output /tmp/ft.safetensors   # then evaluate on UV10
+
+Starting from an existing checkpoint's weights (by default the bundled model), the training set is:
+
+* replay: the bundled model's own training recipe (`bundle.training_data`, fewer windows, another seed), so
+  three-component input and the local events it learnt stay in view;
+* hard negatives: windows of the training day on which the starting model reaches p >= 0.5 (mined from its
+  probabilities on that day, `continuous.day_series`), labelled noise;
+* random windows of the training day, labelled noise, and the same with a transient added (spike, glitch,
+  step, cultural burst; `quakemon.data.synthetic`), labelled noise;
+* earthquakes over the training day's real noise, labelled earthquake: local events
+  (`synthetic.synthesize_event_trace`) and regional/teleseismic events (`quakemon.data.distant`), P anywhere in
+  the window or up to 15 s before it (coda windows).
+
+Noise windows are taken only away from classic STA/LTA triggers on the training day (30 s before to 90 s after
+each), so the real events a volcano network records are not taught as noise. The noise day is vertical-only:
+its windows carry zero horizontals, the input a Z-only station gives the detector. A share of the new windows is
+low-passed at 7-32 Hz, as a 20-80 Hz station's data reach the model after resampling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from quakemon.models.contract import InputContract
+
+log = structlog.get_logger(__name__)
+
+#: Seeds of the fine-tuning data; disjoint from `bundle.SEED` and from the evaluation seeds in `continuous`.
+FINETUNE_SEED = 20261206
+
+
+@dataclass(frozen=True)
+class FinetuneSizes:
+    """Number of windows of each part of the fine-tuning set."""
+
+    replay: int = 4000
+    hard_negatives: int = 2500
+    noise: int = 2500
+    transients: int = 1500
+    distant: int = 2500
+    local: int = 2000
+
+
+def _clean_mask(n: int, fs: float, onsets_s: list[float], pre_s: float = 30.0, post_s: float = 90.0) -> np.ndarray:
+    """Cumulative count of "not clean" samples (near an STA/LTA onset), for O(1) window checks."""
+    bad = np.zeros(n + 1, dtype=np.int64)
+    for o in onsets_s:
+        lo, hi = max(0, int((o - pre_s) * fs)), min(n, int((o + post_s) * fs))
+        if hi > lo:
+            bad[lo] += 1
+            bad[hi] -= 1
+    return np.concatenate([[0], np.cumsum((np.cumsum(bad[:-1]) > 0).astype(np.int64))])
+
+
+def _clean_starts(cum: np.ndarray, length: int, rng: np.random.Generator, k: int) -> np.ndarray:
+    """k random start samples whose [start, start + length) avoids every masked sample."""
+    n = cum.size - 1
+    cand = rng.integers(0, n - length, size=4 * k + 100)
+    ok = cand[(cum[cand + length] - cum[cand]) == 0]
+    if ok.size < k:
+        raise ValueError(f"only {ok.size} clean windows found, {k} wanted")
+    return ok[:k]
+
+
+def _z_only(z: np.ndarray, contract: InputContract) -> np.ndarray:
+    """[m, N] vertical -> [m, C, N] in the contract's order, other components zero."""
+    out = np.zeros((z.shape[0], contract.n_channels, z.shape[1]), np.float32)
+    out[:, contract.component_order.index("Z")] = z
+    return out
+
+
+def day_parts(day: str, contract: InputContract, base_ckpt, sizes: FinetuneSizes, seed: int
+              ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """The noise-day windows of the fine-tuning set: waveforms [m, C, N], labels [m], meta."""
+    from quakemon.data.distant import KINDS, add_distant_event
+    from quakemon.data.noise_days import load_day
+    from quakemon.data.synthetic import (
+        add_cultural_bursts,
+        add_glitches,
+        add_spikes,
+        add_steps,
+        synthesize_event_trace,
+    )
+    from quakemon.training.continuous import day_series, sta_lta_onsets
+
+    rng = np.random.default_rng(seed)
+    st = load_day(day)
+    tr = max(st, key=lambda t: t.stats.npts)
+    fs, n = tr.stats.sampling_rate, contract.window_samples
+    if fs != contract.sampling_rate:
+        raise ValueError(f"{tr.id}: {fs} Hz, the contract wants {contract.sampling_rate} Hz")
+    x = tr.data.astype(np.float64)
+    t0 = tr.stats.starttime.timestamp
+    onsets = [o - t0 for o in sta_lta_onsets(st.select(id=tr.id))]
+    cum = _clean_mask(x.size, fs, onsets)
+    log.info("finetune_day", day=day, sta_lta_triggers=len(onsets), clean_fraction=round(1 - cum[-1] / x.size, 3))
+    waves, labels, meta = [], [], []
+
+    def add(z: np.ndarray, label: int, rows: list[dict[str, Any]]) -> None:
+        waves.append(_z_only(z.astype(np.float32), contract))
+        labels.append(np.full(len(z), label, np.int64))
+        meta.extend(rows)
+
+    # hard negatives: where the starting model fires on clean noise
+    (series,) = day_series(base_ckpt, day).values()
+    starts = np.round((series.start[series.p >= 0.5] - t0) * fs).astype(np.int64)
+    starts = starts[(starts >= 0) & (starts + n <= x.size)]
+    starts = starts[(cum[starts + n] - cum[starts]) == 0]
+    starts = rng.permutation(starts)[: sizes.hard_negatives]
+    add(x[starts[:, None] + np.arange(n)], 0, [{"label": "noise", "part": "hard_negative", "day": day}] * len(starts))
+    log.info("finetune_hard_negatives", day=day, windows_over_half=int((series.p >= 0.5).sum()), used=len(starts))
+
+    # random clean noise, with and without transients
+    s = _clean_starts(cum, n, rng, sizes.noise + sizes.transients)
+    z = x[s[:, None] + np.arange(n)]
+    add(z[: sizes.noise], 0, [{"label": "noise", "part": "noise", "day": day}] * sizes.noise)
+    zt = z[sizes.noise :]
+    zt = (zt - zt.mean(1, keepdims=True)) / (zt.std(1, keepdims=True) + 1e-12)
+    zt = zt[:, None, :].astype(np.float32)
+    kinds = rng.integers(0, 4, len(zt))
+    for k, fn in enumerate((add_spikes, add_glitches, add_steps, add_cultural_bursts)):
+        sel = np.flatnonzero(kinds == k)
+        if sel.size:
+            sub = zt[sel]
+            fn(sub, fs, rng)
+            zt[sel] = sub
+    names = ("spike", "glitch", "step", "cultural")
+    add(zt[:, 0], 0, [{"label": "noise", "part": "transient", "artefact": names[k], "day": day} for k in kinds])
+
+    # distant events: a 45 s noise segment, P at 30 s + offset, the window cut from 30 s on (P may precede it)
+    pre = int(30 * fs)
+    s = _clean_starts(cum, n + pre, rng, sizes.distant)
+    rows, zs = [], []
+    for i, s0 in enumerate(s):
+        kind = KINDS[i % len(KINDS)]
+        p_in = rng.uniform(-15 * fs, n - 2 * fs)
+        snr = float(np.exp(rng.uniform(np.log(1.5), np.log(50.0))))
+        y, info = add_distant_event(x[None, s0 : s0 + n + pre], kind, pre + p_in, fs, snr, rng)
+        zs.append(y[0, pre:])
+        rows.append({"label": "earthquake", "part": "distant", "p_sample": round(float(p_in), 1), **info})
+    add(np.stack(zs), 1, rows)
+
+    # local events over the day's noise
+    s = _clean_starts(cum, n, rng, sizes.local)
+    rows, zs = [], []
+    for s0 in s:
+        onset = rng.uniform(0, n - fs)
+        mag, dist = rng.uniform(0.5, 4.0), float(np.exp(rng.uniform(np.log(5.0), np.log(150.0))))
+        snr = float(np.exp(rng.uniform(np.log(1.5), np.log(50.0))))
+        zs.append(synthesize_event_trace(x[None, s0 : s0 + n], onset, mag, dist, rng, snr=snr, component_order="Z",
+                                         sampling_rate=fs)[0])
+        rows.append({"label": "earthquake", "part": "local", "p_sample": round(float(onset), 1), "magnitude": mag,
+                     "distance_km": dist, "snr": snr})
+    add(np.stack(zs), 1, rows)
+    return np.concatenate(waves), np.concatenate(labels), meta
+
+
+def finetune_data(day: str, contract: InputContract, base_ckpt, sizes: FinetuneSizes = FinetuneSizes(),
+                  seed: int = FINETUNE_SEED):
+    """The whole fine-tuning set (see the module docstring) as LabelledWaveforms."""
+    from quakemon.data.datasets import LabelledWaveforms
+    from quakemon.training.bundle import band_limit, training_data
+
+    base = training_data(contract, sizes.replay, seed)
+    waves, labels, meta = day_parts(day, contract, base_ckpt, sizes, seed + 1)
+    rng = np.random.default_rng(seed + 2)
+    band_limit(waves, meta, contract.sampling_rate, rng, fraction=0.35, corner_hz=(7.0, 32.0))
+    meta = [dict(m) for m in meta]
+    return LabelledWaveforms(np.concatenate([base.waveforms, waves]), np.concatenate([base.labels, labels]),
+                             list(base.label_names), list(base.meta) + meta)
+
+
+def finetune(day: str, output: str | Path, init: str | Path | None = None, *, epochs: int = 3, lr: float = 1e-4,
+             sizes: FinetuneSizes = FinetuneSizes(), seed: int = FINETUNE_SEED, precision: str = "bf16",
+             progress: bool = False):
+    """Fine-tune `init` (default: the bundled model) on noise day `day`; writes `output`, returns the TrainResult."""
+    from quakemon.models.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
+    from quakemon.training.train import TrainConfig, train
+
+    init = Path(init or BUNDLED_CHECKPOINT)
+    base = load_checkpoint(init)
+    contract = base.contract
+    data = finetune_data(day, contract, base, sizes, seed)
+    log.info("finetune_data", counts=data.counts(), day=day)
+    arch = base.provenance.get("train_config", {})
+    cfg = TrainConfig(backbone=arch.get("backbone", "TINY"), depth=int(arch.get("depth", 4)), epochs=epochs,
+                      batch_size=64, lr=lr, warmup_fraction=0.1, component_dropout=0.3, seed=seed,
+                      precision=precision, val_fraction=0.1, init_checkpoint=str(init))
+    return train(data, contract, cfg, output, progress=progress, provenance={
+        "data": f"training.finetune.finetune_data(day={day!r}, sizes={sizes}, seed={seed})",
+        "init": {"path": init.name, "sha256": base.sha256},
+        "command": f"python -m quakemon.training.finetune --day {day}"})
+
+
+def main(argv: list[str] | None = None) -> int:
+    from quakemon.base.logs import configure_logging
+
+    parser = argparse.ArgumentParser(prog="python -m quakemon.training.finetune")
+    parser.add_argument("--day", choices=("UV05", "UV10"), required=True, help="noise day to train on")
+    parser.add_argument("--output", "-o", required=True)
+    parser.add_argument("--init", default=None, help="checkpoint to start from (default: the bundled model)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--precision", default="bf16")
+    args = parser.parse_args(argv)
+    configure_logging("info", "console")
+    result = finetune(args.day, args.output, args.init, epochs=args.epochs, lr=args.lr, precision=args.precision,
+                      progress=sys.stderr.isatty())
+    print(json.dumps({"checkpoint": str(result.checkpoint), "sha256": result.sha256, "best_epoch": result.best_epoch,
+                      "val": result.best}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
