@@ -44,12 +44,12 @@ FINETUNE_SEED = 20261206
 class FinetuneSizes:
     """Number of windows of each part of the fine-tuning set."""
 
-    replay: int = 4000
-    hard_negatives: int = 2500
+    replay: int = 3000
+    hard_negatives: int = 2000
     noise: int = 2500
-    transients: int = 1500
-    distant: int = 2500
-    local: int = 2000
+    transients: int = 1200
+    distant: int = 2000
+    local: int = 1500
 
 
 def _clean_mask(n: int, fs: float, onsets_s: list[float], pre_s: float = 30.0, post_s: float = 90.0) -> np.ndarray:
