@@ -242,6 +242,15 @@ def uncertainty_coverage(cases: Cases) -> None:
           f"SNR median {np.nanmedian(batch.snr):.1f}")
 
 
+def noise_cases() -> np.ndarray:
+    """20 s windows every 10 s of the catalogued real noise (`realdata.noise_recordings()`), [M, 3, WIN]."""
+    rows = []
+    for rec in realdata.noise_recordings():
+        arr, _ = _stream_array(rec)
+        rows += [arr[:, i : i + WIN] for i in range(0, arr.shape[1] - WIN + 1, WIN // 2)]
+    return np.asarray(rows, np.float32)
+
+
 def per_recording(cases: Cases, pick: np.ndarray) -> None:
     print(f"\n{picker.METHOD} per recording (picked/windows, median and worst |err| s of the picks):")
     for name in dict.fromkeys(cases.names):
@@ -323,6 +332,11 @@ def main() -> None:
             chosen = pick
     rows.append((f"{picker.METHOD}, 5 s before the window too", score(with_lead(cases), cases.p_offset_s), None))
     print_table("simulated detector windows (window end 1-5 s after the catalogued P)", rows)
+    noise = noise_cases()
+    picked = {name: float(np.mean(np.isfinite(fn(noise)))) for name, fn in CANDIDATES.items()
+              if fn is not cand_window_start}
+    print(f"\nreal noise ({len(noise)} windows of 20 s, every 10 s, {len(realdata.noise_recordings())} recordings), "
+          "share of windows with a pick:\n" + "\n".join(f"  {k:30s} {v:5.0%}" for k, v in picked.items()))
     uncertainty_coverage(cases)
     per_recording(cases, chosen)
     if not args.no_detections:

@@ -64,7 +64,7 @@ class PickerConfig:
     noise_s: float = 2.0
     gap_s: float = 0.1
     signal_s: float = 1.0
-    min_snr: float = 2.0
+    min_snr: float = 2.5
     snr_uncertainty_s: float = 1.0
     min_uncertainty_s: float = 0.05
 

@@ -83,9 +83,9 @@ def test_dead_and_nan_rows_give_no_pick_and_no_exception() -> None:
 def test_pure_noise_gives_low_quality_and_almost_never_a_pick() -> None:
     rng = np.random.default_rng(1)
     batch = pick_p(rng.normal(0.0, 1.0, (200, 3, N)), 0, FS)
-    assert batch.picked.sum() <= 2  # the SNR gate: a white-noise fluctuation rarely reaches min_snr
+    assert not batch.picked.any()  # the SNR gate: no white-noise fluctuation here reaches min_snr
     assert np.isfinite(batch.snr).all()
-    assert np.median(batch.snr) < 1.5 and batch.snr.max() < 3.0
+    assert np.median(batch.snr) < 1.5 and batch.snr.max() < PickerConfig().min_snr
     events = pick_p(_events([1500] * 4, snr=10.0, seed=30), 0, FS)
     assert events.snr.min() > 3 * np.median(batch.snr)
 
