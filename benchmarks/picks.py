@@ -10,6 +10,8 @@ horizontals, as the windower gives them. Every candidate picks every window; the
 the share of windows picked within 0.5 s and 1.0 s of the P (misses count as outside), the share without a pick,
 the median signed error, and the cost per pick (best of --repeats, all windows in one call for the batched
 pickers, one call per window for ObsPy's). "window start" is today's detection onset (the window's start).
+A variant gets 5 s of data before the window too. The share of 20 s windows of the catalogued real noise
+(`realdata.noise_recordings()`, every 10 s) that get a pick shows what each method makes of noise.
 
 With detections (default): each catalogued recording is also replayed through `DetectionRunner` with the bundled
 model; each "new" detection's first window over ``on`` ([onset, onset + 20 s], cut from the same 100 Hz data) is
