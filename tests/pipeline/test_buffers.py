@@ -1,4 +1,4 @@
-"""Station ring buffers: grid arithmetic, gaps, overlaps, duplicates, reordering, NaN (RELIABILITY #10)."""
+"""Station ring buffers: grid arithmetic, gaps, overlaps, duplicates, reordering, NaN."""
 
 from __future__ import annotations
 

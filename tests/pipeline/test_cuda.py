@@ -1,7 +1,7 @@
 """The GPU path: preprocessing and inference on CUDA give what the CPU gives.
 
 These tests need a CUDA device, which CI and the development machine do not have: they are skipped there,
-with the reason shown in pytest's summary (`-rs`). They were run on a lent H200 (see the README's figures).
+with the reason shown in pytest's summary (`-rs`). They were run on a lent H200 (figures in docs/performance.md).
 Everything else in the suite runs the same code on the CPU.
 """
 
@@ -14,7 +14,7 @@ import torch
 
 from quakemon.models import load_checkpoint
 from quakemon.models.contract import InputContract
-from quakemon.pipeline.detect import preprocess_windows
+from quakemon.pipeline.detect import WindowMeta, preprocess_windows
 from quakemon.pipeline.engine import InferenceEngine
 from quakemon.pipeline.runner import DetectionRunner
 from quakemon.pipeline.transforms import preprocess_batch
@@ -43,16 +43,16 @@ def test_preprocess_on_cuda_equals_cpu() -> None:
 
 def test_preprocess_windows_keeps_spectra_on_the_device() -> None:
     contract = InputContract()
-    metas = [{"station": f"S{i}"} for i in range(8)]
+    metas = [WindowMeta(f"S{i}", 0, 0) for i in range(8)]
     spectra, metas = preprocess_windows(_windows(8), metas, contract, device="cuda", keep_on_device=True)
     assert isinstance(spectra, torch.Tensor) and spectra.device.type == "cuda"
-    host, _ = preprocess_windows(_windows(8), [dict(m) for m in metas], contract, device="cuda")
+    host, _ = preprocess_windows(_windows(8), metas, contract, device="cuda")
     assert isinstance(host, np.ndarray) and np.allclose(host, spectra.cpu().numpy())
 
 
 def test_engine_on_cuda_matches_cpu_fp32(tiny_checkpoint) -> None:
     ckpt = load_checkpoint(tiny_checkpoint)
-    spectra, _ = preprocess_windows(_windows(40), [{} for _ in range(40)], ckpt.contract)
+    spectra, _ = preprocess_windows(_windows(40), [WindowMeta("S", 0, 0)] * 40, ckpt.contract)
     cpu = InferenceEngine(load_checkpoint(tiny_checkpoint), device="cpu", precision="fp32").predict(spectra)
     gpu_engine = InferenceEngine(ckpt, device="cuda", precision="fp32")
     gpu = gpu_engine.predict(torch.from_numpy(spectra).cuda())

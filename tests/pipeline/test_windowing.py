@@ -276,7 +276,7 @@ def test_unsupported_rate_allocates_nothing() -> None:
 
 
 def test_unknown_station_ids_allocate_nothing() -> None:
-    """RELIABILITY #13: 10k unconfigured stream IDs allocate no buffer and almost no memory."""
+    """10k unconfigured stream IDs allocate no buffer and almost no memory."""
     w = StationWindower(CONTRACT, 1.0, selectors=["XX.TEST..HH?"])
     w.add_trace(_trace("Z", 0, np.ones(100)))
     rng = random.Random(13)

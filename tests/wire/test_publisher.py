@@ -130,7 +130,7 @@ _STOPPABLE_SUB = textwrap.dedent("""
 
 
 def test_sigstopped_subscriber_is_disconnected_by_zmtp_heartbeat(ctx):
-    """RELIABILITY #17: a SIGSTOPped subscriber is disconnected after the heartbeat timeout (3 s)."""
+    """A SIGSTOPped subscriber is disconnected after the heartbeat timeout (3 s)."""
     pub = Publisher("tcp://127.0.0.1:0", context=ctx, linger_ms=0, heartbeat_ivl_s=0.5, heartbeat_timeout_s=3.0)
     monitor = pub._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     child = subprocess.Popen([sys.executable, "-c", _STOPPABLE_SUB, pub.endpoint], stdout=subprocess.PIPE)
