@@ -3,8 +3,10 @@
 SeedLink (or archived MiniSEED) -> per-station buffers -> aligned windows -> STFT spectrograms ->
 HybridViT -> trigger logic -> detections published over ZeroMQ.
 
-The names below are the public Python API. They are imported lazily, so that `import quakemon` (and the
-daemon's stages, which import only what they run) do not pay for torch or timm until a name is used::
+The names below are the public Python API (`Detector` for notebooks; `replay`, `DetectionRunner` and
+`Associator` for archives; the model, its checkpoint and input contract; the training data adapter). They are
+imported lazily, so that `import quakemon` (and the daemon's stages, which import only what they run) do not pay
+for torch or timm until a name is used::
 
     from quakemon import Detector
     with Detector.from_checkpoint() as det:        # the bundled model
@@ -30,6 +32,8 @@ _EXPORTS = {
     "preprocess_batch": "quakemon.pipeline.transforms",
     "DetectionRunner": "quakemon.pipeline.runner",
     "replay": "quakemon.pipeline.runner",
+    "ReplayResult": "quakemon.pipeline.runner",
+    "Associator": "quakemon.pipeline.associate",
     "QuakemonError": "quakemon.base.errors",
 }
 

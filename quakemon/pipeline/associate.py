@@ -19,7 +19,8 @@ Policy (the same in replay, in the daemon and in the standalone ``quakemon assoc
   and heartbeats with ``data_time`` move it too) is ``hold_s`` past their onset. ``hold_s`` must cover how much
   later a station's "new" can arrive than another station's with the same onset: the trigger's min_duration
   plus the stations' data skew. So the events depend on the picks only, not on how messages from several
-  publishers interleave.
+  publishers interleave. The daemon's inference stage and the replay (`quakemon.pipeline.runner`) drive it
+  alike: a batch's detection bodies in order, then ``advance`` to the newest window start of the batch.
 * Clustering, per label: the earliest pick not yet used seeds a cluster; later picks join in onset order when
   within ``window_s`` of the seed, from a station not yet in it, and travel-time compatible with every member.
   Once the coincidence sum reaches ``threshold`` the event is published ("new"), each further station is an
@@ -51,6 +52,7 @@ from typing import Any
 import structlog
 
 from quakemon.base.errors import ConfigError
+from quakemon.pipeline.settings import ASSOCIATION
 from quakemon.wire.schema import DETECTION_SCHEMA, event_body, parse_iso_utc
 
 log = structlog.get_logger(__name__)
@@ -123,18 +125,18 @@ class Associator:
 
     def __init__(
         self,
-        threshold: float = 3.0,
-        window_s: float = 10.0,
+        threshold: float = ASSOCIATION.threshold,
+        window_s: float = ASSOCIATION.window_s,
         weights: Mapping[str, float] | None = None,
         *,
-        default_weight: float = 1.0,
-        hold_s: float = 10.0,
+        default_weight: float = ASSOCIATION.default_weight,
+        hold_s: float = ASSOCIATION.hold_s,
         coordinates: Mapping[str, tuple[float, float]] | None = None,
-        velocity_kms: float = 3.5,
-        tolerance_s: float = 3.0,
+        velocity_kms: float = ASSOCIATION.velocity_kms,
+        tolerance_s: float = ASSOCIATION.tolerance_s,
         sources: Iterable[str] = (),
         labels: Sequence[str] | None = None,
-        retrigger_s: float = 20.0,
+        retrigger_s: float = ASSOCIATION.retrigger_s,
     ) -> None:
         check_association(float(threshold), float(window_s), float(hold_s), float(velocity_kms), float(tolerance_s))
         if not (math.isfinite(retrigger_s) and retrigger_s >= 0):
@@ -392,9 +394,9 @@ def station_coordinates(inventory: Any) -> dict[str, tuple[float, float]]:
 def associator_from_config(section: Any) -> Associator | None:
     """An Associator from the ``[associate]`` config section, or None when ``enabled`` is false.
 
-    Keys (attribute names; missing ones take the defaults): enabled (false), threshold (3), window_s (10),
-    hold_s (10), weights ({station: weight}), default_weight (1), inventory (StationXML path, optional),
-    velocity_kms (3.5), tolerance_s (3).
+    Keys (attribute names; missing ones take the defaults of `quakemon.pipeline.settings.ASSOCIATION`): enabled
+    (false), threshold, window_s, hold_s, retrigger_s, weights ({station: weight}), default_weight, inventory
+    (StationXML path, optional), velocity_kms, tolerance_s.
     """
     if section is None or not getattr(section, "enabled", False):
         return None
@@ -405,13 +407,15 @@ def associator_from_config(section: Any) -> Associator | None:
             coordinates = station_coordinates(inventory)
         except Exception as exc:  # noqa: BLE001 - ObsPy raises many kinds for unreadable files
             raise ConfigError(f"associate.inventory {str(inventory)!r}: cannot read StationXML: {exc}") from exc
+    a = ASSOCIATION
     return Associator(
-        float(getattr(section, "threshold", 3.0)), float(getattr(section, "window_s", 10.0)),
-        dict(getattr(section, "weights", None) or {}), default_weight=float(getattr(section, "default_weight", 1.0)),
-        hold_s=float(getattr(section, "hold_s", 10.0)), coordinates=coordinates,
-        velocity_kms=float(getattr(section, "velocity_kms", 3.5)),
-        tolerance_s=float(getattr(section, "tolerance_s", 3.0)),
-        retrigger_s=float(getattr(section, "retrigger_s", 20.0)),
+        float(getattr(section, "threshold", a.threshold)), float(getattr(section, "window_s", a.window_s)),
+        dict(getattr(section, "weights", None) or {}),
+        default_weight=float(getattr(section, "default_weight", a.default_weight)),
+        hold_s=float(getattr(section, "hold_s", a.hold_s)), coordinates=coordinates,
+        velocity_kms=float(getattr(section, "velocity_kms", a.velocity_kms)),
+        tolerance_s=float(getattr(section, "tolerance_s", a.tolerance_s)),
+        retrigger_s=float(getattr(section, "retrigger_s", a.retrigger_s)),
     )
 
 

@@ -1,13 +1,16 @@
 """`quakemon replay`: archived MiniSEED -> detections (JSON Lines), through the very code the daemon runs.
 
 The archive source feeds the same station windower, the same batched preprocessing, the same inference
-engine and the same triggers as the live stages; only the ZeroMQ hops between processes are left out, so a
-replay runs as fast as the machine allows and gives the detections a live run of the same data gives.
+engine and the same triggers as the live stages, and the associator is driven as the live inference stage
+drives it (each detection as it comes, then the clock advanced to the batch's newest window start); only the
+ZeroMQ hops between processes are left out, so a replay runs as fast as the machine allows and gives the
+detections and events a live run of the same data gives.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import sys
 import threading
@@ -29,16 +32,66 @@ from quakemon.pipeline.associate import Associator
 from quakemon.pipeline.detect import (
     DetectionResult,
     DetectionStage,
+    WindowMeta,
     preprocess_windows,
     stack_windows,
     warm_up_preprocess,
 )
 from quakemon.pipeline.engine import CPU_FORWARD_BATCH, InferenceEngine, pick_device
+from quakemon.pipeline.settings import INFERENCE, REPLAY_BATCH_SIZE, TRIGGER, WINDOW
 from quakemon.pipeline.threads import torch_worker_pool, worker_split
 from quakemon.pipeline.windowing import StationWindower, Window
 from quakemon.wire.schema import DETECTION_SCHEMA, Sequencer, detection_topic, event_topic
 
 log = structlog.get_logger(__name__)
+
+#: Longest piece `interleaved` cuts a trace into, s: the archive source's piece length, well inside the
+#: windower's `max_skew_s` (30 s), so no channel runs further ahead of another than a live stream would let it.
+INTERLEAVE_CHUNK_S = 20.0
+
+
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is at the time of writing (notebooks and test harnesses swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def log_to_stderr_unless_configured() -> None:
+    """Point structlog's output at stderr when nobody has configured structlog yet.
+
+    Unconfigured, structlog prints to stdout, which belongs to the program that uses the library (a notebook
+    cell's output, a script's JSON). An application that configures structlog itself, before or after, keeps
+    its own configuration; only the output stream of the defaults is changed here.
+    """
+    if not structlog.is_configured():
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()))
+
+
+def interleaved(traces: Iterable[Trace], chunk_s: float = INTERLEAVE_CHUNK_S) -> Iterator[Samples]:
+    """Traces as pieces of at most `chunk_s` seconds, every channel's pieces merged in start-time order.
+
+    The windower expects channels interleaved in time, as a live stream or `ArchiveSource.samples` delivers
+    them (no component more than `max_skew_s` ahead of another). A Stream of whole traces fed one after the
+    other (an hour of Z, then an hour of N) breaks that: the horizontals arrive an hour late, the station is
+    taken for vertical-only and then reset (`clock_jump`). Pieces share the traces' data (no copy); windows
+    do not depend on how the data is cut.
+    """
+    if not chunk_s > 0:
+        raise ValueError(f"chunk_s must be > 0, got {chunk_s}")
+
+    def pieces(number: int, trace: Trace) -> Iterator[tuple[int, int, int, Samples]]:
+        whole = Samples.from_trace(trace)
+        step = max(1, round(chunk_s * whole.sampling_rate))
+        for i in range(0, len(whole.data), step):
+            start_ns = whole.start_ns + round(i * 1e9 / whole.sampling_rate)
+            yield start_ns, number, i, Samples(whole.seed_id, whole.sampling_rate, start_ns, whole.data[i : i + step])
+
+    merged = heapq.merge(*(pieces(n, tr) for n, tr in enumerate(traces)))
+    return (piece for *_, piece in merged)
 
 
 @dataclass
@@ -60,28 +113,109 @@ class ReplayResult:
     events: list[dict[str, Any]] = field(default_factory=list)  # network events (quakemon.event/1), if associating
 
 
-class DetectionRunner:
-    """Traces in, stamped detection bodies out: windower -> preprocess -> inference -> trigger, in batches."""
+class Inference:
+    """The model side of a `DetectionRunner`: one inference engine, warmed up, and its worker threads.
 
-    def __init__(self, checkpoint: Checkpoint, *, stride_s: float = 1.0, selectors: list[str] | None = None,
-                 max_missing: float = 0.1, on: float = 0.7, off: float = 0.5, min_duration_s: float = 2.0,
-                 trigger_label: str | None = "earthquake", device: str = "auto", precision: str = "auto",
-                 batch_size: int = 256, keep_series: bool = False, associator: Associator | None = None,
-                 overlap: bool = True, inference_workers: int | None = None,
-                 forward_batch: int | None = None, graph: str = "auto") -> None:
-        self.contract: InputContract = checkpoint.contract
-        self.windower = StationWindower(self.contract, stride_s, selectors, max_missing=max_missing)
-        # `batch_size` windows are taken from the windower together; the model sees them in forwards of
-        # `forward_batch` (default: CPU_FORWARD_BATCH on the CPU, the whole batch on a GPU), and the CPU workers
-        # in tasks of that size (below)
+    Building it copies and arranges the model, freezes its graph on the CPU and starts the workers, which
+    costs far more than a short run; several runners, one after another, may share one (the Python API's
+    `Detector` does). It is not shared by runners at the same time. `close()` stops the worker threads.
+
+    Args:
+        checkpoint: the loaded checkpoint whose model runs.
+        device, precision, graph: see `InferenceEngine` (defaults: `quakemon.pipeline.settings.INFERENCE`).
+        batch_size: windows per pipeline batch of the runners; caps the forward size.
+        forward_batch: windows per model forward (default: `CPU_FORWARD_BATCH` on the CPU, the whole batch on a
+            GPU). The CPU workers take tasks of this size.
+        overlap: preprocess and infer on worker threads while the caller windows the next batches.
+        inference_workers: worker threads (default: `worker_split` of torch's threads on the CPU, one on a GPU).
+    """
+
+    def __init__(self, checkpoint: Checkpoint, *, device: str = INFERENCE.device,
+                 precision: str = INFERENCE.precision, graph: str = INFERENCE.graph,
+                 batch_size: int = REPLAY_BATCH_SIZE, forward_batch: int | None = None, overlap: bool = True,
+                 inference_workers: int | None = None) -> None:
         chunk = forward_batch or (min(batch_size, CPU_FORWARD_BATCH) if pick_device(device).type == "cpu"
                                   else batch_size)
-        engine = InferenceEngine(checkpoint, device=device, precision=precision, batch_size=chunk, graph=graph)
+        self.engine = InferenceEngine(checkpoint, device=device, precision=precision, batch_size=chunk, graph=graph)
+        # on a GPU the transform runs there too and the spectra never leave the device
+        self.preprocess_device = self.engine.device if self.engine.device.type != "cpu" else None
+        warm_up_preprocess(checkpoint.contract, self.preprocess_device)
+        # overlap: batches are preprocessed and inferred on worker threads (torch releases the GIL) while the
+        # runner's thread decodes and windows the next ones. On the CPU the torch threads are split into workers
+        # (`worker_split`: one single-threaded worker per thread up to 4): two independent forwards measured
+        # 1,580-1,800 windows/s on a 2-core machine against 960-1,010 for one forward on two OpenMP threads, and
+        # the cores the decoding thread takes slow one worker instead of stalling an OpenMP barrier. On a GPU,
+        # one worker.
+        cpu = self.engine.device.type == "cpu"
+        threads_each = 1
+        if inference_workers is None:
+            inference_workers, threads_each = worker_split(torch.get_num_threads()) if cpu else (1, 1)
+        self.workers = max(1, int(inference_workers)) if overlap else 0
+        self.pool: ThreadPoolExecutor | None = None
+        if self.workers:
+            self.pool = (torch_worker_pool(self.workers, "replay-infer", threads_each) if cpu
+                         else ThreadPoolExecutor(1, "replay-infer"))
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return self.engine.checkpoint
+
+    def close(self) -> None:
+        """Stop the worker threads (tasks not yet started are cancelled). Idempotent."""
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Inference:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DetectionRunner:
+    """Traces in, stamped detection bodies out: windower -> preprocess -> inference -> trigger, in batches.
+
+    A runner holds one run's state (station buffers, triggers, sequence numbers); its `Inference` (the model and
+    the worker threads) is built here unless one is passed in to share. Use it as a context manager, or call
+    `close()`, to stop the worker threads it built.
+
+    Args:
+        checkpoint: the loaded checkpoint.
+        stride_s, max_missing: the window grid (defaults: `quakemon.pipeline.settings.WINDOW`).
+        selectors: NET.STA.LOC.CHA selectors of the channels to use (default: all).
+        on, off, min_duration_s, trigger_label: the trigger (defaults: `quakemon.pipeline.settings.TRIGGER`);
+            a label the checkpoint does not know triggers on every class but noise.
+        device, precision, graph, forward_batch, overlap, inference_workers: see `Inference` (ignored when
+            `inference` is given).
+        batch_size: windows taken from the windower together.
+        keep_series: keep every window's probabilities in `series` (plots, `Detector.annotate`).
+        associator: network association of the detections; its event bodies follow the detections.
+        inference: a shared `Inference` (not closed by this runner).
+    """
+
+    def __init__(self, checkpoint: Checkpoint, *, stride_s: float = WINDOW.stride_s,
+                 selectors: list[str] | None = None, max_missing: float = WINDOW.max_missing,
+                 on: float = TRIGGER.on, off: float = TRIGGER.off, min_duration_s: float = TRIGGER.min_duration_s,
+                 trigger_label: str | None = TRIGGER.label, device: str = INFERENCE.device,
+                 precision: str = INFERENCE.precision, batch_size: int = REPLAY_BATCH_SIZE,
+                 keep_series: bool = False, associator: Associator | None = None, overlap: bool = True,
+                 inference_workers: int | None = None, forward_batch: int | None = None,
+                 graph: str = INFERENCE.graph, inference: Inference | None = None) -> None:
+        log_to_stderr_unless_configured()
+        if inference is not None and inference.checkpoint is not checkpoint:
+            raise ValueError("inference was built for another checkpoint")
+        self.contract: InputContract = checkpoint.contract
+        self.windower = StationWindower(self.contract, stride_s, selectors, max_missing=max_missing)
+        self._owns_inference = inference is None
+        if inference is None:
+            inference = Inference(checkpoint, device=device, precision=precision, graph=graph, batch_size=batch_size,
+                                  forward_batch=forward_batch, overlap=overlap, inference_workers=inference_workers)
+        self.inference = inference
+        engine = inference.engine
         label = trigger_label if trigger_label in checkpoint.labels else None
         self.stage = DetectionStage(engine, on, off, min_duration_s, label)
-        # on a GPU the transform runs there too and the spectra never leave the device
-        self._preprocess_device = engine.device if engine.device.type != "cpu" else None
-        warm_up_preprocess(self.contract, self._preprocess_device)
+        self._preprocess_device = inference.preprocess_device
         self.batch_size = batch_size
         self.sequencer = Sequencer()
         self.keep_series = keep_series
@@ -89,29 +223,35 @@ class DetectionRunner:
         self.windows = 0
         self._pending: list[Window] = []
         self.associator = associator
-        # overlap: batches are preprocessed and inferred on worker threads (torch releases the GIL) while this
-        # thread decodes and windows the next ones; the triggers take the results here, strictly in batch order, so
-        # the detections are the same as without overlap, each yielded a batch or two later. On the CPU the torch
-        # threads are split into workers (`worker_split`: one single-threaded worker per thread up to 4): two
-        # independent forwards measured 1,580-1,800 windows/s on this 2-core machine against 960-1,010 for one
-        # forward on two OpenMP threads, and the cores this thread takes for decoding slow one worker instead of
-        # stalling an OpenMP barrier. On a GPU, one worker.
-        threads_each = 1
-        if inference_workers is None:
-            inference_workers, threads_each = (worker_split(torch.get_num_threads()) if engine.device.type == "cpu"
-                                               else (1, 1))
-        self.inference_workers = max(1, int(inference_workers)) if overlap else 0
-        self._worker: ThreadPoolExecutor | None = None
-        if self.inference_workers:
-            self._worker = (torch_worker_pool(self.inference_workers, "replay-infer", threads_each)
-                            if engine.device.type == "cpu" else ThreadPoolExecutor(1, "replay-infer"))
+        # the triggers take the workers' results here, strictly in batch order, so the detections are the same as
+        # without overlap, each yielded a batch or two later
+        self.inference_workers = inference.workers
+        self._worker = inference.pool
         self._inflight: deque[Future] = deque()
         # Work goes to the CPU workers in forward-sized tasks (a batch is cut into several), so that at the end of a
         # replay no worker is left alone with a whole batch while the others have finished (a 256-window batch is
         # ~0.2 s of one core here); as many tasks as make a batch may wait in the queue, so this thread still runs
         # ahead by a batch and wakes about once per batch.
-        self._task = chunk if self._worker is not None and engine.device.type == "cpu" else max(1, batch_size)
+        self._task = (engine.batch_size if self._worker is not None and engine.device.type == "cpu"
+                      else max(1, batch_size))
         self._max_inflight = self.inference_workers + -(-max(1, batch_size) // self._task)
+
+    def close(self) -> None:
+        """Drop the batches in flight and stop the worker threads, if this runner built them. Idempotent."""
+        for future in self._inflight:
+            future.cancel()
+        for future in self._inflight:
+            with contextlib.suppress(Exception):
+                future.result()  # a task already running finishes before the pool may go
+        self._inflight.clear()
+        if self._owns_inference:
+            self.inference.close()
+
+    def __enter__(self) -> DetectionRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _run_batch(self, count: int | None = None) -> list[dict[str, Any]]:
         """Start the preprocessing and inference of the pending windows (the first `count` of them); return what
@@ -135,11 +275,11 @@ class DetectionRunner:
     def _start(self, task: list[Window]) -> None:
         self._inflight.append(self._worker.submit(self._infer, task))
 
-    def _preprocess(self, batch: list[Window]) -> tuple[Any, list[dict[str, Any]]]:
+    def _preprocess(self, batch: list[Window]) -> tuple[Any, list[WindowMeta]]:
         data, metas = stack_windows(batch, center="ZSCORE" in self.contract.transforms)
         return preprocess_windows(data, metas, self.contract, device=self._preprocess_device, keep_on_device=True)
 
-    def _infer(self, batch: list[Window]) -> tuple[list[dict[str, Any]], np.ndarray]:
+    def _infer(self, batch: list[Window]) -> tuple[list[WindowMeta], np.ndarray]:
         """On an inference worker: stack, preprocess (on the worker's one thread, or the GPU) and infer a batch.
         The transform runs here rather than in the thread that decodes and windows, which keeps that thread's
         share of the cores small."""
@@ -161,14 +301,21 @@ class DetectionRunner:
         self.windows += len(result.metas)
         if self.keep_series:
             for meta, p in zip(result.metas, result.probabilities, strict=True):
-                s = self.series.setdefault(meta["station"], ProbabilitySeries())
-                s.start_ns.append(meta["start_ns"])
-                s.end_ns.append(meta["end_ns"])
+                s = self.series.setdefault(meta.station, ProbabilitySeries())
+                s.start_ns.append(meta.start_ns)
+                s.end_ns.append(meta.end_ns)
                 s.probabilities.append(p)
-        return self._emit([body for body, _ in result.detections])
+        out = self._emit([body for body, _ in result.detections])
+        if self.associator is not None and result.metas:
+            # as the live inference stage does after each micro-batch: the associator's clock moves to the batch's
+            # newest window start, so events close while the data goes on, not only when detections come
+            newest = max(m.start_ns for m in result.metas) / 1e9
+            out += [self._stamp(ev) for ev in self.associator.advance(newest)]
+        return out
 
     def _emit(self, bodies: list[dict[str, Any]], final: bool = False) -> list[dict[str, Any]]:
-        """Stamp detection bodies; each is followed by the event bodies it caused (stamped too)."""
+        """Stamp detection bodies; each is followed by the event bodies it caused (stamped too). final: then
+        decide every pick and close every open event (the end of the data)."""
         out: list[dict[str, Any]] = []
         for body in bodies:
             out.append(self._stamp(body))
@@ -216,12 +363,27 @@ class DetectionRunner:
         return {**self.windower.counters(), **dict(self.stage.stats), "windows": self.windows}
 
 
-def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = None, stride_s: float = 1.0,
-           selectors: list[str] | None = None, trigger: dict[str, Any] | None = None, device: str = "auto",
-           precision: str = "auto", batch_size: int = 256, progress: bool = True, keep_series: bool = False,
-           on_detection: Callable[[dict[str, Any]], None] | None = None,
-           associator: Associator | None = None, graph: str = "auto") -> ReplayResult:
-    """Run archived MiniSEED through the detection path; write JSON Lines to `output` as they come."""
+def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = None,
+           stride_s: float = WINDOW.stride_s, selectors: list[str] | None = None,
+           trigger: dict[str, Any] | None = None, device: str = INFERENCE.device,
+           precision: str = INFERENCE.precision, batch_size: int = REPLAY_BATCH_SIZE, progress: bool = True,
+           keep_series: bool = False, on_detection: Callable[[dict[str, Any]], None] | None = None,
+           associator: Associator | None = None, graph: str = INFERENCE.graph) -> ReplayResult:
+    """Run archived MiniSEED through the detection path; write JSON Lines to `output` as they come.
+
+    Args:
+        paths: MiniSEED files, directories or SDS archives (`quakemon.ingest.archive.ArchiveSource`).
+        checkpoint: the loaded checkpoint.
+        output: where each detection and event body goes as one JSON line (None: nowhere).
+        stride_s, selectors, device, precision, batch_size, keep_series, associator, graph: see
+            `DetectionRunner` (defaults: `quakemon.pipeline.settings`).
+        trigger: further `DetectionRunner` keywords (on, off, min_duration_s, trigger_label, max_missing).
+        progress: show a progress bar on stderr.
+        on_detection: called with each body (detection or event) as it comes.
+
+    Returns:
+        The detections, the events, the probability series (with `keep_series`), the window count and counters.
+    """
     from quakemon.ingest.archive import ArchiveSource
 
     trigger = trigger or {}
@@ -253,6 +415,7 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
             for body in runner.finish():
                 emit(body)
     finally:
+        runner.close()
         source.close()
         if bar is not None:
             bar.close()

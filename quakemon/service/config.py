@@ -28,6 +28,7 @@ from typing import Any
 
 from quakemon.base.errors import ConfigError
 from quakemon.ingest.selectors import STREAM_SYNTAX, SelectorError, parse_streams
+from quakemon.pipeline.settings import ASSOCIATION, INFERENCE, TRIGGER, WINDOW
 
 Check = Callable[[Any], Any]
 
@@ -150,10 +151,10 @@ class ModelConfig:
     """[model]: which checkpoint runs where, and how inference is batched."""
 
     checkpoint: str = _key("", 'safetensors checkpoint; "" = the bundled model', _path)
-    device: str = _key("auto", '"auto" (CUDA if present, else CPU), "cpu", "cuda" or "cuda:N"', _device)
-    precision: str = _key("auto", "auto = bf16 on CUDA if supported, else fp32",
+    device: str = _key(INFERENCE.device, '"auto" (CUDA if present, else CPU), "cpu", "cuda" or "cuda:N"', _device)
+    precision: str = _key(INFERENCE.precision, "auto = bf16 on CUDA if supported, else fp32",
                           _choice("auto", "fp32", "bf16", "fp16"))
-    graph: str = _key("auto", 'auto = a frozen TorchScript graph on the CPU, the eager model on CUDA; '
+    graph: str = _key(INFERENCE.graph, 'auto = a frozen TorchScript graph on the CPU, the eager model on CUDA; '
                       '"eager" = always the eager model', _choice("auto", "eager"))
     batch_size: int = _key(64, "largest inference micro-batch, windows", _range(1, 4096))
     max_wait_ms: float = _key(50.0, "longest wait to fill a micro-batch, ms", _range(0, 60_000))
@@ -165,19 +166,20 @@ class ModelConfig:
 class WindowConfig:
     """[window]: the window grid (length and rate come from the checkpoint)."""
 
-    stride_s: float = _key(1.0, "window start grid step, s (start = k * stride since the epoch)",
+    stride_s: float = _key(WINDOW.stride_s, "window start grid step, s (start = k * stride since the epoch)",
                            _range(0, 3600, lo_open=True))
-    max_missing_fraction: float = _key(0.1, "windows missing more than this fraction are not inferred", _range(0, 1))
+    max_missing_fraction: float = _key(WINDOW.max_missing, "windows missing more than this fraction are not inferred",
+                                       _range(0, 1))
 
 
 @dataclass(frozen=True, slots=True)
 class TriggerConfig:
     """[trigger]: turning window probabilities into detections (on/off hysteresis)."""
 
-    on: float = _key(0.7, "probability that opens a detection", _range(0, 1, lo_open=True))
-    off: float = _key(0.5, "probability below which it closes (0 < off <= on)", _range(0, 1, lo_open=True))
-    min_duration: float = _key(2.0, "shortest detection worth publishing, s", _range(0, 3600))
-    label: str = _key("earthquake", "class label that triggers", _non_empty)
+    on: float = _key(TRIGGER.on, "probability that opens a detection", _range(0, 1, lo_open=True))
+    off: float = _key(TRIGGER.off, "probability below which it closes (0 < off <= on)", _range(0, 1, lo_open=True))
+    min_duration: float = _key(TRIGGER.min_duration_s, "shortest detection worth publishing, s", _range(0, 3600))
+    label: str = _key(TRIGGER.label, "class label that triggers", _non_empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,18 +248,22 @@ class AssociateConfig:
     """[associate]: network coincidence of station detections into events (like ObsPy's coincidence trigger)."""
 
     enabled: bool = _key(False, "publish event.<id> messages when enough stations trigger together")
-    threshold: float = _key(3.0, "weighted number of stations that makes an event", _range(0, 10_000, lo_open=True))
-    window_s: float = _key(10.0, "onsets within this many seconds coincide", _range(0, 3600, lo_open=True))
-    hold_s: float = _key(10.0, "an event is decided this long after the newest onset (order independence), s",
+    threshold: float = _key(ASSOCIATION.threshold, "weighted number of stations that makes an event",
+                            _range(0, 10_000, lo_open=True))
+    window_s: float = _key(ASSOCIATION.window_s, "onsets within this many seconds coincide",
+                           _range(0, 3600, lo_open=True))
+    hold_s: float = _key(ASSOCIATION.hold_s,
+                         "an event is decided this long after the newest onset (order independence), s",
                          _range(0, 3600))
-    retrigger_s: float = _key(20.0, "a station re-triggering within this long stays in its event (a window), s",
+    retrigger_s: float = _key(ASSOCIATION.retrigger_s,
+                              "a station re-triggering within this long stays in its event (a window), s",
                               _range(0, 3600))
     weights: tuple[tuple[str, float], ...] = _key((), 'per-station weights, e.g. { "BW.UH1" = 2.0 }', _weights)
-    default_weight: float = _key(1.0, "weight of stations not in weights", _range(0, 10_000))
+    default_weight: float = _key(ASSOCIATION.default_weight, "weight of stations not in weights", _range(0, 10_000))
     inventory: str = _key("", 'StationXML for travel-time bounds between stations; "" = none', _path)
-    velocity_kms: float = _key(3.5, "slowest apparent velocity for the travel-time bound, km/s",
+    velocity_kms: float = _key(ASSOCIATION.velocity_kms, "slowest apparent velocity for the travel-time bound, km/s",
                                _range(0, 100, lo_open=True))
-    tolerance_s: float = _key(3.0, "slack added to the travel-time bound, s", _range(0, 600))
+    tolerance_s: float = _key(ASSOCIATION.tolerance_s, "slack added to the travel-time bound, s", _range(0, 600))
 
 
 @dataclass(frozen=True, slots=True)

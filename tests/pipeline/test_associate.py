@@ -394,3 +394,53 @@ def test_replay_of_obspy_uh_network_gives_one_event_for_the_local_earthquake(tmp
     micro = m.parse_iso_utc("2010-05-27T16:25:26.7Z")
     assert not [e for e in closed(events) if micro - window_s - 1 <= m.parse_iso_utc(e["first_onset"]) <= micro + 5], \
         diagnosis()
+
+
+# ------------------------------------------------------------------------ replay drives association like live
+def test_replay_feeds_each_batch_then_advances_the_clock_like_the_live_inference_stage(tiny_checkpoint) -> None:
+    """The live inference stage feeds a micro-batch's detections to the associator, then advances it to the
+    batch's newest window start; the replay's runner does the same per batch, so events close on the data
+    clock in both, not only when further detections come."""
+    import numpy as np
+    import obspy
+
+    from quakemon.models.checkpoint import load_checkpoint
+    from quakemon.pipeline.runner import DetectionRunner, Inference, interleaved
+
+    calls: list[tuple[str, float]] = []
+
+    class Recording(Associator):
+        def add(self, body, source=None):
+            calls.append(("add", m.parse_iso_utc(body["window_start"])))
+            return super().add(body, source)
+
+        def advance(self, data_time, source=None):
+            calls.append(("advance", data_time))
+            return super().advance(data_time, source)
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+    st = obspy.read()
+    with Inference(ckpt, precision="fp32", overlap=False) as inference:
+        probe = DetectionRunner(ckpt, keep_series=True, inference=inference)
+        list(probe.add_samples(interleaved(st))) + probe.finish()
+        on = float(np.quantile(np.asarray(probe.series["BW.RJOB."].probabilities)[:, 1], 0.5))
+        # one window per 1 s piece, batches of 4: windows 0-3, 4-7, 8-10
+        runner = DetectionRunner(ckpt, keep_series=True, on=on, off=on, min_duration_s=0.0, batch_size=4,
+                                 associator=Recording(threshold=1, hold_s=0.0), inference=inference)
+        bodies = list(runner.add_samples(interleaved(st, chunk_s=1.0))) + runner.finish()
+    starts = np.asarray(runner.series["BW.RJOB."].start_ns) / 1e9
+    assert len(starts) == 11
+    adds = [t for kind, t in calls if kind == "add"]
+    advances = [t for kind, t in calls if kind == "advance"]
+    assert adds and len(adds) == sum(b["schema"] == m.DETECTION_SCHEMA for b in bodies)
+    assert advances == [starts[3], starts[7], starts[10]]
+    # a batch's detections reach the associator before the batch's advance, and after the previous one's
+    lower = -np.inf
+    for kind, t in calls:
+        if kind == "advance":
+            lower = t
+        else:
+            assert t > lower or t == advances[-1], calls  # (the triggers' flush after the last batch: its window)
+    flushed = [b for b in bodies if b.get("close_reason") == "flush" and b["schema"] == m.DETECTION_SCHEMA]
+    assert calls[len(calls) - len(flushed) - 1] == ("advance", advances[-1])
+    assert any(b["schema"] == m.EVENT_SCHEMA for b in bodies)

@@ -175,3 +175,156 @@ def test_cpu_inference_workers_share_out_the_torch_threads(tiny_checkpoint, thre
         assert torch.get_num_threads() == threads  # the caller's count is left alone
     finally:
         torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------------ the Detector's model
+def test_detector_prepares_the_model_once_and_close_stops_its_threads(tiny_checkpoint, monkeypatch):
+    """Two calls share one engine: one copy of the model, one traced graph, one set of worker threads; close()
+    (leaving the with block) stops the threads, and a closed Detector says so."""
+    import threading
+
+    import torch
+
+    from quakemon.base.errors import QuakemonError
+    from quakemon.pipeline import engine
+
+    counts = {"engines": 0, "traces": 0}
+    prepare, trace = engine.prepare_for_inference, torch.jit.trace
+
+    def counting_prepare(*a, **k):
+        counts["engines"] += 1
+        return prepare(*a, **k)
+
+    def counting_trace(*a, **k):
+        counts["traces"] += 1
+        return trace(*a, **k)
+
+    monkeypatch.setattr(engine, "prepare_for_inference", counting_prepare)
+    monkeypatch.setattr(torch.jit, "trace", counting_trace)
+    before = set(threading.enumerate())
+    with Detector.from_checkpoint(tiny_checkpoint, precision="fp32", device="cpu") as det:
+        first = det.annotate(obspy.read())
+        det.detect(obspy.read())
+        again = det.annotate(obspy.read())
+        assert counts == {"engines": 1, "traces": 1}
+        workers = [t for t in set(threading.enumerate()) - before if t.is_alive()]
+        assert workers, "the CPU inference workers run while the Detector is open"
+    assert [t for t in workers if t.is_alive()] == []
+    assert [t for t in set(threading.enumerate()) - before if t.is_alive()] == []
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a.data, b.data)
+    with pytest.raises(QuakemonError, match="closed"):
+        det.detect(obspy.read())
+    det.close()  # idempotent
+
+
+def test_detector_builds_the_model_again_when_its_device_settings_change(tiny_checkpoint, monkeypatch):
+    from quakemon.pipeline import runner as runner_mod
+
+    built = []
+    real = runner_mod.Inference
+
+    class Counting(real):
+        def __init__(self, *a, **k):
+            built.append(k.get("precision"))
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr("quakemon.api.Inference", Counting)
+    with Detector.from_checkpoint(tiny_checkpoint, precision="fp32", device="cpu") as det:
+        det.detect(obspy.read())
+        det.on, det.off = 0.9, 0.8  # trigger settings: the same model
+        det.detect(obspy.read())
+        det.precision = "bf16"
+        det.detect(obspy.read())
+    assert built == ["fp32", "bf16"]
+
+
+def test_the_api_logs_to_stderr_not_stdout(tiny_checkpoint, capsys):
+    """A library must not write its logs into the program's stdout (structlog's default when unconfigured)."""
+    import structlog
+
+    structlog.reset_defaults()
+    try:
+        with Detector.from_checkpoint(tiny_checkpoint, precision="fp32") as det:
+            det.detect(obspy.read())
+        out = capsys.readouterr()
+        assert out.out == ""
+        assert "checkpoint_loaded" in out.err and "graph_frozen" in out.err
+    finally:
+        structlog.reset_defaults()
+
+
+def test_an_application_that_configured_structlog_keeps_its_configuration(tiny_checkpoint):
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        Detector.from_checkpoint(tiny_checkpoint, precision="fp32").close()
+    assert [e["event"] for e in logs] == ["checkpoint_loaded"]
+
+
+# -------------------------------------------------------------------------------- long multi-component streams
+@pytest.fixture(scope="module")
+def z_capable_checkpoint(tmp_path_factory):
+    """A random TINY checkpoint whose contract also accepts vertical-only stations (like the bundled model)."""
+    import torch
+
+    from quakemon.models import HybridViT, save_checkpoint
+    from quakemon.models.contract import InputContract
+
+    torch.manual_seed(1)
+    contract = InputContract(component_sets=("Z",))
+    model = HybridViT("TINY", depth=1, img_size=contract.spectrogram_shape, dropout=0.0)
+    path = tmp_path_factory.mktemp("ckpt-z") / "tiny-z.safetensors"
+    save_checkpoint(path, model.eval(), ["noise", "earthquake"], contract, provenance={"note": "random test weights"})
+    return path
+
+
+def _long_stream(hours: float, seed: int = 0) -> obspy.Stream:
+    rng = np.random.default_rng(seed)
+    n = int(hours * 3600 * 100)
+    t0 = obspy.UTCDateTime("2021-03-04T05:06:00")
+    return obspy.Stream([obspy.Trace(rng.normal(0, 100, n).astype(np.int32),
+                                     header={"network": "XX", "station": "LONG", "channel": f"HH{c}",
+                                             "sampling_rate": 100.0, "starttime": t0})
+                         for c in "ZNE"])
+
+
+@pytest.mark.parametrize("contract", ["full", "z-capable"])
+def test_annotate_a_long_three_component_stream_uses_every_component(tiny_checkpoint, z_capable_checkpoint,
+                                                                     contract):
+    """An hour of 3 x 100 Hz as three whole traces: every window is cut from all three components, with no
+    station reset (clock_jump) and no vertical-only fallback, and none is missing."""
+    from structlog.testing import capture_logs
+
+    st = _long_stream(1.0)
+    path = tiny_checkpoint if contract == "full" else z_capable_checkpoint
+    with capture_logs() as logs, Detector.from_checkpoint(path, precision="fp32") as det:
+        probs = det.annotate(st)
+        stats = det.last_stats
+    events = {e["event"] for e in logs}
+    assert "clock_jump" not in events and "station_components" not in events, events
+    assert stats.get("clock_jumps", 0) == 0 and stats.get("windows_reduced", 0) == 0
+    assert stats.get("late_records", 0) == 0 and stats.get("windows_skipped", 0) == 0, stats
+    expected = 3600 - 20 + 1
+    assert stats["windows"] == expected
+    assert len(probs) == 2 and all(tr.stats.npts == expected for tr in probs)
+    assert not np.isnan(probs[0].data).any()
+    assert probs[0].stats.starttime == st[0].stats.starttime + 10  # the first window's centre
+
+
+def test_interleaved_cuts_and_merges_channels_in_time():
+    from quakemon.pipeline.runner import interleaved
+
+    st = _long_stream(0.05)  # 180 s
+    st[1].stats.starttime += 7.3
+    pieces = list(interleaved(st, chunk_s=20.0))
+    starts = [p.start_ns for p in pieces]
+    assert starts == sorted(starts)
+    assert max(len(p.data) for p in pieces) == 2000
+    for tr in st:
+        mine = [p for p in pieces if p.seed_id == tr.id]
+        assert mine[0].start_ns == tr.stats.starttime.ns
+        np.testing.assert_array_equal(np.concatenate([p.data for p in mine]), tr.data)
+        assert all(np.shares_memory(p.data, tr.data) for p in mine)  # views, no copies
+    with pytest.raises(ValueError, match="chunk_s"):
+        list(interleaved(st, chunk_s=0))
