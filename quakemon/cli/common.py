@@ -27,14 +27,14 @@ def add_config_flags(p: argparse.ArgumentParser, required: bool = False) -> None
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key")
 
 
-def load_config(args: argparse.Namespace, overrides: dict[str, Any] | None = None, *,
-                require_streams: bool = False) -> tuple[Any, dict[str, Any]]:
+def config_from_args(args: argparse.Namespace, overrides: dict[str, Any] | None = None, *,
+                     require_streams: bool = False) -> tuple[Any, dict[str, Any]]:
     """Load the config (file, then `--set` and flag overrides), configure logging; return (config, overrides).
 
     Flag overrides whose value is None (a flag that was not given) are left out.
     """
     from quakemon.base.logs import configure_logging
-    from quakemon.service.config import load_config as load
+    from quakemon.service.config import load_config
 
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     for item in getattr(args, "set", None) or []:
@@ -42,7 +42,7 @@ def load_config(args: argparse.Namespace, overrides: dict[str, Any] | None = Non
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected section.key=value")
         overrides[key.strip()] = value.strip()
-    cfg = load(getattr(args, "config", None), overrides, require_streams=require_streams)
+    cfg = load_config(getattr(args, "config", None), overrides, require_streams=require_streams)
     configure_logging(args.log_level or cfg.logging.level, cfg.logging.format)
     return cfg, overrides
 

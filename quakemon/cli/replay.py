@@ -12,7 +12,7 @@ from quakemon.cli.common import (
     _non_negative,
     add_command,
     add_config_flags,
-    load_config,
+    config_from_args,
     require_checkpoint,
 )
 
@@ -43,7 +43,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise ConfigError(f"replay: expected MiniSEED files or directories, got {', '.join(map(repr, missing))}, "
                           "which do not exist")
     selectors = check_selectors(args.select or []) or None
-    cfg, _ = load_config(args, {"model.checkpoint": args.model})
+    cfg, _ = config_from_args(args, {"model.checkpoint": args.model})
     require_checkpoint(cfg, args.model)
     from quakemon.models.checkpoint import load_checkpoint, resolve_checkpoint
     from quakemon.pipeline.associate import associator_from_config

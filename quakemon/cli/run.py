@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from quakemon.cli.common import Subparsers, add_command, add_config_flags, load_config, require_checkpoint
+from quakemon.cli.common import Subparsers, add_command, add_config_flags, config_from_args, require_checkpoint
 
 
 def add_run(sub: Subparsers) -> None:
@@ -23,8 +23,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from quakemon.service.config import STAGES, check_stages
 
     stages = check_stages(args.stages, key="--stages") if args.stages else None
-    cfg, overrides = load_config(args, {"model.checkpoint": args.model},
-                                 require_streams="ingest" in (stages or STAGES))
+    cfg, overrides = config_from_args(args, {"model.checkpoint": args.model},
+                                      require_streams="ingest" in (stages or STAGES))
     require_checkpoint(cfg, args.model)
     from quakemon.service.daemon import run_daemon
 

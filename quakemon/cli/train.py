@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from quakemon.base.errors import QuakemonError
-from quakemon.cli.common import Subparsers, add_command, load_config
+from quakemon.cli.common import Subparsers, add_command, config_from_args
 from quakemon.models.contract import InputContract
 
 
@@ -45,12 +45,12 @@ def add_params(sub: Subparsers) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    load_config(args)  # logging as configured
+    config_from_args(args)  # logging as configured
     return train_main(args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    load_config(args)
+    config_from_args(args)
     return evaluate_main(args)
 
 
