@@ -30,11 +30,8 @@ from torch.utils.data import Dataset
 
 from quakemon.base.errors import ContractError
 from quakemon.models.contract import KNOWN_TRANSFORMS, InputContract
-from quakemon.pipeline.transforms import (
-    PreprocessResult,
-    preprocess_batch,
-    stream_to_array,
-)
+from quakemon.pipeline.streams import stream_to_array
+from quakemon.pipeline.transforms import PreprocessResult, preprocess_batch
 
 __all__ = [
     "DroppedEvent",

@@ -40,28 +40,15 @@ The output is always finite float32 (a last guard zeroes anything non-finite, e.
 ZSCORE). Precision: the steps up to the mean removal run in float64 (float32 input stays float32), since raw
 counts with a large offset lose their signal in float32; the centred signal and the STFT run in `dtype`
 (float32 by default: within ~3e-7 of scipy relative to the spectrogram peak; float64 matches bin for bin).
-Speed: on the CPU, the common contract (finite input, DROP_NAN/TRIMMING/ZSCORE/SPECTROGRAM, float32 STFT, a
-power-of-two nperseg that the hop divides: the default 64/32 is) runs in one compiled pass per row
-(`quakemon.pipeline.stft_kernel`, numba): sum, centre, a radix-2 FFT of the packed real frames vectorised across
-frames, magnitude straight into the output. Rows with non-finite samples, and every other case (GPU, float64
-STFT, DETREND/TAPER/BANDPASS, other STFT sizes), go through the torch passes below, which compute the same
-numbers (tests/pipeline/test_stft_kernel.py holds the two paths within 2e-6 of each other, scipy within 1e-5).
-With torch.get_num_threads() > 1 either path shares parts of the batch out to a persistent pool of that many
-threads (the kernel and torch ops release the GIL): two hand-offs per pass instead of OpenMP's fork/join per
-operation, which stalls whenever another process holds a core. With one torch thread (torch.set_num_threads(1):
-the efficient setting on a CPU shared with other processes) everything runs in the calling thread.
-The torch passes: the STFT is a matrix product with a windowed DFT matrix (real and imaginary parts land in
-separate planes, so the magnitude is three vectorised passes; 1/std rides on the copy of the frames), and the
-same code runs on a GPU (`device="cuda"`), where each of the two passes below is one batched call. On the CPU the
-passes go over the batch in parts of ~8 and ~16 windows (`CPU_PART_SAMPLES`), so that a part's intermediates
-stay in the core's L2 cache: pass 1 checks (and repairs), centres the signal into the zero-padded STFT input and
-takes its sums and norms; the z-score statistics of the whole batch follow; pass 2 copies the frames times 1/std,
-multiplies them by the DFT matrix and takes the magnitude. The calling thread keeps its zero-padded STFT input
-buffer (up to 32 MB) from one call to the next.
-benchmarks/bench_transforms.py measures it against a per-window scipy loop.
+Speed: on the CPU the common contract (finite input, DROP_NAN/TRIMMING/ZSCORE/SPECTROGRAM, float32 STFT, a
+power-of-two nperseg that the hop divides) runs in one compiled pass per row (`quakemon.pipeline.stft_kernel`);
+every other case (non-finite rows, GPU, float64, DETREND/TAPER/BANDPASS, other STFT sizes) goes through two
+batched torch passes that compute the same numbers (tests/pipeline/test_stft_kernel.py holds them together).
+CPU passes work in cache-sized parts of the batch, shared out to a persistent pool of torch.get_num_threads()
+threads; the STFT is a matrix product with a windowed DFT matrix. benchmarks/bench_transforms.py measures it
+against a per-window scipy loop.
 
-`stream_to_array` turns one station's ObsPy Stream into the [C, N] array the contract expects: component
-mapping, merging of split traces (gaps become NaN, handled by DROP_NAN) and resampling.
+ObsPy Streams become contract arrays in `quakemon.pipeline.streams`.
 """
 
 from __future__ import annotations
@@ -72,9 +59,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from fractions import Fraction
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import structlog
@@ -84,9 +70,6 @@ from quakemon.base.errors import ContractError
 from quakemon.models.contract import InputContract
 from quakemon.pipeline import stft_kernel
 from quakemon.pipeline.threads import torch_worker_pool
-
-if TYPE_CHECKING:  # obspy is only needed by callers that hand us Streams
-    import obspy
 
 log = structlog.get_logger(__name__)
 
@@ -611,97 +594,3 @@ def _stft_magnitude(segments: torch.Tensor, scale: torch.Tensor | None, out: tor
         power = re.mul_(re)
         power[work.sine].addcmul_(im, im)
         out.copy_(power.sqrt_())
-
-
-def stream_to_array(stream: obspy.Stream, contract: InputContract) -> np.ndarray:
-    """One station's Stream -> float64 [C, N] in contract.component_order at contract.sampling_rate.
-
-    Channel codes map by their last letter: Z -> Z; N/E when both exist, else the two numeric horizontals
-    (1/2 or 2/3) in ascending order -> N, E. Split traces are merged; gaps and unequal spans become NaN
-    (DROP_NAN's business). Traces at another rate are resampled (scipy.signal.resample_poly, an
-    anti-aliased polyphase filter) before merging. Raises ContractError naming NET.STA.LOC for a missing,
-    ambiguous or mixed-station input.
-    """
-    if len(stream) == 0:
-        raise ContractError("empty Stream: no traces to build a window from")
-    stations = sorted({_station_id(tr) for tr in stream})
-    if len(stations) != 1:
-        raise ContractError(f"a Stream must hold one station (NET.STA.LOC), got {stations}")
-    station = stations[0]
-    bands = sorted({tr.stats.channel[:-1] for tr in stream})
-    if len(bands) != 1:
-        raise ContractError(
-            f"station {station}: traces from several instruments {bands} "
-            f"(channels {sorted({tr.stats.channel for tr in stream})}); select one band/instrument"
-        )
-    mapping = _component_mapping({tr.stats.channel[-1:] for tr in stream}, contract.component_order, station)
-    fs = contract.sampling_rate
-    by_component: dict[str, list[Any]] = {}
-    for tr in stream:
-        tr = tr.copy()
-        if not math.isclose(tr.stats.sampling_rate, fs, rel_tol=1e-6):
-            tr = _resample(tr, fs, station)
-        by_component.setdefault(tr.stats.channel[-1:], []).append(tr)
-    merged = {code: _merge(traces, station) for code, traces in by_component.items()}
-    t0 = min(tr.stats.starttime for tr in merged.values())
-    offsets = {code: round((tr.stats.starttime - t0) * fs) for code, tr in merged.items()}
-    length = max(offsets[code] + tr.stats.npts for code, tr in merged.items())
-    out = np.full((contract.n_channels, length), np.nan)
-    for row, letter in enumerate(contract.component_order):
-        code = mapping[letter]
-        data = merged[code].data
-        values = np.ma.asarray(data, dtype=np.float64).filled(np.nan) if np.ma.isMaskedArray(data) else data
-        out[row, offsets[code] : offsets[code] + len(values)] = values
-    return out
-
-
-def _station_id(tr: Any) -> str:
-    s = tr.stats
-    return f"{s.network}.{s.station}.{s.location}"
-
-
-def _component_mapping(codes: set[str], order: str, station: str) -> dict[str, str]:
-    """contract letter -> channel component code present in the stream (see stream_to_array)."""
-    mapping: dict[str, str] = {}
-    horizontals = sorted(codes & {"1", "2", "3"})
-    for letter in order:
-        if letter in codes:
-            mapping[letter] = letter
-        elif letter in "NE" and not {"N", "E"} & codes and len(horizontals) == 2:
-            mapping[letter] = horizontals["NE".index(letter)]
-    missing = [letter for letter in order if letter not in mapping]
-    if missing:
-        raise ContractError(
-            f"station {station}: missing component(s) {missing} for component_order {order!r}; "
-            f"present: {sorted(codes)} (accepted: Z, N/E, or two of 1/2/3 for N, E)"
-        )
-    return mapping
-
-
-def _resample(tr: Any, fs: float, station: str) -> Any:
-    ratio = Fraction(fs / tr.stats.sampling_rate).limit_denominator(1000)
-    if not math.isclose(float(ratio), fs / tr.stats.sampling_rate, rel_tol=1e-6):
-        raise ContractError(
-            f"station {station} {tr.stats.channel}: cannot resample {tr.stats.sampling_rate} Hz to {fs} Hz "
-            "by a rational factor with denominator <= 1000"
-        )
-    from scipy.signal import resample_poly
-
-    log.debug("resampling", station=station, channel=tr.stats.channel, from_hz=tr.stats.sampling_rate, to_hz=fs)
-    data = np.asarray(tr.data, dtype=np.float64)
-    tr.data = resample_poly(data, ratio.numerator, ratio.denominator)
-    tr.stats.sampling_rate = fs
-    return tr
-
-
-def _merge(traces: list[Any], station: str) -> Any:
-    from obspy import Stream
-
-    if len(traces) == 1:
-        return traces[0]
-    for tr in traces:
-        tr.data = np.asarray(tr.data, dtype=np.float64)
-    st = Stream(traces).merge(method=1, fill_value=None)
-    if len(st) != 1:
-        raise ContractError(f"station {station}: cannot merge traces {[tr.id for tr in traces]}")
-    return st[0]

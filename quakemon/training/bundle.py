@@ -86,7 +86,7 @@ def band_limit(waves: np.ndarray, meta: list[dict], fs: float, rng: np.random.Ge
 
 def _grid_windows(stream, contract: InputContract, stride_s: float = 1.0, force_z_only: bool = False):
     """Windows on the absolute grid over one station's stream: (data [B, C, N], starts_ns)."""
-    from quakemon.pipeline.transforms import stream_to_array
+    from quakemon.pipeline.streams import stream_to_array
 
     fs = contract.sampling_rate
     comps = {tr.stats.channel[-1] for tr in stream}

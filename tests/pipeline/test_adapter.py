@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader
 from quakemon.base.errors import ContractError
 from quakemon.models.contract import KNOWN_TRANSFORMS, InputContract
 from quakemon.pipeline.adapter import DEFAULT_TRANSFORMS, TransformOP, WaveformDataAdapter
-from quakemon.pipeline.transforms import preprocess_batch, stream_to_array
+from quakemon.pipeline.streams import stream_to_array
+from quakemon.pipeline.transforms import preprocess_batch
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from quakemon.base.errors import ContractError
 from quakemon.models.contract import InputContract
-from quakemon.pipeline.transforms import PreprocessResult, preprocess_batch, stream_to_array
+from quakemon.pipeline.streams import stream_to_array
+from quakemon.pipeline.transforms import PreprocessResult, preprocess_batch
 
 DEFAULT = InputContract()
 
