@@ -8,9 +8,9 @@ ids, stations, onsets, detection ids, coincidence sums and why they closed. The 
 `peak_probability` are left out: they depend on whether a station's "closed" detection came before the event
 closed, and live micro-batches are smaller than the replay's batches.
 
-`hold_s` is 40 s: above the stations' data skew in a replay (the archive source hands out pieces of up to 20 s),
-and the triggers of the event end within it, so an event closes only when the data clock passes it
-(close_reason "window"), in the daemon and in the replay alike, not when the replay's data ends ("flush").
+After the event the stations' triggers close and no detection follows: the event closes when the data clock
+passes it (close_reason "window"). The daemon's inference stage moves that clock after every micro-batch; the
+replay must do the same, or it closes the event only when its data ends ("flush").
 """
 
 from __future__ import annotations
@@ -35,13 +35,14 @@ from support.pipeline import (
     write_config,
 )
 
+from quakemon.pipeline.settings import ASSOCIATION
 from quakemon.wire.schema import EVENT_SCHEMA, parse_iso_utc, validate_event
 
 STATIONS = ("RJOB", "RJB2", "RJB3", "RJB4")
 BLOCKS = (True, False, False, False, False)  # 30 s blocks: the RJOB event, then noise -> 150 s per station
 SPEED = 20.0
 START_TIMEOUT = 120.0
-ASSOCIATE = {"enabled": True, "threshold": 3.0, "window_s": 10.0, "hold_s": 40.0}
+ASSOCIATE = {"enabled": True, "threshold": 3.0}  # window_s and hold_s: the defaults
 WINDOW_S = 20.0  # the tiny checkpoint's window length
 
 
@@ -142,7 +143,7 @@ def test_live_and_replay_publish_the_same_events(env: Env):
         assert replay.wait(180) == 0, replay.stderr()[-3000:]
         replayed = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
         # events seeded before `until` close inside the archive: seed + window_s + hold_s + a window <= its end
-        until = env.start + env.span - ASSOCIATE["window_s"] - ASSOCIATE["hold_s"] - WINDOW_S
+        until = env.start + env.span - ASSOCIATION.window_s - ASSOCIATION.hold_s - WINDOW_S
         expected = closed_events([b for b in replayed if b["schema"] == EVENT_SCHEMA], until)
         assert expected and all(e["n_stations"] == len(STATIONS) for e in expected.values()), expected
 
