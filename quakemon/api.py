@@ -23,12 +23,7 @@ from obspy import Stream, Trace, UTCDateTime
 
 from quakemon.base.errors import QuakemonError
 from quakemon.models.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
-from quakemon.pipeline.runner import (
-    DetectionRunner,
-    Inference,
-    interleaved,
-    log_to_stderr_unless_configured,
-)
+from quakemon.pipeline.runner import DetectionRunner, Inference, log_to_stderr_unless_configured
 from quakemon.pipeline.settings import INFERENCE, REPLAY_BATCH_SIZE, TRIGGER, WINDOW
 
 
@@ -134,7 +129,7 @@ class Detector:
         with runner:  # (drops what is in flight if a call fails; the shared workers stay)
             # every channel cut into pieces and merged in time, as a live stream arrives: whole traces one after
             # the other would put one component of a long stream far ahead of the others
-            detections = list(runner.add_samples(interleaved(stream))) + runner.finish()
+            detections = list(runner.add_stream(stream)) + runner.finish()
         self.last_stats = runner.stats
         return runner, detections
 

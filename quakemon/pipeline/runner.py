@@ -330,8 +330,14 @@ class DetectionRunner:
         return self.sequencer.stamp(topic, body)
 
     def add_traces(self, traces: Iterable[Trace]) -> Iterator[dict[str, Any]]:
-        """Feed traces; yield detection bodies as soon as their batch has run (see `add_samples`)."""
+        """Feed traces in the given order, e.g. records as a live stream delivers them; yield detection bodies as
+        soon as their batch has run (see `add_samples`). Whole traces of a Stream go through `add_stream`."""
         return self.add_samples(Samples.from_trace(tr) for tr in traces)
+
+    def add_stream(self, traces: Iterable[Trace], chunk_s: float = INTERLEAVE_CHUNK_S) -> Iterator[dict[str, Any]]:
+        """Feed whole traces (an ObsPy Stream, a day file) cut into pieces and merged in time (`interleaved`), so
+        that no component of a long trace runs ahead of the others; yield detection bodies as `add_samples`."""
+        return self.add_samples(interleaved(traces, chunk_s))
 
     def add_samples(self, pieces: Iterable[Samples]) -> Iterator[dict[str, Any]]:
         """Feed pieces of channels (`ArchiveSource.samples`); yield detection bodies as soon as their batch has run.
