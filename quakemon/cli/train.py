@@ -23,7 +23,7 @@ def add_train(sub: Subparsers) -> None:
     p.add_argument("--output", "-o", required=True, help="checkpoint to write (.safetensors)")
     for flag, typ, default in (("--backbone", str, "TINY"), ("--depth", int, 4), ("--epochs", int, 10),
                                ("--batch-size", int, 64), ("--lr", float, 3e-4), ("--freeze-epochs", int, 0),
-                               ("--seed", int, 0), ("--component-dropout", float, 0.0),
+                               ("--seed", int, 0), ("--component-dropout", float, DEFAULT_COMPONENT_DROPOUT),
                                ("--pretrained", str, ""), ("--device", str, "auto"), ("--val-fraction", float, 0.15)):
         p.add_argument(flag, type=typ, default=default)
     p.add_argument("--quiet", action="store_true")
@@ -33,10 +33,19 @@ def add_evaluate(sub: Subparsers) -> None:
     p = add_command(sub, "evaluate", cmd_evaluate, "score a checkpoint on labelled windows or continuous data")
     p.add_argument("--model", help="checkpoint (default: the bundled model)")
     p.add_argument("--data", action="append", help="labelled windows, as for train")
-    p.add_argument("--continuous", nargs="*", help="MiniSEED files for event matching")
+    p.add_argument("--continuous", nargs="*",
+                   help="MiniSEED files: with --events, event matching; without, continuous noise (every detection "
+                   "false) scored side by side with a recursive STA/LTA. msnoise:UV05 / msnoise:UV10 name the "
+                   "msnoise noise days (fetched into the user cache)")
     p.add_argument("--events", help="CSV network,station,p_time for --continuous")
     p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--on", type=float, default=0.7, help="trigger on for --continuous without --events")
+    p.add_argument("--synthetic-events", type=int, default=40,
+                   help="--continuous without --events: regional and teleseismic events of each kind over the "
+                   "first record's real noise, next to the real P catalogue (0: none)")
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"seed of synthetic --data (default {EVALUATION_SEED}: never a training seed of "
+                   "quakemon train's default; pass the training seed to score the training windows)")
     p.add_argument("--json", action="store_true")
 
 
@@ -61,6 +70,13 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Default of `quakemon train --component-dropout`: a model trained with it also serves vertical-only stations.
+DEFAULT_COMPONENT_DROPOUT = 0.3
+#: Default seed of synthetic data in `quakemon evaluate`; far from `quakemon train`'s default seed 0 and its
+#: neighbours (each source i of a run uses seed + i).
+EVALUATION_SEED = 1_000_003
+
+
 def load_sources(sources: list[str], contract: InputContract, seed: int):
     """Load and concatenate labelled sources (all array-shaped after loading)."""
     from quakemon.data.datasets import LabelledWaveforms, load_labelled
@@ -80,9 +96,11 @@ def load_sources(sources: list[str], contract: InputContract, seed: int):
 
 
 def train_main(args: argparse.Namespace) -> int:
-    from quakemon.training.train import TrainConfig, train
+    from quakemon.training.train import TrainConfig, train, z_only_warning
 
-    contract = InputContract()
+    contract = InputContract(component_sets=("Z",)) if args.component_dropout > 0 else InputContract()
+    if (why := z_only_warning(contract, args.component_dropout)) is not None:
+        print(f"warning: {why}", file=sys.stderr)
     data = load_sources(args.data, contract, args.seed)
     cfg = TrainConfig(backbone=args.backbone, depth=args.depth, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, freeze_epochs=args.freeze_epochs, seed=args.seed, device=args.device,
@@ -142,16 +160,18 @@ def evaluate_main(args: argparse.Namespace) -> int:
         from quakemon.pipeline.engine import pick_device
         from quakemon.training.train import adapter_tensors, predict_proba
 
-        data = load_sources(args.data, ckpt.contract, args.seed)
+        seed = EVALUATION_SEED if args.seed is None else args.seed
+        data = load_sources(args.data, ckpt.contract, seed)
+        report["seed"] = seed
         x, y = adapter_tensors(WaveformDataAdapter.from_contract(ckpt.contract, data.waveforms, data.labels.tolist()))
         positive = ckpt.labels.index("earthquake") if "earthquake" in ckpt.labels else len(ckpt.labels) - 1
         probs = predict_proba(ckpt.model, x, pick_device("cpu"))
         report["windows"] = binary_scores(probs[:, positive].numpy(), (y == positive).numpy(), args.threshold).to_dict()
-    if args.continuous:
+    if args.continuous and not args.events:
+        report["noise"] = _noise_report(ckpt, args)
+    elif args.continuous:
         from quakemon.pipeline.runner import replay
 
-        if not args.events:
-            raise QuakemonError("--continuous needs --events CSV (network,station,p_time)")
         result = replay(args.continuous, ckpt, progress=False)
         onsets = [(d["station"], parse_iso_utc(d["onset"])) for d in result.detections if d["state"] == "new"]
         match = match_events(onsets, read_event_csv(args.events),
@@ -166,6 +186,36 @@ def evaluate_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _noise_report(ckpt, args: argparse.Namespace) -> dict[str, Any]:
+    """Continuous noise (files or msnoise noise days) and the event catalogues, model next to STA/LTA."""
+    from obspy import Stream, read
+
+    from quakemon.training import continuous as cont
+
+    noise: dict[str, Stream] = {}
+    for src in args.continuous:
+        if src.startswith("msnoise:"):
+            from quakemon.data.noise_days import load_day
+
+            noise[src] = load_day(src.split(":", 1)[1])
+        else:
+            files = [src] if Path(src).is_file() else sorted(str(f) for f in Path(src).rglob("*") if f.is_file())
+            if not files:
+                raise QuakemonError(f"--continuous {src}: no such file or folder")
+            st = Stream()
+            for f in files:
+                st += read(f)
+            st.merge(method=1)
+            noise[src] = st.split()
+    events = cont.real_event_records(ckpt.contract.sampling_rate)
+    if args.synthetic_events > 0:
+        events += cont.synthetic_event_records(next(iter(noise.values())), args.synthetic_events)
+    report = cont.evaluate_continuous(ckpt, noise, events, on=args.on)
+    out = cont.summary(report)
+    out["markdown"] = cont.markdown(report)
+    return out
+
+
 def _print_report(report: dict[str, Any]) -> None:
     print(f"model {report['model']['name']} sha256 {report['model']['sha256'][:12]}")
     if "windows" in report:
@@ -177,4 +227,6 @@ def _print_report(report: dict[str, Any]) -> None:
         print(f"continuous: events={c['events']} detected={c['detected']} recall={c['recall']:.3f} "
               f"false={c['false_detections']} over {c['hours']:.3f} station-hours "
               f"({c['false_per_station_hour']:.2f}/station-hour); missed {c['missed']}")
+    if "noise" in report:
+        print(report["noise"]["markdown"])
     sys.stdout.flush()
