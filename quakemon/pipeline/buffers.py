@@ -182,6 +182,10 @@ class StationBuffer:
         rows = slice(None) if components is None else list(components)
         return all(bool(self._present[rows, ring].all()) for ring, _ in self._spans(start, stop))
 
+    def fill_ratio(self) -> float:
+        """Share of the ring (all components) that holds samples."""
+        return float(np.count_nonzero(self._present)) / self._present.size
+
     def reset(self) -> None:
         """Forget all samples (after a clock jump); counters are kept."""
         self._present[:] = False

@@ -19,7 +19,9 @@ Policy (the same in replay and live, so the same windows give the same detection
   dropped. Windows that do not advance in time (duplicates,
   out of order) and windows with non-finite probabilities are ignored and counted.
 * ``flush()`` closes open triggers at the end of a replay (``close_reason = "flush"``); ``expire(data_time)``
-  closes triggers of stations whose windows stopped arriving (live).
+  closes triggers of stations whose windows stopped arriving (live): a trigger whose last window started more
+  than the maximum gap before ``data_time`` is closed with ``close_reason = "gap"``, as the next window would
+  have closed it.
 * The end of a record is not noise: a trigger still *pending* at ``flush()`` whose every window so far reached
   ``on`` is reported ("new", then "closed" with ``close_reason = "flush"``): the record ended before
   ``min_duration_s`` could pass, the signal did not. A pending trigger that had a window below ``on`` is dropped.
@@ -245,10 +247,19 @@ class TriggerBank:
         """Close all open triggers (end of replay), in station then label order."""
         return [ev for key in sorted(self._triggers) for ev in self._triggers[key].flush()]
 
-    def expire(self, data_time: Any) -> list[TriggerEvent]:
-        """Close triggers of stations whose last window started more than max_gap_s before `data_time`."""
+    def expire(self, data_time: Any, station: str | None = None) -> list[TriggerEvent]:
+        """Close triggers whose last window started more than their max gap before `data_time` (close_reason
+        "gap"), of every station or of `station` only, in station then label order.
+
+        `data_time` is a data time: what "now" is for the stations concerned. The live service estimates it per
+        station from the wall clock (see `quakemon.pipeline.detect.DetectionStage.expire_silent`).
+        """
         t = to_timestamp(data_time)
-        return [ev for key in sorted(self._triggers) for ev in self._triggers[key].expire(t)]
+        if station is not None:
+            keys = [(station, label) for label in self.trigger_labels if (station, label) in self._triggers]
+        else:
+            keys = sorted(self._triggers)
+        return [ev for key in keys for ev in self._triggers[key].expire(t)]
 
     @property
     def stats(self) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """``quakemon associate``: the association stage as its own process, for several daemons on several hosts.
 
 SUBscribes to one or more quakemon publishers (``--connect``, one SUB socket per endpoint, so each endpoint is
-one *source* of the watermark, see quakemon/workers/associate.py), feeds their detections to an
+one *source* of the watermark, see quakemon/pipeline/associate.py), feeds their detections to an
 :class:`~quakemon.pipeline.associate.Associator` and PUBlishes ``event.<id>`` messages and 1 Hz heartbeats on its
 own endpoint (``--bind``), with the same wire schema as the daemon, so ``quakemon listen`` works on it.
 
@@ -30,7 +30,7 @@ import structlog
 import zmq
 
 from quakemon.base.errors import ConfigError, QuakemonError
-from quakemon.base.signals import stop_on_signals
+from quakemon.base.signals import StopFlag, stop_on_signals
 from quakemon.pipeline.associate import Associator, station_coordinates
 from quakemon.wire.schema import (
     DETECTION_SCHEMA,
@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         associator = Associator(args.threshold, args.window, _parse_weights(args.weights), hold_s=args.hold,
                                 coordinates=coordinates, velocity_kms=args.velocity, tolerance_s=args.tolerance,
                                 sources=args.connect)
-        with stop_on_signals(threading.Event()) as stop:
+        with stop_on_signals(StopFlag()) as stop:
             return run_associator(args.connect, args.bind, associator, idle_s=args.idle, stop=stop)
     except QuakemonError as exc:
         print(f"quakemon associate: error: {exc}", file=sys.stderr)

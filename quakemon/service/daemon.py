@@ -28,7 +28,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +36,8 @@ import structlog
 import zmq
 
 from quakemon.base.errors import QuakemonError
-from quakemon.service.config import Config
+from quakemon.base.signals import StopFlag, install_stop_handlers
+from quakemon.service.config import Config, check_stages
 from quakemon.service.stages import EXIT_FATAL, STAGES
 
 log = structlog.get_logger(__name__)
@@ -81,7 +81,7 @@ class Supervisor:
         self.config_path = config_path
         self.overrides = overrides
         self.notifier = notifier or Notifier()
-        self.stop = threading.Event()
+        self.stop = StopFlag()
         self.ctx = zmq.Context()
         os.makedirs(cfg.pipeline.runtime_dir, mode=0o700, exist_ok=True)
         self.control_endpoint = f"ipc://{cfg.pipeline.runtime_dir}/control-{os.getpid()}"
@@ -105,8 +105,8 @@ class Supervisor:
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def install_signals(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop.set())
+        """SIGTERM and SIGINT only set the stop flag; the main loop notices it within one round."""
+        install_stop_handlers(self.stop)
 
     def spawn(self, st: StageProcess, hold: bool = False) -> None:
         cmd = [sys.executable, "-m", "quakemon.service.stage_main", st.kind, "--control", self.control_endpoint,
@@ -253,11 +253,10 @@ class Supervisor:
         stats: dict[str, Any] = {}
         for st in self.stages:
             stats.update(st.stats)
-        lag = stats.get("lag_s") or {}
-        lag_max = max(lag.values()) if lag else None
         text = f"{stats.get('stations', 0)} stations, {stats.get('windows', 0)} windows inferred"
-        if lag_max is not None:
-            text += f", lag {lag_max:.1f} s"
+        oldest_end = stats.get("oldest_end_s")
+        if isinstance(oldest_end, int | float):
+            text += f", lag {max(0.0, time.time() - oldest_end):.1f} s"
         return text if self.ready_sent else "starting: " + text
 
     def shutdown(self) -> None:
@@ -286,14 +285,7 @@ def run_daemon(cfg: Config, config_path: str | None, overrides: dict[str, Any] |
     """Start the stages (all by default) and supervise them until SIGTERM/SIGINT; return the exit code."""
     from quakemon.models.checkpoint import read_metadata, resolve_checkpoint
 
-    stages = stages or list(STAGES)
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise QuakemonError(f"unknown stages {unknown}; expected some of {list(STAGES)}")
-    if "ingest" in stages and not cfg.seedlink.streams:
-        from quakemon.base.errors import ConfigError
-
-        raise ConfigError("seedlink.streams: expected at least one NET.STA.LOC.CHA selector to run ingest, got []")
+    stages = check_stages(stages, cfg)  # stage names and the streams the ingest stage needs: ConfigError
     read_metadata(resolve_checkpoint(cfg.model.checkpoint))  # a bad checkpoint fails here, before READY
     sup = Supervisor(cfg, config_path, overrides or {}, stages)
     sup.install_signals()
@@ -307,25 +299,28 @@ class MetricsBridge:
     """Feeds the stage processes' status counters into `quakemon.service.metrics.Metrics` (served by the supervisor).
 
     Stages report cumulative totals; counters are incremented by the difference since the previous report
-    of the same process (a restarted stage, with a new pid, counts from zero again).
+    of the same process (a restarted stage, with a new pid, counts from zero again). Labelled totals arrive as
+    {label: total} maps (records_corrupt by reason, detections by station, zmq_events by event).
     """
 
     COUNTERS = (("ingest", "windows_out", "windows_in"), ("ingest", "source_records", "records"),
                 ("ingest", "source_duplicates", "records_duplicate"), ("ingest", "source_reconnects", "reconnects"),
-                ("inference", "windows", "windows_out"))
+                ("ingest", "gaps", "gaps"), ("inference", "windows", "windows_out"))
+    LABELLED = (("ingest", "corrupt_reasons", "records_corrupt", "reason"),
+                ("inference", "detections_opened", "detections", "station"),
+                ("inference", "zmq_events", "zmq_events", "event"))
     DROPPED = (("ingest", "dropped_ingest", "ingest_queue"), ("preprocess", "dropped_preprocess", "preprocess_queue"),
                ("inference", "dropped_inference", "inference_queue"))
     QUEUES = (("ingest", "queue_ingest"), ("preprocess", "queue_preprocess"), ("inference", "queue_inference"))
 
     def __init__(self, metrics: Any) -> None:
         self.metrics = metrics
-        self._last: dict[tuple[str, int, str], float] = {}
+        self._last: dict[tuple[str, int, str, str], float] = {}
 
-    def _delta(self, st: StageProcess, key: str) -> float:
-        value = st.stats.get(key)
+    def _delta(self, st: StageProcess, key: str, value: Any, label: str = "") -> float:
         if not isinstance(value, int | float) or st.proc is None:
             return 0.0
-        k = (st.name, st.proc.pid, key)
+        k = (st.name, st.proc.pid, key, label)
         prev = self._last.get(k, 0.0)
         self._last[k] = value
         return value - prev if value >= prev else value
@@ -333,21 +328,29 @@ class MetricsBridge:
     def __call__(self, stages: list[StageProcess]) -> None:
         m = self.metrics
         depth: dict[str, float] = {}
+        now = time.time()
         for st in stages:
             for kind, key, name in self.COUNTERS:
-                if st.kind == kind and (d := self._delta(st, key)) > 0:
+                if st.kind == kind and (d := self._delta(st, key, st.stats.get(key))) > 0:
                     getattr(m, name).inc(d)
+            for kind, key, name, label in self.LABELLED:
+                totals = st.stats.get(key) if st.kind == kind else None
+                for value, total in (totals.items() if isinstance(totals, dict) else ()):
+                    if (d := self._delta(st, key, total, str(value))) > 0:
+                        getattr(m, name).labels(**{label: str(value)}).inc(d)
             for kind, key, reason in self.DROPPED:
-                if st.kind == kind and (d := self._delta(st, key)) > 0:
+                if st.kind == kind and (d := self._delta(st, key, st.stats.get(key))) > 0:
                     m.windows_dropped.labels(reason=reason).inc(d)
             for kind, key in self.QUEUES:
                 if st.kind == kind:
                     depth[kind] = depth.get(kind, 0.0) + float(st.stats.get(key, 0) or 0)
             if st.kind == "ingest":
-                for station, lag in (st.stats.get("lag_s") or {}).items():
-                    m.station_lag.labels(station=station).set(max(float(lag), 0.0))
-            if st.kind == "inference" and self._delta(st, "batches") > 0:  # the latest batch, sampled
-                m.batch_size.observe(float(st.stats.get("batch_size", 0) or 0))
+                for station, end in (st.stats.get("newest_end_s") or {}).items():
+                    m.station_lag.labels(station=station).set(max(now - float(end), 0.0))
+                for station, fill in (st.stats.get("buffer_fill") or {}).items():
+                    m.station_buffer_fill.labels(station=station).set(float(fill))
+            if st.kind == "inference" and self._delta(st, "batches", st.stats.get("batches")) > 0:
+                m.batch_size.observe(float(st.stats.get("batch_size", 0) or 0))  # the latest batch, sampled
                 m.inference_seconds.observe(float(st.stats.get("batch_seconds", 0) or 0))
         for queue, value in depth.items():
             m.queue_depth.labels(queue=queue).set(value)

@@ -26,10 +26,13 @@ SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class Metrics:
     """All quakemon metrics, registered in `self.registry`.
 
-    Per station (label `station` = "NET.STA.LOC"): lag_seconds (now - end of the newest sample),
-    buffer_fill_ratio. Pipeline: windows_in / windows_out / windows_dropped{reason}, batch_size and
-    inference_seconds histograms, queue_depth{queue}. Ingest: records, records_corrupt{reason},
-    records_duplicate, gaps, reconnects. Output: detections{station}. Security: zmq_events{event}.
+    Per station (label `station` = "NET.STA.LOC"): lag_seconds (now - end of the newest window),
+    buffer_fill_ratio (share of its ring buffer holding samples). Pipeline: windows_in / windows_out /
+    windows_dropped{reason}, batch_size and inference_seconds histograms, queue_depth{queue}. Ingest: records,
+    records_corrupt{reason} (the decoder's rejection reasons), records_duplicate, gaps (a record starting more
+    than half a sample after its stream's previous one ended), reconnects. Output: detections{station} ("new"
+    detections). Publish socket: zmq_events{event} (ZeroMQ monitor events by name: ACCEPTED,
+    HANDSHAKE_SUCCEEDED, HANDSHAKE_FAILED_AUTH, DISCONNECTED, ...).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -52,7 +55,8 @@ class Metrics:
         self.records_corrupt = Counter("quakemon_records_corrupt", "Records rejected, by reason", ["reason"],
                                        registry=r)
         self.records_duplicate = Counter("quakemon_records_duplicate", "Duplicate records dropped", registry=r)
-        self.gaps = Counter("quakemon_gaps", "Sequence gaps upstream (data lost on the server)", registry=r)
+        self.gaps = Counter("quakemon_gaps", "Data gaps: records that start later than their stream's previous "
+                            "record ended", registry=r)
         self.reconnects = Counter("quakemon_reconnects", "SeedLink reconnects", registry=r)
         self.detections = Counter("quakemon_detections", "Detections opened, by station", ["station"], registry=r)
         self.zmq_events = Counter("quakemon_zmq_events", "Publish socket events (HANDSHAKE_FAILED_AUTH, ...)",

@@ -3,7 +3,7 @@
 `Notifier` sends READY=1 / STATUS= / WATCHDOG=1 / STOPPING=1 datagrams to $NOTIFY_SOCKET (a path or an
 "@abstract" name) and does nothing when the variable is unset, so the same code runs in a terminal.
 
-`Watchdog` is the liveness policy of RELIABILITY.md scenario 22: WATCHDOG=1 is sent only if the pipeline
+`Watchdog` is the liveness policy for a hung pipeline: WATCHDOG=1 is sent only if the pipeline
 called `progress()` since the previous ping. A hung loop thus stops the pings and systemd (WatchdogSec=)
 kills and restarts the service, instead of a healthy-looking timer thread keeping a dead pipeline alive.
 """

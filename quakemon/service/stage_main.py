@@ -15,13 +15,15 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 
 from quakemon.base.errors import QuakemonError
+from quakemon.base.signals import StopFlag, die_with_parent, install_stop_handlers, set_on_signals
 
 
-def load_contract(checkpoint: str):
+def load_contract(checkpoint: str) -> Any:
     """The input contract of a checkpoint, read from its metadata without loading the weights."""
     from quakemon.models.checkpoint import read_metadata, resolve_checkpoint
     from quakemon.models.contract import InputContract
@@ -29,40 +31,34 @@ def load_contract(checkpoint: str):
     return InputContract.from_dict(read_metadata(resolve_checkpoint(checkpoint))["contract"])
 
 
-def run_stage(stage: str, cfg, control: str | None, stop=None, go=None) -> int:
-    """Run one stage until `stop`; `go` (ingest only): an Event to wait for before reading SeedLink."""
+def build_stage(stage: str, cfg: Any, control: str | None, stop: StopFlag, go: threading.Event | None = None) -> Any:
+    """The Stage object for `stage`; `go` (ingest only): an Event to wait for before reading SeedLink."""
     from quakemon.models.checkpoint import resolve_checkpoint
     from quakemon.service import stages
 
-    stop = stop or stages.StopFlag()
     if stage in ("preprocess", "inference"):
         import torch
 
         torch.set_num_threads(cfg.pipeline.torch_threads)
     if stage == "ingest":
-        return stages.run_ingest(cfg, load_contract(cfg.model.checkpoint), stop, control, go=go)
+        return stages.IngestStage(cfg, load_contract(cfg.model.checkpoint), stop, control, go=go)
     if stage == "preprocess":
-        return stages.run_preprocess(cfg, load_contract(cfg.model.checkpoint), stop, control)
+        return stages.PreprocessStage(cfg, load_contract(cfg.model.checkpoint), stop, control)
     if stage == "inference":
         configure = None
         if cfg.publish.curve_secret_key:
             from quakemon.wire.security import curve_server_configurator
 
             configure = curve_server_configurator(cfg.publish.curve_secret_key, cfg.publish.curve_allowed_keys)
-        return stages.run_inference(cfg, stop, control, str(resolve_checkpoint(cfg.model.checkpoint)),
-                                    configure_publisher=configure)
+        return stages.InferenceStage(cfg, stop, control, str(resolve_checkpoint(cfg.model.checkpoint)),
+                                     configure_publisher=configure)
     raise QuakemonError(f"unknown stage {stage!r}; expected one of {stages.STAGES}")
 
 
-def _die_with_parent() -> None:
-    """Linux: ask for SIGTERM when the parent exits (prctl PR_SET_PDEATHSIG); elsewhere the ppid check remains."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
+def run_stage(stage: str, cfg: Any, control: str | None, stop: StopFlag | None = None,
+              go: threading.Event | None = None) -> int:
+    """Run one stage until `stop` (startup -> main loop -> shutdown); returns the exit code."""
+    return build_stage(stage, cfg, control, stop or StopFlag(), go).run()
 
 
 def _profiled(stage: str, directory: str, run) -> int:
@@ -81,7 +77,6 @@ def _profiled(stage: str, directory: str, run) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from quakemon.base.logs import configure_logging
     from quakemon.service.config import load_config
-    from quakemon.service.stages import StopFlag
 
     parser = argparse.ArgumentParser(prog="quakemon-stage")
     parser.add_argument("stage")
@@ -93,14 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="ingest: report ready, but read SeedLink only after SIGUSR1 (downstream ready)")
     args = parser.parse_args(argv)
     stop = StopFlag()
-    stop.install()
+    install_stop_handlers(stop)
     go = threading.Event()
     if args.hold:
-        signal.signal(signal.SIGUSR1, lambda *_: go.set())
+        set_on_signals(go, [signal.SIGUSR1])
     else:
         go.set()
     if args.parent:  # started by the supervisor: do not outlive it
-        _die_with_parent()
+        die_with_parent()
         stop.watch_parent(args.parent)
     try:
         cfg = load_config(args.config, json.loads(args.overrides))

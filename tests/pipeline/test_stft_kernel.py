@@ -165,7 +165,7 @@ def test_stack_windows_centres_runs_of_one_block_like_single_windows():
     assert np.shares_memory(runs[0][2], block) and runs[0][2].shape == (3, 3, 2000)
     data, metas = stack_windows(windows)
     assert data.dtype == np.float32 and data.shape == (8, 3, 2000)
-    assert [m["start_ns"] for m in metas] == [i * 10**9 for i in range(8)]
+    assert [m.start_ns for m in metas] == [i * 10**9 for i in range(8)]
     one_by_one = np.concatenate([stack_windows([w])[0] for w in windows])
     np.testing.assert_array_equal(data, one_by_one)  # grouping changes nothing
     for got, w in zip(data, windows, strict=True):  # the float64 difference, rounded once to float32

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quakemon.base.errors import ConfigError
+from quakemon.pipeline.detect import DetectionStage, WindowMeta
 from quakemon.pipeline.trigger import StationTrigger, TriggerBank
 from quakemon.wire.schema import iso_utc
 
@@ -101,6 +105,49 @@ def test_flush_and_expire_close_open_triggers():
     expired = t.expire(T0 + 21)
     assert [(e.state, e.close_reason) for e in expired] == [("closed", "gap")]
     assert t.flush() == [] and t.expire(T0 + 100) == []
+
+
+def test_bank_expire_of_one_station_leaves_the_others_open():
+    bank = TriggerBank(0.8, 0.5, 0.0, labels=LABELS)
+    for station in ("BW.RJOB.", "GR.FUR."):
+        assert [e.state for e in bank.update(station, T0, T0 + LENGTH, [0.1, 0.9])] == ["new"]
+    assert bank.expire(T0 + 100, station="XX.NONE.") == []
+    closed = bank.expire(T0 + 100, station="GR.FUR.")
+    assert [(e.station, e.state, e.close_reason) for e in closed] == [("GR.FUR.", "closed", "gap")]
+    assert bank.stats["open"] == 1
+    assert [e.station for e in bank.expire(T0 + 100)] == ["BW.RJOB."]
+
+
+class _Engine:
+    """What DetectionStage needs of an InferenceEngine: labels, the checkpoint's model info, predict."""
+
+    labels = LABELS
+    checkpoint = SimpleNamespace(model_info=MODEL)
+
+    def predict(self, spectra):
+        return np.tile(np.array([[0.1, 0.9]], np.float32), (len(spectra), 1))
+
+
+def test_detection_stage_closes_the_triggers_of_silent_stations_on_the_wall_clock():
+    """1 s windows: a station silent for more than 1 s of wall clock is closed, one that goes on is not."""
+    stage = DetectionStage(_Engine(), 0.8, 0.5, 0.0, "earthquake")
+
+    def window(station: str, start: float) -> WindowMeta:
+        return WindowMeta(station, round(start * 1e9), round((start + 1.0) * 1e9))
+
+    first = stage.process(np.zeros((2, 1)), [window("BW.RJOB.", T0), window("GR.FUR.", T0)])
+    decided = time.monotonic()
+    assert [b["state"] for b, _ in first.detections] == ["new", "new"]
+    assert stage.opened == {"BW.RJOB.": 1, "GR.FUR.": 1}
+    assert stage.expire_silent(decided + 0.5) == []  # quiet for less than a window length
+    for k in range(1, 7):  # GR.FUR. goes on, a window every 0.25 s; BW.RJOB. falls silent
+        time.sleep(0.25)
+        assert stage.process(np.zeros((1, 1)), [window("GR.FUR.", T0 + 0.25 * k)]).detections == []
+    closed = stage.expire_silent()
+    assert [(b["station"], b["state"], b["close_reason"]) for b, _ in closed] == [("BW.RJOB.", "closed", "gap")]
+    assert closed[0][0]["id"] == first.detections[0][0]["id"]
+    assert [b["station"] for b, _ in stage.expire_silent(time.monotonic() + 2.0)] == ["GR.FUR."]  # silent at last
+    assert stage.expire_silent(time.monotonic() + 100.0) == []
 
 
 def test_out_of_order_duplicate_and_nan_windows_are_ignored():

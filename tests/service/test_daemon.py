@@ -6,7 +6,6 @@ fatal CUDA error makes the daemon exit non-zero, a corrupt checkpoint fails befo
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -17,26 +16,17 @@ import obspy
 import pytest
 from support.pipeline import NotifySocket, free_port, start_daemon, start_server, write_archive, write_config
 
+from quakemon.base.signals import StopFlag
 from quakemon.models.contract import InputContract
 from quakemon.pipeline.windowing import StationWindower
 from quakemon.service import stages
 from quakemon.service.config import load_config
 from quakemon.service.daemon import MetricsBridge, StageProcess, Supervisor
-from quakemon.service.stages import DropOldestQueue, StopFlag, _Committer, _IdleFeed
+from quakemon.service.stages.ingest import Committer, IdleFeed
 
 START_TIMEOUT = 120.0
 
 # -- in-process units -----------------------------------------------------------------------------------------
-
-
-def test_drop_oldest_queue_drops_whole_oldest_batches_and_counts_them():
-    q = DropOldestQueue(5)
-    for i in range(4):
-        q.put({"windows": [i, i]}, {}, queued_at=float(i))
-    assert q.windows == 4 and q.dropped == 4 and len(q) == 2
-    assert q.oldest == 2.0
-    header, _ = q.popleft()
-    assert header["windows"] == [2, 2] and q.windows == 2
 
 
 class _FakeSource:
@@ -51,7 +41,7 @@ def test_records_are_committed_only_when_no_pending_window_needs_them():
     contract = InputContract()
     windower = StationWindower(contract, 1.0, ["BW.RJOB..EH?"])
     source = _FakeSource()
-    committer = _Committer(source, windower)
+    committer = Committer(source, windower)
     records = []
     for tr in obspy.read():  # 30 s; 1 s records, interleaved by start time like a SeedLink stream
         for t0 in range(30):
@@ -86,21 +76,12 @@ class _SlowSource:
 
 def test_idle_feed_ticks_while_the_source_is_quiet_and_ends_with_it():
     stop = StopFlag()
-    feed = _IdleFeed(_SlowSource(["a", "b"]), stop, tick_s=0.05)
+    feed = IdleFeed(_SlowSource(["a", "b"]), stop, tick_s=0.05)
     got = list(feed)
     feed.close()
     assert [x for x in got if x is not None] == ["a", "b"]
     assert got.count(None) >= 3  # housekeeping ticks while waiting 0.3 s per item
     assert not feed.thread.is_alive()
-
-
-def test_stop_flag_stops_when_the_supervisor_is_gone():
-    stop = StopFlag()
-    assert not stop.is_set()
-    stop.watch_parent(os.getppid())
-    assert not stop.is_set()
-    stop.watch_parent(os.getppid() + 123456)  # we are not that process's child (any more)
-    assert stop.is_set()
 
 
 @pytest.fixture
@@ -164,19 +145,29 @@ def test_metrics_bridge_turns_stage_totals_into_counters():
     bridge = MetricsBridge(Metrics())
     ingest = StageProcess("ingest", "ingest", proc=_FakeProc(pid=1))
     inference = StageProcess("inference", "inference", proc=_FakeProc(pid=2))
-    ingest.stats = {"windows_out": 10, "dropped_ingest": 1, "queue_ingest": 3, "lag_s": {"BW.RJOB.": 1.5}}
-    inference.stats = {"windows": 8, "batches": 2, "batch_size": 4, "batch_seconds": 0.01, "queue_inference": 2}
+    ingest.stats = {"windows_out": 10, "dropped_ingest": 1, "queue_ingest": 3, "gaps": 2,
+                    "newest_end_s": {"BW.RJOB.": time.time() - 60.0}, "buffer_fill": {"BW.RJOB.": 0.5},
+                    "corrupt_reasons": {"bad_header": 1}}
+    inference.stats = {"windows": 8, "batches": 2, "batch_size": 4, "batch_seconds": 0.01, "queue_inference": 2,
+                       "detections_opened": {"BW.RJOB.": 1}, "zmq_events": {"ACCEPTED": 1}}
     bridge([ingest, inference])
-    ingest.stats = {**ingest.stats, "windows_out": 15}
+    ingest.stats = {**ingest.stats, "windows_out": 15, "gaps": 3, "corrupt_reasons": {"bad_header": 1, "nan": 2}}
     inference.proc = _FakeProc(pid=3)  # restarted: counts from zero again
-    inference.stats = {**inference.stats, "windows": 4}
+    inference.stats = {**inference.stats, "windows": 4, "detections_opened": {"BW.RJOB.": 1, "GR.FUR.": 1}}
     bridge([ingest, inference])
     reg = bridge.metrics.registry
     assert reg.get_sample_value("quakemon_windows_in_total") == 15
     assert reg.get_sample_value("quakemon_windows_out_total") == 12
     assert reg.get_sample_value("quakemon_windows_dropped_total", {"reason": "ingest_queue"}) == 1
     assert reg.get_sample_value("quakemon_queue_depth", {"queue": "ingest"}) == 3
-    assert reg.get_sample_value("quakemon_station_lag_seconds", {"station": "BW.RJOB."}) == 1.5
+    assert 59.0 < reg.get_sample_value("quakemon_station_lag_seconds", {"station": "BW.RJOB."}) < 70.0
+    assert reg.get_sample_value("quakemon_station_buffer_fill_ratio", {"station": "BW.RJOB."}) == 0.5
+    assert reg.get_sample_value("quakemon_gaps_total") == 3
+    assert reg.get_sample_value("quakemon_records_corrupt_total", {"reason": "bad_header"}) == 1
+    assert reg.get_sample_value("quakemon_records_corrupt_total", {"reason": "nan"}) == 2
+    assert reg.get_sample_value("quakemon_detections_total", {"station": "BW.RJOB."}) == 2  # 1 + 1 after restart
+    assert reg.get_sample_value("quakemon_detections_total", {"station": "GR.FUR."}) == 1
+    assert reg.get_sample_value("quakemon_zmq_events_total", {"event": "ACCEPTED"}) == 2
     assert reg.get_sample_value("quakemon_batch_size_count") == 2
 
 

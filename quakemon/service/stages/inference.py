@@ -1,0 +1,315 @@
+"""The inference stage: PULL spectra (binds pipeline.spectra_endpoint) -> micro-batches -> HybridViT -> trigger -> PUB.
+
+A micro-batch runs when `model.batch_size` windows are queued, or when the oldest queued window has waited
+`model.max_wait_ms`, whichever comes first. Once a second, the triggers of stations that went silent are
+closed (`DetectionStage.expire_silent`), so a station whose data stops mid-detection still gets its "closed".
+
+Heartbeats report the counters of every ingest and preprocess process upstream, from the status reports that
+reach this stage beside the data (the newest per process; one not heard from for SOURCE_EXPIRY_S drops out).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import structlog
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from quakemon.base.signals import StopFlag
+from quakemon.service.config import Config
+from quakemon.service.stages.common import (
+    EXIT_FATAL,
+    MAX_RECV_PER_ROUND,
+    DropOldestQueue,
+    Every,
+    Stage,
+    Stats,
+    zmq_socket,
+)
+from quakemon.service.stages.faults import maybe_break_engine
+from quakemon.service.stages.messages import Batch, decode
+
+log = structlog.get_logger(__name__)
+
+SOURCE_EXPIRY_S = 30.0  # upstream processes not heard from for this long are dropped from heartbeats
+EXPIRE_INTERVAL_S = 1.0  # how often silent stations' triggers are looked for
+# The spectra PULL socket is bound at least this long after the PUB socket: three of ZeroMQ's default 100 ms
+# connect retries, so a subscriber that was already waiting has joined before the first detection.
+JOIN_GRACE_S = 0.3
+
+
+class InferenceStage(Stage):
+    """PULL spectra -> micro-batches (batch_size, max_wait_ms) -> HybridViT -> trigger -> PUB.
+
+    `configure_publisher` is applied to the PUB socket before it binds (CURVE keys); when it has a `stop`
+    attribute (the CURVE authenticator), that is called after the socket is closed.
+    """
+
+    name = "inference"
+
+    def __init__(self, cfg: Config, should_stop: StopFlag, control: str | None, checkpoint_path: str,
+                 configure_publisher: Callable[[zmq.Socket], None] | None = None) -> None:
+        super().__init__(should_stop, control)
+        self.cfg = cfg
+        self.checkpoint_path = checkpoint_path
+        self.configure_publisher = configure_publisher
+        self.publisher: Any = None
+        self.events: SocketEvents | None = None
+        self.pull: zmq.Socket | None = None
+        self.poller = zmq.Poller()
+        self.queue = DropOldestQueue(cfg.pipeline.queue_hwm)
+        self.upstream = Upstream()
+        self.expiry = Every(EXPIRE_INTERVAL_S)
+        self.failed_batches = 0
+        self.newest_end_ns = 0
+        self.ckpt: Any = None
+        self.engine: Any = None
+        self.stage: Any = None
+        self.assoc: Any = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+    def start(self) -> bool:
+        """Bind PUB, load and warm up the model, then bind the spectra PULL socket.
+
+        The PUB socket is bound before the model loads and the PULL socket at least JOIN_GRACE_S later: a
+        subscriber that was already waiting (ZeroMQ retries a refused connect every 100 ms by default) has
+        joined before the first detection can be published. Bound last, the backlog an upstream host queued
+        while this stage was down would go out within milliseconds of the bind, before any subscription had
+        arrived (ZeroMQ's slow joiner), and those detections would be lost to every subscriber.
+        """
+        from quakemon.models.checkpoint import load_checkpoint
+        from quakemon.pipeline.associate import associator_from_config
+        from quakemon.pipeline.detect import DetectionStage
+        from quakemon.pipeline.engine import InferenceEngine
+        from quakemon.wire.publisher import Publisher
+        from quakemon.wire.security import adapt_to_write_xor_execute
+
+        cfg = self.cfg
+        self.publisher = Publisher.from_config(cfg.publish, context=self.ctx,
+                                               heartbeat_interval_s=cfg.pipeline.heartbeat_interval_s,
+                                               configure_socket=self._configure_pub)
+        joinable_at = time.monotonic() + JOIN_GRACE_S
+        adapt_to_write_xor_execute()  # under systemd's MemoryDenyWriteExecute=yes, oneDNN's JIT must be off
+        self.ckpt = load_checkpoint(self.checkpoint_path)
+        device = os.environ.get("QUAKEMON_FORCE_DEVICE") or cfg.model.device
+        self.engine = InferenceEngine(self.ckpt, device=device, precision=cfg.model.precision,
+                                      batch_size=cfg.model.batch_size,
+                                      max_consecutive_failures=cfg.model.max_consecutive_failures,
+                                      graph=cfg.model.graph)
+        self.engine.warmup()
+        maybe_break_engine(self.engine)
+        t = cfg.trigger
+        self.stage = DetectionStage(self.engine, t.on, t.off, t.min_duration,
+                                    t.label if t.label in self.ckpt.labels else None)
+        self.assoc = associator_from_config(cfg.associate)  # network events, when [associate] enabled = true
+        self.should_stop.wait(max(0.0, joinable_at - time.monotonic()))
+        self.pull = zmq_socket(self.ctx, zmq.PULL, cfg.pipeline.spectra_endpoint, bind=True)
+        self.poller.register(self.pull, zmq.POLLIN)
+        self.status.ready = True
+        log.info("stage_started", stage="inference", spectra_endpoint=cfg.pipeline.spectra_endpoint,
+                 publish=self.publisher.endpoint, device=str(self.engine.device), precision=self.engine.precision)
+        return True
+
+    def _configure_pub(self, sock: zmq.Socket) -> None:
+        if self.configure_publisher is not None:
+            self.configure_publisher(sock)
+        self.events = SocketEvents(sock)  # before bind: LISTENING counts too
+
+    def loop(self) -> int:
+        from quakemon.pipeline.engine import FatalInferenceError
+
+        try:
+            while not self.should_stop.is_set():
+                self.tick()
+                self.receive()
+                while self.queue.windows and (self.queue.windows >= self.cfg.model.batch_size
+                                              or time.monotonic() - (self.queue.oldest or 0.0) >= self.max_wait_s):
+                    self.run_batch()
+                if self.expiry.due():
+                    self.publish(self.stage.expire_silent())
+                assert self.events is not None
+                self.events.poll()
+                self.publisher.maybe_heartbeat(self.heartbeat_stats)
+                self.status.maybe_send(self.own)
+            while self.queue:  # stopping: what already arrived is still inferred and published
+                self.run_batch()
+            if self.assoc is not None:
+                for ev in self.assoc.flush():
+                    self.publisher.publish_event(ev)
+        except FatalInferenceError as exc:
+            log.error("inference_fatal", error=str(exc), action="exit so the service manager restarts the process")
+            return EXIT_FATAL
+        return 0
+
+    def stop(self) -> None:
+        if self.pull is not None:
+            self.pull.close(linger=0)
+        if self.events is not None:
+            self.events.close()
+        if self.publisher is not None:
+            self.publisher.close()
+        stop_auth = getattr(self.configure_publisher, "stop", None)
+        if stop_auth is not None:
+            stop_auth()  # the CURVE authenticator's thread holds a socket: ctx.term() would wait for it forever
+        super().stop()
+        if self.stage is not None:
+            log.info("stage_stopped", stage="inference", windows=int(self.stage.stats["windows"]))
+
+    # -- work -----------------------------------------------------------------------------------------------------
+    @property
+    def max_wait_s(self) -> float:
+        return self.cfg.model.max_wait_ms / 1000.0
+
+    def receive(self) -> None:
+        """Poll until the oldest queued window is due (at most 0.1 s); queue spectra, keep status reports."""
+        assert self.pull is not None
+        oldest = self.queue.oldest
+        wait_s = 0.1 if oldest is None else min(0.1, max(0.0, oldest + self.max_wait_s - time.monotonic()))
+        if not self.poller.poll(max(1, int(wait_s * 1000))):
+            return
+        for _ in range(MAX_RECV_PER_ROUND):
+            try:
+                msg = decode(self.pull.recv_multipart(zmq.NOBLOCK, copy=False))
+            except zmq.Again:
+                break
+            if isinstance(msg, Batch):
+                if len(msg):
+                    self.queue.put(msg)
+            else:
+                self.upstream.update(msg, time.monotonic())
+
+    def run_batch(self) -> None:
+        """Infer up to batch_size queued windows, publish their detections (and network events)."""
+        from quakemon.pipeline.engine import FatalInferenceError
+
+        metas, spectra = [], []
+        while self.queue and len(metas) < self.cfg.model.batch_size:
+            batch = self.queue.popleft()
+            metas += batch.metas
+            spectra.append(batch.arrays["spectra"])
+        try:
+            result = self.stage.process(np.concatenate(spectra), metas)
+        except FatalInferenceError:
+            raise
+        except Exception as exc:  # one bad batch is dropped; repeated failures become fatal in the engine
+            self.failed_batches += 1
+            log.error("inference_batch_failed", windows=len(metas), error=repr(exc))
+            return
+        self.status.progress += len(metas)
+        self.newest_end_ns = max([self.newest_end_ns] + [m.end_ns for m in metas])
+        self.publish(result.detections)
+        if self.assoc is not None and metas:
+            for ev in self.assoc.advance(max(m.start_ns for m in metas) / 1e9):
+                self.publisher.publish_event(ev)
+
+    def publish(self, detections: list[tuple[dict[str, Any], float | None]]) -> None:
+        """Publish detection bodies (with the arrival of their window's last sample) and the events they make."""
+        for body, arrival in detections:
+            self.publisher.publish_detection(body, arrival=arrival)
+            if self.assoc is not None:
+                for ev in self.assoc.add(body):
+                    self.publisher.publish_event(ev)
+
+    # -- counters -------------------------------------------------------------------------------------------------
+    def own(self) -> Stats:
+        """Status counters: totals, the latest batch, detections opened per station, PUB socket events by name."""
+        stats, engine = self.stage.stats, self.engine.stats
+        return {"windows": int(stats["windows"]), "dropped_inference": self.queue.dropped,
+                "queue_inference": self.queue.windows, "detections": int(stats["detections"]),
+                "batches": engine.batches, "batch_size": engine.last_batch_size,
+                "batch_seconds": engine.last_batch_seconds, "detections_opened": dict(self.stage.opened),
+                "zmq_events": dict(self.events.counts) if self.events is not None else {}}
+
+    def heartbeat_stats(self) -> Stats:
+        ingest, pre = self.upstream.current(time.monotonic())
+        now_s = time.time()
+        ends = [float(s["oldest_end_s"]) for s in ingest if s.get("oldest_end_s") is not None]
+        dropped = {"ingest": _total(ingest, "dropped_ingest"), "preprocess": _total(pre, "dropped_preprocess"),
+                   "inference": self.queue.dropped}
+        stats, engine = self.stage.stats, self.engine.stats
+        return {
+            "stations": _total(ingest, "stations"),
+            "windows_in": _total(ingest, "windows_out"),
+            "windows_out": int(stats["windows"]),
+            "dropped": sum(dropped.values()),
+            "dropped_by_stage": dropped,
+            "queue_depths": {"ingest": _total(ingest, "queue_ingest"), "preprocess": _total(pre, "queue_preprocess"),
+                             "inference": self.queue.windows},
+            "lag_s": round(max(0.0, now_s - min(ends)), 3) if ends else None,
+            "data_lag_s": round(max(0.0, now_s - self.newest_end_ns / 1e9), 3) if self.newest_end_ns else None,
+            "detections": int(stats["detections"]),
+            "events_open": self.assoc.open_events if self.assoc is not None else 0,
+            "invalid_windows": int(stats["invalid"]),
+            "late_windows": int(stats["late_windows"]),
+            "model": self.ckpt.model_info,
+            "device": str(self.engine.device),
+            "precision": self.engine.precision,
+            "inference": {"batches": engine.batches, "last_batch_size": engine.last_batch_size,
+                          "last_batch_s": round(engine.last_batch_seconds, 4),
+                          "failed_batches": self.failed_batches},
+        }
+
+
+class Upstream:
+    """The newest status counters of every ingest and preprocess process heard from (stale ones expire)."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[str, tuple[float, Stats]]] = {"ingest": {}, "preprocess": {}}
+
+    def update(self, body: dict[str, Any], now: float) -> None:
+        """A status report {stage, source, stats, ...}; reports of other stages are ignored."""
+        table = self.tables.get(str(body.get("stage")))
+        stats = body.get("stats")
+        if table is not None and body.get("source") and isinstance(stats, dict):
+            table[str(body["source"])] = (now, stats)
+
+    def current(self, now: float) -> tuple[list[Stats], list[Stats]]:
+        """(ingest counters, preprocess counters): one dict per process heard from within SOURCE_EXPIRY_S."""
+        for table in self.tables.values():
+            for key in [k for k, (t, _) in table.items() if now - t > SOURCE_EXPIRY_S]:
+                del table[key]
+        return ([s for _, s in self.tables["ingest"].values()], [s for _, s in self.tables["preprocess"].values()])
+
+
+class SocketEvents:
+    """Counts a socket's monitor events by name (LISTENING, ACCEPTED, HANDSHAKE_SUCCEEDED, HANDSHAKE_FAILED_AUTH,
+    DISCONNECTED, ...); a failed handshake is logged the first time each kind happens."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self.monitor = sock.get_monitor_socket()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def poll(self) -> None:
+        """Count the events that arrived, without blocking."""
+        while True:
+            try:
+                msg = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                name = zmq.Event(msg["event"]).name
+            except ValueError:
+                name = str(msg["event"])
+            self.counts[name] += 1
+            if name.startswith("HANDSHAKE_FAILED") and self.counts[name] == 1:
+                endpoint = msg.get("endpoint")
+                log.warning("publish_handshake_failed", event=name,
+                            endpoint=endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else endpoint)
+
+    def close(self) -> None:
+        try:
+            self.sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self.monitor.close(linger=0)
+
+
+def _total(items: list[Stats], key: str) -> int:
+    return sum(int(s.get(key, 0) or 0) for s in items)

@@ -1,0 +1,148 @@
+"""The preprocess stage: PULL windows (connects pipeline.windows_endpoint) -> the one batched transform -> PUSH
+spectra (connects pipeline.spectra_endpoint). Several workers may share the work; each drops the oldest spectra
+when inference lags.
+
+Status reports arriving from ingest are passed on downstream (the newest per process), beside this stage's own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import structlog
+import zmq
+
+from quakemon.base.signals import StopFlag
+from quakemon.models.contract import InputContract
+from quakemon.pipeline.detect import WindowMeta
+from quakemon.service.config import Config
+from quakemon.service.stages.common import (
+    MAX_RECV_PER_ROUND,
+    DropOldestQueue,
+    Stage,
+    Stats,
+    StatusRelay,
+    drain_to,
+    zmq_socket,
+)
+from quakemon.service.stages.messages import SPECTRA, Batch, decode
+
+log = structlog.get_logger(__name__)
+
+MAX_BATCH = 512  # windows per transform call
+
+
+class PreprocessStage(Stage):
+    """PULL windows -> preprocess_windows -> PUSH spectra; everything received in one round is transformed
+    together, in calls of up to `max_batch` windows."""
+
+    name = "preprocess"
+
+    def __init__(self, cfg: Config, contract: InputContract, should_stop: StopFlag, control: str | None,
+                 max_batch: int = MAX_BATCH) -> None:
+        super().__init__(should_stop, control)
+        self.cfg = cfg
+        self.contract = contract
+        self.max_batch = max_batch
+        self.pull: zmq.Socket | None = None
+        self.push: zmq.Socket | None = None
+        self.poller = zmq.Poller()
+        self.queue = DropOldestQueue(cfg.pipeline.queue_hwm)
+        self.relay = StatusRelay()
+        self.device: Any = None
+        self.windows = 0
+
+    def start(self) -> bool:
+        from quakemon.pipeline.detect import warm_up_preprocess
+
+        self.pull = zmq_socket(self.ctx, zmq.PULL, self.cfg.pipeline.windows_endpoint, bind=False)
+        self.push = zmq_socket(self.ctx, zmq.PUSH, self.cfg.pipeline.spectra_endpoint, bind=False)
+        self.poller.register(self.pull, zmq.POLLIN)
+        self.device = preprocess_device(self.cfg)
+        warm_up_preprocess(self.contract, self.device)
+        self.status.ready = True
+        log.info("stage_started", stage="preprocess", windows_endpoint=self.cfg.pipeline.windows_endpoint,
+                 spectra_endpoint=self.cfg.pipeline.spectra_endpoint, device=str(self.device or "cpu"))
+        return True
+
+    def loop(self) -> int:
+        assert self.push is not None
+        while not self.should_stop.is_set():
+            self.tick()
+            self.transform(self.receive())
+            drain_to(self.push, self.queue)
+            sent = self.status.maybe_send(self.own)
+            if sent is not None:
+                self.relay.put(sent)
+            self.relay.send(self.push)
+        return 0
+
+    def stop(self) -> None:
+        for sock in (self.pull, self.push):
+            if sock is not None:
+                sock.close(linger=0)
+        super().stop()
+        if self.status.ready:
+            log.info("stage_stopped", stage="preprocess", windows=self.windows, dropped=self.queue.dropped)
+
+    def receive(self) -> list[Batch]:
+        """The window batches that arrived within this round's poll; status reports go to the relay."""
+        assert self.pull is not None
+        batches: list[Batch] = []
+        if self.poller.poll(100 if not self.queue else 10):
+            for _ in range(MAX_RECV_PER_ROUND):
+                try:
+                    msg = decode(self.pull.recv_multipart(zmq.NOBLOCK, copy=False))
+                except zmq.Again:
+                    break
+                if isinstance(msg, Batch):
+                    batches.append(msg)
+                else:
+                    self.relay.put(msg)
+        return batches
+
+    def transform(self, batches: list[Batch]) -> None:
+        from quakemon.pipeline.detect import preprocess_windows
+
+        for metas, data in coalesce(batches, self.max_batch):
+            spectra, done = preprocess_windows(data, metas, self.contract, device=self.device)
+            self.windows += len(done)
+            self.status.progress += len(done)
+            self.queue.put(Batch(SPECTRA, tuple(done), {"spectra": spectra}))
+
+    def own(self) -> Stats:
+        return {"preprocessed": self.windows, "dropped_preprocess": self.queue.dropped,
+                "queue_preprocess": self.queue.windows}
+
+
+def preprocess_device(cfg: Config) -> Any:
+    """The torch device the preprocessing workers use, or None for the CPU ([pipeline] preprocess_device)."""
+    from quakemon.pipeline.engine import pick_device
+
+    wanted = cfg.pipeline.preprocess_device
+    if wanted == "auto":
+        wanted = os.environ.get("QUAKEMON_FORCE_DEVICE") or cfg.model.device
+    device = pick_device(wanted)
+    return device if device.type != "cpu" else None
+
+
+def coalesce(batches: Sequence[Batch], max_batch: int) -> Iterator[tuple[list[WindowMeta], np.ndarray]]:
+    """(metas, data) runs of at most max_batch windows over the received window batches, in arrival order."""
+    metas: list[WindowMeta] = []
+    parts: list[np.ndarray] = []
+    for batch in batches:
+        windows, data = batch.metas, batch.arrays["data"]
+        start = 0
+        while start < len(windows):
+            take = min(max_batch - len(metas), len(windows) - start)
+            metas += windows[start : start + take]
+            parts.append(data[start : start + take])
+            start += take
+            if len(metas) == max_batch:
+                yield metas, np.concatenate(parts) if len(parts) > 1 else parts[0]
+                metas, parts = [], []
+    if metas:
+        yield metas, np.concatenate(parts) if len(parts) > 1 else parts[0]
