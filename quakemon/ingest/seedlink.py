@@ -1,23 +1,36 @@
-"""Live SeedLink v3 source: a reconnecting reader of SL packets that yields validated ObsPy Traces.
+"""Live SeedLink source (protocol 4.0 or 3.1): a reconnecting reader of packets that yields validated Traces.
 
 Why not ObsPy's SeedLinkConnection (1.5.1): it notices a closed connection only after its network timeout,
 its run() dies when the server is still down at reconnect, keepalives never fire while it blocks in recv,
-terminate() from the data callback is ignored, and its state file is rewritten non-atomically after every
-packet (a truncated one crashes it). The protocol needed here is small (HELLO, STATION/SELECT/DATA per
-station, END, then 520-byte `SL<seq hex><record>` packets), so this module speaks it on its own socket and
-reuses ObsPy (through `quakemon.ingest.validate.decode_record`) only to decode and validate the MiniSEED.
+terminate() from the data callback is ignored, its state file is rewritten non-atomically after every
+packet (a truncated one crashes it), and it speaks 3.1 with 512-byte records only. The protocol needed here is
+small (`quakemon.ingest.slproto`), so this module speaks it on its own socket and decodes each record by itself
+(`quakemon.ingest.validate.decode_record`: miniSEED 2 through ObsPy's libmseed, miniSEED 3 through pymseed).
 
 Behaviour:
+- Protocol: 4.0 when the server's HELLO offers it (``SLPROTO 4.0``), else 3.1 (`protocol` forces one).
+  Records of any length are cut by the length in their header (3.1) or the packet header (4.0).
 - Streams are stream selectors (`quakemon.ingest.selectors`): per station one STATION command and the SELECT
   patterns of its selectors; records outside the selectors are dropped and counted as `unselected`.
 - Reconnects forever with capped exponential backoff (`backoff_initial` .. `backoff_max`, default 1 .. 30 s);
   a FIN/RST is noticed at once (recv returns b"" or fails), a stalled peer after `netto` seconds without a
   byte. Keepalive `INFO ID` requests every `keepalive` seconds let a quiet but live server answer.
-- Resume: per station the last sequence number seen; a reconnect sends `DATA <seq+1>` (6 hex digits,
-  wrap-aware). The state file holds what the consumer has *processed* (a Trace counts as processed when the
-  consumer asks for the next one, or when it calls `commit(trace)` with auto_commit=False), saved atomically
-  every `state_interval` seconds and on close, so a crash re-delivers at most one interval of records
-  (at-least-once), never loses any. Each Trace carries its sequence number as `trace.stats.seedlink_seq`.
+- Resume: per station the last sequence number seen and the start time of that record; a reconnect sends
+  ``DATA <seq+1> <time>``, so a server that no longer has that packet (a ring renumbered after a crash) positions
+  by time instead (resume_policy "earliest"; "now" sends no time and takes what the server gives). A server that
+  numbers all stations in one series (ringserver, `quakemon serve`; detected from the packets and kept in the
+  state file) resumes a multi-station connection from one position, and ringserver takes the newest of the
+  per-station numbers: so every station is then asked from the position of the station furthest behind, and the
+  records the others already have come again and are dropped as duplicates.
+  The state file holds what the consumer has *processed* (a Trace counts as processed when the consumer asks
+  for the next one, or when it calls `commit(trace)` with auto_commit=False), saved atomically every
+  `state_interval` seconds and on close, so a crash re-delivers at most one interval of records
+  (at-least-once), never loses any the server still has. Each Trace carries its sequence number as
+  `trace.stats.seedlink_seq`.
+- Gaps: a record that starts later than the previous record of its stream ended (plus half a sample) is a gap:
+  the server could not supply the data (it was gone from its buffer, or never arrived). Each gap is logged
+  (`seedlink_gap`, with the stream, the missing span and the resume policy) and counted in `stats["gaps"]` and
+  per station in `gaps_by_station`.
 - Duplicates (server replays, resumed overlaps) are dropped per stream by record start time: a record that
   starts at the same time (within half a sample) as one of the last 8 delivered records of its NET.STA.LOC.CHA,
   or before all of them, is counted in `duplicates`. (Comparing with the last one only would let a single
@@ -29,7 +42,6 @@ Behaviour:
 from __future__ import annotations
 
 import collections
-import re
 import select
 import socket
 import threading
@@ -38,20 +50,34 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import structlog
-from obspy import Trace
+from obspy import Trace, UTCDateTime
 
 from quakemon.base.errors import ConfigError
 from quakemon.ingest.base import TraceSource
+from quakemon.ingest.mseed3 import record_start, record_station
 from quakemon.ingest.selectors import SelectorError, SelectorSet, StreamSelector
-from quakemon.ingest.seqstate import SeqState, load_state, save_state, seq_hex, seq_next
+from quakemon.ingest.seqstate import SeqState, load_state, save_state, seq_diff
+from quakemon.ingest.slproto import (
+    V3,
+    V4,
+    Bad,
+    Garbage,
+    Packet,
+    data_command,
+    offered_versions,
+    split_packets,
+    v4_select,
+    v4_station,
+)
 from quakemon.ingest.validate import decode_record
 
 log = structlog.get_logger(__name__)
 
-PACKET = 520
-_HEAD = re.compile(rb"SL[0-9A-F]{6}")
+RESUME_POLICIES = ("earliest", "now")
+PROTOCOLS = ("auto", V3, V4)
 _POLL_S = 0.2
 _RECENT = 8  # start times remembered per stream for duplicate detection
+_SHARED_VOTES = 2  # station changes with increasing numbers before the numbering counts as one series
 
 
 class _Disconnected(Exception):
@@ -59,7 +85,12 @@ class _Disconnected(Exception):
 
 
 class SeedLinkSource(TraceSource):
-    """Live Traces from a SeedLink v3 server (`host:port`), resilient to drops, stalls, restarts and garbage."""
+    """Live Traces from a SeedLink server (`host:port`), resilient to drops, stalls, restarts and garbage.
+
+    resume_policy: "earliest" (resume by sequence number, or by time when the server no longer has it) or
+    "now" (by sequence number only; what the server cannot supply is a gap). protocol: "auto" (4.0 when
+    offered, else 3.1), "3.1" or "4.0" (fail the connection when the server does not offer it).
+    """
 
     def __init__(
         self,
@@ -75,12 +106,18 @@ class SeedLinkSource(TraceSource):
         state_interval: float = 1.0,
         queue_size: int = 10_000,
         auto_commit: bool = True,
+        resume_policy: str = "earliest",
+        protocol: str = "auto",
     ) -> None:
         host, _, port = server.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"[seedlink] server: expected 'host:port', got {server!r}")
         if not streams:
             raise ConfigError("[seedlink] streams: at least one NET.STA.LOC.CHA selector is required")
+        if resume_policy not in RESUME_POLICIES:
+            raise ConfigError(f"[seedlink] resume_policy: expected one of {RESUME_POLICIES}, got {resume_policy!r}")
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"[seedlink] protocol: expected one of {PROTOCOLS}, got {protocol!r}")
         self.server = server
         self._addr = (host, int(port))
         try:
@@ -96,6 +133,9 @@ class SeedLinkSource(TraceSource):
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self.state_interval = state_interval
         self.auto_commit = auto_commit
+        self.resume_policy = resume_policy
+        self.protocol = protocol
+        self.negotiated: str | None = None  # protocol version of the current (or last) connection
         self._queue: collections.deque[Trace] = collections.deque()
         self._queue_size = queue_size
         self._cond = threading.Condition()
@@ -103,14 +143,22 @@ class SeedLinkSource(TraceSource):
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
         self._counts = collections.Counter({k: 0 for k in ("records", "corrupt", "duplicates", "reconnects",
-                                                           "dropped", "unselected", "connected")})
+                                                           "dropped", "unselected", "connected", "gaps")})
         self.corrupt_reasons: collections.Counter[str] = collections.Counter()
+        self.gaps_by_station: collections.Counter[str] = collections.Counter()
         self._last_seq = -1
         self._done = self._load()
         self._rx_seq = dict(self._done.stations)
+        self._rx_time = dict(self._done.station_times)
+        self._seq_proto = self._done.proto
+        self._shared = self._done.shared
+        self._shared_votes = 0
+        self._prev: tuple[str, int] | None = None
+        self._next = dict(self._done.stream_next)
         self._recent = {k: collections.deque([t], maxlen=_RECENT) for k, t in self._done.stream_times.items()}
         self._saved_at = time.monotonic()
         self._had_data = False
+        self._v4 = False
         self._buf = b""
 
     # state -----------------------------------------------------------------------------------------------------
@@ -122,10 +170,13 @@ class SeedLinkSource(TraceSource):
             log.warning("seedlink_state_other_server", path=str(self.state_file), saved=st.server,
                         configured=self.server, action="sequence numbers ignored; duplicates still dropped by time")
             st.stations.clear()
+            st.station_times.clear()
+            st.shared = None
         st.server = self.server
         st.stations = {k: v for k, v in st.stations.items() if k in self.stations}
         if st.stations:
-            log.info("seedlink_resume", stations={k: seq_hex(v) for k, v in st.stations.items()})
+            log.info("seedlink_resume", stations=st.stations, protocol=st.proto, shared_numbering=st.shared,
+                     resume_policy=self.resume_policy)
         return st
 
     def save_state(self) -> None:
@@ -142,6 +193,8 @@ class SeedLinkSource(TraceSource):
 
     @property
     def stats(self) -> dict[str, int]:
+        """Counters: records, corrupt, duplicates, reconnects, dropped, unselected, connected, gaps, last_seq,
+        queued (see the module docstring); `gaps_by_station` and `corrupt_reasons` break two of them down."""
         with self._cond:
             out = dict(self._counts)
             out["last_seq"] = self._last_seq
@@ -182,9 +235,15 @@ class SeedLinkSource(TraceSource):
         seq = trace.stats.get("seedlink_seq")
         if seq is None:
             return
+        station = f"{trace.stats.network}.{trace.stats.station}"
+        start = trace.stats.starttime.timestamp
         with self._cond:
-            self._done.stations[f"{trace.stats.network}.{trace.stats.station}"] = seq
-            self._done.stream_times[trace.id] = trace.stats.starttime.timestamp
+            self._done.stations[station] = seq
+            self._done.station_times[station] = start
+            self._done.proto = trace.stats.get("seedlink_proto", self._done.proto)
+            self._done.shared = self._shared
+            self._done.stream_times[trace.id] = start
+            self._done.stream_next[trace.id] = start + trace.stats.npts / trace.stats.sampling_rate
 
     def close(self) -> None:
         """Stop the reader (within about a second) and save the state. Idempotent."""
@@ -238,25 +297,68 @@ class SeedLinkSource(TraceSource):
             if not self._had_data:
                 delay = min(delay * 2, self.backoff_max)
 
+    def _negotiate(self, sock: socket.socket) -> bool:
+        """HELLO, then SLPROTO 4.0 when offered (and allowed); True for a 4.0 session."""
+        self._send(sock, b"HELLO\r\n")
+        hello = [self._read_line(sock), self._read_line(sock)]
+        offered = offered_versions(hello[0])
+        v4 = False
+        if self.protocol != V3 and V4 in offered:
+            reply = self._command(sock, "SLPROTO 4.0")
+            v4 = reply == "OK"
+            if not v4:
+                log.warning("seedlink_v4_refused", server=self.server, reply=reply)
+        if self.protocol == V4 and not v4:
+            raise _Disconnected(f"protocol 4.0 required, server offers {sorted(offered)}")
+        self.negotiated = V4 if v4 else V3
+        log.info("seedlink_connected", server=self.server, id=hello[0], organization=hello[1],
+                 protocol=self.negotiated)
+        if v4:
+            self._command(sock, "USERAGENT quakemon")
+        return v4
+
+    def _resume_positions(self, v4: bool) -> dict[str, tuple[int | None, float | None]]:
+        """(last seq, start time of that record) to resume each station from; (None, None) for new data.
+
+        One shared numbering: every station from the station furthest behind (see the module docstring).
+        """
+        bits = 64 if v4 else 24
+        seqs = {k: v if v4 or self._seq_proto == V3 else v & 0xFFFFFF
+                for k, v in self._rx_seq.items() if k in self._station_set}
+        with_time = self.resume_policy == "earliest"
+        out: dict[str, tuple[int | None, float | None]] = {}
+        if seqs and len(self.stations) > 1 and self._shared is not False:
+            ref = next(iter(seqs.values()))
+            low = min(seqs.values(), key=lambda v: seq_diff(v, ref, bits))
+            for st in self.stations:
+                out[st] = (low, self._rx_time.get(st) if with_time and st in seqs else None)
+            return out
+        for st in self.stations:
+            seq = seqs.get(st)
+            out[st] = (seq, self._rx_time.get(st) if with_time and seq is not None else None)
+        return out
+
     def _session(self, sock: socket.socket) -> None:
         """Negotiate, then read packets until the connection ends (always by an exception or close())."""
         self._buf = b""
+        self._prev = None
         sock.settimeout(None)
         sock.setblocking(False)
-        self._send(sock, b"HELLO\r\n")
-        hello = [self._read_line(sock), self._read_line(sock)]
-        log.info("seedlink_connected", server=self.server, id=hello[0], organization=hello[1])
+        v4 = self._v4 = self._negotiate(sock)
+        positions = self._resume_positions(v4)
         accepted = 0
         for station in self.stations:
             net, sta = station.split(".")
-            if self._command(sock, f"STATION {sta} {net}") != "OK":
+            cmd = f"STATION {v4_station(net, sta)}" if v4 else f"STATION {sta} {net}"
+            if self._command(sock, cmd) != "OK":
                 log.warning("seedlink_station_rejected", server=self.server, station=station)
                 continue
-            for sel in {s.seedlink_select() for s in self.selectors if s.station_key == station}:
+            mine = [s for s in self.selectors if s.station_key == station]
+            for sel in sorted({v4_select(s) if v4 else s.seedlink_select() for s in mine}):
                 if self._command(sock, f"SELECT {sel}") != "OK":
                     log.warning("seedlink_select_rejected", server=self.server, station=station, select=sel)
-            seq = self._rx_seq.get(station)
-            reply = self._command(sock, "DATA" if seq is None else f"DATA {seq_hex(seq_next(seq))}")
+            seq, t = positions[station]
+            reply = self._command(sock, data_command(v4, seq, t))
             if reply != "OK":
                 log.warning("seedlink_data_rejected", server=self.server, station=station, reply=reply)
                 continue
@@ -264,6 +366,7 @@ class SeedLinkSource(TraceSource):
         if not accepted:
             raise _Disconnected(f"server accepted none of the stations {self.stations}")
         self._send(sock, b"END\r\n")
+        self._seq_proto = self.negotiated or V3
         with self._cond:
             self._counts["connected"] = 1
         last_rx = last_ka = time.monotonic()
@@ -296,7 +399,7 @@ class SeedLinkSource(TraceSource):
         if not r:
             return False
         try:
-            chunk = sock.recv(65536)
+            chunk = sock.recv(262144)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
@@ -323,43 +426,53 @@ class SeedLinkSource(TraceSource):
 
     def _packets(self) -> None:
         """Consume complete packets from the buffer; resynchronise on garbage."""
-        buf = self._buf
-        i = 0
-        while len(buf) - i >= 8:
-            head = buf[i:i + 8]
-            if head.startswith(b"SLINFO"):
-                if len(buf) - i < PACKET:
-                    break
-                i += PACKET  # keepalive answer
-            elif _HEAD.fullmatch(head):
-                if len(buf) - i < PACKET:
-                    break
-                self._record(int(head[2:], 16), buf[i + 8:i + PACKET])
-                i += PACKET
-            elif buf.startswith(b"END", i) or buf.startswith(b"ERROR\r\n", i) or buf.startswith(b"OK\r\n", i):
-                i += 7 if buf.startswith(b"ERROR", i) else 4 if buf.startswith(b"OK", i) else 3
-            else:
-                m = _HEAD.search(buf, i + 1)
-                skipped = (m.start() if m else len(buf) - 7) - i
-                self._reject(-1, "?", f"desync: {skipped} bytes without a packet header")
-                i += skipped
-        self._buf = buf[i:]
+        items, used = split_packets(self._buf, self._v4)
+        self._buf = self._buf[used:]
+        for item in items:
+            if isinstance(item, Packet):
+                if item.is_data:
+                    self._record(item.seq, item.payload)
+            elif isinstance(item, Bad):
+                self._reject(item.seq, "?", item.reason)
+            elif isinstance(item, Garbage):
+                self._reject(-1, "?", f"desync: {item.skipped} bytes without a packet header")
 
     def _reject(self, seq: int, station: str, reason: str) -> None:
         with self._cond:
             self._counts["corrupt"] += 1
             self.corrupt_reasons[reason.split(":")[0]] += 1
-        log.warning("seedlink_record_rejected", server=self.server, station=station, seq=seq_hex(seq) if seq >= 0
-                    else None, reason=reason)
+        log.warning("seedlink_record_rejected", server=self.server, station=station, seq=seq if seq >= 0 else None,
+                    reason=reason)
+
+    def _note_numbering(self, station: str, seq: int) -> None:
+        """Learn whether the server numbers all stations in one series (see `_resume_positions`)."""
+        prev, self._prev = self._prev, (station, seq)
+        if prev is None or prev[0] == station or self._shared is False:
+            return
+        if seq_diff(seq, prev[1], 64 if self._v4 else 24) > 0:
+            self._shared_votes += 1
+            if self._shared is None and self._shared_votes >= _SHARED_VOTES:
+                self._shared = True
+                log.info("seedlink_numbering", server=self.server, shared=True)
+        else:
+            self._shared = False
+            log.info("seedlink_numbering", server=self.server, shared=False)
 
     def _record(self, seq: int, rec: bytes) -> None:
         self._had_data = True
         with self._cond:
             self._last_seq = seq
-        station = f"{rec[18:20].decode('ascii', 'replace').strip()}.{rec[8:13].decode('ascii', 'replace').strip()}"
-        if station in self._rx_seq or station in self._station_set:
+        ns = record_station(rec)
+        station = f"{ns[0]}.{ns[1]}" if ns else "?"
+        out = decode_record(rec)
+        if station in self._station_set:
+            self._note_numbering(station, seq)
             self._rx_seq[station] = seq  # the server has moved past this seq for the station, good or bad
-        out = decode_record(rec, 512)
+            start = out.stats.starttime.timestamp if not isinstance(out, str) else record_start(rec)
+            if start is not None:
+                self._rx_time[station] = start
+            else:
+                self._rx_time.pop(station, None)
         if isinstance(out, str):
             self._reject(seq, station, out)
             return
@@ -369,22 +482,32 @@ class SeedLinkSource(TraceSource):
                 self._counts["unselected"] += 1
             return
         t = tr.stats.starttime.timestamp
+        rate = tr.stats.sampling_rate
+        tol = 0.5 / rate
         recent = self._recent.get(tr.id)
         if recent is None:
             recent = self._recent[tr.id] = collections.deque(maxlen=_RECENT)
-        if recent:
-            tol = 0.5 / tr.stats.sampling_rate
-            if t < min(recent) - tol or any(abs(t - x) < tol for x in recent):
-                with self._cond:
-                    self._counts["duplicates"] += 1
-                return
+        if recent and (t < min(recent) - tol or any(abs(t - x) < tol for x in recent)):
+            with self._cond:
+                self._counts["duplicates"] += 1
+            return
         recent.append(t)
+        expected = self._next.get(tr.id)
+        if expected is not None and t > expected + tol:
+            with self._cond:
+                self._counts["gaps"] += 1
+                self.gaps_by_station[station] += 1
+            log.warning("seedlink_gap", server=self.server, stream=tr.id, station=station,
+                        expected=str(UTCDateTime(expected)), got=str(tr.stats.starttime),
+                        missing_s=round(t - expected, 3), resume_policy=self.resume_policy)
+        self._next[tr.id] = t + tr.stats.npts / rate
         with self._cond:
             self._counts["records"] += 1
             if len(self._queue) >= self._queue_size:
                 self._queue.popleft()
                 self._counts["dropped"] += 1
             tr.stats.seedlink_seq = seq
+            tr.stats.seedlink_proto = self._seq_proto
             self._queue.append(tr)
             if len(self._queue) == 1:  # the consumer waits only on an empty queue: no wake-up per record
                 self._cond.notify()

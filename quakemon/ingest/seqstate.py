@@ -1,11 +1,16 @@
-"""SeedLink resume state: 24-bit sequence arithmetic and an atomic, crash-tolerant JSON state file.
+"""SeedLink resume state: sequence arithmetic and an atomic, crash-tolerant JSON state file.
 
-SeedLink v3 sequence numbers are 24-bit and wrap at FFFFFF -> 000000, so "next" and "after" are computed
-modulo 2**24. The state file records, per station, the last *processed* sequence number and, per stream
-(NET.STA.LOC.CHA), the start time of the last processed record, so that a restarted source resumes with
-`DATA <seq+1>` and drops records it has already handed on. It is written as tmp + fsync + rename (+ fsync of
-the directory), so a crash at any point leaves either the old or the new file, never a torn one; a corrupt or
-truncated file (written by something else, or a disk error) is reported with a warning and ignored.
+SeedLink 3.1 sequence numbers are 24-bit and wrap at FFFFFF -> 000000, so "next" and "after" are computed
+modulo 2**24; 4.0 numbers are 64-bit (`seq_diff(..., bits=64)`). The state file records, per station, the last
+*processed* sequence number and the start time of that record, and per stream (NET.STA.LOC.CHA) the start time
+of the last processed record and the time its next record should start, so that a restarted source resumes with
+`DATA <seq+1> <time>`, drops records it has already handed on and notices records the server could not supply.
+It also records the protocol version the numbers belong to and whether the server numbers all stations in one
+series (`shared`), which decides how a multi-station connection is resumed.
+
+It is written as tmp + fsync + rename (+ fsync of the directory), so a crash at any point leaves either the old
+or the new file, never a torn one; a corrupt or truncated file (written by something else, or a disk error) is
+reported with a warning and ignored.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ log = structlog.get_logger(__name__)
 SEQ_BITS = 24
 SEQ_MOD = 1 << SEQ_BITS
 SEQ_MASK = SEQ_MOD - 1
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 def seq_next(seq: int) -> int:
@@ -31,15 +36,16 @@ def seq_next(seq: int) -> int:
     return (seq + 1) & SEQ_MASK
 
 
-def seq_diff(a: int, b: int) -> int:
-    """Wrap-aware signed distance a - b, in [-2**23, 2**23): positive when `a` comes after `b`."""
-    d = (a - b) & SEQ_MASK
-    return d - SEQ_MOD if d >= SEQ_MOD // 2 else d
+def seq_diff(a: int, b: int, bits: int = SEQ_BITS) -> int:
+    """Wrap-aware signed distance a - b, in [-2**(bits-1), 2**(bits-1)): positive when `a` comes after `b`."""
+    mod = 1 << bits
+    d = (a - b) & (mod - 1)
+    return d - mod if d >= mod // 2 else d
 
 
-def seq_after(a: int, b: int) -> bool:
+def seq_after(a: int, b: int, bits: int = SEQ_BITS) -> bool:
     """True when sequence number `a` comes strictly after `b` (wrap-aware)."""
-    return seq_diff(a, b) > 0
+    return seq_diff(a, b, bits) > 0
 
 
 def seq_hex(seq: int) -> str:
@@ -49,42 +55,67 @@ def seq_hex(seq: int) -> str:
 
 @dataclass
 class SeqState:
-    """Resume positions: last processed seq per station ("NET.STA") and last record start per stream.
+    """Resume positions of one server.
 
-    `stream_times` holds POSIX timestamps (float seconds) of the start of the last processed record of each
-    NET.STA.LOC.CHA, used to drop replayed records after a reconnect or restart.
+    stations: last processed sequence number per station ("NET.STA"); station_times: start (POSIX s) of that
+    record; stream_times: start of the last processed record per NET.STA.LOC.CHA (duplicate detection);
+    stream_next: where the next record of each stream should start (gap detection); proto: the protocol
+    version ("3.1" or "4.0") the numbers belong to; shared: True when the server numbers the packets of all
+    stations in one series, False when per station, None when not yet seen.
     """
 
     server: str = ""
     stations: dict[str, int] = field(default_factory=dict)
     stream_times: dict[str, float] = field(default_factory=dict)
+    station_times: dict[str, float] = field(default_factory=dict)
+    stream_next: dict[str, float] = field(default_factory=dict)
+    proto: str = "3.1"
+    shared: bool | None = None
 
     def copy(self) -> SeqState:
-        return SeqState(self.server, dict(self.stations), dict(self.stream_times))
+        return SeqState(self.server, dict(self.stations), dict(self.stream_times), dict(self.station_times),
+                        dict(self.stream_next), self.proto, self.shared)
 
     def to_json(self) -> dict:
         return {
             "version": STATE_VERSION,
             "server": self.server,
-            "stations": {k: {"seq": v, "seq_hex": seq_hex(v)} for k, v in sorted(self.stations.items())},
-            "streams": dict(sorted(self.stream_times.items())),
+            "proto": self.proto,
+            "shared": self.shared,
+            "stations": {k: {"seq": v, **({"seq_hex": seq_hex(v)} if self.proto != "4.0" else {}),
+                             "time": self.station_times.get(k)} for k, v in sorted(self.stations.items())},
+            "streams": {k: {"time": v, "next": self.stream_next.get(k)} for k, v in sorted(self.stream_times.items())},
         }
 
     @classmethod
     def from_json(cls, doc: dict) -> SeqState:
-        """Parse a state document; raises ValueError/TypeError/KeyError on anything malformed."""
+        """Parse a state document (version 1 or 2); raises ValueError/TypeError/KeyError on anything malformed."""
         if not isinstance(doc, dict):
             raise ValueError(f"expected a JSON object, got {type(doc).__name__}")
-        if doc.get("version") != STATE_VERSION:
-            raise ValueError(f"expected version {STATE_VERSION}, got {doc.get('version')!r}")
-        stations = {}
+        version = doc.get("version")
+        if version not in (1, STATE_VERSION):
+            raise ValueError(f"expected version 1 or {STATE_VERSION}, got {version!r}")
+        st = cls(str(doc.get("server", "")))
+        if version == 2:
+            st.proto = str(doc.get("proto", "3.1"))
+            shared = doc.get("shared")
+            st.shared = None if shared is None else bool(shared)
+        bits = 64 if st.proto == "4.0" else SEQ_BITS
         for key, entry in doc.get("stations", {}).items():
             seq = int(entry["seq"])
-            if not 0 <= seq < SEQ_MOD:
-                raise ValueError(f"station {key}: seq {seq} outside 0..{SEQ_MASK}")
-            stations[str(key)] = seq
-        streams = {str(k): float(v) for k, v in doc.get("streams", {}).items()}
-        return cls(str(doc.get("server", "")), stations, streams)
+            if not 0 <= seq < (1 << bits):
+                raise ValueError(f"station {key}: seq {seq} outside 0..{(1 << bits) - 1}")
+            st.stations[str(key)] = seq
+            if entry.get("time") is not None:
+                st.station_times[str(key)] = float(entry["time"])
+        for key, entry in doc.get("streams", {}).items():
+            if isinstance(entry, dict):
+                st.stream_times[str(key)] = float(entry["time"])
+                if entry.get("next") is not None:
+                    st.stream_next[str(key)] = float(entry["next"])
+            else:
+                st.stream_times[str(key)] = float(entry)
+        return st
 
 
 def load_state(path: str | os.PathLike[str]) -> SeqState:

@@ -283,12 +283,17 @@ def _fast_decoder() -> _FastDecoder | None:
 
 def decode_record(rec: bytes, reclen: int | None = None, *, now_ns: int | None = None,
                   fast_path: bool = True) -> Trace | str:
-    """Decode one MiniSEED 2 record; return the Trace, or a rejection reason. Never raises.
+    """Decode one MiniSEED record (version 2, or 3 through `quakemon.ingest.mseed3`); the Trace or a rejection
+    reason. Never raises.
 
     ObsPy warnings (libmseed errors, Steim integrity checks) count as corruption. Not thread-safe with
     respect to other code that changes warning filters at the same time (warnings.catch_warnings).
     fast_path: try `_FastDecoder` first (same library, same result, less CPU); False = ObsPy's reader only.
     """
+    if bytes(rec[:3]) == b"MS\x03":  # miniSEED 3: its own decoder (ObsPy reads miniSEED 2 only)
+        from quakemon.ingest.mseed3 import decode_mseed3
+
+        return decode_mseed3(bytes(rec), now_ns=now_ns)
     if reclen is None:
         reclen = len(rec)
     if len(rec) < reclen or len(rec) < 64:
