@@ -91,8 +91,8 @@ def model_series(ckpt: Checkpoint, streams: Iterable[Stream], label: str = "eart
     runner = DetectionRunner(ckpt, device="cpu", precision=precision, batch_size=batch_size, keep_series=True,
                              trigger_label=label)
     col = list(ckpt.labels).index(label)
-    for st in streams:
-        for _ in runner.add_traces(list(st)):
+    for st in streams:  # channels interleaved in time, as a live stream delivers them
+        for _ in runner.add_stream(list(st)):
             pass
     runner.finish()
     out = {}
