@@ -133,8 +133,8 @@ class InferenceStage(Stage):
                     self.run_batch()
                 if self.expiry.due():
                     self.publish(self.stage.expire_silent())
-                assert self.events is not None
-                self.events.poll()
+                if self.events is not None:
+                    self.events.poll()
                 self.publisher.maybe_heartbeat(self.heartbeat_stats)
                 self.status.maybe_send(self.own)
             while self.queue:  # stopping: what already arrived is still inferred and published
