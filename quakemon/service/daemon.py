@@ -305,7 +305,7 @@ class MetricsBridge:
 
     COUNTERS = (("ingest", "windows_out", "windows_in"), ("ingest", "source_records", "records"),
                 ("ingest", "source_duplicates", "records_duplicate"), ("ingest", "source_reconnects", "reconnects"),
-                ("ingest", "gaps", "gaps"), ("inference", "windows", "windows_out"))
+                ("ingest", "source_gaps", "gaps"), ("inference", "windows", "windows_out"))
     LABELLED = (("ingest", "corrupt_reasons", "records_corrupt", "reason"),
                 ("inference", "detections_opened", "detections", "station"),
                 ("inference", "zmq_events", "zmq_events", "event"))

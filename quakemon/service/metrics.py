@@ -29,10 +29,10 @@ class Metrics:
     Per station (label `station` = "NET.STA.LOC"): lag_seconds (now - end of the newest window),
     buffer_fill_ratio (share of its ring buffer holding samples). Pipeline: windows_in / windows_out /
     windows_dropped{reason}, batch_size and inference_seconds histograms, queue_depth{queue}. Ingest: records,
-    records_corrupt{reason} (the decoder's rejection reasons), records_duplicate, gaps (a record starting more
-    than half a sample after its stream's previous one ended), reconnects. Output: detections{station} ("new"
-    detections). Publish socket: zmq_events{event} (ZeroMQ monitor events by name: ACCEPTED,
-    HANDSHAKE_SUCCEEDED, HANDSHAKE_FAILED_AUTH, DISCONNECTED, ...).
+    records_corrupt{reason} (the decoder's rejection reasons), records_duplicate, gaps (as the SeedLink source
+    counts them: a record starting more than half a sample after its stream's previous one ended),
+    reconnects. Output: detections{station} ("new" detections). Publish socket: zmq_events{event} (ZeroMQ
+    monitor events by name: ACCEPTED, HANDSHAKE_SUCCEEDED, HANDSHAKE_FAILED_AUTH, DISCONNECTED, ...).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:

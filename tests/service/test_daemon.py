@@ -145,13 +145,13 @@ def test_metrics_bridge_turns_stage_totals_into_counters():
     bridge = MetricsBridge(Metrics())
     ingest = StageProcess("ingest", "ingest", proc=_FakeProc(pid=1))
     inference = StageProcess("inference", "inference", proc=_FakeProc(pid=2))
-    ingest.stats = {"windows_out": 10, "dropped_ingest": 1, "queue_ingest": 3, "gaps": 2,
+    ingest.stats = {"windows_out": 10, "dropped_ingest": 1, "queue_ingest": 3, "source_gaps": 2,
                     "newest_end_s": {"BW.RJOB.": time.time() - 60.0}, "buffer_fill": {"BW.RJOB.": 0.5},
                     "corrupt_reasons": {"bad_header": 1}}
     inference.stats = {"windows": 8, "batches": 2, "batch_size": 4, "batch_seconds": 0.01, "queue_inference": 2,
                        "detections_opened": {"BW.RJOB.": 1}, "zmq_events": {"ACCEPTED": 1}}
     bridge([ingest, inference])
-    ingest.stats = {**ingest.stats, "windows_out": 15, "gaps": 3, "corrupt_reasons": {"bad_header": 1, "nan": 2}}
+    ingest.stats = {**ingest.stats, "windows_out": 15, "source_gaps": 3, "corrupt_reasons": {"bad_header": 1, "nan": 2}}
     inference.proc = _FakeProc(pid=3)  # restarted: counts from zero again
     inference.stats = {**inference.stats, "windows": 4, "detections_opened": {"BW.RJOB.": 1, "GR.FUR.": 1}}
     bridge([ingest, inference])

@@ -1,5 +1,5 @@
 """Unit tests of the stage plumbing that needs no processes: messages at the stage boundary, coalescing, the
-drop-oldest queue, the status path (relay, upstream counters), the gap counter."""
+drop-oldest queue, the status path (relay, upstream counters), the stop flag."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import os
 
 import numpy as np
-import obspy
 import pytest
 import zmq
 
@@ -16,7 +15,6 @@ from quakemon.base.signals import StopFlag
 from quakemon.pipeline.detect import WindowMeta
 from quakemon.service.stages.common import DropOldestQueue, Every, StatusRelay
 from quakemon.service.stages.inference import Upstream
-from quakemon.service.stages.ingest import GapCounter
 from quakemon.service.stages.messages import SPECTRA, WINDOWS, Batch, decode, status_frames
 from quakemon.service.stages.preprocess import coalesce
 from quakemon.wire.schema import MessageError, pack_arrays
@@ -137,18 +135,6 @@ def test_upstream_keeps_the_newest_counters_per_process_and_forgets_silent_ones(
     assert sorted(s["windows_out"] for s in ingest) == [5, 7] and pre == [{"preprocessed": 3}]
     ingest, pre = up.current(now=31.0)  # "p" last heard at 0 s: gone after 30 s
     assert len(ingest) == 2 and pre == []
-
-
-def test_gap_counter_counts_only_records_that_start_after_a_hole() -> None:
-    (tr,) = obspy.read()[:1]
-    gaps = GapCounter()
-    pieces = [tr.slice(tr.stats.starttime + t, tr.stats.starttime + t + 5 - tr.stats.delta) for t in range(0, 30, 5)]
-    for piece in pieces[:2] + pieces[1:2] + pieces[3:]:  # a repeat (not a gap), then piece 2 missing
-        gaps.add(piece)
-    assert gaps.count == 1
-    late = pieces[2].copy()
-    gaps.add(late)  # out of order, inside what was seen: not a gap
-    assert gaps.count == 1
 
 
 def test_stop_flag_stops_when_the_supervisor_is_gone() -> None:

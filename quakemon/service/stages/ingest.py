@@ -45,8 +45,9 @@ class IngestStage(Stage):
     SeedLink source (tests).
 
     Status: the supervisor gets everything (per-station data ends and buffer fill, corrupt records by reason,
-    gaps, source and windower counters); downstream, towards the heartbeat, go the totals only, after every
-    batch of windows (so that a heartbeat never counts more windows inferred than cut) and when due.
+    source counters such as records, gaps and reconnects, windower counters); downstream, towards the
+    heartbeat, go the totals only, after every batch of windows (so that a heartbeat never counts more windows
+    inferred than cut) and when due.
     """
 
     name = "ingest"
@@ -65,7 +66,6 @@ class IngestStage(Stage):
         self.feed: IdleFeed | None = None
         self.queue = DropOldestQueue(cfg.pipeline.queue_hwm)
         self.relay = StatusRelay()
-        self.gaps = GapCounter()
         self.center = "ZSCORE" in contract.transforms
         self.pending: list[Any] = []  # windows cut since the last message ...
         self.arrivals: list[float] = []  # ... and when they were cut
@@ -141,9 +141,8 @@ class IngestStage(Stage):
 
     # -- work -----------------------------------------------------------------------------------------------------
     def add(self, tr: Any) -> None:
-        """One record: count gaps, cut the windows it completes, commit what no window needs any more."""
+        """One record: cut the windows it completes, commit what no window needs any more."""
         assert self.windower is not None and self.committer is not None
-        self.gaps.add(tr)
         windows = self.windower.add_trace(tr)
         if windows:
             now = time.time()
@@ -190,8 +189,7 @@ class IngestStage(Stage):
     def source_counters(self) -> Stats:
         source = {} if self.source is None else self.source.stats
         windower = {} if self.windower is None else self.windower.counters()
-        return {**{f"source_{k}": v for k, v in source.items()}, **{f"windower_{k}": v for k, v in windower.items()},
-                "gaps": self.gaps.count}
+        return {**{f"source_{k}": v for k, v in source.items()}, **{f"windower_{k}": v for k, v in windower.items()}}
 
     def full_stats(self) -> Stats:
         """Everything, for the supervisor: totals, source and windower counters, corrupt records by reason, and
@@ -208,31 +206,6 @@ class IngestStage(Stage):
         for (station, _), sched in list((self.windower.schedulers if self.windower is not None else {}).items()):
             fill[station] = max(fill.get(station, 0.0), sched.buffer.fill_ratio())
         return fill
-
-
-class GapCounter:
-    """Counts data gaps: a record that starts more than half a sample after its stream's previous record ended.
-
-    Closer than that, the station buffers treat records as contiguous; overlaps, repeats and out-of-order
-    records are not gaps. The first record of a stream (after a start) has nothing to compare with.
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._end_ns: dict[str, int] = {}  # seed id -> end of its latest record (one sample past the last)
-
-    def add(self, tr: Any) -> None:
-        stats = tr.stats
-        rate = float(stats.sampling_rate)
-        if rate <= 0 or stats.npts <= 0:
-            return
-        start = int(stats.starttime.ns)
-        end = start + round(stats.npts * 1e9 / rate)
-        prev = self._end_ns.get(tr.id)
-        if prev is not None and start - prev > 0.5e9 / rate:
-            self.count += 1
-        if prev is None or end > prev:
-            self._end_ns[tr.id] = end
 
 
 class Committer:
