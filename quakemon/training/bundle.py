@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=N_SYNTHETIC)
     parser.add_argument("--epochs", type=int, default=None, help="default: 6 (train), 2 (finetune)")
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--precision", default=None, help="default: bf16 (train), fp32 (finetune)")
     args = parser.parse_args(argv)
     configure_logging("info", "console")
     out = Path(args.output)
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         data = training_data(contract, args.n, SEED)
         log.info("bundle_data", counts=data.counts(), seconds=round(time.time() - t0, 1))
         cfg = TrainConfig(backbone="TINY", depth=args.depth, epochs=args.epochs or 6, batch_size=64, lr=5e-4,
-                          component_dropout=0.3, seed=SEED, precision=args.precision, val_fraction=0.1)
+                          component_dropout=0.3, seed=SEED, precision=args.precision or "bf16", val_fraction=0.1)
         train(data, contract, cfg, out, progress=sys.stderr.isatty(), provenance={
             "data": f"bundle.training_data(n={args.n}, seed={SEED}): synthetic + real BW.KW1 noise",
             "command": "python -m quakemon.training.bundle train"})
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(min(2, torch.get_num_threads()))
         init = Path(args.init or BUNDLED_CHECKPOINT)
         staged = out.with_name(out.stem + ".finetune.safetensors")  # `out` may be `init` itself
-        finetune("UV05", staged, init, epochs=args.epochs or 2, precision=args.precision,
+        finetune("UV05", staged, init, epochs=args.epochs or 2, precision=args.precision or "fp32",
                  progress=sys.stderr.isatty())
         staged.replace(out)
     report = evaluate_real(load_checkpoint(out))

@@ -182,7 +182,7 @@ def finetune_data(day: str, contract: InputContract, base_ckpt, sizes: FinetuneS
 
 
 def finetune(day: str, output: str | Path, init: str | Path | None = None, *, epochs: int = 3, lr: float = 1e-4,
-             sizes: FinetuneSizes = FinetuneSizes(), seed: int = FINETUNE_SEED, precision: str = "bf16",
+             sizes: FinetuneSizes = FinetuneSizes(), seed: int = FINETUNE_SEED, precision: str = "fp32",
              progress: bool = False):
     """Fine-tune `init` (default: the bundled model) on noise day `day`; writes `output`, returns the TrainResult."""
     from quakemon.models.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", default=None, help="checkpoint to start from (default: the bundled model)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--precision", default="fp32", help="bf16 only on CPUs with native bf16 (or CUDA)")
     args = parser.parse_args(argv)
     configure_logging("info", "console")
     result = finetune(args.day, args.output, args.init, epochs=args.epochs, lr=args.lr, precision=args.precision,
