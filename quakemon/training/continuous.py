@@ -207,10 +207,12 @@ def evaluate_continuous(ckpt: Checkpoint, noise: dict[str, Stream], events: list
         }
         log.info("noise_day_scored", day=name, model=model_on[on], sta_lta=classic[sta_lta.on], days=round(days, 3))
     if events:
-        ev_series = model_series(ckpt, [r.stream for r in events], precision=precision)
+        # each record gets a location code of its own, so records of one station never share windows or triggers
+        streams = [_relabel(r.stream, i) for i, r in enumerate(events)]
+        ev_series = model_series(ckpt, streams, precision=precision)
         rec_series = []
-        for r in events:
-            sta = ".".join(r.stream[0].id.split(".")[:3])
+        for r, st in zip(events, streams, strict=True):
+            sta = ".".join(st[0].id.split(".")[:3])
             rec_series.append((r, ev_series.get(sta, Series(np.zeros(0), np.zeros(0), np.zeros(0)))))
         report["events"] = {
             "model": recall_by_kind([(r, trigger_onsets(s, on, off, min_duration_s)) for r, s in rec_series],
@@ -228,6 +230,15 @@ def evaluate_continuous(ckpt: Checkpoint, noise: dict[str, Stream], events: list
                         for r, s in rec_series],
         }
     return report
+
+
+def _relabel(stream: Stream, index: int) -> Stream:
+    """A copy of `stream` whose traces carry location code `index` in base 36 (two characters)."""
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    st = stream.copy()
+    for tr in st:
+        tr.stats.location = digits[index // 36 % 36] + digits[index % 36]
+    return st
 
 
 def day_series(ckpt: Checkpoint, day: str, precision: str = "fp32") -> dict[str, Series]:

@@ -73,3 +73,9 @@ def test_report_puts_model_and_sta_lta_side_by_side():
     text = cont.markdown(report)
     assert "| X |" in text and "synthetic:regional" in text
     assert "series" not in cont.summary(report)
+
+
+def test_records_of_one_station_are_told_apart():
+    st = Stream([_noise_trace(30.0, station="RJOB")])
+    a, b = cont._relabel(st, 0), cont._relabel(st, 37)
+    assert a[0].id == "XX.RJOB.00.HHZ" and b[0].id == "XX.RJOB.11.HHZ" and st[0].stats.location == ""
