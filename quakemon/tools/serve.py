@@ -1,4 +1,4 @@
-"""`quakemon serve`: a small SeedLink v3 server that streams archived MiniSEED (tests, demos, replays).
+"""`quakemon serve`: a small SeedLink server (protocol 4.0 and 3.1) that streams archived MiniSEED (tests, demos).
 
 The archive is re-packed into 512-byte MiniSEED 2 records (`quakemon.tools.serve_records`), sorted by start
 time, and each record gets a fixed sequence number: its place in the archive (plus an optional `first_seq`,
@@ -9,8 +9,18 @@ as the client reads). With `loop` the archive repeats and each pass is shifted f
 increasing. `retime_now` shifts the whole archive so that it starts when the server starts (fixed for the
 server's life, so a sequence number always means the same record).
 
-Commands: HELLO, STATION, SELECT, DATA, FETCH, TIME, END, INFO ID|CAPABILITIES|STATIONS|STREAMS, BYE. STATION
-and SELECT patterns follow `quakemon.ingest.selectors`. During a transfer only INFO and BYE are answered.
+Commands: HELLO, SLPROTO, USERAGENT, STATION, SELECT, DATA, FETCH, TIME, END, ENDFETCH,
+INFO ID|CAPABILITIES|STATIONS|STREAMS, BYE. HELLO offers 4.0 and 3.1 (`max_protocol="3.1"`: 3.1 only); a client
+that sends ``SLPROTO 4.0`` gets 4.0 framing (`quakemon.ingest.slproto`), NET_STA station ids, LOC_B_S_SS
+selectors, decimal 64-bit sequence numbers and JSON INFO answers. 3.1 patterns follow `quakemon.ingest.selectors`.
+``DATA <seq> <time>`` resumes after packet seq-1 when that record started at `time` (whole seconds), else from
+`time`. ``TIME <begin>`` without an end streams on like DATA (and loops with `loop`). During a transfer only INFO
+and BYE are answered.
+
+Limits: a client must send a command at least every `command_timeout` seconds until its transfer starts, or it
+is closed; at most `max_clients` connections in all and `max_per_address` per client address. A connection that
+would pass a limit takes the place of the connection that has been idle longest in its command phase (an idle
+crowd cannot lock out a real client); when every connection is streaming, the new one is refused.
 
 `Faults` injects network failures for tests: cut a connection after N packets (optionally mid-record, FIN or
 RST), stall it (socket open, no data), duplicate packets, or mutate the bytes of records on the wire.
@@ -29,8 +39,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
@@ -42,55 +51,28 @@ from quakemon.ingest.selectors import (
     is_network_pattern,
     is_station_pattern,
     seedlink_wildcard,
-    select_matches,
 )
 from quakemon.ingest.seqstate import SEQ_MASK
+from quakemon.ingest.slproto import V3, V4, frame_v4, offered_versions
 from quakemon.tools.serve_records import (
     TICKS,
+    Faults,
     Record,
+    Subscription,
     frame_info,
+    info_json,
+    info_xml,
     load_records,
-    parse_sl_time,
     retime_record,
-    sl_time,
 )
 
 __all__ = ["Faults", "SeedLinkServer", "main", "serve"]
 
 log = structlog.get_logger(__name__)
 
-HELLO_ID = "SeedLink v3.1 (quakemon serve) :: SLPROTO:3.1 NSWILDCARD"
+HELLO_V4 = "SeedLink v4.0 (quakemon serve) :: SLPROTO:4.0 SLPROTO:3.1 NSWILDCARD"
+HELLO_V3 = "SeedLink v3.1 (quakemon serve) :: SLPROTO:3.1 NSWILDCARD"
 _POLL_S = 0.2
-
-
-@dataclass
-class Faults:
-    """Failure injection for tests; cut/stall apply to the first `connections` data transfers."""
-
-    cut_after_packets: int | None = None  # close after this many data packets ...
-    cut_bytes: int = 0  # ... having sent this many bytes of the next packet (0 = at a packet boundary)
-    reset: bool = False  # close with RST (SO_LINGER 0) instead of FIN
-    stall_after_packets: int | None = None  # stop sending, keep the socket open (half-open peer)
-    duplicate_every: int | None = None  # send every n-th packet twice (all connections)
-    mutate: Callable[[int, bytes], bytes] | None = None  # (seq, record) -> bytes to send (all connections)
-    connections: int = 1
-
-
-@dataclass
-class _Sub:
-    """What one STATION (or the uni-station default) asked for."""
-
-    net: str
-    sta: str
-    selectors: list[SelectPattern]
-    mode: str = ""  # "data", "fetch", "time"
-    pos: int = 0  # first archive position (absolute, for data/fetch)
-    t0: float = -math.inf
-    t1: float = math.inf
-
-    def wants(self, rec: Record) -> bool:
-        return (seedlink_wildcard(self.sta, rec.sta) and seedlink_wildcard(self.net, rec.net)
-                and select_matches(self.selectors, rec.loc, rec.cha))
 
 
 class _Closed(Exception):
@@ -112,9 +94,12 @@ class SeedLinkServer:
         loop: bool = False,
         retime_now: bool = False,
         first_seq: int = 0,
-        max_clients: int = 32,
+        max_clients: int = 64,
         faults: Faults | None = None,
         organization: str = "quakemon archive replay",
+        max_protocol: str = V4,
+        command_timeout: float = 30.0,
+        max_per_address: int = 16,
     ) -> None:
         if not records:
             raise QuakemonError("serve: no records to serve")
@@ -124,6 +109,12 @@ class SeedLinkServer:
         self.loop = loop
         self.first_seq = first_seq & SEQ_MASK
         self.max_clients = max_clients
+        if max_protocol not in (V3, V4):
+            raise QuakemonError(f"serve: protocol must be {V3} or {V4}, got {max_protocol!r}")
+        self.hello = HELLO_V4 if max_protocol == V4 else HELLO_V3
+        self.protocols = offered_versions(self.hello)
+        self.command_timeout = command_timeout
+        self.max_per_address = max_per_address
         self.faults = faults or Faults()
         self.organization = organization
         t_first = min(r.start for r in self.records)
@@ -134,7 +125,8 @@ class SeedLinkServer:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
-        self._sessions: dict[threading.Thread, socket.socket] = {}
+        self._sessions: dict[threading.Thread, _Session] = {}
+        self.evicted = 0
         self._faulted = 0
         self._info_cache: dict[str, bytes] = {}
         self.connections = 0
@@ -150,7 +142,7 @@ class SeedLinkServer:
         except OSError as exc:
             sock.close()
             raise QuakemonError(f"serve: cannot listen on {self.host}:{self._req_port}: {exc}") from exc
-        sock.listen(16)
+        sock.listen(128)
         sock.settimeout(_POLL_S)
         self._sock = sock
         self._accept_thread = threading.Thread(target=self._accept_loop, name="seedlink-accept", daemon=True)
@@ -177,10 +169,7 @@ class SeedLinkServer:
         with self._lock:
             sessions = list(self._sessions.items())
         for _, s in sessions:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            s.kick()
         for t, _ in sessions:
             t.join(max(0.0, deadline - time.monotonic()))
         if self._sock is not None:
@@ -205,25 +194,44 @@ class SeedLinkServer:
                 continue
             except OSError:
                 break
-            with self._lock:
-                full = len(self._sessions) >= self.max_clients
-            if full:
-                log.warning("seedlink_server_full", peer=f"{addr[0]}:{addr[1]}", max_clients=self.max_clients)
+            peer = f"{addr[0]}:{addr[1]}"
+            if not self._admit(addr[0]):
+                log.warning("seedlink_server_full", peer=peer, max_clients=self.max_clients,
+                            max_per_address=self.max_per_address)
                 conn.close()
                 continue
             self.connections += 1
-            t = threading.Thread(target=self._session, args=(conn, addr), name=f"seedlink-{addr[1]}", daemon=True)
+            sess = _Session(self, conn, peer, addr[0])
+            t = threading.Thread(target=self._session, args=(sess,), name=f"seedlink-{addr[1]}", daemon=True)
             with self._lock:
-                self._sessions[t] = conn
+                self._sessions[t] = sess
             t.start()
         if self._sock is not None:
             self._sock.close()
 
-    def _session(self, conn: socket.socket, addr: tuple) -> None:
-        peer = f"{addr[0]}:{addr[1]}"
+    def _admit(self, host: str) -> bool:
+        """Room for one more connection from `host`, making it by closing the longest-idle command-phase one."""
+        with self._lock:
+            live = [s for s in self._sessions.values() if not s.kicked]
+        for pool, limit in (([s for s in live if s.host == host], self.max_per_address), (live, self.max_clients)):
+            if len(pool) < limit:
+                continue
+            idle = [s for s in pool if not s.streaming]
+            if not idle:
+                return False
+            victim = min(idle, key=lambda s: s.last_command)
+            log.info("seedlink_client_evicted", peer=victim.peer, idle_s=round(time.monotonic() - victim.last_command,
+                                                                                 1))
+            victim.kick()
+            self.evicted += 1
+            live.remove(victim)
+        return True
+
+    def _session(self, sess: _Session) -> None:
+        conn, peer = sess.conn, sess.peer
         log.info("seedlink_client_connected", peer=peer)
         try:
-            _Session(self, conn, peer).run()
+            sess.run()
         except _Closed:
             pass
         except OSError as exc:
@@ -250,56 +258,43 @@ class SeedLinkServer:
             return True
 
     # INFO ------------------------------------------------------------------------------------------------------
-    def info_packets(self, level: str) -> bytes:
-        """The XML answer to INFO `level`, as SLINFO-framed 512-byte ASCII MiniSEED records."""
+    def info_packets(self, level: str, v4: bool = False) -> bytes:
+        """The answer to INFO `level`: 3.1 XML in SLINFO-framed 512-byte records, 4.0 one JSON packet."""
         level = level.upper()
-        if level not in self._info_cache:
-            self._info_cache[level] = frame_info(self._info_xml(level))
-        return self._info_cache[level]
-
-    def _info_xml(self, level: str) -> str:
-        head = (f'<?xml version="1.0"?>\n<seedlink software="quakemon serve" organization="{self.organization}"'
-                f' started="{self.started:%Y/%m/%d %H:%M:%S}.0000">')
-        if level == "ID":
-            return head + "</seedlink>"
-        if level == "CAPABILITIES":
-            caps = ["dialup", "multistation", "window-extraction", "info:id", "info:capabilities",
-                    "info:stations", "info:streams"]
-            return head + "".join(f'<capability name="{c}"/>' for c in caps) + "</seedlink>"
-        if level not in ("STATIONS", "STREAMS"):
-            return head + f'<error message="INFO level {level} not supported"/></seedlink>'
-        by_sta: dict[tuple[str, str], dict[tuple[str, str], list[int]]] = {}
-        for i, r in enumerate(self.records):
-            by_sta.setdefault((r.net, r.sta), {}).setdefault((r.loc, r.cha), []).append(i)
-        parts = [head]
-        for (net, sta), streams in sorted(by_sta.items()):
-            idx = sorted(i for v in streams.values() for i in v)
-            parts.append(f'<station name="{sta}" network="{net}" description="" begin_seq="{self.seq_of(idx[0]):06X}"'
-                         f' end_seq="{self.seq_of(idx[-1] + 1):06X}" stream_check="enabled"')
-            if level == "STATIONS":
-                parts.append("/>")
-                continue
-            parts.append(">")
-            for (loc, cha), ids in sorted(streams.items()):
-                b = sl_time(self.records[ids[0]].start + self.retime_ticks / TICKS)
-                e = sl_time(self.records[ids[-1]].end + self.retime_ticks / TICKS)
-                parts.append(f'<stream location="{loc}" seedname="{cha}" type="D" begin_time="{b}" end_time="{e}"'
-                             ' begin_recno="0" end_recno="0" gap_check="disabled" gap_treshold="0"/>')
-            parts.append("</station>")
-        return "".join(parts) + "</seedlink>"
+        key = f"{level}/{int(v4)}"
+        if key not in self._info_cache:
+            if v4:
+                body = info_json(self.records, level, self.organization, self.started)
+                self._info_cache[key] = frame_v4(0, body, "", "J", "I")
+            else:
+                self._info_cache[key] = frame_info(info_xml(self.records, level, self.organization, self.started,
+                                                            self.seq_of, self.retime_ticks / TICKS))
+        return self._info_cache[key]
 
 
 class _Session:
     """One client connection: command phase, then the transfer (paced DATA, or FETCH/TIME then END)."""
 
-    def __init__(self, server: SeedLinkServer, conn: socket.socket, peer: str) -> None:
-        self.srv, self.conn, self.peer = server, conn, peer
+    def __init__(self, server: SeedLinkServer, conn: socket.socket, peer: str, host: str = "") -> None:
+        self.srv, self.conn, self.peer, self.host = server, conn, peer, host
         self.buf = b""
-        self.uni = _Sub("*", "*", [])
-        self.subs: list[_Sub] = []
-        self.cur: _Sub | None = None
+        self.uni = Subscription("*", "*", [])
+        self.subs: list[Subscription] = []
+        self.cur: Subscription | None = None
         self.sent = 0
+        self.v4 = False
+        self.streaming = False
+        self.kicked = False
+        self.last_command = time.monotonic()
         conn.setblocking(False)
+
+    def kick(self) -> None:
+        """Close the connection from another thread (server stop, eviction); the session thread then ends."""
+        self.kicked = True
+        try:
+            self.conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     # I/O ---------------------------------------------------------------------------------------------------
     def _send(self, data: bytes) -> None:
@@ -336,9 +331,14 @@ class _Session:
 
     # command phase -----------------------------------------------------------------------------------------
     def run(self) -> None:
-        while not self.srv._stop.is_set():
+        while not self.srv._stop.is_set() and not self.kicked:
+            if time.monotonic() - self.last_command > self.srv.command_timeout:
+                log.info("seedlink_client_timeout", peer=self.peer, command_timeout_s=self.srv.command_timeout)
+                raise _Closed
             for line in self._read_lines(_POLL_S):
+                self.last_command = time.monotonic()
                 if self._command(line):
+                    self.streaming = True
                     self._transfer()
                     self._idle()
                     return
@@ -352,12 +352,24 @@ class _Session:
         self.srv.history.append((self.peer, line))
         ok, err = b"OK\r\n", b"ERROR\r\n"
         if verb == "HELLO":
-            self._send(f"{HELLO_ID}\r\n{self.srv.organization}\r\n".encode())
+            self._send(f"{self.srv.hello}\r\n{self.srv.organization}\r\n".encode())
         elif verb == "BYE":
             raise _Closed
         elif verb == "INFO":
-            self._send(self.srv.info_packets(args[0] if args else "ID"))
+            self._send(self.srv.info_packets(args[0] if args else "ID", self.v4))
+        elif verb == "SLPROTO":
+            version = args[0] if args else ""
+            if version not in self.srv.protocols:
+                self._send(b"ERROR UNSUPPORTED unsupported protocol version\r\n")
+                return False
+            self.v4 = version == V4
+            self._send(ok)
+        elif verb == "USERAGENT":
+            self._send(ok)
         elif verb == "STATION":
+            if self.v4 and len(args) == 1 and "_" in args[0]:
+                net, _, sta = args[0].upper().partition("_")
+                args = [sta, net]
             if not args or not is_station_pattern(args[0]):
                 self._send(err)
                 return False
@@ -367,19 +379,24 @@ class _Session:
                 self.cur = None
                 self._send(err)
                 return False
-            self.cur = _Sub(net, sta, [])
+            self.cur = Subscription(net, sta, [])
             self._send(ok)
         elif verb == "SELECT":
+            sub = self.cur or self.uni
+            if self.v4 and len(args) == 1 and "_" in args[0]:
+                sub.v4_selectors = [*(sub.v4_selectors or []), args[0].upper()]
+                self._send(ok)
+                return False
             sel = SelectPattern.parse(args[0]) if len(args) == 1 else None
             if sel is None:
                 self._send(err)
                 return False
-            (self.cur or self.uni).selectors.append(sel)
+            sub.selectors.append(sel)
             self._send(ok)
         elif verb in ("DATA", "FETCH", "TIME"):
             sub = self.cur or self.uni
             try:
-                self._set_start(sub, verb, args)
+                sub.set_start(verb, args, self.v4, self.srv.first_seq, self._record_started)
             except ValueError as exc:
                 log.info("seedlink_bad_command", peer=self.peer, command=line, error=str(exc))
                 self._send(err)
@@ -390,33 +407,31 @@ class _Session:
             self.subs.append(sub)
             self.cur = None
             self._send(ok)
-        elif verb == "END":
+        elif verb in ("END", "ENDFETCH"):
             if not self.subs:
                 self._send(err)
                 return False
+            if verb == "ENDFETCH":
+                for sub in self.subs:
+                    sub.mode = "fetch" if sub.mode == "data" else sub.mode
             return True
         else:
             self._send(err)
         return False
 
-    def _set_start(self, sub: _Sub, verb: str, args: list[str]) -> None:
-        sub.mode = verb.lower()
-        if verb == "TIME":
-            if not args:
-                raise ValueError("TIME needs a begin time")
-            sub.t0 = parse_sl_time(args[0])
-            sub.t1 = parse_sl_time(args[1]) if len(args) > 1 else math.inf
-        elif args:
-            seq = int(args[0], 16)
-            if not 0 <= seq <= SEQ_MASK:
-                raise ValueError(f"sequence number {args[0]} outside 000000..FFFFFF")
-            sub.pos = (seq - self.srv.first_seq) & SEQ_MASK
+    def _record_started(self, pos: int, t: float) -> bool:
+        """True when archive position `pos` (any pass of a loop) holds a record that started in second `t`."""
+        n = len(self.srv.records)
+        if pos < 0 or (pos >= n and not self.srv.loop):
+            return False
+        shift = self.srv.retime_ticks + (pos // n) * self.srv.span_ticks
+        return math.floor(self.srv.records[pos % n].start + shift / TICKS) == math.floor(t)
 
     # transfer ----------------------------------------------------------------------------------------------
     def _transfer(self) -> None:
         srv, n = self.srv, len(self.srv.records)
         self.__dict__.pop("_wants", None)  # the subscriptions may have changed since the last transfer
-        realtime = any(s.mode == "data" for s in self.subs)
+        realtime = any(s.mode == "data" or (s.mode == "time" and math.isinf(s.t1)) for s in self.subs)
         faulted = realtime and srv._take_fault()
         starts = [s.pos for s in self.subs if s.mode in ("data", "fetch")] + ([0] if any(
             s.mode == "time" for s in self.subs) else [])
@@ -442,7 +457,10 @@ class _Session:
                 raw = retime_record(rec.raw, shift, rec.little_endian)
                 if srv.faults.mutate is not None:
                     raw = srv.faults.mutate(seq, raw)
-                packet = b"SL%06X" % seq + raw
+                if self.v4:
+                    packet = frame_v4(srv.first_seq + pos, raw, f"{rec.net}_{rec.sta}")
+                else:
+                    packet = b"SL%06X" % seq + raw
                 if faulted and self._fault(packet, batch):
                     return
                 batch.append(packet)
@@ -467,16 +485,7 @@ class _Session:
         subs = cache.get(key)
         if subs is None:
             subs = cache[key] = [s for s in self.subs if s.wants(rec)]
-        for s in subs:
-            if s.mode == "data" and pos >= s.pos:
-                return True
-            if s.mode == "fetch" and s.pos <= pos < n:
-                return True
-            if s.mode == "time" and pos < n:
-                t0, t1 = rec.start + shift / TICKS, rec.end + shift / TICKS
-                if t1 > s.t0 and t0 < s.t1:
-                    return True
-        return False
+        return any(s.takes(rec, pos, shift, n) for s in subs)
 
     def _fault(self, packet: bytes, batch: list[bytes]) -> bool:
         """Apply a cut or stall at this packet; True when the transfer must end."""
@@ -515,7 +524,7 @@ class _Session:
                 raise _Closed
             if verb == "INFO":
                 words = line.split()
-                self._send(self.srv.info_packets(words[1] if len(words) > 1 else "ID"))
+                self._send(self.srv.info_packets(words[1] if len(words) > 1 else "ID", self.v4))
 
     def _idle(self) -> None:
         while not self.srv._stop.is_set():
@@ -533,16 +542,18 @@ def serve(
     first_seq: int = 0,
     port_file: str | Path | None = None,
     stop: threading.Event | None = None,
+    **server_kw: object,
 ) -> int:
     """Serve the archive until `stop` is set or SIGINT/SIGTERM arrives; returns exit code 0.
 
     The signal handlers (`stop_on_signals`, main thread only) are in place while the server runs and the previous
     ones come back afterwards. `port_file` receives the bound port (atomically) once the server listens.
+    `server_kw`: further `SeedLinkServer` arguments (max_protocol, command_timeout, max_clients, max_per_address).
     """
     records = load_records(paths)
     with stop_on_signals(stop or threading.Event()) as stopping:
         srv = SeedLinkServer(records, host=host, port=port, speed=speed, loop=loop, retime_now=retime,
-                             first_seq=first_seq).start()
+                             first_seq=first_seq, **server_kw).start()  # type: ignore[arg-type]
         try:
             if port_file is not None:
                 tmp = Path(f"{port_file}.tmp")
@@ -560,7 +571,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m quakemon.tools.serve PATH... [--host H] [--port N] [--speed X] [--loop] [--retime-now]`."""
     from quakemon.base.logs import configure_logging
 
-    p = argparse.ArgumentParser(prog="quakemon serve", description="SeedLink v3 server streaming archived MiniSEED")
+    p = argparse.ArgumentParser(prog="quakemon serve",
+                                description="SeedLink 4.0/3.1 server streaming archived MiniSEED")
     p.add_argument("paths", nargs="+", help="MiniSEED files or directories")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=18000, help="TCP port (0 = any free port; see --port-file)")
@@ -569,12 +581,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--retime-now", action="store_true", help="shift the archive so that it starts now")
     p.add_argument("--first-seq", type=lambda s: int(s, 16), default=0, help="sequence number of record 0 (hex)")
     p.add_argument("--port-file", help="write the bound port here once listening")
+    p.add_argument("--protocol", choices=[V4, V3], default=V4, help="highest protocol offered (3.1: 3.1 only)")
+    p.add_argument("--command-timeout", type=float, default=30.0,
+                   help="close a client that sends no command for this many seconds before its transfer starts")
+    p.add_argument("--max-clients", type=int, default=64, help="connections in all")
+    p.add_argument("--max-per-address", type=int, default=16, help="connections per client address")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     configure_logging(args.log_level)
     try:
         return serve(args.paths, args.host, args.port, args.speed, args.loop, args.retime_now, args.first_seq,
-                     args.port_file)
+                     args.port_file, max_protocol=args.protocol, command_timeout=args.command_timeout,
+                     max_clients=args.max_clients, max_per_address=args.max_per_address)
     except QuakemonError as exc:
         log.error("serve_failed", error=str(exc))
         return exc.exit_code

@@ -125,7 +125,7 @@ def test_hello_single_send_and_line_endings(server):
     try:
         reply = c.cmd("HELLO", b"\r")  # ObsPy sends CR only and reads the reply with one recv
         lines = reply.split(b"\r\n")
-        assert lines[0].startswith(b"SeedLink v3.1 ") and lines[2] == b"", reply
+        assert lines[0].startswith(b"SeedLink v4.0 ") and b"SLPROTO:3.1" in lines[0] and lines[2] == b"", reply
         assert c.cmd("STATION RJOB BW", b"\n") == b"OK\r\n"
         assert c.cmd("SELECT EH?", b"\r\n") == b"OK\r\n"
         assert c.cmd("SELECT EH*") == b"ERROR\r\n"  # v3 selectors: 3 or 5 characters, no '*'
@@ -236,11 +236,18 @@ def test_paced_transfer_follows_speed(records):
 
 def test_stop_is_prompt_with_clients_and_bounded(records):
     srv = SeedLinkServer(records, speed=1, max_clients=2).start()
-    clients = [RawClient(srv.port) for _ in range(3)]
+    clients = [RawClient(srv.port) for _ in range(2)]
     try:
         clients[0].send("DATA")
         clients[0].packets(1)
-        assert clients[2].sock.recv(10) == b""  # the third client is refused (bounded threads)
+        time.sleep(0.3)
+        clients.append(RawClient(srv.port))  # takes the place of the idle second client (bounded threads)
+        assert clients[1].sock.recv(10) == b""
+        assert clients[2].cmd("HELLO").startswith(b"SeedLink")
+        clients.append(RawClient(srv.port))  # the third is idle now: the fourth replaces it, never the streamer
+        assert clients[2].sock.recv(10) == b""
+        clients[3].send("DATA")
+        assert clients[3].packets(1) and clients[0].packets(1)
         t0 = time.monotonic()
         srv.stop()
         assert time.monotonic() - t0 < 1.5
