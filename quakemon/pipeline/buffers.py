@@ -15,6 +15,9 @@ Policies (docs/reliability.md describes them for operators):
   `conflict_samples` and dropped.
 - Out of order: a record lands at its grid position wherever it arrives, as long as it is inside the
   ring; older samples are dropped and counted (`late_samples`).
+- Record history: per component the (start, length, CRC-32 of the samples) of the last `HISTORY` records
+  written, so that a record re-sent after its samples left the ring is still recognised as a duplicate by
+  time range and content (`holds`), never by "older than the newest".
 - NaN/Inf samples are stored as missing (`nan_samples`).
 - Memory: a ring of `capacity` samples per component (float64 values + bool mask); writing past the
   newest sample evicts the oldest. Samples are float64, so 32-bit integer counts are stored exactly.
@@ -24,12 +27,15 @@ Sample-rate changes, clock jumps and resampling are handled one level up, in `qu
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
 from quakemon.base.timegrid import grid_index, grid_time_ns, rate_fraction
+
+HISTORY = 512  # records remembered per component (time range + checksum): 30-60 min of 512-byte records at 100 Hz
 
 
 class StationBuffer:
@@ -50,6 +56,10 @@ class StationBuffer:
         self.head: int | None = None  # one past the newest sample index of any component
         self.first: int | None = None  # lowest sample index written since the last reset
         self.hwm: list[int | None] = [None] * len(components)  # per component: one past its newest sample
+        # record history per component: start index, length and CRC-32 of the samples, a ring of HISTORY
+        self._hist = np.zeros((len(components), HISTORY, 3), dtype=np.int64)
+        self._hist[:, :, 1] = -1  # no record
+        self._hist_next = [0] * len(components)
 
     # --- time grid -----------------------------------------------------------------------------------
 
@@ -95,12 +105,30 @@ class StationBuffer:
                 self._present[:, ring] = False
         self.head = new_head
 
+    @staticmethod
+    def _checksum(values: np.ndarray) -> int:
+        return zlib.crc32(np.ascontiguousarray(values, dtype=np.float64).data)
+
+    def _remember(self, component: int, start: int, values: np.ndarray) -> None:
+        i = self._hist_next[component]
+        self._hist[component, i] = (start, values.size, self._checksum(values))
+        self._hist_next[component] = (i + 1) % HISTORY
+
+    def holds(self, component: int, start: int, values: np.ndarray) -> bool:
+        """True if a record with this time range and these samples was written before (even if its samples
+        have left the ring since): a re-sent duplicate."""
+        values = np.asarray(values, dtype=np.float64).ravel()
+        hist = self._hist[component]
+        hit = (hist[:, 0] == start) & (hist[:, 1] == values.size)
+        return bool(hit.any()) and bool((hist[hit, 2] == self._checksum(values)).any())
+
     def write(self, component: int, start: int, values: np.ndarray) -> int:
         """Store samples of one component starting at grid index `start`; return how many were stored."""
         values = np.asarray(values, dtype=np.float64).ravel()
         n = values.size
         if n == 0:
             return 0
+        self._remember(component, start, values)
         end = start + n
         self._advance(end)
         tail = self.head - self.capacity
@@ -187,7 +215,7 @@ class StationBuffer:
         return float(np.count_nonzero(self._present)) / self._present.size
 
     def reset(self) -> None:
-        """Forget all samples (after a clock jump); counters are kept."""
+        """Forget all samples (after a clock jump); counters and the record history are kept."""
         self._present[:] = False
         self.head = None
         self.first = None

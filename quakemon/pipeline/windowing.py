@@ -39,8 +39,10 @@ with component dropout, e.g. ("Z",)); otherwise a station must deliver every com
   only once every component has data again, or when the ring is about to evict them.
 
 Sample rates: a station's rate is set by its first accepted record. A record at another rate is rejected,
-counted (`rate_change_records`) and logged; after `rate_change_reset` consecutive records at one new rate
-the station is reset and restarts at that rate (a reconfigured datalogger recovers by itself). A station
+counted (`rate_change_records`) and logged; once `rate_change_reset` consecutive records, from every component
+the station delivers, agree on one new rate, the station is reset and restarts at that rate (a reconfigured
+datalogger recovers by itself). A rate the windows cannot be cut at is implausible (`implausible_rate_records`)
+and never counts: one corrupt header never resets a station. A station
 whose rate differs from the contract's is stored at its own rate and each window is resampled at
 emission time with `scipy.signal.resample_poly` (up/down from the exact rate ratio). The window is cut
 with a margin of the filter's half-length on both sides and the margin is cropped after resampling, so
@@ -48,12 +50,18 @@ there are no edge effects from the window boundary; the price is that the window
 (about 0.1 s at 200 Hz, 0.2 s at 50 Hz). Resampling whole windows, not records, keeps the output independent
 of how the stream was chunked.
 
-Clock jumps: a record starting more than one window after the newest data of its station resets the
-station (pending windows are decided first; `clock_jumps`, WARNING log); so does an outage longer than a
-window, which costs at most the one or two windows that would have straddled its end with < 10 % missing.
-Around a jump, replay and live can differ where the channels' records interleave differently. Records from more than one
-window before the ring are dropped (`late_records`) unless `jump_confirm` of them arrive in a row, which
-resets the station too (the clock stepped back).
+Clock jumps and duplicates (per station instrument; `quakemon.pipeline.timeline`): a record that starts more
+than one window after the newest data, or ends more than one window before the ring, leaves the timeline. It
+is held, not written. Records that continue the old timeline again (also after a hole as long as the held
+excursion) make the held ones a clock fault: rejected, counted (`clock_glitch` records, `clock_glitches`
+excursions; `late_records` behind) and logged (`clock_glitch`), and the correctly timed data flows at once.
+Held records that agree on a new timeline (every component, `jump_confirm` records, covering min(offset,
+`glitch_s`) of data) are a permanent jump or the return after an outage: the station's pending windows are
+decided, the station is reset (`clock_jumps`, WARNING `clock_jump`) and the held records go in, so the
+new timeline's windows come out late by that span but complete. Records still held at `flush()` are rejected.
+A duplicate is a record whose samples the buffer holds already (time range and content, also after they left
+the ring: `duplicate_records`), never one that is merely older than the newest. Around a jump, replay and live
+can differ where the channels' records interleave differently.
 
 Memory: one ring per station instrument of window + 2 * margin + late_s + max_skew_s + one stride samples
 per component (float64 + mask: about 150 kB for 3 components at 100 Hz with the defaults).
@@ -64,12 +72,11 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 import structlog
-from obspy import Trace, UTCDateTime
+from obspy import Trace
 from scipy.signal import resample_poly
 
 from quakemon.base.timegrid import grid_time_ns, rate_fraction, split_seed_id
@@ -77,66 +84,12 @@ from quakemon.ingest.base import Samples
 from quakemon.ingest.selectors import SelectorSet
 from quakemon.models.contract import InputContract
 from quakemon.pipeline.buffers import StationBuffer
+from quakemon.pipeline.timeline import SilenceMonitor, TimelineCandidate
+from quakemon.pipeline.window import Window, rate_supported, window_grid_start
 
 log = structlog.get_logger(__name__)
 
 _NS = 1_000_000_000
-
-
-@dataclass(frozen=True, eq=False)
-class Window:
-    """One model input: `data[C, window_samples]` in `component_order`, starting at `start_ns`.
-
-    `data` may be a read-only view that overlaps the windows before and after it (a steady-state run, see
-    `run`): copy it before changing it."""
-
-    station: str  # "NET.STA.LOC"
-    instrument: str  # band + instrument code, e.g. "EH"
-    start_ns: int  # integer ns since the epoch; a multiple of the stride
-    sampling_rate: float  # the contract's rate (after resampling)
-    data: np.ndarray
-    component_order: str
-    missing_fraction: float = 0.0  # share of samples filled by interpolation
-    components: tuple[str, ...] = ()  # components with at least one real sample in the window
-    constant: tuple[str, ...] = ()  # components whose real samples are all equal (dead/flat channel)
-    source_rate: float = 0.0  # the station's own rate before resampling
-    # (the [K, C, N] array of a steady-state run, this window's row in it): data is run[0][run[1]], and
-    # `stack_windows` takes consecutive rows of one run as one array
-    run: tuple[np.ndarray, int] | None = None
-
-    @property
-    def n_samples(self) -> int:
-        return int(self.data.shape[-1])
-
-    @property
-    def end_ns(self) -> int:
-        """Exclusive end: start + window_samples / sampling_rate."""
-        return self.start_ns + round(self.n_samples * _NS / self.sampling_rate)
-
-    @property
-    def start(self) -> UTCDateTime:
-        return UTCDateTime(ns=self.start_ns)
-
-    @property
-    def end(self) -> UTCDateTime:
-        return UTCDateTime(ns=self.end_ns)
-
-    @property
-    def network(self) -> str:
-        return self.station.split(".")[0]
-
-    def same_as(self, other: Window) -> bool:
-        """Bit-for-bit equality of everything a window carries."""
-        return (
-            (self.station, self.instrument, self.start_ns, self.sampling_rate, self.component_order)
-            == (other.station, other.instrument, other.start_ns, other.sampling_rate, other.component_order)
-            and self.data.dtype == other.data.dtype
-            and self.data.shape == other.data.shape
-            and self.data.tobytes() == other.data.tobytes()
-            and self.missing_fraction == other.missing_fraction
-            and self.components == other.components
-            and self.constant == other.constant
-        )
 
 
 def _ratio(native: Fraction, target: Fraction) -> tuple[int, int]:
@@ -159,6 +112,7 @@ class WindowScheduler:
         late_s: float = 5.0,
         max_skew_s: float = 30.0,
         jump_confirm: int = 3,
+        glitch_s: float = 120.0,
         dtype: np.dtype | type = np.float64,
     ) -> None:
         self.contract = contract
@@ -191,10 +145,11 @@ class WindowScheduler:
         self.buffer = StationBuffer(station, instrument, contract.component_order, sampling_rate, capacity)
         self.max_missing = float(max_missing)
         self.jump_confirm = int(jump_confirm)
+        self.glitch = math.ceil(glitch_s * self.rate)
         self.dtype = np.dtype(dtype)
         self.next_k: int | None = None  # next window to decide; None until the first decision after a reset
         self.absent: frozenset[int] = frozenset()  # component indices decided absent (never delivered)
-        self._behind = 0
+        self.candidate: TimelineCandidate | None = None  # records held off the timeline (see timeline.py)
         self.stats: Counter[str] = Counter()
 
     @property
@@ -222,44 +177,104 @@ class WindowScheduler:
         return out
 
     def _add_at(self, component: int, start: int, values: np.ndarray) -> list[Window]:
+        """Route one piece: onto the timeline, into the held candidate timeline, or out as a duplicate."""
         buf = self.buffer
         end = start + len(values)
         out: list[Window] = []
-        if buf.head is not None:
-            if start >= buf.head + self.jump:
-                out += self._clock_jump(start - buf.head)
-            elif end <= buf.head - buf.capacity - self.jump:
-                self._behind += 1
-                if self._behind < self.jump_confirm:
-                    self.stats["late_records"] += 1
-                    return out
-                out += self._clock_jump(start - buf.head)
-            else:
-                self._behind = 0
+        cand = self.candidate
+        if buf.head is None:
+            return self._write(component, start, values)
+        head = buf.head
+        if start < head + self.jump and end > head - buf.capacity - self.jump:  # continues the timeline
+            if cand is not None:
+                out += self._reject(cand, "timeline_resumed")
+            return out + self._write(component, start, values)
+        if cand is not None and cand.member(start, end, self.jump):
+            cand.add(component, start, values)
+            if cand.agreed(self._need(cand), self.jump_confirm, self._cap()):
+                out += self._accept(cand)
+            return out
+        if cand is not None and cand.offset > 0 and start < cand.lo and start <= head + self.jump + cand.span:
+            # the old timeline resumes after a hole as long as the excursion: those records were a clock fault,
+            # and this one is correctly timed (a data gap, as after an outage): in at once
+            out += self._reject(cand, "timeline_resumed_after_hole")
+            out += self._clock_jump(start - head, reason="gap")
+            return out + self._write(component, start, values)
+        if end <= head - buf.capacity - self.jump and buf.holds(component, start, values):
+            buf.stats["duplicate_records"] += 1  # re-sent after its samples left the ring
+            return out
+        if cand is not None:
+            out += self._reject(cand, "another_timeline")
+        seen = [i for i, h in enumerate(buf.hwm) if h is not None and i not in self.absent]
+        self.candidate = cand = TimelineCandidate(start - head, seen)
+        cand.add(component, start, values)
+        log.info("clock_jump_suspected", station=self.station, instrument=self.instrument,
+                 offset_s=round(cand.offset / float(self.rate), 3),
+                 action="records held until the timeline resumes or the new one is confirmed")
+        if cand.agreed(self._need(cand), self.jump_confirm, self._cap()):
+            out += self._accept(cand)
+        return out
+
+    def _need(self, cand: TimelineCandidate) -> int:
+        """Samples a new timeline must cover before it is believed: the excursion it would be, at most glitch_s."""
+        return min(abs(cand.offset), self.glitch)
+
+    def _cap(self) -> int:
+        return 4 * (self.glitch + self.buffer.capacity) * len(self.contract.component_order)
+
+    def _write(self, component: int, start: int, values: np.ndarray) -> list[Window]:
+        buf = self.buffer
+        end = start + len(values)
+        out: list[Window] = []
         if buf.head is not None and end > buf.head:
             out += self._decide(force_before=end - buf.capacity)
         buf.write(component, start, values)
         out += self._decide()
         return out
 
-    def _clock_jump(self, jump_samples: int) -> list[Window]:
-        out = self.flush()
+    def _reject(self, cand: TimelineCandidate, reason: str) -> list[Window]:
+        """Drop the held records as a clock fault of theirs; the timeline goes on as before."""
+        self.candidate = None
+        key = "clock_glitch" if cand.offset > 0 else "late_records"
+        self.stats[key] += len(cand.records)
+        if cand.offset > 0:
+            self.stats["clock_glitches"] += 1
+        log.warning("clock_glitch" if cand.offset > 0 else "late_records_rejected", station=self.station,
+                    instrument=self.instrument, records=len(cand.records), reason=reason,
+                    offset_s=round(cand.offset / float(self.rate), 3), span_s=round(cand.span / float(self.rate), 3),
+                    action="records rejected")
+        return []
+
+    def _accept(self, cand: TimelineCandidate) -> list[Window]:
+        """The new timeline is agreed: decide the old one's windows, reset, and put the held records in."""
+        self.candidate = None
+        out = self._clock_jump(cand.offset, reason="confirmed", records=len(cand.records))
+        for component, start, values in cand.records:
+            out += self._write(component, start, values)
+        return out
+
+    def _clock_jump(self, jump_samples: int, reason: str, records: int = 0) -> list[Window]:
+        out = self._decide(force_before=None, final=True)
         self.stats["clock_jumps"] += 1
         log.warning(
             "clock_jump",
             station=self.station,
             instrument=self.instrument,
             jump_s=round(jump_samples / float(self.rate), 3),
+            reason=reason,
+            agreeing_records=records,
             action="station buffer reset",
         )
         self.buffer.reset()
         self.next_k = None
         self.absent = frozenset()
-        self._behind = 0
         return out
 
     def flush(self) -> list[Window]:
-        """Decide every window whose samples (and margin) lie inside the data received so far."""
+        """Decide every window whose samples (and margin) lie inside the data received so far. Records still held
+        off the timeline (not agreed by the end of the data) are rejected as a clock fault."""
+        if self.candidate is not None:
+            self._reject(self.candidate, "end_of_data")
         return self._decide(force_before=None, final=True)
 
     # --- decisions -------------------------------------------------------------------------------------
@@ -429,18 +444,22 @@ class StationWindower:
         rate_tolerance: float = 1e-4,
         rate_change_reset: int = 50,
         max_stations: int | None = None,
+        glitch_s: float = 120.0,
+        silence_s: float = 60.0,
         dtype: np.dtype | type = np.float64,
     ) -> None:
         self.contract = contract
         self.stride_s = float(stride_s)
         self.selectors = list(selectors) if selectors else None
         self._selector_set = SelectorSet(self.selectors) if self.selectors else None
-        self._kwargs = dict(max_missing=max_missing, late_s=late_s, max_skew_s=max_skew_s, dtype=dtype)
+        self._kwargs = dict(max_missing=max_missing, late_s=late_s, max_skew_s=max_skew_s, glitch_s=glitch_s,
+                            dtype=dtype)
         self.rate_tolerance = float(rate_tolerance)
         self.rate_change_reset = int(rate_change_reset)
         self.max_stations = max_stations
         self.schedulers: dict[tuple[str, str], WindowScheduler] = {}
-        self._rate_rejects: dict[tuple[str, str], tuple[Fraction, int]] = {}
+        self._rate_rejects: dict[tuple[str, str], tuple[Fraction, int, frozenset[int]]] = {}
+        self.silence = SilenceMonitor(silence_s)
         self.stats: Counter[str] = Counter()
 
     def add_trace(self, trace: Trace) -> list[Window]:
@@ -463,6 +482,7 @@ class StationWindower:
         if not (math.isfinite(rate) and rate > 0) or len(piece.data) == 0:
             self.stats["invalid_records"] += 1
             return []
+        self.silence.note(station)
         sched = self.schedulers.get(key)
         out: list[Window] = []
         if sched is None:
@@ -470,7 +490,7 @@ class StationWindower:
             if sched is None:
                 return []
         elif abs(rate - float(sched.rate)) > self.rate_tolerance * float(sched.rate):
-            sched, out = self._rate_change(key, sched, rate)
+            sched, out = self._rate_change(key, sched, rate, self.contract.component_order.index(comp))
             if sched is None:
                 return out
         else:
@@ -501,13 +521,25 @@ class StationWindower:
         return sched
 
     def _rate_change(
-        self, key: tuple[str, str], sched: WindowScheduler, rate: float
+        self, key: tuple[str, str], sched: WindowScheduler, rate: float, component: int
     ) -> tuple[WindowScheduler | None, list[Window]]:
+        """A record at another rate: rejected; the station restarts at the new rate only once `rate_change_reset`
+        consecutive records agree on it, from every component the station delivers. A rate the windows cannot
+        be cut at (`implausible_rate_records`) never counts: one corrupt header must not reset a station."""
         new = rate_fraction(rate)
-        prev, count = self._rate_rejects.get(key, (new, 0))
-        count = count + 1 if prev == new else 1
-        self._rate_rejects[key] = (new, count)
         self.stats["rate_change_records"] += 1
+        if not rate_supported(new, self.contract, self.stride_s):
+            self.stats["implausible_rate_records"] += 1
+            n = self.stats["implausible_rate_records"]
+            if n == 1 or n % 1000 == 0:
+                log.warning("rate_implausible", station=key[0], instrument=key[1], expected_rate=float(sched.rate),
+                            actual_rate=rate, records=n, action="record rejected, station kept")
+            return None, []
+        prev, count, comps = self._rate_rejects.get(key, (new, 0, frozenset()))
+        if prev != new:
+            count, comps = 0, frozenset()
+        count, comps = count + 1, comps | {component}
+        self._rate_rejects[key] = (new, count, comps)
         if count == 1 or count % 1000 == 0:
             log.warning(
                 "rate_change_rejected",
@@ -517,14 +549,16 @@ class StationWindower:
                 actual_rate=rate,
                 consecutive=count,
             )
-        if count < self.rate_change_reset:
+        delivered = {i for i, h in enumerate(sched.buffer.hwm) if h is not None and i not in sched.absent}
+        if count < self.rate_change_reset or not delivered <= comps:
             return None, []
         out = sched.flush()
         self._merge_stats(sched)
         del self.schedulers[key]
         self._rate_rejects.pop(key, None)
         self.stats["rate_resets"] += 1
-        log.warning("rate_change_reset", station=key[0], instrument=key[1], old_rate=float(sched.rate), new_rate=rate)
+        log.warning("rate_change_reset", station=key[0], instrument=key[1], old_rate=float(sched.rate), new_rate=rate,
+                    agreeing_records=count, components="".join(self.contract.component_order[i] for i in sorted(comps)))
         return self._open(key, rate), out
 
     def _merge_stats(self, sched: WindowScheduler) -> None:
@@ -539,23 +573,28 @@ class StationWindower:
         return out
 
     def counters(self) -> dict[str, int]:
-        """All counters: router-level plus the sum over stations (buffers and schedulers)."""
+        """All counters: router-level plus the sum over stations (buffers and schedulers), and the silence ones
+        (`silent_stations` now, `station_silences` since the start)."""
         total: Counter[str] = Counter(self.stats)
         for sched in self.schedulers.values():
             total.update(sched.stats)
             total.update(sched.buffer.stats)
         total["stations"] = len(self.schedulers)
+        total["silent_stations"] = len(self.silence.silent)
+        total["station_silences"] = self.silence.silences
         return dict(total)
+
+    def check_silence(self) -> list[str]:
+        """Stations that became silent (no record for `silence_s`) since the last call; logged once each. A live
+        stage calls it now and then; `silent_stations()` is the current list."""
+        return self.silence.check()
+
+    def silent_stations(self) -> list[str]:
+        return sorted(self.silence.silent)
 
     @property
     def stations(self) -> list[tuple[str, str]]:
         return sorted(self.schedulers)
-
-
-def window_grid_start(t_ns: int, stride_s: float) -> int:
-    """The grid window start (ns) at or after `t_ns` for a stride in seconds."""
-    stride_ns = round(stride_s * _NS)
-    return -(-t_ns // stride_ns) * stride_ns
 
 
 __all__ = ["StationWindower", "Window", "WindowScheduler", "grid_time_ns", "window_grid_start"]

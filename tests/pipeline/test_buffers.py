@@ -198,3 +198,14 @@ def test_complete_over_a_subset_of_components() -> None:
     buf.write(1, base, np.ones(50))
     buf.write(2, base, np.ones(50))
     assert buf.complete(base, base + 50) and buf.complete(base, base + 50, [1, 2])
+
+
+def test_a_record_is_recognised_by_time_range_and_content_after_it_left_the_ring() -> None:
+    buf = StationBuffer("XX.TEST.", "HH", "ZNE", 100.0, capacity=500)
+    first = np.arange(100, dtype=np.float64)
+    buf.write(0, 1000, first)
+    buf.write(0, 5000, np.ones(100))  # the first record's samples are evicted
+    assert not buf.read(1000, 1100)[1].any()
+    assert buf.holds(0, 1000, first)
+    assert not buf.holds(0, 1000, first + 1)  # same time range, other samples
+    assert not buf.holds(0, 1001, first) and not buf.holds(1, 1000, first)  # other time, other component

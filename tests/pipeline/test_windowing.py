@@ -176,28 +176,105 @@ def test_sample_rate_change_is_rejected_then_adopted() -> None:
     assert c["rate_change_records"] == 1 and c["records"] == 3 and c.get("rate_resets", 0) == 0
     before = w.schedulers[("XX.TEST.", "HH")]
     assert not before.buffer.read(before.buffer.head, before.buffer.head + 1)[1].any()  # nothing stored
-    for i in range(4):  # the datalogger really changed: after 5 consecutive records the station restarts
-        w.add_trace(_trace("Z", 1000 + 500 * i, truth["Z"][:500], rate=50.0))
+    for i in range(6):  # five agreeing records of one component are not enough: every component must agree
+        w.add_trace(_trace("Z", 1000 + 500 * (i + 1), truth["Z"][:500], rate=50.0))
+    assert w.counters().get("rate_resets", 0) == 0
+    for c in "NE":  # the datalogger really changed: every component at 50 Hz, the station restarts
+        w.add_trace(_trace(c, 1000, truth[c][:500], rate=50.0))
     assert w.counters()["rate_resets"] == 1
     assert w.schedulers[("XX.TEST.", "HH")].rate == 50
 
 
-def test_clock_jump_resets_the_station() -> None:
-    truth = _truth(3000, seed=5)
-    hour = 360_000  # samples
-    feed = [_trace(c, 0, truth[c]) for c in "ZNE"] + [_trace(c, hour, truth[c]) for c in "ZNE"]
-    wins, w = _run(feed)
+def test_a_record_with_an_implausible_rate_never_resets_the_station() -> None:
+    truth = _truth(6000, seed=4)
+    feed = _sorted_feed(_records(truth, _fixed_sizes(6000, 400)))
+    bad = feed[len(feed) // 3]
+    # one corrupt header, cut into many pieces (as a replay cuts a long record): 0.0031 Hz on one channel
+    pieces = [_trace(bad.stats.channel[-1], 0, truth["Z"][:1], rate=0.0031,
+                     t0=UTCDateTime(ns=bad.stats.starttime.ns + i * 322_580_645_161)) for i in range(200)]
+    glitched = feed[: len(feed) // 3] + pieces + feed[len(feed) // 3 + 1 :]
+    wins, w = _run(glitched, rate_change_reset=50)
+    ref, _ = _run(feed[: len(feed) // 3] + feed[len(feed) // 3 + 1 :])
     c = w.counters()
-    assert c["clock_jumps"] == 1
+    assert c.get("rate_resets", 0) == 0 and c["implausible_rate_records"] == 200 and c["stations"] == 1
+    _assert_same(wins, ref)
+
+
+def _minute_feed(seconds: int, t0: UTCDateTime = T0, seed: int = 5, offset: int = 0) -> list[Trace]:
+    """ZNE records of 4 s each covering [offset, offset + seconds) s after t0, interleaved in time."""
+    truth = _truth(100 * (offset + seconds), seed=seed)
+    recs = {c: [_trace(c, i, truth[c][i : i + 400], t0=t0) for i in range(100 * offset, 100 * (offset + seconds), 400)]
+            for c in "ZNE"}
+    return _sorted_feed(recs)
+
+
+def _shifted(traces: list[Trace], seconds: float) -> list[Trace]:
+    out = []
+    for tr in traces:
+        tr = tr.copy()
+        tr.stats.starttime += seconds
+        out.append(tr)
+    return out
+
+
+def test_a_permanent_clock_jump_is_accepted_once_agreed_and_loses_nothing() -> None:
+    first, later = _minute_feed(30), _minute_feed(150, seed=6)
+    wins, w = _run(first + _shifted(later, 3600))
+    c = w.counters()
+    assert c["clock_jumps"] == 1 and c.get("clock_glitch", 0) == 0
     before = [x for x in wins if x.start_ns < T0.ns + 3600 * NS]
     after = [x for x in wins if x.start_ns >= T0.ns + 3600 * NS]
-    assert len(before) == len(after) == 10 and all(x.start_ns % NS == 0 for x in wins)
-    _assert_same(before, _run([_trace(ch, 0, truth[ch]) for ch in "ZNE"])[0])
-    # the clock steps back: old records are dropped, and after 3 in a row the station resets again
-    for i in range(3):
-        w.add_trace(_trace("Z", 100 * i, truth["Z"][:100]))
+    _assert_same(before, _run(first)[0])
+    _assert_same(after, _run(_shifted(later, 3600))[0])  # every held record went in after the reset
+
+
+@pytest.mark.parametrize("hole_s", [0, 60])
+def test_a_short_forward_clock_excursion_is_rejected_and_the_timeline_goes_on(hole_s: int) -> None:
+    """60 s of records stamped 1 h ahead, then correctly timed records again: from where the excursion began
+    (a datalogger that re-sends) or after a hole as long as the excursion (its samples were mis-stamped)."""
+    data = _minute_feed(240)
+    t_glitch = T0.ns + 60 * NS
+    old = [t for t in data if t.stats.starttime.ns < t_glitch]
+    glitch = _shifted([t for t in data if t_glitch <= t.stats.starttime.ns < t_glitch + 60 * NS], 3600)
+    resumed = [t for t in data if t.stats.starttime.ns >= t_glitch + hole_s * NS]
+    wins, w = _run(old + glitch + resumed)
+    ref, ref_w = _run(old + resumed)  # the same records without the excursion
     c = w.counters()
-    assert c["late_records"] == 2 and c["clock_jumps"] == 2
+    assert c["clock_glitch"] == len(glitch) and c["clock_glitches"] == 1
+    assert c.get("clock_jumps", 0) == ref_w.counters().get("clock_jumps", 0) == (1 if hole_s else 0)
+    _assert_same(wins, ref)
+    assert all(x.start_ns < T0.ns + 3600 * NS for x in wins)
+
+
+def test_a_record_far_ahead_alone_is_rejected_at_the_end_of_the_data() -> None:
+    data = _minute_feed(90)
+    stray = _shifted([data[30]], 7 * 86400)
+    wins, w = _run(data[:31] + stray + data[31:])
+    c = w.counters()
+    assert c["clock_glitch"] == 1 and c.get("clock_jumps", 0) == 0
+    _assert_same(wins, _run(data)[0])
+    wins, w = _run(data + stray)  # the last record: still held when the data ends, then rejected
+    assert w.counters()["clock_glitch"] == 1 and w.counters().get("clock_jumps", 0) == 0
+    _assert_same(wins, _run(data)[0])
+
+
+def test_resent_records_are_duplicates_by_content_and_a_backward_step_needs_agreement() -> None:
+    data = _minute_feed(300)
+    wins, w = _run(data + data[:30])  # re-sent long after their samples left the ring
+    c = w.counters()
+    assert c["duplicate_records"] == 30 and c.get("clock_jumps", 0) == 0 and c.get("late_records", 0) == 0
+    _assert_same(wins, _run(data)[0])
+    changed = [tr.copy() for tr in data[:30]]
+    for tr in changed:
+        tr.data = tr.data + 1.0  # the same times, other samples: not duplicates, a clock that stepped back
+    wins, w = _run(data + changed[:6])  # 8 s of them, one record apart from the next: rejected at the end
+    assert w.counters()["late_records"] == 6 and w.counters().get("clock_jumps", 0) == 0
+    back = _minute_feed(150, seed=9)
+    wins, w = _run(data + back)  # 150 s of new data at the old times: a permanent step back, accepted
+    assert w.counters()["clock_jumps"] == 1
+    first = _run(data)[0]
+    _assert_same(wins[: len(first)], first)
+    _assert_same(wins[len(first) :], _run(back)[0])
 
 
 def test_nan_samples_are_missing_and_constant_channels_flagged() -> None:
