@@ -328,11 +328,14 @@ class SeedLinkSource(TraceSource):
         with_time = self.resume_policy == "earliest"
         out: dict[str, tuple[int | None, float | None]] = {}
         if seqs and len(self.stations) > 1 and self._shared is not False:
+            # The same (seq, time) for every station: ringserver checks each station's pair against the packet
+            # before seq and takes the newest that passes, else the earliest time; one pair, one check. The time
+            # is the earliest of the stations' last records, so that positioning by time misses no station.
             ref = next(iter(seqs.values()))
             low = min(seqs.values(), key=lambda v: seq_diff(v, ref, bits))
-            for st in self.stations:
-                out[st] = (low, self._rx_time.get(st) if with_time and st in seqs else None)
-            return out
+            times = [self._rx_time[k] for k in seqs if k in self._rx_time]
+            t = min(times) if with_time and times else None
+            return {st: (low, t) for st in self.stations}
         for st in self.stations:
             seq = seqs.get(st)
             out[st] = (seq, self._rx_time.get(st) if with_time and seq is not None else None)

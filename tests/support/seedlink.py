@@ -1,7 +1,7 @@
 """Shared helpers for the SeedLink server/source tests: archives, server processes, collecting Traces, a worker.
 
 Run as a script (`python tests/support/seedlink.py worker ...`) it is the ingest process of the SIGKILL test:
-it runs a SeedLinkSource and appends one line per Trace to a file.
+it runs a SeedLinkSource and appends one line per Trace (id, start, hash of the samples) to a file.
 """
 
 from __future__ import annotations
@@ -103,23 +103,49 @@ def server_process(paths: Sequence[Path], port: int, *args: str) -> Iterator[sub
         proc.wait(10)
 
 
-def worker(server: str, stream: str, state: str, out: str, last_id: str) -> int:
-    """Ingest process for the SIGKILL test: one line `seq id start_ns` per Trace; exit after `last_id`."""
+def record_line(tr) -> str:
+    """`id start_ns crc32` of a decoded record: its identity and a hash of its samples."""
+    import zlib
+
+    return f"{tr.id} {tr.stats.starttime.ns} {zlib.crc32(tr.data.astype('<i4').tobytes()):08x}"
+
+
+def worker(server: str, streams: str, state: str, out: str, last_id: str, batch: str = "0") -> int:
+    """Ingest process for the SIGKILL tests: one line `id start_ns crc32` per processed Trace (`record_line`).
+
+    streams: comma-separated stream selectors. Exits after the record whose `id start_ns` is `last_id`, or runs
+    until killed when `last_id` is "-". batch: 0 processes each Trace as it comes; n > 0 holds each station's
+    Traces until it has 1, 2, .. n of them (by the station's place in `streams`, cycling), like a consumer that
+    needs several records of a station before it can process them; then writes and commits them. So stations
+    are processed unevenly: at any moment some lag behind others.
+    """
     from quakemon.ingest.seedlink import SeedLinkSource
 
-    src = SeedLinkSource(server, [stream], state, netto=5, backoff_initial=0.1, backoff_max=0.5,
-                         state_interval=0.2)
+    hold = int(batch)
+    src = SeedLinkSource(server, streams.split(","), state, netto=5, backoff_initial=0.1, backoff_max=0.5,
+                         state_interval=0.2, auto_commit=not hold)
+    sizes = {f"{s.split('.')[0]}.{s.split('.')[1]}": i % max(hold, 1) + 1 for i, s in enumerate(streams.split(","))}
+    held: dict[str, list] = {}
     stop = threading.Event()
     with open(out, "a", buffering=1) as fh:
         for tr in src.traces(stop):
-            line = f"{tr.id} {tr.stats.starttime.ns}"
-            fh.write(line + "\n")
+            station = f"{tr.stats.network}.{tr.stats.station}"
+            ready = held.setdefault(station, [])
+            ready.append(tr)
+            if hold and len(ready) < sizes[station]:
+                continue
+            for t in ready:
+                fh.write(record_line(t) + "\n")
             fh.flush()
-            if line == last_id:
+            for t in ready:
+                if hold:
+                    src.commit(t)
+            ready.clear()
+            if record_line(tr).rsplit(" ", 1)[0] == last_id:
                 break
     src.close()
     return 0
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "worker":
-    sys.exit(worker(*sys.argv[2:7]))
+    sys.exit(worker(*sys.argv[2:8]))
