@@ -1,9 +1,10 @@
 """`quakemon run`: the supervisor that starts the stage processes and owns the service lifecycle.
 
 startup -> main loop -> shutdown, as uvicorn/gunicorn do it:
-- startup: check the config and the checkpoint (a bad one exits non-zero before READY), bind the control
-  socket, start each stage as a child process (`quakemon.service.stage_main`), all at once so that they
-  import in parallel; ingest is started with --hold and reads SeedLink only once the local preprocess and
+- startup: check the config and the checkpoint (a bad one exits non-zero before READY), remove the control
+  sockets that daemons no longer running left in the runtime directory, bind the control socket (removed
+  again at shutdown), start each stage as a child process (`quakemon.service.stage_main`), all at once so
+  that they import in parallel; ingest is started with --hold and reads SeedLink only once the local preprocess and
   inference stages are ready (SIGUSR1), so no window is dropped while the model loads. Children write to
   the supervisor's stderr (their stdout is redirected there too), get SIGTERM when the supervisor dies
   (PR_SET_PDEATHSIG, plus a parent-pid check), and never see NOTIFY_SOCKET/WATCHDOG_*: only the
@@ -12,7 +13,9 @@ startup -> main loop -> shutdown, as uvicorn/gunicorn do it:
   stage only after its model is loaded and warmed up); WATCHDOG=1 only while every running stage's loop
   advanced within the last `STALE_S` seconds, so a hung stage stops the pings and systemd restarts the
   service (a stage waiting for its restart, or starting, counts as alive for `STARTUP_GRACE_S`); STATUS=
-  with stations, windows and lag.
+  with stations, windows and lag. A stage that stops advancing is named at once: a `stage_stalled` WARNING,
+  STATUS= "stalled: <stage> ..." (sent when the set of stalled stages changes) and the watchdog's
+  `watchdog_no_progress` line (`stalled_stages`).
   A stage that dies is restarted with exponential backoff (1 s doubling to 30 s); one that dies before it was
   ever ready, or more than `MAX_RESTARTS` times in `RESTART_WINDOW_S`, or with the fatal-GPU exit code, makes
   the daemon exit 1 (systemd's Restart=on-failure takes over), unless model.on_fatal_gpu_error = "cpu".
@@ -84,10 +87,12 @@ class Supervisor:
         self.stop = StopFlag()
         self.ctx = zmq.Context()
         os.makedirs(cfg.pipeline.runtime_dir, mode=0o700, exist_ok=True)
-        self.control_endpoint = f"ipc://{cfg.pipeline.runtime_dir}/control-{os.getpid()}"
-        if len(self.control_endpoint) - len("ipc://") > 107:
+        self.control_path = os.path.join(cfg.pipeline.runtime_dir, f"control-{os.getpid()}")
+        self.control_endpoint = f"ipc://{self.control_path}"
+        if len(self.control_path) > 107:
             raise QuakemonError(f"pipeline.runtime_dir: expected a path short enough for a unix socket "
                                 f"(<= ~90 bytes), got {cfg.pipeline.runtime_dir!r}")
+        remove_stale_control_sockets(cfg.pipeline.runtime_dir)
         self.control = self.ctx.socket(zmq.PULL)
         self.control.setsockopt(zmq.LINGER, 0)
         self.control.bind(self.control_endpoint)
@@ -102,6 +107,7 @@ class Supervisor:
         self.stopping_since: float | None = None
         self.metrics: Any = None
         self.metrics_stop: Any = None
+        self.stalled: list[str] = []  # stages that stopped advancing, as last reported
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def install_signals(self) -> None:
@@ -129,7 +135,8 @@ class Supervisor:
         downstream = any(st.kind != "ingest" for st in self.stages)
         for st in self.stages:  # all at once (imports in parallel); ingest holds until downstream is ready
             self.spawn(st, hold=st.kind == "ingest" and downstream)
-        watchdog = Watchdog(self.notifier, status_fn=self.status_text)
+        watchdog = Watchdog(self.notifier, status_fn=self.status_text,
+                            detail_fn=lambda: {"stalled_stages": self.stalled_stages()})
         watchdog.start()
         code = 0
         try:
@@ -146,6 +153,7 @@ class Supervisor:
                              seconds=round(time.monotonic() - self.started, 1))
                 if self.pipeline_progressing():
                     watchdog.progress()
+                self.report_stalls()
                 if self.metrics is not None:
                     try:
                         self.metrics(self.stages)
@@ -204,10 +212,33 @@ class Supervisor:
 
     def pipeline_progressing(self) -> bool:
         """True when every stage is alive (see `stage_alive`); before READY, start-up is TimeoutStartSec's job."""
+        return not self.stalled_stages()
+
+    def stalled_stages(self) -> list[str]:
+        """Names of the stages that are not alive (see `stage_alive`); none before READY."""
         if not self.ready_sent:
-            return True
+            return []
         now = time.monotonic()
-        return all(self.stage_alive(st, now) for st in self.stages)
+        return [st.name for st in self.stages if not self.stage_alive(st, now)]
+
+    def report_stalls(self) -> None:
+        """Name a stage that stopped (WARNING, STATUS= at once) or resumed (INFO) when the stalled set changes."""
+        stalled = self.stalled_stages()
+        if stalled == self.stalled:
+            return
+        now = time.monotonic()
+        by_name = {st.name: st for st in self.stages}
+        for name in stalled:
+            if name not in self.stalled:
+                st = by_name[name]
+                log.warning("stage_stalled", stage=name, pid=st.proc.pid if st.proc else None,
+                            no_progress_s=round(now - (st.last_advance if st.ready else st.spawned_at), 1),
+                            effect="watchdog pings stop; systemd restarts the service after WatchdogSec")
+        for name in self.stalled:
+            if name not in stalled:
+                log.info("stage_progress_resumed", stage=name)
+        self.stalled = stalled
+        self.notifier.status(self.status_text())
 
     def check_children(self) -> int:
         if self.stop.is_set():
@@ -257,6 +288,15 @@ class Supervisor:
         oldest_end = stats.get("oldest_end_s")
         if isinstance(oldest_end, int | float):
             text += f", lag {max(0.0, time.time() - oldest_end):.1f} s"
+        silent = stats.get("windower_silent_stations")
+        if isinstance(silent, int) and silent:
+            text += f", {silent} silent"
+        stalled = self.stalled_stages()
+        if stalled:
+            now = time.monotonic()
+            by_name = {st.name: st for st in self.stages}
+            text = "stalled: " + ", ".join(f"{n} (no progress for {now - by_name[n].last_advance:.0f} s)"
+                                           for n in stalled) + "; " + text
         return text if self.ready_sent else "starting: " + text
 
     def shutdown(self) -> None:
@@ -276,8 +316,56 @@ class Supervisor:
             self.metrics_stop()
         self.control.close(linger=0)
         self.ctx.term()
+        try:
+            os.unlink(self.control_path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("control_socket_not_removed", path=self.control_path, error=str(exc))
         log.info("daemon_stopped", seconds=round(time.monotonic() - self.stopping_since, 2)
                  if self.stopping_since else None)
+
+
+def remove_stale_control_sockets(runtime_dir: str) -> list[str]:
+    """Remove `control-<pid>` sockets whose daemon is gone (no such process, or one that is not quakemon: the pid
+    was reused); returns the removed paths. A running daemon's socket in a shared directory is left alone."""
+    removed = []
+    try:
+        names = os.listdir(runtime_dir)
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[len("control-"):]
+        if not name.startswith("control-") or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        if _quakemon_running(int(pid)):
+            continue
+        path = os.path.join(runtime_dir, name)
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            log.warning("stale_control_socket_not_removed", path=path, error=str(exc))
+            continue
+        removed.append(path)
+        log.info("stale_control_socket_removed", path=path, pid=int(pid))
+    return removed
+
+
+def _quakemon_running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = fh.read()
+        return not cmdline or b"quakemon" in cmdline  # empty: exiting, or between fork and exec; keep it
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (or not ours to read): the process exists if signal 0 reaches it
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 def run_daemon(cfg: Config, config_path: str | None, overrides: dict[str, Any] | None = None,
@@ -305,10 +393,17 @@ class MetricsBridge:
 
     COUNTERS = (("ingest", "windows_out", "windows_in"), ("ingest", "source_records", "records"),
                 ("ingest", "source_duplicates", "records_duplicate"), ("ingest", "source_reconnects", "reconnects"),
-                ("ingest", "source_gaps", "gaps"), ("inference", "windows", "windows_out"))
+                ("ingest", "source_gaps", "gaps"), ("inference", "windows", "windows_out"),
+                ("ingest", "windower_clock_jumps", "clock_jumps"),
+                ("ingest", "windower_station_silences", "station_silences"))
     LABELLED = (("ingest", "corrupt_reasons", "records_corrupt", "reason"),
                 ("inference", "detections_opened", "detections", "station"),
-                ("inference", "zmq_events", "zmq_events", "event"))
+                ("inference", "zmq_events", "zmq_events", "event"),
+                ("inference", "curve_rejected", "curve_rejected", "reason"))
+    # the station windower's rejected records (its counters, reported by ingest as windower_*), by reason
+    REJECTED = (("windower_clock_glitch", "clock_glitch"), ("windower_late_records", "late"),
+                ("windower_duplicate_records", "duplicate"), ("windower_implausible_rate_records", "implausible_rate"),
+                ("windower_rate_change_records", "rate_change"))
     DROPPED = (("ingest", "dropped_ingest", "ingest_queue"), ("preprocess", "dropped_preprocess", "preprocess_queue"),
                ("inference", "dropped_inference", "inference_queue"))
     QUEUES = (("ingest", "queue_ingest"), ("preprocess", "queue_preprocess"), ("inference", "queue_inference"))
@@ -328,6 +423,7 @@ class MetricsBridge:
     def __call__(self, stages: list[StageProcess]) -> None:
         m = self.metrics
         depth: dict[str, float] = {}
+        silent_total = 0
         now = time.time()
         for st in stages:
             for kind, key, name in self.COUNTERS:
@@ -338,6 +434,9 @@ class MetricsBridge:
                 for value, total in (totals.items() if isinstance(totals, dict) else ()):
                     if (d := self._delta(st, key, total, str(value))) > 0:
                         getattr(m, name).labels(**{label: str(value)}).inc(d)
+            for key, reason in self.REJECTED if st.kind == "ingest" else ():
+                if (d := self._delta(st, key, st.stats.get(key))) > 0:
+                    m.records_rejected.labels(reason=reason).inc(d)
             for kind, key, reason in self.DROPPED:
                 if st.kind == kind and (d := self._delta(st, key, st.stats.get(key))) > 0:
                     m.windows_dropped.labels(reason=reason).inc(d)
@@ -345,8 +444,14 @@ class MetricsBridge:
                 if st.kind == kind:
                     depth[kind] = depth.get(kind, 0.0) + float(st.stats.get(key, 0) or 0)
             if st.kind == "ingest":
+                silent_total += int(st.stats.get("windower_silent_stations", 0) or 0)
+                silent = set(st.stats.get("silent") or ())  # station names, when the stage reports them
+                for station in silent:
+                    m.station_silent.labels(station=station).set(1)
                 for station, end in (st.stats.get("newest_end_s") or {}).items():
                     m.station_lag.labels(station=station).set(max(now - float(end), 0.0))
+                    if station not in silent:
+                        m.station_silent.labels(station=station).set(0)
                 for station, fill in (st.stats.get("buffer_fill") or {}).items():
                     m.station_buffer_fill.labels(station=station).set(float(fill))
             if st.kind == "inference" and self._delta(st, "batches", st.stats.get("batches")) > 0:
@@ -354,6 +459,7 @@ class MetricsBridge:
                 m.inference_seconds.observe(float(st.stats.get("batch_seconds", 0) or 0))
         for queue, value in depth.items():
             m.queue_depth.labels(queue=queue).set(value)
+        m.silent_stations.set(silent_total)
 
 
 def _metrics_updater(cfg: Config) -> tuple[MetricsBridge, Any]:

@@ -5,7 +5,8 @@
 
 `Watchdog` is the liveness policy for a hung pipeline: WATCHDOG=1 is sent only if the pipeline
 called `progress()` since the previous ping. A hung loop thus stops the pings and systemd (WatchdogSec=)
-kills and restarts the service, instead of a healthy-looking timer thread keeping a dead pipeline alive.
+kills and restarts the service, instead of a healthy-looking timer thread keeping a dead pipeline alive. Its
+`watchdog_no_progress` log line carries what `detail_fn` says (the supervisor: which stages stopped).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -92,7 +94,8 @@ class Watchdog:
 
     The pipeline calls `progress()` whenever it does work (a record read, a window inferred, a heartbeat
     published). `tick()` sends WATCHDOG=1 if progress happened since the last ping, and STATUS= from
-    `status_fn` (e.g. "3 stations, lag 1.2 s"). `start()` runs `tick()` on a daemon thread every
+    `status_fn` (e.g. "3 stations, lag 1.2 s"); a missed ping is logged with the fields `detail_fn` returns (e.g.
+    the stages that stopped). `start()` runs `tick()` on a daemon thread every
     `interval` s (default: `watchdog_interval()`; without a watchdog, status is still refreshed).
     """
 
@@ -102,10 +105,12 @@ class Watchdog:
         interval: float | None = None,
         status_fn: Callable[[], str] | None = None,
         status_interval: float = 5.0,
+        detail_fn: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.notifier = notifier
         self.interval = watchdog_interval() if interval is None else interval
         self.status_fn = status_fn
+        self.detail_fn = detail_fn
         self._status_interval = status_interval
         self._progress = 0
         self._pinged_at = 0
@@ -132,11 +137,19 @@ class Watchdog:
         else:
             self.missed += 1
             if self.missed == 1 or self.missed % 10 == 0:
-                log.warning("watchdog_no_progress", missed_ticks=self.missed)
+                log.warning("watchdog_no_progress", missed_ticks=self.missed, **self._details())
         if advanced and self.missed:
             log.info("watchdog_progress_resumed", missed_ticks=self.missed)
             self.missed = 0
         return advanced
+
+    def _details(self) -> dict[str, Any]:
+        if self.detail_fn is None:
+            return {}
+        try:
+            return dict(self.detail_fn())
+        except Exception as exc:  # a detail callback must never kill the watchdog thread
+            return {"detail_error": repr(exc)}
 
     def _status(self) -> None:
         if self.status_fn is None:

@@ -11,6 +11,11 @@
   stuck, unauthenticated or vanished peer from holding it) are set by
   `quakemon.wire.publisher.Publisher.from_config` from [publish].
 - `HandshakeMonitor` counts handshake failures (e.g. `HANDSHAKE_FAILED_AUTH`) for metrics and logs.
+- `RejectingAuthenticator` (the ZAP handler `make_curve_server` starts) logs each refused CURVE client with
+  the peer's IP address and public key, which only the ZAP request carries (the socket monitor's events name
+  the local endpoint), and counts refusals per reason (`rejections`: "Unknown key", ...). A client whose
+  security mechanism does not match (a plain NULL client) fails before ZAP: only the monitor's
+  HANDSHAKE_FAILED_* events see it.
 - `adapt_to_write_xor_execute` keeps CPU inference working under systemd's MemoryDenyWriteExecute=yes:
   torch's oneDNN backend JIT-compiles convolution kernels (writable+executable memory) and fails with
   "could not create a primitive" when W^X is enforced; torch's native kernels need no JIT.
@@ -29,6 +34,7 @@ from pathlib import Path
 import structlog
 import zmq
 import zmq.auth
+import zmq.utils.z85
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
@@ -77,9 +83,56 @@ def _load_public(path: str | Path, what: str) -> bytes:
     return public
 
 
+class RejectingAuthenticator(ThreadAuthenticator):
+    """A `ThreadAuthenticator` that logs and counts every refused client (see the module docstring).
+
+    Logs `curve_client_rejected` (peer address, client key, reason, how often that peer and key were refused)
+    for the first refusal of each peer and key and then every `LOG_EVERY`-th, so a client retrying every
+    100 ms does not flood the log. `rejections` (reason -> count) and `rejected_peers` are read from any thread.
+    """
+
+    LOG_EVERY = 100
+    MAX_PEERS = 1024  # distinct (address, key) pairs remembered for the log's rate limit
+
+    def __init__(self, context: zmq.Context | None = None) -> None:
+        super().__init__(context)
+        self.rejections: Counter[str] = Counter()
+        self.rejected_peers: Counter[tuple[str, str]] = Counter()
+        self._request: tuple[str, str, str] = ("", "", "")  # (address, mechanism, client key) being answered
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        address = msg[3].decode(errors="replace") if len(msg) > 3 else ""
+        mechanism = msg[5].decode(errors="replace") if len(msg) > 5 else ""
+        key = ""
+        if mechanism == "CURVE" and len(msg) > 6 and len(msg[6]) == 32:
+            key = zmq.utils.z85.encode(msg[6]).decode()
+        self._request = (address, mechanism, key)
+        try:
+            await super().handle_zap_message(msg)
+        finally:
+            self._request = ("", "", "")
+
+    def _send_zap_reply(self, request_id: bytes, status_code: bytes, status_text: bytes,
+                        user_id: str = "anonymous") -> None:
+        if status_code != b"200":
+            address, mechanism, key = self._request
+            reason = status_text.decode(errors="replace") or status_code.decode(errors="replace")
+            self.rejections[reason] += 1
+            peer = (address, key)
+            if peer not in self.rejected_peers and len(self.rejected_peers) >= self.MAX_PEERS:
+                self.rejected_peers.clear()
+            self.rejected_peers[peer] += 1
+            n = self.rejected_peers[peer]
+            if n == 1 or n % self.LOG_EVERY == 0:
+                log.warning("curve_client_rejected", peer=address or None, client_key=key or None,
+                            mechanism=mechanism or None, reason=reason, status=status_code.decode(errors="replace"),
+                            refusals=n)
+        super()._send_zap_reply(request_id, status_code, status_text, user_id)
+
+
 def make_curve_server(
     socket: zmq.Socket, secret_key_file: str | Path, allowed_keys_dir: str | Path, context: zmq.Context
-) -> ThreadAuthenticator:
+) -> RejectingAuthenticator:
     """Make `socket` a CURVE server admitting only the public keys in `allowed_keys_dir` (*.key).
 
     Call before bind(). Returns the started authenticator; the caller stops it after closing the socket.
@@ -92,7 +145,7 @@ def make_curve_server(
     n_keys = len(list(allowed.glob("*.key")))
     if n_keys == 0:
         log.warning("curve_no_allowed_keys", directory=str(allowed), effect="every subscriber is refused")
-    auth = ThreadAuthenticator(context)
+    auth = RejectingAuthenticator(context)
     auth.start()
     auth.configure_curve(domain="*", location=str(allowed))
     socket.curve_secretkey = secret
@@ -117,15 +170,25 @@ class CurveServerConfigurator:
                               f"got {str(allowed_keys_dir)!r} which is not a directory")
         self.secret_key_file = secret_key_file
         self.allowed_keys_dir = allowed_keys_dir
-        self.authenticator: ThreadAuthenticator | None = None
+        self.authenticator: RejectingAuthenticator | None = None
+        self._rejections: Counter[str] = Counter()  # of authenticators stopped before the current one
 
     def __call__(self, socket: zmq.Socket) -> None:
         self.stop()
         self.authenticator = make_curve_server(socket, self.secret_key_file, self.allowed_keys_dir, socket.context)
 
+    @property
+    def rejections(self) -> dict[str, int]:
+        """Refused clients by reason since this configurator was built (for a stage's status counters)."""
+        total = Counter(self._rejections)
+        if self.authenticator is not None:
+            total.update(dict(self.authenticator.rejections))
+        return dict(total)
+
     def stop(self) -> None:
         """Stop the authenticator (idempotent)."""
         if self.authenticator is not None:
+            self._rejections.update(dict(self.authenticator.rejections))
             try:
                 self.authenticator.stop()
             except zmq.ZMQError as exc:  # context already terminating: too late, term() may now hang

@@ -118,6 +118,54 @@ def test_watchdog_progress_needs_every_ready_stage_to_advance(supervisor):
     assert supervisor.pipeline_progressing()
 
 
+def test_a_stalled_stage_is_named_in_status_and_log_at_once(supervisor):
+    import structlog
+
+    sent = []
+    supervisor.notifier = SimpleNamespace(ready=lambda *_: True, status=sent.append)
+    now = time.monotonic()
+    supervisor.ready_sent = True
+    for st in supervisor.stages:
+        st.proc, st.ready, st.last_advance = _FakeProc(), True, now
+    with structlog.testing.capture_logs() as logs:
+        supervisor.report_stalls()
+        assert sent == [] and supervisor.stalled_stages() == []
+        supervisor.stages[-1].last_advance = now - 10
+        supervisor.report_stalls()
+        supervisor.report_stalls()  # unchanged: not sent again
+        supervisor.stages[-1].last_advance = time.monotonic()
+        supervisor.report_stalls()
+    name = supervisor.stages[-1].name
+    assert len(sent) == 2 and sent[0].startswith(f"stalled: {name} (no progress for 10 s)"), sent
+    assert not sent[1].startswith("stalled")
+    assert [(e["event"], e["stage"]) for e in logs] == [("stage_stalled", name), ("stage_progress_resumed", name)]
+
+
+def test_stale_control_sockets_of_dead_daemons_are_removed(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from quakemon.service.daemon import remove_stale_control_sockets
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"control-{dead.pid}"
+    with socket.socket(socket.AF_UNIX) as sock:  # a real socket file, as a killed daemon leaves it
+        sock.bind(str(stale))
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "quakemon"])
+    try:
+        running = tmp_path / f"control-{alive.pid}"
+        running.touch()
+        other = tmp_path / "windows"
+        other.touch()
+        assert remove_stale_control_sockets(str(tmp_path)) == [str(stale)]
+        assert not stale.exists() and running.exists() and other.exists()
+    finally:
+        alive.kill()
+        alive.wait()
+
+
 def test_restart_backoff_and_give_up(supervisor):
     inference = next(st for st in supervisor.stages if st.kind == "inference")
     for st in supervisor.stages:
@@ -169,6 +217,30 @@ def test_metrics_bridge_turns_stage_totals_into_counters():
     assert reg.get_sample_value("quakemon_detections_total", {"station": "GR.FUR."}) == 1
     assert reg.get_sample_value("quakemon_zmq_events_total", {"event": "ACCEPTED"}) == 2
     assert reg.get_sample_value("quakemon_batch_size_count") == 2
+
+
+def test_metrics_bridge_counts_the_windowers_rejections_silences_and_curve_refusals():
+    from quakemon.service.metrics import Metrics
+
+    bridge = MetricsBridge(Metrics())
+    ingest = StageProcess("ingest", "ingest", proc=_FakeProc(pid=1))
+    inference = StageProcess("inference", "inference", proc=_FakeProc(pid=2))
+    ingest.stats = {"windower_clock_glitch": 40, "windower_duplicate_records": 2, "windower_clock_jumps": 1,
+                    "windower_silent_stations": 1, "windower_station_silences": 1, "silent": ["GR.FUR."],
+                    "newest_end_s": {"BW.RJOB.": time.time(), "GR.FUR.": time.time() - 90}}
+    inference.stats = {"curve_rejected": {"Unknown key": 3}}
+    bridge([ingest, inference])
+    ingest.stats = {**ingest.stats, "windower_clock_glitch": 45, "windower_silent_stations": 0, "silent": []}
+    bridge([ingest, inference])
+    reg = bridge.metrics.registry
+    assert reg.get_sample_value("quakemon_records_rejected_total", {"reason": "clock_glitch"}) == 45
+    assert reg.get_sample_value("quakemon_records_rejected_total", {"reason": "duplicate"}) == 2
+    assert reg.get_sample_value("quakemon_clock_jumps_total") == 1
+    assert reg.get_sample_value("quakemon_station_silences_total") == 1
+    assert reg.get_sample_value("quakemon_silent_stations") == 0
+    assert reg.get_sample_value("quakemon_station_silent", {"station": "GR.FUR."}) == 0  # data came back
+    assert reg.get_sample_value("quakemon_curve_rejected_total", {"reason": "Unknown key"}) == 3
+
 
 
 # -- fault runs of the real daemon ----------------------------------------------------------------------------

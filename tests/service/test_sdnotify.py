@@ -143,3 +143,17 @@ def test_stuck_pipeline_stops_the_pings_thread(manager: FakeManager) -> None:
         assert "WATCHDOG=1" in manager.drain(0.5, limit_s=1.0)
     finally:
         wd.stop()
+
+
+def test_a_missed_ping_names_what_the_detail_callback_says(manager: FakeManager) -> None:
+    import structlog
+
+    wd = Watchdog(Notifier(manager.address), interval=15.0, detail_fn=lambda: {"stalled_stages": ["inference"]})
+    with structlog.testing.capture_logs() as logs:
+        assert wd.tick() is False
+    (missed,) = [e for e in logs if e["event"] == "watchdog_no_progress"]
+    assert missed["stalled_stages"] == ["inference"] and missed["missed_ticks"] == 1
+    broken = Watchdog(Notifier(manager.address), interval=15.0, detail_fn=lambda: 1 / 0)
+    with structlog.testing.capture_logs() as logs:
+        assert broken.tick() is False  # a failing callback never stops the watchdog
+    assert "ZeroDivisionError" in logs[0]["detail_error"]
