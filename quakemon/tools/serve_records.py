@@ -13,11 +13,13 @@ import datetime as dt
 import io
 import math
 import struct
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import structlog
 
 from quakemon.base.errors import QuakemonError
 from quakemon.ingest.selectors import SelectPattern, seedlink_wildcard, select_matches
@@ -129,7 +131,8 @@ def _read_waveforms(path: Path):
 
     libmseed reports a damaged record through a logging callback that ObsPy decodes as UTF-8; a header with
     other bytes makes that callback raise, which Python prints as an "Exception ignored" traceback and ObsPy
-    goes on. Such reports are caught here (sys.unraisablehook) and make the file unreadable.
+    goes on. Such reports (sys.unraisablehook) and ObsPy's "invalid MiniSEED" warnings make the file
+    unreadable; other warnings are logged in one line each.
     """
     import sys
 
@@ -141,7 +144,9 @@ def _read_waveforms(path: Path):
     try:
         with open(path, "rb") as fh:
             magic = fh.read(3)
-        st = _read_mseed3(path) if magic == b"MS\x03" else obspy.read(str(path))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            st = _read_mseed3(path) if magic == b"MS\x03" else obspy.read(str(path))
     except Exception as exc:  # ObsPy raises many types for unreadable files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise QuakemonError(f"serve: cannot read {path} as waveform data: {reason}") from None
@@ -150,6 +155,11 @@ def _read_waveforms(path: Path):
     if ignored:
         raise QuakemonError(f"serve: cannot read {path} as waveform data: corrupt miniSEED record header "
                             f"({ignored[0]})")
+    for w in caught:  # ObsPy read the file but warned: one line each, never a multi-line warning print
+        first = str(w.message).splitlines()[0] if str(w.message) else w.category.__name__
+        if "invalid MiniSEED" in str(w.message):
+            raise QuakemonError(f"serve: cannot read {path} as waveform data: {first}")
+        structlog.get_logger(__name__).warning("serve_input_warning", path=str(path), warning=first)
     return st
 
 

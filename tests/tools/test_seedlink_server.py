@@ -1,9 +1,14 @@
-"""`quakemon serve` (quakemon.tools.serve): SeedLink v3 on the wire, with ObsPy's client as the peer."""
+"""`quakemon serve` (quakemon.tools.serve): SeedLink 3.1 and 4.0 on the wire, with ObsPy's client as a peer."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+import json
 import socket
+import struct
+import subprocess
+import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -11,9 +16,10 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import obspy
 import pytest
-from support.seedlink import make_records, record_ids, rid, server_process, write_archive
+from support.seedlink import REPO, collect, make_records, record_ids, rid, server_process, write_archive
 
 from quakemon.base.errors import QuakemonError
+from quakemon.ingest.seedlink import SeedLinkSource
 from quakemon.tools.serve import Faults, SeedLinkServer
 from quakemon.tools.serve_records import RECLEN, load_records, parse_record, retime_record
 
@@ -320,3 +326,130 @@ def test_retime_now_shifts_archive_to_server_start(records):
     starts = [parse_record(raw).start for _, raw in got]
     assert starts[0] == pytest.approx(t_before, abs=2.0)
     assert [s - starts[0] for s in starts] == pytest.approx([r.start - rjob[0].start for r in rjob], abs=1e-4)
+
+
+# --- protocol 4.0, resume by time, limits, loops, unreadable input --------------------------------------------------
+
+
+def read_v4(c: RawClient) -> tuple[str, str, int, str, bytes]:
+    """One 4.0 packet: (format, subformat, sequence number, station id, payload)."""
+    head = c.read(17)
+    assert head[:2] == b"SE", head
+    length, seq, sid_len = struct.unpack("<IQB", head[4:17])
+    sid = c.read(sid_len).decode()
+    return chr(head[2]), chr(head[3]), seq, sid, c.read(length)
+
+
+def test_v4_session_framing_selectors_and_json_info(server, records):
+    c = RawClient(server.port)
+    try:
+        assert b"SLPROTO:4.0" in c.cmd("HELLO")
+        assert c.cmd("SLPROTO 4.0") == b"OK\r\n"
+        assert c.cmd("USERAGENT test/1") == b"OK\r\n"
+        assert c.cmd("STATION XX_ABC") == b"OK\r\n"
+        assert c.cmd("SELECT _E_H_Z") == b"OK\r\n"
+        assert c.cmd("DATA 3") == b"OK\r\n"
+        c.send("END")
+        fmt, sub, seq, sid, payload = read_v4(c)
+        want = [i for i, r in enumerate(records) if r.sta == "ABC" and r.cha == "EHZ" and i >= 3]
+        assert (fmt, sub, seq, sid) == ("2", "D", want[0], "XX_ABC")
+        assert payload == records[want[0]].raw
+        assert [read_v4(c)[2] for _ in want[1:4]] == want[1:4]
+    finally:
+        c.close()
+    c = RawClient(server.port)
+    try:
+        c.cmd("SLPROTO 4.0")
+        c.send("INFO ID")
+        fmt, sub, _, _, payload = read_v4(c)
+        assert (fmt, sub) == ("J", "I") and json.loads(payload)["software"] == "quakemon serve"
+    finally:
+        c.close()
+
+
+def test_v31_only_server_refuses_slproto_40(records):
+    with SeedLinkServer(records, speed=0, max_protocol="3.1") as srv:
+        c = RawClient(srv.port)
+        try:
+            hello = c.cmd("HELLO")
+            assert b"SLPROTO:4.0" not in hello and hello.startswith(b"SeedLink v3.1")
+            assert c.cmd("SLPROTO 4.0").startswith(b"ERROR")
+        finally:
+            c.close()
+
+
+def test_data_seq_and_time_resumes_by_time_when_seq_does_not_match(server, records):
+    """`DATA <seq> <time>`: exact when record seq-1 started in that second, else by time (a renumbered archive)."""
+    rjob = [i for i, r in enumerate(records) if r.sta == "RJOB" and r.cha == "EHZ"]
+    assert len(rjob) >= 4
+    last = records[rjob[2]]  # the client's last record
+    t = dt.datetime.fromtimestamp(last.start, dt.UTC).strftime("%Y,%m,%d,%H,%M,%S")
+    for seq, first in ((rjob[2] + 1, rjob[3]), (0x500, rjob[2])):  # right number; one of another numbering
+        c = RawClient(server.port)
+        try:
+            c.cmd("STATION RJOB BW")
+            c.cmd("SELECT EHZ")
+            assert c.cmd(f"DATA {seq:06X} {t}") == b"OK\r\n"
+            c.send("END")
+            assert c.packets(1)[0][0] == first
+        finally:
+            c.close()
+
+
+def test_idle_crowd_does_not_lock_out_a_real_client(records):
+    """100 idle connections from one address: each new one takes the place of the longest idle; a real client
+    that then connects is served in full."""
+    rjob = [r for r in records if r.sta == "RJOB"]
+    with SeedLinkServer(records, speed=0) as srv:
+        crowd = [socket.create_connection(("127.0.0.1", srv.port), timeout=5) for _ in range(100)]
+        try:
+            src = SeedLinkSource(srv.address, ["BW.RJOB..EH?"], backoff_initial=0.1, backoff_max=0.5, netto=5)
+            try:
+                got = collect(src, lambda g: len(g) >= len(rjob), 10)
+            finally:
+                src.close()
+            assert [rid(tr) for tr in got] == record_ids(rjob)
+            assert srv.evicted >= 100 - srv.max_per_address
+        finally:
+            for s in crowd:
+                s.close()
+
+
+def test_command_phase_timeout_closes_idle_client(records):
+    with SeedLinkServer(records, speed=0, command_timeout=0.5) as srv:
+        c = RawClient(srv.port)
+        try:
+            assert c.cmd("HELLO").startswith(b"SeedLink")
+            t0 = time.monotonic()
+            c.sock.settimeout(5)
+            assert c.sock.recv(10) == b""
+            assert 0.3 < time.monotonic() - t0 < 2.0
+        finally:
+            c.close()
+
+
+def test_open_ended_time_follows_loop(records):
+    """`TIME <begin>` without an end is real time: with --loop it goes on past the archive's end, time forward."""
+    rjob = [r for r in records if r.sta == "RJOB" and r.cha == "EHZ"]
+    with SeedLinkServer(rjob, speed=0, loop=True) as srv:
+        c = RawClient(srv.port)
+        try:
+            c.send("TIME 2009,08,24,00,20,10")
+            got = c.packets(2 * len(rjob))
+        finally:
+            c.close()
+    starts = [parse_record(raw).start for _, raw in got]
+    assert starts == sorted(starts) and starts[-1] > rjob[-1].end
+
+
+def test_unreadable_input_is_reported_in_one_line(tmp_path):
+    path = write_archive(tmp_path / "a.mseed", STATIONS)
+    raw = bytearray(path.read_bytes()[:4096])
+    raw[8:13] = b"\xff\xfe\xfd\xfc\xfb"  # a station code that is not text, no blockettes
+    raw[46:48] = b"\x00\x00"
+    path.write_bytes(bytes(raw))
+    proc = subprocess.run([sys.executable, "-m", "quakemon.tools.serve", str(path), "--port", "0"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Exception ignored" not in out and "Traceback" not in out, out
+    assert len(out.strip().splitlines()) == 1 and "cannot read" in out, out
