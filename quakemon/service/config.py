@@ -144,6 +144,8 @@ class SeedLinkConfig:
     connect_timeout: float = _key(10.0, "TCP connect and handshake timeout, s", _range(0, 600, lo_open=True))
     resume_policy: str = _key("earliest", "when the resume seq is gone: earliest buffered packet or now",
                               _choice("earliest", "now"))
+    station_silence_s: float = _key(60.0, "a station with no record this long is reported silent (log, metric); "
+                                    "0 = off, s", _range(0, 86400))
 
 
 @dataclass(frozen=True, slots=True)
