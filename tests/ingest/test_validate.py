@@ -257,3 +257,45 @@ def test_uncompressed_record_claiming_more_samples_than_it_holds_is_rejected(enc
     forged = _patch(rec, 30, ">H", nsamp + 1)
     for fast_path in (True, False):
         assert decode_record(forged, 512, now_ns=NOW_NS, fast_path=fast_path) == "npts_mismatch"
+
+
+# --- miniSEED 3 (pymseed) -------------------------------------------------------------------------------------------
+
+
+def _mseed3_records(data: np.ndarray, reclen: int = 512) -> list[bytes]:
+    from pymseed import DataEncoding, MS3Record
+
+    msr = MS3Record(reclen=reclen, encoding=DataEncoding.STEIM2)
+    msr.sourceid, msr.samprate, msr.starttime = "FDSN:BW_RJOB__E_H_Z", 100.0, UTCDateTime(2020, 1, 1).ns
+    return list(msr.generate(data, "i"))
+
+
+def test_mseed3_records_decode_to_the_original_samples_or_a_reason() -> None:
+    from quakemon.ingest.mseed3 import record_length, record_start, record_station
+
+    data = np.cumsum(np.random.default_rng(3).integers(-500, 500, 3000)).astype(np.int32)
+    recs = _mseed3_records(data)
+    assert len(recs) > 2 and all(r[:3] == b"MS\x03" and record_length(r) == len(r) for r in recs)
+    traces = [decode_record(r, now_ns=NOW_NS) for r in recs]
+    assert all(isinstance(t, Trace) for t in traces), traces
+    assert traces[0].id == "BW.RJOB..EHZ" and traces[0].stats.sampling_rate == 100.0
+    assert np.array_equal(np.concatenate([t.data for t in traces]), data)
+    assert record_station(recs[1]) == ("BW", "RJOB")
+    assert record_start(recs[1]) == pytest.approx(traces[1].stats.starttime.timestamp)
+    damaged = bytearray(recs[1])
+    damaged[-5] ^= 0x40  # a payload bit: the CRC no longer matches
+    assert decode_record(bytes(damaged), now_ns=NOW_NS) == "decode_error"
+    assert decode_record(recs[1][:-3], now_ns=NOW_NS) == "truncated"
+    assert decode_record(recs[1] + b"\x00", now_ns=NOW_NS) == "bad_reclen"
+
+
+def test_serve_reads_mseed3_input(tmp_path) -> None:
+    from quakemon.tools.serve_records import load_records
+
+    data = np.arange(2000, dtype=np.int32)
+    path = tmp_path / "a.ms3"
+    path.write_bytes(b"".join(_mseed3_records(data, 4096)))
+    recs = load_records([path])
+    assert {r.seed_id for r in recs} == {"BW.RJOB..EHZ"} and all(len(r.raw) == 512 for r in recs)
+    decoded = [decode_record(r.raw, now_ns=NOW_NS) for r in recs]
+    assert np.array_equal(np.concatenate([t.data for t in decoded]), data)

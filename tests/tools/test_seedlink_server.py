@@ -358,6 +358,15 @@ def test_v4_session_framing_selectors_and_json_info(server, records):
     finally:
         c.close()
     c = RawClient(server.port)
+    try:  # DATA ALL + ENDFETCH: everything buffered, then END
+        for line in ("SLPROTO 4.0", "STATION BW_RJOB", "SELECT _E_H_Z", "DATA ALL"):
+            assert c.cmd(line) == b"OK\r\n"
+        c.send("ENDFETCH")
+        want = [i for i, r in enumerate(records) if r.sta == "RJOB" and r.cha == "EHZ"]
+        assert [read_v4(c)[2] for _ in want] == want and c.read(3) == b"END"
+    finally:
+        c.close()
+    c = RawClient(server.port)
     try:
         c.cmd("SLPROTO 4.0")
         c.send("INFO ID")
