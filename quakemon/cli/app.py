@@ -5,6 +5,7 @@
     serve.py    serve (the SeedLink server)
     listen.py   listen, associate (pass-throughs to their modules' own main)
     keys.py     keygen
+    export.py   export (QuakeML, SeisComP XML, CSV)
     train.py    train, evaluate, params
     bench.py    bench
 
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 
 from quakemon import __version__
 from quakemon.base.errors import QuakemonError
-from quakemon.cli import bench, keys, listen, replay, run, serve, train
+from quakemon.cli import bench, export, keys, listen, replay, run, serve, train
 from quakemon.cli.common import LOG_LEVELS
 from quakemon.cli.listen import PASSTHROUGH, run_passthrough, split_passthrough
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_passthrough(sub, "associate")
     run.add_check_config(sub)
     keys.add_keygen(sub)
+    export.add_export(sub)
     train.add_train(sub)
     train.add_evaluate(sub)
     replay.add_demo(sub)
