@@ -85,3 +85,35 @@ def test_parse_listen_forms() -> None:
     assert parse_listen("127.0.0.1:9108") == ("127.0.0.1", 9108)
     assert parse_listen("[::1]:0") == ("::1", 0)
 
+
+
+def test_idle_clients_are_capped_and_timed_out_and_scrapes_still_answer() -> None:
+    import socket
+    import time
+
+    from quakemon.service.metrics import MetricsServer
+
+    m = Metrics()
+    server = MetricsServer("127.0.0.1", 0, m.registry, max_connections=8, timeout_s=0.5).start()
+    idle = []
+    try:
+        for _ in range(40):  # connected and silent: each would hold a thread in a thread-per-client server
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            idle.append(s)
+        assert scrape(server.port)  # a scraper gets its answer
+        deadline = time.monotonic() + 5
+        while server.stats["evicted"] < 40 - 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(server.conns) <= 8 and server.stats["evicted"] >= 40 - 8
+        time.sleep(1.0)  # past the per-connection deadline: the idle ones are gone
+        assert len(server.conns) == 0 and server.stats["timed_out"] >= 1
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:  # other paths and methods
+            s.sendall(b"POST /metrics HTTP/1.1\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 405")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(b"GET /" + b"x" * 9000)  # no end of the request in sight: refused, not buffered forever
+            assert s.recv(100).startswith(b"HTTP/1.1 431")
+    finally:
+        for s in idle:
+            s.close()
+        server.stop()
