@@ -10,7 +10,8 @@
 - The publisher's own socket options (per-peer HWM, ZMTP heartbeats, handshake deadline, linger: what keeps a
   stuck, unauthenticated or vanished peer from holding it) are set by
   `quakemon.wire.publisher.Publisher.from_config` from [publish].
-- `HandshakeMonitor` counts handshake failures (e.g. `HANDSHAKE_FAILED_AUTH`) for metrics and logs.
+- `HandshakeMonitor` counts handshake failures (e.g. `HANDSHAKE_FAILED_AUTH`) for metrics and logs, per reason
+  (`handshake_failure_reason`: the protocol error or ZAP status a monitor event carries).
 - `RejectingAuthenticator` (the ZAP handler `make_curve_server` starts) logs each refused CURVE client with
   the peer's IP address and public key, which only the ZAP request carries (the socket monitor's events name
   the local endpoint), and counts refusals per reason (`rejections`: "Unknown key", ...). A client whose
@@ -23,6 +24,7 @@
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import stat
@@ -209,8 +211,26 @@ def make_curve_client(socket: zmq.Socket, client_secret_file: str | Path, server
     socket.curve_serverkey = _load_public(server_public_file, "server public key")
 
 
+_PROTOCOL_ERRORS = {getattr(zmq, n): n[len("PROTOCOL_ERROR_"):] for n in dir(zmq) if n.startswith("PROTOCOL_ERROR_")}
+
+
+def handshake_failure_reason(name: str, value: int) -> str:
+    """Why a handshake failed, from a monitor event (name, value): the ZMTP/ZAP protocol error
+    (e.g. "ZMTP_MECHANISM_MISMATCH": a plain client on a CURVE socket), the ZAP status code ("ZAP_400": an
+    unknown key), or the errno name; the event name when the value says nothing more."""
+    if name == "HANDSHAKE_FAILED_PROTOCOL":
+        return _PROTOCOL_ERRORS.get(value, f"PROTOCOL_{value}")
+    if name == "HANDSHAKE_FAILED_AUTH":
+        return f"ZAP_{value}"
+    if name == "HANDSHAKE_FAILED_NO_DETAIL" and value:
+        return errno.errorcode.get(value, f"ERRNO_{value}")
+    return name
+
+
 class HandshakeMonitor:
-    """Counts a socket's connection events by name (HANDSHAKE_FAILED_AUTH, DISCONNECTED, ...) on a thread.
+    """Counts a socket's connection events by name (HANDSHAKE_FAILED_AUTH, DISCONNECTED, ...) on a thread, and
+    failed handshakes by reason (`reasons`). The events name the socket's local endpoint, not the peer: for the
+    peer's address, see `RejectingAuthenticator`.
 
     `on_event(name)` is called on the monitor thread for each event (e.g. to bump a metric). Call `stop()`
     from the thread that owns the socket, before closing it.
@@ -218,6 +238,7 @@ class HandshakeMonitor:
 
     def __init__(self, socket: zmq.Socket, on_event: Callable[[str], None] | None = None) -> None:
         self.counts: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()  # failed handshakes by `handshake_failure_reason`
         self._on_event = on_event
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -243,7 +264,12 @@ class HandshakeMonitor:
                 with self._lock:
                     self.counts[name] += 1
                 if name.startswith("HANDSHAKE_FAILED"):
-                    log.warning("zmq_handshake_failed", zmq_event=name, peer=event.get("endpoint"))
+                    reason = handshake_failure_reason(name, int(event.get("value") or 0))
+                    with self._lock:
+                        self.reasons[reason] += 1
+                    endpoint = event.get("endpoint")
+                    log.warning("zmq_handshake_failed", zmq_event=name, reason=reason,
+                                endpoint=endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else endpoint)
                 if self._on_event is not None:
                     self._on_event(name)
         except zmq.ZMQError as exc:

@@ -57,3 +57,40 @@ def test_a_client_with_a_wrong_key_is_logged_with_its_address_and_counted(tmp_pa
         pub.close(linger=0)
         configure.stop()
         ctx.term()
+
+
+def test_failed_handshakes_are_counted_per_reason(tmp_path: Path) -> None:
+    from quakemon.wire.security import HandshakeMonitor
+
+    server_public, server_secret = keygen(tmp_path / "server", "server")
+    _, mallory_secret = keygen(tmp_path / "mallory", "mallory")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    ctx = zmq.Context()
+    configure = CurveServerConfigurator(server_secret, allowed)
+    pub = ctx.socket(zmq.PUB)
+    pub.linger = 0
+    configure(pub)
+    monitor = HandshakeMonitor(pub)
+    socks = []
+    try:
+        port = pub.bind_to_random_port("tcp://127.0.0.1")
+        plain = ctx.socket(zmq.SUB)  # no CURVE at all: refused before ZAP, by the mechanism
+        wrong = ctx.socket(zmq.SUB)  # CURVE with a key the server does not know: refused by ZAP
+        make_curve_client(wrong, mallory_secret, server_public)
+        for sock in (plain, wrong):
+            sock.linger = 0
+            sock.connect(f"tcp://127.0.0.1:{port}")
+            socks.append(sock)
+        deadline = time.monotonic() + 10
+        while len(monitor.reasons) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert monitor.reasons["ZMTP_MECHANISM_MISMATCH"] >= 1, monitor.reasons
+        assert monitor.reasons["ZAP_400"] >= 1, monitor.reasons
+    finally:
+        monitor.stop()
+        for sock in socks:
+            sock.close(linger=0)
+        pub.close(linger=0)
+        configure.stop()
+        ctx.term()
