@@ -9,18 +9,15 @@ as the client reads). With `loop` the archive repeats and each pass is shifted f
 increasing. `retime_now` shifts the whole archive so that it starts when the server starts (fixed for the
 server's life, so a sequence number always means the same record).
 
-Commands: HELLO, SLPROTO, USERAGENT, STATION, SELECT, DATA, FETCH, TIME, END, ENDFETCH,
-INFO ID|CAPABILITIES|STATIONS|STREAMS, BYE. HELLO offers 4.0 and 3.1 (`max_protocol="3.1"`: 3.1 only); a client
-that sends ``SLPROTO 4.0`` gets 4.0 framing (`quakemon.ingest.slproto`), NET_STA station ids, LOC_B_S_SS
-selectors, decimal 64-bit sequence numbers and JSON INFO answers. 3.1 patterns follow `quakemon.ingest.selectors`.
-``DATA <seq> <time>`` resumes after packet seq-1 when that record started at `time` (whole seconds), else from
-`time`. ``TIME <begin>`` without an end streams on like DATA (and loops with `loop`). During a transfer only INFO
-and BYE are answered.
+Commands: HELLO (offers 4.0 and 3.1; `max_protocol="3.1"`: 3.1 only), SLPROTO, USERAGENT, STATION, SELECT, DATA,
+FETCH, TIME, END, ENDFETCH, INFO ID|CAPABILITIES|STATIONS|STREAMS, BYE; in 4.0 (`quakemon.ingest.slproto`) NET_STA
+station ids, LOC_B_S_SS selectors, decimal sequence numbers, JSON INFO. ``DATA <seq> <time>`` resumes after
+seq-1 when that record started at `time` (whole seconds), else from `time`; ``TIME <begin>`` without an end is
+real time (and loops with `loop`). During a transfer only INFO and BYE are answered.
 
-Limits: a client must send a command at least every `command_timeout` seconds until its transfer starts, or it
-is closed; at most `max_clients` connections in all and `max_per_address` per client address. A connection that
-would pass a limit takes the place of the connection that has been idle longest in its command phase (an idle
-crowd cannot lock out a real client); when every connection is streaming, the new one is refused.
+Limits (docs/seedlink.md): a client idle for `command_timeout` s before its transfer starts (or after a
+FETCH/TIME window ended) is closed; at most `max_clients` connections and `max_per_address` per address, a new
+one taking the place of the longest-idle command-phase connection (refused when all are streaming).
 
 `Faults` injects network failures for tests: cut a connection after N packets (optionally mid-record, FIN or
 RST), stall it (socket open, no data), duplicate packets, or mutate the bytes of records on the wire.
@@ -30,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime as dt
 import math
 import re
@@ -239,10 +237,8 @@ class SeedLinkServer:
         except Exception:
             log.exception("seedlink_session_failed", peer=peer)
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 conn.close()
-            except OSError:
-                pass
             with self._lock:
                 self._sessions.pop(threading.current_thread(), None)
             log.info("seedlink_client_closed", peer=peer)
@@ -291,10 +287,8 @@ class _Session:
     def kick(self) -> None:
         """Close the connection from another thread (server stop, eviction); the session thread then ends."""
         self.kicked = True
-        try:
+        with contextlib.suppress(OSError):
             self.conn.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     # I/O ---------------------------------------------------------------------------------------------------
     def _send(self, data: bytes) -> None:
@@ -339,9 +333,9 @@ class _Session:
                 self.last_command = time.monotonic()
                 if self._command(line):
                     self.streaming = True
-                    self._transfer()
+                    self.streaming = self._transfer()  # after a FETCH/TIME window: idle (timeout, evictable)
+                    self.last_command = time.monotonic()
                     self._idle()
-                    return
         raise _Closed
 
     def _command(self, line: str) -> bool:
@@ -428,7 +422,8 @@ class _Session:
         return math.floor(self.srv.records[pos % n].start + shift / TICKS) == math.floor(t)
 
     # transfer ----------------------------------------------------------------------------------------------
-    def _transfer(self) -> None:
+    def _transfer(self) -> bool:
+        """Send what the subscriptions ask for; True while real time (DATA, open TIME) goes on, False after END."""
         srv, n = self.srv, len(self.srv.records)
         self.__dict__.pop("_wants", None)  # the subscriptions may have changed since the last transfer
         realtime = any(s.mode == "data" or (s.mode == "time" and math.isinf(s.t1)) for s in self.subs)
@@ -462,7 +457,7 @@ class _Session:
                 else:
                     packet = b"SL%06X" % seq + raw
                 if faulted and self._fault(packet, batch):
-                    return
+                    return True
                 batch.append(packet)
                 self.sent += 1
                 srv.packets_sent += 1
@@ -478,6 +473,7 @@ class _Session:
             self._send(b"".join(batch))
         if not realtime:
             self._send(b"END")
+        return realtime
 
     def _wanted(self, rec: Record, pos: int, shift: int, n: int) -> bool:
         key = (rec.net, rec.sta, rec.loc, rec.cha)
@@ -528,6 +524,8 @@ class _Session:
 
     def _idle(self) -> None:
         while not self.srv._stop.is_set():
+            if not self.streaming and time.monotonic() - self.last_command > self.srv.command_timeout:
+                raise _Closed
             self._serve_input(_POLL_S)
         raise _Closed
 

@@ -435,6 +435,15 @@ def test_command_phase_timeout_closes_idle_client(records):
             assert 0.3 < time.monotonic() - t0 < 2.0
         finally:
             c.close()
+        c = RawClient(srv.port)  # a finished FETCH leaves the client idle again: the same timeout applies
+        try:
+            assert c.cmd("STATION RJOB BW") == b"OK\r\n" and c.cmd("FETCH") == b"OK\r\n"
+            c.send("END")
+            assert c.until_end()
+            c.sock.settimeout(5)
+            assert c.sock.recv(10) == b""
+        finally:
+            c.close()
 
 
 def test_open_ended_time_follows_loop(records):
