@@ -18,10 +18,10 @@ Behaviour:
 - Resume: per station the last sequence number seen and the start time of that record; a reconnect sends
   ``DATA <seq+1> <time>``, so a server that no longer has that packet (a ring renumbered after a crash) positions
   by time instead (resume_policy "earliest"; "now" sends no time and takes what the server gives). A server that
-  numbers all stations in one series (ringserver, `quakemon serve`; detected from the packets and kept in the
-  state file) resumes a multi-station connection from one position, and ringserver takes the newest of the
-  per-station numbers: so every station is then asked from the position of the station furthest behind, and the
-  records the others already have come again and are dropped as duplicates.
+  numbers all stations in one series (ringserver, `quakemon serve`; detected from the packets, assumed until
+  then, and kept in the state file) resumes a multi-station connection from one position, and ringserver takes
+  the newest of the per-station numbers: so every station is then asked from the position of the station
+  furthest behind, and the records the others already have come again and are dropped as duplicates.
   The state file holds what the consumer has *processed* (a Trace counts as processed when the consumer asks
   for the next one, or when it calls `commit(trace)` with auto_commit=False), saved atomically every
   `state_interval` seconds and on close, so a crash re-delivers at most one interval of records
@@ -77,7 +77,7 @@ RESUME_POLICIES = ("earliest", "now")
 PROTOCOLS = ("auto", V3, V4)
 _POLL_S = 0.2
 _RECENT = 8  # start times remembered per stream for duplicate detection
-_SHARED_VOTES = 2  # station changes with increasing numbers before the numbering counts as one series
+_SHARED_VOTES = 8  # station changes with increasing numbers before the numbering counts as one series
 
 
 class _Disconnected(Exception):
