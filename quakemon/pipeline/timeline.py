@@ -3,8 +3,9 @@
 `TimelineCandidate` holds the records of one station instrument that do not continue its timeline (far ahead of
 its newest data, or far behind its ring) until the data decides between the two explanations:
 
-- a clock fault of those records (a short excursion): records that continue the old timeline arrive again, and
-  the held records are rejected and counted (`clock_glitch` ahead, `late_records` behind);
+- a clock fault of those records (a short excursion): records of a component that left the timeline continue
+  the old timeline again, and the held records are rejected and counted (`clock_glitch` ahead, `late_records`
+  behind); so are held records that grow to a memory cap without every component agreeing;
 - a permanent step of the station's clock (or the station's return after an outage): the new timeline
   continues on every component the station delivers, over `min(offset, glitch_s)` of data and at least
   `confirm` records; the station is then reset and the held records go in, so nothing of it is lost.
@@ -60,11 +61,12 @@ class TimelineCandidate:
         """Samples covered by the held records (the longest component)."""
         return max((hi - lo for lo, hi in self._spans.values()), default=0)
 
-    def agreed(self, need: int, confirm: int, cap: int) -> bool:
-        """True once every expected component covers `need` samples and `confirm` records agree, or once the
-        held samples reach `cap` (memory bound: that much agreeing data is a new timeline)."""
-        if self.samples >= cap:
-            return True
+    def has(self, component: int) -> bool:
+        """Did this component leave the timeline (does a held record belong to it)?"""
+        return component in self._spans
+
+    def agreed(self, need: int, confirm: int) -> bool:
+        """True once every expected component covers `need` samples and `confirm` records agree."""
         if len(self.records) < confirm:
             return False
         comps = self.components or frozenset(self._spans)

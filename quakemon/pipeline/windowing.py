@@ -186,14 +186,12 @@ class WindowScheduler:
             return self._write(component, start, values)
         head = buf.head
         if start < head + self.jump and end > head - buf.capacity - self.jump:  # continues the timeline
-            if cand is not None:
+            if cand is not None and cand.has(component):  # this component left the timeline and came back
                 out += self._reject(cand, "timeline_resumed")
             return out + self._write(component, start, values)
         if cand is not None and cand.member(start, end, self.jump):
             cand.add(component, start, values)
-            if cand.agreed(self._need(cand), self.jump_confirm, self._cap()):
-                out += self._accept(cand)
-            return out
+            return out + self._settle(cand)
         if cand is not None and cand.offset > 0 and start < cand.lo and start <= head + self.jump + cand.span:
             # the old timeline resumes after a hole as long as the excursion: those records were a clock fault,
             # and this one is correctly timed (a data gap, as after an outage): in at once
@@ -211,16 +209,16 @@ class WindowScheduler:
         log.info("clock_jump_suspected", station=self.station, instrument=self.instrument,
                  offset_s=round(cand.offset / float(self.rate), 3),
                  action="records held until the timeline resumes or the new one is confirmed")
-        if cand.agreed(self._need(cand), self.jump_confirm, self._cap()):
-            out += self._accept(cand)
-        return out
+        return out + self._settle(cand)
 
-    def _need(self, cand: TimelineCandidate) -> int:
-        """Samples a new timeline must cover before it is believed: the excursion it would be, at most glitch_s."""
-        return min(abs(cand.offset), self.glitch)
-
-    def _cap(self) -> int:
-        return 4 * (self.glitch + self.buffer.capacity) * len(self.contract.component_order)
+    def _settle(self, cand: TimelineCandidate) -> list[Window]:
+        """Accept the held timeline once agreed (min(offset, glitch_s) of data, every component, jump_confirm
+        records); reject it when it grew to the memory cap without that agreement (some components never left)."""
+        if cand.agreed(min(abs(cand.offset), self.glitch), self.jump_confirm):
+            return self._accept(cand)
+        if cand.samples >= 4 * (self.glitch + self.buffer.capacity) * len(self.contract.component_order):
+            return self._reject(cand, "no_agreement")
+        return []
 
     def _write(self, component: int, start: int, values: np.ndarray) -> list[Window]:
         buf = self.buffer

@@ -217,9 +217,14 @@ def _shifted(traces: list[Trace], seconds: float) -> list[Trace]:
     return out
 
 
-def test_a_permanent_clock_jump_is_accepted_once_agreed_and_loses_nothing() -> None:
+@pytest.mark.parametrize("stagger", [0, 2])
+def test_a_permanent_clock_jump_is_accepted_once_agreed_and_loses_nothing(stagger: int) -> None:
+    """`stagger`: the first record of the new timeline arrives before the old timeline's last records of the
+    other components (channels switch at their own record boundaries)."""
     first, later = _minute_feed(30), _minute_feed(150, seed=6)
-    wins, w = _run(first + _shifted(later, 3600))
+    new = _shifted(later, 3600)
+    feed = first + new if not stagger else first[:-stagger] + new[:1] + first[-stagger:] + new[1:]
+    wins, w = _run(feed)
     c = w.counters()
     assert c["clock_jumps"] == 1 and c.get("clock_glitch", 0) == 0
     before = [x for x in wins if x.start_ns < T0.ns + 3600 * NS]
@@ -228,16 +233,19 @@ def test_a_permanent_clock_jump_is_accepted_once_agreed_and_loses_nothing() -> N
     _assert_same(after, _run(_shifted(later, 3600))[0])  # every held record went in after the reset
 
 
-@pytest.mark.parametrize("hole_s", [0, 60])
-def test_a_short_forward_clock_excursion_is_rejected_and_the_timeline_goes_on(hole_s: int) -> None:
+@pytest.mark.parametrize(("hole_s", "stagger"), [(0, 0), (60, 0), (60, 2)])
+def test_a_short_forward_clock_excursion_is_rejected_and_the_timeline_goes_on(hole_s: int, stagger: int) -> None:
     """60 s of records stamped 1 h ahead, then correctly timed records again: from where the excursion began
-    (a datalogger that re-sends) or after a hole as long as the excursion (its samples were mis-stamped)."""
+    (a datalogger that re-sends) or after a hole as long as the excursion (its samples were mis-stamped);
+    `stagger`: the first excursion record comes before the last old records of the other components."""
     data = _minute_feed(240)
     t_glitch = T0.ns + 60 * NS
     old = [t for t in data if t.stats.starttime.ns < t_glitch]
     glitch = _shifted([t for t in data if t_glitch <= t.stats.starttime.ns < t_glitch + 60 * NS], 3600)
     resumed = [t for t in data if t.stats.starttime.ns >= t_glitch + hole_s * NS]
-    wins, w = _run(old + glitch + resumed)
+    feed = old + glitch if not stagger else old[:-stagger] + glitch[:1] + old[-stagger:] + glitch[1:]
+    feed += resumed
+    wins, w = _run(feed)
     ref, ref_w = _run(old + resumed)  # the same records without the excursion
     c = w.counters()
     assert c["clock_glitch"] == len(glitch) and c["clock_glitches"] == 1
