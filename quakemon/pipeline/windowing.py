@@ -52,8 +52,8 @@ of how the stream was chunked.
 
 Clock jumps and duplicates (per station instrument; `quakemon.pipeline.timeline`): a record that starts more
 than one window after the newest data, or ends more than one window before the ring, leaves the timeline. It
-is held, not written. Records that continue the old timeline again (also after a hole as long as the held
-excursion) make the held ones a clock fault: rejected, counted (`clock_glitch` records, `clock_glitches`
+is held, not written. A component that left and continues the old timeline again (also after a hole as long as
+the held excursion) makes the held records a clock fault: rejected, counted (`clock_glitch` records, `clock_glitches`
 excursions; `late_records` behind) and logged (`clock_glitch`), and the correctly timed data flows at once.
 Held records that agree on a new timeline (every component, `jump_confirm` records, covering min(offset,
 `glitch_s`) of data) are a permanent jump or the return after an outage: the station's pending windows are
