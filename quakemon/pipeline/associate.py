@@ -5,21 +5,25 @@ stations that triggered together reaches a threshold; each station counts with i
 once per event. What "together" means differs, because quakemon triggers come from sliding windows, not from a
 characteristic function: a trigger lasts as long as some window holds the signal (20 s and more), so ObsPy's
 rule (trigger intervals that overlap, chained A-B-C) would merge events that follow each other within a window
-length. Here stations are together when their detection *onsets* lie within ``window_s`` of the event's first
-onset, and, when station coordinates are given (StationXML), when every pair of onsets differs by at most the
-travel time between the two stations (``distance / velocity_kms + tolerance_s``), so picks of neighbouring
-stations too far apart in time for one source are not paired by chance.
+length. Here stations are together when their detection *onsets*, which are P picks (``quakemon.detection/2``,
+docs/picks.md: median error about 0.05 s), lie within ``window_s`` (default 5 s) of the event's first onset, and,
+when station coordinates are given (StationXML), when every pair of picks differs by at most the travel time
+between the two stations (``distance / velocity_kms + tolerance_s``, default 3.5 km/s, a slow P, and 1 s of
+slack for the picks' errors), so picks of neighbouring stations too far apart in time for one source are not
+paired by chance. Event messages list each station's pick (``stations[].pick``).
 
 Policy (the same in replay, in the daemon and in the standalone ``quakemon associate``):
 
-* Input: detection bodies (``quakemon.detection/1``). A "new" body is a station *pick* (its onset); a "closed"
-  body only updates that pick's end and peak probability. Every body also advances the clock of its *source*
-  (the publisher run, ``epoch``, or the endpoint in ``quakemon associate``) to its ``window_start``.
+* Input: detection bodies (``quakemon.detection/2``). A "new" body is a station *pick* (its onset, the P pick);
+  a "closed" body only updates that pick's end and peak probability. Every body also advances the clock of its
+  *source* (the publisher run, ``epoch``, or the endpoint in ``quakemon associate``) to its
+  ``last_window_start`` (the window that caused it).
 * Watermark. Picks are processed in onset order, once the watermark (the slowest source's clock; ``advance``
   and heartbeats with ``data_time`` move it too) is ``hold_s`` past their onset. ``hold_s`` must cover how much
   later a station's "new" can arrive than another station's with the same onset: the trigger's min_duration
-  plus the stations' data skew. So the events depend on the picks only, not on how messages from several
-  publishers interleave. The daemon's inference stage and the replay (`quakemon.pipeline.runner`) drive it
+  plus the stations' data skew plus the pick's lead (a pick may lie up to 5 s before its detection's first
+  window, `quakemon.pipeline.detect.PICK_LEAD_S`). So the events depend on the picks only, not on how messages
+  from several publishers interleave. The daemon's inference stage and the replay (`quakemon.pipeline.runner`) drive it
   alike: a batch's detection bodies in order, then ``advance`` to the newest window start of the batch.
 * Clustering, per label: the earliest pick not yet used seeds a cluster; later picks join in onset order when
   within ``window_s`` of the seed, from a station not yet in it, and travel-time compatible with every member.
@@ -73,6 +77,7 @@ class Pick:
     weight: float
     peak_probability: float = 0.0
     end: str | None = None
+    pick: dict[str, Any] | None = None  # the detection's ``pick`` object
 
     @property
     def key(self) -> tuple[float, str, str]:
@@ -81,7 +86,7 @@ class Pick:
     def row(self) -> dict[str, Any]:
         return {"station": self.station, "onset": self.onset_iso, "probability": self.probability,
                 "peak_probability": max(self.peak_probability, self.probability), "end": self.end,
-                "weight": self.weight, "detection_id": self.detection_id}
+                "weight": self.weight, "detection_id": self.detection_id, "pick": self.pick}
 
 
 @dataclass
@@ -174,7 +179,7 @@ class Associator:
             return []
         src = str(body.get("epoch", "")) if source is None else source
         self._retired.discard(src)
-        window_start = parse_iso_utc(body["window_start"])
+        window_start = parse_iso_utc(body.get("last_window_start", body["window_start"]))  # the message's window
         self._clocks[src] = max(self._clocks.get(src, -math.inf), window_start)
         label = str(body["label"])
         if self.labels is not None and label not in self.labels:
@@ -263,7 +268,8 @@ class Associator:
         pick = Pick(station=station, label=str(body["label"]), onset=parse_iso_utc(body["onset"]),
                     onset_iso=str(body["onset"]), probability=float(body["probability"]),
                     detection_id=str(body["id"]), weight=self.weight(station),
-                    peak_probability=float(body["peak_probability"]))
+                    peak_probability=float(body["peak_probability"]),
+                    pick=dict(body["pick"]) if isinstance(body.get("pick"), Mapping) else None)
         self._by_id[pick.detection_id] = pick
         return pick
 

@@ -1,10 +1,11 @@
 """The detection core shared by replay, the Python API and the streaming workers.
 
 windows -> `stack_windows` (float32 [B, C, N] + per-window metadata) -> `preprocess_windows` (the one batched
-transform) -> `DetectionStage.process` (batched HybridViT + per-station trigger) -> detection bodies.
+transform) -> `DetectionStage.process` (batched HybridViT + per-station trigger + P picks) -> detection bodies.
 
 Every path (live, replay, notebook) goes through these functions in this order, so the same windows give the
-same probabilities and the same detections (ids, onsets) wherever they are computed.
+same probabilities and the same detections (ids, picks) wherever they are computed. The stage gets the stacked
+float32 windows beside the spectra: the window that opens a detection is picked (`PickContext`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import torch
 
 from quakemon.models.contract import InputContract
 from quakemon.pipeline import stft_kernel
+from quakemon.pipeline.picker import METHOD, PickerConfig, pick_every_row
+from quakemon.pipeline.settings import TRIGGER
 from quakemon.pipeline.transforms import preprocess_batch
-from quakemon.pipeline.trigger import TriggerBank
+from quakemon.pipeline.trigger import DetectionRef, TriggerBank
 from quakemon.pipeline.windowing import Window
 
 if TYPE_CHECKING:
@@ -163,31 +166,96 @@ class DetectionResult:
     detections: list[tuple[dict[str, Any], float | None]] = field(default_factory=list)  # (body, arrival)
 
 
-class DetectionStage:
-    """Batched inference and per-station triggers: spectra + metas in, detection bodies out.
+#: Seconds of data before a detected window that its pick also sees (from the station's earlier windows).
+PICK_LEAD_S = 5.0
 
-    stats: windows, inferred, invalid, late_windows, detections (bodies of both states); `opened` counts the
-    "new" detections per station.
+
+class PickContext:
+    """The picked component of each station's recent windows, so that a detected window is picked with up to
+    `lead_s` seconds of the data before it.
+
+    The picked component is the vertical (component 0), or the first usable one when the vertical is missing
+    (all equal or non-finite: a horizontal-only station). Each kept row is the first 2 x `lead_s` of it. The
+    context of a window starting at t comes from the oldest kept row of the station, of the same component,
+    that starts in [t - lead_s, t): its samples before t, shifted by the difference of the two rows at t (rows
+    are centred one by one, `stack_windows`), so the join has no step. Rows are fed in window-start order per
+    station (what the triggers see), so replay and live build the same context from the same windows.
+    """
+
+    def __init__(self, sampling_rate: float, lead_s: float = PICK_LEAD_S) -> None:
+        self.fs = float(sampling_rate)
+        self.lead_ns = int(round(lead_s * _NS))
+        self.keep = int(round(2 * lead_s * self.fs))
+        self.rows: dict[str, list[tuple[int, int, np.ndarray]]] = {}  # station -> [(start_ns, component, row)]
+
+    @staticmethod
+    def component(window: np.ndarray) -> int:
+        """The component a window [C, N] is picked on: 0 (vertical) unless it is unusable."""
+        for c in range(window.shape[0]):
+            x = window[c]
+            if x.size and np.isfinite(x).all() and x.max() > x.min():
+                return c
+        return 0
+
+    def span(self, station: str, start_ns: int, window: np.ndarray) -> tuple[int, np.ndarray]:
+        """(start ns, float32 samples) of the window's picked component with the kept context before it."""
+        comp = self.component(window)
+        x = window[comp]
+        for t0, c, row in self.rows.get(station, ()):
+            k = (start_ns - t0) * self.fs / _NS
+            lead = int(round(k))
+            if c == comp and 0 < lead < row.shape[0] and abs(k - lead) < 1e-3 and start_ns - t0 <= self.lead_ns:
+                prefix = row[:lead] + (x[0] - row[lead])
+                if np.isfinite(prefix).all():  # (a gap in the earlier window: pick the window alone)
+                    return t0, np.concatenate([prefix, x])
+                break
+        return start_ns, x
+
+    def add(self, station: str, start_ns: int, window: np.ndarray) -> None:
+        """Keep the window's picked component (the first 2 x lead_s); forget rows older than lead_s before it."""
+        comp = self.component(window)
+        rows = [r for r in self.rows.get(station, ()) if start_ns - r[0] <= self.lead_ns]
+        rows.append((start_ns, comp, np.array(window[comp, : self.keep], dtype=np.float32)))
+        self.rows[station] = rows
+
+
+class DetectionStage:
+    """Batched inference, per-station triggers and P picks: spectra + metas (+ the windows' samples) in,
+    detection bodies out.
+
+    stats: windows, inferred, invalid, late_windows, detections (bodies of both states), picks (by method);
+    `opened` counts the "new" detections per station.
     """
 
     def __init__(self, engine: InferenceEngine, on: float, off: float, min_duration_s: float,
-                 trigger_label: str | None = None, max_gap_s: float | None = None) -> None:
+                 trigger_label: str | None = None, max_gap_s: float | None = None,
+                 retrigger_hold_s: float = TRIGGER.retrigger_hold_s, picker: PickerConfig | None = None,
+                 new_pick_after_s: float = TRIGGER.new_pick_after_s) -> None:
         self.engine = engine
         self.labels = list(engine.labels)
         self.model_info = engine.checkpoint.model_info
         trigger_labels = [trigger_label] if trigger_label else None
-        self.triggers = TriggerBank(on, off, min_duration_s, self.labels, trigger_labels, max_gap_s)
+        self.triggers = TriggerBank(on, off, min_duration_s, self.labels, trigger_labels, max_gap_s,
+                                    retrigger_hold_s)
+        self.picker = picker or PickerConfig()
+        self.new_pick_after_ns = int(round(new_pick_after_s * _NS))
+        contract = engine.checkpoint.contract
+        self.sampling_rate = float(contract.sampling_rate)
+        self.context = PickContext(self.sampling_rate)
         self.stats: Counter[str] = Counter()
         self.opened: Counter[str] = Counter()
         self._last_start: dict[str, int] = {}
         self._decided_at: dict[str, float] = {}  # station -> monotonic time its newest window was decided
 
-    def process(self, spectra: np.ndarray | torch.Tensor, metas: Sequence[WindowMeta]) -> DetectionResult:
+    def process(self, spectra: np.ndarray | torch.Tensor, metas: Sequence[WindowMeta],
+                data: np.ndarray | None = None) -> DetectionResult:
         """Infer the valid windows, then feed every station's trigger in window-start order.
 
         spectra: numpy, or a torch tensor already on the engine's device (see `preprocess_windows`).
+        data: the windows' samples (float32 [B, C, N], `stack_windows`), for the picks; without them a
+        detection gets `quakemon.pipeline.trigger.window_pick`.
         """
-        return self.decide(metas, self.infer(spectra, metas))
+        return self.decide(metas, self.infer(spectra, metas), data)
 
     def infer(self, spectra: np.ndarray | torch.Tensor, metas: Sequence[WindowMeta]) -> np.ndarray:
         """Class probabilities [B, num_classes] of the valid windows (NaN rows for invalid ones). Touches no
@@ -202,8 +270,12 @@ class DetectionStage:
             probs[valid] = self.engine.predict(spectra[mask])
         return probs
 
-    def decide(self, metas: Sequence[WindowMeta], probs: np.ndarray) -> DetectionResult:
-        """Feed every station's trigger with a batch's probabilities (from `infer`), in window-start order."""
+    def decide(self, metas: Sequence[WindowMeta], probs: np.ndarray,
+               data: np.ndarray | None = None) -> DetectionResult:
+        """Feed every station's trigger with a batch's probabilities (from `infer`), in window-start order; pick
+        the windows that opened detections, all in one `pick_every_row` call per span length; then build the
+        bodies. data: the windows' samples (float32 [B, C, N]); None: no picks (`window_pick`), and a re-trigger
+        inside a hold always extends."""
         valid = np.array([m.valid is not False for m in metas], dtype=bool)
         self.stats["windows"] += len(metas)
         self.stats["inferred"] += int(valid.sum())
@@ -211,6 +283,8 @@ class DetectionStage:
         result = DetectionResult(list(metas), probs)
         rows = probs.tolist()
         now = time.monotonic()
+        events = []
+        to_pick: list[tuple[list[DetectionRef], int, np.ndarray]] = []
         for i in sorted(range(len(metas)), key=lambda j: (metas[j].start_ns, metas[j].station)):
             meta = metas[i]
             station = meta.station
@@ -221,13 +295,48 @@ class DetectionStage:
                 continue
             self._last_start[station] = meta.start_ns
             self._decided_at[station] = now
-            events = self.triggers.update(station, meta.start_ns / _NS, meta.end_ns / _NS, rows[i])
-            for ev in events:
-                result.detections.append((ev.to_body(self.model_info), meta.arrival))
-                if ev.state == "new":
-                    self.opened[station] += 1
+            window = data[i] if data is not None else None
+            check = (lambda ref, w=window, m=meta: self._new_phase(ref, m, w)) if window is not None else None
+            events += [(ev, meta.arrival) for ev in
+                       self.triggers.update(station, meta.start_ns / _NS, meta.end_ns / _NS, rows[i],
+                                            new_phase=check)]
+            if window is None:
+                continue
+            opened = self.triggers.take_opened(station)
+            if opened:
+                to_pick.append((opened, *self.context.span(station, meta.start_ns, window)))
+            self.context.add(station, meta.start_ns, window)
+        self._pick(to_pick)
+        for ev, arrival in events:
+            result.detections.append((ev.to_body(self.model_info), arrival))
+            if ev.state == "new":
+                self.opened[ev.station] += 1
         self.stats["detections"] += len(result.detections)
         return result
+
+    def _new_phase(self, held: DetectionRef, meta: WindowMeta, window: np.ndarray) -> bool:
+        """Whether a window re-triggering a held detection holds a clearly new P: its pick (the window with its
+        context) passes the SNR gate and lies `new_pick_after_s` or more after the held detection's pick. Asked
+        for re-triggers inside a hold only (a few per event), so it picks that one window there and then."""
+        start, x = self.context.span(meta.station, meta.start_ns, window)
+        fresh = pick_every_row(x[None], start, self.sampling_rate, config=self.picker).picks()[0]
+        assert fresh is not None
+        return fresh.method == METHOD and fresh.time_ns - held.pick_or_window().time_ns >= self.new_pick_after_ns
+
+    def _pick(self, todo: list[tuple[list[DetectionRef], int, np.ndarray]]) -> None:
+        """Pick the opened detections' spans, one batched call per span length (a few: with or without the full
+        context), and give each detection its pick."""
+        by_length: dict[int, list[int]] = {}
+        for k, (_, _, x) in enumerate(todo):
+            by_length.setdefault(x.shape[0], []).append(k)
+        for rows in by_length.values():
+            batch = pick_every_row(np.stack([todo[k][2] for k in rows]),
+                                   np.array([todo[k][1] for k in rows], np.int64), self.sampling_rate,
+                                   config=self.picker)
+            for k, pick in zip(rows, batch.picks(), strict=True):
+                self.stats[f"picks_{pick.method}"] += 1
+                for ref in todo[k][0]:
+                    ref.pick = pick
 
     def expire_silent(self, now: float | None = None) -> list[tuple[dict[str, Any], float | None]]:
         """Close the open triggers of stations that went silent (live streams; replays use `flush`).
@@ -236,9 +345,10 @@ class DetectionStage:
         default one window length) of wall clock, measured on the monotonic clock `now` (default: now). The
         station's data clock is taken to have run on at real time since its newest window, and
         `TriggerBank.expire` closes its triggers exactly as a window arriving that late would have
-        (close_reason "gap"). Only the station's own silence counts: a station whose data arrives late but
-        steadily keeps its triggers, and a station that stops is closed even when every other station stopped
-        too. Should its windows come back after all, its trigger opens anew (a new onset, a new id).
+        (close_reason "gap"; a held detection closes as "off" once the data clock passes its hold). Only the
+        station's own silence counts: a station whose data arrives late but steadily keeps its triggers, and a
+        station that stops is closed even when every other station stopped too. Should its windows come back
+        after all, its trigger opens anew (a new pick, a new id).
         """
         now = time.monotonic() if now is None else now
         out: list[tuple[dict[str, Any], float | None]] = []

@@ -28,7 +28,7 @@ one). A row whose vertical is unusable gives no pick and NaN SNR, without raisin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,10 @@ _NS = 1_000_000_000
 
 #: Name of the picking method, reported with each pick.
 METHOD = "aic"
+#: `pick_every_row`: the ungated AIC pick of a row whose SNR is below the gate.
+METHOD_LOW_SNR = "aic_low_snr"
+#: `pick_every_row`: no onset found (unusable data, or a decaying coda); the middle of the search span.
+METHOD_WINDOW = "window"
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class PickerConfig:
     noise_s, gap_s, signal_s: the SNR's noise span (ending gap_s before the pick) and signal span (from it).
     min_snr:           below this SNR a row gets no pick.
     snr_uncertainty_s, min_uncertainty_s: the uncertainty rule (module docstring, step 4).
+    fallback_uncertainty_s: the least uncertainty of a `pick_every_row` pick below the SNR gate.
     """
 
     freqmin: float = 2.0
@@ -67,6 +72,7 @@ class PickerConfig:
     min_snr: float = 2.5
     snr_uncertainty_s: float = 1.0
     min_uncertainty_s: float = 0.05
+    fallback_uncertainty_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,11 @@ class PickBatch:
     uncertainty_s: np.ndarray  # float64 [N], NaN: no pick
     snr: np.ndarray  # float64 [N], NaN: no usable data
     method: str = METHOD
+    methods: tuple[str, ...] = ()  # per row when rows differ (`pick_every_row`); empty: `method` for all
+
+    def method_of(self, i: int) -> str:
+        """The method of row i."""
+        return self.methods[i] if self.methods else self.method
 
     def __len__(self) -> int:
         return int(self.offset_s.shape[0])
@@ -109,8 +120,9 @@ class PickBatch:
     def picks(self) -> list[Pick | None]:
         """One `Pick` per row, None where there is no credible pick."""
         times, ok = self.time_ns.tolist(), self.picked.tolist()
-        return [Pick(int(t), float(u), self.method, float(s)) if p else None
-                for t, u, s, p in zip(times, self.uncertainty_s.tolist(), self.snr.tolist(), ok, strict=True)]
+        return [Pick(int(t), float(u), self.method_of(i), float(s)) if p else None
+                for i, (t, u, s, p) in enumerate(zip(times, self.uncertainty_s.tolist(), self.snr.tolist(), ok,
+                                                     strict=True))]
 
 
 # --------------------------------------------------------------------------------------------------- building blocks
@@ -270,7 +282,35 @@ def pick_p(data: np.ndarray, start_ns: np.ndarray | int, sampling_rate: float, *
     with np.errstate(divide="ignore", invalid="ignore"):
         unc = np.maximum(np.hypot(sigma, cfg.snr_uncertainty_s / snr), cfg.min_uncertainty_s)
 
-    good = ok & (snr >= cfg.min_snr)
+    good = ok & ((snr >= cfg.min_snr) | (cfg.min_snr == -np.inf))  # -inf: no gate, even where the SNR is NaN
     offset = np.where(good, onset / fs, np.nan)
     log.debug("picked", rows=n_rows, picked=int(good.sum()), unusable=int((~usable).sum()))
     return PickBatch(start, offset, np.where(good, unc, np.nan), snr)
+
+
+def pick_every_row(data: np.ndarray, start_ns: np.ndarray | int, sampling_rate: float, *,
+                   search: tuple[Any, Any] | None = None, config: PickerConfig | None = None) -> PickBatch:
+    """`pick_p`, but every row gets a pick (what a detection carries); `PickBatch.methods` says how each was made:
+
+    * ``"aic"``: `pick_p`'s pick (SNR at or above the gate), its uncertainty;
+    * ``"aic_low_snr"``: below the SNR gate, the ungated AIC minimum, with uncertainty
+      ``max(rule, fallback_uncertainty_s)`` (the rule of the module docstring, step 4): such picks are often
+      right within a second, sometimes a later phase, so they come with a large error bar rather than not at all;
+    * ``"window"``: no onset in the span (an unusable vertical, non-finite or constant; or a span whose variance
+      only falls, e.g. a window that starts in a coda): the middle of the search span, with its spread
+      (span / sqrt(12), a uniform position) as the uncertainty, and NaN SNR.
+    """
+    cfg = config or PickerConfig()
+    fs = float(sampling_rate)
+    raw = pick_p(data, start_ns, fs, search=search, config=replace(cfg, min_snr=-np.inf))
+    n_rows = len(raw)
+    if n_rows == 0:
+        return replace(raw, methods=())
+    lo, hi = _span(search, n_rows, np.asarray(data).shape[-1], fs, cfg.edge_s)
+    picked = raw.picked
+    gated = picked & ~(raw.snr >= cfg.min_snr)
+    offset = np.where(picked, raw.offset_s, 0.5 * (lo + hi) / fs)
+    unc = np.where(picked, raw.uncertainty_s, np.maximum((hi - lo) / fs / np.sqrt(12.0), cfg.min_uncertainty_s))
+    unc = np.where(gated, np.fmax(unc, cfg.fallback_uncertainty_s), unc)
+    methods = np.where(picked, np.where(gated, METHOD_LOW_SNR, METHOD), METHOD_WINDOW)
+    return PickBatch(raw.start_ns, offset, unc, raw.snr, METHOD, tuple(methods.tolist()))

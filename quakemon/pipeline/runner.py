@@ -105,7 +105,7 @@ class ProbabilitySeries:
 
 @dataclass
 class ReplayResult:
-    detections: list[dict[str, Any]]  # detection bodies (schema quakemon.detection/1)
+    detections: list[dict[str, Any]]  # detection bodies (schema quakemon.detection/2)
     series: dict[str, ProbabilitySeries]
     windows: int
     stats: dict[str, int]
@@ -184,8 +184,9 @@ class DetectionRunner:
         checkpoint: the loaded checkpoint.
         stride_s, max_missing: the window grid (defaults: `quakemon.pipeline.settings.WINDOW`).
         selectors: NET.STA.LOC.CHA selectors of the channels to use (default: all).
-        on, off, min_duration_s, trigger_label: the trigger (defaults: `quakemon.pipeline.settings.TRIGGER`);
-            a label the checkpoint does not know triggers on every class but noise.
+        on, off, min_duration_s, trigger_label, retrigger_hold_s: the trigger (defaults:
+            `quakemon.pipeline.settings.TRIGGER`); a label the checkpoint does not know triggers on every class
+            but noise.
         device, precision, graph, forward_batch, overlap, inference_workers: see `Inference` (ignored when
             `inference` is given).
         batch_size: windows taken from the windower together.
@@ -201,7 +202,8 @@ class DetectionRunner:
                  precision: str = INFERENCE.precision, batch_size: int = REPLAY_BATCH_SIZE,
                  keep_series: bool = False, associator: Associator | None = None, overlap: bool = True,
                  inference_workers: int | None = None, forward_batch: int | None = None,
-                 graph: str = INFERENCE.graph, inference: Inference | None = None) -> None:
+                 graph: str = INFERENCE.graph, inference: Inference | None = None,
+                 retrigger_hold_s: float = TRIGGER.retrigger_hold_s) -> None:
         log_to_stderr_unless_configured()
         if inference is not None and inference.checkpoint is not checkpoint:
             raise ValueError("inference was built for another checkpoint")
@@ -214,7 +216,7 @@ class DetectionRunner:
         self.inference = inference
         engine = inference.engine
         label = trigger_label if trigger_label in checkpoint.labels else None
-        self.stage = DetectionStage(engine, on, off, min_duration_s, label)
+        self.stage = DetectionStage(engine, on, off, min_duration_s, label, retrigger_hold_s=retrigger_hold_s)
         self._preprocess_device = inference.preprocess_device
         self.batch_size = batch_size
         self.sequencer = Sequencer()
@@ -264,7 +266,8 @@ class DetectionRunner:
         if not batch:
             return []
         if self._worker is None:
-            return self._collect(self.stage.process(*self._preprocess(batch)))
+            spectra, metas, data = self._preprocess(batch)
+            return self._collect(self.stage.process(spectra, metas, data))
         out: list[dict[str, Any]] = []
         for i in range(0, len(batch), self._task):
             while len(self._inflight) >= self._max_inflight:  # every worker busy, a batch's worth queued: wait
@@ -275,20 +278,23 @@ class DetectionRunner:
     def _start(self, task: list[Window]) -> None:
         self._inflight.append(self._worker.submit(self._infer, task))
 
-    def _preprocess(self, batch: list[Window]) -> tuple[Any, list[WindowMeta]]:
+    def _preprocess(self, batch: list[Window]) -> tuple[Any, list[WindowMeta], np.ndarray]:
+        """(spectra, metas, the stacked float32 windows the picks are made on): what the live stages pass on."""
         data, metas = stack_windows(batch, center="ZSCORE" in self.contract.transforms)
-        return preprocess_windows(data, metas, self.contract, device=self._preprocess_device, keep_on_device=True)
+        spectra, metas = preprocess_windows(data, metas, self.contract, device=self._preprocess_device,
+                                            keep_on_device=True)
+        return spectra, metas, data
 
-    def _infer(self, batch: list[Window]) -> tuple[list[WindowMeta], np.ndarray]:
+    def _infer(self, batch: list[Window]) -> tuple[list[WindowMeta], np.ndarray, np.ndarray]:
         """On an inference worker: stack, preprocess (on the worker's one thread, or the GPU) and infer a batch.
         The transform runs here rather than in the thread that decodes and windows, which keeps that thread's
         share of the cores small."""
-        spectra, metas = self._preprocess(batch)
-        return metas, self.stage.infer(spectra, metas)
+        spectra, metas, data = self._preprocess(batch)
+        return metas, self.stage.infer(spectra, metas), data
 
     def _decide_oldest(self) -> list[dict[str, Any]]:
-        metas, probs = self._inflight.popleft().result()
-        return self._collect(self.stage.decide(metas, probs))
+        metas, probs, data = self._inflight.popleft().result()
+        return self._collect(self.stage.decide(metas, probs, data))
 
     def _drain(self) -> list[dict[str, Any]]:
         """Wait for the batches in flight and return their detections, in order."""
@@ -383,7 +389,8 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
         output: where each detection and event body goes as one JSON line (None: nowhere).
         stride_s, selectors, device, precision, batch_size, keep_series, associator, graph: see
             `DetectionRunner` (defaults: `quakemon.pipeline.settings`).
-        trigger: further `DetectionRunner` keywords (on, off, min_duration_s, trigger_label, max_missing).
+        trigger: further `DetectionRunner` keywords (on, off, min_duration_s, trigger_label, max_missing,
+            retrigger_hold_s).
         progress: show a progress bar on stderr.
         on_detection: called with each body (detection or event) as it comes.
 

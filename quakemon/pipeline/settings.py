@@ -31,12 +31,22 @@ class TriggerSettings:
     off:            probability below which it closes (0 < off <= on).
     min_duration_s: shortest detection that is published, between window starts.
     label:          the class label that triggers.
+    retrigger_hold_s: one detection per event per station: a detection that fell below ``off`` is held this
+                    long (from the start of its first window below ``off``); a window reaching ``on`` inside the
+                    hold extends it (same id, same pick: the S wave, the coda, re-triggers) and its "closed" is
+                    sent when the hold ends. 0 closes at once. docs/picks.md has the measurements behind the
+                    defaults.
+    new_pick_after_s: the exception to the hold: a re-trigger whose fresh P pick passes the picker's SNR gate
+                    and lies this long or more after the held detection's pick is a new event (a new detection);
+                    longer than local S-P times, so the S wave of the same event extends instead.
     """
 
     on: float = 0.7
     off: float = 0.5
     min_duration_s: float = 2.0
     label: str = "earthquake"
+    retrigger_hold_s: float = 30.0
+    new_pick_after_s: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +68,12 @@ class AssociationSettings:
     """Network coincidence of station detections into events (see `quakemon.pipeline.associate`)."""
 
     threshold: float = 3.0
-    window_s: float = 10.0
+    window_s: float = 5.0
     hold_s: float = 10.0
     retrigger_s: float = 20.0
     default_weight: float = 1.0
     velocity_kms: float = 3.5
-    tolerance_s: float = 3.0
+    tolerance_s: float = 1.0
 
 
 WINDOW = WindowSettings()

@@ -26,12 +26,27 @@ Policy (the same in replay and live, so the same windows give the same detection
   ``on`` is reported ("new", then "closed" with ``close_reason = "flush"``): the record ended before
   ``min_duration_s`` could pass, the signal did not. A pending trigger that had a window below ``on`` is dropped.
 * Each trigger label (by default every class except ``noise``) has its own independent trigger.
+* One detection per event per station (``retrigger_hold_s``, default
+  `quakemon.pipeline.settings.TriggerSettings.retrigger_hold_s`). When an active trigger falls below ``off`` it
+  is *held* rather than closed: a window that reaches ``on`` and starts less than ``retrigger_hold_s`` after the
+  first window below ``off`` re-activates the same detection (same id, same pick, no new "new"; counted in
+  ``stats["extended"]``), so the S wave, the coda and re-triggers of the event stay in it. Its "closed" goes out
+  with the first window that starts ``retrigger_hold_s`` or more after it fell below ``off`` (``close_reason``
+  "off", ``end`` the end of its last window at or above ``off``), and that same window may open the next
+  detection. The one exception is a clearly new P: when the caller's ``new_phase`` check says the re-triggering
+  window holds one (`quakemon.pipeline.detect`: a fresh pick above the SNR gate, ``new_pick_after_s`` or more
+  after the held detection's pick), the held detection closes there and the window opens a new one. A gap,
+  ``expire`` past the hold's end and ``flush`` close a held detection too (still "off": it had ended).
+  ``retrigger_hold_s = 0`` closes at the first window below ``off``.
+* Each detection carries a `DetectionRef`: the first window over ``on`` and, once the caller has picked it
+  (`TriggerBank.take_opened`, then `DetectionRef.pick`; `quakemon.pipeline.detect` does this for every batch),
+  its P pick, from which the body's ``onset`` and ``id`` derive (`TriggerEvent.to_body`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,11 +54,36 @@ import numpy as np
 import structlog
 
 from quakemon.base.errors import ConfigError
+from quakemon.pipeline.picker import METHOD_WINDOW, Pick
 from quakemon.wire.schema import detection_body, to_timestamp
 
 log = structlog.get_logger(__name__)
 
 _EPS = 1e-9
+_NS = 1_000_000_000
+
+
+@dataclass
+class DetectionRef:
+    """What every message of one detection shares: its first window over ``on`` and its P pick.
+
+    The pick is set by the caller once the window's samples have been picked (`TriggerBank.take_opened`); a
+    detection without one (a trigger fed probabilities only) gets `window_pick`."""
+
+    station: str
+    window_start: float
+    window_end: float
+    pick: Pick | None = None
+
+    def pick_or_window(self) -> Pick:
+        return self.pick if self.pick is not None else window_pick(self.window_start, self.window_end)
+
+
+def window_pick(window_start: float, window_end: float) -> Pick:
+    """The pick of a detection whose samples could not be picked: the window's middle, its spread (length /
+    sqrt(12), a uniform position) as uncertainty, method "window", NaN SNR."""
+    return Pick(int(round((window_start + window_end) / 2 * _NS)), (window_end - window_start) / math.sqrt(12.0),
+                METHOD_WINDOW, math.nan)
 
 
 @dataclass(frozen=True)
@@ -61,19 +101,30 @@ class TriggerEvent:
     peak_probability: float
     end: float | None = None
     close_reason: str | None = None  # "off" | "gap" | "flush" on "closed"
+    detection: DetectionRef | None = None
 
     def to_body(self, model: Mapping[str, str], latency_s: float | None = None) -> dict[str, Any]:
-        """The detection body (schema ``quakemon.detection/1``) for this transition, without seq/epoch."""
+        """The detection body (schema ``quakemon.detection/2``) for this transition, without seq/epoch: ``onset``
+        is the detection's pick time, ``window_start``/``window_end`` its first window over ``on``, and
+        ``last_window_start``/``last_window_end`` the window that caused this message."""
+        ref = self.detection or DetectionRef(self.station, self.onset, self.onset + self.window_end
+                                             - self.window_start)
+        pick = ref.pick_or_window()
         return detection_body(
             station=self.station, state=self.state, label=self.label, probability=self.probability,
-            probabilities=self.probabilities, onset=self.onset, window_start=self.window_start,
-            window_end=self.window_end, peak_probability=self.peak_probability, model=model,
-            latency_s=latency_s, end=self.end, close_reason=self.close_reason,
+            probabilities=self.probabilities, pick_time_ns=pick.time_ns, pick_uncertainty_s=pick.uncertainty_s,
+            pick_method=pick.method, pick_snr=pick.snr, window_start=ref.window_start, window_end=ref.window_end,
+            last_window_start=self.window_start, last_window_end=self.window_end,
+            peak_probability=self.peak_probability, model=model, latency_s=latency_s, end=self.end,
+            close_reason=self.close_reason,
         )
 
 
-def check_thresholds(on: float, off: float, min_duration_s: float, max_gap_s: float | None) -> None:
+def check_thresholds(on: float, off: float, min_duration_s: float, max_gap_s: float | None,
+                     retrigger_hold_s: float = 0.0) -> None:
     """Raise ConfigError naming the [trigger] key when thresholds are inconsistent."""
+    if not (math.isfinite(retrigger_hold_s) and retrigger_hold_s >= 0.0):
+        raise ConfigError(f"trigger.retrigger_hold must be >= 0 seconds, got {retrigger_hold_s!r}")
     if not 0.0 < on <= 1.0:
         raise ConfigError(f"trigger.on must be in (0, 1], got {on!r}")
     if not 0.0 < off <= on:
@@ -94,8 +145,13 @@ class StationTrigger:
     label: str
     station: str = "XX.XXX."
     max_gap_s: float | None = None  # None: the window length
-    state: str = "idle"  # "idle" | "pending" | "active"
-    stats: dict[str, int] = field(default_factory=lambda: {"suppressed": 0, "ignored": 0, "new": 0, "closed": 0})
+    retrigger_hold_s: float = 0.0
+    state: str = "idle"  # "idle" | "pending" | "active" | "held"
+    stats: dict[str, int] = field(default_factory=lambda: {"suppressed": 0, "ignored": 0, "new": 0, "closed": 0,
+                                                           "extended": 0, "new_inside_hold": 0})
+    opened: DetectionRef | None = None  # set when a window opens a detection, until the caller takes it
+    _ref: DetectionRef | None = None
+    _hold_until: float = 0.0
     _onset: float = 0.0
     _peak: float = 0.0
     _last_above_end: float = 0.0
@@ -103,15 +159,19 @@ class StationTrigger:
     _last: tuple[float, float, float, dict[str, float]] | None = None  # start, end, p, probabilities
 
     def __post_init__(self) -> None:
-        check_thresholds(self.on, self.off, self.min_duration_s, self.max_gap_s)
+        check_thresholds(self.on, self.off, self.min_duration_s, self.max_gap_s, self.retrigger_hold_s)
 
     def update(self, window_start: Any, window_end: Any, probabilities: Mapping[str, float]) -> list[TriggerEvent]:
         """Feed one window (in time order); returns the transitions it caused (zero, one or two events)."""
         return self._update(to_timestamp(window_start), to_timestamp(window_end),
                             {str(k): float(v) for k, v in probabilities.items()})
 
-    def _update(self, start: float, end: float, probs: dict[str, float]) -> list[TriggerEvent]:
-        """`update` with POSIX times and a {label: float} dict that the trigger may keep (not copied)."""
+    def _update(self, start: float, end: float, probs: dict[str, float],
+                new_phase: Callable[[DetectionRef], bool] | None = None) -> list[TriggerEvent]:
+        """`update` with POSIX times and a {label: float} dict that the trigger may keep (not copied).
+
+        new_phase(detection): asked when this window re-triggers a held detection; True (a clearly new P, see
+        `quakemon.pipeline.detect`) closes the held detection and opens a new one with this window."""
         if self.label not in probs:
             raise ConfigError(f"trigger label {self.label!r} not among the model's labels {sorted(probs)}")
         p = probs[self.label]
@@ -123,15 +183,31 @@ class StationTrigger:
         if self._last is not None and start - self._last[0] > self._max_gap() + _EPS:
             events.extend(self._close("gap"))
         self._last = (start, end, p, probs)
+        if self.state == "held" and start >= self._hold_until - _EPS:
+            events.extend(self._close("off"))
         if self.state == "idle":
             if p >= self.on:
                 self.state, self._onset, self._peak, self._last_above_end = "pending", start, p, end
                 self._all_on = True
+                self._ref = self.opened = DetectionRef(self.station, start, end)
                 events.extend(self._confirm())
+        elif self.state == "held":
+            if p >= self.on and new_phase is not None and self._ref is not None and new_phase(self._ref):
+                events.extend(self._close("off"))  # a new event at this station: the held one ends here
+                self.stats["new_inside_hold"] += 1
+                self.state, self._onset, self._peak, self._last_above_end = "pending", start, p, end
+                self._all_on = True
+                self._ref = self.opened = DetectionRef(self.station, start, end)
+                events.extend(self._confirm())
+            elif p >= self.on:  # a re-trigger inside the hold: the same detection goes on
+                self.state, self._peak, self._last_above_end = "active", max(self._peak, p), end
+                self.stats["extended"] += 1
         elif p >= self.off:
             self._peak, self._last_above_end = max(self._peak, p), end
             self._all_on = self._all_on and p >= self.on
             events.extend(self._confirm())
+        elif self.state == "active" and self.retrigger_hold_s > 0:
+            self.state, self._hold_until = "held", start + self.retrigger_hold_s
         else:
             events.extend(self._close("off"))
         return events
@@ -146,8 +222,13 @@ class StationTrigger:
         return self._close("flush")
 
     def expire(self, data_time: float) -> list[TriggerEvent]:
-        """Close the trigger if its last window started more than max_gap_s before `data_time` (data time)."""
-        if self._last is not None and self.state != "idle" and data_time - self._last[0] > self._max_gap() + _EPS:
+        """Close the trigger if its last window started more than max_gap_s before `data_time` (data time), or a
+        held detection once `data_time` reaches the end of its hold."""
+        if self._last is None or self.state == "idle":
+            return []
+        if self.state == "held" and data_time >= self._hold_until - _EPS:
+            return self._close("off")
+        if data_time - self._last[0] > self._max_gap() + _EPS:
             return self._close("gap")
         return []
 
@@ -161,7 +242,7 @@ class StationTrigger:
         return TriggerEvent(
             station=self.station, state=state, label=self.label, probability=p, probabilities=probs,
             onset=self._onset, window_start=start, window_end=wend, peak_probability=self._peak,
-            end=end, close_reason=reason,
+            end=end, close_reason=reason, detection=self._ref,
         )
 
     def _confirm(self) -> list[TriggerEvent]:
@@ -174,6 +255,8 @@ class StationTrigger:
 
     def _close(self, reason: str) -> list[TriggerEvent]:
         state, self.state = self.state, "idle"
+        if state == "held":  # it had ended below `off`; only the hold was still open
+            state, reason = "active", "off"
         if state == "pending":
             self.stats["suppressed"] += 1
             log.debug("trigger_suppressed", station=self.station, label=self.label, reason=reason)
@@ -194,8 +277,10 @@ class TriggerBank:
         labels: Sequence[str],
         trigger_labels: Sequence[str] | None = None,
         max_gap_s: float | None = None,
+        retrigger_hold_s: float = 0.0,
     ) -> None:
-        check_thresholds(on, off, min_duration_s, max_gap_s)
+        check_thresholds(on, off, min_duration_s, max_gap_s, retrigger_hold_s)
+        self.retrigger_hold_s = float(retrigger_hold_s)
         self.labels = tuple(str(label) for label in labels)
         if trigger_labels is None:
             trigger_labels = [label for label in self.labels if label.lower() != "noise"]
@@ -224,8 +309,19 @@ class TriggerBank:
         key = (station, label)
         if key not in self._triggers:
             self._triggers[key] = StationTrigger(self.on, self.off, self.min_duration_s, label, station,
-                                                 self.max_gap_s)
+                                                 self.max_gap_s, self.retrigger_hold_s)
         return self._triggers[key]
+
+    def take_opened(self, station: str) -> list[DetectionRef]:
+        """The detections the station's last window opened (one per trigger label at most), each once: the
+        caller picks that window and sets their `pick` before building their bodies."""
+        out = []
+        for label in self.trigger_labels:
+            trig = self._triggers.get((station, label))
+            if trig is not None and trig.opened is not None:
+                out.append(trig.opened)
+                trig.opened = None
+        return out
 
     def update(
         self,
@@ -234,13 +330,15 @@ class TriggerBank:
         window_end: Any,
         probabilities: Mapping[str, float] | np.ndarray | Sequence[float],
         labels: Sequence[str] | None = None,
+        new_phase: Callable[[DetectionRef], bool] | None = None,
     ) -> list[TriggerEvent]:
-        """Feed one station's window; returns its transitions for every trigger label, in label order."""
+        """Feed one station's window; returns its transitions for every trigger label, in label order.
+        new_phase: see `StationTrigger._update` (None: a re-trigger inside the hold always extends)."""
         probs = self._as_dict(probabilities, labels)
         start, end = to_timestamp(window_start), to_timestamp(window_end)
         events: list[TriggerEvent] = []
         for label in self.trigger_labels:  # (each trigger keeps `probs`: a dict of its own, never changed)
-            events.extend(self.trigger(station, label)._update(start, end, probs))
+            events.extend(self.trigger(station, label)._update(start, end, probs, new_phase))
         return events
 
     def flush(self) -> list[TriggerEvent]:
@@ -263,10 +361,11 @@ class TriggerBank:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters summed over all triggers: new, closed, suppressed (shorter than min_duration), ignored."""
-        total = {"new": 0, "closed": 0, "suppressed": 0, "ignored": 0}
+        """Counters summed over all triggers: new, closed, suppressed (shorter than min_duration), ignored,
+        extended (re-triggers inside a hold)."""
+        total = {"new": 0, "closed": 0, "suppressed": 0, "ignored": 0, "extended": 0, "new_inside_hold": 0}
         for trig in self._triggers.values():
             for key, value in trig.stats.items():
                 total[key] += value
-        total["open"] = sum(t.state == "active" for t in self._triggers.values())
+        total["open"] = sum(t.state in ("active", "held") for t in self._triggers.values())
         return total

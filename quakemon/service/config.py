@@ -182,6 +182,8 @@ class TriggerConfig:
     off: float = _key(TRIGGER.off, "probability below which it closes (0 < off <= on)", _range(0, 1, lo_open=True))
     min_duration: float = _key(TRIGGER.min_duration_s, "shortest detection worth publishing, s", _range(0, 3600))
     label: str = _key(TRIGGER.label, "class label that triggers", _non_empty)
+    retrigger_hold: float = _key(TRIGGER.retrigger_hold_s, "a re-trigger this long after a detection fell below off "
+                                 "extends it (one detection per event and station), s", _range(0, 3600))
 
 
 @dataclass(frozen=True, slots=True)

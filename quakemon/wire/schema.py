@@ -11,30 +11,9 @@ Two kinds of messages travel over ZeroMQ:
   per message on this topic, so a subscriber filtering by prefix still sees its gaps) and ``epoch`` (id of the
   publisher run, new on every restart). Detections carry ``station`` "NET.STA.LOC".
 
-Detection fields (``quakemon.detection/1``; see :mod:`quakemon.pipeline.trigger` for the trigger policy):
-``id`` sha1 of station|onset|model sha256 (stable across replay/live and between "new" and "closed");
-``state`` "new" | "closed"; ``label``; ``probability`` and ``probabilities`` of the window that caused the
-message; ``onset`` start time of the first window whose probability reached ``on``; ``window_start`` /
-``window_end`` of the window that caused the message; ``end`` ("closed" only) end time of the last window still
-at or above ``off``; ``close_reason`` ("closed" only) "off" | "gap" | "flush"; ``peak_probability`` so far;
-``model`` {name, sha256}; ``latency_s`` arrival of the window's last sample -> publication (null in replays).
-Heartbeat fields (``quakemon.heartbeat/1``): ``time``, ``uptime_s``, ``stations``, ``windows_in``,
-``windows_out``, ``dropped``, ``queue_depths`` {stage: n}, ``lag_s``, ``seq_last`` (seq of the last message
-before it), ``catchup`` (optional: the ZeroMQ endpoint of the catch-up server that answers from the journal, see
-docs/delivery.md), plus any extra counters the daemon adds.
-
-Event fields (``quakemon.event/1``, topic ``event.<id>``; built by :func:`event_body`, see
-:mod:`quakemon.pipeline.associate` for the association policy): ``id`` sha1 of label|first station|its onset (stable
-from "new" to "closed", the same in replay and live); ``state`` "new" (the coincidence sum reached the threshold)
-| "updated" (a station joined) | "closed" (no station can join any more); ``label``; ``first_onset`` and
-``last_onset`` (ISO); ``stations`` a list, in onset order, of {``station``, ``onset``, ``probability`` (of the
-detection's "new"), ``peak_probability``, ``end`` (null until that detection closed), ``weight``,
-``detection_id``}; ``n_stations``; ``coincidence_sum`` (sum of the stations' weights); ``threshold``;
-``window_s``; ``end`` latest ``end`` among the stations (or null); ``close_reason`` ("closed" only) "window" |
-"flush".
-
-Times on the wire are ISO 8601 UTC strings with microseconds and a ``Z`` suffix. ``latency_s`` is computed in one
-place, :func:`latency_s`.
+docs/wire-protocol.md describes every field of the detection (``quakemon.detection/2``: ``onset`` is the P pick,
+docs/picks.md), event and heartbeat bodies and what changed from ``quakemon.detection/1``. Times on the wire are
+ISO 8601 UTC strings with microseconds and a ``Z`` suffix; ``latency_s`` is computed in one place.
 """
 
 from __future__ import annotations
@@ -53,7 +32,9 @@ import numpy as np
 from quakemon.base.errors import QuakemonError
 
 ARRAYS_SCHEMA = "quakemon.arrays/1"
-DETECTION_SCHEMA = "quakemon.detection/1"
+DETECTION_SCHEMA = "quakemon.detection/2"
+#: Earlier detection schemas, which `parse_body` names in its error (docs/wire-protocol.md says what changed).
+OLD_DETECTION_SCHEMAS = ("quakemon.detection/1",)
 HEARTBEAT_SCHEMA = "quakemon.heartbeat/1"
 EVENT_SCHEMA = "quakemon.event/1"
 
@@ -217,6 +198,12 @@ def iso_utc(t: Any) -> str:
     return (_EPOCH0 + _dt.timedelta(microseconds=micros)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def iso_utc_ns(time_ns: int) -> str:
+    """:func:`iso_utc` of integer ns since the epoch, exact (no float rounding on the way)."""
+    micros = (int(time_ns) + 500) // 1000
+    return (_EPOCH0 + _dt.timedelta(microseconds=micros)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def parse_iso_utc(text: str) -> float:
     """POSIX seconds from :func:`iso_utc` text (or any ISO 8601 string with a UTC offset or ``Z``)."""
     try:
@@ -244,7 +231,8 @@ def new_epoch(now: float | None = None) -> str:
 
 
 def detection_id(station: str, onset: str, model_sha256: str) -> str:
-    """Stable id of a detection: the same station, onset (ISO text) and model give the same id, live or replay."""
+    """Stable id of a detection: the same station, pick time (ISO text) and model give the same id, live or
+    replay."""
     return hashlib.sha1(f"{station}|{onset}|{model_sha256}".encode()).hexdigest()[:20]
 
 
@@ -289,6 +277,9 @@ def parse_body(data: bytes | memoryview) -> dict[str, Any]:
     schema = body.get("schema")
     if schema == DETECTION_SCHEMA:
         return validate_detection(body)
+    if schema in OLD_DETECTION_SCHEMAS:
+        raise MessageError(f"schema {schema!r} is no longer published (this reader speaks {DETECTION_SCHEMA!r}; "
+                           "see docs/wire-protocol.md)")
     if schema == HEARTBEAT_SCHEMA:
         return validate_heartbeat(body)
     if schema == EVENT_SCHEMA:
@@ -327,6 +318,14 @@ def _prob(name: str, value: Any) -> float:
     return float(value)
 
 
+def pick_body(time_ns: int, uncertainty_s: float, method: str, snr: float | None, phase: str = "P") -> dict[str, Any]:
+    """The ``pick`` object of a detection body: time (ISO, from ns since the epoch), uncertainty_s, phase,
+    method, snr (null when undefined)."""
+    snr = math.nan if snr is None else float(snr)
+    return {"time": iso_utc_ns(time_ns), "uncertainty_s": round(float(uncertainty_s), 4), "phase": phase,
+            "method": str(method), "snr": round(snr, 3) if math.isfinite(snr) else None}
+
+
 def detection_body(
     *,
     station: str,
@@ -334,32 +333,50 @@ def detection_body(
     label: str,
     probability: float,
     probabilities: Mapping[str, float],
-    onset: Any,
     window_start: Any,
     window_end: Any,
     peak_probability: float,
     model: Mapping[str, str],
+    onset: Any = None,
+    pick_time_ns: int | None = None,
+    pick_uncertainty_s: float = 0.0,
+    pick_method: str = "manual",
+    pick_snr: float | None = None,
+    last_window_start: Any = None,
+    last_window_end: Any = None,
     latency_s: float | None = None,
     end: Any = None,
     close_reason: str | None = None,
 ) -> dict[str, Any]:
     """A detection body (without seq/epoch, which the publisher stamps); times may be floats or UTCDateTime.
 
-    ``id`` is :func:`detection_id` of station, onset and model sha256. ``end`` and ``close_reason`` are set on
-    "closed" only. ``latency_s`` is null in replays and filled at publication otherwise.
+    The pick time is `pick_time_ns` (integer ns since the epoch, exact; what the trigger gives) or `onset`;
+    it becomes ``onset`` and ``pick.time``, and ``id`` is :func:`detection_id` of station, pick time and model
+    sha256. The pick's quality defaults suit a hand-made body (method "manual"). `last_window_start` /
+    `last_window_end` (the window that caused the message) default to the first window. ``end`` and
+    ``close_reason`` are set on "closed" only. ``latency_s`` is null in replays and filled at publication.
     """
-    onset_iso = iso_utc(onset)
+    if pick_time_ns is None:
+        if onset is None:
+            raise MessageError("detection body: needs a pick time (pick_time_ns or onset)")
+        pick_time_ns = round(to_timestamp(onset) * 1e6) * 1000
+    pick = pick_body(pick_time_ns, pick_uncertainty_s, pick_method, pick_snr)
+    last_window_start = window_start if last_window_start is None else last_window_start
+    last_window_end = window_end if last_window_end is None else last_window_end
     body: dict[str, Any] = {
         "schema": DETECTION_SCHEMA,
         "station": station,
-        "id": detection_id(station, onset_iso, str(model.get("sha256", ""))),
+        "id": detection_id(station, pick["time"], str(model.get("sha256", ""))),
         "state": state,
         "label": label,
         "probability": round(float(probability), 6),
         "probabilities": {str(k): round(float(v), 6) for k, v in probabilities.items()},
-        "onset": onset_iso,
+        "onset": pick["time"],
+        "pick": pick,
         "window_start": iso_utc(window_start),
         "window_end": iso_utc(window_end),
+        "last_window_start": iso_utc(last_window_start),
+        "last_window_end": iso_utc(last_window_end),
         "end": None if end is None else iso_utc(end),
         "peak_probability": round(float(peak_probability), 6),
         "model": {"name": str(model.get("name", "")), "sha256": str(model.get("sha256", ""))},
@@ -398,7 +415,7 @@ def _check_stamp(body: Mapping[str, Any], what: str) -> None:
 
 
 def validate_detection(body: dict[str, Any], stamped: bool = True) -> dict[str, Any]:
-    """Check a detection body against ``quakemon.detection/1``; returns it unchanged or raises MessageError."""
+    """Check a detection body against ``quakemon.detection/2``; returns it unchanged or raises MessageError."""
     what = "detection"
     _check_header(body, DETECTION_SCHEMA, what, stamped)
     _station_parts(_require(body, "station", str, what))
@@ -411,8 +428,11 @@ def validate_detection(body: dict[str, Any], stamped: bool = True) -> dict[str, 
     _prob("peak_probability", _require(body, "peak_probability", (int, float), what))
     for label, p in _require(body, "probabilities", dict, what).items():
         _prob(f"probabilities[{label!r}]", p)
-    for key in ("onset", "window_start", "window_end"):
+    for key in ("onset", "window_start", "window_end", "last_window_start", "last_window_end"):
         parse_iso_utc(_require(body, key, str, what))
+    _check_pick(_require(body, "pick", dict, what), what)
+    if body["pick"]["time"] != body["onset"]:
+        raise MessageError(f"{what} body: onset {body['onset']!r} must be the pick time {body['pick']['time']!r}")
     end = body.get("end")
     if state == "closed":
         parse_iso_utc(_require(body, "end", str, what))
@@ -430,6 +450,19 @@ def validate_detection(body: dict[str, Any], stamped: bool = True) -> dict[str, 
     return body
 
 
+def _check_pick(pick: Mapping[str, Any], what: str) -> None:
+    """A ``pick`` object: time (ISO), uncertainty_s >= 0, phase, method (strings), snr (number or null)."""
+    parse_iso_utc(_require(pick, "time", str, f"{what} pick"))
+    unc = _require(pick, "uncertainty_s", (int, float), f"{what} pick")
+    if not (math.isfinite(unc) and unc >= 0):
+        raise MessageError(f"{what} pick: uncertainty_s must be a number >= 0, got {unc!r}")
+    _require(pick, "phase", str, f"{what} pick")
+    _require(pick, "method", str, f"{what} pick")
+    snr = pick.get("snr", "missing")
+    if snr is not None and (isinstance(snr, bool) or not isinstance(snr, int | float)):
+        raise MessageError(f"{what} pick: snr must be a number or null, got {snr!r}")
+
+
 def event_body(
     *,
     state: str,
@@ -443,8 +476,8 @@ def event_body(
     """An event body (without seq/epoch, which the publisher stamps).
 
     `stations`: one mapping per station with station, onset (float or UTCDateTime or ISO text), probability,
-    peak_probability, end (or None), weight, detection_id. They are sorted by onset, then station; the id, first
-    and last onset and the event end follow from them.
+    peak_probability, end (or None), weight, detection_id, pick (the detection's ``pick`` object, or None).
+    They are sorted by onset, then station; the id, first and last onset and the event end follow from them.
     """
     rows = []
     for st in stations:
@@ -458,6 +491,7 @@ def event_body(
             "end": None if end is None else end if isinstance(end, str) else iso_utc(end),
             "weight": float(st.get("weight", 1.0)),
             "detection_id": str(st.get("detection_id", "")),
+            "pick": dict(st["pick"]) if st.get("pick") is not None else None,
         })
     if not rows:
         raise MessageError("event body: needs at least one station")
@@ -504,6 +538,8 @@ def validate_event(body: dict[str, Any], stamped: bool = True) -> dict[str, Any]
         _prob(f"stations[{i}].probability", _require(st, "probability", (int, float), f"{what} stations[{i}]"))
         if st.get("end") is not None:
             parse_iso_utc(_require(st, "end", str, f"{what} stations[{i}]"))
+        if st.get("pick") is not None:
+            _check_pick(_require(st, "pick", dict, f"{what} stations[{i}]"), f"{what} stations[{i}]")
         _require(st, "weight", (int, float), f"{what} stations[{i}]")
     if len({st["station"] for st in stations}) != len(stations):
         raise MessageError(f"{what} body: a station appears twice in {[st['station'] for st in stations]}")

@@ -27,11 +27,14 @@ MODEL = {"name": "test", "sha256": "cd" * 32}
 
 def det(station: str, onset: float, state: str = "new", p: float = 0.9, label: str = "earthquake",
         min_duration: float = 2.0, end: float | None = None) -> dict[str, Any]:
-    """A detection body as the trigger makes it: "new" confirmed min_duration after the onset."""
+    """A detection body as the trigger makes it: onset (the pick) and its first window starting there, "new"
+    confirmed by a window min_duration later (the message's window, last_window_start, moves the clock)."""
     ws = onset + min_duration if state == "new" else (end or onset + 20.0)
     return m.detection_body(station=station, state=state, label=label, probability=p,
-                            probabilities={"noise": 1 - p, "earthquake": p}, onset=onset, window_start=ws,
-                            window_end=ws + 20.0, peak_probability=p, model=MODEL,
+                            probabilities={"noise": 1 - p, "earthquake": p}, pick_time_ns=round(onset * 1e9),
+                            pick_uncertainty_s=0.05, pick_method="aic", pick_snr=10.0, window_start=onset,
+                            window_end=onset + 20.0, last_window_start=ws, last_window_end=ws + 20.0,
+                            peak_probability=p, model=MODEL,
                             end=end if state == "closed" else None,
                             close_reason="off" if state == "closed" else None)
 
@@ -92,13 +95,13 @@ def test_event_grows_from_new_to_updated_to_closed() -> None:
     seen += assoc.add(det("XX.B.", T0 + 1), "s")
     assert seen == []  # two stations: below the threshold
     seen += assoc.add(det("XX.C.", T0 + 2), "s")
-    assert seen == []  # held until the watermark (C's window_start T0 + 4) is hold_s past the onsets
+    assert seen == []  # held until the watermark (C's last_window_start T0 + 4) is hold_s past the onsets
     seen += assoc.advance(T0 + 8)
     assert [(e["state"], e["n_stations"]) for e in seen] == [("new", 3)]
     seen += assoc.add(det("XX.D.", T0 + 6), "s")
     seen += assoc.advance(T0 + 12)
     assert [(e["state"], e["n_stations"]) for e in seen] == [("new", 3), ("updated", 4)]
-    seen += assoc.add(det("XX.A.", T0, state="closed", end=T0 + 14), "s")  # its window_start moves the clock
+    seen += assoc.add(det("XX.A.", T0, state="closed", end=T0 + 14), "s")  # its last_window_start moves the clock
     assert assoc.open_events == 1 and len(seen) == 2
     seen += assoc.advance(T0 + 15.5)  # watermark - hold = seed + window_s + 0.5: nobody can join any more
     assert [(e["state"], e["n_stations"]) for e in seen] == [("new", 3), ("updated", 4), ("closed", 4)]
@@ -205,7 +208,7 @@ def _network_bodies(seed: int) -> list[dict[str, Any]]:
             onset = t + rng.uniform(0, 6)
             bodies.append(det(f"XX.{sta}.", onset))
             bodies.append(det(f"XX.{sta}.", onset, state="closed", end=onset + rng.uniform(5, 40)))
-    bodies.sort(key=lambda b: (m.parse_iso_utc(b["window_start"]), b["station"]))
+    bodies.sort(key=lambda b: (m.parse_iso_utc(b["last_window_start"]), b["station"]))
     return bodies
 
 
@@ -411,7 +414,7 @@ def test_replay_feeds_each_batch_then_advances_the_clock_like_the_live_inference
 
     class Recording(Associator):
         def add(self, body, source=None):
-            calls.append(("add", m.parse_iso_utc(body["window_start"])))
+            calls.append(("add", m.parse_iso_utc(body["last_window_start"])))
             return super().add(body, source)
 
         def advance(self, data_time, source=None):

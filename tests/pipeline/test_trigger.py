@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quakemon.base.errors import ConfigError
+from quakemon.models.contract import InputContract
 from quakemon.pipeline.detect import DetectionStage, WindowMeta
 from quakemon.pipeline.trigger import StationTrigger, TriggerBank
 from quakemon.wire.schema import iso_utc
@@ -122,7 +123,7 @@ class _Engine:
     """What DetectionStage needs of an InferenceEngine: labels, the checkpoint's model info, predict."""
 
     labels = LABELS
-    checkpoint = SimpleNamespace(model_info=MODEL)
+    checkpoint = SimpleNamespace(model_info=MODEL, contract=InputContract())
 
     def predict(self, spectra):
         return np.tile(np.array([[0.1, 0.9]], np.float32), (len(spectra), 1))
@@ -171,7 +172,9 @@ def test_bank_per_station_labels_arrays_and_ids():
     flushed = bank.flush()
     assert [(e.station, e.state) for e in flushed] == [("BW.RJOB.", "closed"), ("GR.FUR.", "closed")]
     body = flushed[0].to_body(MODEL, latency_s=None)
-    assert body["onset"] == iso_utc(T0) and body["state"] == "closed" and body["close_reason"] == "flush"
+    assert body["window_start"] == iso_utc(T0) and body["state"] == "closed" and body["close_reason"] == "flush"
+    # not picked (probabilities only): the window pick, the middle of the first window over on
+    assert body["onset"] == iso_utc(T0 + 10) and body["pick"]["method"] == "window"
     # flush left the trigger idle: the next window over on opens a new detection with a new onset.
     reopened = bank.update("BW.RJOB.", T0 + 10, T0 + 30, [0.0, 1.0, 0.0])
     assert [(e.state, e.onset) for e in reopened] == [("new", T0 + 10)]

@@ -139,8 +139,10 @@ def test_garbage_frames_only_ever_raise_message_error(head, bufs):
 def _detection(**over):
     kw = dict(
         station="BW.RJOB.", state="new", label="earthquake", probability=0.91,
-        probabilities={"noise": 0.09, "earthquake": 0.91}, onset=1251072000.0, window_start=1251072010.0,
-        window_end=1251072030.0, peak_probability=0.95, model=MODEL, latency_s=0.25,
+        probabilities={"noise": 0.09, "earthquake": 0.91}, pick_time_ns=1251072017_230000000,
+        pick_uncertainty_s=0.05, pick_method="aic", pick_snr=12.5, window_start=1251072000.0,
+        window_end=1251072020.0, last_window_start=1251072002.0, last_window_end=1251072022.0,
+        peak_probability=0.95, model=MODEL, latency_s=0.25,
     )
     kw.update(over)
     return m.detection_body(**kw)
@@ -148,21 +150,31 @@ def _detection(**over):
 
 def test_detection_body_fields_and_stable_id():
     body = _detection()
-    assert body["schema"] == "quakemon.detection/1"
-    assert body["onset"] == "2009-08-24T00:00:00.000000Z"
-    assert body["window_end"] == "2009-08-24T00:00:30.000000Z"
+    assert body["schema"] == "quakemon.detection/2"
+    assert body["onset"] == body["pick"]["time"] == "2009-08-24T00:00:17.230000Z"
+    assert body["pick"] == {"time": "2009-08-24T00:00:17.230000Z", "uncertainty_s": 0.05, "phase": "P",
+                            "method": "aic", "snr": 12.5}
+    assert body["window_start"] == "2009-08-24T00:00:00.000000Z"  # the first window over on (/1's onset)
+    assert body["last_window_end"] == "2009-08-24T00:00:22.000000Z"
     assert body["end"] is None
-    assert body["id"] == m.detection_id("BW.RJOB.", "2009-08-24T00:00:00.000000Z", MODEL["sha256"])
-    # Same station + onset + model -> same id, whatever the window or state.
-    closed = _detection(state="closed", window_start=1251072050.0, window_end=1251072070.0, end=1251072060.0,
-                        close_reason="off")
+    assert body["id"] == m.detection_id("BW.RJOB.", "2009-08-24T00:00:17.230000Z", MODEL["sha256"])
+    # Same station + pick time + model -> same id, whatever the window or state.
+    closed = _detection(state="closed", last_window_start=1251072050.0, last_window_end=1251072070.0,
+                        end=1251072060.0, close_reason="off")
     assert closed["id"] == body["id"]
-    assert _detection(onset=1251072010.0)["id"] != body["id"]
+    assert _detection(window_start=1251071999.0)["id"] == body["id"]
+    assert _detection(pick_time_ns=1251072017_240000000)["id"] != body["id"]  # one sample later
     assert _detection(model={"name": "x", "sha256": "cd" * 32})["id"] != body["id"]
     assert _detection(station="BW.RJOB.00")["id"] != body["id"]
+    assert _detection(pick_snr=float("nan"), pick_method="window")["pick"]["snr"] is None
     encoded = m.json_bytes(m.Sequencer("e1").stamp("detection.BW.RJOB", body))
     assert b" " not in encoded.replace(b"hybridvit-test", b"")
     assert m.parse_body(encoded) == body
+
+
+def test_old_detection_schema_is_named_in_the_error():
+    with pytest.raises(MessageError, match="no longer published"):
+        m.parse_body(b'{"schema": "quakemon.detection/1"}')
 
 
 def test_detection_validation_errors():
@@ -176,7 +188,13 @@ def test_detection_validation_errors():
         _detection(state="closed", end=1251072060.0)
     with pytest.raises(MessageError, match="NET.STA.LOC"):
         _detection(station="RJOB")
+    with pytest.raises(MessageError, match="uncertainty_s"):
+        _detection(pick_uncertainty_s=-1.0)
     body = _detection()
+    with pytest.raises(MessageError, match="pick time"):
+        m.validate_detection({**body, "onset": body["window_start"]}, stamped=False)
+    with pytest.raises(MessageError, match="pick"):
+        m.validate_detection({k: v for k, v in body.items() if k != "pick"}, stamped=False)
     with pytest.raises(MessageError, match="seq"):
         m.validate_detection(dict(body))  # not stamped
     stamped = m.Sequencer("e1").stamp("detection.BW.RJOB", dict(body))

@@ -1,4 +1,8 @@
-"""The inference stage: PULL spectra (binds pipeline.spectra_endpoint) -> micro-batches -> HybridViT -> trigger -> PUB.
+"""The inference stage: PULL spectra (binds pipeline.spectra_endpoint) -> micro-batches -> HybridViT -> trigger
+-> P picks -> PUB.
+
+The spectra come with the windows' samples (preprocess stage), so a window that opens a detection is picked here
+(`quakemon.pipeline.detect.DetectionStage`, the code the replay runs).
 
 A micro-batch runs when `model.batch_size` windows are queued, or when the oldest queued window has waited
 `model.max_wait_ms`, whichever comes first. Once a second, the triggers of stations that went silent are
@@ -106,7 +110,8 @@ class InferenceStage(Stage):
         maybe_break_engine(self.engine)
         t = cfg.trigger
         self.stage = DetectionStage(self.engine, t.on, t.off, t.min_duration,
-                                    t.label if t.label in self.ckpt.labels else None)
+                                    t.label if t.label in self.ckpt.labels else None,
+                                    retrigger_hold_s=t.retrigger_hold)
         self.assoc = associator_from_config(cfg.associate)  # network events, when [associate] enabled = true
         self.should_stop.wait(max(0.0, joinable_at - time.monotonic()))
         self.pull = zmq_socket(self.ctx, zmq.PULL, cfg.pipeline.spectra_endpoint, bind=True)
@@ -188,13 +193,15 @@ class InferenceStage(Stage):
         """Infer up to batch_size queued windows, publish their detections (and network events)."""
         from quakemon.pipeline.engine import FatalInferenceError
 
-        metas, spectra = [], []
+        metas, spectra, data = [], [], []
         while self.queue and len(metas) < self.cfg.model.batch_size:
             batch = self.queue.popleft()
             metas += batch.metas
             spectra.append(batch.arrays["spectra"])
+            data.append(batch.arrays.get("data"))
+        samples = np.concatenate(data) if all(d is not None for d in data) else None  # None: window picks only
         try:
-            result = self.stage.process(np.concatenate(spectra), metas)
+            result = self.stage.process(np.concatenate(spectra), metas, samples)
         except FatalInferenceError:
             raise
         except Exception as exc:  # one bad batch is dropped; repeated failures become fatal in the engine

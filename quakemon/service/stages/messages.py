@@ -4,6 +4,8 @@ Each is one multipart message made by `quakemon.wire.schema.pack_arrays`, with t
 
     {"kind": "windows", "windows": [WindowMeta.to_wire(), ...]}   + array "data"    float32 [B, C, N]
     {"kind": "spectra", "windows": [WindowMeta.to_wire(), ...]}   + array "spectra" float32 [B, C, F, T]
+                                                                  + array "data"    float32 [B, C, N] (the
+                                                                    windows' samples, for the P picks)
     {"kind": "status",  "status": {stage, source, pid, ready, loops, progress, stats, time}}   (no arrays)
 
 Window metadata is typed (`WindowMeta`) inside a stage and serialised only here, at the stage boundary.

@@ -111,7 +111,8 @@ class PreprocessStage(Stage):
             spectra, done = preprocess_windows(data, metas, self.contract, device=self.device)
             self.windows += len(done)
             self.status.progress += len(done)
-            self.queue.put(Batch(SPECTRA, tuple(done), {"spectra": spectra}))
+            # the samples go on beside the spectra: the inference stage picks the windows that open detections
+            self.queue.put(Batch(SPECTRA, tuple(done), {"spectra": spectra, "data": data}))
 
     def own(self) -> Stats:
         return {"preprocessed": self.windows, "dropped_preprocess": self.queue.dropped,
