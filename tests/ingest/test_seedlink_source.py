@@ -30,7 +30,8 @@ from quakemon.ingest.seqstate import (
 )
 from quakemon.tools.serve import Faults, SeedLinkServer
 
-FAST = {"backoff_initial": 0.1, "backoff_max": 0.5, "netto": 5.0}
+# SeedLink 3.1 here (24-bit hex sequence numbers, the wrap at FFFFFF); 4.0: test_seedlink_v4.py
+FAST = {"backoff_initial": 0.1, "backoff_max": 0.5, "netto": 5.0, "protocol": "3.1"}
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,7 @@ def _run_with_faults(records, faults, want, **source_kw):
     Returns (source, received, seconds, the DATA commands the server saw).
     """
     with SeedLinkServer(records, speed=0, faults=faults) as srv:
-        src = SeedLinkSource(srv.address, ["BW.RJOB..EH?"], **source_kw)
+        src = SeedLinkSource(srv.address, ["BW.RJOB..EH?"], protocol="3.1", **source_kw)
         t0 = time.monotonic()
         try:
             got = run_until_complete(src, want)

@@ -113,7 +113,11 @@ class RingServer:
         return path
 
     def count_packets(self, at_least: int, timeout: float = 10.0, port: int | None = None) -> int:
-        """How many data packets the ring holds (stops counting at `at_least` or after `timeout`)."""
+        """How many data packets the ring holds (stops counting at `at_least` or after `timeout`).
+
+        Counted by asking for everything from 1970 on (3.1 ``TIME``); ringserver 4.5.3 positions by time just
+        after the oldest packet of its ring, so that one is not counted when it was there before the request.
+        """
         from quakemon.ingest.slproto import Packet, split_packets
 
         deadline = time.monotonic() + timeout
