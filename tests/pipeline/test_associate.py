@@ -344,9 +344,11 @@ def test_associate_main_usage_errors(capsys) -> None:
 # ------------------------------------------------------------------------------- real data: ObsPy's UH network
 def test_replay_of_obspy_uh_network_gives_one_event_for_the_local_earthquake(tmp_path: Path) -> None:
     """ObsPy's coincidence-trigger data (BW.UH1..UH4, 2010-05-27; UH1, UH2, UH4 vertical-only) replayed through
-    the bundled model and associated with threshold 3: the local event with P at 16:24:33 on all four stations
-    is one event of >= 3 stations; every event is backed by >= 3 stations' detections; the micro-event at
-    16:25:26, which only UH1 and UH3 recorded, makes no event."""
+    the bundled model and associated with threshold 3 (the default window on pick times): the local event with P
+    at 16:24:33 on all four stations is one event of >= 3 stations whose station picks each lie within 0.5 s of
+    the catalogued P; every event is backed by >= 3 stations' detections; the micro-event at 16:25:26, which only
+    UH1 and UH3 recorded, makes no event; no station has a late detection (S wave or coda: a pick 10-60 s after a
+    catalogued P), and every catalogued P has at most one detection."""
     import shutil
 
     import numpy as np
@@ -371,7 +373,7 @@ def test_replay_of_obspy_uh_network_gives_one_event_for_the_local_earthquake(tmp
     result = replay(paths, ckpt, progress=False, keep_series=True)
     assert result.stats["reduced_stations"] == 3  # UH1, UH2, UH4 served vertical-only
     detections = [d for d in result.detections if d["schema"] == m.DETECTION_SCHEMA]
-    assoc = Associator(threshold=3, window_s=10.0, retrigger_s=ckpt.contract.window_seconds)
+    assoc = Associator(threshold=3, retrigger_s=ckpt.contract.window_seconds)
     events: list[dict[str, Any]] = []
     for body in detections:
         events += assoc.add(body)
@@ -389,6 +391,22 @@ def test_replay_of_obspy_uh_network_gives_one_event_for_the_local_earthquake(tmp
     first = [e for e in closed(events) if p_time - window_s - 1 <= m.parse_iso_utc(e["first_onset"]) <= p_time + 10]
     assert len(first) == 1, diagnosis()
     assert first[0]["n_stations"] >= 3, diagnosis()
+    catalogue = {r.station: [p.timestamp for p in r.p_times] for r in recs}
+    for row in first[0]["stations"]:
+        assert row["pick"]["time"] == row["onset"] and row["pick"]["phase"] == "P"
+        assert min(abs(m.parse_iso_utc(row["onset"]) - p) for p in catalogue[row["station"]]) <= 0.5, diagnosis()
+    for d in detections:
+        if d["state"] != "new":
+            continue
+        t = m.parse_iso_utc(d["onset"])
+        ps = catalogue[d["station"]]
+        late = not any(abs(t - p) <= 10.0 for p in ps) and any(10.0 < t - p <= 60.0 for p in ps)
+        assert not late, ("late", d["station"], d["onset"], diagnosis())
+    for station, ps in catalogue.items():
+        for p in ps:
+            near = [d for d in detections if d["state"] == "new" and d["station"] == station
+                    and abs(m.parse_iso_utc(d["onset"]) - p) <= 10.0]
+            assert len(near) <= 1, ("one detection per event and station", diagnosis())
     new = {d["id"]: d for d in detections if d["state"] == "new"}
     for ev in closed(events):
         assert ev["coincidence_sum"] >= 3 and len({s["station"] for s in ev["stations"]}) >= 3

@@ -4,7 +4,9 @@ The archive holds four stations with the same waveforms, each shifted by one sec
 event followed by two minutes of noise), so every trigger is seen by four stations within four seconds. The
 events come from the associator in the daemon's inference stage (collected over ZeroMQ) and from the replay of the
 same archive; their closed messages must agree in everything that follows from the picks and the data clock:
-ids, stations, onsets, detection ids, coincidence sums and why they closed. The station rows' `end` and
+ids, stations, onsets, detection ids, coincidence sums and why they closed; and so must the detections' ids and P
+picks (to the sample; the daemon's inference stage picks the samples the preprocess stage passes on beside the
+spectra, the replay the windows it stacked, through the same `DetectionStage`). The station rows' `end` and
 `peak_probability` are left out: they depend on whether a station's "closed" detection came before the event
 closed, and live micro-batches are smaller than the replay's batches.
 
@@ -36,7 +38,7 @@ from support.pipeline import (
 )
 
 from quakemon.pipeline.settings import ASSOCIATION
-from quakemon.wire.schema import EVENT_SCHEMA, parse_iso_utc, validate_event
+from quakemon.wire.schema import DETECTION_SCHEMA, EVENT_SCHEMA, parse_iso_utc, validate_event
 
 STATIONS = ("RJOB", "RJB2", "RJB3", "RJB4")
 BLOCKS = (True, False, False, False, False)  # 30 s blocks: the RJOB event, then noise -> 150 s per station
@@ -102,6 +104,11 @@ def closed_events(bodies: list[dict], until: float) -> dict[str, dict]:
             "stations": [(r["station"], r["onset"], r["detection_id"], r["weight"]) for r in b["stations"]],
         }
     return out
+
+
+def detection_picks(bodies: list[dict], until: float) -> dict[tuple[str, str], dict]:
+    """(detection id, state) -> its pick, for detections picked before `until` (POSIX s)."""
+    return {(b["id"], b["state"]): b["pick"] for b in bodies if parse_iso_utc(b["onset"]) < until}
 
 
 def row_probabilities(bodies: list[dict], ids: set[str]) -> dict[tuple[str, str], float]:
@@ -170,6 +177,16 @@ def test_live_and_replay_publish_the_same_events(env: Env):
         live_p, replay_p = row_probabilities(live, ids), row_probabilities(replayed, ids)
         assert live_p.keys() == replay_p.keys()
         assert all(abs(live_p[k] - replay_p[k]) <= 1e-4 for k in live_p), (live_p, replay_p)
+        # the detections: the same ids and picks (to the sample) live and in replay, and the events list them
+        live_picks = detection_picks(sub.bodies("detection."), until)
+        replay_picks = detection_picks([b for b in replayed if b["schema"] == DETECTION_SCHEMA], until)
+        assert len(replay_picks) >= len(STATIONS)
+        assert live_picks.keys() == replay_picks.keys()
+        for key, pick in replay_picks.items():
+            assert live_picks[key]["time"] == pick["time"] and live_picks[key]["method"] == pick["method"]
+            assert live_picks[key]["uncertainty_s"] == pytest.approx(pick["uncertainty_s"], abs=1e-3)
+        rows = [r for b in live if b["id"] in ids and b["state"] == "closed" for r in b["stations"]]
+        assert rows and all(r["pick"] == live_picks[(r["detection_id"], "new")] for r in rows)
     finally:
         replay.stop()
         code = daemon.stop()
