@@ -10,6 +10,9 @@ Starting from an existing checkpoint's weights (by default the bundled model), t
   probabilities on that day, `continuous.day_series`), labelled noise;
 * random windows of the training day, labelled noise, and the same with a transient added (spike, glitch,
   step, cultural burst; `quakemon.data.synthetic`), labelled noise;
+* synthetic microseism-dominated noise (vertical), labelled noise: a quiet station's noise is mostly below
+  0.5 Hz, which a noisy training day does not show, and without it the low-frequency distant events teach
+  "little energy above 1 Hz" as an earthquake;
 * earthquakes over the training day's real noise, labelled earthquake: local events
   (`synthetic.synthesize_event_trace`) and regional/teleseismic events (`quakemon.data.distant`), P anywhere in
   the window or up to 15 s before it (coda windows).
@@ -50,6 +53,7 @@ class FinetuneSizes:
     transients: int = 1200
     distant: int = 2000
     local: int = 1500
+    microseism: int = 1500
 
 
 def _clean_mask(n: int, fs: float, onsets_s: list[float], pre_s: float = 30.0, post_s: float = 90.0) -> np.ndarray:
@@ -150,6 +154,15 @@ def day_parts(day: str, contract: InputContract, base_ckpt, sizes: FinetuneSizes
         zs.append(y[0, pre:])
         rows.append({"label": "earthquake", "part": "distant", "p_sample": round(float(p_in), 1), **info})
     add(np.stack(zs), 1, rows)
+
+    # microseism-dominated noise (synthetic, quiet stations' typical spectrum: the training day may not show it)
+    if sizes.microseism:
+        from quakemon.data.synthetic import SyntheticConfig, background_noise
+
+        cfg = SyntheticConfig(microseism_ratio_range=(3.0, 300.0), noise_exponent_range=(0.0, 3.0))
+        bg, info = background_noise(sizes.microseism, n, fs, rng, cfg, np.zeros(sizes.microseism, dtype=bool))
+        add(bg[:, 0], 0, [{"label": "noise", "part": "microseism", "microseism_ratio": float(r)}
+                          for r in info["microseism_ratio"]])
 
     # local events over the day's noise
     s = _clean_starts(cum, n, rng, sizes.local)

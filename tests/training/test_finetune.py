@@ -28,13 +28,14 @@ def test_day_parts_mines_hard_negatives_away_from_sta_lta_triggers(monkeypatch):
     monkeypatch.setattr(continuous, "day_series", lambda ckpt, day: {"YA.UV05.00": continuous.Series(
         starts, starts + 20, p)})
     contract = InputContract(component_sets=("Z",))
-    sizes = finetune.FinetuneSizes(replay=0, hard_negatives=100, noise=20, transients=12, distant=6, local=4)
+    sizes = finetune.FinetuneSizes(replay=0, hard_negatives=100, noise=20, transients=12, distant=6, local=4,
+                                   microseism=5)
     waves, labels, meta = finetune.day_parts("UV05", contract, None, sizes, seed=1)
     parts = [m["part"] for m in meta]
     assert waves.shape == (len(labels), 3, 2000) and len(meta) == len(labels)
     assert parts.count("hard_negative") == 30 and parts.count("noise") == 20 and parts.count("transient") == 12
-    assert parts.count("distant") == 6 and parts.count("local") == 4
-    assert set(labels[np.isin(parts, ["hard_negative", "noise", "transient"])]) == {0}
+    assert parts.count("distant") == 6 and parts.count("local") == 4 and parts.count("microseism") == 5
+    assert set(labels[np.isin(parts, ["hard_negative", "noise", "transient", "microseism"])]) == {0}
     assert set(labels[np.isin(parts, ["distant", "local"])]) == {1}
     assert np.all(waves[:, 1:] == 0) and np.all(np.abs(waves[:, 0]).max(axis=1) > 0)  # Z-only: horizontals zero
     hard = waves[np.array(parts) == "hard_negative", 0]
