@@ -12,7 +12,7 @@ import time
 from collections import Counter
 
 import pytest
-from support.seedlink import REPO, collect, make_records, record_ids, record_line, rid
+from support.seedlink import REPO, collect, make_records, record_ids, record_line, rid, server_process, write_archive
 
 from quakemon.base.errors import ConfigError
 from quakemon.ingest.seedlink import SeedLinkSource
@@ -59,6 +59,23 @@ def test_negotiates_40_when_offered_else_31(five, max_protocol):
         assert {"SLPROTO 4.0", "STATION XX_S0", "SELECT _E_H_?", "STATION XX_S3", "SELECT _E_H_Z"} <= set(commands)
     else:
         assert "SLPROTO 4.0" not in commands and "STATION S0 XX" in commands
+
+
+def test_serve_protocol_flag_offers_31_only(tmp_path, free_port):
+    """`python -m quakemon.tools.serve --protocol 3.1`: the client falls back to 3.1 and gets every record."""
+    path = write_archive(tmp_path / "a.mseed", [("BW", "RJOB")])
+    port = free_port()
+    from quakemon.tools.serve_records import load_records
+
+    want = record_ids(load_records([path]))
+    with server_process([path], port, "--speed", "0", "--protocol", "3.1"):
+        src = SeedLinkSource(f"127.0.0.1:{port}", ["BW.RJOB..EH?"], **FAST)
+        seen: set = set()
+        try:
+            collect(src, lambda g: seen.add(rid(g[-1])) or set(want) <= seen, 15)
+        finally:
+            src.close()
+    assert src.negotiated == "3.1" and set(want) <= seen
 
 
 def test_protocol_40_required_but_not_offered(five):
