@@ -34,6 +34,7 @@ V4_SEQ_MASK = (1 << 64) - 1
 V4_HEAD = 17
 _V3_HEAD = re.compile(rb"SL[0-9A-F]{6}")
 _ANY_HEAD = re.compile(rb"SL[0-9A-F]{6}|SLINFO[ ][ *]|SE[23JX][A-Z]")
+_TAIL = V4_HEAD  # bytes kept back while they could be the start of a cut header
 
 __all__ = ["V3", "V4", "Packet", "data_command", "frame_v4", "offered_versions", "parse_time", "split_packets",
            "v4_select", "v4_station"]
@@ -119,8 +120,9 @@ def split_packets(buf: bytes, v4: bool) -> tuple[list[Packet | Bad | Garbage | s
             i += 8
             m = _ANY_HEAD.search(buf, i)
             if m is None:
-                keep = max(i, n - 8)
-                out.append(Garbage(keep - i)) if keep > i else None
+                keep = max(i, n - _TAIL)
+                if keep > i:
+                    out.append(Garbage(keep - i))
                 i = keep
                 break
             i = m.start()
@@ -138,8 +140,10 @@ def split_packets(buf: bytes, v4: bool) -> tuple[list[Packet | Bad | Garbage | s
                 break
             i = eol + 2
             continue
+        if n - i < _TAIL:  # perhaps the start of a header cut by the read: wait for the rest
+            break
         m = _ANY_HEAD.search(buf, i + 1)
-        stop = m.start() if m else max(i + 1, n - 8)
+        stop = m.start() if m else n - _TAIL
         out.append(Garbage(stop - i))
         i = stop
     return out, i

@@ -172,3 +172,31 @@ def test_framing_cuts_records_by_their_own_length(five):
     assert v4_select(sel) == "_E_H_?" and v4_select(StreamSelector.parse("BW.RJOB.*.BHZ")) == "*_B_H_Z"
     assert data_command(True, 41, 1704067200.7) == "DATA 42 2024-01-01T00:00:00Z"
     assert data_command(False, 0xFFFFFF, None) == "DATA 000000"
+
+
+@pytest.mark.parametrize("v4", [False, True])
+def test_framing_does_not_depend_on_where_reads_end(five, v4):
+    """The same packets whatever the read boundaries (a header cut in two must wait for its rest)."""
+    import io
+
+    import obspy
+
+    tr = obspy.read()[0]
+    buf = io.BytesIO()
+    tr.write(buf, format="MSEED", reclen=4096)
+    big = buf.getvalue()[:4096]
+    raws = [r.raw if i % 5 else big for i, r in enumerate(five[:60])]
+    if v4:
+        stream = b"".join(frame_v4(i, raw, "XX_S0") for i, raw in enumerate(raws))
+    else:
+        stream = b"".join(b"SL%06X" % i + raw for i, raw in enumerate(raws)) + b"END"
+    whole, used = split_packets(stream, v4)
+    assert used == len(stream) and len(whole) == len(raws) + (0 if v4 else 1)
+    for trial in range(100):
+        rng, pending, got, pos = random.Random(trial), b"", [], 0
+        while pos < len(stream):
+            k = rng.randint(1, 700)
+            pending, pos = pending + stream[pos:pos + k], pos + k
+            items, used = split_packets(pending, v4)
+            pending, got = pending[used:], got + items
+        assert got == whole and not pending, trial
