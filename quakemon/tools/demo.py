@@ -3,7 +3,8 @@
 1. `quakemon serve` (in-process) streams the bundled archive (quakemon/assets/demo: five real stations from
    ObsPy's test data, three of them recording local earthquakes) over SeedLink on 127.0.0.1.
 2. `quakemon run` starts as a real daemon subprocess against it, with the bundled model.
-3. A subscriber prints each detection as it is published, with its latency.
+3. A subscriber prints each detection as it is published: its P pick (UTC date and time, uncertainty, method)
+   and its latency.
 4. When the archive has been streamed, the daemon gets SIGTERM; the demo prints a summary (detections against
    the catalogue P arrivals) and writes a PNG of waveforms, probabilities and detections.
 """
@@ -25,6 +26,8 @@ from quakemon.base.net import free_port
 from quakemon.wire.schema import parse_iso_utc
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
+#: A detection whose P pick lies within this many seconds of a catalogued P detected it.
+MATCH_S = 10.0
 
 
 def _picks() -> dict[str, list[float]]:
@@ -55,8 +58,11 @@ def _line(body: dict) -> str:
     lat = body.get("latency_s")
     lat_s = f"latency {lat:.2f} s" if isinstance(lat, int | float) else ""
     end = f" end {body['end'][11:22]}" if body.get("end") else ""
+    pick = body.get("pick") or {}
+    quality = f" ±{pick['uncertainty_s']:.2f} s {pick['method']}" if pick else ""
     return (f"  {body['state']:>6}  {body['station']:<12} {body['label']} p={body['probability']:.2f} "
-            f"(peak {body['peak_probability']:.2f})  onset {body['onset'][11:22]}{end}  {lat_s}")
+            f"(peak {body['peak_probability']:.2f})  P {body['onset'][:10]} {body['onset'][11:22]}{quality}{end}  "
+            f"{lat_s}")
 
 
 def run_demo(duration_s: float | None = None, plot: str | None = "quakemon-demo.png", speed: float = 2.0) -> int:
@@ -154,12 +160,14 @@ def _summary(detections: list[dict], heartbeat: dict | None, picks: dict[str, li
               f"stations {heartbeat.get('stations')}")
     for station in sorted(set(picks) | {d["station"] for d in new}):
         ps = picks.get(station, [])
-        mine = [parse_iso_utc(d["onset"]) for d in new if d["station"] == station]
-        matched = [p for p in ps if any(p - 20.0 <= o <= p + 10.0 for o in mine)]
+        mine = [parse_iso_utc(d["onset"]) for d in new if d["station"] == station]  # the detections' P picks
+        matched = [p for p in ps if any(abs(o - p) <= MATCH_S for o in mine)]
         hits += len(matched)
-        false = [o for o in mine if not any(p - 20.0 <= o <= p + 10.0 for p in ps)]
+        errors = [min(mine, key=lambda o, p=p: abs(o - p)) - p for p in matched]
+        false = [o for o in mine if not any(abs(o - p) <= MATCH_S for p in ps)]
         what = f"{len(ps)} catalogued earthquake(s)" if ps else "noise only"
-        print(f"  {station:<12} {what:<26} detected {len(matched)}/{len(ps)}, other detections {len(false)}")
+        err = f", pick - P {', '.join(f'{e:+.2f} s' for e in errors)}" if errors else ""
+        print(f"  {station:<12} {what:<26} detected {len(matched)}/{len(ps)}{err}, other detections {len(false)}")
     lat = [d["latency_s"] for d in new if isinstance(d.get("latency_s"), int | float)]
     if lat:
         print(f"  latency (window's last sample arrival -> publication): max {max(lat):.2f} s")

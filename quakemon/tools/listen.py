@@ -108,10 +108,21 @@ def report_text(report: dict[str, Any], endpoint: str) -> str:
     return json.dumps(report)
 
 
+def _pick_text(pick: dict[str, Any] | None) -> str:
+    """``P=<time> ±<uncertainty>s <method> snr=<snr>`` of a ``pick`` object ('' without one)."""
+    if not pick:
+        return ""
+    snr = pick.get("snr")
+    return (f" {pick.get('phase', 'P')}={pick['time']} ±{pick['uncertainty_s']:.2f}s {pick['method']}"
+            + (f" snr={snr:.1f}" if isinstance(snr, int | float) else ""))
+
+
 def detection_text(body: dict[str, Any]) -> str:
-    """One readable line for a detection: receive time, station, state, label, probability, onset."""
+    """One readable line for a detection: receive time, station, state, label, probability, onset (the P pick)
+    with its uncertainty, method and SNR."""
     line = (f"{iso_utc(time.time())[:19]}Z {body['station']:<14} {body['state']:<6} {body['label']} "
-            f"p={body['probability']:.3f} peak={body['peak_probability']:.3f} onset={body['onset']}")
+            f"p={body['probability']:.3f} peak={body['peak_probability']:.3f} onset={body['onset']}"
+            f"{_pick_text(body.get('pick'))}")
     if body["state"] == "closed":
         line += f" end={body['end']} ({body.get('close_reason')})"
     latency = body.get("latency_s")
@@ -119,8 +130,11 @@ def detection_text(body: dict[str, Any]) -> str:
 
 
 def event_text(body: dict[str, Any]) -> str:
-    """One readable line for an event: state, stations, coincidence sum, first onset, station onsets."""
-    stations = " ".join(f"{s['station']}@{s['onset'][11:22]}(p={s['probability']:.2f})" for s in body["stations"])
+    """One readable line for an event: state, stations, coincidence sum, first onset, each station's pick (its
+    onset, with the pick's uncertainty where the row carries one)."""
+    stations = " ".join(f"{s['station']}@{s['onset'][11:22]}"
+                        + (f"±{s['pick']['uncertainty_s']:.2f}" if s.get("pick") else "")
+                        + f"(p={s['probability']:.2f})" for s in body["stations"])
     line = (f"{iso_utc(time.time())[:19]}Z EVENT {body['state']:<7} {body['label']} {body['n_stations']} stations "
             f"sum={body['coincidence_sum']:g}/{body['threshold']:g} first_onset={body['first_onset']} [{stations}]")
     if body["state"] == "closed":

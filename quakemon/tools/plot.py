@@ -1,4 +1,5 @@
-"""PNG plots of a run: per station, the vertical waveform, the class probability over time, and detections."""
+"""PNG plots of a run: per station, the vertical waveform (counts), the class probability over time, and each
+detection's P pick as a tick at its time (with its uncertainty), on a UTC date axis."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ from quakemon.wire.schema import parse_iso_utc
 def plot_detections(stream, series: dict[str, Any], detections: Sequence[dict[str, Any]], labels: Sequence[str],
                     path: str | Path, picks: dict[str, list[float]] | None = None, title: str = "quakemon",
                     label: str = "earthquake", max_stations: int = 8) -> Path:
-    """Write a PNG: one panel pair per station (waveform, probability of `label`), detections shaded."""
+    """Write a PNG: one panel pair per station (waveform in counts, probability of `label`), each detection's
+    pick a red tick at its time with its 1-sigma uncertainty shaded, catalogue P times (`picks`) green dashed;
+    the x axis is UTC date and time."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates
     import matplotlib.pyplot as plt
 
     stations = sorted({".".join(tr.id.split(".")[:3]) for tr in stream} | set(series))[:max_stations]
@@ -36,21 +40,27 @@ def plot_detections(stream, series: dict[str, Any], detections: Sequence[dict[st
             data = tr.data.astype(np.float64)
             ax_w.plot(_dates(t), data - np.median(data), lw=0.5, color="k")
             ax_w.text(0.005, 0.9, f"{station} {tr.stats.channel}", transform=ax_w.transAxes, fontsize=8, va="top")
+        ax_w.set_ylabel("counts", fontsize=8)
         s = series.get(station)
         if s is not None and len(s.start_ns):
             centre = (np.asarray(s.start_ns) + np.asarray(s.end_ns)) / 2e9
             ax_p.plot(_dates(centre), np.asarray(s.probabilities)[:, li], color="tab:blue", lw=1)
         ax_p.set_ylim(-0.05, 1.05)
         ax_p.set_ylabel(f"p({label})", fontsize=8)
-        for det_station, onset, end in detection_spans(detections).values():
+        for det_station, pick, sigma in detection_picks(detections).values():
             if det_station != station:
                 continue
             for ax in (ax_w, ax_p):
-                ax.axvspan(*_dates(np.array([onset, end])), color="tab:red", alpha=0.15)
+                ax.axvline(_dates(np.array([pick]))[0], color="tab:red", lw=1.2)
+                if sigma > 0:
+                    ax.axvspan(*_dates(np.array([pick - sigma, pick + sigma])), color="tab:red", alpha=0.15, lw=0)
         for p in (picks or {}).get(station, []):
             for ax in (ax_w, ax_p):
                 ax.axvline(_dates(np.array([p]))[0], color="tab:green", lw=1, ls="--")
-    axes[0, 0].set_title(title + "  (red: detections, green dashed: catalogue P)", fontsize=10)
+    axes[0, 0].set_title(title + "  (red: detection P picks, shaded 1 sigma; green dashed: catalogue P)", fontsize=10)
+    start = min((float(d) for d in axes[-1, 0].get_xlim()), default=0.0)
+    axes[-1, 0].set_xlabel(f"UTC ({matplotlib.dates.num2date(start):%Y-%m-%d})", fontsize=8)
+    axes[-1, 0].xaxis.set_major_formatter(matplotlib.dates.DateFormatter("%Y-%m-%d\n%H:%M:%S"))
     fig.autofmt_xdate()
     fig.tight_layout()
     path = Path(path)
@@ -64,13 +74,15 @@ def _dates(epoch_s: np.ndarray) -> np.ndarray:
     return (np.asarray(epoch_s, dtype=np.float64) * 1000).astype("int64").astype("datetime64[ms]")
 
 
-def detection_spans(detections: Sequence[dict[str, Any]]) -> dict[str, tuple[str, float, float]]:
-    """{detection id: (station, onset, end)}: the closed end, or the last window end of a still-open one."""
-    spans: dict[str, tuple[str, float, float]] = {}
+def detection_picks(detections: Sequence[dict[str, Any]]) -> dict[str, tuple[str, float, float]]:
+    """{detection id: (station, pick time, its 1-sigma uncertainty s)}, one per detection ("new" and "closed"
+    carry the same pick)."""
+    out: dict[str, tuple[str, float, float]] = {}
     for d in detections:
-        end = d.get("end") or d.get("window_end")
-        spans[d["id"]] = (d["station"], parse_iso_utc(d["onset"]), parse_iso_utc(end))
-    return spans
+        pick = d.get("pick") or {}
+        out[d["id"]] = (d["station"], parse_iso_utc(pick.get("time", d["onset"])),
+                        float(pick.get("uncertainty_s", 0.0)))
+    return out
 
 
 def plot_replay(paths: Sequence[str], result, png: str | Path, selectors: Sequence[str] | None = None) -> Path:

@@ -43,7 +43,7 @@ HEARTBEAT_TOPIC = "heartbeat"
 EVENT_TOPIC = "event"
 
 DETECTION_STATES = ("new", "closed")
-CLOSE_REASONS = ("off", "gap", "flush")
+CLOSE_REASONS = ("off", "gap", "flush", "shutdown")
 EVENT_STATES = ("new", "updated", "closed")
 EVENT_CLOSE_REASONS = ("window", "flush")
 
@@ -451,14 +451,14 @@ def validate_detection(body: dict[str, Any], stamped: bool = True) -> dict[str, 
 
 
 def _check_pick(pick: Mapping[str, Any], what: str) -> None:
-    """A ``pick`` object: time (ISO), uncertainty_s >= 0, phase, method (strings), snr (number or null)."""
+    """A ``pick`` object: time (ISO), uncertainty_s >= 0, phase, method (strings), snr (number, null or absent)."""
     parse_iso_utc(_require(pick, "time", str, f"{what} pick"))
     unc = _require(pick, "uncertainty_s", (int, float), f"{what} pick")
     if not (math.isfinite(unc) and unc >= 0):
         raise MessageError(f"{what} pick: uncertainty_s must be a number >= 0, got {unc!r}")
     _require(pick, "phase", str, f"{what} pick")
     _require(pick, "method", str, f"{what} pick")
-    snr = pick.get("snr", "missing")
+    snr = pick.get("snr")
     if snr is not None and (isinstance(snr, bool) or not isinstance(snr, int | float)):
         raise MessageError(f"{what} pick: snr must be a number or null, got {snr!r}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import obspy
 
-from quakemon.wire.schema import detection_body, event_body, iso_utc
+from quakemon.wire.schema import detection_body, event_body
 
 T0 = 1_251_072_000.0
 MODEL = {"name": "hybridvit-test", "sha256": "ab" * 32}
@@ -13,14 +13,13 @@ STATIONS = ["BW.RJOB.", "BW.MANZ.00", "GR.FUR.", "BW.RJOB.", "GR.WET.", "BW.ZUGS
 
 def detection(k: int, state: str = "new") -> dict:
     extra = {"end": T0 + 10 * k + 30, "close_reason": "off"} if state == "closed" else {}
-    body = detection_body(station=STATIONS[k], state=state, label="earthquake", probability=0.8 + k / 100,
-                          probabilities={"noise": 0.1, "earthquake": 0.9}, onset=T0 + 10 * k,
-                          window_start=T0 + 10 * k, window_end=T0 + 10 * k + 20, peak_probability=0.95,
-                          model=MODEL, **extra)
     if k in (1, 4):  # detections with a refined pick
-        body["pick"] = {"time": iso_utc(T0 + 10 * k + 1.25), "uncertainty_s": 0.05 * k, "phase": "P",
-                        "method": "quakemon-picker"}
-    return body
+        extra.update(onset=T0 + 10 * k + 1.25, pick_uncertainty_s=0.05 * k, pick_method="quakemon-picker")
+    else:
+        extra.update(onset=T0 + 10 * k)
+    return detection_body(station=STATIONS[k], state=state, label="earthquake", probability=0.8 + k / 100,
+                          probabilities={"noise": 0.1, "earthquake": 0.9}, window_start=T0 + 10 * k,
+                          window_end=T0 + 10 * k + 20, peak_probability=0.95, model=MODEL, **extra)
 
 
 def event(ks: list[int], state: str = "new", missing: str | None = None) -> dict:

@@ -17,5 +17,10 @@ def test_demo_runs_and_detects_a_real_earthquake(tmp_path):
     found = re.search(r"(\d+) real earthquake\(s\) detected of (\d+)", out)
     assert found and int(found.group(1)) >= 1, out
     assert re.search(r"^\s+new\s+\S+\s+earthquake", out, re.M), "a detection must be printed as it arrives"
+    # each printed with its P pick: UTC date and time, uncertainty, method
+    assert re.search(r"^\s+new\s+.* P \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d\d ±\d+\.\d\d s \w+", out, re.M), out
+    # one detection per real earthquake per station: no further detection at a station that recorded one
+    for line in re.findall(r"^.*catalogued earthquake.*$", out, re.M):
+        assert line.endswith("other detections 0"), line
     assert "Traceback" not in proc.stderr
     assert png.read_bytes()[:4] == b"\x89PNG"

@@ -13,7 +13,8 @@ import time
 import pytest
 import zmq
 
-from quakemon.pipeline.trigger import TriggerEvent
+from quakemon.pipeline.picker import Pick
+from quakemon.pipeline.trigger import DetectionRef, TriggerEvent
 from quakemon.tools.listen import SeqTracker, listen, main, report_text
 from quakemon.wire.publisher import Publisher
 
@@ -23,10 +24,11 @@ MODEL = {"name": "hybridvit-test", "sha256": "ab" * 32}
 
 def detection(station="BW.RJOB.", k=0, state="new"):
     closed = state == "closed"
+    ref = DetectionRef(station, T0, T0 + 20, Pick(int(T0 + 17) * 1_000_000_000 + 230_000_000, 0.08, "aic", 12.5))
     ev = TriggerEvent(station=station, state=state, label="earthquake", probability=0.3 if closed else 0.9,
                       probabilities={"noise": 0.1, "earthquake": 0.9}, onset=T0, window_start=T0 + 10 * k,
                       window_end=T0 + 10 * k + 20, peak_probability=0.95, end=T0 + 30 if closed else None,
-                      close_reason="off" if closed else None)
+                      close_reason="off" if closed else None, detection=ref)
     return ev.to_body(MODEL)
 
 
@@ -132,7 +134,8 @@ def test_prints_detections_filters_topics_and_hides_heartbeats(ctx):
     lines = lt.out.lines()
     assert all("BW.RJOB." in line for line in lines) and not any("heartbeat" in line for line in lines)
     new_line = lines[0]
-    for part in ("BW.RJOB.", "new", "earthquake", "p=0.900", "onset=2009-08-24T00:00:00.000000Z"):
+    for part in ("BW.RJOB.", "new", "earthquake", "p=0.900", "onset=2009-08-24T00:00:17.230000Z",
+                 "P=2009-08-24T00:00:17.230000Z ±0.08s aic snr=12.5"):
         assert part in new_line
     assert "end=2009-08-24T00:00:30.000000Z (off)" in lines[-1]
     assert lt.rc == 0
@@ -279,9 +282,10 @@ def test_cli_prints_heartbeats_and_stops_cleanly_on_sigint(ctx):
 
 
 def event(state="new"):
-    from quakemon.wire.schema import event_body
+    from quakemon.wire.schema import event_body, iso_utc, pick_body
 
-    stations = [{"station": s, "onset": T0 + i, "probability": 0.9, "weight": 1.0, "detection_id": f"d{i}"}
+    stations = [{"station": s, "onset": iso_utc(T0 + i), "probability": 0.9, "weight": 1.0, "detection_id": f"d{i}",
+                 "pick": pick_body(int(T0 + i) * 1_000_000_000, 0.05 * (i + 1), "aic", 10.0)}
                 for i, s in enumerate(["BW.UH1.", "BW.UH2.", "BW.UH3."])]
     return event_body(state=state, label="earthquake", stations=stations, coincidence_sum=3.0, threshold=3.0,
                       window_s=10.0, close_reason="window" if state == "closed" else None)
@@ -303,7 +307,8 @@ def test_prints_events_and_filters_them_by_topic(ctx):
         pub.close()
     lines = lt.out.lines()
     assert all(" EVENT " in line for line in lines)
-    for part in ("EVENT new", "3 stations", "sum=3/3", "first_onset=2009-08-24T00:00:00.000000Z", "BW.UH2.@"):
+    for part in ("EVENT new", "3 stations", "sum=3/3", "first_onset=2009-08-24T00:00:00.000000Z",
+                 "BW.UH2.@00:00:01.00±0.10"):
         assert part in lines[0]
     assert lines[-1].count("EVENT closed") == 1 and "(window)" in lines[-1]
-    assert any(b.get("schema") == "quakemon.detection/1" for b in lj.out.json_lines())  # --json shows everything
+    assert any(b.get("schema") == "quakemon.detection/2" for b in lj.out.json_lines())  # --json shows everything
