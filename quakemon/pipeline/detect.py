@@ -362,3 +362,14 @@ class DetectionStage:
     def flush(self) -> list[tuple[dict[str, Any], float | None]]:
         """Close every open trigger (end of a replay)."""
         return [(ev.to_body(self.model_info), None) for ev in self.triggers.flush()]
+
+    def shutdown(self) -> list[tuple[dict[str, Any], float | None]]:
+        """Close every open detection with close_reason "shutdown" (the live service stops)."""
+        out = [(ev.to_body(self.model_info), None) for ev in self.triggers.shutdown()]
+        self.stats["detections"] += len(out)
+        return out
+
+    def last_window_start(self, station: str) -> float | None:
+        """Start time (POSIX s) of the station's newest decided window; None before its first."""
+        ns = self._last_start.get(station)
+        return None if ns is None else ns / _NS

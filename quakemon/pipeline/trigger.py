@@ -100,7 +100,7 @@ class TriggerEvent:
     window_end: float
     peak_probability: float
     end: float | None = None
-    close_reason: str | None = None  # "off" | "gap" | "flush" on "closed"
+    close_reason: str | None = None  # "off" | "gap" | "flush" | "shutdown" on "closed"
     detection: DetectionRef | None = None
 
     def to_body(self, model: Mapping[str, str], latency_s: float | None = None) -> dict[str, Any]:
@@ -220,6 +220,13 @@ class StationTrigger:
             self.stats["new"] += 1
             return [self._event("new"), *self._close("flush")]
         return self._close("flush")
+
+    def shutdown(self) -> list[TriggerEvent]:
+        """Close an open (active or held) detection with close_reason "shutdown" (the service stops); a pending
+        trigger, never published, is dropped."""
+        if self.state == "held":
+            self.state = "active"
+        return self._close("shutdown")
 
     def expire(self, data_time: float) -> list[TriggerEvent]:
         """Close the trigger if its last window started more than max_gap_s before `data_time` (data time), or a
@@ -344,6 +351,11 @@ class TriggerBank:
     def flush(self) -> list[TriggerEvent]:
         """Close all open triggers (end of replay), in station then label order."""
         return [ev for key in sorted(self._triggers) for ev in self._triggers[key].flush()]
+
+    def shutdown(self) -> list[TriggerEvent]:
+        """Close every open detection with close_reason "shutdown" (the service stops), in station then label
+        order, so no "new" is left without its "closed"."""
+        return [ev for key in sorted(self._triggers) for ev in self._triggers[key].shutdown()]
 
     def expire(self, data_time: Any, station: str | None = None) -> list[TriggerEvent]:
         """Close triggers whose last window started more than their max gap before `data_time` (close_reason

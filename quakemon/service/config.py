@@ -107,6 +107,18 @@ def _auto_endpoint(v: str) -> str:
     return _endpoint(v, allow_auto=True)
 
 
+def _catchup(v: str) -> str:
+    return v if v in ("", "auto") else _endpoint(v)
+
+
+def _derive_catchup(pub: str) -> str:
+    """The "auto" catch-up endpoint: tcp://host:port+1 (tcp://host:* stays a wildcard port), ipc://path.catchup."""
+    if pub.startswith("tcp://"):
+        host, _, port = pub.rpartition(":")
+        return pub if port == "*" else f"{host}:{int(port) + 1}"
+    return f"{pub}.catchup"
+
+
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -220,6 +232,16 @@ class PublishConfig:
     handshake_ivl_s: float = _key(5.0, "a peer that has not finished the handshake by then is dropped, s",
                                   _range(0, 600, lo_open=True))
     linger_s: float = _key(1.0, "how long close() may wait for unsent messages, s", _range(0, 60))
+    journal: str = _key("auto", 'detection journal (SQLite) for lossless delivery; "auto" = journal.sqlite in '
+                        'the directory of seedlink.state_file (off when that is ""); "" = off', _path)
+    journal_synchronous: str = _key("full", "full = fsync every message (survives power loss), normal = only "
+                                    "at checkpoints (survives a process crash)", _choice("full", "normal"))
+    journal_retention_days: float = _key(30.0, "messages older than this are deleted; 0 = no age limit, days",
+                                         _range(0, 36_500))
+    journal_max_bytes: int = _key(1 << 30, "oldest messages are deleted beyond this much journal; 0 = no size "
+                                  "limit, bytes", _range(0, 1 << 50))
+    catchup_endpoint: str = _key("auto", 'ROUTER endpoint answering missed seqs from the journal; "auto" = the '
+                                 'publish port + 1 (tcp) or "<path>.catchup" (ipc); "" = none', _catchup)
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,7 +414,49 @@ def _resolve(cfg: Config, where: str) -> Config:
         raise ConfigError(f"{where}: publish.endpoint: expected an endpoint not used by the pipeline, "
                           f"got {pub.endpoint!r}")
     pipeline = dataclasses.replace(p, runtime_dir=runtime_dir, windows_endpoint=windows, spectra_endpoint=spectra)
-    return dataclasses.replace(cfg, pipeline=pipeline)
+    return dataclasses.replace(cfg, pipeline=pipeline, publish=_resolve_journal(cfg, where, (windows, spectra)))
+
+
+def _resolve_journal(cfg: Config, where: str, taken: tuple[str, ...]) -> PublishConfig:
+    """publish.journal "auto" -> a path (or "" with no state file); catchup_endpoint "auto" -> an endpoint."""
+    pub = cfg.publish
+    journal = pub.journal
+    if journal == "auto":
+        state = cfg.seedlink.state_file
+        journal = os.path.join(os.path.dirname(state) or ".", "journal.sqlite") if state else ""
+    catchup = pub.catchup_endpoint
+    if not journal:
+        if catchup not in ("", "auto"):
+            raise ConfigError(f"{where}: publish.catchup_endpoint: expected \"\" or \"auto\" without a journal "
+                              f"(publish.journal = \"\"), got {catchup!r}")
+        catchup = ""
+    elif catchup == "auto":
+        catchup = _derive_catchup(pub.endpoint)
+        try:
+            _endpoint(catchup)
+            if catchup.startswith("tcp://") and not catchup.endswith(":*") and int(catchup.rpartition(":")[2]) > 65535:
+                raise _Invalid("a port <= 65535")
+        except _Invalid as exc:
+            raise ConfigError(f"{where}: publish.catchup_endpoint: expected {exc} (\"auto\" from publish.endpoint), "
+                              f"got {catchup!r}; set it explicitly") from None
+    if catchup and not catchup.endswith(":*") and (catchup == pub.endpoint or catchup in taken):
+        raise ConfigError(f"{where}: publish.catchup_endpoint: expected an endpoint not used by publish.endpoint "
+                          f"or the pipeline, got {catchup!r}")
+    return dataclasses.replace(pub, journal=journal, catchup_endpoint=catchup)
+
+
+def check_journal(config: Config, where: str = "config") -> None:
+    """Open (creating it if needed) and close publish.journal: an unusable file is a ConfigError (exit 2) naming
+    the key and the file, raised before the daemon starts its stages."""
+    from quakemon.wire.journal import Journal, JournalError
+
+    pub = config.publish
+    if not pub.journal:
+        return
+    try:
+        Journal(pub.journal, synchronous=pub.journal_synchronous).close()
+    except JournalError as exc:
+        raise ConfigError(f"{where}: publish.journal: {exc}") from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

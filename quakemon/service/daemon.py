@@ -40,7 +40,7 @@ import zmq
 
 from quakemon.base.errors import QuakemonError
 from quakemon.base.signals import StopFlag, install_stop_handlers
-from quakemon.service.config import Config, check_stages
+from quakemon.service.config import Config, check_journal, check_stages
 from quakemon.service.stages import EXIT_FATAL, STAGES
 
 log = structlog.get_logger(__name__)
@@ -375,6 +375,8 @@ def run_daemon(cfg: Config, config_path: str | None, overrides: dict[str, Any] |
 
     stages = check_stages(stages, cfg)  # stage names and the streams the ingest stage needs: ConfigError
     read_metadata(resolve_checkpoint(cfg.model.checkpoint))  # a bad checkpoint fails here, before READY
+    if "inference" in stages:
+        check_journal(cfg)  # an unusable publish.journal fails here (exit 2), before READY
     sup = Supervisor(cfg, config_path, overrides or {}, stages)
     sup.install_signals()
     if cfg.metrics.listen:

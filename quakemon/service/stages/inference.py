@@ -8,6 +8,12 @@ A micro-batch runs when `model.batch_size` windows are queued, or when the oldes
 `model.max_wait_ms`, whichever comes first. Once a second, the triggers of stations that went silent are
 closed (`DetectionStage.expire_silent`), so a station whose data stops mid-detection still gets its "closed".
 
+With publish.journal set, every detection and event is committed to the journal before it is sent, and a
+catch-up server (publish.catchup_endpoint) answers missed seqs from it (`quakemon.wire.catchup`). A failed journal
+write stops the stage (exit code 1; the supervisor restarts it): a message is never sent, or dropped, unjournaled.
+A clean stop closes every open detection with close_reason "shutdown"; detections a killed run left open are
+resumed or closed at start-up (`quakemon.service.stages.resume`).
+
 Heartbeats report the counters of every ingest and preprocess process upstream, from the status reports that
 reach this stage beside the data (the newest per process; one not heard from for SOURCE_EXPIRY_S drops out).
 """
@@ -76,6 +82,9 @@ class InferenceStage(Stage):
         self.engine: Any = None
         self.stage: Any = None
         self.assoc: Any = None
+        self.journal: Any = None
+        self.catchup: Any = None
+        self.unclosed: Any = None
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> bool:
@@ -95,9 +104,11 @@ class InferenceStage(Stage):
         from quakemon.wire.security import adapt_to_write_xor_execute
 
         cfg = self.cfg
+        self.open_journal()
         self.publisher = Publisher.from_config(cfg.publish, context=self.ctx,
                                                heartbeat_interval_s=cfg.pipeline.heartbeat_interval_s,
-                                               configure_socket=self._configure_pub)
+                                               configure_socket=self._configure_pub, journal=self.journal,
+                                               catchup_endpoint=self.catchup.advertised if self.catchup else None)
         joinable_at = time.monotonic() + JOIN_GRACE_S
         adapt_to_write_xor_execute()  # under systemd's MemoryDenyWriteExecute=yes, oneDNN's JIT must be off
         self.ckpt = load_checkpoint(self.checkpoint_path)
@@ -113,6 +124,11 @@ class InferenceStage(Stage):
                                     t.label if t.label in self.ckpt.labels else None,
                                     retrigger_hold_s=t.retrigger_hold)
         self.assoc = associator_from_config(cfg.associate)  # network events, when [associate] enabled = true
+        if self.journal is not None:
+            from quakemon.service.stages.resume import LOOKBACK_S, Unclosed, unclosed_detections
+
+            self.unclosed = Unclosed(unclosed_detections(self.journal, time.time() - LOOKBACK_S),
+                                     self.ckpt.contract.window_seconds)
         self.should_stop.wait(max(0.0, joinable_at - time.monotonic()))
         self.pull = zmq_socket(self.ctx, zmq.PULL, cfg.pipeline.spectra_endpoint, bind=True)
         self.poller.register(self.pull, zmq.POLLIN)
@@ -120,6 +136,22 @@ class InferenceStage(Stage):
         log.info("stage_started", stage="inference", spectra_endpoint=cfg.pipeline.spectra_endpoint,
                  publish=self.publisher.endpoint, device=str(self.engine.device), precision=self.engine.precision)
         return True
+
+    def open_journal(self) -> None:
+        """Open publish.journal and bind the catch-up server on it (both optional, see the module docstring)."""
+        from quakemon.wire.catchup import CatchupServer
+        from quakemon.wire.journal import Journal
+
+        pub = self.cfg.publish
+        if not pub.journal:
+            return
+        self.journal = Journal(pub.journal, synchronous=pub.journal_synchronous,
+                               retention_days=pub.journal_retention_days or None,
+                               max_bytes=pub.journal_max_bytes or None)
+        if pub.catchup_endpoint:
+            self.catchup = CatchupServer(self.journal.path, pub.catchup_endpoint,
+                                         curve_secret_key=pub.curve_secret_key or None,
+                                         curve_allowed_keys=pub.curve_allowed_keys or None)
 
     def _configure_pub(self, sock: zmq.Socket) -> None:
         if self.configure_publisher is not None:
@@ -138,12 +170,15 @@ class InferenceStage(Stage):
                     self.run_batch()
                 if self.expiry.due():
                     self.publish(self.stage.expire_silent())
+                    self.settle_unclosed()
                 if self.events is not None:
                     self.events.poll()
                 self.publisher.maybe_heartbeat(self.heartbeat_stats)
                 self.status.maybe_send(self.own)
             while self.queue:  # stopping: what already arrived is still inferred and published
                 self.run_batch()
+            self.publish(self.stage.shutdown())  # no "new" is left without its "closed"
+            self.settle_unclosed(stopping=True)
             if self.assoc is not None:
                 for ev in self.assoc.flush():
                     self.publisher.publish_event(ev)
@@ -159,6 +194,10 @@ class InferenceStage(Stage):
             self.events.close()
         if self.publisher is not None:
             self.publisher.close()
+        if self.catchup is not None:
+            self.catchup.close()
+        if self.journal is not None:
+            self.journal.close()
         stop_auth = getattr(self.configure_publisher, "stop", None)
         if stop_auth is not None:
             stop_auth()  # the CURVE authenticator's thread holds a socket: ctx.term() would wait for it forever
@@ -216,12 +255,23 @@ class InferenceStage(Stage):
                 self.publisher.publish_event(ev)
 
     def publish(self, detections: list[tuple[dict[str, Any], float | None]]) -> None:
-        """Publish detection bodies (with the arrival of their window's last sample) and the events they make."""
+        """Publish detection bodies (with the arrival of their window's last sample) and the events they make.
+
+        A JournalError (the journal cannot be written) propagates: the stage stops rather than send or drop a
+        message unjournaled."""
         for body, arrival in detections:
+            if self.unclosed and not self.unclosed.admit(body):
+                continue
             self.publisher.publish_detection(body, arrival=arrival)
             if self.assoc is not None:
                 for ev in self.assoc.add(body):
                     self.publisher.publish_event(ev)
+
+    def settle_unclosed(self, stopping: bool = False) -> None:
+        """Publish the "shutdown" closes of the previous run's detections that will not be detected again."""
+        if self.unclosed:
+            for body in self.unclosed.due(self.stage.last_window_start, stopping):
+                self.publisher.publish_detection(body)
 
     # -- counters -------------------------------------------------------------------------------------------------
     def own(self) -> Stats:
