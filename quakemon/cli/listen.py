@@ -12,7 +12,7 @@ from quakemon.cli.common import Subparsers, add_command
 # subcommand -> module whose main(argv) -> int receives the rest of the command line
 PASSTHROUGH = {"listen": "quakemon.tools.listen", "associate": "quakemon.service.associate_main"}
 
-_HELP = {"listen": "subscribe and print detections; reports seq gaps and silence",
+_HELP = {"listen": "subscribe and print detections; reports seq gaps and silence (--resume FILE: lossless)",
          "associate": "group detections from one or more publishers into events (event.<id>)"}
 
 

@@ -16,6 +16,14 @@ Reports (stderr, or JSON lines with ``"kind": "listen"`` on stdout with ``--json
 * ``malformed``: a message that does not follow the wire schema (printed, then ignored).
 
 No completeness guarantee for late joiners: the first message of an epoch (or of a topic) seen sets the baseline.
+
+With ``--resume FILE`` (a publisher with a journal, see docs/delivery.md) nothing is missed: messages come from a
+:class:`quakemon.client.Subscriber` that stitches the live stream with the publisher's catch-up server and keeps
+its position in FILE. A FILE that does not exist yet starts from the oldest message the journal holds; an
+existing one continues after the last message printed. Each message is printed and flushed, then acknowledged,
+so a listen that is killed prints every message once, in seq order, except that the one being printed at that
+instant may print again after the restart (its ``seq`` tells). Output formats are the same; the only reports
+are ``epoch_change`` (seq gaps are filled, not reported; heartbeats, used internally, are never printed).
 """
 
 from __future__ import annotations
@@ -32,7 +40,16 @@ import zmq
 
 from quakemon.base.errors import ConfigError, QuakemonError
 from quakemon.base.signals import stop_on_signals
-from quakemon.wire.schema import DETECTION_SCHEMA, EVENT_SCHEMA, HEARTBEAT_TOPIC, MessageError, iso_utc, parse_body
+from quakemon.client.subscriber import Subscriber
+from quakemon.wire.schema import (
+    DETECTION_SCHEMA,
+    EVENT_SCHEMA,
+    HEARTBEAT_TOPIC,
+    MessageError,
+    iso_utc,
+    json_bytes,
+    parse_body,
+)
 from quakemon.wire.security import make_curve_client
 
 LISTEN_SCHEMA = "quakemon.tools.listen/1"
@@ -227,6 +244,58 @@ def listen(
     return 0
 
 
+def listen_resume(
+    endpoint: str,
+    position_file: str,
+    topic_prefix: str = "",
+    as_json: bool = False,
+    max_messages: int | None = None,
+    timeout_s: float | None = None,
+    out: TextIO | None = None,
+    curve: tuple[str, str] | None = None,
+    *,
+    err: TextIO | None = None,
+    catchup: str | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """`listen` without losses: every journaled message once, in seq order, across restarts (position in
+    `position_file`; see the module docstring). `catchup`: the catch-up endpoint (default: from a heartbeat)."""
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    sub = Subscriber(endpoint, position_file, catchup=catchup, topics=(topic_prefix,), auto_ack=False,
+                     curve_secret_key=curve[0] if curve else None, curve_server_key=curve[1] if curve else None)
+    epoch = sub.position.epoch if sub.position is not None else None
+    printed = 0
+    try:
+        while not (stop is not None and stop.is_set()) and (max_messages is None or printed < max_messages):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            msg = sub.get(0.2 if remaining is None else min(0.2, remaining))
+            if msg is None:
+                continue
+            if epoch is not None and msg.epoch != epoch:
+                report = {"event": "epoch_change", "old_epoch": epoch, "new_epoch": msg.epoch}
+                if as_json:
+                    out.write(json.dumps({"schema": LISTEN_SCHEMA, "kind": "listen", **report}) + "\n")
+                else:
+                    err.write(f"listen: {report_text(report, endpoint)}\n")
+                    err.flush()
+            epoch = msg.epoch
+            if as_json:
+                out.write(json_bytes(msg.body).decode("utf-8") + "\n")
+            else:
+                text = event_text if msg.body.get("schema") == EVENT_SCHEMA else detection_text
+                out.write(text(msg.body) + "\n")
+            out.flush()
+            sub.ack()  # after the line is out: a kill in between prints it again, never loses it
+            printed += 1
+    finally:
+        sub.close()
+    return 0
+
+
 def _handle(frames: list[bytes], topic_prefix: str, as_json: bool, show_heartbeats: bool, tracker: SeqTracker,
             out: TextIO, emit_reports: Callable[[list[dict[str, Any]]], None]) -> int:
     """Process one message; returns 1 if it was printed."""
@@ -265,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds")
     parser.add_argument("--curve-secret", metavar="FILE", help="client secret key file (CURVE)")
     parser.add_argument("--curve-server-public", metavar="FILE", help="server public key file (CURVE)")
+    parser.add_argument("--resume", metavar="FILE", help="lossless: stitch in missed messages from the publisher's "
+                        "journal and keep the position in FILE (a new FILE starts from the oldest message held)")
+    parser.add_argument("--catchup", metavar="EP", help="with --resume: the catch-up endpoint (default: the one "
+                        "the publisher's heartbeats advertise)")
     return parser
 
 
@@ -276,6 +349,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         with stop_on_signals(threading.Event()) as stop:
+            if args.resume:
+                return listen_resume(
+                    args.endpoint, args.resume, topic_prefix=args.topic, as_json=args.json,
+                    max_messages=args.count, timeout_s=args.timeout,
+                    curve=(args.curve_secret, args.curve_server_public) if args.curve_secret else None,
+                    catchup=args.catchup, stop=stop,
+                )
+            if args.catchup:
+                raise ConfigError("--catchup needs --resume")
             return listen(
                 args.endpoint, topic_prefix=args.topic, as_json=args.json, silence_s=args.silence,
                 max_messages=args.count, timeout_s=args.timeout,
