@@ -1,6 +1,10 @@
 """Benchmark: P pickers on the real-data catalogue, against the catalogued P times, in one run.
 
     .venv/bin/python benchmarks/picks.py [--no-detections] [--repeats 5]
+    .venv/bin/python benchmarks/picks.py --pipeline [--strides 1 2 4]
+
+--pipeline: the picks the detections carry, scored against the catalogue beside the first window's start (the
+onset of quakemon.detection/1), with recall, late detections and CPU cost per stride (benchmarks/pipeline_picks.py).
 
 What the detector hands the picker is simulated for every catalogued P (`quakemon.data.realdata.local_events()`,
 resampled to the bundled model's 100 Hz with `realdata.load`): the 20 s windows on the 1 s grid whose end lies
@@ -14,9 +18,9 @@ A variant gets 5 s of data before the window too. The share of 20 s windows of t
 (`realdata.noise_recordings()`, every 10 s) that get a pick shows what each method makes of noise.
 
 With detections (default): each catalogued recording is also replayed through `DetectionRunner` with the bundled
-model; each "new" detection's first window over ``on`` ([onset, onset + 20 s], cut from the same 100 Hz data) is
-picked, and scored against the nearest catalogued P within that window (detections without a P inside are listed
-as false). Not collected by pytest (no test_ names).
+model (every trigger: no re-trigger hold); each "new" detection's first window over ``on`` ([window_start,
+window_start + 20 s], cut from the same 100 Hz data) is picked, and scored against the nearest catalogued P
+within that window (detections without a P inside are listed as false). Not collected by pytest (no test_ names).
 """
 
 from __future__ import annotations
@@ -269,18 +273,19 @@ def detection_cases() -> tuple[Cases, int, int]:
     also the number of the others: starting within 60 s after a P (a re-trigger in the event), or not."""
     from quakemon.models.checkpoint import load_checkpoint, resolve_checkpoint
     from quakemon.pipeline.runner import DetectionRunner
+    from quakemon.wire.schema import DETECTION_SCHEMA
 
     ckpt = load_checkpoint(resolve_checkpoint(None))
     rows, starts, offs, names, comps, leads = [], [], [], [], [], []
     late = none = 0
     for rec in realdata.local_events():
-        runner = DetectionRunner(ckpt, device="cpu", overlap=False)
+        runner = DetectionRunner(ckpt, device="cpu", overlap=False, retrigger_hold_s=0.0)  # every trigger
         bodies = [*runner.add_traces(_interleaved(realdata.load(rec))), *runner.finish()]
         arr, t0 = _stream_array(rec)
         for body in bodies:
-            if body.get("schema") != "quakemon.detection/1" or body["state"] != "new":
+            if body.get("schema") != DETECTION_SCHEMA or body["state"] != "new":
                 continue
-            s = _ns(body["onset"])
+            s = _ns(body["window_start"])  # the first window over on (the detection's onset is now its pick)
             inside = [p.ns for p in rec.p_times if s <= p.ns < s + WIN * NS // int(FS)]
             w = _cut(arr, t0, s)
             if not inside or w is None:
@@ -318,8 +323,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--no-detections", action="store_true", help="skip the replay through the bundled model")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--pipeline", action="store_true", help="only the picks the pipeline publishes: every "
+                    "catalogued recording through DetectionRunner (benchmarks/pipeline_picks.py), per --strides")
+    ap.add_argument("--strides", type=float, nargs="+", default=[1.0], help="window strides for --pipeline, s")
     args = ap.parse_args()
     configure_logging("warning")
+    if args.pipeline:
+        from pipeline_picks import print_results, replay_catalogue
+
+        from quakemon.pipeline.settings import TRIGGER
+
+        print_results([replay_catalogue(s, TRIGGER.retrigger_hold_s)[0] for s in args.strides])
+        return
     cases = catalogue_cases()
     arrivals = {(n, round(s / NS + o, 2))
                 for n, s, o in zip(cases.names, cases.start_ns, cases.p_offset_s, strict=True)}
