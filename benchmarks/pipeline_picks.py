@@ -107,7 +107,7 @@ def stats(err: list[float]) -> tuple[float, float, float]:
 
 
 def print_results(results: list[StrideResult]) -> None:
-    print("| stride s | hold s | recall | detections | pick: median \\|err\\| s | <= 0.5 s | <= 1.0 s "
+    print("| stride s | hold s | recall | matched detections | pick: median \\|err\\| s | <= 0.5 s | <= 1.0 s "
           "| window start: median \\|err\\| s | <= 0.5 s | <= 1.0 s | late | other | picks by method "
           "| CPU s per station-hour |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")

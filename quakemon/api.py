@@ -140,8 +140,9 @@ class Detector:
             stream: waveforms of any number of stations (channels the checkpoint's components map onto).
 
         Returns:
-            Detection bodies ("new" and "closed", schema quakemon.detection/1), stamped, in the order the daemon
-            would publish them; triggers still open at the end of the data are closed ("flush").
+            Detection bodies ("new" and "closed", schema quakemon.detection/2: onset is the P pick), stamped, in
+            the order the daemon would publish them; triggers still open at the end of the data are closed
+            ("flush").
         """
         return self._run(stream, keep_series=False)[1]
 
