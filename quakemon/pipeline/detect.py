@@ -10,9 +10,11 @@ float32 windows beside the spectra: the window that opens a detection is picked 
 
 from __future__ import annotations
 
+import datetime as _dt
+import math
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +24,12 @@ import torch
 
 from quakemon.models.contract import InputContract
 from quakemon.pipeline import stft_kernel
-from quakemon.pipeline.picker import METHOD, PickerConfig, pick_every_row
+from quakemon.pipeline.picker import METHOD, Pick, PickerConfig, pick_every_row
 from quakemon.pipeline.settings import TRIGGER
 from quakemon.pipeline.transforms import preprocess_batch
 from quakemon.pipeline.trigger import DetectionRef, TriggerBank
 from quakemon.pipeline.windowing import Window
+from quakemon.wire.schema import parse_iso_utc
 
 if TYPE_CHECKING:
     from quakemon.pipeline.engine import InferenceEngine
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 _NS = 1_000_000_000
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,12 @@ class WindowMeta:
                    missing_fraction=float(obj.get("missing_fraction", 0.0)),
                    constant=tuple(str(c) for c in obj.get("constant", ())),
                    valid=None if valid is None else bool(valid), dead=tuple(str(c) for c in obj.get("dead", ())))
+
+
+def _iso_ns(text: str) -> int:
+    """Integer ns since the epoch of an ISO 8601 UTC time (microsecond text, exact: no float on the way)."""
+    value = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (value - _EPOCH) // _dt.timedelta(microseconds=1) * 1000
 
 
 def stack_windows(windows: Sequence[Window], arrivals: Sequence[float | None] | None = None, *,
@@ -239,6 +249,7 @@ class DetectionStage:
                                     retrigger_hold_s)
         self.picker = picker or PickerConfig()
         self.new_pick_after_ns = int(round(new_pick_after_s * _NS))
+        self._unpicked: dict[int, tuple[int, np.ndarray]] = {}  # id(ref) -> span, detections opened this batch
         contract = engine.checkpoint.contract
         self.sampling_rate = float(contract.sampling_rate)
         self.context = PickContext(self.sampling_rate)
@@ -285,6 +296,7 @@ class DetectionStage:
         now = time.monotonic()
         events = []
         to_pick: list[tuple[list[DetectionRef], int, np.ndarray]] = []
+        self._unpicked.clear()
         for i in sorted(range(len(metas)), key=lambda j: (metas[j].start_ns, metas[j].station)):
             meta = metas[i]
             station = meta.station
@@ -305,6 +317,7 @@ class DetectionStage:
             opened = self.triggers.take_opened(station)
             if opened:
                 to_pick.append((opened, *self.context.span(station, meta.start_ns, window)))
+                self._unpicked.update((id(ref), to_pick[-1][1:]) for ref in opened)
             self.context.add(station, meta.start_ns, window)
         self._pick(to_pick)
         for ev, arrival in events:
@@ -318,10 +331,15 @@ class DetectionStage:
         """Whether a window re-triggering a held detection holds a clearly new P: its pick (the window with its
         context) passes the SNR gate and lies `new_pick_after_s` or more after the held detection's pick. Asked
         for re-triggers inside a hold only (a few per event), so it picks that one window there and then."""
-        start, x = self.context.span(meta.station, meta.start_ns, window)
-        fresh = pick_every_row(x[None], start, self.sampling_rate, config=self.picker).picks()[0]
-        assert fresh is not None
+        if held.pick is None and id(held) in self._unpicked:  # opened earlier in this batch: picked now, so
+            held.pick = self._pick_one(*self._unpicked[id(held)])  # the answer does not depend on the batching
+        fresh = self._pick_one(*self.context.span(meta.station, meta.start_ns, window))
         return fresh.method == METHOD and fresh.time_ns - held.pick_or_window().time_ns >= self.new_pick_after_ns
+
+    def _pick_one(self, start_ns: int, x: np.ndarray) -> Pick:
+        pick = pick_every_row(x[None], start_ns, self.sampling_rate, config=self.picker).picks()[0]
+        assert pick is not None  # pick_every_row picks every row
+        return pick
 
     def _pick(self, todo: list[tuple[list[DetectionRef], int, np.ndarray]]) -> None:
         """Pick the opened detections' spans, one batched call per span length (a few: with or without the full
@@ -336,7 +354,8 @@ class DetectionStage:
             for k, pick in zip(rows, batch.picks(), strict=True):
                 self.stats[f"picks_{pick.method}"] += 1
                 for ref in todo[k][0]:
-                    ref.pick = pick
+                    if ref.pick is None:  # (a re-trigger in this batch may have needed it already)
+                        ref.pick = pick
 
     def expire_silent(self, now: float | None = None) -> list[tuple[dict[str, Any], float | None]]:
         """Close the open triggers of stations that went silent (live streams; replays use `flush`).
@@ -369,7 +388,23 @@ class DetectionStage:
         self.stats["detections"] += len(out)
         return out
 
-    def last_window_start(self, station: str) -> float | None:
-        """Start time (POSIX s) of the station's newest decided window; None before its first."""
-        ns = self._last_start.get(station)
-        return None if ns is None else ns / _NS
+    def resume(self, body: Mapping[str, Any]) -> bool:
+        """Continue a detection whose "new" `body` a previous run published and never closed (the service was
+        killed): its trigger goes on from the body's last window with the same pick, so the same id, and the
+        station's windows up to that one count as decided (a SeedLink resume sends them again). False (nothing
+        done) when its label is not a trigger label."""
+        label, station = str(body["label"]), str(body["station"])
+        if label not in self.triggers.trigger_labels:
+            return False
+        pick = body["pick"]
+        snr = pick.get("snr")
+        ref = DetectionRef(station, parse_iso_utc(body["window_start"]), parse_iso_utc(body["window_end"]),
+                           Pick(_iso_ns(pick["time"]), float(pick["uncertainty_s"]), str(pick["method"]),
+                                math.nan if snr is None else float(snr)))
+        start, end = parse_iso_utc(body["last_window_start"]), parse_iso_utc(body["last_window_end"])
+        probs = {str(k): float(v) for k, v in body["probabilities"].items()}
+        self.triggers.resume(label, ref, (start, end, float(body["probability"]), probs),
+                             float(body["peak_probability"]))
+        self._last_start[station] = max(self._last_start.get(station, -1), round(start * _NS))
+        self._decided_at[station] = time.monotonic()
+        return True

@@ -113,7 +113,8 @@ def test_s_wave_retrigger_extends_and_a_new_event_inside_the_hold_opens_a_detect
     probs[(starts >= 12) & (starts <= 16), 0] = 0.95  # the P
     probs[(starts >= 20) & (starts <= 22), 0] = 0.95  # an S re-trigger (its window starts 20 s in)
     probs[(starts >= 37) & (starts <= 41), 0] = 0.95  # the second event
-    bodies = run(metas, data, probs, batch=32, retrigger_hold_s=30.0)
+    bodies = run(metas, data, probs, batch=128, retrigger_hold_s=30.0)
+    assert bodies == run(metas, data, probs, batch=1, retrigger_hold_s=30.0)  # one batch or one window at a time
     new = [b for b in bodies if b["state"] == "new"]
     assert [round(parse_iso_utc(b["onset"]) - T0_NS / 1e9, 1) for b in new] == [30.0, 55.0]
     assert [b["state"] for b in bodies] == ["new", "closed", "new", "closed"]
