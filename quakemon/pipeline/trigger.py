@@ -352,6 +352,16 @@ class TriggerBank:
         """Close all open triggers (end of replay), in station then label order."""
         return [ev for key in sorted(self._triggers) for ev in self._triggers[key].flush()]
 
+    def resume(self, label: str, ref: DetectionRef, last: tuple[float, float, float, dict[str, float]],
+               peak: float) -> None:
+        """Continue a detection that a previous run published ("new") and never closed: the trigger of
+        `ref.station` and `label` becomes active with `ref` (so the same id and pick), as right after its window
+        `last` = (start, end, p, probabilities). Windows that do not start after `last` are ignored; later ones
+        go on with it (extended, held, closed by off, gap, expiry or shutdown), and no second "new" is made."""
+        trig = self.trigger(ref.station, label)
+        trig.state, trig._ref, trig.opened, trig._all_on = "active", ref, None, False
+        trig._onset, trig._peak, trig._last_above_end, trig._last = ref.window_start, peak, last[1], last
+
     def shutdown(self) -> list[TriggerEvent]:
         """Close every open detection with close_reason "shutdown" (the service stops), in station then label
         order, so no "new" is left without its "closed"."""

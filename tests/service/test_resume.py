@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 
-from quakemon.pipeline.trigger import TriggerBank
-from quakemon.service.stages.resume import Unclosed, unclosed_detections
+from quakemon.pipeline.picker import Pick
+from quakemon.pipeline.trigger import DetectionRef, TriggerBank
+from quakemon.service.stages.resume import Published, journaled, shutdown_body
 from quakemon.wire.journal import Journal
-from quakemon.wire.schema import detection_topic, validate_detection
+from quakemon.wire.schema import detection_topic, parse_iso_utc, validate_detection
+
+MODEL = {"name": "m", "sha256": "0" * 64}
 
 
 def _bank() -> TriggerBank:
@@ -35,35 +38,42 @@ def _bodies() -> list[dict]:
     out = []
     for station in ("XX.A.", "XX.B.", "XX.C."):
         for t in range(4):
-            out += [ev.to_body({"name": "m", "sha256": "0" * 64}) for ev in bank.update(station, t, t + 20,
+            out += [ev.to_body(MODEL) for ev in bank.update(station, t, t + 20,
                                                                                           [0.1, 0.9])]
-    closed_c = [ev.to_body({"name": "m", "sha256": "0" * 64}) for ev in bank.trigger("XX.C.", "earthquake")
+    closed_c = [ev.to_body(MODEL) for ev in bank.trigger("XX.C.", "earthquake")
                 ._close("off")]
     return out + closed_c
 
 
-def test_unclosed_detections_from_the_journal_are_resumed_or_closed_once(tmp_path):
+def test_journaled_detections_are_read_back_resumed_with_their_id_and_not_published_twice(tmp_path):
     bodies = _bodies()
     assert [b["state"] for b in bodies] == ["new", "new", "new", "closed"]
     journal = Journal(tmp_path / "j.sqlite")
     for seq, body in enumerate(bodies, 1):
         journal.append(seq, "e1", detection_topic(body["station"]), json.dumps({**body, "seq": seq}))
     journal.append(len(bodies) + 1, "e1", "event.x", json.dumps({"id": "x", "state": "new"}))
-    found = unclosed_detections(journal, 0.0)
+    unclosed, seen = journaled(journal, 0.0)
     journal.close()
     ids = {b["station"]: b["id"] for b in bodies if b["state"] == "new"}
-    assert set(found) == {ids["XX.A."], ids["XX.B."]}
+    assert set(unclosed) == {ids["XX.A."], ids["XX.B."]}
+    assert seen == {(b["id"], b["state"]) for b in bodies}
 
-    clock = [0.0]
-    unclosed = Unclosed(found, 20.0, timeout_s=60.0, clock=lambda: clock[0])
-    again = next(b for b in bodies if b["station"] == "XX.A.")
-    assert unclosed.admit(again) is False  # A is detected again: its "new" is not published twice
-    assert unclosed.admit({**again, "state": "closed"}) is True
-    newest = {"XX.B.": None}
-    assert unclosed.due(newest.get) == []
-    newest["XX.B."] = 25.0  # B's windows passed its first window by a window length: it will not come again
-    (closed,) = unclosed.due(newest.get)
-    assert (closed["id"], closed["state"], closed["close_reason"]) == (ids["XX.B."], "closed", "shutdown")
-    assert "seq" not in closed and closed["end"] == closed["last_window_end"]
-    validate_detection(closed, stamped=False)
-    assert not unclosed and unclosed.due(newest.get, stopping=True) == []
+    published = Published(seen)
+    a_new = unclosed[ids["XX.A."]]
+    assert published.admit(a_new) is False and published.admit({**a_new, "state": "closed"}) is True
+
+    bank = _bank()  # a fresh run: A's trigger goes on from its last journaled window, with its pick
+    ref = DetectionRef("XX.A.", parse_iso_utc(a_new["window_start"]), parse_iso_utc(a_new["window_end"]),
+                       Pick(int(round(parse_iso_utc(a_new["pick"]["time"]) * 1e6)) * 1000, 5.0, "window", 1.0))
+    last = parse_iso_utc(a_new["last_window_start"])
+    bank.resume("earthquake", ref, (last, last + 20, 0.9, {"noise": 0.1, "earthquake": 0.9}), 0.9)
+    assert bank.update("XX.A.", last, last + 20, [0.1, 0.9]) == []  # sent again: ignored
+    assert bank.update("XX.A.", last + 1, last + 21, [0.1, 0.9]) == []  # goes on, no second "new"
+    (closed,) = bank.shutdown()
+    body = closed.to_body(MODEL)
+    assert (body["id"], body["state"], body["close_reason"]) == (a_new["id"], "closed", "shutdown")
+
+    closed_b = shutdown_body(unclosed[ids["XX.B."]])
+    assert (closed_b["id"], closed_b["close_reason"], closed_b["end"]) == (ids["XX.B."], "shutdown",
+                                                                          closed_b["last_window_end"])
+    validate_detection(closed_b, stamped=False)

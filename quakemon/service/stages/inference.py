@@ -84,7 +84,7 @@ class InferenceStage(Stage):
         self.assoc: Any = None
         self.journal: Any = None
         self.catchup: Any = None
-        self.unclosed: Any = None
+        self.published: Any = None
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> bool:
@@ -125,10 +125,7 @@ class InferenceStage(Stage):
                                     retrigger_hold_s=t.retrigger_hold)
         self.assoc = associator_from_config(cfg.associate)  # network events, when [associate] enabled = true
         if self.journal is not None:
-            from quakemon.service.stages.resume import LOOKBACK_S, Unclosed, unclosed_detections
-
-            self.unclosed = Unclosed(unclosed_detections(self.journal, time.time() - LOOKBACK_S),
-                                     self.ckpt.contract.window_seconds)
+            self.resume_from_journal()
         self.should_stop.wait(max(0.0, joinable_at - time.monotonic()))
         self.pull = zmq_socket(self.ctx, zmq.PULL, cfg.pipeline.spectra_endpoint, bind=True)
         self.poller.register(self.pull, zmq.POLLIN)
@@ -170,7 +167,6 @@ class InferenceStage(Stage):
                     self.run_batch()
                 if self.expiry.due():
                     self.publish(self.stage.expire_silent())
-                    self.settle_unclosed()
                 if self.events is not None:
                     self.events.poll()
                 self.publisher.maybe_heartbeat(self.heartbeat_stats)
@@ -178,7 +174,6 @@ class InferenceStage(Stage):
             while self.queue:  # stopping: what already arrived is still inferred and published
                 self.run_batch()
             self.publish(self.stage.shutdown())  # no "new" is left without its "closed"
-            self.settle_unclosed(stopping=True)
             if self.assoc is not None:
                 for ev in self.assoc.flush():
                     self.publisher.publish_event(ev)
@@ -260,18 +255,24 @@ class InferenceStage(Stage):
         A JournalError (the journal cannot be written) propagates: the stage stops rather than send or drop a
         message unjournaled."""
         for body, arrival in detections:
-            if self.unclosed and not self.unclosed.admit(body):
+            if self.published and not self.published.admit(body):
                 continue
             self.publisher.publish_detection(body, arrival=arrival)
             if self.assoc is not None:
                 for ev in self.assoc.add(body):
                     self.publisher.publish_event(ev)
 
-    def settle_unclosed(self, stopping: bool = False) -> None:
-        """Publish the "shutdown" closes of the previous run's detections that will not be detected again."""
-        if self.unclosed:
-            for body in self.unclosed.due(self.stage.last_window_start, stopping):
-                self.publisher.publish_detection(body)
+    def resume_from_journal(self) -> None:
+        """Resume the detections a killed run left open, and remember what was published (module docstring)."""
+        from quakemon.service.stages.resume import LOOKBACK_S, Published, journaled, shutdown_body
+
+        unclosed, seen = journaled(self.journal, time.time() - LOOKBACK_S)
+        self.published = Published(seen)
+        resumed = [ident for ident, body in unclosed.items() if self.stage.resume(body)]
+        if unclosed:
+            log.warning("detections_resumed", resumed=resumed, closed=sorted(set(unclosed) - set(resumed)))
+        for ident in set(unclosed) - set(resumed):  # another trigger label now: it cannot go on, it is closed
+            self.publisher.publish_detection(shutdown_body(unclosed[ident]))
 
     # -- counters -------------------------------------------------------------------------------------------------
     def own(self) -> Stats:
