@@ -10,7 +10,16 @@ import pytest
 
 from quakemon.data import realdata
 from quakemon.data.synthetic import synthesize_event_trace
-from quakemon.pipeline.picker import METHOD, Pick, PickerConfig, aic_curves, pick_p
+from quakemon.pipeline.picker import (
+    METHOD,
+    METHOD_LOW_SNR,
+    METHOD_WINDOW,
+    Pick,
+    PickerConfig,
+    aic_curves,
+    pick_every_row,
+    pick_p,
+)
 
 FS = 100.0
 N = 2000
@@ -135,3 +144,20 @@ def test_real_event_picked_within_half_a_second_of_the_catalogued_p() -> None:
     err_s = (int(batch.time_ns[0]) - p_ns) / NS
     assert abs(err_s) <= 0.5, err_s
     assert batch.snr[0] > 10
+
+
+def test_pick_every_row_falls_back_and_says_how() -> None:
+    """What detections carry: the gated pick where it exists, else the ungated AIC pick with an uncertainty of at
+    least fallback_uncertainty_s, else (no usable trace) the middle of the span with its spread."""
+    rng = np.random.default_rng(5)
+    data = np.concatenate([_events([1500], seed=40), rng.normal(0.0, 1.0, (1, 3, N)).astype(np.float32),
+                           np.zeros((1, 3, N), np.float32)])
+    batch = pick_every_row(data, np.array([0, NS, 2 * NS]), FS)
+    assert batch.picked.all() and batch.methods == (METHOD, METHOD_LOW_SNR, METHOD_WINDOW)
+    gated = pick_p(data, np.array([0, NS, 2 * NS]), FS)
+    assert batch.offset_s[0] == gated.offset_s[0] and batch.uncertainty_s[0] == gated.uncertainty_s[0]
+    assert batch.uncertainty_s[1] >= PickerConfig().fallback_uncertainty_s and batch.snr[1] < PickerConfig().min_snr
+    edge = PickerConfig().edge_s
+    assert batch.offset_s[2] == pytest.approx((edge + N / FS) / 2)
+    assert batch.uncertainty_s[2] == pytest.approx((N / FS - edge) / math.sqrt(12)) and np.isnan(batch.snr[2])
+    assert [p.method for p in batch.picks()] == list(batch.methods)
