@@ -86,7 +86,7 @@ class IngestStage(Stage):
         sl = self.cfg.seedlink
         self.source = self.source_factory() if self.source_factory else SeedLinkSource(
             sl.server, sl.streams, sl.state_file or None, netto=sl.netto, backoff_max=sl.reconnect_backoff_max,
-            connect_timeout=sl.connect_timeout, auto_commit=False)
+            connect_timeout=sl.connect_timeout, resume_policy=sl.resume_policy, auto_commit=False)
         self.windower = StationWindower(self.contract, self.cfg.window.stride_s, list(sl.streams),
                                         max_missing=self.cfg.window.max_missing_fraction)
         self.committer = Committer(self.source, self.windower)
