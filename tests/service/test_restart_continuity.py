@@ -1,0 +1,112 @@
+"""Restart continuity of `quakemon run` with its journal: the whole daemon (supervisor and every stage) SIGKILLed
+during a detection and started again. A `quakemon.client.Subscriber` that stays up through both runs receives one
+"new" and one "closed" per detection, with the ids a replay of the same archive gives; the resumed detection keeps
+its id (the restarted inference stage continues it from the journal), and seq only grows across the two epochs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections import Counter
+
+from support.pipeline import (
+    calibrate,
+    children,
+    craft_checkpoint,
+    free_port,
+    replay_series,
+    start_daemon,
+    start_server,
+    wait_for,
+    write_archive,
+    write_config,
+)
+
+from quakemon.client import Subscriber
+
+SPEED = 4.0  # the 120 s archive streams in 30 s
+START_TIMEOUT = 120.0
+
+
+class Collector:
+    """A quakemon.client.Subscriber on a thread, collecting every message it delivers."""
+
+    def __init__(self, endpoint: str, position: str) -> None:
+        self.sub = Subscriber(endpoint, position, discover_timeout_s=START_TIMEOUT, catchup_deadline_s=180.0)
+        self.messages: list = []
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                msg = self.sub.get(0.2)
+                if msg is not None:
+                    self.messages.append(msg)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+        finally:
+            self.sub.close()
+
+    def detections(self) -> list[tuple[str, str]]:
+        return [(m.body["id"], m.body["state"]) for m in list(self.messages) if m.topic.startswith("detection")]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+def test_daemon_sigkilled_during_a_detection_resumes_it_with_the_same_id(tmp_path, tiny_checkpoint):
+    archive, start, span = write_archive(tmp_path / "rjob.mseed")
+    ckpt = craft_checkpoint(tiny_checkpoint, tmp_path / "crafted.safetensors", archive)
+    cal = calibrate(ckpt, archive, round((start + span) * 1e9))
+    replay, _ = replay_series(ckpt, [archive], on=cal.on, off=cal.off)
+    replay_ids = {d["id"] for d in replay}
+    complete = {(d["id"], d["state"]) for d in cal.detections}
+    assert {s for _, s in complete} == {"new", "closed"}
+
+    server, sl_port = start_server(archive, tmp_path, speed=SPEED, loop=False)
+    port = free_port()
+    config = write_config(tmp_path / "q.toml", server_port=sl_port, checkpoint=ckpt, runtime_dir=tmp_path / "rt",
+                          publish_port=port, on=cal.on, off=cal.off)
+    daemon = start_daemon(config, tmp_path, "first")
+    collector = Collector(f"tcp://127.0.0.1:{port}", str(tmp_path / "position.json"))
+    second = None
+    try:
+        daemon.wait_event("daemon_ready", START_TIMEOUT)
+
+        def open_detection() -> str | None:
+            states = Counter(ident for ident, _ in collector.detections())
+            return next((ident for ident, n in states.items() if n == 1), None)
+
+        killed_open = wait_for(open_detection, 90, "a detection that is open")
+        for pid in [*children(daemon.pid), daemon.pid]:  # every process at once: no stage stops cleanly
+            os.kill(pid, signal.SIGKILL)
+        daemon.wait(10)
+        second = start_daemon(config, tmp_path, "second")
+        second.wait_event("daemon_ready", START_TIMEOUT)
+        wait_for(lambda: complete <= set(collector.detections()), 120, "every replay detection, new and closed")
+        assert second.stop(30) == 0, second.stderr()[-3000:]
+        wait_for(lambda: not [i for i, n in Counter(i for i, _ in collector.detections()).items() if n < 2], 30,
+                 "the closes of the stopping daemon")
+    finally:
+        for proc in (daemon, second):
+            if proc is not None:
+                proc.stop()
+        collector.close()
+        server.stop()
+    assert collector.error is None, repr(collector.error)
+    got = collector.detections()
+    per_id = Counter(got)
+    assert all(n == 1 for n in per_id.values()), [k for k, n in per_id.items() if n > 1]  # nothing twice
+    ids = {ident for ident, _ in got}
+    assert all((ident, "new") in per_id and (ident, "closed") in per_id for ident in ids)  # one new, one closed
+    assert complete <= per_id.keys() and ids <= replay_ids, (sorted(ids - replay_ids), sorted(replay_ids))
+    assert (killed_open, "closed") in per_id
+    seqs = [m.seq for m in collector.messages]
+    assert seqs == sorted(set(seqs)) and len({m.epoch for m in collector.messages}) == 2
+    assert second.events("detections_resumed"), second.stderr()[-3000:]
