@@ -110,3 +110,33 @@ def test_daemon_sigkilled_during_a_detection_resumes_it_with_the_same_id(tmp_pat
     seqs = [m.seq for m in collector.messages]
     assert seqs == sorted(set(seqs)) and len({m.epoch for m in collector.messages}) == 2
     assert second.events("detections_resumed"), second.stderr()[-3000:]
+
+
+def test_sigterm_closes_open_detections_as_shutdown(tmp_path, tiny_checkpoint):
+    from quakemon.service.stages.resume import journaled
+    from quakemon.wire.journal import JournalReader
+
+    archive, _, _ = write_archive(tmp_path / "rjob.mseed")
+    server, sl_port = start_server(archive, tmp_path, speed=10.0, loop=True)
+    port = free_port()
+    config = write_config(tmp_path / "q.toml", server_port=sl_port, checkpoint=tiny_checkpoint,
+                          runtime_dir=tmp_path / "rt", publish_port=port, on=0.001, off=0.001)  # always open
+    daemon = start_daemon(config, tmp_path, "daemon")
+    collector = Collector(f"tcp://127.0.0.1:{port}", str(tmp_path / "position.json"))
+    try:
+        daemon.wait_event("daemon_ready", START_TIMEOUT)
+        wait_for(lambda: ("new" in {s for _, s in collector.detections()}), 90, "a detection")
+        assert daemon.stop(30) == 0, daemon.stderr()[-3000:]
+        wait_for(lambda: any(m.body.get("close_reason") == "shutdown" for m in list(collector.messages)), 30,
+                 "the shutdown close")
+    finally:
+        daemon.stop()
+        collector.close()
+        server.stop()
+    assert collector.error is None, repr(collector.error)
+    per_id = Counter(collector.detections())
+    assert all(n == 1 for n in per_id.values())
+    assert {i for i, s in per_id if s == "new"} == {i for i, s in per_id if s == "closed"}
+    with JournalReader(tmp_path / "journal.sqlite") as reader:
+        unclosed, _ = journaled(reader, 0.0)
+    assert unclosed == {}
