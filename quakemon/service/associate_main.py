@@ -11,6 +11,11 @@ nothing arrived for ``--idle`` seconds (a quiet network sends no detections) sto
 until it sends again; with every source quiet, what was received is decided. SIGINT/SIGTERM stop the loop;
 open events are then closed (``close_reason`` "flush") and published before the socket closes.
 
+With ``--journal FILE`` the events are committed to a journal before they are sent and a catch-up server
+(``--catchup``, default: the bind port + 1, see docs/delivery.md) answers missed seqs, so ``quakemon listen
+--resume`` and ``quakemon.client.Subscriber`` receive every event once across restarts; seq continues from the
+journal.
+
 Heartbeat extras: ``sources`` (endpoints), ``sources_heard`` (how many sent anything yet), ``events_open``,
 ``picks``, ``events``, ``watermark`` (ISO or null).
 """
@@ -32,6 +37,7 @@ import zmq
 from quakemon.base.errors import ConfigError, QuakemonError
 from quakemon.base.signals import StopFlag, stop_on_signals
 from quakemon.pipeline.associate import Associator, station_coordinates
+from quakemon.service.config import derive_catchup
 from quakemon.wire.schema import (
     DETECTION_SCHEMA,
     DETECTION_TOPIC_PREFIX,
@@ -69,13 +75,22 @@ def run_associator(
     heartbeat_interval_s: float = 1.0,
     stop: threading.Event | None = None,
     context: zmq.Context | None = None,
+    journal: str | None = None,
+    catchup: str | None = None,
 ) -> int:
-    """Subscribe to `connect`, publish events on `bind` until `stop` is set; returns the exit code."""
+    """Subscribe to `connect`, publish events on `bind` until `stop` is set; returns the exit code.
+
+    `journal`: journal file for the events (None: none); `catchup`: the catch-up endpoint on it (None: none)."""
+    from quakemon.wire.catchup import CatchupServer
+    from quakemon.wire.journal import Journal
     from quakemon.wire.publisher import Publisher
 
     stop = stop or threading.Event()
     ctx = context or zmq.Context.instance()
-    publisher = Publisher(bind, ctx, heartbeat_interval_s=heartbeat_interval_s)
+    store = Journal(journal) if journal else None
+    server = CatchupServer(store.path, catchup) if store is not None and catchup else None
+    publisher = Publisher(bind, ctx, heartbeat_interval_s=heartbeat_interval_s, journal=store,
+                          catchup_endpoint=server.advertised if server is not None else None)
     socks: dict[zmq.Socket, str] = {}
     poller = zmq.Poller()
     try:
@@ -143,6 +158,10 @@ def run_associator(
         for sock in socks:
             sock.close(linger=0)
         publisher.close()
+        if server is not None:
+            server.close()
+        if store is not None:
+            store.close()
     log.info("associate_stopped", **{k: int(v) for k, v in associator.stats.items()})
     return 0
 
@@ -167,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=3.0, metavar="S", help="onset tolerance on top (3)")
     p.add_argument("--idle", type=float, default=30.0, metavar="S",
                    help="stop waiting for a source silent for S seconds (default 30)")
+    p.add_argument("--journal", default=None, metavar="FILE",
+                   help="commit events to this journal before sending them (lossless delivery, see --catchup)")
+    p.add_argument("--catchup", default=None, metavar="EP",
+                   help='with --journal: catch-up endpoint (default: the --bind port + 1; "" = none)')
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
     return p
@@ -190,8 +213,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         associator = Associator(args.threshold, args.window, _parse_weights(args.weights), hold_s=args.hold,
                                 coordinates=coordinates, velocity_kms=args.velocity, tolerance_s=args.tolerance,
                                 sources=args.connect)
+        catchup = args.catchup
+        if args.journal and catchup is None:
+            catchup = derive_catchup(args.bind)
+        elif catchup and not args.journal:
+            raise ConfigError("associate --catchup needs --journal")
         with stop_on_signals(StopFlag()) as stop:
-            return run_associator(args.connect, args.bind, associator, idle_s=args.idle, stop=stop)
+            return run_associator(args.connect, args.bind, associator, idle_s=args.idle, stop=stop,
+                                  journal=args.journal, catchup=catchup)
     except QuakemonError as exc:
         print(f"quakemon associate: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -111,11 +111,12 @@ def _catchup(v: str) -> str:
     return v if v in ("", "auto") else _endpoint(v)
 
 
-def _derive_catchup(pub: str) -> str:
-    """The "auto" catch-up endpoint: tcp://host:port+1 (tcp://host:* stays a wildcard port), ipc://path.catchup."""
+def derive_catchup(pub: str) -> str:
+    """The "auto" catch-up endpoint: tcp://host:port+1 (a port "*" or 0, any free port, stays so: heartbeats
+    carry the one bound), ipc://path.catchup."""
     if pub.startswith("tcp://"):
         host, _, port = pub.rpartition(":")
-        return pub if port == "*" else f"{host}:{int(port) + 1}"
+        return pub if port in ("*", "0") else f"{host}:{int(port) + 1}"
     return f"{pub}.catchup"
 
 
@@ -431,7 +432,7 @@ def _resolve_journal(cfg: Config, where: str, taken: tuple[str, ...]) -> Publish
                               f"(publish.journal = \"\"), got {catchup!r}")
         catchup = ""
     elif catchup == "auto":
-        catchup = _derive_catchup(pub.endpoint)
+        catchup = derive_catchup(pub.endpoint)
         try:
             _endpoint(catchup)
             if catchup.startswith("tcp://") and not catchup.endswith(":*") and int(catchup.rpartition(":")[2]) > 65535:
@@ -439,7 +440,7 @@ def _resolve_journal(cfg: Config, where: str, taken: tuple[str, ...]) -> Publish
         except _Invalid as exc:
             raise ConfigError(f"{where}: publish.catchup_endpoint: expected {exc} (\"auto\" from publish.endpoint), "
                               f"got {catchup!r}; set it explicitly") from None
-    if catchup and not catchup.endswith(":*") and (catchup == pub.endpoint or catchup in taken):
+    if catchup and not catchup.endswith((":*", ":0")) and (catchup == pub.endpoint or catchup in taken):
         raise ConfigError(f"{where}: publish.catchup_endpoint: expected an endpoint not used by publish.endpoint "
                           f"or the pipeline, got {catchup!r}")
     return dataclasses.replace(pub, journal=journal, catchup_endpoint=catchup)
