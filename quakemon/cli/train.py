@@ -193,11 +193,13 @@ def _noise_report(ckpt, args: argparse.Namespace) -> dict[str, Any]:
     from quakemon.training import continuous as cont
 
     noise: dict[str, Stream] = {}
+    series = {}
     for src in args.continuous:
         if src.startswith("msnoise:"):
             from quakemon.data.noise_days import load_day
 
             noise[src] = load_day(src.split(":", 1)[1])
+            series[src] = cont.day_series(ckpt, src.split(":", 1)[1])  # cached per checkpoint in the user cache
         else:
             files = [src] if Path(src).is_file() else sorted(str(f) for f in Path(src).rglob("*") if f.is_file())
             if not files:
@@ -210,7 +212,7 @@ def _noise_report(ckpt, args: argparse.Namespace) -> dict[str, Any]:
     events = cont.real_event_records(ckpt.contract.sampling_rate)
     if args.synthetic_events > 0:
         events += cont.synthetic_event_records(next(iter(noise.values())), args.synthetic_events)
-    report = cont.evaluate_continuous(ckpt, noise, events, on=args.on)
+    report = cont.evaluate_continuous(ckpt, noise, events, on=args.on, noise_series=series)
     out = cont.summary(report)
     out["markdown"] = cont.markdown(report)
     return out
