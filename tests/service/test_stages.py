@@ -23,8 +23,8 @@ from quakemon.wire.schema import MessageError, pack_arrays
 WIRE_KEYS = ["station", "instrument", "start_ns", "end_ns", "arrival", "missing_fraction", "constant"]
 
 
-def _meta(i: int, **kw) -> WindowMeta:
-    return WindowMeta(f"S{i}", i * 10**9, i * 10**9 + 20 * 10**9, **kw)
+def _meta(i: int, station: str = "", **kw) -> WindowMeta:
+    return WindowMeta(station or f"S{i}", i * 10**9, i * 10**9 + 20 * 10**9, **kw)
 
 
 def _batch(first: int, n: int) -> Batch:
@@ -55,7 +55,8 @@ def test_every_is_due_once_per_interval() -> None:
 
 
 def test_window_batches_keep_their_wire_format_and_come_back_equal() -> None:
-    metas = (_meta(1, instrument="EH", arrival=12.5, missing_fraction=0.25, constant=("N",)), _meta(2))
+    metas = (_meta(1, instrument="EH", arrival=12.5, missing_fraction=0.25, constant=("N",), station="XX.S1."),
+             _meta(2, station="XX.S2."))
     batch = Batch(WINDOWS, metas, {"data": np.ones((2, 3, 4), np.float32)})
     frames = batch.frames()
     header = json.loads(bytes(frames[0]))["header"]
@@ -66,7 +67,7 @@ def test_window_batches_keep_their_wire_format_and_come_back_equal() -> None:
 
 
 def test_spectra_metas_carry_the_transform_verdict() -> None:
-    done = dataclasses.replace(_meta(1), valid=False, dead=("E", "N"))
+    done = dataclasses.replace(_meta(1), station="XX.S1.", valid=False, dead=("E", "N"))
     wire = done.to_wire()
     assert list(wire) == [*WIRE_KEYS, "valid", "dead"] and wire["valid"] is False and wire["dead"] == ["E", "N"]
     back = decode([bytes(f) for f in Batch(SPECTRA, (done,), {"spectra": np.zeros((1, 1), np.float32)}).frames()])

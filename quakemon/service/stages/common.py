@@ -21,7 +21,7 @@ import zmq
 
 from quakemon.base.signals import StopFlag
 from quakemon.service.stages.faults import HangInjector
-from quakemon.service.stages.messages import Batch, status_frames
+from quakemon.service.stages.messages import Batch, InvalidMessage, status_frames
 from quakemon.wire.schema import MessageError
 
 log = structlog.get_logger(__name__)
@@ -185,11 +185,50 @@ def drain_to(sock: zmq.Socket, queue: DropOldestQueue) -> int:
     return sent
 
 
-def zmq_socket(ctx: zmq.Context, kind: int, endpoint: str, bind: bool) -> zmq.Socket:
-    """A PUSH or PULL socket with a tiny HWM (queueing happens in our DropOldestQueue) and no linger."""
+class Rejections:
+    """Received messages dropped as malformed (`InvalidMessage`), counted by reason.
+
+    Logs `stage_message_rejected` for the first rejection and then at most once per LOG_INTERVAL_S (with the
+    count since the previous line), so a peer sending garbage cannot flood the log.
+    """
+
+    LOG_INTERVAL_S = 10.0
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.total = 0
+        self.reasons: collections.Counter[str] = collections.Counter()
+        self._unlogged = 0
+        self._clock = Every(self.LOG_INTERVAL_S)
+
+    def add(self, exc: InvalidMessage) -> None:
+        self.total += 1
+        self.reasons[exc.reason] += 1
+        self._unlogged += 1
+        if self._clock.due():
+            log.warning("stage_message_rejected", stage=self.stage, reason=exc.reason, error=str(exc)[:300],
+                        rejected_since_last_log=self._unlogged, rejected_total=self.total)
+            self._unlogged = 0
+
+    def stats(self) -> Stats:
+        """The status counters: messages_rejected (total) and messages_rejected_reasons {reason: total}."""
+        return {"messages_rejected": self.total, "messages_rejected_reasons": dict(self.reasons)}
+
+
+def zmq_socket(ctx: zmq.Context, kind: int, endpoint: str, bind: bool, max_msg_bytes: int | None = None,
+               configure: Callable[[zmq.Socket], None] | None = None) -> zmq.Socket:
+    """A PUSH or PULL socket with a tiny HWM (queueing happens in our DropOldestQueue) and no linger.
+
+    max_msg_bytes: ZeroMQ drops (and disconnects) a peer that sends a larger frame, before it is buffered.
+    configure: applied before bind/connect (CURVE keys).
+    """
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM if kind == zmq.PUSH else zmq.RCVHWM, ZMQ_HWM)
+    if max_msg_bytes:
+        sock.setsockopt(zmq.MAXMSGSIZE, max_msg_bytes)
+    if configure is not None:
+        configure(sock)
     if endpoint.startswith("ipc://"):
         os.makedirs(os.path.dirname(endpoint[len("ipc://"):]) or ".", exist_ok=True)
     (sock.bind if bind else sock.connect)(endpoint)

@@ -38,12 +38,13 @@ from quakemon.service.stages.common import (
     MAX_RECV_PER_ROUND,
     DropOldestQueue,
     Every,
+    Rejections,
     Stage,
     Stats,
     zmq_socket,
 )
 from quakemon.service.stages.faults import maybe_break_engine
-from quakemon.service.stages.messages import Batch, decode
+from quakemon.service.stages.messages import SPECTRA, Batch, InvalidMessage, decode, max_frame_bytes
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +78,7 @@ class InferenceStage(Stage):
         self.upstream = Upstream()
         self.expiry = Every(EXPIRE_INTERVAL_S)
         self.failed_batches = 0
+        self.rejections = Rejections(self.name)
         self.newest_end_ns = 0
         self.ckpt: Any = None
         self.engine: Any = None
@@ -127,7 +129,8 @@ class InferenceStage(Stage):
         if self.journal is not None:
             self.resume_from_journal()
         self.should_stop.wait(max(0.0, joinable_at - time.monotonic()))
-        self.pull = zmq_socket(self.ctx, zmq.PULL, cfg.pipeline.spectra_endpoint, bind=True)
+        self.pull = zmq_socket(self.ctx, zmq.PULL, cfg.pipeline.spectra_endpoint, bind=True,
+                               max_msg_bytes=max_frame_bytes(self.ckpt.contract))
         self.poller.register(self.pull, zmq.POLLIN)
         self.status.ready = True
         log.info("stage_started", stage="inference", spectra_endpoint=cfg.pipeline.spectra_endpoint,
@@ -206,7 +209,8 @@ class InferenceStage(Stage):
         return self.cfg.model.max_wait_ms / 1000.0
 
     def receive(self) -> None:
-        """Poll until the oldest queued window is due (at most 0.1 s); queue spectra, keep status reports."""
+        """Poll until the oldest queued window is due (at most 0.1 s); queue spectra, keep status reports; drop
+        and count malformed messages (`Rejections`)."""
         assert self.pull is not None
         oldest = self.queue.oldest
         wait_s = 0.1 if oldest is None else min(0.1, max(0.0, oldest + self.max_wait_s - time.monotonic()))
@@ -214,9 +218,12 @@ class InferenceStage(Stage):
             return
         for _ in range(MAX_RECV_PER_ROUND):
             try:
-                msg = decode(self.pull.recv_multipart(zmq.NOBLOCK, copy=False))
+                msg = decode(self.pull.recv_multipart(zmq.NOBLOCK, copy=False), self.ckpt.contract, SPECTRA)
             except zmq.Again:
                 break
+            except InvalidMessage as exc:
+                self.rejections.add(exc)
+                continue
             if isinstance(msg, Batch):
                 if len(msg):
                     self.queue.put(msg)
@@ -282,7 +289,7 @@ class InferenceStage(Stage):
                 "queue_inference": self.queue.windows, "detections": int(stats["detections"]),
                 "batches": engine.batches, "batch_size": engine.last_batch_size,
                 "batch_seconds": engine.last_batch_seconds, "detections_opened": dict(self.stage.opened),
-                "zmq_events": dict(self.events.counts) if self.events is not None else {}}
+                "zmq_events": dict(self.events.counts) if self.events is not None else {}, **self.rejections.stats()}
 
     def heartbeat_stats(self) -> Stats:
         ingest, pre = self.upstream.current(time.monotonic())
@@ -304,6 +311,7 @@ class InferenceStage(Stage):
             "detections": int(stats["detections"]),
             "events_open": self.assoc.open_events if self.assoc is not None else 0,
             "invalid_windows": int(stats["invalid"]),
+            "messages_rejected": {"preprocess": _total(pre, "messages_rejected"), "inference": self.rejections.total},
             "late_windows": int(stats["late_windows"]),
             "model": self.ckpt.model_info,
             "device": str(self.engine.device),
@@ -315,7 +323,10 @@ class InferenceStage(Stage):
 
 
 class Upstream:
-    """The newest status counters of every ingest and preprocess process heard from (stale ones expire)."""
+    """The newest status counters of every ingest and preprocess process heard from (stale ones expire; at most
+    MAX_SOURCES per stage are kept, so reports under ever new names cannot grow it without bound)."""
+
+    MAX_SOURCES = 1024
 
     def __init__(self) -> None:
         self.tables: dict[str, dict[str, tuple[float, Stats]]] = {"ingest": {}, "preprocess": {}}
@@ -325,6 +336,8 @@ class Upstream:
         table = self.tables.get(str(body.get("stage")))
         stats = body.get("stats")
         if table is not None and body.get("source") and isinstance(stats, dict):
+            if str(body["source"]) not in table and len(table) >= self.MAX_SOURCES:
+                return
             table[str(body["source"])] = (now, stats)
 
     def current(self, now: float) -> tuple[list[Stats], list[Stats]]:

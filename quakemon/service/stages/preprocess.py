@@ -22,13 +22,14 @@ from quakemon.service.config import Config
 from quakemon.service.stages.common import (
     MAX_RECV_PER_ROUND,
     DropOldestQueue,
+    Rejections,
     Stage,
     Stats,
     StatusRelay,
     drain_to,
     zmq_socket,
 )
-from quakemon.service.stages.messages import SPECTRA, Batch, decode
+from quakemon.service.stages.messages import SPECTRA, WINDOWS, Batch, InvalidMessage, decode, max_frame_bytes
 
 log = structlog.get_logger(__name__)
 
@@ -52,13 +53,15 @@ class PreprocessStage(Stage):
         self.poller = zmq.Poller()
         self.queue = DropOldestQueue(cfg.pipeline.queue_hwm)
         self.relay = StatusRelay()
+        self.rejections = Rejections(self.name)
         self.device: Any = None
         self.windows = 0
 
     def start(self) -> bool:
         from quakemon.pipeline.detect import warm_up_preprocess
 
-        self.pull = zmq_socket(self.ctx, zmq.PULL, self.cfg.pipeline.windows_endpoint, bind=False)
+        self.pull = zmq_socket(self.ctx, zmq.PULL, self.cfg.pipeline.windows_endpoint, bind=False,
+                               max_msg_bytes=max_frame_bytes(self.contract))
         self.push = zmq_socket(self.ctx, zmq.PUSH, self.cfg.pipeline.spectra_endpoint, bind=False)
         self.poller.register(self.pull, zmq.POLLIN)
         self.device = preprocess_device(self.cfg)
@@ -89,15 +92,19 @@ class PreprocessStage(Stage):
             log.info("stage_stopped", stage="preprocess", windows=self.windows, dropped=self.queue.dropped)
 
     def receive(self) -> list[Batch]:
-        """The window batches that arrived within this round's poll; status reports go to the relay."""
+        """The window batches that arrived within this round's poll; status reports go to the relay; malformed
+        messages are dropped and counted (`Rejections`)."""
         assert self.pull is not None
         batches: list[Batch] = []
         if self.poller.poll(100 if not self.queue else 10):
             for _ in range(MAX_RECV_PER_ROUND):
                 try:
-                    msg = decode(self.pull.recv_multipart(zmq.NOBLOCK, copy=False))
+                    msg = decode(self.pull.recv_multipart(zmq.NOBLOCK, copy=False), self.contract, WINDOWS)
                 except zmq.Again:
                     break
+                except InvalidMessage as exc:
+                    self.rejections.add(exc)
+                    continue
                 if isinstance(msg, Batch):
                     batches.append(msg)
                 else:
@@ -116,7 +123,7 @@ class PreprocessStage(Stage):
 
     def own(self) -> Stats:
         return {"preprocessed": self.windows, "dropped_preprocess": self.queue.dropped,
-                "queue_preprocess": self.queue.windows}
+                "queue_preprocess": self.queue.windows, **self.rejections.stats()}
 
 
 def preprocess_device(cfg: Config) -> Any:
