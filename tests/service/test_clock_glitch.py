@@ -166,9 +166,6 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-@pytest.mark.xfail(strict=True, reason="the SeedLink source still drops every record that starts before all of the "
-                   "last 8 of its stream as a duplicate (quakemon/ingest/seedlink.py), so the correctly timed records "
-                   "after the excursion never reach the windower; duplicates are the windower's job now")
 def test_live_daemon_rejects_the_excursion_and_detects_as_the_replay(env: Env):
     expected, _, _ = replay(env.checkpoint, env.hole, env.on)
     records = load_records([env.clean])

@@ -27,7 +27,7 @@ import zmq
 from quakemon.base.signals import StopFlag
 from quakemon.models.contract import InputContract
 from quakemon.service.config import Config
-from quakemon.service.stages.common import DropOldestQueue, Stage, Stats, StatusRelay, drain_to, zmq_socket
+from quakemon.service.stages.common import DropOldestQueue, Stage, Stats, StatusRelay, drain_to
 from quakemon.service.stages.messages import WINDOWS, Batch
 
 log = structlog.get_logger(__name__)
@@ -80,7 +80,7 @@ class IngestStage(Stage):
         from quakemon.pipeline.windowing import StationWindower
 
         stft_kernel.warm_up_centring()  # the compiled centring that stack_windows runs, before the first window
-        self.push = zmq_socket(self.ctx, zmq.PUSH, self.cfg.pipeline.windows_endpoint, bind=True)
+        self.push = self.socket(zmq.PUSH, self.cfg.pipeline.windows_endpoint, bind=True)
         if not self._hold():
             return False
         sl = self.cfg.seedlink
@@ -88,7 +88,8 @@ class IngestStage(Stage):
             sl.server, sl.streams, sl.state_file or None, netto=sl.netto, backoff_max=sl.reconnect_backoff_max,
             connect_timeout=sl.connect_timeout, resume_policy=sl.resume_policy, auto_commit=False)
         self.windower = StationWindower(self.contract, self.cfg.window.stride_s, list(sl.streams),
-                                        max_missing=self.cfg.window.max_missing_fraction)
+                                        max_missing=self.cfg.window.max_missing_fraction,
+                                        silence_s=sl.station_silence_s)
         self.committer = Committer(self.source, self.windower)
         self.status.ready = True
         log.info("stage_started", stage="ingest", server=sl.server, streams=list(sl.streams),
@@ -169,6 +170,8 @@ class IngestStage(Stage):
         """Status to the supervisor when due; the totals downstream with it."""
         assert self.push is not None
         if self.status.maybe_send(self.full_stats, force) is not None:
+            if self.windower is not None:
+                self.windower.check_silence()
             self.relay.put(self.status.body(self.totals()))
         self.relay.send(self.push)
 
@@ -182,7 +185,10 @@ class IngestStage(Stage):
     def totals(self) -> Stats:
         """The counters the heartbeat reports (constant size). `oldest_end_s`: the end of the newest window of the
         station that is furthest behind, so the heartbeat's lag is computed when it is sent."""
+        silent = self.windower.silent_stations() if self.windower is not None else []
+        connected = bool(self.source is not None and self.source.stats.get("connected"))
         return {"stations": self.station_count(), "windows_out": self.windows_cut,
+                "silent_stations": len(silent), "connected": connected,
                 "dropped_ingest": self.queue.dropped, "queue_ingest": self.queue.windows,
                 "oldest_end_s": min(self.newest_end.values()) / 1e9 if self.newest_end else None}
 
@@ -198,6 +204,7 @@ class IngestStage(Stage):
         return {**self.totals(), **self.source_counters(),
                 "corrupt_reasons": {str(k): int(v) for k, v in dict(reasons).items()},
                 "newest_end_s": {st: end / 1e9 for st, end in self.newest_end.items()},
+                "silent": self.windower.silent_stations() if self.windower is not None else [],
                 "buffer_fill": self.buffer_fill()}
 
     def buffer_fill(self) -> dict[str, float]:
