@@ -217,6 +217,12 @@ class PipelineConfig:
     torch_threads: int = _key(1, "torch threads per preprocess/inference process (scale with processes)",
                               _range(1, 256))
     heartbeat_interval_s: float = _key(1.0, "heartbeat period on the publish socket, s", _range(0, 60, lo_open=True))
+    curve: str = _key("auto", 'CURVE on the stage sockets: "auto" = on for tcp:// endpoints on a non-loopback '
+                      'address, "on" = on every stage endpoint, "off"', _choice("auto", "on", "off"))
+    curve_secret_key: str = _key("", "stage key pair (secret file from `quakemon keygen`), the same on every stage "
+                                 "host", _path)
+    curve_allowed_keys: str = _key("", 'directory of stage public keys (*.key) a binding stage admits; "" = the '
+                                   "directory of curve_secret_key", _path)
 
 
 @dataclass(frozen=True, slots=True)

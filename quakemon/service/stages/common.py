@@ -235,6 +235,83 @@ def zmq_socket(ctx: zmq.Context, kind: int, endpoint: str, bind: bool, max_msg_b
     return sock
 
 
+LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
+
+
+def leaves_host(endpoint: str) -> bool:
+    """True for a tcp:// endpoint whose host is not a loopback address (a wildcard or interface name counts as
+    leaving the host: other hosts can reach it)."""
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = endpoint[len("tcp://"):].rpartition(":")[0]
+    if ";" in host:  # "source;destination": the destination decides
+        host = host.rpartition(";")[2]
+    return not (host.startswith("127.") or host in LOOPBACK_HOSTS)
+
+
+class StageCurve:
+    """CURVE on the stage PUSH/PULL sockets ([pipeline] curve, curve_secret_key, curve_allowed_keys).
+
+    Every stage host holds the same stage key pair. A binding socket is a CURVE server whose authenticator
+    (`quakemon.wire.security.make_curve_server`, as for the publisher) admits only the public keys in
+    curve_allowed_keys; a connecting socket is a CURVE client with the pair, trusting the pair's public key.
+    A peer without an admitted key completes no handshake: it can neither send to nor receive from the stage.
+
+    Binding sockets live on a context of their own: one ZeroMQ context holds one ZAP authenticator, and the
+    inference stage's context may hold the publisher's. `close()` after the stage closed its sockets.
+    """
+
+    def __init__(self, mode: str, secret_key_file: str, allowed_keys_dir: str) -> None:
+        self.mode = mode
+        self.secret_key_file = secret_key_file
+        self.allowed_keys_dir = allowed_keys_dir or (os.path.dirname(secret_key_file) or ".")
+        self.ctx: zmq.Context | None = None
+        self.auth: Any = None
+
+    def wanted(self, endpoint: str) -> bool:
+        """Does this endpoint use CURVE? ("on": every one; "auto": those that leave the host)."""
+        return self.mode == "on" or (self.mode == "auto" and leaves_host(endpoint))
+
+    def socket(self, ctx: zmq.Context, kind: int, endpoint: str, bind: bool,
+               max_msg_bytes: int | None = None) -> zmq.Socket:
+        """`zmq_socket`, with CURVE when `wanted(endpoint)`; raises ConfigError when CURVE is wanted without keys."""
+        from quakemon.base.errors import ConfigError
+        from quakemon.wire.security import make_curve_client, make_curve_server
+
+        if not self.wanted(endpoint):
+            return zmq_socket(ctx, kind, endpoint, bind, max_msg_bytes)
+        if not self.secret_key_file:
+            raise ConfigError(f"pipeline.curve_secret_key: the stage endpoint {endpoint} leaves this host "
+                              f'(pipeline.curve = "{self.mode}"): expected a key pair from `quakemon keygen DIR '
+                              'stages` on every stage host, or pipeline.curve = "off" to send windows in clear')
+        if not bind:
+            return zmq_socket(ctx, kind, endpoint, bind, max_msg_bytes, configure=lambda sock: make_curve_client(
+                sock, self.secret_key_file, self.secret_key_file))
+        if self.ctx is None:
+            self.ctx = zmq.Context()
+
+        def server(sock: zmq.Socket) -> None:
+            self.auth = make_curve_server(sock, self.secret_key_file, self.allowed_keys_dir, sock.context)
+
+        sock = zmq_socket(self.ctx, kind, endpoint, bind, max_msg_bytes, configure=server)
+        log.info("stage_curve_enabled", endpoint=endpoint, allowed_keys=self.allowed_keys_dir)
+        return sock
+
+    @property
+    def rejections(self) -> dict[str, int]:
+        """Peers refused by the binding socket's authenticator, by reason."""
+        return dict(self.auth.rejections) if self.auth is not None else {}
+
+    def close(self) -> None:
+        """Stop the authenticator and end the binding sockets' context (their sockets must be closed)."""
+        if self.auth is not None:
+            self.auth.stop()
+            self.auth = None
+        if self.ctx is not None:
+            self.ctx.term()
+            self.ctx = None
+
+
 class Stage:
     """One stage process: startup -> main loop -> shutdown, steered by a stop flag (as uvicorn's Server is).
 
@@ -250,6 +327,14 @@ class Stage:
         self.ctx = zmq.Context()
         self.status = StatusReporter(self.ctx, control, self.name)
         self.hang = HangInjector(self.name)
+        self.curve: StageCurve | None = None
+
+    def socket(self, kind: int, endpoint: str, bind: bool, max_msg_bytes: int | None = None) -> zmq.Socket:
+        """A stage PUSH/PULL socket (`zmq_socket`), with CURVE where [pipeline] curve wants it (`StageCurve`)."""
+        if self.curve is None:
+            pipeline = self.cfg.pipeline  # type: ignore[attr-defined]  (every stage has its Config)
+            self.curve = StageCurve(pipeline.curve, pipeline.curve_secret_key, pipeline.curve_allowed_keys)
+        return self.curve.socket(self.ctx, kind, endpoint, bind, max_msg_bytes)
 
     def run(self) -> int:
         """Run the stage to the end; returns the process exit code."""
@@ -272,6 +357,9 @@ class Stage:
         self.status.loops += 1
 
     def stop(self) -> None:
-        """Close the status socket and the context; subclasses close their own sockets first."""
+        """Close the status socket, the CURVE authenticator and the contexts; subclasses close their own sockets
+        first."""
         self.status.close()
+        if self.curve is not None:
+            self.curve.close()
         self.ctx.term()

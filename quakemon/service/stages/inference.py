@@ -41,7 +41,6 @@ from quakemon.service.stages.common import (
     Rejections,
     Stage,
     Stats,
-    zmq_socket,
 )
 from quakemon.service.stages.faults import maybe_break_engine
 from quakemon.service.stages.messages import SPECTRA, Batch, InvalidMessage, decode, max_frame_bytes
@@ -129,8 +128,8 @@ class InferenceStage(Stage):
         if self.journal is not None:
             self.resume_from_journal()
         self.should_stop.wait(max(0.0, joinable_at - time.monotonic()))
-        self.pull = zmq_socket(self.ctx, zmq.PULL, cfg.pipeline.spectra_endpoint, bind=True,
-                               max_msg_bytes=max_frame_bytes(self.ckpt.contract))
+        self.pull = self.socket(zmq.PULL, cfg.pipeline.spectra_endpoint, bind=True,
+                                max_msg_bytes=max_frame_bytes(self.ckpt.contract))
         self.poller.register(self.pull, zmq.POLLIN)
         self.status.ready = True
         log.info("stage_started", stage="inference", spectra_endpoint=cfg.pipeline.spectra_endpoint,
@@ -289,7 +288,8 @@ class InferenceStage(Stage):
                 "queue_inference": self.queue.windows, "detections": int(stats["detections"]),
                 "batches": engine.batches, "batch_size": engine.last_batch_size,
                 "batch_seconds": engine.last_batch_seconds, "detections_opened": dict(self.stage.opened),
-                "zmq_events": dict(self.events.counts) if self.events is not None else {}, **self.rejections.stats()}
+                "zmq_events": dict(self.events.counts) if self.events is not None else {}, **self.rejections.stats(),
+                "stage_curve_rejected": self.curve.rejections if self.curve is not None else {}}
 
     def heartbeat_stats(self) -> Stats:
         ingest, pre = self.upstream.current(time.monotonic())

@@ -27,7 +27,6 @@ from quakemon.service.stages.common import (
     Stats,
     StatusRelay,
     drain_to,
-    zmq_socket,
 )
 from quakemon.service.stages.messages import SPECTRA, WINDOWS, Batch, InvalidMessage, decode, max_frame_bytes
 
@@ -60,9 +59,9 @@ class PreprocessStage(Stage):
     def start(self) -> bool:
         from quakemon.pipeline.detect import warm_up_preprocess
 
-        self.pull = zmq_socket(self.ctx, zmq.PULL, self.cfg.pipeline.windows_endpoint, bind=False,
-                               max_msg_bytes=max_frame_bytes(self.contract))
-        self.push = zmq_socket(self.ctx, zmq.PUSH, self.cfg.pipeline.spectra_endpoint, bind=False)
+        self.pull = self.socket(zmq.PULL, self.cfg.pipeline.windows_endpoint, bind=False,
+                                max_msg_bytes=max_frame_bytes(self.contract))
+        self.push = self.socket(zmq.PUSH, self.cfg.pipeline.spectra_endpoint, bind=False)
         self.poller.register(self.pull, zmq.POLLIN)
         self.device = preprocess_device(self.cfg)
         warm_up_preprocess(self.contract, self.device)
