@@ -282,7 +282,7 @@ class StageCurve:
             return zmq_socket(ctx, kind, endpoint, bind, max_msg_bytes)
         if not self.secret_key_file:
             raise ConfigError(f"pipeline.curve_secret_key: the stage endpoint {endpoint} leaves this host "
-                              f'(pipeline.curve = "{self.mode}"): expected a key pair from `quakemon keygen DIR '
+                              f'(pipeline.curve = "{self.mode}"): expected a key pair from `quakemon keygen DIR --name '
                               'stages` on every stage host, or pipeline.curve = "off" to send windows in clear')
         if not bind:
             return zmq_socket(ctx, kind, endpoint, bind, max_msg_bytes, configure=lambda sock: make_curve_client(
