@@ -133,16 +133,18 @@ class RejectingAuthenticator(ThreadAuthenticator):
 
 
 def make_curve_server(
-    socket: zmq.Socket, secret_key_file: str | Path, allowed_keys_dir: str | Path, context: zmq.Context
+    socket: zmq.Socket, secret_key_file: str | Path, allowed_keys_dir: str | Path, context: zmq.Context,
+    section: str = "publish",
 ) -> RejectingAuthenticator:
     """Make `socket` a CURVE server admitting only the public keys in `allowed_keys_dir` (*.key).
 
     Call before bind(). Returns the started authenticator; the caller stops it after closing the socket.
+    `section`: the config section whose curve_secret_key / curve_allowed_keys errors name.
     """
-    public, secret = _load_secret(secret_key_file, "publish.curve_secret_key")
+    public, secret = _load_secret(secret_key_file, f"{section}.curve_secret_key")
     allowed = Path(allowed_keys_dir)
     if not allowed.is_dir():
-        raise ConfigError(f"publish.curve_allowed_keys: expected a directory of client public keys (*.key), "
+        raise ConfigError(f"{section}.curve_allowed_keys: expected a directory of client public keys (*.key), "
                           f"got {str(allowed)!r} which is not a directory")
     n_keys = len(list(allowed.glob("*.key")))
     if n_keys == 0:

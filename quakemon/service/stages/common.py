@@ -291,7 +291,8 @@ class StageCurve:
             self.ctx = zmq.Context()
 
         def server(sock: zmq.Socket) -> None:
-            self.auth = make_curve_server(sock, self.secret_key_file, self.allowed_keys_dir, sock.context)
+            self.auth = make_curve_server(sock, self.secret_key_file, self.allowed_keys_dir, sock.context,
+                                          section="pipeline")
 
         sock = zmq_socket(self.ctx, kind, endpoint, bind, max_msg_bytes, configure=server)
         log.info("stage_curve_enabled", endpoint=endpoint, allowed_keys=self.allowed_keys_dir)
