@@ -392,9 +392,10 @@ class DetectionStage:
         """Continue a detection whose "new" `body` a previous run published and never closed (the service was
         killed): its trigger goes on from the body's last window with the same pick, so the same id, and the
         station's windows up to that one count as decided (a SeedLink resume sends them again). False (nothing
-        done) when its label is not a trigger label."""
+        done) when its label is not a trigger label or another model made it (its id could not be kept)."""
         label, station = str(body["label"]), str(body["station"])
-        if label not in self.triggers.trigger_labels:
+        model = body.get("model") or {}
+        if label not in self.triggers.trigger_labels or model.get("sha256") != self.model_info.get("sha256"):
             return False
         pick = body["pick"]
         snr = pick.get("snr")

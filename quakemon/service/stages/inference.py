@@ -277,7 +277,7 @@ class InferenceStage(Stage):
         resumed = [ident for ident, body in unclosed.items() if self.stage.resume(body)]
         if unclosed:
             log.warning("detections_resumed", resumed=resumed, closed=sorted(set(unclosed) - set(resumed)))
-        for ident in set(unclosed) - set(resumed):  # another trigger label now: it cannot go on, it is closed
+        for ident in set(unclosed) - set(resumed):  # another trigger label or model now: it is closed
             self.publisher.publish_detection(shutdown_body(unclosed[ident]))
 
     # -- counters -------------------------------------------------------------------------------------------------
