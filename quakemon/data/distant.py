@@ -27,7 +27,7 @@ import numpy as np
 import scipy.fft
 from obspy import Stream, Trace
 
-from quakemon.data.synthetic import brune_corner_frequency, brune_velocity_spectrum, phase_envelope, shaped_noise
+from quakemon.data.physics import brune_corner_frequency, brune_velocity_spectrum, phase_envelope, shaped_noise
 
 KINDS: tuple[str, ...] = ("regional", "teleseismic")
 

@@ -14,13 +14,12 @@ Policies (docs/evaluation.md describes the data set and its use):
 - P times come from ObsPy's own tests where they state picks (ar_pick, pk_baer, coincidence_trigger windows),
   otherwise from classic recursive STA/LTA on a band-passed Z trace, each confirmed by eye on a plot.
 - Recordings in `EVALUATION_SOURCES` are for evaluation only; `TRAINING_NOISE_SOURCES` (disjoint) feed
-  `training_noise_segments`.
+  `quakemon.data.training_noise.training_noise_segments`.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
 import gzip
 import re
 import warnings
@@ -555,95 +554,6 @@ def write_event_csv(path: str | Path, events: Sequence[EventRecording] | None = 
     return path
 
 
-# ------------------------------------------------------------------------------------------------------ training noise
-def _trigger_mask(data: np.ndarray, sampling_rate: float, pre_s: float = 30.0, post_s: float = 90.0) -> np.ndarray:
-    """True where a sample is near a classic STA/LTA trigger (0.5 s/10 s, 1-20 Hz, on 3.5) or in the first 60 s."""
-    from obspy.signal.filter import bandpass
-    from obspy.signal.trigger import recursive_sta_lta, trigger_onset
-
-    x = bandpass(data - np.median(data), 1.0, min(20.0, 0.45 * sampling_rate), sampling_rate, zerophase=True)
-    cft = recursive_sta_lta(x, int(0.5 * sampling_rate), int(10 * sampling_rate))
-    mask = np.zeros(len(data), dtype=bool)
-    mask[: int(60 * sampling_rate)] = True
-    for on, off in trigger_onset(cft, 3.5, 1.0):
-        mask[max(0, on - int(pre_s * sampling_rate)) : off + int(post_s * sampling_rate)] = True
-    return mask
-
-
-@functools.lru_cache(maxsize=4)
-def _training_noise_arrays(sampling_rate: float) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """(data [C, n], usable mask [n]) per training-noise recording at `sampling_rate` (cached: the read takes ~2 s)."""
-    out = []
-    for rec in _TRAINING_NOISE:
-        st = load(rec)
-        data = np.stack([tr.data for tr in st])
-        bad = np.zeros(data.shape[1], dtype=bool)
-        for row in data:
-            bad |= _trigger_mask(row, rec.sampling_rate)
-        if sampling_rate != rec.sampling_rate:
-            st = load(rec, sampling_rate)
-            new = np.stack([tr.data for tr in st])
-            idx = np.minimum((np.arange(new.shape[1]) * rec.sampling_rate / sampling_rate).astype(int), len(bad) - 1)
-            data, bad = new, bad[idx]
-        out.append((data, ~bad))
-    return tuple(out)
-
-
-def training_noise_segments(n_samples: int, sampling_rate: float = 100.0) -> np.ndarray:
-    """Non-overlapping real-noise segments from `TRAINING_NOISE_SOURCES`, float32 [k, 1, n_samples] (Z only).
-
-    Segments touching an STA/LTA trigger (30 s before to 90 s after), the first 60 s, or with a peak over 12
-    robust standard deviations (spikes, glitches) are left out, so the result holds no earthquake the classic
-    detector can see. Order is the recording's time order; shuffle in the caller.
-    """
-    if int(n_samples) != n_samples or n_samples <= 0:
-        raise QuakemonError(f"n_samples must be a positive integer, got {n_samples!r}")
-    n = int(n_samples)
-    segments = []
-    for data, usable in _training_noise_arrays(float(sampling_rate)):
-        k = data.shape[1] // n
-        if k == 0:
-            continue
-        seg = data[:, : k * n].reshape(data.shape[0], k, n).transpose(1, 0, 2)  # [k, C, n]
-        ok = usable[: k * n].reshape(k, n).all(axis=1)
-        centred = seg - np.median(seg, axis=2, keepdims=True)
-        sigma = 1.4826 * np.median(np.abs(centred), axis=2)
-        ok &= (np.abs(centred).max(axis=2) <= 12.0 * np.maximum(sigma, 1e-12)).all(axis=1)
-        segments.append(seg[ok][:, :1].astype(np.float32))
-    out = np.concatenate(segments) if segments else np.zeros((0, 1, n), dtype=np.float32)
-    log.info("training_noise_segments", segments=len(out), n_samples=n, sampling_rate=sampling_rate)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------------ demo archive
-#: The demo's common time axis starts here; the ObsPy example (BW.RJOB) keeps its real time at DEMO_START + 50 s.
-DEMO_START = U("2009-08-24T00:19:13")
-#: Sampling rate of the demo archive (the bundled model's rate).
-DEMO_SAMPLING_RATE = 100.0
-
-
-@dataclass(frozen=True)
-class DemoItem:
-    """One station of the demo archive: `duration` seconds of `recording`, from `offset` s after its start,
-    re-timed to begin at DEMO_START + `at` seconds."""
-
-    recording: str
-    at: float
-    offset: float = 0.0
-    duration: float | None = None
-
-
-#: What the demo archive is made of: 3 real local earthquakes and 2 real noise stations, all 3-component, overlapping
-#: on one 90 s time axis (P arrivals at about +11.6 s, +40.3 s and +54.8 s).
-DEMO_ITEMS: tuple[DemoItem, ...] = (
-    DemoItem("jmi_1990-01-03", at=0.0, duration=90.0),
-    DemoItem("uh_uh3_quiet_2010-05-27", at=10.0),
-    DemoItem("cer_2005-07-23", at=10.0),
-    DemoItem("gt_bosa_2010-06-22", at=45.0),
-    DemoItem("rjob_example_2009-08-24", at=50.0),
-)
-
-
 def recording_by_name(name: str) -> Recording:
     """Look a catalogued recording (event, noise or training noise) up by name."""
     for rec in (*_EVENTS, *_NOISE, *_TRAINING_NOISE):
@@ -651,83 +561,3 @@ def recording_by_name(name: str) -> Recording:
             return rec
     known = sorted(r.name for r in (*_EVENTS, *_NOISE, *_TRAINING_NOISE))
     raise QuakemonError(f"no real recording named {name!r}; known: {known}")
-
-
-def _demo_stream(item: DemoItem) -> tuple[Stream, list[UTCDateTime]]:
-    """The item's 100 Hz traces as int32, re-timed, and its P times on the demo axis."""
-    rec = recording_by_name(item.recording)
-    st = load(rec, DEMO_SAMPLING_RATE)
-    t0 = rec.start + item.offset
-    t1 = rec.end if item.duration is None else t0 + item.duration - 1.0 / DEMO_SAMPLING_RATE
-    st.trim(t0, t1, nearest_sample=True)
-    new_start = DEMO_START + item.at
-    shift = new_start - st[0].stats.starttime
-    for tr in st:
-        tr.stats.starttime = new_start
-        tr.data = np.round(tr.data).astype(np.int32)
-    picks = []
-    if isinstance(rec, EventRecording):
-        picks = [p + shift for p in rec.p_times if t0 <= p <= t1]
-    return st, picks
-
-
-def build_demo_archive(out_dir: str | Path) -> list[Path]:
-    """Write the demo MiniSEED (one file per station, 512-byte STEIM2 records) plus demo_picks.csv and README.txt.
-
-    Returns the MiniSEED paths, sorted. The same call regenerates the committed `quakemon/assets/demo/`.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths, rows, lines = [], [], []
-    for item in DEMO_ITEMS:
-        st, picks = _demo_stream(item)
-        net, sta, loc = st[0].id.split(".")[:3]
-        path = out / f"{net}.{sta}.mseed"
-        st.write(str(path), format="MSEED", reclen=512, encoding="STEIM2")
-        paths.append(path)
-        rows += [(net, sta, loc, str(p)) for p in picks]
-        rec = recording_by_name(item.recording)
-        kind = "earthquake" if isinstance(rec, EventRecording) else "noise"
-        lines.append(
-            f"{path.name}: {','.join(tr.id for tr in st)}  {kind}  {st[0].stats.starttime} - {st[0].stats.endtime}\n"
-            f"    from obspy/{', obspy/'.join(rec.sources)} (catalogue name {rec.name!r}), seconds "
-            f"{item.offset:g}..{item.offset + (item.duration or rec.end - rec.start):.2f} of {rec.start}, "
-            f"{rec.sampling_rate:g} Hz -> {DEMO_SAMPLING_RATE:g} Hz, re-timed to start at demo +{item.at:g} s"
-            + (f"; P at {', '.join(str(p) for p in picks)}" if picks else "")
-            + "\n"
-        )
-    with (out / "demo_picks.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["network", "station", "location", "p_time"])
-        writer.writerows(sorted(rows))
-    (out / "README.txt").write_text(
-        "quakemon demo archive: real recordings shipped with ObsPy (nothing downloaded), re-timed onto one time axis\n"
-        f"starting {DEMO_START} so that they overlap, resampled to {DEMO_SAMPLING_RATE:g} Hz (FFT, Trace.resample),\n"
-        "rounded to int32 counts, written as MiniSEED with 512-byte STEIM2 records. demo_picks.csv lists the P\n"
-        "arrivals on the demo axis. Station codes are the real ones (XX where the source has no network).\n"
-        "The ObsPy example BW.RJOB keeps its real time and is only 30 s long (11 windows of 20 s at 1 s stride).\n\n"
-        + "".join(lines)
-        + "\nMade with (from the repository root):\n"
-        "    .venv/bin/python -m quakemon.data.realdata build-demo quakemon/assets/demo\n"
-    )
-    log.info("demo_archive_written", out_dir=str(out), files=len(paths), picks=len(rows))
-    return sorted(paths)
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    """`python -m quakemon.data.realdata build-demo DIR | events-csv FILE`: regenerate bundled files."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m quakemon.data.realdata", description=_main.__doc__)
-    parser.add_argument("action", choices=["build-demo", "events-csv"])
-    parser.add_argument("path")
-    args = parser.parse_args(argv)
-    if args.action == "build-demo":
-        build_demo_archive(args.path)
-    else:
-        write_event_csv(args.path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

@@ -27,6 +27,22 @@ import scipy.fft
 import structlog
 
 from quakemon.base.errors import ConfigError, ContractError
+from quakemon.data.artefacts import HARD_NEGATIVE_KINDS, _add_artefacts
+from quakemon.data.physics import (
+    _normalise_spectrum,
+    anelastic_attenuation,
+    brune_corner_frequency,
+    brune_velocity_spectrum,
+    coda_decay,
+    instrument_response,
+    log_uniform,
+    phase_envelope,
+    polarisation_zne,
+    seismic_moment,
+    shaped_noise,
+    site_kappa,
+    uniform,
+)
 from quakemon.data.realdata import EVALUATION_SOURCES
 from quakemon.models.contract import InputContract
 
@@ -57,8 +73,6 @@ OBSPY_NOISE_CANDIDATES: tuple[str, ...] = (
     "io/dmx/tests/data/131114_090600.dmx",  # ETNA.EMFO/EMPL Z, 100 Hz, 60 s
 )
 
-#: Hard-negative kinds, in the order their weights are listed in `SyntheticConfig.hard_negative_weights`.
-HARD_NEGATIVE_KINDS: tuple[str, ...] = ("spike", "glitch", "step", "dropout", "cultural", "teleseism")
 
 #: Component letters the generator can produce (it synthesises Z, N, E; 1/2/3 are aliases).
 _COMPONENT_INDEX = {"Z": 0, "N": 1, "E": 2, "3": 0, "1": 1, "2": 2}
@@ -134,102 +148,6 @@ class SyntheticConfig:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Physical ingredients (one function each; all broadcast over a leading batch axis)
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def seismic_moment(mw: np.ndarray | float) -> np.ndarray:
-    """Seismic moment M0 [N m] from moment magnitude (Hanks & Kanamori 1979: Mw = 2/3 (log10 M0 - 9.1))."""
-    return 10.0 ** (1.5 * np.asarray(mw, dtype=float) + 9.1)
-
-
-def brune_corner_frequency(
-    mw: np.ndarray | float, stress_drop_pa: np.ndarray | float = 3e6, beta_m_s: np.ndarray | float = 3500.0
-) -> np.ndarray:
-    """Brune corner frequency [Hz]: fc = 0.49 beta (dsigma / M0)^(1/3); it falls with magnitude."""
-    return 0.49 * beta_m_s * (np.asarray(stress_drop_pa, dtype=float) / seismic_moment(mw)) ** (1.0 / 3.0)
-
-
-def brune_velocity_spectrum(freq: np.ndarray, fc: np.ndarray) -> np.ndarray:
-    """Shape of the far-field velocity spectrum, 2 pi f / (1 + (f/fc)^2), per event [k, F] (moment factored out)."""
-    f = freq[None, :]
-    return 2 * np.pi * f / (1.0 + (f / fc[:, None]) ** 2)
-
-
-def anelastic_attenuation(freq: np.ndarray, travel_time_s: np.ndarray, q0: np.ndarray, eta: np.ndarray) -> np.ndarray:
-    """Path attenuation exp(-pi f t / Q(f)) with Q(f) = Q0 f^eta, per event [k, F]."""
-    f = np.maximum(freq[None, :], 1e-3)
-    q = q0[:, None] * f ** eta[:, None]
-    return np.exp(-np.pi * f * travel_time_s[:, None] / q)
-
-
-def site_kappa(freq: np.ndarray, kappa_s: np.ndarray) -> np.ndarray:
-    """Near-surface high-frequency loss exp(-pi kappa f) (Anderson & Hough 1984), per event [k, F]."""
-    return np.exp(-np.pi * kappa_s[:, None] * freq[None, :])
-
-
-def instrument_response(freq: np.ndarray, short_period: np.ndarray, sampling_rate: float) -> np.ndarray:
-    """Amplitude response [k, F]: digitiser anti-alias low-pass at 0.8 Nyquist, plus a 1 Hz geophone for SP windows."""
-    f = freq[None, :]
-    lowpass = 1.0 / np.sqrt(1.0 + (f / (0.4 * sampling_rate)) ** 16)
-    x = f / 1.0  # 1 Hz natural frequency, damping 0.7
-    geophone = x**2 / np.sqrt((1.0 - x**2) ** 2 + (1.4 * x) ** 2)
-    return lowpass * np.where(short_period[:, None], geophone, 1.0)
-
-
-def phase_envelope(t: np.ndarray, onset_s: np.ndarray, rise_s: np.ndarray, duration_s: np.ndarray) -> np.ndarray:
-    """Causal envelope of a direct phase [k, N]: zero before onset, rise over rise_s, exponential decay."""
-    x = t[None, :] - onset_s[:, None]
-    xp = np.maximum(x, 0.0)
-    env = (1.0 - np.exp(-xp / rise_s[:, None])) * np.exp(-xp / duration_s[:, None])
-    return np.where(x > 0, env, 0.0)
-
-
-def coda_decay(lapse_s: np.ndarray, ref_lapse_s: np.ndarray, freq_hz: float, alpha: np.ndarray, qc: np.ndarray):
-    """Coda amplitude decay (t/t_ref)^-alpha exp(-pi f (t - t_ref) / Qc) at lapse time t since the origin [k, N]."""
-    t = np.maximum(lapse_s, 1e-3)
-    ref = ref_lapse_s[:, None]
-    return (t / ref) ** -alpha[:, None] * np.exp(-np.pi * freq_hz * (t - ref) / qc[:, None])
-
-
-def polarisation_zne(incidence_rad: np.ndarray, back_azimuth_rad: np.ndarray, s_angle_rad: np.ndarray):
-    """Unit P and S particle-motion vectors in Z, N, E [k, 3] each.
-
-    P moves along the ray (Z, R) = (cos i, sin i); S moves across it: cos(psi) SV + sin(psi) SH with
-    SV = (-sin i, cos i, 0) in (Z, R, T) and SH = T. R/T are rotated to N/E with the back-azimuth (ObsPy's
-    convention: N = -R cos(baz) + T sin(baz), E = -R sin(baz) - T cos(baz)).
-    """
-    ci, si = np.cos(incidence_rad), np.sin(incidence_rad)
-    cb, sb = np.cos(back_azimuth_rad), np.sin(back_azimuth_rad)
-    cp, sp = np.cos(s_angle_rad), np.sin(s_angle_rad)
-
-    def zrt_to_zne(z, r, t):
-        return np.stack([z, -r * cb + t * sb, -r * sb - t * cb], axis=-1)
-
-    p_vec = zrt_to_zne(ci, si, np.zeros_like(ci))
-    s_vec = zrt_to_zne(-si * cp, ci * cp, sp)
-    return p_vec, s_vec
-
-
-def shaped_noise(amplitude: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian noise with the given amplitude spectrum [..., F] -> float32 [..., n_samples] (random phase).
-
-    Normalised so that the output has ~unit RMS when mean(|amplitude|^2) == 1.
-    """
-    shape = amplitude.shape
-    spec = (rng.standard_normal(shape, dtype=np.float32) + 1j * rng.standard_normal(shape, dtype=np.float32)) / np.sqrt(
-        2.0, dtype=np.float32
-    )
-    spec = spec.astype(np.complex64) * amplitude.astype(np.float32)
-    return scipy.fft.irfft(spec, n=n_samples, norm="ortho", axis=-1)
-
-
-def _normalise_spectrum(amp: np.ndarray) -> np.ndarray:
-    """Scale an amplitude spectrum [..., F] to mean(|A|^2) == 1 so that shaped noise has ~unit RMS."""
-    return amp / np.sqrt(np.mean(amp**2, axis=-1, keepdims=True) + 1e-30)
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # Earthquakes
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -272,36 +190,28 @@ class EventParams:
         return {f.name: float(getattr(self, f.name)[i]) for f in dataclasses.fields(self)}
 
 
-def _uniform(rng: np.random.Generator, rng_range: tuple[float, float], k: int) -> np.ndarray:
-    return rng.uniform(rng_range[0], rng_range[1], k)
-
-
-def _log_uniform(rng: np.random.Generator, rng_range: tuple[float, float], k: int) -> np.ndarray:
-    return np.exp(rng.uniform(np.log(rng_range[0]), np.log(rng_range[1]), k))
-
-
 def sample_event_params(
     k: int, rng: np.random.Generator, config: SyntheticConfig, p_sample: np.ndarray | None = None
 ) -> EventParams:
     """Draw k events from the config's ranges; p_sample (if given) fixes the P arrival sample."""
-    vp = _uniform(rng, config.vp_km_s_range, k)
+    vp = uniform(rng, config.vp_km_s_range, k)
     return EventParams(
-        magnitude=_uniform(rng, config.magnitude_range, k),
-        distance_km=_log_uniform(rng, config.distance_km_range, k),
+        magnitude=uniform(rng, config.magnitude_range, k),
+        distance_km=log_uniform(rng, config.distance_km_range, k),
         vp_km_s=vp,
-        vs_km_s=vp / _uniform(rng, config.vp_vs_range, k),
+        vs_km_s=vp / uniform(rng, config.vp_vs_range, k),
         p_sample=np.zeros(k) if p_sample is None else np.asarray(p_sample, dtype=float),
-        stress_drop_pa=1e6 * _log_uniform(rng, config.stress_drop_mpa_range, k),
-        q0=_log_uniform(rng, config.q0_range, k),
-        q_eta=_uniform(rng, config.q_eta_range, k),
+        stress_drop_pa=1e6 * log_uniform(rng, config.stress_drop_mpa_range, k),
+        q0=log_uniform(rng, config.q0_range, k),
+        q_eta=uniform(rng, config.q_eta_range, k),
         qp_over_qs=rng.uniform(1.2, 2.25, k),
-        kappa_s=_uniform(rng, config.kappa_s_range, k),
+        kappa_s=uniform(rng, config.kappa_s_range, k),
         back_azimuth_deg=rng.uniform(0.0, 360.0, k),
         incidence_deg=rng.uniform(5.0, 35.0, k),
         s_polarisation_deg=rng.uniform(0.0, 360.0, k),
         s_to_p_amplitude=np.exp(rng.uniform(np.log(2.0), np.log(8.0), k)),  # ~ (vp/vs)^3 with radiation scatter
-        coda_alpha=_uniform(rng, config.coda_alpha_range, k),
-        coda_q=_log_uniform(rng, config.coda_q_range, k),
+        coda_alpha=uniform(rng, config.coda_alpha_range, k),
+        coda_q=log_uniform(rng, config.coda_q_range, k),
         coda_level=rng.uniform(0.1, 0.35, k),
         rise_p_s=np.exp(rng.uniform(np.log(0.03), np.log(0.3), k)),
         rise_s_s=np.exp(rng.uniform(np.log(0.05), np.log(0.6), k)),
@@ -374,11 +284,11 @@ def background_noise(
     """Coloured noise (power ~ 1/f^a) plus a microseism peak, float32 [m, 3, n_samples] with unit RMS per window."""
     freq = scipy.fft.rfftfreq(n_samples, 1.0 / sampling_rate)
     f = np.maximum(freq, 0.02)[None, None, :]
-    exponent = _uniform(rng, config.noise_exponent_range, m)
+    exponent = uniform(rng, config.noise_exponent_range, m)
     coloured = _normalise_spectrum(np.broadcast_to(f ** (-exponent[:, None, None] / 2.0), (m, 3, freq.size)))
-    ms_hz = _uniform(rng, config.microseism_hz_range, m)
+    ms_hz = uniform(rng, config.microseism_hz_range, m)
     ms_width = rng.uniform(0.02, 0.06, m)
-    ms_ratio = _log_uniform(rng, config.microseism_ratio_range, m)[:, None] * rng.uniform(0.7, 1.5, (m, 3))
+    ms_ratio = log_uniform(rng, config.microseism_ratio_range, m)[:, None] * rng.uniform(0.7, 1.5, (m, 3))
     microseism = np.exp(-0.5 * ((freq[None, None, :] - ms_hz[:, None, None]) / ms_width[:, None, None]) ** 2)
     microseism = _normalise_spectrum(np.broadcast_to(microseism, (m, 3, freq.size)))
     amp = (coloured + ms_ratio[:, :, None] * microseism) * instrument_response(freq, short_period, sampling_rate)[
@@ -438,125 +348,6 @@ def load_noise_pool(paths: Sequence[str], sampling_rate: float, n_samples: int) 
         raise ConfigError(f"real_noise_files: no trace of at least {n_samples} samples in {list(paths)!r}")
     log.info("real_noise_pool", files=len(paths), traces=len(pieces), samples=offset)
     return np.concatenate(pieces), np.concatenate(starts)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Hard negatives (in place on unit-RMS windows x [m, 3, N]; amplitudes are multiples of the noise RMS)
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def add_spikes(x: np.ndarray, sampling_rate: float, rng: np.random.Generator) -> None:
-    """One to five single-sample spikes (telemetry bit errors), 10-500x the noise RMS."""
-    m, c, n = x.shape
-    count = rng.integers(1, 6, m)
-    slot = np.arange(5)[None, :] < count[:, None]
-    win = np.broadcast_to(np.arange(m)[:, None], (m, 5))[slot]
-    comp = rng.integers(0, c, (m, 5))[slot]
-    pos = rng.integers(0, n, (m, 5))[slot]
-    amp = _log_uniform(rng, (10.0, 500.0), win.size) * rng.choice([-1.0, 1.0], win.size)
-    np.add.at(x, (win, comp, pos), amp.astype(np.float32))
-
-
-def add_glitches(x: np.ndarray, sampling_rate: float, rng: np.random.Generator) -> None:
-    """A one-sided pulse t/tau exp(1 - t/tau) (mass re-centring / thermal glitch) on one or all components."""
-    m, c, n = x.shape
-    t = np.arange(n) / sampling_rate
-    t0 = rng.uniform(0.0, 0.9 * n / sampling_rate, m)
-    tau = _log_uniform(rng, (0.1, 2.0), m)
-    amp = _log_uniform(rng, (5.0, 100.0), m) * rng.choice([-1.0, 1.0], m)
-    dt = np.maximum(t[None, :] - t0[:, None], 0.0) / tau[:, None]
-    pulse = amp[:, None] * dt * np.exp(1.0 - dt)
-    comps = np.where(rng.random(m)[:, None] < 0.5, np.eye(c)[rng.integers(0, c, m)], 1.0)
-    x += (comps[:, :, None] * pulse[:, None, :]).astype(np.float32)
-
-
-def add_steps(x: np.ndarray, sampling_rate: float, rng: np.random.Generator) -> None:
-    """A DC step relaxing with the seismometer's high-pass time constant, on one or all components."""
-    m, c, n = x.shape
-    t = np.arange(n) / sampling_rate
-    t0 = rng.uniform(0.0, 0.95 * n / sampling_rate, m)
-    tau = _log_uniform(rng, (1.0, 60.0), m)
-    amp = _log_uniform(rng, (5.0, 50.0), m) * rng.choice([-1.0, 1.0], m)
-    dt = t[None, :] - t0[:, None]
-    step = np.where(dt >= 0, amp[:, None] * np.exp(-np.maximum(dt, 0.0) / tau[:, None]), 0.0)
-    comps = np.where(rng.random(m)[:, None] < 0.5, np.eye(c)[rng.integers(0, c, m)], 1.0)
-    x += (comps[:, :, None] * step[:, None, :]).astype(np.float32)
-
-
-def dropout_mask(m: int, c: int, n: int, sampling_rate: float, rng: np.random.Generator) -> np.ndarray:
-    """Boolean [m, c, n], True where samples are lost (zero-filled gap, 0.2-8 s, one or all components)."""
-    length = np.round(_log_uniform(rng, (0.2, 8.0), m) * sampling_rate).astype(int)
-    start = rng.integers(0, n, m)
-    idx = np.arange(n)[None, :]
-    in_gap = (idx >= start[:, None]) & (idx < (start + length)[:, None])
-    comps = np.where(rng.random(m)[:, None] < 0.5, np.eye(c, dtype=bool)[rng.integers(0, c, m)], True)
-    return comps[:, :, None] & in_gap[:, None, :]
-
-
-def add_cultural_bursts(x: np.ndarray, sampling_rate: float, rng: np.random.Generator) -> None:
-    """Emergent cultural noise: a harmonic machine tone (f0 2-20 Hz + harmonics) or a traffic-like 3-25 Hz burst.
-
-    Both rise and fall slowly (a Gaussian envelope several seconds wide), unlike the impulsive P onset.
-    """
-    m, c, n = x.shape
-    t = np.arange(n) / sampling_rate
-    centre = rng.uniform(0.1, 0.9, m) * n / sampling_rate
-    width = rng.uniform(2.0, 6.0, m)
-    env = np.exp(-0.5 * ((t[None, :] - centre[:, None]) / width[:, None]) ** 2)
-    f0 = rng.uniform(2.0, 20.0, m)
-    drift = 1.0 + rng.uniform(-0.05, 0.05, m)[:, None] * (t[None, :] - centre[:, None]) / (n / sampling_rate)
-    phase = 2 * np.pi * f0[:, None] * t[None, :] * drift
-    n_harm = rng.integers(1, 4, m)
-    tone = sum(
-        (h < n_harm)[:, None] * np.sin((h + 1) * phase + rng.uniform(0, 2 * np.pi, m)[:, None]) / (h + 1)
-        for h in range(3)
-    )
-    freq = scipy.fft.rfftfreq(n, 1.0 / sampling_rate)
-    band = ((freq >= 3.0) & (freq <= 25.0)).astype(float)
-    traffic = shaped_noise(np.broadcast_to(_normalise_spectrum(band[None, :]), (m, freq.size)), n, rng)
-    source = np.where(rng.random(m)[:, None] < 0.5, tone, traffic)
-    amp = _log_uniform(rng, (1.0, 20.0), m)
-    weights = rng.uniform(0.3, 1.0, (m, c))
-    x += (weights[:, :, None] * (amp[:, None] * env * source)[:, None, :]).astype(np.float32)
-
-
-def add_teleseisms(x: np.ndarray, sampling_rate: float, rng: np.random.Generator) -> None:
-    """Long-period (2-20 s) Gabor wavelet trains, as from a distant earthquake (not a local event)."""
-    m, c, n = x.shape
-    t = np.arange(n) / sampling_rate
-    period = _log_uniform(rng, (2.0, 20.0), m)
-    centre = rng.uniform(0.0, n / sampling_rate, m)
-    width = rng.uniform(5.0, 20.0, m)
-    wave = np.exp(-0.5 * ((t[None, :] - centre[:, None]) / width[:, None]) ** 2) * np.cos(
-        2 * np.pi * (t[None, :] - centre[:, None]) / period[:, None]
-    )
-    amp = _log_uniform(rng, (1.0, 20.0), m)
-    weights = rng.uniform(0.3, 1.0, (m, c))
-    x += (weights[:, :, None] * (amp[:, None] * wave)[:, None, :]).astype(np.float32)
-
-
-def _add_artefacts(x: np.ndarray, kinds: np.ndarray, sampling_rate: float, rng: np.random.Generator) -> np.ndarray:
-    """Apply kinds[i] (index into HARD_NEGATIVE_KINDS, -1 none) to window i; returns the dropout mask."""
-    m, c, n = x.shape
-    gaps = np.zeros((m, c, n), dtype=bool)
-    adders = {
-        "spike": add_spikes,
-        "glitch": add_glitches,
-        "step": add_steps,
-        "cultural": add_cultural_bursts,
-        "teleseism": add_teleseisms,
-    }
-    for kind, name in enumerate(HARD_NEGATIVE_KINDS):
-        sel = np.flatnonzero(kinds == kind)
-        if sel.size == 0:
-            continue
-        if name == "dropout":
-            gaps[sel] = dropout_mask(sel.size, c, n, sampling_rate, rng)
-            continue
-        sub = x[sel]
-        adders[name](sub, sampling_rate, rng)
-        x[sel] = sub
-    return gaps
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -642,7 +433,7 @@ def generate(
         params = sample_event_params(eq.size, rng, cfg)
         sp = params.s_minus_p_s * fs
         params.p_sample, scenario = _sample_onsets(eq.size, n_samples, fs, sp, rng, cfg)
-        snr = _log_uniform(rng, cfg.snr_range, eq.size)
+        snr = log_uniform(rng, cfg.snr_range, eq.size)
         if eq.size:
             sig = event_waveforms(params, n_samples, fs, rng, short_period[eq])
             first = np.where(params.p_sample >= 0, params.p_sample, np.maximum(params.p_sample + sp, 0.0))
@@ -660,7 +451,7 @@ def generate(
         gaps = _add_artefacts(x, kinds, fs, rng)
 
         # Counts: random overall scale, per-component gain, DC offset; gaps are zero-filled after digitising.
-        scale = _log_uniform(rng, cfg.counts_scale_range, m)[:, None] * _log_uniform(
+        scale = log_uniform(rng, cfg.counts_scale_range, m)[:, None] * log_uniform(
             rng, cfg.component_gain_range, 3 * m
         ).reshape(m, 3)
         offset = rng.normal(0.0, 2.0, (m, 3)) * scale

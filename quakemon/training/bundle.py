@@ -10,7 +10,7 @@ report (`quakemon.training.continuous`) on the day it did not train on, UV10, ne
 
 Training data: `quakemon.data.synthetic.generate` (physically motivated local earthquakes and hard negatives
 over synthetic and real ObsPy noise files that are *not* evaluation recordings) plus real noise windows cut from
-BW.KW1 (`quakemon.data.realdata.training_noise_segments`, triggers masked). No evaluation recording is ever
+BW.KW1 (`quakemon.data.training_noise.training_noise_segments`, triggers masked). No evaluation recording is ever
 used for training: evaluation runs on `quakemon.data.realdata.local_events()` and `noise_recordings()`.
 
 Evaluation slides windows over each real recording on the absolute 1 s grid, through the one preprocessing,
@@ -47,8 +47,8 @@ LATE_S = 60.0
 def training_data(contract: InputContract, n: int, seed: int):
     """Synthetic windows (25 % over real non-evaluation ObsPy noise files) + real BW.KW1 noise windows."""
     from quakemon.data.datasets import LabelledWaveforms
-    from quakemon.data.realdata import training_noise_segments
     from quakemon.data.synthetic import LABELS, SyntheticConfig, generate, obspy_noise_files
+    from quakemon.data.training_noise import training_noise_segments
 
     cfg = SyntheticConfig(real_noise_files=obspy_noise_files(), real_noise_fraction=0.25)
     waves, labels, meta = generate(n, contract, seed, cfg)

@@ -12,7 +12,7 @@ import pytest
 from obspy.io.mseed.util import get_record_information
 
 from quakemon.base.errors import QuakemonError
-from quakemon.data import realdata
+from quakemon.data import demo_archive, realdata, training_noise
 
 DEMO_DIR = Path(realdata.__file__).resolve().parents[1] / "assets" / "demo"
 ALL = realdata.local_events() + realdata.noise_recordings() + realdata.training_noise_recordings()
@@ -100,7 +100,7 @@ def test_write_event_csv_lists_every_p_time(tmp_path: Path) -> None:
 
 def test_training_noise_segments_skip_the_events_in_kw1() -> None:
     n = 2000
-    seg = realdata.training_noise_segments(n)
+    seg = training_noise.training_noise_segments(n)
     assert seg.dtype == np.float32 and seg.ndim == 3 and seg.shape[1:] == (1, n)
     assert seg.shape[0] > 200  # 2.6 h minus masked parts
     rec = realdata.training_noise_recordings()[0]
@@ -114,7 +114,7 @@ def test_training_noise_segments_skip_the_events_in_kw1() -> None:
     matches = (seg[:, 0, None, :] == quiet[None, :5000:50]).all(axis=2).any(axis=0)
     assert matches.any(), "segments should be verbatim cuts of the recording"
     with pytest.raises(QuakemonError, match="n_samples"):
-        realdata.training_noise_segments(0)
+        training_noise.training_noise_segments(0)
 
 
 def _records_are_512_bytes(path: Path) -> bool:
@@ -126,9 +126,9 @@ def _records_are_512_bytes(path: Path) -> bool:
 
 def test_demo_archive_is_committed_and_matches_a_rebuild(tmp_path: Path) -> None:
     committed = sorted(DEMO_DIR.glob("*.mseed"))
-    rebuilt = realdata.build_demo_archive(tmp_path)
+    rebuilt = demo_archive.build_demo_archive(tmp_path)
     assert [p.name for p in committed] == [p.name for p in rebuilt]
-    assert len(committed) == len(realdata.DEMO_ITEMS) >= 5
+    assert len(committed) == len(demo_archive.DEMO_ITEMS) >= 5
     assert sum(p.stat().st_size for p in committed) < 3_000_000
     assert (DEMO_DIR / "README.txt").is_file()
     assert (DEMO_DIR / "demo_picks.csv").read_text() == (tmp_path / "demo_picks.csv").read_text()
