@@ -89,13 +89,8 @@ def day_parts(day: str, contract: InputContract, base_ckpt, sizes: FinetuneSizes
     """The noise-day windows of the fine-tuning set: waveforms [m, C, N], labels [m], meta."""
     from quakemon.data.distant import KINDS, add_distant_event
     from quakemon.data.noise_days import load_day
-    from quakemon.data.synthetic import (
-        add_cultural_bursts,
-        add_glitches,
-        add_spikes,
-        add_steps,
-        synthesize_event_trace,
-    )
+    from quakemon.data.artefacts import add_cultural_bursts, add_glitches, add_spikes, add_steps
+    from quakemon.data.synthetic import synthesize_event_trace
     from quakemon.training.continuous import day_series, sta_lta_onsets
 
     rng = np.random.default_rng(seed)
