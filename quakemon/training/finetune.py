@@ -87,9 +87,9 @@ def _z_only(z: np.ndarray, contract: InputContract) -> np.ndarray:
 def day_parts(day: str, contract: InputContract, base_ckpt, sizes: FinetuneSizes, seed: int
               ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """The noise-day windows of the fine-tuning set: waveforms [m, C, N], labels [m], meta."""
+    from quakemon.data.artefacts import add_cultural_bursts, add_glitches, add_spikes, add_steps
     from quakemon.data.distant import KINDS, add_distant_event
     from quakemon.data.noise_days import load_day
-    from quakemon.data.artefacts import add_cultural_bursts, add_glitches, add_spikes, add_steps
     from quakemon.data.synthetic import synthesize_event_trace
     from quakemon.training.continuous import day_series, sta_lta_onsets
 
