@@ -241,8 +241,11 @@ def test_fuzzed_messages_never_kill_a_stage_and_are_counted(tmp_path: Path, tiny
         wait_for(lambda: _windows_out(sub) >= 0, 30, "a heartbeat")
         started = time.monotonic()
         for i in range(0, N_MESSAGES, 500):  # both stages at once
-            _send_all(to_preprocess, windows[i : i + 500])
-            _send_all(to_inference, spectra[i : i + 500])
+            try:
+                _send_all(to_preprocess, windows[i : i + 500])
+                _send_all(to_inference, spectra[i : i + 500])
+            except zmq.Again:
+                pytest.fail(f"a stage stopped taking messages after {i}: {daemon.events('stage_died')}")
         expected = {"preprocess": rejected_windows, "inference": rejected_spectra}
         wait_for(lambda: _rejected(sub) == expected, 60, f"rejections counted {expected}, seen {_rejected(sub)}")
         assert time.monotonic() - started < 90
