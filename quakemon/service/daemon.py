@@ -401,7 +401,9 @@ class MetricsBridge:
     LABELLED = (("ingest", "corrupt_reasons", "records_corrupt", "reason"),
                 ("inference", "detections_opened", "detections", "station"),
                 ("inference", "zmq_events", "zmq_events", "event"),
-                ("inference", "curve_rejected", "curve_rejected", "reason"))
+                ("inference", "curve_rejected", "curve_rejected", "reason"),
+                ("preprocess", "messages_rejected_reasons", "messages_rejected", "reason"),
+                ("inference", "messages_rejected_reasons", "messages_rejected", "reason"))
     # the station windower's rejected records (its counters, reported by ingest as windower_*), by reason
     REJECTED = (("windower_clock_glitch", "clock_glitch"), ("windower_late_records", "late"),
                 ("windower_duplicate_records", "duplicate"), ("windower_implausible_rate_records", "implausible_rate"),

@@ -43,7 +43,8 @@ class Metrics:
     reconnects. Windower: records_rejected{reason}, clock_jumps, silent_stations, station_silences and
     station_silent{station}. Output: detections{station} ("new" detections). Publish socket: zmq_events{event}
     (ZeroMQ monitor events by name: ACCEPTED, HANDSHAKE_SUCCEEDED, HANDSHAKE_FAILED_AUTH, DISCONNECTED, ...), and
-    curve_rejected{reason} (handshakes refused, by ZeroMQ's reason).
+    curve_rejected{reason} (handshakes refused, by ZeroMQ's reason). Stage sockets: messages_rejected{reason}
+    (malformed messages the preprocess and inference stages dropped).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -84,6 +85,8 @@ class Metrics:
                                       "reason", ["reason"], registry=r)
         self.station_silent = Gauge("quakemon_station_silent", "1 while the station sends no data, else 0",
                                     ["station"], registry=r)
+        self.messages_rejected = Counter("quakemon_messages_rejected", "Malformed stage messages dropped, by reason",
+                                         ["reason"], registry=r)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """One inference micro-batch: its size, its forward time and the windows it classified."""

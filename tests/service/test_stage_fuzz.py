@@ -188,6 +188,27 @@ def test_the_fuzzer_makes_mostly_invalid_messages_that_decode_rejects_with_one_e
             assert isinstance(decode(frames, CONTRACT, kind), Batch)
 
 
+def test_rejections_of_every_receiving_stage_become_one_metric_by_reason():
+    from quakemon.service.daemon import MetricsBridge, StageProcess
+    from quakemon.service.metrics import Metrics
+
+    class _Proc:
+        def __init__(self, pid: int) -> None:
+            self.pid = pid
+
+    bridge = MetricsBridge(Metrics())
+    pre = StageProcess("preprocess-0", "preprocess", proc=_Proc(1))
+    inf = StageProcess("inference", "inference", proc=_Proc(2))
+    pre.stats = {"messages_rejected": 3, "messages_rejected_reasons": {"frames": 2, "shape": 1}}
+    inf.stats = {"messages_rejected": 1, "messages_rejected_reasons": {"frames": 1}}
+    bridge([pre, inf])
+    pre.stats = {"messages_rejected": 4, "messages_rejected_reasons": {"frames": 3, "shape": 1}}
+    bridge([pre, inf])
+    reg = bridge.metrics.registry
+    assert reg.get_sample_value("quakemon_messages_rejected_total", {"reason": "frames"}) == 4
+    assert reg.get_sample_value("quakemon_messages_rejected_total", {"reason": "shape"}) == 1
+
+
 def _send_all(sock: zmq.Socket, messages: list[Frames]) -> None:
     for frames in messages:
         sock.send_multipart(frames)  # SNDTIMEO bounds each send
