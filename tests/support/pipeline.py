@@ -140,9 +140,10 @@ def calibrate(checkpoint: Path, archive: Path, archive_end_ns: int) -> Calibrati
 
 
 def _window_end_ns(det: dict) -> int:
+    """End of the window that caused the detection message (``last_window_end``; ``window_end`` is its first)."""
     from quakemon.wire.schema import parse_iso_utc
 
-    return round(parse_iso_utc(det["window_end"]) * 1e9)
+    return round(parse_iso_utc(det["last_window_end"]) * 1e9)
 
 
 def comparable(dets: list[dict], until_ns: int) -> list[tuple]:
