@@ -239,8 +239,8 @@ class PublishConfig:
     handshake_ivl_s: float = _key(5.0, "a peer that has not finished the handshake by then is dropped, s",
                                   _range(0, 600, lo_open=True))
     linger_s: float = _key(1.0, "how long close() may wait for unsent messages, s", _range(0, 60))
-    journal: str = _key("auto", 'detection journal (SQLite) for lossless delivery; "auto" = journal.sqlite in '
-                        'the directory of seedlink.state_file (off when that is ""); "" = off', _path)
+    journal: str = _key("auto", 'detection journal (SQLite) for lossless delivery; "auto" = seedlink.state_file '
+                        'with its suffix replaced by .journal.sqlite (off when that is ""); "" = off', _path)
     journal_synchronous: str = _key("full", "full = fsync every message (survives power loss), normal = only "
                                     "at checkpoints (survives a process crash)", _choice("full", "normal"))
     journal_retention_days: float = _key(30.0, "messages older than this are deleted; 0 = no age limit, days",
@@ -430,7 +430,7 @@ def _resolve_journal(cfg: Config, where: str, taken: tuple[str, ...]) -> Publish
     journal = pub.journal
     if journal == "auto":
         state = cfg.seedlink.state_file
-        journal = os.path.join(os.path.dirname(state) or ".", "journal.sqlite") if state else ""
+        journal = f"{os.path.splitext(state)[0]}.journal.sqlite" if state else ""  # one per state file
     catchup = pub.catchup_endpoint
     if not journal:
         if catchup not in ("", "auto"):

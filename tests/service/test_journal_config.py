@@ -20,11 +20,11 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_journal_defaults_to_the_state_directory_and_catchup_to_the_next_port(tmp_path):
+def test_journal_defaults_to_the_state_file_and_catchup_to_the_next_port(tmp_path):
     state = tmp_path / "state" / "seedlink.state"
     cfg = load_config(_write(tmp_path, f'[seedlink]\nstate_file = "{state}"\n'
                                        '[publish]\nendpoint = "tcp://127.0.0.1:6000"\n'))
-    assert cfg.publish.journal == str(tmp_path / "state" / "journal.sqlite")
+    assert cfg.publish.journal == str(tmp_path / "state" / "seedlink.journal.sqlite")
     assert cfg.publish.catchup_endpoint == "tcp://127.0.0.1:6001"
     assert (cfg.publish.journal_synchronous, cfg.publish.journal_retention_days) == ("full", 30.0)
     wild = load_config(None, {"publish.endpoint": "tcp://*:6000"})
@@ -64,7 +64,7 @@ def test_check_journal_names_the_key_and_the_file(tmp_path):
 
 
 def test_run_refuses_an_unusable_journal_with_exit_2(tmp_path, tiny_checkpoint):
-    journal = tmp_path / "journal.sqlite"
+    journal = tmp_path / "q.journal.sqlite"  # write_config's state file is q.state
     journal.mkdir()  # a directory where the journal file should be
     config = write_config(tmp_path / "q.toml", server_port=18000, checkpoint=tiny_checkpoint,
                           runtime_dir=tmp_path / "rt", publish_port=5999, on=0.5, off=0.5)

@@ -137,6 +137,6 @@ def test_sigterm_closes_open_detections_as_shutdown(tmp_path, tiny_checkpoint):
     per_id = Counter(collector.detections())
     assert all(n == 1 for n in per_id.values())
     assert {i for i, s in per_id if s == "new"} == {i for i, s in per_id if s == "closed"}
-    with JournalReader(tmp_path / "journal.sqlite") as reader:
+    with JournalReader(tmp_path / "q.journal.sqlite") as reader:
         unclosed, _ = journaled(reader, 0.0)
     assert unclosed == {}
