@@ -36,7 +36,8 @@ Policy (the same in replay and live, so the same windows give the same detection
   detection. The one exception is a clearly new P: when the caller's ``new_phase`` check says the re-triggering
   window holds one (`quakemon.pipeline.detect`: a fresh pick above the SNR gate, ``new_pick_after_s`` or more
   after the held detection's pick), the held detection closes there and the window opens a new one. A gap,
-  ``expire`` past the hold's end and ``flush`` close a held detection too (still "off": it had ended).
+  ``expire`` past the hold's end close a held detection too (still "off": it had ended); ``flush`` (the data
+  ended inside the hold) closes it with "flush".
   ``retrigger_hold_s = 0`` closes at the first window below ``off``.
 * Each detection carries a `DetectionRef`: the first window over ``on`` and, once the caller has picked it
   (`TriggerBank.take_opened`, then `DetectionRef.pick`; `quakemon.pipeline.detect` does this for every batch),
@@ -262,8 +263,8 @@ class StationTrigger:
 
     def _close(self, reason: str) -> list[TriggerEvent]:
         state, self.state = self.state, "idle"
-        if state == "held":  # it had ended below `off`; only the hold was still open
-            state, reason = "active", "off"
+        if state == "held":  # it had ended below `off`; only the hold was still open (cut short by the end
+            state, reason = "active", reason if reason in ("flush", "shutdown") else "off"  # of the data: flush)
         if state == "pending":
             self.stats["suppressed"] += 1
             log.debug("trigger_suppressed", station=self.station, label=self.label, reason=reason)

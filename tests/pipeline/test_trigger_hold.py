@@ -64,12 +64,12 @@ def test_a_clearly_new_p_inside_the_hold_closes_the_held_detection_and_opens_one
     events = feed(hold(), probs, new_phase=new_phase)
     assert asked == [T0]  # asked once, about the held detection
     assert [(k, e.state, e.close_reason) for k, e in events] == [
-        (0, "new", None), (3, "closed", "off"), (3, "new", None), (5, "closed", "off")]
+        (0, "new", None), (3, "closed", "off"), (3, "new", None), (5, "closed", "flush")]
     assert events[1][1].end == T0 + LENGTH
     assert events[2][1].onset == T0 + 3
 
 
-def test_expire_closes_a_held_detection_at_the_end_of_its_hold_and_flush_as_off():
+def test_expire_closes_a_held_detection_at_the_end_of_its_hold_and_flush_inside_it_as_flush():
     t = hold()
     feed(t, [0.9, 0.1], flush=False)  # held from k 1 (T0 + 1) until T0 + 11
     assert t.state == "held" and t.expire(T0 + 10.5) == []
@@ -77,7 +77,7 @@ def test_expire_closes_a_held_detection_at_the_end_of_its_hold_and_flush_as_off(
     assert [(e.state, e.close_reason) for e in closed] == [("closed", "off")]
     t = hold()
     feed(t, [0.9, 0.1], flush=False)
-    assert [(e.state, e.close_reason) for e in t.flush()] == [("closed", "off")]
+    assert [(e.state, e.close_reason, e.end) for e in t.flush()] == [("closed", "flush", T0 + LENGTH)]
 
 
 def test_bank_passes_the_hold_on_and_counts_held_detections_as_open():
