@@ -14,7 +14,7 @@ import zmq
 from quakemon.base.signals import StopFlag
 from quakemon.pipeline.detect import WindowMeta
 from quakemon.service.stages.common import DropOldestQueue, Every, StatusRelay
-from quakemon.service.stages.inference import Upstream
+from quakemon.service.stages.inference import Upstream, _connected, _publisher_rejections
 from quakemon.service.stages.messages import SPECTRA, WINDOWS, Batch, decode, status_frames
 from quakemon.service.stages.preprocess import coalesce
 from quakemon.wire.schema import MessageError, pack_arrays
@@ -145,3 +145,25 @@ def test_stop_flag_stops_when_the_supervisor_is_gone() -> None:
     assert not stop.is_set()
     stop.watch_parent(os.getppid() + 123456)  # we are not that process's child (any more)
     assert stop.is_set() and stop.wait(0)
+
+
+def test_heartbeat_tells_connected_and_idle_from_disconnected_and_from_no_report() -> None:
+    assert _connected([]) is None  # no ingest process has reported
+    assert _connected([{"connected": True, "silent_stations": 3}]) is True
+    assert _connected([{"connected": True}, {"connected": False}]) is False
+    body = {"stage": "ingest", "source": "h:1", "stats": {"stations": 3, "silent_stations": 3, "connected": True}}
+    assert decode([bytes(f) for f in status_frames(body)]) == body  # the ingest totals travel as they are
+    bad = {"stage": "ingest", "source": "h:1", "stats": {"silent_stations": -1}}
+    with pytest.raises(MessageError, match="silent_stations"):
+        decode([bytes(f) for f in status_frames(bad)])
+
+
+def test_the_publishers_refused_curve_handshakes_reach_the_status(tmp_path) -> None:
+    from quakemon.wire.security import curve_server_configurator, keygen
+
+    keygen(tmp_path / "keys", "quakemon")
+    configure = curve_server_configurator(tmp_path / "keys" / "quakemon.key_secret", tmp_path / "keys")
+    assert _publisher_rejections(None) == {}
+    assert _publisher_rejections(configure) == {}  # no authenticator yet: nothing refused
+    configure._rejections["Unknown key"] += 2  # what a stopped authenticator leaves behind
+    assert _publisher_rejections(configure) == {"Unknown key": 2}

@@ -289,7 +289,8 @@ class InferenceStage(Stage):
                 "batches": engine.batches, "batch_size": engine.last_batch_size,
                 "batch_seconds": engine.last_batch_seconds, "detections_opened": dict(self.stage.opened),
                 "zmq_events": dict(self.events.counts) if self.events is not None else {}, **self.rejections.stats(),
-                "stage_curve_rejected": self.curve.rejections if self.curve is not None else {}}
+                "stage_curve_rejected": self.curve.rejections if self.curve is not None else {},
+                "curve_rejected": _publisher_rejections(self.configure_publisher)}
 
     def heartbeat_stats(self) -> Stats:
         ingest, pre = self.upstream.current(time.monotonic())
@@ -300,6 +301,8 @@ class InferenceStage(Stage):
         stats, engine = self.stage.stats, self.engine.stats
         return {
             "stations": _total(ingest, "stations"),
+            "silent_stations": _total(ingest, "silent_stations"),
+            "connected": _connected(ingest),
             "windows_in": _total(ingest, "windows_out"),
             "windows_out": int(stats["windows"]),
             "dropped": sum(dropped.values()),
@@ -384,3 +387,20 @@ class SocketEvents:
 
 def _total(items: list[Stats], key: str) -> int:
     return sum(int(s.get(key, 0) or 0) for s in items)
+
+
+def _publisher_rejections(configure: Any) -> dict[str, int]:
+    """CURVE handshakes the publisher's authenticator refused, by reason ({} without CURVE)."""
+    rejections = getattr(configure, "rejections", None)
+    if callable(rejections):
+        rejections = rejections()
+    return {str(k): int(v) for k, v in dict(rejections or {}).items()}
+
+
+def _connected(ingest: list[Stats]) -> bool | None:
+    """Whether every ingest process upstream holds its SeedLink connection; None when none has reported.
+
+    With `stations` and `silent_stations` beside it, a heartbeat tells "connected and idle" (connected, stations
+    silent) from "no stations" (stations 0) and from "disconnected"."""
+    flags = [s["connected"] for s in ingest if isinstance(s.get("connected"), bool)]
+    return all(flags) if flags else None

@@ -50,7 +50,7 @@ _STATION = re.compile(r"[A-Za-z0-9_-]{1,16}\.[A-Za-z0-9_-]{1,16}\.[A-Za-z0-9_-]{
 _CODE = re.compile(r"[A-Za-z0-9_-]{0,16}")
 # status counters another stage reads as numbers (inference's heartbeat); each must be a finite number when present
 _NUMERIC_STATS = ("stations", "windows_out", "dropped_ingest", "queue_ingest", "oldest_end_s",
-                  "dropped_preprocess", "queue_preprocess", "messages_rejected")
+                  "dropped_preprocess", "queue_preprocess", "messages_rejected", "silent_stations")
 
 
 class InvalidMessage(MessageError):
