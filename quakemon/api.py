@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from obspy import Stream, Trace, UTCDateTime
+from obspy.core.event import Catalog
 
 from quakemon.base.errors import QuakemonError
 from quakemon.models.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
@@ -145,6 +146,20 @@ class Detector:
             ("flush").
         """
         return self._run(stream, keep_series=False)[1]
+
+    def catalog(self, stream: Stream) -> Catalog:
+        """Detect events in a stream and return them as an ObsPy Catalog (what `quakemon export` writes).
+
+        Args:
+            stream: waveforms of any number of stations.
+
+        Returns:
+            One Pick per detection (its P pick, with uncertainty and waveform id); `Detector` runs no association,
+            so the picks sit in one carrier event of type "not existing" (see docs/delivery.md).
+        """
+        from quakemon.wire.export import to_catalog
+
+        return to_catalog(self.detect(stream))
 
     def annotate(self, stream: Stream) -> Stream:
         """Class probabilities over time, per station.

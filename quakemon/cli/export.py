@@ -20,7 +20,7 @@ def add_export(sub: Subparsers) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from quakemon.base.logs import configure_logging
-    from quakemon.tools.export import export
+    from quakemon.wire.export import export
 
     configure_logging(args.log_level or "warning", "auto")
     if args.output == "-":

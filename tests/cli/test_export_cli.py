@@ -10,7 +10,7 @@ import obspy
 import pytest
 from support.detections import bodies, expected_picks
 
-from quakemon.tools.export import read_csv
+from quakemon.wire.export import read_csv
 
 
 def run_export(*args: str) -> subprocess.CompletedProcess:

@@ -328,3 +328,19 @@ def test_interleaved_cuts_and_merges_channels_in_time():
         assert all(np.shares_memory(p.data, tr.data) for p in mine)  # views, no copies
     with pytest.raises(ValueError, match="chunk_s"):
         list(interleaved(st, chunk_s=0))
+
+
+def test_api_catalog_holds_one_pick_per_detection(tiny_checkpoint):
+    """`Detector.catalog` is `detect` as an ObsPy Catalog: each detection's P pick with its waveform id."""
+    with Detector.from_checkpoint(tiny_checkpoint, precision="fp32", min_duration_s=0.0) as det:
+        p = det.annotate(obspy.read()).select(channel="PR1")[0].data
+        det.on, det.off = float(np.quantile(p, 0.6)), float(np.quantile(p, 0.4))
+        bodies = det.detect(obspy.read())
+        catalog = det.catalog(obspy.read())
+    picks = [pick for event in catalog for pick in event.picks]
+    detections = {b["id"]: b for b in bodies}
+    assert detections and len(picks) == len(detections)
+    for pick in picks:
+        body = detections[str(pick.resource_id).rsplit("/", 1)[-1]]
+        assert pick.time == obspy.UTCDateTime(body["pick"]["time"])
+        assert (pick.waveform_id.network_code, pick.waveform_id.station_code) == ("BW", "RJOB")

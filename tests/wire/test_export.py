@@ -14,7 +14,7 @@ from obspy.io.seiscomp.event import validate_scml
 from support.detections import T0, bodies, detection, event, expected_picks
 
 from quakemon.base.errors import QuakemonError
-from quakemon.tools.export import CSV_COLUMNS, UNASSOCIATED, catalog_from, export, read_csv
+from quakemon.wire.export import CSV_COLUMNS, UNASSOCIATED, catalog_from, export, read_csv
 from quakemon.wire.journal import Journal
 from quakemon.wire.publisher import Publisher
 from quakemon.wire.schema import iso_utc
