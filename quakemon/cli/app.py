@@ -6,6 +6,7 @@
     listen.py   listen, associate (pass-throughs to their modules' own main)
     keys.py     keygen
     export.py   export (QuakeML, SeisComP XML, CSV)
+    bridge.py   bridge (one QuakeML file per closed event, live)
     train.py    train, evaluate, params
     bench.py    bench
 
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 
 from quakemon import __version__
 from quakemon.base.errors import QuakemonError
-from quakemon.cli import bench, export, keys, listen, replay, run, serve, train
+from quakemon.cli import bench, bridge, export, keys, listen, replay, run, serve, train
 from quakemon.cli.common import LOG_LEVELS
 from quakemon.cli.listen import PASSTHROUGH, run_passthrough, split_passthrough
 
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_check_config(sub)
     keys.add_keygen(sub)
     export.add_export(sub)
+    bridge.add_bridge(sub)
     train.add_train(sub)
     train.add_evaluate(sub)
     replay.add_demo(sub)

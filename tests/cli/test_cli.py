@@ -29,8 +29,8 @@ from quakemon.cli import app as cli
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = REPO / "config" / "quakemon.toml"
-SUBCOMMANDS = ("run", "replay", "serve", "listen", "check-config", "keygen", "export", "train", "evaluate", "demo",
-               "bench", "params", "associate")
+SUBCOMMANDS = ("run", "replay", "serve", "listen", "check-config", "keygen", "export", "bridge", "train", "evaluate",
+               "demo", "bench", "params", "associate")
 MINIMAL = """\
 [seedlink]
 server = "127.0.0.1:18000"
