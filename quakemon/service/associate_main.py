@@ -37,6 +37,7 @@ import zmq
 from quakemon.base.errors import ConfigError, QuakemonError
 from quakemon.base.signals import StopFlag, stop_on_signals
 from quakemon.pipeline.associate import Associator, station_coordinates
+from quakemon.pipeline.settings import AssociationSettings
 from quakemon.service.config import derive_catchup
 from quakemon.wire.schema import (
     DETECTION_SCHEMA,
@@ -50,6 +51,8 @@ from quakemon.wire.schema import (
 )
 
 log = structlog.get_logger(__name__)
+
+ASSOC = AssociationSettings()  # the defaults the daemon's [associate] section uses too
 
 _POLL_MS = 100
 
@@ -174,16 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect", action="append", required=True, metavar="EP",
                    help="publisher endpoint to subscribe to (repeat for several daemons)")
     p.add_argument("--bind", required=True, metavar="EP", help="endpoint to publish events on, e.g. tcp://*:5558")
-    p.add_argument("--threshold", type=float, default=3.0, help="coincidence sum an event needs (default 3)")
-    p.add_argument("--window", type=float, default=10.0, metavar="S",
-                   help="latest onset at most S seconds after the first (default 10)")
-    p.add_argument("--hold", type=float, default=10.0, metavar="S",
-                   help="cluster a pick once every source is S seconds past its onset (default 10)")
+    p.add_argument("--threshold", type=float, default=ASSOC.threshold,
+                   help=f"coincidence sum an event needs (default {ASSOC.threshold:g})")
+    p.add_argument("--window", type=float, default=ASSOC.window_s, metavar="S",
+                   help=f"latest pick at most S seconds after the first (default {ASSOC.window_s:g})")
+    p.add_argument("--hold", type=float, default=ASSOC.hold_s, metavar="S",
+                   help=f"cluster a pick once every source is S seconds past it (default {ASSOC.hold_s:g})")
     p.add_argument("--weights", default=None, help="station weights, 'NET.STA=2,STA=0.5' or a JSON object")
     p.add_argument("--inventory", default=None, metavar="FILE",
                    help="StationXML with station coordinates: onsets must fit the travel time between stations")
-    p.add_argument("--velocity", type=float, default=3.5, metavar="KM_S", help="slowest apparent velocity (3.5)")
-    p.add_argument("--tolerance", type=float, default=3.0, metavar="S", help="onset tolerance on top (3)")
+    p.add_argument("--velocity", type=float, default=ASSOC.velocity_kms, metavar="KM_S",
+                   help=f"slowest apparent velocity (default {ASSOC.velocity_kms:g})")
+    p.add_argument("--tolerance", type=float, default=ASSOC.tolerance_s, metavar="S",
+                   help=f"pick tolerance on top (default {ASSOC.tolerance_s:g})")
     p.add_argument("--idle", type=float, default=30.0, metavar="S",
                    help="stop waiting for a source silent for S seconds (default 30)")
     p.add_argument("--journal", default=None, metavar="FILE",
