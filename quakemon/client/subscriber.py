@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -43,6 +41,7 @@ import structlog
 import zmq
 
 from quakemon.base.errors import QuakemonError
+from quakemon.base.files import atomic_write
 from quakemon.wire.catchup import CATCHUP_SCHEMA
 from quakemon.wire.schema import HEARTBEAT_TOPIC
 from quakemon.wire.security import make_curve_client
@@ -96,21 +95,7 @@ def save_position(path: str | Path, position: Position) -> None:
     path = Path(path)
     text = json.dumps({"schema": POSITION_SCHEMA, "seq": position.seq, "epoch": position.epoch,
                        "journal": position.journal})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def resolve_endpoint(advertised: str, pub_endpoint: str) -> str:

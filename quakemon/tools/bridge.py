@@ -10,7 +10,6 @@ message (the one a crash may deliver twice) rewrites the same file with the same
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import structlog
 
 from quakemon.base.errors import QuakemonError
+from quakemon.base.files import atomic_write
 from quakemon.wire.export import to_catalog
 
 log = structlog.get_logger(__name__)
@@ -60,22 +60,9 @@ class QuakeMLFolder:
         return None
 
     def _write(self, event_id: str, bodies: list[dict[str, Any]]) -> Path:
-        target = self.directory / f"{event_id}.xml"
-        fd, tmp = tempfile.mkstemp(prefix=f".{event_id}.", suffix=".tmp", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                to_catalog(bodies).write(fh, format="QUAKEML", validate=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        catalog = to_catalog(bodies)
+        target = atomic_write(self.directory / f"{event_id}.xml",
+                              lambda fh: catalog.write(fh, format="QUAKEML", validate=True))
         self.written += 1
         log.info("quakeml_written", event_id=event_id, path=str(target), picks=len(bodies) - 1)
         return target
