@@ -185,6 +185,20 @@ def drain_to(sock: zmq.Socket, queue: DropOldestQueue) -> int:
     return sent
 
 
+def receive(sock: zmq.Socket, decode_frames: Callable[[list[Any]], Any], rejections: Rejections) -> Iterator[Any]:
+    """The messages waiting on `sock` (at most MAX_RECV_PER_ROUND), decoded; malformed ones are counted in
+    `rejections` and skipped, never raised."""
+    for _ in range(MAX_RECV_PER_ROUND):
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        try:
+            yield decode_frames(frames)
+        except InvalidMessage as exc:
+            rejections.add(exc)
+
+
 class Rejections:
     """Received messages dropped as malformed (`InvalidMessage`), counted by reason.
 

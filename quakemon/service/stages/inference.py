@@ -35,15 +35,15 @@ from quakemon.base.signals import StopFlag
 from quakemon.service.config import Config
 from quakemon.service.stages.common import (
     EXIT_FATAL,
-    MAX_RECV_PER_ROUND,
     DropOldestQueue,
     Every,
     Rejections,
     Stage,
     Stats,
+    receive,
 )
 from quakemon.service.stages.faults import maybe_break_engine
-from quakemon.service.stages.messages import SPECTRA, Batch, InvalidMessage, decode, max_frame_bytes
+from quakemon.service.stages.messages import SPECTRA, Batch, decode, max_frame_bytes
 
 log = structlog.get_logger(__name__)
 
@@ -215,14 +215,7 @@ class InferenceStage(Stage):
         wait_s = 0.1 if oldest is None else min(0.1, max(0.0, oldest + self.max_wait_s - time.monotonic()))
         if not self.poller.poll(max(1, int(wait_s * 1000))):
             return
-        for _ in range(MAX_RECV_PER_ROUND):
-            try:
-                msg = decode(self.pull.recv_multipart(zmq.NOBLOCK, copy=False), self.ckpt.contract, SPECTRA)
-            except zmq.Again:
-                break
-            except InvalidMessage as exc:
-                self.rejections.add(exc)
-                continue
+        for msg in receive(self.pull, lambda frames: decode(frames, self.ckpt.contract, SPECTRA), self.rejections):
             if isinstance(msg, Batch):
                 if len(msg):
                     self.queue.put(msg)

@@ -20,15 +20,15 @@ from quakemon.models.contract import InputContract
 from quakemon.pipeline.detect import WindowMeta
 from quakemon.service.config import Config
 from quakemon.service.stages.common import (
-    MAX_RECV_PER_ROUND,
     DropOldestQueue,
     Rejections,
     Stage,
     Stats,
     StatusRelay,
     drain_to,
+    receive,
 )
-from quakemon.service.stages.messages import SPECTRA, WINDOWS, Batch, InvalidMessage, decode, max_frame_bytes
+from quakemon.service.stages.messages import SPECTRA, WINDOWS, Batch, decode, max_frame_bytes
 
 log = structlog.get_logger(__name__)
 
@@ -96,14 +96,7 @@ class PreprocessStage(Stage):
         assert self.pull is not None
         batches: list[Batch] = []
         if self.poller.poll(100 if not self.queue else 10):
-            for _ in range(MAX_RECV_PER_ROUND):
-                try:
-                    msg = decode(self.pull.recv_multipart(zmq.NOBLOCK, copy=False), self.contract, WINDOWS)
-                except zmq.Again:
-                    break
-                except InvalidMessage as exc:
-                    self.rejections.add(exc)
-                    continue
+            for msg in receive(self.pull, lambda frames: decode(frames, self.contract, WINDOWS), self.rejections):
                 if isinstance(msg, Batch):
                     batches.append(msg)
                 else:
