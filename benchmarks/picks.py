@@ -280,7 +280,7 @@ def detection_cases() -> tuple[Cases, int, int]:
     late = none = 0
     for rec in realdata.local_events():
         runner = DetectionRunner(ckpt, device="cpu", overlap=False, retrigger_hold_s=0.0)  # every trigger
-        bodies = [*runner.add_traces(_interleaved(realdata.load(rec))), *runner.finish()]
+        bodies = [*runner.add_stream(realdata.load(rec)), *runner.finish()]
         arr, t0 = _stream_array(rec)
         for body in bodies:
             if body.get("schema") != DETECTION_SCHEMA or body["state"] != "new":
@@ -301,16 +301,6 @@ def detection_cases() -> tuple[Cases, int, int]:
             names.append(rec.name)
             comps.append(rec.components)
     return _cases(rows, starts, offs, names, comps, leads), late, none
-
-
-def _interleaved(st, piece_s: float = 5.0) -> list:
-    """The stream's traces cut into piece_s pieces, in time order across channels (as records arrive live)."""
-    t0, t1 = min(tr.stats.starttime for tr in st), max(tr.stats.endtime for tr in st)
-    pieces, t = [], t0
-    while t <= t1:
-        pieces += [p for p in (tr.slice(t, t + piece_s - tr.stats.delta / 2) for tr in st) if p.stats.npts]
-        t += piece_s
-    return pieces
 
 
 def _ns(iso: str) -> int:

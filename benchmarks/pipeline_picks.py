@@ -44,16 +44,6 @@ class StrideResult:
     station_hours: float = 0.0
 
 
-def _interleaved(st, piece_s: float = 5.0) -> list:
-    """The stream's traces cut into piece_s pieces, in time order across channels (as records arrive live)."""
-    t0, t1 = min(tr.stats.starttime for tr in st), max(tr.stats.endtime for tr in st)
-    pieces, t = [], t0
-    while t <= t1:
-        pieces += [p for p in (tr.slice(t, t + piece_s - tr.stats.delta / 2) for tr in st) if p.stats.npts]
-        t += piece_s
-    return pieces
-
-
 def _ns(iso: str) -> int:
     from obspy import UTCDateTime
 
@@ -72,10 +62,9 @@ def replay_catalogue(stride_s: float, hold_s: float, ckpt=None) -> tuple[StrideR
     with Inference(ckpt, device="cpu", overlap=False) as inference:
         for rec in realdata.local_events():
             st = realdata.load(rec)
-            pieces = _interleaved(st)
             c0 = time.process_time()
             with DetectionRunner(ckpt, stride_s=stride_s, retrigger_hold_s=hold_s, inference=inference) as runner:
-                bodies = [*runner.add_traces(pieces), *runner.finish()]
+                bodies = [*runner.add_stream(st), *runner.finish()]
             res.cpu_s += time.process_time() - c0
             res.station_hours += (max(tr.stats.endtime for tr in st) - min(tr.stats.starttime for tr in st)) / 3600
             new = [b for b in bodies if b["schema"] == DETECTION_SCHEMA and b["state"] == "new"]

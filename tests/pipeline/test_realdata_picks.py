@@ -22,16 +22,6 @@ LONG = ("uh_", "manz_")
 LATE_EXCEPTION = "jne_1990-01-03"
 
 
-def _pieces(st, piece_s: float = 5.0) -> list:
-    """The stream's traces in piece_s pieces, in time order across channels (as records arrive live)."""
-    t0, t1 = min(tr.stats.starttime for tr in st), max(tr.stats.endtime for tr in st)
-    pieces, t = [], t0
-    while t <= t1:
-        pieces += [p for p in (tr.slice(t, t + piece_s - tr.stats.delta / 2) for tr in st) if p.stats.npts]
-        t += piece_s
-    return pieces
-
-
 def test_detection_picks_on_the_real_catalogue(tmp_path: Path) -> None:
     from quakemon.models.checkpoint import load_checkpoint, resolve_checkpoint
     from quakemon.pipeline.runner import DetectionRunner, Inference
@@ -45,7 +35,7 @@ def test_detection_picks_on_the_real_catalogue(tmp_path: Path) -> None:
             if rec.name.startswith(LONG):
                 continue
             with DetectionRunner(ckpt, inference=inference) as runner:
-                bodies = [*runner.add_traces(_pieces(realdata.load(rec))), *runner.finish()]
+                bodies = [*runner.add_stream(realdata.load(rec)), *runner.finish()]
             ps = [p.timestamp for p in rec.p_times]
             for b in bodies:
                 if b["schema"] != DETECTION_SCHEMA or b["state"] != "new":
