@@ -41,6 +41,7 @@ import zmq
 from quakemon.base.errors import QuakemonError
 from quakemon.base.signals import StopFlag, install_stop_handlers
 from quakemon.service.config import Config, check_journal, check_stages
+from quakemon.service.runtime_lock import RuntimeLock
 from quakemon.service.stages import EXIT_FATAL, STAGES
 
 log = structlog.get_logger(__name__)
@@ -87,6 +88,7 @@ class Supervisor:
         self.stop = StopFlag()
         self.ctx = zmq.Context()
         os.makedirs(cfg.pipeline.runtime_dir, mode=0o700, exist_ok=True)
+        self.runtime_lock = RuntimeLock(cfg.pipeline.runtime_dir)  # a second daemon here stops with ConfigError
         self.control_path = os.path.join(cfg.pipeline.runtime_dir, f"control-{os.getpid()}")
         self.control_endpoint = f"ipc://{self.control_path}"
         if len(self.control_path) > 107:
@@ -322,6 +324,7 @@ class Supervisor:
             pass
         except OSError as exc:
             log.warning("control_socket_not_removed", path=self.control_path, error=str(exc))
+        self.runtime_lock.release()
         log.info("daemon_stopped", seconds=round(time.monotonic() - self.stopping_since, 2)
                  if self.stopping_since else None)
 
