@@ -285,7 +285,7 @@ class _Session:
         conn.setblocking(False)
 
     def kick(self) -> None:
-        """Close the connection from another thread (server stop, eviction); the session thread then ends."""
+        """Close the connection from another thread (server stop, eviction); the connection's thread then ends."""
         self.kicked = True
         with contextlib.suppress(OSError):
             self.conn.shutdown(socket.SHUT_RDWR)
