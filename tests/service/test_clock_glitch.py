@@ -18,10 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import obspy
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support.pipeline import Subscriber, craft_checkpoint, free_port, start_daemon, wait_for, write_config
+from support.pipeline import (
+    Subscriber,
+    craft_checkpoint,
+    free_port,
+    start_daemon,
+    wait_for,
+    write_config,
+    write_event_network,
+)
 
 from quakemon.tools.serve import SeedLinkServer
 from quakemon.tools.serve_records import Faults, load_records, retime_record
@@ -37,22 +44,7 @@ START_TIMEOUT = 120.0
 
 
 def write_network(path: Path) -> tuple[Path, float, float]:
-    base = obspy.read()
-    n, rate = base[0].stats.npts, base[0].stats.sampling_rate
-    rng = np.random.default_rng(1)
-    parts: dict[str, list[np.ndarray]] = {tr.stats.channel: [] for tr in base}
-    for event in BLOCKS:
-        for tr in base:
-            parts[tr.stats.channel].append(tr.data.astype(np.float64) if event else rng.normal(0, 20, n))
-    out = obspy.Stream()
-    for k, station in enumerate(STATIONS):
-        for tr in base:
-            shifted = tr.copy()
-            shifted.data = np.round(np.roll(np.concatenate(parts[tr.stats.channel]), int(k * rate))).astype(np.int32)
-            shifted.stats.station = station
-            out += shifted
-    out.write(str(path), format="MSEED", reclen=512, encoding="STEIM2")
-    return path, float(base[0].stats.starttime.timestamp), len(BLOCKS) * n / rate
+    return write_event_network(path, STATIONS, BLOCKS, seed=1)
 
 
 def glitched(raw: bytes, start: float, station: str, t0: float) -> bool:

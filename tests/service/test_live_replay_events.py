@@ -35,6 +35,7 @@ from support.pipeline import (
     start_server,
     wait_for,
     write_config,
+    write_event_network,
 )
 
 from quakemon.pipeline.settings import ASSOCIATION
@@ -49,26 +50,8 @@ WINDOW_S = 20.0  # the tiny checkpoint's window length
 
 
 def write_network_archive(path: Path) -> tuple[Path, float, float]:
-    """Every station's channels: BLOCKS of obspy.read()'s data or noise, rolled by k seconds for the k-th station.
-    Returns (path, start, span_s)."""
-    import obspy
-
-    base = obspy.read()
-    n, rate = base[0].stats.npts, base[0].stats.sampling_rate
-    rng = np.random.default_rng(0)
-    parts: dict[str, list[np.ndarray]] = {tr.stats.channel: [] for tr in base}
-    for event in BLOCKS:
-        for tr in base:
-            parts[tr.stats.channel].append(tr.data.astype(np.float64) if event else rng.normal(0, 20, n))
-    out = obspy.Stream()
-    for k, station in enumerate(STATIONS):
-        for tr in base:
-            shifted = tr.copy()
-            shifted.data = np.round(np.roll(np.concatenate(parts[tr.stats.channel]), int(k * rate))).astype(np.int32)
-            shifted.stats.station = station
-            out += shifted
-    out.write(str(path), format="MSEED", reclen=512, encoding="STEIM2")
-    return path, float(base[0].stats.starttime.timestamp), len(BLOCKS) * n / rate
+    """Every station's channels: BLOCKS of obspy.read()'s data or noise, rolled by k seconds for the k-th station."""
+    return write_event_network(path, STATIONS, BLOCKS, seed=0)
 
 
 def threshold(checkpoint: Path, archive: Path, start: float, span: float) -> float:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -382,3 +382,27 @@ class NotifySocket:
         self._stop.set()
         self._thread.join(2)
         self.sock.close()
+
+
+def write_event_network(path: Path, stations: Sequence[str], blocks: Sequence[bool],
+                        seed: int) -> tuple[Path, float, float]:
+    """A network archive: per station, 30 s blocks of obspy.read()'s earthquake (True) or Gaussian noise (False),
+    rolled by k seconds for the k-th station, as 512-byte STEIM2 MiniSEED. Returns (path, start, span_s)."""
+    import obspy
+
+    base = obspy.read()
+    n, rate = base[0].stats.npts, base[0].stats.sampling_rate
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {tr.stats.channel: [] for tr in base}
+    for event in blocks:
+        for tr in base:
+            parts[tr.stats.channel].append(tr.data.astype(np.float64) if event else rng.normal(0, 20, n))
+    out = obspy.Stream()
+    for k, station in enumerate(stations):
+        for tr in base:
+            shifted = tr.copy()
+            shifted.data = np.round(np.roll(np.concatenate(parts[tr.stats.channel]), int(k * rate))).astype(np.int32)
+            shifted.stats.station = station
+            out += shifted
+    out.write(str(path), format="MSEED", reclen=512, encoding="STEIM2")
+    return path, float(base[0].stats.starttime.timestamp), len(blocks) * n / rate
