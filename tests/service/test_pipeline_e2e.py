@@ -262,7 +262,11 @@ def test_two_process_groups_over_tcp_match_single_host(env: Env):
     # WATCHDOG_PID names another process: this daemon must not ping (the variables were not meant for it)
     front = start_daemon(config, env.dir, "host-a", stages="ingest,preprocess",
                          env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
-    back = start_daemon(config, env.dir, "host-b", stages="inference")
+    # the second "host" needs a runtime directory of its own (one daemon per runtime_dir), as a real host has
+    config_b = write_config(env.dir / "twohost-b.toml", server_port=env.port, checkpoint=env.checkpoint,
+                            runtime_dir=env.dir / "rt-twohost-b", publish_port=port, on=env.cal.on,
+                            off=env.cal.off, extra={"pipeline": pipeline})
+    back = start_daemon(config_b, env.dir, "host-b", stages="inference")
     try:
         front.wait_event("daemon_ready", START_TIMEOUT)
         back.wait_event("daemon_ready", START_TIMEOUT)
