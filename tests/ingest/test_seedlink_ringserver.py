@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from support.ringserver import RingServer, ringserver_binary
-from support.seedlink import REPO, collect, record_line
+from support.seedlink import REPO, collect, record_line, wait_for_lines
 
 from quakemon.ingest.seedlink import SeedLinkSource
 from quakemon.ingest.validate import decode_record
@@ -117,12 +117,7 @@ def test_five_stations_sigkilled_client_loses_nothing(ring, tmp_path):
                 proc.wait(10)
                 proc = subprocess.Popen(cmd, cwd=REPO)
         ring.feed(b"".join(tail))
-        deadline = time.monotonic() + 25
-        while not set(want) <= set(out.read_text().splitlines() if out.exists() else []):
-            assert proc.poll() is None, "worker died"
-            if time.monotonic() > deadline:
-                break  # what is missing now is lost: said below
-            time.sleep(0.1)
+        wait_for_lines(proc, out, want, 25)
         time.sleep(0.3)
     finally:
         proc.kill()

@@ -12,7 +12,17 @@ import time
 from collections import Counter
 
 import pytest
-from support.seedlink import REPO, collect, make_records, record_ids, record_line, rid, server_process, write_archive
+from support.seedlink import (
+    REPO,
+    collect,
+    make_records,
+    record_ids,
+    record_line,
+    rid,
+    server_process,
+    wait_for_lines,
+    write_archive,
+)
 
 from quakemon.base.errors import ConfigError
 from quakemon.ingest.seedlink import SeedLinkSource
@@ -114,12 +124,7 @@ def test_five_stations_sigkilled_client_against_serve(five, tmp_path):
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(10)
                 proc = subprocess.Popen(cmd, cwd=REPO)
-            deadline = time.monotonic() + 30
-            while not set(want) <= set(out.read_text().splitlines() if out.exists() else []):
-                assert proc.poll() is None, "worker died"
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
+            wait_for_lines(proc, out, want, 30)
         finally:
             proc.kill()
             proc.wait(10)

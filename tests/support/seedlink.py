@@ -103,6 +103,17 @@ def server_process(paths: Sequence[Path], port: int, *args: str) -> Iterator[sub
         proc.wait(10)
 
 
+def wait_for_lines(proc: subprocess.Popen, out: Path, want: Sequence[str], timeout: float) -> None:
+    """Until the worker's output file holds every line of `want` or `timeout` passes (what is missing then is
+    lost, for the caller to assert on); fails at once if the worker dies."""
+    deadline = time.monotonic() + timeout
+    while not set(want) <= set(out.read_text().splitlines() if out.exists() else []):
+        assert proc.poll() is None, "worker died"
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
+
+
 def record_line(tr) -> str:
     """`id start_ns crc32` of a decoded record: its identity and a hash of its samples."""
     import zlib
