@@ -121,11 +121,12 @@ def save_checkpoint(
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and parse a checkpoint's metadata without loading its tensors."""
+    """Read and parse a checkpoint's metadata without loading its tensors (nor importing torch: the header is read
+    with the numpy framework, so that the ingest and preprocessing stages stay free of torch)."""
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:
             raw = (f.metadata() or {}).get(METADATA_KEY)
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for corrupt headers
         raise CheckpointError(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
-import torch
 
 from quakemon.models.contract import InputContract
 from quakemon.pipeline import stft_kernel
@@ -32,6 +32,8 @@ from quakemon.pipeline.windowing import Window
 from quakemon.wire.schema import parse_iso_utc
 
 if TYPE_CHECKING:
+    import torch
+
     from quakemon.pipeline.engine import InferenceEngine
 
 log = structlog.get_logger(__name__)
@@ -142,8 +144,13 @@ def preprocess_windows(data: np.ndarray, metas: Sequence[WindowMeta], contract: 
     if len(metas) == 0:
         f, t = contract.spectrogram_shape
         return np.zeros((0, contract.n_channels, f, t), np.float32), []
-    on_gpu = device is not None and torch.device(device).type != "cpu"
-    x = torch.from_numpy(np.ascontiguousarray(data)).to(device, non_blocking=True) if on_gpu else data
+    on_gpu = device is not None and str(getattr(device, "type", device)).split(":")[0] != "cpu"
+    if on_gpu:  # (on the CPU, torch is never imported here)
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(data)).to(device, non_blocking=True)
+    else:
+        x = data
     result = preprocess_batch(x, contract)
     valid = np.asarray(result.valid.cpu() if on_gpu else result.valid)
     dead = np.asarray(result.dead.cpu() if on_gpu else result.dead)
@@ -277,7 +284,9 @@ class DetectionStage:
         if valid.all():
             probs[:] = self.engine.predict(spectra)
         elif valid.any():
-            mask = torch.from_numpy(valid).to(spectra.device) if isinstance(spectra, torch.Tensor) else valid
+            torch = sys.modules.get("torch")  # (a tensor exists only once torch is imported)
+            on_device = torch is not None and isinstance(spectra, torch.Tensor)
+            mask = torch.from_numpy(valid).to(spectra.device) if on_device else valid
             probs[valid] = self.engine.predict(spectra[mask])
         return probs
 

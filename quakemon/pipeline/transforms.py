@@ -1,8 +1,8 @@
 """The one preprocessing implementation: waveform windows [B, C, N] -> float32 spectrograms [B, C, F, T].
 
 Training (`quakemon.pipeline.adapter.WaveformDataAdapter`) and streaming (the preprocessing worker) both call
-`preprocess_batch`, so a model sees the same numbers live as in training. Everything is batched tensor
-algebra in torch (CPU or any device; only BANDPASS goes through scipy on the CPU): no per-window Python loop.
+`preprocess_batch`, so a model sees the same numbers live as in training. Everything is batched array
+algebra, no per-window Python loop: numpy/scipy on the CPU (torch is not imported), torch on a GPU.
 Transforms run in `quakemon.models.contract.KNOWN_TRANSFORMS` order, as named in the model's `InputContract.transforms`:
 
 DROP_NAN     Non-finite samples (NaN, +-inf) are *repaired*, not dropped: every run of them is linearly
@@ -42,11 +42,12 @@ counts with a large offset lose their signal in float32; the centred signal and 
 (float32 by default: within ~3e-7 of scipy relative to the spectrogram peak; float64 matches bin for bin).
 Speed: on the CPU the common contract (finite input, DROP_NAN/TRIMMING/ZSCORE/SPECTROGRAM, float32 STFT, a
 power-of-two nperseg that the hop divides) runs in one compiled pass per row (`quakemon.pipeline.stft_kernel`);
-every other case (non-finite rows, GPU, float64, DETREND/TAPER/BANDPASS, other STFT sizes) goes through two
-batched torch passes that compute the same numbers (tests/pipeline/test_stft_kernel.py holds them together).
-CPU passes work in cache-sized parts of the batch, shared out to a persistent pool of torch.get_num_threads()
-threads; the STFT is a matrix product with a windowed DFT matrix. benchmarks/bench_transforms.py measures it
-against a per-window scipy loop.
+every other CPU case (non-finite rows, float64, DETREND/TAPER/BANDPASS, other STFT sizes) goes through two
+batched numpy passes (|STFT| by scipy.fft.rfft over strided segments) that compute the same numbers. Both work
+in cache-sized parts of the batch, shared out to a persistent pool of `cpu_threads()` threads (the kernel,
+numpy and scipy.fft release the GIL). On a GPU (a tensor there, or device="cuda"), the torch passes of
+`quakemon.pipeline.transforms_torch` run instead, the only place torch is imported; tests hold all three
+together. benchmarks/bench_transforms.py measures them against each other and a per-window scipy loop.
 
 ObsPy Streams become contract arrays in `quakemon.pipeline.streams`.
 """
@@ -54,8 +55,8 @@ ObsPy Streams become contract arrays in `quakemon.pipeline.streams`.
 from __future__ import annotations
 
 import itertools
-import math
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -63,13 +64,13 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import scipy.fft
 import structlog
-import torch
+from numpy.lib.stride_tricks import sliding_window_view
 
 from quakemon.base.errors import ContractError
 from quakemon.models.contract import InputContract
 from quakemon.pipeline import stft_kernel
-from quakemon.pipeline.threads import torch_worker_pool
 
 log = structlog.get_logger(__name__)
 
@@ -94,12 +95,12 @@ class PreprocessResult:
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """What all parts of one `preprocess_batch` call share."""
+class Plan:
+    """What all parts of one `preprocess_batch` call share (numpy dtypes here; torch ones in the torch passes)."""
 
     ops: frozenset[str]
-    work: torch.dtype  # precision up to the mean removal
-    dtype: torch.dtype  # precision of the centred signal and the STFT
+    work: Any  # precision up to the mean removal
+    dtype: Any  # precision of the centred signal and the STFT
     n_real: int  # samples TRIMMING keeps; the rest of the window is padding
     pad_left: int  # STFT boundary zeros before the signal (0 without SPECTROGRAM)
     length: int  # the zero-padded STFT input, or the window without SPECTROGRAM
@@ -108,45 +109,106 @@ class _Plan:
     lean: bool  # input in the working dtype, only DROP_NAN, TRIMMING, ZSCORE (required), SPECTROGRAM
     contract: InputContract
 
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """(F, T) of a channel's spectrogram, or (N',) without SPECTROGRAM."""
+        if "SPECTROGRAM" in self.ops:
+            return self.nperseg // 2 + 1, (self.length - self.nperseg) // self.hop + 1
+        return (self.length,)
+
 
 def preprocess_batch(
-    x: np.ndarray | torch.Tensor,
+    x: Any,
     contract: InputContract,
     *,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    device: Any = None,
+    dtype: Any = None,
     max_nan_fraction: float | None = None,
 ) -> PreprocessResult:
     """Apply the contract's transforms to a batch of windows x [B, C, N] (any real dtype: float64, int32 counts).
 
-    device: where to compute (default: x's device, CPU for numpy). Output type follows the input type.
+    x: a numpy array or a torch tensor. device: where to compute (default: x's device, the CPU for numpy); on the
+    CPU numpy/scipy compute (torch is not imported for numpy input), elsewhere torch. dtype: precision of the
+    centred signal and the STFT, float32 (default) or float64 (numpy or torch dtype). The output type follows
+    the input type (tensors on the device for tensor input).
     """
-    as_numpy = not isinstance(x, torch.Tensor)
-    t = torch.from_numpy(np.ascontiguousarray(x)) if as_numpy else x.detach()
-    if t.ndim != 3:
-        raise ContractError(f"preprocess_batch expects windows [B, C, N], got shape {tuple(t.shape)}")
-    if t.shape[1] != contract.n_channels:
+    torch = sys.modules.get("torch")  # a tensor can only exist once torch has been imported
+    tensor = torch is not None and isinstance(x, torch.Tensor)
+    place = device if device is not None else (x.device if tensor else "cpu")
+    if _device_type(place) != "cpu":
+        from quakemon.pipeline.transforms_torch import preprocess_tensors
+
+        return preprocess_tensors(x, contract, device=device, dtype=dtype, max_nan_fraction=max_nan_fraction)
+    if tensor:
+        t = x.detach().cpu()
+        arr = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+    else:
+        arr = np.asarray(x)
+    result = preprocess_arrays(arr, contract, dtype=dtype, max_nan_fraction=max_nan_fraction)
+    if tensor:
+        return PreprocessResult(*(torch.from_numpy(a) for a in vars(result).values()))
+    return result
+
+
+def preprocess_arrays(
+    x: np.ndarray, contract: InputContract, *, dtype: Any = None, max_nan_fraction: float | None = None
+) -> PreprocessResult:
+    """`preprocess_batch` for a numpy batch on the CPU, with numpy, scipy and the compiled kernel."""
+    check_input(x.shape, x.dtype.kind in "cbOUSV", str(x.dtype), contract)
+    out_dtype = numpy_dtype(dtype)
+    work = np.promote_types(x.dtype if x.dtype.kind == "f" else np.float64, out_dtype)
+    plan = make_plan(x.shape, contract, work=work, dtype=out_dtype, input_is_work=x.dtype == work)
+    b, c, _ = x.shape
+    spectra = np.empty((b, c, *plan.output_shape), np.float32)
+    dead = np.zeros((b, c), bool)
+    nan_fraction = np.zeros(b, np.float32)
+    if b:
+        if _fused_applies(plan):
+            _fused_passes(x, plan, spectra, dead, nan_fraction)
+        else:
+            _numpy_passes(x, plan, spectra, dead, nan_fraction)
+    valid = valid_windows(nan_fraction, plan, nan_limit(contract, max_nan_fraction))
+    return PreprocessResult(spectra, valid, dead, nan_fraction)
+
+
+def check_input(shape: tuple[int, ...], complex_or_bool: bool, dtype_name: str, contract: InputContract) -> None:
+    """Raise ContractError unless the batch is real windows [B, C, N] with the contract's C and N >= 1."""
+    if len(shape) != 3:
+        raise ContractError(f"preprocess_batch expects windows [B, C, N], got shape {tuple(shape)}")
+    if shape[1] != contract.n_channels:
         raise ContractError(
-            f"expected {contract.n_channels} channels ({contract.component_order}), got {t.shape[1]} "
-            f"(shape {tuple(t.shape)})"
+            f"expected {contract.n_channels} channels ({contract.component_order}), got {shape[1]} "
+            f"(shape {tuple(shape)})"
         )
-    if t.shape[-1] == 0:
-        raise ContractError(f"windows have no samples (shape {tuple(t.shape)})")
-    if t.is_complex() or t.dtype == torch.bool:
-        raise ContractError(f"waveforms must be real numbers, got dtype {t.dtype}")
-    dev = torch.device(device) if device is not None else t.device
-    t = t.to(device=dev)  # the working dtype is applied per part (no batch-sized copy of int counts)
-    if max_nan_fraction is None:
-        max_nan_fraction = float(contract.extra.get("max_nan_fraction", DEFAULT_MAX_NAN_FRACTION))
+    if shape[-1] == 0:
+        raise ContractError(f"windows have no samples (shape {tuple(shape)})")
+    if complex_or_bool:
+        raise ContractError(f"waveforms must be real numbers, got dtype {dtype_name}")
+
+
+def numpy_dtype(dtype: Any) -> np.dtype:
+    """The STFT precision as a numpy dtype: float32 (None) or float64, given as a numpy or a torch dtype."""
+    if dtype is None:
+        return np.dtype(np.float32)
+    try:
+        resolved = np.dtype(str(dtype).removeprefix("torch.") if type(dtype).__module__ == "torch" else dtype)
+    except TypeError:
+        resolved = None
+    if resolved not in (np.float32, np.float64):
+        raise ContractError(f"dtype must be float32 or float64, got {dtype}")
+    return resolved
+
+
+def make_plan(
+    shape: tuple[int, ...], contract: InputContract, *, work: np.dtype, dtype: np.dtype, input_is_work: bool
+) -> Plan:
+    """The plan of a batch [B, C, N] under `contract` (what the numpy and the torch passes share)."""
     ops = frozenset(contract.transforms)
-    b, c, n = t.shape
+    n = shape[-1]
     window = contract.window_samples if "TRIMMING" in ops else n
     spectrogram = "SPECTROGRAM" in ops
     nperseg, hop = contract.stft_nperseg, contract.stft_hop
-    # Steps up to the centring run in float64 (float32 input stays float32): raw counts with a large
-    # offset lose their signal in float32. The centred signal and the STFT are computed in `dtype`.
-    work = torch.promote_types(t.dtype if t.is_floating_point() else torch.float64, dtype)
-    plan = _Plan(
+    return Plan(
         ops=ops,
         work=work,
         dtype=dtype,
@@ -155,51 +217,56 @@ def preprocess_batch(
         length=_stft_length(window, nperseg, hop) if spectrogram else window,
         nperseg=nperseg,
         hop=hop,
-        lean=t.dtype == work and "ZSCORE" in ops and ops <= {"DROP_NAN", "TRIMMING", "ZSCORE", "SPECTROGRAM"},
+        lean=input_is_work and "ZSCORE" in ops and ops <= {"DROP_NAN", "TRIMMING", "ZSCORE", "SPECTROGRAM"},
         contract=contract,
     )
-    shape = (nperseg // 2 + 1, (plan.length - nperseg) // hop + 1) if spectrogram else (window,)
-    spectra = torch.empty(b, c, *shape, dtype=torch.float32, device=dev)
-    dead = torch.empty(b, c, dtype=torch.bool, device=dev)
-    nan_fraction = torch.zeros(b, dtype=torch.float32, device=dev)
-    if b == 0:
-        valid = torch.ones(0, dtype=torch.bool, device=dev)
-        return _result(as_numpy, spectra, valid, dead, nan_fraction)
-    if _fused_applies(plan, dev):
-        _fused_passes(t, plan, spectra, dead, nan_fraction)
-    else:
-        _torch_passes(t, plan, spectra, dead, nan_fraction)
-    valid = nan_fraction <= max_nan_fraction if "DROP_NAN" in ops else nan_fraction == 0
-    return _result(as_numpy, spectra, valid, dead, nan_fraction)
+
+
+def nan_limit(contract: InputContract, max_nan_fraction: float | None) -> float:
+    if max_nan_fraction is None:
+        return float(contract.extra.get("max_nan_fraction", DEFAULT_MAX_NAN_FRACTION))
+    return max_nan_fraction
+
+
+def valid_windows(nan_fraction: Any, plan: Plan, limit: float) -> Any:
+    """valid [B] from nan_fraction [B] (numpy or torch): under DROP_NAN up to the limit, else none at all."""
+    return nan_fraction <= limit if "DROP_NAN" in plan.ops else nan_fraction == 0
+
+
+def dead_tolerance(work: np.dtype) -> float:
+    """A channel is dead when its std <= this times |mean| (10 eps of the working precision), on every path."""
+    return 10 * float(np.finfo(work).eps)
+
+
+def _device_type(device: Any) -> str:
+    """"cpu", "cuda", ... of a torch.device or a device string ("cuda:1"), without importing torch."""
+    return getattr(device, "type", None) or str(device).split(":")[0]
 
 
 # The compiled CPU kernel (quakemon.pipeline.stft_kernel) serves the common contract; tests switch it off to compare
-# it with the torch passes, which serve everything else (GPU, float64 STFT, DETREND/TAPER/BANDPASS, NaN repair).
+# it with the numpy passes, which serve every other CPU case (float64 STFT, DETREND/TAPER/BANDPASS, NaN repair).
 FUSED_KERNEL = True
 
 
-def _fused_applies(plan: _Plan, device: torch.device) -> bool:
+def _fused_applies(plan: Plan) -> bool:
     return (
         FUSED_KERNEL
-        and device.type == "cpu"
         and plan.lean
-        and plan.dtype == torch.float32
+        and plan.dtype == np.float32
         and "SPECTROGRAM" in plan.ops
         and stft_kernel.applies(plan.nperseg, plan.hop)
     )
 
 
-def _fused_passes(
-    t: torch.Tensor, plan: _Plan, spectra: torch.Tensor, dead: torch.Tensor, nan_fraction: torch.Tensor
-) -> None:
-    """The compiled kernel over the batch's rows (in parts on the preprocessing pool when torch has more than
-    one thread: the kernel releases the GIL); windows with a non-finite row go through the torch passes."""
-    b, c, n = t.shape
-    rows = t.contiguous().numpy().reshape(b * c, n)
-    out = spectra.numpy().reshape(b * c, *spectra.shape[2:])
-    dead_rows = dead.numpy().reshape(b * c)
+def _fused_passes(x: np.ndarray, plan: Plan, spectra: np.ndarray, dead: np.ndarray, nan_fraction: np.ndarray) -> None:
+    """The compiled kernel over the batch's rows (in parts on the preprocessing pool with more than one CPU
+    thread: the kernel releases the GIL); windows with a non-finite row go through the numpy passes."""
+    b, c, n = x.shape
+    rows = np.ascontiguousarray(x).reshape(b * c, n)
+    out = spectra.reshape(b * c, *spectra.shape[2:])
+    dead_rows = dead.reshape(b * c)
     bad = np.zeros(b * c, dtype=bool)
-    dead_eps = _dead_tolerance(plan.work)
+    dead_eps = dead_tolerance(plan.work)
 
     def part(bounds: tuple[int, int]) -> None:
         lo, hi = bounds
@@ -208,190 +275,190 @@ def _fused_passes(
             out[lo:hi], dead_rows[lo:hi], bad[lo:hi],
         )  # fmt: skip
 
-    threads = torch.get_num_threads()
-    counts = _cpu_parts(b, c * n, 4 * CPU_PART_SAMPLES) if threads > 1 else [b]
+    threads = cpu_threads()
+    counts = cpu_parts(b, c * n, 4 * CPU_PART_SAMPLES) if threads > 1 else [b]
     edges = [0, *itertools.accumulate(count * c for count in counts)]
-    _run(part, list(itertools.pairwise(edges)), min(threads, len(counts)))
-    if bad.any():  # NaN/inf (repaired or flagged by the torch passes), or a float32 overflow
-        windows = torch.from_numpy(bad.reshape(b, c).any(1).nonzero()[0])
-        sub = (spectra[windows], dead[windows], torch.zeros(len(windows), dtype=torch.float32))
-        _torch_passes(t[windows], plan, *sub)
+    run_parts(part, list(itertools.pairwise(edges)), min(threads, len(counts)))
+    if bad.any():  # NaN/inf (repaired or flagged by the numpy passes), or a float32 overflow
+        windows = bad.reshape(b, c).any(1).nonzero()[0]
+        sub = (spectra[windows], dead[windows], np.zeros(len(windows), np.float32))
+        _numpy_passes(x[windows], plan, *sub)
         for target, values in zip((spectra, dead, nan_fraction), sub, strict=True):
             target[windows] = values
 
 
-def _dead_tolerance(work: torch.dtype) -> float:
-    """A channel is dead when its std <= this times |mean| (10 eps of the working precision), on either path."""
-    return 10 * torch.finfo(work).eps
+def _numpy_passes(x: np.ndarray, plan: Plan, spectra: np.ndarray, dead: np.ndarray, nan_fraction: np.ndarray) -> None:
+    """The transforms as batched numpy/scipy operations over cache-sized parts of the batch (on the pool when
+    there is more than one CPU thread): fills spectra, dead and nan_fraction (which arrives zeroed)."""
+    b, c, n = x.shape
+    counts = cpu_parts(b, c * n, 2 * CPU_PART_SAMPLES)
+    edges = [0, *itertools.accumulate(counts)]
+
+    def part(bounds: tuple[int, int]) -> None:
+        lo, hi = bounds
+        _numpy_part(x[lo:hi], plan, spectra[lo:hi], dead[lo:hi], nan_fraction[lo:hi])
+
+    run_parts(part, list(itertools.pairwise(edges)), min(cpu_threads(), len(counts)))
 
 
-def _torch_passes(
-    t: torch.Tensor, plan: _Plan, spectra: torch.Tensor, dead: torch.Tensor, nan_fraction: torch.Tensor
-) -> None:
-    """The transforms as torch operations (CPU in cache-sized parts, or one batched call per pass on a GPU):
-    fills spectra, dead and nan_fraction (which arrives zeroed)."""
-    b, c, n = t.shape
-    dev, work, dtype, ops = t.device, plan.work, plan.dtype, plan.ops
-    nperseg, hop, spectrogram = plan.nperseg, plan.hop, "SPECTROGRAM" in ops
-    shape = spectra.shape[2:]
-    padded, zeroed = _padded_buffer((b, c, plan.length), plan, dev)
-    sums = torch.empty(b, c, 1, dtype=work, device=dev)
-    norm = torch.empty(b, c, 1, dtype=dtype, device=dev)
-    rows = b * c
+def _numpy_part(x: np.ndarray, plan: Plan, spectra: np.ndarray, dead: np.ndarray, nan_fraction: np.ndarray) -> None:
+    """Both passes for windows x [b, C, N]: (1) DROP_NAN .. BANDPASS, the signal centred into the zero-padded STFT
+    input, the ZSCORE statistics over the real samples (population std; dead channels, std <= 10 eps |mean|,
+    get scale 0); (2) |STFT| (scipy.fft.rfft of the windowed segments) or the waveform, times 1/std."""
+    n_real, ops = plan.n_real, plan.ops
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # overflow: zeroed by the last guard
+        t = _repaired(x.astype(plan.work, copy=False), plan, nan_fraction)
+        if "DETREND" in ops:
+            t = _detrend(t)
+        t = t[..., :n_real]  # TRIMMING's cut; its padding is added below (stats exclude it)
+        if "TAPER" in ops:
+            t = t * tukey_window(n_real).astype(plan.work, copy=False)
+        if "BANDPASS" in ops:
+            from scipy.signal import sosfiltfilt
 
-    # CPU: the two passes below go over the batch in parts of a few windows (intermediates stay in L2), on a
-    # pool of worker threads when torch has more than one. GPU: each pass is one batched call.
-    cpu = dev.type == "cpu"
-    threads = torch.get_num_threads()
-    parts = _cpu_parts(b, c * n, CPU_PART_SAMPLES) if cpu else [b]
-
-    # 1: repair, detrend, cut, taper, filter; the signal, centred, into the zero-padded STFT input; sum, norm
-    signal = padded.narrow(-1, plan.pad_left, plan.n_real)
-    starts = [0, *itertools.accumulate(parts)][:-1]
-    pieces = zip(*(tensor.split(parts) for tensor in (t, signal, padded, sums, norm)), starts, strict=True)
-    _run(lambda p: _centre(*p, plan, zeroed, nan_fraction), list(pieces), min(threads, len(parts)))
-
-    # ZSCORE statistics over the real samples (population std). Dead channels (std <= 10 eps |mean|, eps of
-    # the working precision) give zeros: their scale is 0.
-    std = norm.mul_(1 / math.sqrt(plan.n_real))
-    torch.le(std, sums.abs_().mul_(_dead_tolerance(work) / plan.n_real), out=dead.unsqueeze(-1))
-    zscore = "ZSCORE" in ops
-    scale = std.reciprocal().masked_fill_(dead.unsqueeze(-1), 0.0) if zscore else None
-
-    # 2: |STFT| (or the waveform) times 1/std into the output, in row parts (of twice the windows: this pass's
-    # DFT product gains from the larger matrices)
-    parts = _cpu_parts(b, c * n, 2 * CPU_PART_SAMPLES) if cpu else [b]
-    workers = min(threads, len(parts))
-    row_parts = [part * c for part in parts]
-    scales = scale.view(rows, 1, 1).split(row_parts) if scale is not None else [None] * len(parts)
-    if spectrogram:
-        segments = padded.view(rows, plan.length).unfold(-1, nperseg, hop)  # [R, T, nperseg] view
-        magnitudes = spectra.view(rows, *shape).transpose(0, 1)  # [F, R, T] view
-        pieces = zip(segments.split(row_parts), scales, magnitudes.split(row_parts, dim=1), strict=True)
-        _run(lambda p: _stft_magnitude(*p, plan), list(pieces), workers)
-    else:
-        waves = padded.view(rows, -1).split(row_parts)
-        pieces = zip(waves, scales, spectra.view(rows, -1).split(row_parts), strict=True)
-        _run(lambda p: _scaled_copy(*p), list(pieces), workers)
-
-    # z-scored output with finite std is bounded; anything else gets the guard (e.g. float32 overflow)
-    if (not zscore or not _all_finite(std)) and not _all_finite(spectra.sum()):
-        torch.nan_to_num(spectra, nan=0.0, posinf=0.0, neginf=0.0, out=spectra)
+            t = sosfiltfilt(bandpass_sos(plan.contract), t, axis=-1).astype(plan.work, copy=False)
+        sums = t.sum(-1, keepdims=True)
+        padded = np.zeros((*x.shape[:2], plan.length), plan.dtype)
+        signal = padded[..., plan.pad_left : plan.pad_left + n_real]
+        np.subtract(t, sums / n_real, out=signal, casting="unsafe")
+        std = np.sqrt(np.einsum("...i,...i->...", signal, signal, dtype=np.float64) / n_real)[..., None]
+        dead[:] = (std <= np.abs(sums) * (dead_tolerance(plan.work) / n_real))[..., 0]
+        zscore = "ZSCORE" in ops
+        scale = np.where(dead[..., None], 0.0, 1.0 / std).astype(plan.dtype) if zscore else None
+        if not zscore:
+            signal[...] = t  # the raw (transformed) samples, not centred
+        if "SPECTROGRAM" in ops:
+            _stft_magnitude(padded, scale, plan, spectra)
+        else:
+            np.multiply(padded, scale if scale is not None else 1, out=spectra, casting="unsafe")
+        # z-scored output with finite std is bounded; anything else gets the guard (e.g. float32 overflow)
+        if (not zscore or not np.isfinite(std).all()) and not np.isfinite(spectra).all():
+            np.nan_to_num(spectra, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _result(as_numpy: bool, *outputs: torch.Tensor) -> PreprocessResult:
-    if as_numpy:
-        return PreprocessResult(*(tensor.cpu().numpy() for tensor in outputs))
-    return PreprocessResult(*outputs)
+def _repaired(t: np.ndarray, plan: Plan, nan_fraction: np.ndarray) -> np.ndarray:
+    """DROP_NAN: t with its non-finite runs interpolated (a copy; t itself when all finite); nan_fraction [b] of
+    the kept window filled in. Without DROP_NAN the fraction is counted and nothing is repaired."""
+    if np.isfinite(t.sum(-1)).all():
+        return t
+    bad = ~np.isfinite(t)
+    if not bad.any():  # a sum overflowed, the data are fine
+        return t
+    nan_fraction[:] = bad[..., : plan.n_real].mean(-1, dtype=np.float64).max(-1)
+    if "DROP_NAN" not in plan.ops:
+        return t
+    rows = bad.any(-1)
+    repaired = t.copy()
+    repaired[rows] = _interpolate_nonfinite(t[rows], bad[rows])
+    return repaired
 
 
-def _centre(
-    x: torch.Tensor,
-    signal: torch.Tensor,
-    padded: torch.Tensor,
-    sums: torch.Tensor,
-    norm: torch.Tensor,
-    start: int,
-    plan: _Plan,
-    zeroed: bool,
-    nan_fraction: torch.Tensor,
-) -> None:
-    """Pass 1 for windows x [b, C, N] (batch rows start..): DROP_NAN .. BANDPASS, then the signal, centred (ZSCORE)
-    or raw, into `signal`, the real samples of the buffer padded [b, C, L] (plan.dtype; its padding is zeroed
-    here unless `zeroed`); the sums [b, C, 1] (plan.work) and the norms [b, C, 1] of the centred signal; the
-    batch's nan_fraction (arrives zeroed). Every step is per window and channel.
-    """
-    n_real = plan.n_real
-    if plan.lean:  # the common case in a few calls, since each call here is GIL time: finite samples, no filters
-        kept = x if x.shape[-1] == n_real else x.narrow(-1, 0, n_real)
-        torch.sum(kept, -1, keepdim=True, out=sums)
-        if _all_finite(sums):
-            if not zeroed:
-                padded.zero_()
-            torch.sub(kept, sums, alpha=1 / n_real, out=signal)
-            torch.linalg.vector_norm(signal, dim=-1, keepdim=True, out=norm)
-            return
-
-    ops = plan.ops
-    t = x if x.dtype == plan.work else x.to(plan.work)
-    untouched = t
-    nonfinite_rows, t = _drop_nan(t, repair="DROP_NAN" in ops, sums=sums)
-    if nonfinite_rows is not None:
-        rows_nan = nonfinite_rows[..., :n_real].float().mean(-1).amax(-1)
-        nan_fraction.narrow(0, start, x.shape[0]).copy_(rows_nan)
-    if "DETREND" in ops:
-        t = _detrend(t)
-    if n_real < t.shape[-1]:
-        t = t.narrow(-1, 0, n_real)  # TRIMMING's cut; its padding is added below (stats exclude it)
-    if "TAPER" in ops:
-        t = t * _tukey(n_real, plan.work, t.device)
-    if "BANDPASS" in ops:
-        t = _bandpass(t, plan.contract)
-    if t is not untouched or nonfinite_rows is not None:
-        torch.sum(t, -1, keepdim=True, out=sums)  # (else the finiteness check summed these very samples)
-
-    # The centred signal goes straight into the zero-padded buffer the STFT reads, cast to plan.dtype on the
-    # way. The statistics exclude the padding, which is exactly zero (i.e. at the channel mean).
-    if not zeroed:
-        padded.zero_()
-    torch.sub(t, sums, alpha=1 / n_real, out=signal)
-    torch.linalg.vector_norm(signal, dim=-1, keepdim=True, out=norm)
-    if "ZSCORE" not in ops:
-        signal.copy_(t)  # the raw (transformed) samples, not centred
+def _interpolate_nonfinite(x: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """Linear interpolation over non-finite runs of each row of x [R, N]; edges hold, empty rows become 0."""
+    n = x.shape[-1]
+    idx = np.broadcast_to(np.arange(n), x.shape)
+    prev = np.maximum.accumulate(np.where(bad, -1, idx), axis=-1)  # last finite index <= i, or -1
+    nxt = np.minimum.accumulate(np.where(bad, n, idx)[:, ::-1], axis=-1)[:, ::-1]  # next finite index >= i, or n
+    finite = np.where(bad, 0.0, x).astype(x.dtype, copy=False)
+    pv = np.take_along_axis(finite, np.maximum(prev, 0), -1)
+    nv = np.take_along_axis(finite, np.minimum(nxt, n - 1), -1)
+    has_prev, has_next = prev >= 0, nxt < n
+    frac = ((idx - prev) / np.maximum(nxt - prev, 1)).astype(x.dtype)
+    fill = np.where(has_prev & has_next, pv + (nv - pv) * frac, np.where(has_prev, pv, np.where(has_next, nv, 0.0)))
+    return np.where(bad, fill, x).astype(x.dtype, copy=False)
 
 
-_padded_buffers = threading.local()
-_PADDED_CACHE_BYTES = 32 << 20
+def _detrend(t: np.ndarray) -> np.ndarray:
+    """Subtract the least-squares line of each channel (scipy.signal.detrend, type='linear')."""
+    n = t.shape[-1]
+    centred = t - t.mean(-1, keepdims=True)
+    if n < 2:
+        return centred
+    ramp = (np.arange(n) - (n - 1) / 2.0).astype(t.dtype)
+    slope = (centred @ ramp) / (ramp @ ramp)
+    return centred - slope[..., None] * ramp
 
 
-def _padded_buffer(shape: tuple[int, int, int], plan: _Plan, device: torch.device) -> tuple[torch.Tensor, bool]:
-    """(buffer for the zero-padded signal, whether its padding is already zero).
-
-    On the CPU the calling thread keeps its last buffer (up to _PADDED_CACHE_BYTES): only the signal samples are
-    ever written, so the padding stays zero, and a warm buffer is not faulted in and zeroed (a cold one
-    streams from memory) on every call.
-    """
-    if device.type != "cpu" or math.prod(shape) * plan.dtype.itemsize > _PADDED_CACHE_BYTES:
-        return torch.empty(shape, dtype=plan.dtype, device=device), False
-    key = (shape, plan.dtype, plan.pad_left, plan.n_real)
-    held = getattr(_padded_buffers, "held", None)
-    if held is None or held[0] != key:
-        held = (key, torch.zeros(shape, dtype=plan.dtype))
-        _padded_buffers.held = held
-    return held[1], True
+def _stft_magnitude(padded: np.ndarray, scale: np.ndarray | None, plan: Plan, out: np.ndarray) -> None:
+    """out [b, C, F, T] = scale * |rfft| of the periodic-Hann-windowed segments of padded [b, C, L], the window
+    scaled by 1/sum(window) (scipy.signal.stft's scaling). scipy.fft keeps float32 in float32 (pocketfft)."""
+    segments = sliding_window_view(padded, plan.nperseg, axis=-1)[..., :: plan.hop, :]  # [b, C, T, nperseg] view
+    window = _stft_window(plan.nperseg, plan.dtype)
+    weights = window if scale is None else scale[..., None] * window  # [b, C, 1, nperseg]
+    spectrum = scipy.fft.rfft(segments * weights, axis=-1)  # [b, C, T, F]
+    np.abs(spectrum, out=out.swapaxes(-1, -2))
 
 
-def _scaled_copy(source: torch.Tensor, scale: torch.Tensor | None, out: torch.Tensor) -> None:
-    """Pass 2 without SPECTROGRAM: out (float32) = the waveform times 1/std (or as is, without ZSCORE)."""
-    if scale is None:
-        out.copy_(source)
-    else:
-        torch.mul(source, scale.view(-1, 1), out=out)
+@lru_cache(maxsize=16)
+def _stft_window(nperseg: int, dtype: np.dtype) -> np.ndarray:
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(nperseg) / nperseg)  # periodic Hann = scipy's "hann"
+    return (window / window.sum()).astype(dtype)
 
 
-def _all_finite(t: torch.Tensor) -> bool:
-    if t.is_cpu and t.numel() < 4096:  # numpy answers a small CPU tensor faster than bool(tensor)
-        return bool(np.isfinite(t.numpy()).all())
-    return bool(torch.isfinite(t).all())
+@lru_cache(maxsize=16)
+def tukey_window(n: int) -> np.ndarray:
+    """TAPER's float64 window: Tukey with a TAPER_FRACTION cosine ramp at each end."""
+    from scipy.signal.windows import tukey
+
+    return tukey(n, alpha=2 * TAPER_FRACTION)
 
 
-# CPU parts of pass 1 hold about this many input samples (B_part * C * N: 8 windows of 3 x 2000), those of pass 2
-# twice as many windows. A part's intermediates (pass 1: float64 input 0.4 MB, the float64 temporary of the cast,
-# float32 signal 0.2 MB; pass 2: frames 0.8 MB, DFT output 0.8 MB, magnitude 0.4 MB) mostly stay in the 2 MB L2
-# cache between steps, instead of streaming through L3/memory once per step as whole-batch tensors do. Each part
-# costs ~5 torch calls in Python and dispatch, under the GIL: smaller parts pay that more often, larger ones spill
-# out of L2.
+def bandpass_sos(contract: InputContract) -> np.ndarray:
+    """BANDPASS's Butterworth sections, corners from contract.extra['bandpass_hz'] (ContractError when unusable)."""
+    from scipy.signal import butter
+
+    corners = contract.extra.get("bandpass_hz")
+    nyquist = contract.sampling_rate / 2
+    if not isinstance(corners, list | tuple) or len(corners) != 2 or not 0 < corners[0] < corners[1] < nyquist:
+        raise ContractError(
+            f'BANDPASS needs contract.extra["bandpass_hz"] = [fmin, fmax] with 0 < fmin < fmax < {nyquist} Hz '
+            f"(Nyquist), got {corners!r}"
+        )
+    order = int(contract.extra.get("bandpass_order", 4))
+    return butter(order, [float(corners[0]), float(corners[1])], btype="bandpass", fs=contract.sampling_rate,
+                  output="sos")  # fmt: skip
+
+
+def _stft_length(window: int, nperseg: int, hop: int) -> int:
+    """Samples after scipy's boundary='zeros' (nperseg//2 each side) and padded=True (fill the last segment)."""
+    length = window + 2 * (nperseg // 2)
+    return length + (-(length - nperseg) % hop) % nperseg
+
+
+# CPU parts hold about this many input samples (B_part * C * N: 8 windows of 3 x 2000) times a factor per path
+# (numpy passes 2, kernel 4): a part's intermediates mostly stay in the L2 cache between steps instead of
+# streaming through memory once per step as whole-batch arrays do; smaller parts pay the per-call overhead
+# (GIL time) more often.
 CPU_PART_SAMPLES = 48_000
 
+_threads: int | None = None
 
-def _cpu_parts(b: int, samples_per_window: int, part_samples: int) -> list[int]:
+
+def set_cpu_threads(threads: int | None) -> None:
+    """Threads the CPU passes share a batch out to (None: `cpu_threads()`'s default). The preprocessing stage sets
+    [pipeline] torch_threads here."""
+    global _threads
+    _threads = None if threads is None else max(1, int(threads))
+
+
+def cpu_threads() -> int:
+    """The CPU passes' thread count: as set by `set_cpu_threads`, else torch's intra-op count when torch is loaded
+    (a process that runs a model shares one setting), else the CPUs this process may run on."""
+    if _threads is not None:
+        return _threads
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else len(os.sched_getaffinity(0))
+
+
+def cpu_parts(b: int, samples_per_window: int, part_samples: int) -> list[int]:
     """Window counts of near-equal parts of the batch, each about part_samples input samples (>= 1 window)."""
     count = min(max(round(b * samples_per_window / part_samples), 1), b)
     return [(i + 1) * b // count - i * b // count for i in range(count)]
 
 
-def _run(fn: Any, parts: list[Any], workers: int) -> None:
-    """fn(part) for every part: in this thread, or drained from one shared iterator by `workers` pool threads.
+def run_parts(fn: Any, parts: list[Any], workers: int, pool: Any = None) -> None:
+    """fn(part) for every part: in this thread, or drained from one shared iterator by `workers` threads of
+    `pool(workers)` (default: this module's persistent plain thread pool).
 
     One pool task per worker (not per part) keeps the hand-offs to two per pass, and a worker slowed down by
     other load simply takes fewer parts. All tasks are waited for before the first exception is raised.
@@ -406,7 +473,8 @@ def _run(fn: Any, parts: list[Any], workers: int) -> None:
         for part in shared:
             fn(part)
 
-    futures = [executor.submit(drain) for executor in [_worker_pool(workers)] for _ in range(workers)]
+    executor = (pool or _worker_pool)(workers)
+    futures = [executor.submit(drain) for _ in range(workers)]
     errors = [future.exception() for future in futures]
     for error in errors:
         if error is not None:
@@ -418,179 +486,12 @@ _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (pid, workers) -> exec
 
 
 def _worker_pool(workers: int) -> ThreadPoolExecutor:
-    """A persistent pool of `workers` threads that each run torch single-threaded (CPU parts in parallel).
-
-    Parts on threads rather than torch's intra-op threads: two hand-offs per pass instead of a fork/join per
-    operation, and no thread waits for another between operations, which matters on a CPU shared with other
-    processes. Torch ops release the GIL, so the threads run in parallel. One pool per worker count and process
-    (threads do not survive a fork).
-    """
+    """A persistent pool of `workers` threads for the CPU passes, one per worker count and process (threads do
+    not survive a fork)."""
     with _pool_lock:
         key = (os.getpid(), workers)
         if key not in _pools:
             for stale in [k for k in _pools if k[0] != key[0]]:
                 del _pools[stale]  # inherited through a fork: its threads are gone
-            _pools[key] = torch_worker_pool(workers, "quakemon-preprocess")
+            _pools[key] = ThreadPoolExecutor(workers, thread_name_prefix="quakemon-preprocess")
         return _pools[key]
-
-
-def _drop_nan(t: torch.Tensor, *, repair: bool, sums: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(non-finite mask or None when all finite, t with non-finite runs interpolated when repair).
-
-    The finiteness check sums each row into sums [.., 1] (NaN/inf anywhere makes a sum non-finite); when every
-    sample is finite those are the rows' sums, for the ZSCORE mean.
-    """
-    torch.sum(t, -1, keepdim=True, out=sums)
-    if _all_finite(sums):
-        return None, t
-    bad = ~torch.isfinite(t)
-    if not bad.any():  # a sum overflowed, the data are fine
-        return None, t
-    if not repair:
-        return bad, t
-    rows = bad.flatten(0, 1).any(-1)
-    flat = t.flatten(0, 1).clone()
-    flat[rows] = _interpolate_nonfinite(flat[rows], bad.flatten(0, 1)[rows])
-    return bad, flat.view_as(t)
-
-
-def _interpolate_nonfinite(x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
-    """Linear interpolation over non-finite runs of each row of x [R, N]; edges hold, empty rows become 0."""
-    n = x.shape[-1]
-    idx = torch.arange(n, device=x.device).expand_as(x)
-    prev = torch.where(bad, -1, idx).cummax(-1).values  # last finite index <= i, or -1
-    nxt = torch.where(bad, n, idx).flip(-1).cummin(-1).values.flip(-1)  # next finite index >= i, or n
-    finite = torch.where(bad, torch.zeros_like(x), x)
-    pv = finite.gather(-1, prev.clamp(min=0))
-    nv = finite.gather(-1, nxt.clamp(max=n - 1))
-    has_prev, has_next = prev >= 0, nxt < n
-    frac = (idx - prev).to(x.dtype) / (nxt - prev).clamp(min=1).to(x.dtype)
-    both = pv + (nv - pv) * frac
-    fill = torch.where(has_prev & has_next, both, torch.where(has_prev, pv, torch.where(has_next, nv, 0.0)))
-    return torch.where(bad, fill, x)
-
-
-def _detrend(t: torch.Tensor) -> torch.Tensor:
-    """Subtract the least-squares line of each channel (scipy.signal.detrend, type='linear')."""
-    n = t.shape[-1]
-    if n < 2:
-        return t - t.mean(-1, keepdim=True)
-    ramp = torch.arange(n, dtype=t.dtype, device=t.device) - (n - 1) / 2.0
-    centred = t - t.mean(-1, keepdim=True)
-    slope = (centred @ ramp) / (ramp @ ramp)
-    return centred - slope[..., None] * ramp
-
-
-@lru_cache(maxsize=16)
-def _tukey(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    from scipy.signal.windows import tukey
-
-    return torch.from_numpy(tukey(n, alpha=2 * TAPER_FRACTION)).to(device=device, dtype=dtype)
-
-
-def _bandpass(t: torch.Tensor, contract: InputContract) -> torch.Tensor:
-    """Zero-phase Butterworth band-pass on the CPU (scipy), corners from contract.extra['bandpass_hz']."""
-    from scipy.signal import butter, sosfiltfilt
-
-    corners = contract.extra.get("bandpass_hz")
-    nyquist = contract.sampling_rate / 2
-    if not isinstance(corners, list | tuple) or len(corners) != 2 or not 0 < corners[0] < corners[1] < nyquist:
-        raise ContractError(
-            f'BANDPASS needs contract.extra["bandpass_hz"] = [fmin, fmax] with 0 < fmin < fmax < {nyquist} Hz '
-            f"(Nyquist), got {corners!r}"
-        )
-    order = int(contract.extra.get("bandpass_order", 4))
-    sos = butter(
-        order, [float(corners[0]), float(corners[1])], btype="bandpass", fs=contract.sampling_rate, output="sos"
-    )
-    filtered = sosfiltfilt(sos, t.detach().cpu().double().numpy(), axis=-1)
-    return torch.from_numpy(np.ascontiguousarray(filtered)).to(device=t.device, dtype=t.dtype)
-
-
-@lru_cache(maxsize=16)
-def _dft_matrix(nperseg: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Periodic-Hann-windowed real DFT scaled by 1/sum(window), as a matrix [F + F_im, nperseg]: cos rows for the
-    F bins, then -sin rows for the bins whose sine row is not identically zero (all but k = 0 and, for even
-    nperseg, the Nyquist bin k = nperseg / 2: _sine_bins).
-
-    Built in float64 (angles reduced exactly, k*n mod nperseg, before the trig), then cast once per
-    (nperseg, dtype, device).
-    """
-    n = np.arange(nperseg)[None, :]
-    f = np.arange(nperseg // 2 + 1)[:, None]
-    win = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(nperseg) / nperseg)  # periodic Hann = scipy 'hann'
-    ang = 2 * np.pi * ((f * n) % nperseg) / nperseg
-    lo, hi = _sine_bins(nperseg)
-    m = np.concatenate([np.cos(ang), -np.sin(ang[lo:hi])], axis=0) * (win / win.sum())[None, :]
-    return torch.from_numpy(m).to(device=device, dtype=dtype).contiguous()
-
-
-def _sine_bins(nperseg: int) -> tuple[int, int]:
-    """The bins lo..hi-1 with a sine part: not k = 0, nor the Nyquist bin of an even nperseg."""
-    return 1, (nperseg + 1) // 2
-
-
-def _stft_length(window: int, nperseg: int, hop: int) -> int:
-    """Samples after scipy's boundary='zeros' (nperseg//2 each side) and padded=True (fill the last segment)."""
-    length = window + 2 * (nperseg // 2)
-    return length + (-(length - nperseg) % hop) % nperseg
-
-
-class _StftWork:
-    """Work buffers for the STFT of R rows: frames [R, T, nperseg] and the DFT output [F + F_im, R * T]."""
-
-    def __init__(self, rows: int, frames: int, plan: _Plan, device: torch.device) -> None:
-        self.dft = _dft_matrix(plan.nperseg, plan.dtype, device)  # [F + F_im, nperseg]
-        freqs = plan.nperseg // 2 + 1
-        self.sine = slice(*_sine_bins(plan.nperseg))
-        self.frames = torch.empty(rows, frames, plan.nperseg, dtype=plan.dtype, device=device)
-        self.frames_t = self.frames.view(rows * frames, plan.nperseg).T
-        self.spec = torch.empty(self.dft.shape[0], rows * frames, dtype=plan.dtype, device=device)
-        self.re = self.spec[:freqs].view(freqs, rows, frames)
-        self.im = self.spec[freqs:].view(-1, rows, frames)
-
-
-_stft_work = threading.local()
-
-
-def _stft_buffers(rows: int, frames: int, plan: _Plan, device: torch.device) -> _StftWork:
-    """New buffers, or on the CPU this thread's from its last parts of the same size (two sizes are kept: the
-    near-equal parts of a batch differ by one window at most)."""
-    if device.type != "cpu":
-        return _StftWork(rows, frames, plan, device)
-    key = (rows, frames, plan.nperseg, plan.dtype)
-    held: dict[tuple[Any, ...], _StftWork] = _stft_work.__dict__.setdefault("held", {})
-    work = held.get(key)
-    if work is None:
-        if len(held) >= 2:
-            held.clear()
-        work = held[key] = _StftWork(rows, frames, plan, device)
-    return work
-
-
-def _stft_magnitude(segments: torch.Tensor, scale: torch.Tensor | None, out: torch.Tensor, plan: _Plan) -> None:
-    """out [F, R, T] = scale * |windowed real DFT| of the zero-padded signal's segments [R, T, nperseg] (a view).
-
-    One copy of the overlapping segments into contiguous frames [R, T, nperseg], multiplied by the row's scale
-    [R, 1, 1] (the z-score's 1/std) on the way, then one matrix product with the windowed, scaled DFT matrix
-    (cos | -sin rows): [F + F_im, nperseg] @ [nperseg, R * T]. For 64-point segments this beats torch.stft/rfft on
-    the CPU: the product lands real and imaginary parts in separate planes, so the magnitude is three
-    vectorised elementwise passes (the complex abs of an FFT's interleaved output is a slow scalar loop), and
-    it is one GEMM on a GPU. out is a [F, R, T] view of the [R, F, T] output (runs of T are contiguous).
-    """
-    rows, frames, _ = segments.shape
-    work = _stft_buffers(rows, frames, plan, segments.device)
-    if scale is None:
-        work.frames.copy_(segments)
-    else:
-        torch.mul(segments, scale, out=work.frames)
-    torch.mm(work.dft, work.frames_t, out=work.spec)
-    re, im = work.re, work.im
-    if out.dtype == re.dtype:
-        torch.mul(re, re, out=out)
-        out[work.sine].addcmul_(im, im)
-        out.sqrt_()
-    else:
-        power = re.mul_(re)
-        power[work.sine].addcmul_(im, im)
-        out.copy_(power.sqrt_())

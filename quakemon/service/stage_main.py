@@ -36,10 +36,14 @@ def build_stage(stage: str, cfg: Any, control: str | None, stop: StopFlag, go: t
     from quakemon.models.checkpoint import resolve_checkpoint
     from quakemon.service import stages
 
-    if stage in ("preprocess", "inference"):
+    if stage == "inference":
         import torch
 
         torch.set_num_threads(cfg.pipeline.torch_threads)
+    if stage == "preprocess":  # numpy on the CPU: torch is imported only for a GPU (`preprocess_device`)
+        from quakemon.pipeline.transforms import set_cpu_threads
+
+        set_cpu_threads(cfg.pipeline.torch_threads)
     if stage == "ingest":
         return stages.IngestStage(cfg, load_contract(cfg.model.checkpoint), stop, control, go=go)
     if stage == "preprocess":

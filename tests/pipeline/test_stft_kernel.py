@@ -1,4 +1,4 @@
-"""The compiled CPU kernel (pipeline.stft_kernel) against the torch passes and scipy: same numbers, same flags."""
+"""The compiled CPU kernel (pipeline.stft_kernel) against the numpy passes and scipy: same numbers, same flags."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ DEFAULT = InputContract()
 
 
 def both_paths(x, contract=DEFAULT, monkeypatch=None):
-    """(fused result, torch-passes result) of preprocess_batch on x."""
+    """(fused result, numpy-passes result) of preprocess_batch on x."""
     fused = preprocess_batch(x, contract)
     monkeypatch.setattr(transforms, "FUSED_KERNEL", False)
     try:
@@ -60,7 +60,7 @@ def test_default_contract_takes_the_kernel_and_matches_scipy_within_1e5(counted)
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n", [2000, 2437, 1311])  # exact, cut by TRIMMING, padded by TRIMMING
-def test_kernel_equals_torch_passes(dtype, n, monkeypatch, counted):
+def test_kernel_equals_numpy_passes(dtype, n, monkeypatch, counted):
     x = windows(b=5, n=n, seed=11)
     if dtype == np.float32:
         x = x - x.mean(-1, keepdims=True)  # float32 input: offsets of 1e5 would swamp small signals in both paths
@@ -92,13 +92,13 @@ def test_applies_only_to_power_of_two_segments_divided_by_the_hop():
     np.testing.assert_allclose(preprocess_batch(x, contract).spectrograms, ref, rtol=1e-4, atol=1e-5 * ref.max())
 
 
-def test_nonfinite_rows_go_through_the_torch_passes_and_the_rest_stays_in_the_kernel(monkeypatch, counted):
+def test_nonfinite_rows_go_through_the_numpy_passes_and_the_rest_stays_in_the_kernel(monkeypatch, counted):
     x = windows(b=6, seed=14)
     x[1, 0, 100:120] = np.nan  # repaired, valid
     x[3, 1, :] = np.inf  # a whole channel: invalid, finite output
     x[4, 2, 5] = -np.inf
     fused, plain = both_paths(x, monkeypatch=monkeypatch)
-    assert counted["rows"] == 18  # the kernel saw every row and left the three bad ones to the torch passes
+    assert counted["rows"] == 18  # the kernel saw every row and left the three bad ones to the numpy passes
     assert_same(fused, plain)
     assert fused.valid.tolist() == [True, True, True, False, True, True]
     assert np.isfinite(fused.spectrograms).all()
@@ -118,14 +118,13 @@ def test_rows_that_overflow_float32_fall_back(monkeypatch):
 
 def test_parts_on_two_threads_give_the_same_bits():
     x = windows(b=37, seed=16)
-    threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
+        transforms.set_cpu_threads(1)
         one = preprocess_batch(x, DEFAULT)
-        torch.set_num_threads(2)
+        transforms.set_cpu_threads(2)
         two = preprocess_batch(x, DEFAULT)
     finally:
-        torch.set_num_threads(threads)
+        transforms.set_cpu_threads(None)
     np.testing.assert_array_equal(one.spectrograms, two.spectrograms)
     np.testing.assert_array_equal(one.dead, two.dead)
 

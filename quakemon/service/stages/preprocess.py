@@ -64,6 +64,10 @@ class PreprocessStage(Stage):
         self.push = self.socket(zmq.PUSH, self.cfg.pipeline.spectra_endpoint, bind=False)
         self.poller.register(self.pull, zmq.POLLIN)
         self.device = preprocess_device(self.cfg)
+        if self.device is not None:  # torch is loaded for the GPU; its CPU threads as for the CPU passes
+            import torch
+
+            torch.set_num_threads(self.cfg.pipeline.torch_threads)
         warm_up_preprocess(self.contract, self.device)
         self.status.ready = True
         log.info("stage_started", stage="preprocess", windows_endpoint=self.cfg.pipeline.windows_endpoint,
@@ -119,14 +123,29 @@ class PreprocessStage(Stage):
 
 
 def preprocess_device(cfg: Config) -> Any:
-    """The torch device the preprocessing workers use, or None for the CPU ([pipeline] preprocess_device)."""
-    from quakemon.pipeline.engine import pick_device
+    """The torch device the preprocessing workers use, or None for the CPU ([pipeline] preprocess_device).
 
+    torch is imported only when a GPU may be used: the CPU transform is numpy, and a process without torch is
+    much smaller (docs/performance.md, Memory). "auto" on a host without a GPU driver is the CPU without asking torch (CUDA cannot be available
+    without the NVIDIA driver, nor ROCm without /dev/kfd).
+    """
     wanted = cfg.pipeline.preprocess_device
     if wanted == "auto":
         wanted = os.environ.get("QUAKEMON_FORCE_DEVICE") or cfg.model.device
+    if wanted == "cpu" or (wanted == "auto" and not gpu_driver_present()):
+        return None
+    from quakemon.pipeline.engine import pick_device
+
     device = pick_device(wanted)
     return device if device.type != "cpu" else None
+
+
+GPU_DRIVER_PATHS = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd")
+
+
+def gpu_driver_present() -> bool:
+    """Whether a GPU driver that torch could use is loaded on this host (NVIDIA/CUDA or AMD/ROCm)."""
+    return any(os.path.exists(path) for path in GPU_DRIVER_PATHS)
 
 
 def coalesce(batches: Sequence[Batch], max_batch: int) -> Iterator[tuple[list[WindowMeta], np.ndarray]]:
