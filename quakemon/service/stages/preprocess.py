@@ -65,9 +65,9 @@ class PreprocessStage(Stage):
         self.poller.register(self.pull, zmq.POLLIN)
         self.device = preprocess_device(self.cfg)
         if self.device is not None:  # torch is loaded for the GPU; its CPU threads as for the CPU passes
-            import torch
+            from quakemon.pipeline.threads import torch_threads
 
-            torch.set_num_threads(self.cfg.pipeline.torch_threads)
+            torch_threads(self.cfg.pipeline.torch_threads)
         warm_up_preprocess(self.contract, self.device)
         self.status.ready = True
         log.info("stage_started", stage="preprocess", windows_endpoint=self.cfg.pipeline.windows_endpoint,
