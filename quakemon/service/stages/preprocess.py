@@ -79,11 +79,13 @@ class PreprocessStage(Stage):
         while not self.should_stop.is_set():
             self.tick()
             self.transform(self.receive())
-            drain_to(self.push, self.queue)
             sent = self.status.maybe_send(self.own)
             if sent is not None:
                 self.relay.put(sent)
+            # status reports go ahead of the spectra: a backlog of spectra (a late or slow inference stage)
+            # must not hold back the upstream counters that the heartbeat reports
             self.relay.send(self.push)
+            drain_to(self.push, self.queue)
         return 0
 
     def stop(self) -> None:
