@@ -71,7 +71,9 @@ def memory(pid: int) -> tuple[int, int | None]:
 
 
 def heartbeat(sub: zmq.Socket, timeout_s: float) -> dict:
-    """The next heartbeat body on the daemon's publish socket."""
+    """The next heartbeat body on the daemon's publish socket, after those already queued (which are old)."""
+    while sub.poll(0):
+        sub.recv_multipart()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if sub.poll(200):

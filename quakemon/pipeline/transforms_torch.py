@@ -69,6 +69,7 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
 def _numpy_name(dtype: torch.dtype) -> np.dtype:
     return np.dtype(str(dtype).removeprefix("torch."))
 
+
 def _torch_passes(
     t: torch.Tensor, plan: Plan, spectra: torch.Tensor, dead: torch.Tensor, nan_fraction: torch.Tensor
 ) -> None:

@@ -124,3 +124,30 @@ def test_running_daemon_maps_torch_only_in_the_inference_stage(tmp_path, tiny_ch
         daemon.stop()
         sub.close()
         server.stop()
+
+
+def test_preprocess_device_asks_torch_only_where_a_gpu_may_be_used(monkeypatch, tmp_path, tiny_checkpoint):
+    """"cpu", and "auto" without a GPU driver: the CPU, without torch's device query; "auto" with a driver (a
+    stand-in file here, as no GPU exists on the test host): torch decides (here: no CUDA, so the CPU)."""
+    from quakemon.pipeline import engine
+    from quakemon.service.config import load_config
+    from quakemon.service.stages import preprocess
+
+    asked = []
+    original = engine.pick_device
+
+    def spy(wanted):
+        asked.append(wanted)
+        return original(wanted)
+
+    monkeypatch.setattr(engine, "pick_device", spy)
+    monkeypatch.delenv("QUAKEMON_FORCE_DEVICE", raising=False)
+    cfg = load_config(str(write_config(tmp_path, tiny_checkpoint)))  # model.device "auto"
+    monkeypatch.setattr(preprocess, "GPU_DRIVER_PATHS", (str(tmp_path / "no-driver"),))
+    assert preprocess.preprocess_device(cfg) is None and asked == []
+    driver = tmp_path / "driver"
+    driver.write_text("NVRM version: stand-in\n")
+    monkeypatch.setattr(preprocess, "GPU_DRIVER_PATHS", (str(driver),))
+    assert preprocess.preprocess_device(cfg) is None and asked == ["auto"]
+    monkeypatch.setenv("QUAKEMON_FORCE_DEVICE", "cpu")
+    assert preprocess.preprocess_device(cfg) is None and asked == ["auto"]  # "cpu": torch not asked

@@ -128,8 +128,8 @@ def preprocess_device(cfg: Config) -> Any:
     """The torch device the preprocessing workers use, or None for the CPU ([pipeline] preprocess_device).
 
     torch is imported only when a GPU may be used: the CPU transform is numpy, and a process without torch is
-    much smaller (docs/performance.md, Memory). "auto" on a host without a GPU driver is the CPU without asking torch (CUDA cannot be available
-    without the NVIDIA driver, nor ROCm without /dev/kfd).
+    much smaller (docs/performance.md, Memory). "auto" on a host without a GPU driver is the CPU without asking
+    torch (CUDA cannot be available without the NVIDIA driver, nor ROCm without /dev/kfd).
     """
     wanted = cfg.pipeline.preprocess_device
     if wanted == "auto":
