@@ -45,6 +45,7 @@ class Run:
     pss: dict[str, int] = field(default_factory=dict)
     windows_per_s: float = 0.0
     dropped: int = 0
+    dropped_by_stage: dict[str, int] = field(default_factory=dict)
 
 
 def role(pid: int, daemon: int) -> str:
@@ -124,6 +125,9 @@ def measure(tree: Path, label: str, server: str, stations: list[str], workdir: P
                 run.pss[name] = int(statistics.median(pss))
         run.windows_per_s = (int(last.get("windows_out") or 0) - int(first.get("windows_out") or 0)) / (t1 - t0)
         run.dropped = int(last.get("dropped") or 0) - int(first.get("dropped") or 0)
+        before = first.get("dropped_by_stage") or {}
+        run.dropped_by_stage = {stage: int(n or 0) - int(before.get(stage) or 0)
+                                for stage, n in (last.get("dropped_by_stage") or {}).items() if n}
     finally:
         sub.close()
         ctx.term()
@@ -152,7 +156,7 @@ def print_runs(runs: list[Run], stations: int) -> None:
         print(f"  {'total':12s} {mb(rss)} {mb(pss)}")
         per = f"{pss / stations / 2**20:.2f}" if pss else "-"
         print(f"  per station: RSS {rss / stations / 2**20:.2f} MB, PSS {per} MB; pipeline {run.windows_per_s:.0f} "
-              f"windows/s ({stations} expected), {run.dropped} dropped while sampling")
+              f"windows/s ({stations} expected), {run.dropped} dropped while sampling {run.dropped_by_stage or ''}")
     if len(runs) == 2:
         before, after = runs
         print("\nafter / before:")
