@@ -7,7 +7,8 @@ any level (suggesting the closest known key), wrong types and out-of-range value
 
 Path keys (state_file, checkpoint, curve_*) expand `$VAR` / `${VAR}`, so that a unit file can point at
 `${CREDENTIALS_DIRECTORY}` or `${STATE_DIRECTORY}`. Pipeline endpoints set to "auto" resolve at load time
-to ipc:// sockets under the runtime directory (systemd's $RUNTIME_DIRECTORY when set).
+to ipc:// sockets under the runtime directory (systemd's $RUNTIME_DIRECTORY when set), and state_file "auto"
+to systemd's $STATE_DIRECTORY or the user's XDG state directory (`quakemon.service.paths`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import json
 import math
 import os
 import re
-import sys
-import tempfile
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any
 from quakemon.base.errors import ConfigError
 from quakemon.ingest.selectors import STREAM_SYNTAX, SelectorError, parse_streams
 from quakemon.pipeline.settings import ASSOCIATION, INFERENCE, TRIGGER, WINDOW
+from quakemon.service.paths import default_runtime_dir, default_state_file
 
 Check = Callable[[Any], Any]
 
@@ -149,7 +149,8 @@ class SeedLinkConfig:
     server: str = _key("127.0.0.1:18000", "SeedLink server as host:port", _server)
     streams: tuple[str, ...] = _key((), 'selectors "NET.STA.LOC.CHA"; ? and * in LOC and CHA; required by run',
                                     _streams)
-    state_file: str = _key("/var/lib/quakemon/seedlink.state", 'sequence numbers for resume; "" = no resume', _path)
+    state_file: str = _key("auto", 'sequence numbers for resume; "auto" = seedlink.state in $STATE_DIRECTORY, else in '
+                           '$XDG_STATE_HOME/quakemon or ~/.local/state/quakemon; "" = no resume', _path)
     netto: float = _key(30.0, "seconds without data before the connection counts as dead",
                         _range(0, 3600, lo_open=True))
     reconnect_backoff_max: float = _key(30.0, "cap of the exponential reconnect backoff, s",
@@ -388,15 +389,10 @@ def _build_section(cls: type, name: str, table: Any, where: str, from_text: bool
     return cls(**values)
 
 
-def _default_runtime_dir() -> str:
-    env = os.environ.get("RUNTIME_DIRECTORY") or (
-        os.path.join(os.environ["XDG_RUNTIME_DIR"], "quakemon") if os.environ.get("XDG_RUNTIME_DIR") else ""
-    )
-    return env.split(":")[0] if env else os.path.join(tempfile.gettempdir(), f"quakemon-{os.getuid()}")
-
-
 def _resolve(cfg: Config, where: str) -> Config:
-    """Cross-key checks and "auto" endpoints."""
+    """Cross-key checks, "auto" endpoints and paths."""
+    if cfg.seedlink.state_file == "auto":
+        cfg = dataclasses.replace(cfg, seedlink=dataclasses.replace(cfg.seedlink, state_file=default_state_file()))
     t, p, pub = cfg.trigger, cfg.pipeline, cfg.publish
     if not t.off <= t.on:
         raise ConfigError(f"{where}: trigger.off: expected 0 < off <= trigger.on ({t.on}), got {t.off}")
@@ -406,7 +402,7 @@ def _resolve(cfg: Config, where: str) -> Config:
             f"{where}: {missing}: expected a path when the other CURVE key is set "
             f"(curve_secret_key={pub.curve_secret_key!r}, curve_allowed_keys={pub.curve_allowed_keys!r})"
         )
-    runtime_dir = _default_runtime_dir() if p.runtime_dir == "auto" else p.runtime_dir
+    runtime_dir = default_runtime_dir() if p.runtime_dir == "auto" else p.runtime_dir
     windows = p.windows_endpoint if p.windows_endpoint != "auto" else f"ipc://{runtime_dir}/windows"
     spectra = p.spectra_endpoint if p.spectra_endpoint != "auto" else f"ipc://{runtime_dir}/spectra"
     for key, value in (("windows_endpoint", windows), ("spectra_endpoint", spectra)):
@@ -569,13 +565,3 @@ def format_config(config: Config) -> str:
         lines.append("")
     return "\n".join(lines)
 
-
-def check_config_main(path: str | Path) -> int:
-    """`quakemon check-config FILE`: print the resolved values (exit 0) or the error (exit 2)."""
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    sys.stdout.write(format_config(config))
-    return 0

@@ -1,14 +1,14 @@
 """`quakemon run`: the supervisor that starts the stage processes and owns the service lifecycle.
 
 startup -> main loop -> shutdown, as uvicorn/gunicorn do it:
-- startup: check the config and the checkpoint (a bad one exits non-zero before READY), remove the control
-  sockets that daemons no longer running left in the runtime directory, bind the control socket (removed
-  again at shutdown), start each stage as a child process (`quakemon.service.stage_main`), all at once so
-  that they import in parallel; ingest is started with --hold and reads SeedLink only once the local preprocess and
-  inference stages are ready (SIGUSR1), so no window is dropped while the model loads. Children write to
-  the supervisor's stderr (their stdout is redirected there too), get SIGTERM when the supervisor dies
-  (PR_SET_PDEATHSIG, plus a parent-pid check), and never see NOTIFY_SOCKET/WATCHDOG_*: only the
-  supervisor talks to systemd (the unit's NotifyAccess=main, KillMode=mixed).
+- startup: check the config, the paths the stages write (`quakemon.service.paths`) and the checkpoint (a bad one exits
+  non-zero before READY), remove the control sockets that daemons no longer running left in the runtime directory,
+  bind the control socket (removed again at shutdown), start each stage as a child process
+  (`quakemon.service.stage_main`), all at once so that they import in parallel; ingest is started with --hold and
+  reads SeedLink only once the local preprocess and inference stages are ready (SIGUSR1), so no window is dropped
+  while the model loads. Children write to the supervisor's stderr (their stdout is redirected there too), get SIGTERM
+  when the supervisor dies (PR_SET_PDEATHSIG, plus a parent-pid check), and never see NOTIFY_SOCKET/WATCHDOG_*: only
+  the supervisor talks to systemd (the unit's NotifyAccess=main, KillMode=mixed).
 - main loop (5 Hz): read stage status messages; READY=1 once every stage has reported ready (the inference
   stage only after its model is loaded and warmed up); WATCHDOG=1 only while every running stage's loop
   advanced within the last `STALE_S` seconds, so a hung stage stops the pings and systemd restarts the
@@ -41,6 +41,7 @@ import zmq
 from quakemon.base.errors import QuakemonError
 from quakemon.base.signals import StopFlag, install_stop_handlers
 from quakemon.service.config import Config, check_journal, check_stages
+from quakemon.service.paths import check_writable_paths
 from quakemon.service.runtime_lock import RuntimeLock
 from quakemon.service.stages import EXIT_FATAL, STAGES
 
@@ -377,9 +378,11 @@ def run_daemon(cfg: Config, config_path: str | None, overrides: dict[str, Any] |
     from quakemon.models.checkpoint import read_metadata, resolve_checkpoint
 
     stages = check_stages(stages, cfg)  # stage names and the streams the ingest stage needs: ConfigError
+    where = f"config file {config_path!r}" if config_path else "config"
+    check_writable_paths(cfg, stages, where=where)  # every path these stages write; else exit 2, before READY
     read_metadata(resolve_checkpoint(cfg.model.checkpoint))  # a bad checkpoint fails here, before READY
     if "inference" in stages:
-        check_journal(cfg)  # an unusable publish.journal fails here (exit 2), before READY
+        check_journal(cfg, where)  # an unusable publish.journal fails here (exit 2), before READY
     sup = Supervisor(cfg, config_path, overrides or {}, stages)
     sup.install_signals()
     if cfg.metrics.listen:

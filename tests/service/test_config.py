@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from quakemon.base.errors import ConfigError
+from quakemon.cli.app import main as cli_main
 from quakemon.service.config import (
     STAGES,
     Config,
-    check_config_main,
     check_stages,
     format_config,
     load_config,
@@ -24,7 +24,7 @@ MINIMAL = """\
 [seedlink]
 server = "127.0.0.1:18000"
 streams = ["BW.RJOB..EH?", "GR.FUR..HH?"]   # NET.STA.LOC.CHA, ? and * wildcards in LOC and CHA
-state_file = "/var/lib/quakemon/seedlink.state"
+state_file = "auto"
 
 [publish]
 endpoint = "tcp://127.0.0.1:5557"
@@ -34,6 +34,7 @@ endpoint = "tcp://127.0.0.1:5557"
 @pytest.fixture(autouse=True)
 def _runtime_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -202,9 +203,39 @@ def test_path_keys_expand_environment(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_check_config_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert check_config_main(write(tmp_path, MINIMAL)) == 0
+    assert cli_main(["check-config", str(write(tmp_path, MINIMAL))]) == 0
     out = capsys.readouterr().out
     assert 'streams = ["BW.RJOB..EH?", "GR.FUR..HH?"]' in out and "batch_size = 64" in out
-    assert check_config_main(write(tmp_path, "[model]\nbatch_size = 0\n")) == 2
+    assert f'state_file = "{tmp_path / "state" / "seedlink.state"}"' in out  # "auto", resolved
+    assert cli_main(["check-config", str(write(tmp_path, "[model]\nbatch_size = 0\n"))]) == 2
     err = capsys.readouterr().err
     assert "model.batch_size" in err and "got 0" in err
+
+
+def test_state_file_auto_follows_systemd_then_xdg_then_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$STATE_DIRECTORY (the first of several, as systemd lists them), else $XDG_STATE_HOME/quakemon (an absolute
+    one only), else ~/.local/state/quakemon; the journal "auto" follows the state file."""
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/one:{tmp_path}/two")
+    cfg = load_config(None)
+    assert cfg.seedlink.state_file == f"{tmp_path}/one/seedlink.state"
+    assert cfg.publish.journal == f"{tmp_path}/one/seedlink.journal.sqlite"
+    monkeypatch.delenv("STATE_DIRECTORY")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert load_config(None).seedlink.state_file == str(tmp_path / "xdg" / "quakemon" / "seedlink.state")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for xdg in ("", "relative/state"):
+        monkeypatch.setenv("XDG_STATE_HOME", xdg)
+        home = load_config(None)
+        assert home.seedlink.state_file == str(tmp_path / "home" / ".local" / "state" / "quakemon" / "seedlink.state")
+        assert home.publish.journal == str(tmp_path / "home" / ".local" / "state" / "quakemon" /
+                                           "seedlink.journal.sqlite")
+
+
+def test_explicit_and_empty_state_file_are_kept(tmp_path: Path) -> None:
+    explicit = load_config(None, {"seedlink.state_file": str(tmp_path / "s" / "x.state")})
+    assert explicit.seedlink.state_file == str(tmp_path / "s" / "x.state")
+    assert explicit.publish.journal == str(tmp_path / "s" / "x.journal.sqlite")
+    off = load_config(None, {"seedlink.state_file": ""})
+    assert (off.seedlink.state_file, off.publish.journal) == ("", "")
+    from_env = load_config(write(tmp_path, MINIMAL.replace('"auto"', '"${STATE_DIRECTORY}/mine.state"')))
+    assert from_env.seedlink.state_file == str(tmp_path / "state" / "mine.state")
