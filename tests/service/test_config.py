@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -239,3 +240,36 @@ def test_explicit_and_empty_state_file_are_kept(tmp_path: Path) -> None:
     assert (off.seedlink.state_file, off.publish.journal) == ("", "")
     from_env = load_config(write(tmp_path, MINIMAL.replace('"auto"', '"${STATE_DIRECTORY}/mine.state"')))
     assert from_env.seedlink.state_file == str(tmp_path / "state" / "mine.state")
+
+
+def test_shipped_config_resolves_to_the_users_state_directory_outside_systemd(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Outside systemd the shipped config writes under ~/.local/state/quakemon (not /var/lib), and check-config
+    lists the resolved paths without creating them."""
+    for var in ("STATE_DIRECTORY", "XDG_STATE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    assert cli_main(["check-config", str(EXAMPLE)]) == 0
+    state_dir = tmp_path / "home" / ".local" / "state" / "quakemon"
+    out = capsys.readouterr().out
+    assert f"#   seedlink.state_file = {state_dir / 'seedlink.state'}\n" in out
+    assert f"#   publish.journal = {state_dir / 'seedlink.journal.sqlite'}\n" in out
+    assert list((tmp_path / "home").iterdir()) == []
+
+
+def test_operations_recipe_configs_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every TOML block in docs/operations.md's Recipes section is a valid config (with the shipped streams)."""
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "credentials"))
+    text = (EXAMPLE.parents[1] / "docs" / "operations.md").read_text()
+    recipes = text[text.index("\n## Recipes\n"):]
+    blocks = [b.split("```", 1)[0] for b in recipes.split("```toml\n")[1:]]
+    assert len(blocks) == 3
+    public, trigger, hosts = (load_config(write(tmp_path, textwrap.dedent(b))) for b in blocks)
+    assert public.seedlink.streams == ("GE.UGM..HH?", "GE.APE..HH?")
+    assert public.publish.journal == str(tmp_path / "state" / "seedlink.journal.sqlite")
+    assert (trigger.trigger.on, trigger.trigger.off) == (0.9, 0.5)
+    assert hosts.pipeline.curve_secret_key == str(tmp_path / "credentials" / "stages.key_secret")
+    assert hosts.pipeline.spectra_endpoint == "tcp://gpuhost.example.org:5556"
+    on_gpu = load_config(write(tmp_path, textwrap.dedent(blocks[2])), {"pipeline.spectra_endpoint": "tcp://*:5556"})
+    assert on_gpu.pipeline.spectra_endpoint == "tcp://*:5556"

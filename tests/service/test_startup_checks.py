@@ -64,7 +64,8 @@ def assert_refused(proc: subprocess.CompletedProcess, *parts: str) -> None:
 
 def test_every_written_path_key_is_declared_once_and_exists() -> None:
     keys = [wp.key for wp in WRITTEN_PATHS]
-    assert len(keys) == len(set(keys)) and {"seedlink.state_file", "publish.journal", "pipeline.runtime_dir"} <= set(keys)
+    assert len(keys) == len(set(keys))
+    assert {"seedlink.state_file", "publish.journal", "pipeline.runtime_dir"} <= set(keys)
     cfg = load_config(None)
     for wp in WRITTEN_PATHS:
         section, _, key = wp.key.partition(".")
