@@ -564,4 +564,3 @@ def format_config(config: Config) -> str:
             lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}  # {f.metadata['doc']}")
         lines.append("")
     return "\n".join(lines)
-
