@@ -148,10 +148,7 @@ class SdsSource:
     """An SDS tree (slarchive's layout) read with ObsPy's SDS client."""
 
     def __init__(self, root: str) -> None:
-        from obspy.clients.filesystem.sds import Client
-
         self.root = root
-        self.client = Client(root)
 
     def __str__(self) -> str:
         return f"sds://{self.root}"
@@ -165,8 +162,11 @@ class SdsSource:
         if not Path(self.root).is_dir():  # not mounted (yet): worth retrying
             raise BackfillError(f"{self}: the SDS root is not a directory")
         try:
+            from obspy.clients.filesystem.sds import Client  # it checks the root: made for every read
+
+            client = Client(self.root)
             for cha in req.channels:
-                out += self.client.get_waveforms(net, sta, loc, cha, t0, t1)
+                out += client.get_waveforms(net, sta, loc, cha, t0, t1)
         except Exception as exc:  # unreadable files: ObsPy raises many types
             raise BackfillError(f"{self}: {type(exc).__name__}: {str(exc)[:300]}") from None
         return out

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 import pytest
-from support.backfill import EVENT_AT_S, write_outage
+from support.backfill import write_outage
 from support.pipeline import (
     Proc,
     Subscriber,
@@ -57,7 +57,7 @@ def comparable(bodies: list[dict]) -> list[tuple]:
 def test_outage_is_backfilled_from_sds_like_a_replay(tmp_path, tiny_checkpoint):
     outage = write_outage(tmp_path)
     ckpt = craft_checkpoint(tiny_checkpoint, tmp_path / "crafted.safetensors", write_archive(tmp_path / "c.mseed")[0])
-    on = threshold(ckpt, outage.sds, outage.hole_start + EVENT_AT_S)
+    on = threshold(ckpt, outage.sds, outage.hole_start + outage.event_at_s)
     server, port = start_server(outage.live, tmp_path, speed=0, loop=False)
     publish = free_port()
     config = write_config(tmp_path / "backfill.toml", server_port=port, checkpoint=ckpt, runtime_dir=tmp_path / "rt",
