@@ -51,7 +51,8 @@ def test_channel_gaps_of_one_outage_make_one_request_once_due():
     assert gaps.poll() == [] and not gaps.listed
     clock.now = 30.0
     (req,) = gaps.poll()
-    assert req == BackfillRequest("BW.RJOB.", ("EHE", "EHN", "EHZ"), round((T0 - 0.3) * 1e9), round((T0 + 7200.2) * 1e9))
+    union = round((T0 - 0.3) * 1e9), round((T0 + 7200.2) * 1e9)
+    assert req == BackfillRequest("BW.RJOB.", ("EHE", "EHN", "EHZ"), *union)
     assert list(gaps.listed) == [req] and gaps.poll() == []
     assert gaps.stats["backfill_requested"] == 1
 

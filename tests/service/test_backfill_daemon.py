@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import sys
+import urllib.request
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from support.backfill import write_outage
 from support.pipeline import (
     Proc,
@@ -49,6 +51,13 @@ def threshold(checkpoint, sds, event_start: float) -> float:
     return (noise_max + float(above[0])) / 2
 
 
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def comparable(bodies: list[dict]) -> list[tuple]:
     return sorted((b["id"], b["state"], b["onset"], b["pick"]["time"], b["pick"]["method"], b["window_start"],
                    b.get("end"), b.get("close_reason")) for b in bodies)
@@ -59,10 +68,10 @@ def test_outage_is_backfilled_from_sds_like_a_replay(tmp_path, tiny_checkpoint):
     ckpt = craft_checkpoint(tiny_checkpoint, tmp_path / "crafted.safetensors", write_archive(tmp_path / "c.mseed")[0])
     on = threshold(ckpt, outage.sds, outage.hole_start + outage.event_at_s)
     server, port = start_server(outage.live, tmp_path, speed=0, loop=False)
-    publish = free_port()
+    publish, metrics = free_port(), free_port()
     config = write_config(tmp_path / "backfill.toml", server_port=port, checkpoint=ckpt, runtime_dir=tmp_path / "rt",
                           publish_port=publish, on=on, off=on,
-                          extra={"window": {"stride_s": STRIDE_S},
+                          extra={"window": {"stride_s": STRIDE_S}, "metrics": {"listen": f"127.0.0.1:{metrics}"},
                                  "backfill": {"source": f"sds://{outage.sds}", "delay_s": 0.0}})
     sub = Subscriber(f"tcp://127.0.0.1:{publish}", "detection.")
     daemon = start_daemon(config, tmp_path, "daemon")
@@ -91,6 +100,11 @@ def test_outage_is_backfilled_from_sds_like_a_replay(tmp_path, tiny_checkpoint):
         assert not [b for b in live if outage.hole_start <= parse_iso_utc(b["onset"]) < outage.hole_start + 7200]
         started = daemon.events("backfill_started")
         assert len(started) == 1 and started[0]["source"] == f"sds://{outage.sds}"
+        (requested,) = daemon.events("backfill_requested")  # one request for the station's three channels
+        assert requested["channels"] == ["EHE", "EHN", "EHZ"]
+        wanted = {("quakemon_backfill_spans_total", (("outcome", "done"),)): 1.0,
+                  ("quakemon_backfill_detections_total", ()): float(finished["detections"])}
+        wait_for(lambda: all(scrape(metrics).get(k) == v for k, v in wanted.items()), 30, f"{wanted} in /metrics")
     finally:
         replay.stop()
         code = daemon.stop()

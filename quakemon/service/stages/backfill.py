@@ -16,7 +16,8 @@ queued for inference (`busy`). A read that fails (unreachable server, HTTP error
 span is given up (`backfill_failed`). Nothing a source does stops the stage.
 
 Logs: `backfill_started` / `backfill_finished` (station, span, windows, detections). Counters (`stats`, in the
-stage status): backfill_pending, backfill_done, backfill_failed, backfill_windows, backfill_detections.
+stage status): backfill_pending, backfill_done, backfill_failed, backfill_windows, backfill_detections,
+backfill_rejected (malformed requests) and backfill_spans {done, failed} (for the metrics).
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ class Backfiller:
         return out
 
     def stats(self) -> dict[str, int]:
-        return {"backfill_pending": len(self.todo), **{f"backfill_{k}": v for k, v in self.counts.items()}}
+        return {"backfill_pending": len(self.todo), **{f"backfill_{k}": v for k, v in self.counts.items()},
+                "backfill_spans": {"done": self.counts["done"], "failed": self.counts["failed"]}}
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the worker (a span being run is abandoned at its next piece of data)."""
