@@ -5,7 +5,8 @@ noise, the hole, another minute. The hole's data, with obspy.read()'s BW.RJOB ev
 written with ObsPy. The daemon (`quakemon run`, [backfill] source = "sds://...") sees the gap (`seedlink_gap`),
 reads the span from the tree and publishes its detections with ``"backfill": true``; `quakemon replay` of the
 tree must give the same detections: ids, states, onsets and P picks. The data is from 2009 and served as fast as
-the daemon reads, so the test takes seconds, not hours.
+the daemon reads, so the test takes seconds, not hours. A second daemon reads a shorter hole from a real HTTP FDSN
+service on 127.0.0.1 that fails twice first.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import sys
 import urllib.request
 
 import numpy as np
+import obspy
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support.backfill import write_outage
+from support.backfill import FdsnServer, write_outage
 from support.pipeline import (
     Proc,
     Subscriber,
@@ -31,6 +33,8 @@ from support.pipeline import (
     write_config,
 )
 
+from quakemon.models.checkpoint import load_checkpoint
+from quakemon.pipeline.runner import replay
 from quakemon.wire.schema import DETECTION_SCHEMA, parse_iso_utc, validate_detection
 
 STRIDE_S = 10.0
@@ -63,9 +67,15 @@ def comparable(bodies: list[dict]) -> list[tuple]:
                    b.get("end"), b.get("close_reason")) for b in bodies)
 
 
-def test_outage_is_backfilled_from_sds_like_a_replay(tmp_path, tiny_checkpoint):
+@pytest.fixture(scope="module")
+def crafted(tmp_path_factory, tiny_checkpoint):
+    d = tmp_path_factory.mktemp("crafted")
+    return craft_checkpoint(tiny_checkpoint, d / "crafted.safetensors", write_archive(d / "c.mseed")[0])
+
+
+def test_outage_is_backfilled_from_sds_like_a_replay(tmp_path, crafted):
     outage = write_outage(tmp_path)
-    ckpt = craft_checkpoint(tiny_checkpoint, tmp_path / "crafted.safetensors", write_archive(tmp_path / "c.mseed")[0])
+    ckpt = crafted
     on = threshold(ckpt, outage.sds, outage.hole_start + outage.event_at_s)
     server, port = start_server(outage.live, tmp_path, speed=0, loop=False)
     publish, metrics = free_port(), free_port()
@@ -110,4 +120,41 @@ def test_outage_is_backfilled_from_sds_like_a_replay(tmp_path, tiny_checkpoint):
         code = daemon.stop()
         sub.close()
         server.stop()
+    assert code == 0, daemon.stderr()[-3000:]
+
+
+def test_a_failing_fdsn_service_is_retried_and_never_stops_the_daemon(tmp_path, crafted):
+    """The FDSN service answers 404, then corrupt MiniSEED, then the data: the inference stage logs both failures,
+    retries with backoff and publishes the span's detections (those of a replay of the same data); no stage dies."""
+    outage = write_outage(tmp_path, hole_s=600.0, event_at_s=300.0)
+    on = threshold(crafted, outage.sds, outage.hole_start + outage.event_at_s)
+    hole = obspy.read(str(outage.sds / "*" / "*" / "*" / "*" / "*"))
+    fdsn = FdsnServer(hole, failures=["404", "corrupt"])
+    server, port = start_server(outage.live, tmp_path, speed=0, loop=False)
+    publish = free_port()
+    config = write_config(tmp_path / "fdsn.toml", server_port=port, checkpoint=crafted, runtime_dir=tmp_path / "rt",
+                          publish_port=publish, on=on, off=on,
+                          extra={"window": {"stride_s": STRIDE_S}, "backfill": {"source": fdsn.url, "delay_s": 0.0}})
+    sub = Subscriber(f"tcp://127.0.0.1:{publish}", "detection.")
+    daemon = start_daemon(config, tmp_path, "daemon")
+    try:
+        failed = daemon.wait_event("backfill_fetch_failed", 120, count=2)
+        assert [(e["attempt"], e["retry_in_s"]) for e in failed] == [(1, 1.0), (2, 2.0)]
+        assert "404" in failed[0]["error"] and "MSEED" in failed[1]["error"]
+        (finished,) = daemon.wait_event("backfill_finished", 120)
+        ckpt = load_checkpoint(crafted)
+        expected = replay([str(outage.sds)], ckpt, stride_s=STRIDE_S, progress=False,
+                          trigger={"on": on, "off": on, "min_duration_s": 0.0, "trigger_label": "earthquake"})
+        replayed = expected.detections
+        assert finished["detections"] == sum(b["state"] == "new" for b in replayed) >= 1
+        backfilled = wait_for(lambda: [b for b in sub.bodies() if b.get("backfill")]
+                              if len([b for b in sub.bodies() if b.get("backfill")]) >= finished["messages"] else None,
+                              30, "the backfill detections")
+        assert comparable(backfilled) == comparable(replayed)
+        assert not daemon.events("stage_died") and len(fdsn.requests) == 3
+    finally:
+        code = daemon.stop()
+        sub.close()
+        server.stop()
+        fdsn.close()
     assert code == 0, daemon.stderr()[-3000:]
