@@ -5,7 +5,8 @@ longer had. `GapPlanner` turns the per-stream gaps into per-station backfill req
 channels that overlap are merged into one span, a span shorter than MIN_GAP_S is left to the windower's
 `max_missing_fraction`, a span longer than `max_span_s` is cut to its newest `max_span_s`, and a request becomes
 due `delay_s` after its gap was seen (archives such as slarchive's SDS tree or an FDSN data centre fill in after
-the live feed), and no sooner than SETTLE_S (the other channels of the station report the same gap then).
+the live feed), and no sooner than SETTLE_S (the other channels of the station report the same gap then; one
+that reports it later still is not requested again).
 
 Sources (`open_source`, from `[backfill] source`):
 
@@ -33,7 +34,7 @@ from quakemon.wire.schema import iso_utc_ns
 
 log = structlog.get_logger(__name__)
 
-SETTLE_S = 1.0  # a request waits at least this long for the gaps of the station's other channels
+SETTLE_S = 2.0  # a request waits at least this long for the gaps of the station's other channels
 MIN_GAP_S = 1.0  # shorter gaps are left to the windows' max_missing_fraction
 MAX_LISTED = 64  # requests kept in the ingest status (the newest), for the inference stage to pick up
 FDSN_TIMEOUT_S = 60.0
@@ -103,6 +104,8 @@ class GapPlanner:
             return
         station, channel = parts[0], stream_id.rsplit(".", 1)[1]
         start, end = round(from_s * 1e9), round(to_s * 1e9)
+        if any(r.station == station and start < r.end_ns and end > r.start_ns for r in self.listed):
+            return  # a late channel of an outage already requested
         pending = self.open.setdefault(station, [])
         for i, (seen, req) in enumerate(pending):
             if start <= req.end_ns and end >= req.start_ns:  # the same outage, seen on another channel

@@ -57,6 +57,16 @@ def test_channel_gaps_of_one_outage_make_one_request_once_due():
     assert gaps.stats["backfill_requested"] == 1
 
 
+def test_a_late_channel_of_a_requested_outage_is_not_requested_again():
+    gaps, clock = planner()
+    gaps.note("BW.RJOB..EHZ", T0, T0 + 600.0)
+    clock.now = SETTLE_S
+    assert len(gaps.poll()) == 1
+    gaps.note("BW.RJOB..EHN", T0 + 0.5, T0 + 600.5)
+    clock.now = 2 * SETTLE_S
+    assert gaps.poll() == [] and gaps.stats["backfill_requested"] == 1
+
+
 def test_a_zero_delay_still_waits_for_the_other_channels():
     gaps, clock = planner(delay_s=0.0)
     gaps.note("BW.RJOB..EHZ", T0, T0 + 60.0)

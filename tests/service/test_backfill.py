@@ -101,6 +101,31 @@ def test_a_source_that_keeps_failing_is_given_up_and_the_worker_goes_on(env):
         server.close()
 
 
+class Garbled:
+    """A source whose reads succeed but deliver something that is not an ObsPy Stream (a source with a bug)."""
+
+    def fetch(self, req: BackfillRequest) -> list[str]:
+        return ["not a trace"]
+
+
+def test_a_span_that_breaks_the_run_is_given_up_and_the_worker_goes_on(env):
+    cfg, ckpt, traces, request, expected = env
+    server = FdsnServer(traces)
+    backfiller = Backfiller(cfg, ckpt, Garbled())
+    try:
+        with structlog.testing.capture_logs() as logs:
+            backfiller.offer([request.to_wire()])
+            wait_for(lambda: backfiller.stats()["backfill_failed"] == 1, 60, "the span given up")
+        (failed,) = [e for e in logs if e["event"] == "backfill_failed"]
+        assert "AttributeError" in failed["error"] and failed["station"] == "BW.RJOB."
+        backfiller.source = FdsnSource(server.url)
+        assert run(backfiller, BackfillRequest(request.station, request.channels, request.start_ns + 1,
+                                               request.end_ns), 1)
+    finally:
+        backfiller.close()
+        server.close()
+
+
 def test_nothing_is_fed_while_live_windows_wait(env):
     cfg, ckpt, traces, request, expected = env
     server = FdsnServer(traces)

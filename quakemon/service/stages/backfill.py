@@ -100,7 +100,7 @@ class Backfiller:
             out.append(self.results.popleft())
         return out
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         return {"backfill_pending": len(self.todo), **{f"backfill_{k}": v for k, v in self.counts.items()},
                 "backfill_spans": {"done": self.counts["done"], "failed": self.counts["failed"]}}
 
