@@ -30,7 +30,7 @@ Behaviour:
 - Gaps: a record that starts later than the previous record of its stream ended (plus half a sample) is a gap:
   the server could not supply the data (it was gone from its buffer, or never arrived). Each gap is logged
   (`seedlink_gap`, with the stream, the missing span and the resume policy) and counted in `stats["gaps"]` and
-  per station in `gaps_by_station`.
+  per station in `gaps_by_station`; the newest 1,024 spans (stream, from, to) stay in `gap_spans` for backfill.
 - Duplicates (server replays, resumed overlaps) are dropped per stream by record start time: a record that
   starts at the same time (within half a sample) as one of the last 8 delivered records of its NET.STA.LOC.CHA,
   or before all of them, is counted in `duplicates`. (Comparing with the last one only would let a single
@@ -146,6 +146,7 @@ class SeedLinkSource(TraceSource):
                                                            "dropped", "unselected", "connected", "gaps")})
         self.corrupt_reasons: collections.Counter[str] = collections.Counter()
         self.gaps_by_station: collections.Counter[str] = collections.Counter()
+        self.gap_spans: collections.deque[tuple[str, float, float]] = collections.deque(maxlen=1024)  # (id, from, to)
         self._last_seq = -1
         self._done = self._load()
         self._rx_seq = dict(self._done.stations)
@@ -500,6 +501,7 @@ class SeedLinkSource(TraceSource):
             with self._cond:
                 self._counts["gaps"] += 1
                 self.gaps_by_station[station] += 1
+                self.gap_spans.append((tr.id, expected, t))
             log.warning("seedlink_gap", server=self.server, stream=tr.id, station=station,
                         expected=str(UTCDateTime(expected)), got=str(tr.stats.starttime),
                         missing_s=round(t - expected, 3), resume_policy=self.resume_policy)

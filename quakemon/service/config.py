@@ -300,6 +300,24 @@ class AssociateConfig:
     tolerance_s: float = _key(ASSOCIATION.tolerance_s, "slack added to the travel-time bound, s", _range(0, 600))
 
 
+def _backfill_source(v: str) -> str:
+    from quakemon.ingest.backfill import SOURCE_FORMS, valid_source
+
+    if not valid_source(v):
+        raise _Invalid(SOURCE_FORMS)
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillConfig:
+    """[backfill]: gaps SeedLink cannot fill, read afterwards from an archive (`quakemon.ingest.backfill`)."""
+
+    source: str = _key("", '"sds:///path", "fdsn://host[:port]" or an http(s):// FDSN URL; "" = off', _backfill_source)
+    delay_s: float = _key(300.0, "wait this long after a gap before reading it (archives lag), s", _range(0, 86400))
+    max_span_s: float = _key(21600.0, "backfill at most the newest this many seconds of a gap", _range(1, 30 * 86400))
+    attempts: int = _key(6, "reads of a span before it is given up (backoff 1 s doubling to 5 min)", _range(1, 1000))
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration, one frozen section per TOML table."""
@@ -313,6 +331,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     associate: AssociateConfig = field(default_factory=AssociateConfig)
+    backfill: BackfillConfig = field(default_factory=BackfillConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """{section: {key: value}} with lists for tuples: plain data for JSON, TOML or logs."""
@@ -333,7 +352,7 @@ def _sections() -> dict[str, type]:
     return {
         "seedlink": SeedLinkConfig, "model": ModelConfig, "window": WindowConfig, "trigger": TriggerConfig,
         "pipeline": PipelineConfig, "publish": PublishConfig, "metrics": MetricsConfig, "logging": LoggingConfig,
-        "associate": AssociateConfig,
+        "associate": AssociateConfig, "backfill": BackfillConfig,
     }
 
 

@@ -403,13 +403,15 @@ class MetricsBridge:
                 ("ingest", "source_duplicates", "records_duplicate"), ("ingest", "source_reconnects", "reconnects"),
                 ("ingest", "source_gaps", "gaps"), ("inference", "windows", "windows_out"),
                 ("ingest", "windower_clock_jumps", "clock_jumps"),
-                ("ingest", "windower_station_silences", "station_silences"))
+                ("ingest", "windower_station_silences", "station_silences"),
+                ("inference", "backfill_detections", "backfill_detections"))
     LABELLED = (("ingest", "corrupt_reasons", "records_corrupt", "reason"),
                 ("inference", "detections_opened", "detections", "station"),
                 ("inference", "zmq_events", "zmq_events", "event"),
                 ("inference", "curve_rejected", "curve_rejected", "reason"),
                 ("preprocess", "messages_rejected_reasons", "messages_rejected", "reason"),
-                ("inference", "messages_rejected_reasons", "messages_rejected", "reason"))
+                ("inference", "messages_rejected_reasons", "messages_rejected", "reason"),
+                ("inference", "backfill_spans", "backfill_spans", "outcome"))
     # the station windower's rejected records (its counters, reported by ingest as windower_*), by reason
     REJECTED = (("windower_clock_glitch", "clock_glitch"), ("windower_late_records", "late"),
                 ("windower_duplicate_records", "duplicate"), ("windower_implausible_rate_records", "implausible_rate"),

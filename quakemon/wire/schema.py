@@ -391,9 +391,8 @@ def _require(body: Mapping[str, Any], key: str, types: type | tuple[type, ...], 
     if key not in body:
         raise MessageError(f"{what} body: missing field {key!r}")
     value = body[key]
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise MessageError(f"{what} body: field {key!r} must be {types}, got {value!r}")
-    if not isinstance(value, types):
+    bool_for_number = isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,))
+    if bool_for_number or not isinstance(value, types):
         raise MessageError(f"{what} body: field {key!r} must be {types}, got {value!r}")
     return value
 
@@ -420,6 +419,7 @@ def validate_detection(body: dict[str, Any], stamped: bool = True) -> dict[str, 
     _check_header(body, DETECTION_SCHEMA, what, stamped)
     _station_parts(_require(body, "station", str, what))
     _require(body, "id", str, what)
+    _require({"backfill": body.get("backfill", False)}, "backfill", bool, what)  # optional: true = backfilled
     state = _require(body, "state", str, what)
     if state not in DETECTION_STATES:
         raise MessageError(f"{what} body: state must be one of {DETECTION_STATES}, got {state!r}")

@@ -86,6 +86,7 @@ class InferenceStage(Stage):
         self.journal: Any = None
         self.catchup: Any = None
         self.published: Any = None
+        self.backfill: Any = None
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> bool:
@@ -127,6 +128,7 @@ class InferenceStage(Stage):
         self.assoc = associator_from_config(cfg.associate)  # network events, when [associate] enabled = true
         if self.journal is not None:
             self.resume_from_journal()
+        self.start_backfill()
         self.should_stop.wait(max(0.0, joinable_at - time.monotonic()))
         self.pull = self.socket(zmq.PULL, cfg.pipeline.spectra_endpoint, bind=True,
                                 max_msg_bytes=max_frame_bytes(self.ckpt.contract))
@@ -169,6 +171,7 @@ class InferenceStage(Stage):
                     self.run_batch()
                 if self.expiry.due():
                     self.publish(self.stage.expire_silent())
+                self.run_backfill()
                 if self.events is not None:
                     self.events.poll()
                 self.publisher.maybe_heartbeat(self.heartbeat_stats)
@@ -185,6 +188,8 @@ class InferenceStage(Stage):
         return 0
 
     def stop(self) -> None:
+        if self.backfill is not None:
+            self.backfill.close()
         if self.pull is not None:
             self.pull.close(linger=0)
         if self.events is not None:
@@ -261,6 +266,24 @@ class InferenceStage(Stage):
                 for ev in self.assoc.add(body):
                     self.publisher.publish_event(ev)
 
+    def start_backfill(self) -> None:
+        """Start the backfill worker when [backfill] source is set (`quakemon.service.stages.backfill`)."""
+        from quakemon.service.stages.backfill import backfiller_from_config
+
+        self.backfill = backfiller_from_config(self.cfg, self.ckpt, busy=lambda: bool(self.queue))
+
+    def run_backfill(self) -> None:
+        """Hand the backfill requests the ingest stages listed to the worker; publish the detections it finished
+        (to subscribers and the journal, not to the live associator)."""
+        if self.backfill is None:
+            return
+        from quakemon.service.stages.backfill import requests_in
+
+        self.backfill.offer(requests_in(self.upstream.current(time.monotonic())[0]))
+        for body in self.backfill.take():
+            if not self.published or self.published.admit(body):
+                self.publisher.publish_detection(body)
+
     def resume_from_journal(self) -> None:
         """Resume the detections a killed run left open, and remember what was published (module docstring)."""
         from quakemon.service.stages.resume import LOOKBACK_S, Published, journaled, shutdown_body
@@ -283,7 +306,8 @@ class InferenceStage(Stage):
                 "batch_seconds": engine.last_batch_seconds, "detections_opened": dict(self.stage.opened),
                 "zmq_events": dict(self.events.counts) if self.events is not None else {}, **self.rejections.stats(),
                 "stage_curve_rejected": self.curve.rejections if self.curve is not None else {},
-                "curve_rejected": _publisher_rejections(self.configure_publisher)}
+                "curve_rejected": _publisher_rejections(self.configure_publisher),
+                **(self.backfill.stats() if self.backfill is not None else {})}
 
     def heartbeat_stats(self) -> Stats:
         ingest, pre = self.upstream.current(time.monotonic())

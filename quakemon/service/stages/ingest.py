@@ -72,6 +72,7 @@ class IngestStage(Stage):
         self.newest_end: dict[str, int] = {}  # station -> end (ns) of its newest window
         self.windows_cut = 0
         self._counted = (-1, 0)  # (schedulers, stations among them): recounted only when a scheduler is added
+        self.gaps: Any = None  # the backfill GapPlanner, when [backfill] source is set
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> bool:
@@ -91,6 +92,7 @@ class IngestStage(Stage):
                                         max_missing=self.cfg.window.max_missing_fraction,
                                         silence_s=sl.station_silence_s)
         self.committer = Committer(self.source, self.windower)
+        self.start_backfill()
         self.status.ready = True
         log.info("stage_started", stage="ingest", server=sl.server, streams=list(sl.streams),
                  windows_endpoint=self.cfg.pipeline.windows_endpoint)
@@ -172,8 +174,32 @@ class IngestStage(Stage):
         if self.status.maybe_send(self.full_stats, force) is not None:
             if self.windower is not None:
                 self.windower.check_silence()
+            self.plan_backfill()
             self.relay.put(self.status.body(self.totals()))
         self.relay.send(self.push)
+
+    def start_backfill(self) -> None:
+        """Plan backfill requests from the source's gaps when [backfill] source is set (`quakemon.ingest.backfill`)."""
+        from quakemon.ingest.backfill import GapPlanner
+
+        bf = self.cfg.backfill
+        if bf.source:
+            self.gaps = GapPlanner(bf.delay_s, bf.max_span_s)
+
+    def plan_backfill(self) -> None:
+        """Note the source's new gaps; requests that became due go into the status (`backfill_requests`), which
+        the inference stage reads."""
+        spans = getattr(self.source, "gap_spans", None)
+        if self.gaps is None or spans is None:
+            return
+        while spans:
+            self.gaps.note(*spans.popleft())
+        self.gaps.poll()
+
+    def backfill_totals(self) -> Stats:
+        if self.gaps is None:
+            return {}
+        return {**self.gaps.stats, "backfill_requests": [r.to_wire() for r in self.gaps.listed]}
 
     # -- counters -------------------------------------------------------------------------------------------------
     def station_count(self) -> int:
@@ -190,7 +216,8 @@ class IngestStage(Stage):
         return {"stations": self.station_count(), "windows_out": self.windows_cut,
                 "silent_stations": len(silent), "connected": connected,
                 "dropped_ingest": self.queue.dropped, "queue_ingest": self.queue.windows,
-                "oldest_end_s": min(self.newest_end.values()) / 1e9 if self.newest_end else None}
+                "oldest_end_s": min(self.newest_end.values()) / 1e9 if self.newest_end else None,
+                **self.backfill_totals()}
 
     def source_counters(self) -> Stats:
         source = {} if self.source is None else self.source.stats
