@@ -300,6 +300,15 @@ class AssociateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ArchiveConfig:
+    """[archive]: what the daemon keeps on disk for review (quakemon.pipeline.probarchive)."""
+
+    probabilities: str = _key("", 'SDS directory for every window\'s class probabilities as MiniSEED; "" = off', _path)
+    probabilities_flush_s: float = _key(120.0, "longest a probability waits in memory before it is written, s",
+                                        _range(0, 86_400, lo_open=True))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration, one frozen section per TOML table."""
 
@@ -312,6 +321,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     associate: AssociateConfig = field(default_factory=AssociateConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """{section: {key: value}} with lists for tuples: plain data for JSON, TOML or logs."""
@@ -332,7 +342,7 @@ def _sections() -> dict[str, type]:
     return {
         "seedlink": SeedLinkConfig, "model": ModelConfig, "window": WindowConfig, "trigger": TriggerConfig,
         "pipeline": PipelineConfig, "publish": PublishConfig, "metrics": MetricsConfig, "logging": LoggingConfig,
-        "associate": AssociateConfig,
+        "associate": AssociateConfig, "archive": ArchiveConfig,
     }
 
 

@@ -375,11 +375,13 @@ def run_daemon(cfg: Config, config_path: str | None, overrides: dict[str, Any] |
                stages: list[str] | None = None) -> int:
     """Start the stages (all by default) and supervise them until SIGTERM/SIGINT; return the exit code."""
     from quakemon.models.checkpoint import read_metadata, resolve_checkpoint
+    from quakemon.pipeline.probarchive import check_archive_dir
 
     stages = check_stages(stages, cfg)  # stage names and the streams the ingest stage needs: ConfigError
     read_metadata(resolve_checkpoint(cfg.model.checkpoint))  # a bad checkpoint fails here, before READY
     if "inference" in stages:
         check_journal(cfg)  # an unusable publish.journal fails here (exit 2), before READY
+        check_archive_dir(cfg.archive.probabilities, "archive.probabilities")  # (exit 2), before READY
     sup = Supervisor(cfg, config_path, overrides or {}, stages)
     sup.install_signals()
     if cfg.metrics.listen:
