@@ -218,6 +218,10 @@ class ProbabilityArchive:
     def flush(self) -> None:
         """Write everything buffered and wait until it is on disk (in the OS's hands)."""
         self._submit([ch for ch in self.channels.values() if ch.times])
+        self.wait()
+
+    def wait(self) -> None:
+        """Wait until the flushes already handed to the writer thread are written."""
         while self._pending:
             self._pending.popleft().result()
 
@@ -305,21 +309,24 @@ def _append(path: Path, ch: _Channel, start_ns: int, values: np.ndarray, samplin
 def _resume_point(path: Path, stride_ns: int) -> int:
     """The time (ns) of the newest sample in a day file, or -1 when there is none; a partial last record (a write
     a crash interrupted) is cut off first, so appending keeps the file readable."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return -1
-    whole = size - size % RECORD_BYTES
-    if whole != size:
-        log.warning("probability_archive_partial_record", path=str(path), bytes_cut=size - whole)
-        os.truncate(path, whole)
-    if not whole:
-        return -1
     from obspy import read
 
-    with open(path, "rb") as fh:
-        fh.seek(whole - RECORD_BYTES)
-        tail = fh.read(RECORD_BYTES)
+    try:
+        size = path.stat().st_size
+        whole = size - size % RECORD_BYTES
+        if whole != size:
+            log.warning("probability_archive_partial_record", path=str(path), bytes_cut=size - whole)
+            os.truncate(path, whole)
+        if not whole:
+            return -1
+        with open(path, "rb") as fh:
+            fh.seek(whole - RECORD_BYTES)
+            tail = fh.read(RECORD_BYTES)
+    except FileNotFoundError:
+        return -1
+    except OSError as exc:  # (the write will fail too, and be counted)
+        log.warning("probability_archive_unreadable", path=str(path), error=str(exc))
+        return -1
     try:
         stats = read(io.BytesIO(tail), format="MSEED", headonly=True)[0].stats
     except Exception as exc:  # noqa: BLE001 - ObsPy raises several types for a damaged record
