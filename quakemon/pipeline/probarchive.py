@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
+import itertools
 import json
 import os
 import string
@@ -117,18 +118,18 @@ def check_archive_dir(root: str, key: str) -> None:
 
 
 @dataclass
-class _Channel:
-    """One channel's buffered samples and the newest sample time it holds (buffered or on disk)."""
+class _Station:
+    """One station's buffered samples (a row of class probabilities per time) and the newest sample time its
+    channels hold (buffered or on disk)."""
 
     net: str
     sta: str
     loc: str
-    cha: str
     times: list[int] = field(default_factory=list)
-    values: list[float] = field(default_factory=list)
+    rows: list[list[float]] = field(default_factory=list)
     since: float = 0.0  # monotonic time the oldest buffered sample was added
     newest_ns: int = -1
-    days: set[int] = field(default_factory=set)  # days (ns // _DAY_NS) whose file this process has opened
+    days: set[int] = field(default_factory=set)  # days (ns // _DAY_NS) whose files this process has opened
 
 
 class ProbabilityArchive:
@@ -156,7 +157,7 @@ class ProbabilityArchive:
         self.codes = channel_codes(self.labels, stride_s)
         check_archive_dir(str(self.root), key)
         self._write_sidecar(model or {}, key)
-        self.channels: dict[tuple[str, str], _Channel] = {}
+        self.stations: dict[str, _Station] = {}
         self.stats: Counter[str] = Counter()
         self._pool = ThreadPoolExecutor(1, "probarchive")
         self._pending: deque[Future] = deque()
@@ -187,21 +188,20 @@ class ProbabilityArchive:
         its end. Rows with a non-finite value (windows not inferred) are skipped: a gap."""
         now = time.monotonic() if now is None else now
         probs = np.asarray(probabilities, dtype=np.float32).reshape(len(metas), len(self.labels))
-        full: list[_Channel] = []
-        for i in np.flatnonzero(np.isfinite(probs).all(axis=1)):
-            station, t = metas[i].station, int(metas[i].end_ns)
-            for j, label in enumerate(self.labels):
-                ch = self._channel(station, label)
-                if not self._accept(ch, t):
-                    self.stats["late_samples"] += 1
-                    continue
-                if not ch.times:
-                    ch.since = now
-                ch.times.append(t)
-                ch.values.append(float(probs[i, j]))
-                ch.newest_ns = t
-                if len(ch.times) >= RECORD_SAMPLES:
-                    full.append(ch)
+        rows = probs.tolist()  # (float32 -> float -> float32 is exact)
+        full: list[_Station] = []
+        for i in np.flatnonzero(np.isfinite(probs).all(axis=1)).tolist():
+            st, t = self._station(metas[i].station), metas[i].end_ns
+            if not self._accept(st, t):
+                self.stats["late_samples"] += len(self.labels)
+                continue
+            if not st.times:
+                st.since = now
+            st.times.append(t)
+            st.rows.append(rows[i])
+            st.newest_ns = t
+            if len(st.times) >= RECORD_SAMPLES:
+                full.append(st)
         if full:
             self._submit(full)
 
@@ -211,13 +211,13 @@ class ProbabilityArchive:
         if now - self._checked < min(CHECK_INTERVAL_S, self.flush_s):
             return
         self._checked = now
-        due = [ch for ch in self.channels.values() if ch.times and now - ch.since >= self.flush_s]
+        due = [st for st in self.stations.values() if st.times and now - st.since >= self.flush_s]
         if due:
             self._submit(due)
 
     def flush(self) -> None:
         """Write everything buffered and wait until it is on disk (in the OS's hands)."""
-        self._submit([ch for ch in self.channels.values() if ch.times])
+        self._submit([st for st in self.stations.values() if st.times])
         self.wait()
 
     def wait(self) -> None:
@@ -239,42 +239,44 @@ class ProbabilityArchive:
                     "write_errors": self.stats["write_errors"]}
 
     # -- internals --------------------------------------------------------------------------------------------------
-    def _channel(self, station: str, label: str) -> _Channel:
-        ch = self.channels.get((station, label))
-        if ch is None:
-            net, sta, loc = station.split(".")
-            ch = self.channels[(station, label)] = _Channel(net, sta, loc, self.codes[label])
-        return ch
+    def _station(self, station: str) -> _Station:
+        st = self.stations.get(station)
+        if st is None:
+            st = self.stations[station] = _Station(*station.split("."))
+        return st
 
-    def _accept(self, ch: _Channel, t: int) -> bool:
-        """Whether sample time `t` is newer than what the channel holds, reading the day file's newest sample the
-        first time this process meets that day (and cutting a partial last record off it)."""
+    def _accept(self, st: _Station, t: int) -> bool:
+        """Whether sample time `t` is newer than what the station's channels hold, reading the day files' newest
+        sample the first time this process meets that day (and cutting a partial last record off them). The
+        newest of the channels counts: after a crash between two channels' writes, the others lose that tail
+        rather than the first getting it twice."""
         day = t // _DAY_NS
-        if day not in ch.days:
-            ch.days.add(day)
-            ch.newest_ns = max(ch.newest_ns, _resume_point(sds_path(self.root, ch.net, ch.sta, ch.loc, ch.cha, t),
-                                                           self.stride_ns))
-        return t > ch.newest_ns
+        if day not in st.days:
+            st.days.add(day)
+            st.newest_ns = max(st.newest_ns, *(_resume_point(sds_path(self.root, st.net, st.sta, st.loc, cha, t),
+                                                             self.stride_ns) for cha in self.codes.values()))
+        return t > st.newest_ns
 
-    def _submit(self, channels: list[_Channel]) -> None:
-        """Hand the channels' buffered samples to the writer thread (waiting while MAX_PENDING flushes are queued)."""
+    def _submit(self, stations: list[_Station]) -> None:
+        """Hand the stations' buffered samples to the writer thread (waiting while MAX_PENDING flushes are queued)."""
         work = []
-        for ch in channels:
-            work.append((ch, np.asarray(ch.times, np.int64), np.asarray(ch.values, np.float32)))
-            ch.times, ch.values = [], []
+        for st in stations:
+            work.append((st, np.asarray(st.times, np.int64), np.asarray(st.rows, np.float32)))
+            st.times, st.rows = [], []
         while len(self._pending) >= MAX_PENDING:
             self._pending.popleft().result()
         self._pending.append(self._pool.submit(self._write, work))
         while self._pending and self._pending[0].done():
             self._pending.popleft().result()
 
-    def _write(self, work: list[tuple[_Channel, np.ndarray, np.ndarray]]) -> None:
+    def _write(self, work: list[tuple[_Station, np.ndarray, np.ndarray]]) -> None:
         """On the writer thread: encode each channel's samples (contiguous runs within one day) and append them."""
-        for ch, times, values in work:
-            for lo, hi in _runs(times, self.stride_ns):
-                path = sds_path(self.root, ch.net, ch.sta, ch.loc, ch.cha, int(times[lo]))
+        for st, times, values in work:
+            for (lo, hi), (j, cha) in itertools.product(_runs(times, self.stride_ns), enumerate(self.codes.values())):
+                path = sds_path(self.root, st.net, st.sta, st.loc, cha, int(times[lo]))
                 try:
-                    _append(path, ch, int(times[lo]), values[lo:hi], self.sampling_rate)
+                    _append(path, st, cha, int(times[lo]), np.ascontiguousarray(values[lo:hi, j]),
+                            self.sampling_rate)
                 except OSError as exc:  # the archive is a review aid: the detections go on without it
                     with self._lock:
                         self.stats["write_errors"] += 1
@@ -294,10 +296,10 @@ def _runs(times: np.ndarray, stride_ns: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:], strict=False))
 
 
-def _append(path: Path, ch: _Channel, start_ns: int, values: np.ndarray, sampling_rate: float) -> None:
+def _append(path: Path, st: _Station, cha: str, start_ns: int, values: np.ndarray, sampling_rate: float) -> None:
     from obspy import Trace, UTCDateTime
 
-    trace = Trace(values, header={"network": ch.net, "station": ch.sta, "location": ch.loc, "channel": ch.cha,
+    trace = Trace(values, header={"network": st.net, "station": st.sta, "location": st.loc, "channel": cha,
                                   "sampling_rate": sampling_rate, "starttime": UTCDateTime(ns=start_ns)})
     buf = io.BytesIO()
     trace.write(buf, format="MSEED", reclen=RECORD_BYTES, encoding="FLOAT32")
