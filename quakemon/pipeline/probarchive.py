@@ -20,12 +20,13 @@ would compress with Steim but lose precision near 0 and 1 and make every reader 
 1 Hz a channel takes about 400 kB a day. Records are 512 bytes (the usual SeedLink and slarchive record
 length), `RECORD_SAMPLES` (112) samples each.
 
-Flushing: samples are buffered per channel and appended to the day file by a writer thread (the encoding never
-runs on the caller's thread) when a record's worth is buffered, or when the oldest buffered sample has waited
-`flush_s` (wall clock), or at `close`. A crash (SIGKILL, power cut) loses at most the unflushed tail: fewer than
-`RECORD_SAMPLES` samples and at most `flush_s` per channel. Memory is bounded by one record per channel plus
-`MAX_PENDING` flushes queued for the thread (a slow disk then slows the caller rather than growing memory).
-Samples are split at UTC midnight, each day's into its own file.
+Flushing: samples are buffered per station (all its class channels together) and appended to the day files by
+a writer thread (the encoding never runs on the caller's thread) when a record's worth is buffered, or when the
+oldest buffered sample has waited `flush_s` (wall clock), or at `close`. A killed process (SIGKILL, a crash)
+loses at most the unflushed tail: fewer than `RECORD_SAMPLES` samples and at most `flush_s` per station. Files
+are not fsynced: a power cut may also lose what the OS had not written yet. Memory is bounded by one record per
+station plus `MAX_PENDING` flushes queued for the thread (a slow disk then slows the caller rather than growing
+memory). Samples are split at UTC midnight, each day's into its own file.
 
 Gaps: a window that was not inferred (never cut, or invalid: NaN probabilities) has no sample: the trace has a
 gap there, never a zero. A sample at or before the channel's newest one (a window cut again after a restart, a
