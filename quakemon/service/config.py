@@ -319,6 +319,15 @@ class BackfillConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ArchiveConfig:
+    """[archive]: what the daemon keeps on disk for review (quakemon.pipeline.probarchive)."""
+
+    probabilities: str = _key("", 'SDS directory for every window\'s class probabilities as MiniSEED; "" = off', _path)
+    probabilities_flush_s: float = _key(120.0, "longest a probability waits in memory before it is written, s",
+                                        _range(0, 86_400, lo_open=True))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration, one frozen section per TOML table."""
 
@@ -332,6 +341,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     associate: AssociateConfig = field(default_factory=AssociateConfig)
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """{section: {key: value}} with lists for tuples: plain data for JSON, TOML or logs."""
@@ -353,6 +363,7 @@ def _sections() -> dict[str, type]:
         "seedlink": SeedLinkConfig, "model": ModelConfig, "window": WindowConfig, "trigger": TriggerConfig,
         "pipeline": PipelineConfig, "publish": PublishConfig, "metrics": MetricsConfig, "logging": LoggingConfig,
         "associate": AssociateConfig, "backfill": BackfillConfig,
+        "associate": AssociateConfig, "archive": ArchiveConfig,
     }
 
 

@@ -56,6 +56,7 @@ WRITTEN_PATHS = (
     WrittenPath("pipeline.runtime_dir", "dir"),
     WrittenPath("seedlink.state_file", "replaced", ("ingest",)),
     WrittenPath("publish.journal", "file", ("inference",)),
+    WrittenPath("archive.probabilities", "dir", ("inference",)),
 )
 
 

@@ -11,9 +11,8 @@ Two kinds of messages travel over ZeroMQ:
   per message on this topic, so a subscriber filtering by prefix still sees its gaps) and ``epoch`` (id of the
   publisher run, new on every restart). Detections carry ``station`` "NET.STA.LOC".
 
-docs/wire-protocol.md describes every field of the detection (``quakemon.detection/2``: ``onset`` is the P pick,
-docs/picks.md), event and heartbeat bodies and what changed from ``quakemon.detection/1``. Times on the wire are
-ISO 8601 UTC strings with microseconds and a ``Z`` suffix; ``latency_s`` is computed in one place.
+docs/wire-protocol.md describes every field of the bodies and what changed from ``quakemon.detection/1``. Times
+are ISO 8601 UTC with microseconds and a ``Z``; ``latency_s`` and ``data_age_s`` are computed in one place.
 """
 
 from __future__ import annotations
@@ -216,12 +215,16 @@ def parse_iso_utc(text: str) -> float:
 
 
 def latency_s(last_sample_arrival: float, now: float | None = None) -> float:
-    """Seconds from the arrival of a window's last sample (host ``time.time()``) to now (publication).
-
-    Negative values (host clock stepped backwards) are clamped to 0.
-    """
+    """Seconds from the arrival of a window's last sample (host ``time.time()``) to now (publication); negative
+    values (host clock stepped backwards) are clamped to 0."""
     now = time.time() if now is None else now
     return max(0.0, round(float(now) - float(last_sample_arrival), 6))
+
+
+def data_age_s(window_end: Any, now: float | None = None) -> float:
+    """Seconds from a window's end (float, UTCDateTime or ISO text) to now; negative: host clock behind the data."""
+    end = parse_iso_utc(window_end) if isinstance(window_end, str) else to_timestamp(window_end)
+    return round((time.time() if now is None else now) - end, 6)
 
 
 def new_epoch(now: float | None = None) -> str:
@@ -345,6 +348,7 @@ def detection_body(
     last_window_start: Any = None,
     last_window_end: Any = None,
     latency_s: float | None = None,
+    data_age_s: float | None = None,
     end: Any = None,
     close_reason: str | None = None,
 ) -> dict[str, Any]:
@@ -354,7 +358,8 @@ def detection_body(
     it becomes ``onset`` and ``pick.time``, and ``id`` is :func:`detection_id` of station, pick time and model
     sha256. The pick's quality defaults suit a hand-made body (method "manual"). `last_window_start` /
     `last_window_end` (the window that caused the message) default to the first window. ``end`` and
-    ``close_reason`` are set on "closed" only. ``latency_s`` is null in replays and filled at publication.
+    ``close_reason`` are set on "closed" only. ``latency_s`` and ``data_age_s`` are null in replays and filled
+    at publication (`quakemon.wire.publisher.Publisher.publish_detection`).
     """
     if pick_time_ns is None:
         if onset is None:
@@ -381,6 +386,7 @@ def detection_body(
         "peak_probability": round(float(peak_probability), 6),
         "model": {"name": str(model.get("name", "")), "sha256": str(model.get("sha256", ""))},
         "latency_s": None if latency_s is None else float(latency_s),
+        "data_age_s": None if data_age_s is None else float(data_age_s),
     }
     if close_reason is not None:
         body["close_reason"] = close_reason
@@ -401,15 +407,10 @@ def _check_header(body: Mapping[str, Any], schema: str, what: str, stamped: bool
     """The schema every body must name, and (once published) its seq, topic_seq and epoch."""
     if body.get("schema") != schema:
         raise MessageError(f"{what} body: schema expected {schema!r}, got {body.get('schema')!r}")
-    if stamped:
-        _check_stamp(body, what)
-
-
-def _check_stamp(body: Mapping[str, Any], what: str) -> None:
-    for key in ("seq", "topic_seq"):
+    for key in ("seq", "topic_seq") if stamped else ():
         if _require(body, key, int, what) < 1:
             raise MessageError(f"{what} body: {key} must be >= 1, got {body[key]!r}")
-    if not _require(body, "epoch", str, what):
+    if stamped and not _require(body, "epoch", str, what):
         raise MessageError(f"{what} body: epoch must be a non-empty string")
 
 
@@ -444,10 +445,17 @@ def validate_detection(body: dict[str, Any], stamped: bool = True) -> dict[str, 
     model = _require(body, "model", dict, what)
     if not isinstance(model.get("name"), str) or not isinstance(model.get("sha256"), str):
         raise MessageError(f"{what} body: model must be {{name: str, sha256: str}}, got {model!r}")
-    lat = body.get("latency_s", "missing")
-    if lat is not None and (isinstance(lat, bool) or not isinstance(lat, int | float) or lat < 0):
-        raise MessageError(f"{what} body: latency_s must be a number >= 0 or null, got {lat!r}")
+    _check_seconds(body, what, "latency_s", non_negative=True)
+    _check_seconds(body, what, "data_age_s")  # (absent from older producers)
     return body
+
+
+def _check_seconds(body: Mapping[str, Any], what: str, key: str, non_negative: bool = False) -> None:
+    """An optional number of seconds (>= 0 when `non_negative`): a number, null or absent."""
+    value = body.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                              or (non_negative and value < 0)):
+        raise MessageError(f"{what} body: {key} must be a number{' >= 0' * non_negative} or null, got {value!r}")
 
 
 def _check_pick(pick: Mapping[str, Any], what: str) -> None:
@@ -560,20 +568,14 @@ def heartbeat_body(stats: Mapping[str, Any], *, uptime_s: float, seq_last: int, 
     """A heartbeat body (without seq/epoch): liveness plus pipeline counters from `stats`.
 
     Known `stats` keys (defaults 0 / {} / null): stations (int), windows_in, windows_out, dropped (int),
-    queue_depths ({stage: int}), lag_s (float or null). Other keys are passed through unchanged.
-    ``seq_last`` is the seq of the last message this publisher sent before the heartbeat. ``catchup``, when
-    given, is the catch-up server's endpoint (the field is left out otherwise).
+    queue_depths ({stage: int}), lag_s (float or null; the daemon also sends data_age_s, data_lag_s); others
+    pass through unchanged. ``seq_last`` is the seq of the last message this publisher sent before the
+    heartbeat. ``catchup``, when given, is the catch-up server's endpoint (the field is left out otherwise).
     """
-    body: dict[str, Any] = {
-        "stations": 0, "windows_in": 0, "windows_out": 0, "dropped": 0, "queue_depths": {}, "lag_s": None,
-    }
-    body.update(stats)
-    body.update({
-        "schema": HEARTBEAT_SCHEMA,
-        "time": iso_utc(time.time() if now is None else now),
-        "uptime_s": round(float(uptime_s), 3),
-        "seq_last": int(seq_last),
-    })
+    body: dict[str, Any] = {"stations": 0, "windows_in": 0, "windows_out": 0, "dropped": 0, "queue_depths": {},
+                            "lag_s": None, **stats}
+    body.update({"schema": HEARTBEAT_SCHEMA, "time": iso_utc(time.time() if now is None else now),
+                 "uptime_s": round(float(uptime_s), 3), "seq_last": int(seq_last)})
     if catchup is not None:
         body["catchup"] = catchup
     return validate_heartbeat(body, stamped=False)
@@ -591,9 +593,8 @@ def validate_heartbeat(body: dict[str, Any], stamped: bool = True) -> dict[str, 
     depths = _require(body, "queue_depths", dict, what)
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in depths.values()):
         raise MessageError(f"{what} body: queue_depths must map stage names to ints, got {depths!r}")
-    lag = body.get("lag_s")
-    if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int | float)):
-        raise MessageError(f"{what} body: lag_s must be a number or null, got {lag!r}")
+    for key in ("lag_s", "data_age_s", "data_lag_s"):  # (data_age_s, data_lag_s: absent from older producers)
+        _check_seconds(body, what, key)
     catchup = body.get("catchup")
     if catchup is not None and (not isinstance(catchup, str) or not catchup):
         raise MessageError(f"{what} body: catchup must be a non-empty endpoint string or absent, got {catchup!r}")

@@ -14,6 +14,10 @@ write stops the stage (exit code 1; the supervisor restarts it): a message is ne
 A clean stop closes every open detection with close_reason "shutdown"; detections a killed run left open are
 resumed or closed at start-up (`quakemon.service.stages.resume`).
 
+With [archive] probabilities set, every inferred window's class probabilities go to the probability archive
+(`quakemon.pipeline.probarchive`). A heartbeat's `lag_s` is the processing lag (from the windows' arrival times,
+so archive data streamed today reads small) and `data_age_s` how old the newest data of the worst station is.
+
 Heartbeats report the counters of every ingest and preprocess process upstream, from the status reports that
 reach this stage beside the data (the newest per process; one not heard from for SOURCE_EXPIRY_S drops out).
 """
@@ -79,6 +83,8 @@ class InferenceStage(Stage):
         self.failed_batches = 0
         self.rejections = Rejections(self.name)
         self.newest_end_ns = 0
+        self.batch_lag_s: float | None = None  # arrival of the oldest window of the newest batch -> its inference
+        self.archive: Any = None  # quakemon.pipeline.probarchive.ProbabilityArchive, with [archive] probabilities
         self.ckpt: Any = None
         self.engine: Any = None
         self.stage: Any = None
@@ -126,6 +132,7 @@ class InferenceStage(Stage):
                                     t.label if t.label in self.ckpt.labels else None,
                                     retrigger_hold_s=t.retrigger_hold)
         self.assoc = associator_from_config(cfg.associate)  # network events, when [associate] enabled = true
+        self.open_archive()
         if self.journal is not None:
             self.resume_from_journal()
         self.start_backfill()
@@ -154,6 +161,15 @@ class InferenceStage(Stage):
                                          curve_secret_key=pub.curve_secret_key or None,
                                          curve_allowed_keys=pub.curve_allowed_keys or None)
 
+    def open_archive(self) -> None:
+        """Open the probability archive ([archive] probabilities; off when empty)."""
+        from quakemon.pipeline.probarchive import ProbabilityArchive
+
+        arc = self.cfg.archive
+        if arc.probabilities:
+            self.archive = ProbabilityArchive(arc.probabilities, self.ckpt.labels, self.cfg.window.stride_s,
+                                              flush_s=arc.probabilities_flush_s, model=self.ckpt.model_info)
+
     def _configure_pub(self, sock: zmq.Socket) -> None:
         if self.configure_publisher is not None:
             self.configure_publisher(sock)
@@ -172,6 +188,8 @@ class InferenceStage(Stage):
                 if self.expiry.due():
                     self.publish(self.stage.expire_silent())
                 self.run_backfill()
+                if self.archive is not None:
+                    self.archive.maybe_flush()
                 if self.events is not None:
                     self.events.poll()
                 self.publisher.maybe_heartbeat(self.heartbeat_stats)
@@ -200,6 +218,9 @@ class InferenceStage(Stage):
             self.catchup.close()
         if self.journal is not None:
             self.journal.close()
+        if self.archive is not None:
+            self.archive.close()
+            log.info("probability_archive_closed", **self.archive.counters())
         stop_auth = getattr(self.configure_publisher, "stop", None)
         if stop_auth is not None:
             stop_auth()  # the CURVE authenticator's thread holds a socket: ctx.term() would wait for it forever
@@ -247,11 +268,20 @@ class InferenceStage(Stage):
             log.error("inference_batch_failed", windows=len(metas), error=repr(exc))
             return
         self.status.progress += len(metas)
-        self.newest_end_ns = max([self.newest_end_ns] + [m.end_ns for m in metas])
+        self.inferred(metas, result.probabilities)
         self.publish(result.detections)
         if self.assoc is not None and metas:
             for ev in self.assoc.advance(max(m.start_ns for m in metas) / 1e9):
                 self.publisher.publish_event(ev)
+
+    def inferred(self, metas: list[Any], probabilities: np.ndarray) -> None:
+        """Note a batch's newest window end and processing lag; hand its probabilities to the archive."""
+        self.newest_end_ns = max([self.newest_end_ns] + [m.end_ns for m in metas])
+        arrivals = [m.arrival for m in metas if m.arrival is not None]
+        if arrivals:
+            self.batch_lag_s = max(0.0, time.time() - min(arrivals))
+        if self.archive is not None:
+            self.archive.add(metas, probabilities)
 
     def publish(self, detections: list[tuple[dict[str, Any], float | None]]) -> None:
         """Publish detection bodies (with the arrival of their window's last sample) and the events they make.
@@ -326,7 +356,8 @@ class InferenceStage(Stage):
             "dropped_by_stage": dropped,
             "queue_depths": {"ingest": _total(ingest, "queue_ingest"), "preprocess": _total(pre, "queue_preprocess"),
                              "inference": self.queue.windows},
-            "lag_s": round(max(0.0, now_s - min(ends)), 3) if ends else None,
+            "lag_s": self.processing_lag_s(now_s),
+            "data_age_s": round(now_s - min(ends), 3) if ends else None,
             "data_lag_s": round(max(0.0, now_s - self.newest_end_ns / 1e9), 3) if self.newest_end_ns else None,
             "detections": int(stats["detections"]),
             "events_open": self.assoc.open_events if self.assoc is not None else 0,
@@ -340,6 +371,15 @@ class InferenceStage(Stage):
                           "last_batch_s": round(engine.last_batch_seconds, 4),
                           "failed_batches": self.failed_batches},
         }
+
+    def processing_lag_s(self, now_s: float) -> float | None:
+        """How far behind the stage is on what has arrived (wall clock, whatever the data's time stamps): the
+        time from arrival (when ingest cut it) to inference of the oldest window of the newest batch, or, when
+        longer, how long the oldest window queued here has waited since its arrival. None before any window."""
+        first = next(iter(self.queue), None)
+        waiting = [m.arrival for m in first.metas if m.arrival is not None] if first is not None else []
+        lags = [lag for lag in (self.batch_lag_s, now_s - min(waiting) if waiting else None) if lag is not None]
+        return round(max(0.0, *lags), 3) if lags else None
 
 
 class Upstream:
