@@ -362,8 +362,7 @@ def _sections() -> dict[str, type]:
     return {
         "seedlink": SeedLinkConfig, "model": ModelConfig, "window": WindowConfig, "trigger": TriggerConfig,
         "pipeline": PipelineConfig, "publish": PublishConfig, "metrics": MetricsConfig, "logging": LoggingConfig,
-        "associate": AssociateConfig, "backfill": BackfillConfig,
-        "associate": AssociateConfig, "archive": ArchiveConfig,
+        "associate": AssociateConfig, "backfill": BackfillConfig, "archive": ArchiveConfig,
     }
 
 
