@@ -227,15 +227,15 @@ class Supervisor:
             new = load_config(self.config_path, self.overrides)
             check_startup(new, sorted({st.kind for st in self.stages}))
             changed = reloading.validate_reload(self.cfg, new)
-        except QuakemonError as exc:
+            if changed:
+                reloading.write_snapshot(new)
+        except (QuakemonError, OSError) as exc:  # OSError: the snapshot could not be written
             self.reloads["refused"] += 1
             log.error("reload_refused", reason=str(exc), action="the running config stays",
                       reloads_total=sum(self.reloads.values()), **self.reloads)
             self.notifier.ready(self.status_text())
             return
         self.cfg = new
-        if changed:
-            reloading.write_snapshot(new)
         self.reload = Reload(reloading.config_digest(new), changed, time.monotonic())
         self.reload.poll(self)
 
@@ -368,7 +368,8 @@ class Supervisor:
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                log.warning("runtime_file_not_removed", path=path, error=str(exc))
+                log.warning("control_socket_not_removed" if path == self.control_path else "snapshot_not_removed",
+                            path=path, error=str(exc))
         self.runtime_lock.release()
         log.info("daemon_stopped", seconds=round(time.monotonic() - self.stopping_since, 2)
                  if self.stopping_since else None)

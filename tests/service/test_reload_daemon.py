@@ -50,6 +50,12 @@ def detections(sub: Subscriber, station: str, state: str | None = None) -> list[
             and (state is None or b["state"] == state)]
 
 
+def drained(sub: Subscriber) -> bool:
+    """The last two heartbeats count the same windows cut, all of them inferred."""
+    beats = sub.bodies("heartbeat")[-2:]
+    return len(beats) == 2 and beats[0]["windows_in"] == beats[1]["windows_in"] == beats[1]["windows_out"]
+
+
 def assert_refused(daemon: Proc, notify: NotifySocket, reason: str) -> None:
     """SIGHUP: the reload is refused with `reason` in the ERROR line, and READY=1 follows."""
     ready, refused = len(notify.times("READY=1")), len(daemon.events("reload_refused"))
@@ -111,6 +117,8 @@ def test_sighup_adds_a_station_and_changes_a_threshold_without_a_restart(tmp_pat
         wait_for(lambda: len(sub.bodies("heartbeat")) > seen + 2, 10, "heartbeats after the refused reloads")
         assert len(daemon.events("config_reloaded")) == 2 and len(daemon.events("reload_ok")) == 1
         assert daemon.proc.poll() is None
+        server.stop()  # no data from here: every window cut is inferred before the stop (counted below)
+        wait_for(lambda: drained(sub), 20, "every window cut inferred")
     finally:
         code = daemon.stop()
         sub.close()
