@@ -45,7 +45,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     opened when it exists). "auto" paths resolve in the environment check-config runs in, and writability is
     checked for the user running it.
     """
-    from quakemon.service.config import check_journal, check_stages, format_config, load_config
+    from quakemon.service.config import check_journal, check_stages, load_config
+    from quakemon.service.config_format import format_config
     from quakemon.service.paths import check_writable_paths
 
     where = f"config file {args.file!r}"

@@ -27,7 +27,7 @@ from typing import Any
 
 from quakemon.base.errors import ConfigError
 from quakemon.ingest.selectors import STREAM_SYNTAX, SelectorError, parse_streams
-from quakemon.pipeline.settings import ASSOCIATION, INFERENCE, TRIGGER, WINDOW
+from quakemon.pipeline.settings import ASSOCIATION, INFERENCE, TRIGGER, WINDOW, check_trigger_overrides
 from quakemon.service.paths import default_runtime_dir, default_state_file
 
 Check = Callable[[Any], Any]
@@ -188,6 +188,14 @@ class WindowConfig:
                                        _range(0, 1))
 
 
+def _overrides(v: tuple) -> tuple[tuple[str, tuple[tuple[str, float], ...]], ...]:
+    """[trigger.overrides], kept as sorted (target, sorted (key, value) pairs) so the config stays frozen."""
+    try:
+        return tuple(sorted((k, tuple(sorted(d.items()))) for k, d in check_trigger_overrides(dict(v)).items()))
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
 @dataclass(frozen=True, slots=True)
 class TriggerConfig:
     """[trigger]: turning window probabilities into detections (on/off hysteresis)."""
@@ -198,6 +206,8 @@ class TriggerConfig:
     label: str = _key(TRIGGER.label, "class label that triggers", _non_empty)
     retrigger_hold: float = _key(TRIGGER.retrigger_hold_s, "a re-trigger this long after a detection fell below off "
                                  "extends it (one detection per event and station), s", _range(0, 3600))
+    overrides: tuple = _key((), 'on, off, min_duration per network or station, e.g. { "BW.RJOB" = { on = 0.8 } }',
+                            _overrides)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,7 +363,7 @@ class Config:
 
 def _plain(v: Any) -> Any:
     if isinstance(v, tuple) and v and all(isinstance(x, tuple) for x in v):
-        return dict(v)
+        return {k: _plain(x) for k, x in v}
     return list(v) if isinstance(v, tuple) else v
 
 
@@ -425,6 +435,10 @@ def _resolve(cfg: Config, where: str) -> Config:
     t, p, pub = cfg.trigger, cfg.pipeline, cfg.publish
     if not t.off <= t.on:
         raise ConfigError(f"{where}: trigger.off: expected 0 < off <= trigger.on ({t.on}), got {t.off}")
+    try:
+        check_trigger_overrides({k: dict(d) for k, d in t.overrides}, t.on, t.off)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: trigger.overrides: expected {exc}") from None
     if bool(pub.curve_secret_key) != bool(pub.curve_allowed_keys):
         missing = "publish.curve_allowed_keys" if pub.curve_secret_key else "publish.curve_secret_key"
         raise ConfigError(
@@ -564,32 +578,3 @@ def check_stages(stages: str | Sequence[str] | None, config: Config | None = Non
         raise ConfigError(f'{where}: seedlink.streams: expected at least one selector like "BW.RJOB..EH?" '
                           "for the ingest stage of `quakemon run`, got []")
     return names
-
-
-# -- printing ------------------------------------------------------------------------------------------------
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
-    if isinstance(v, tuple) and v and all(isinstance(x, tuple) for x in v):
-        v = dict(v)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, Mapping):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    return repr(v)
-
-
-def format_config(config: Config) -> str:
-    """The resolved config as TOML (loadable again), each key with its one-line doc as a comment."""
-    lines: list[str] = []
-    for name, cls in _sections().items():
-        lines.append(f"[{name}]")
-        section = getattr(config, name)
-        for f in dataclasses.fields(cls):
-            lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}  # {f.metadata['doc']}")
-        lines.append("")
-    return "\n".join(lines)

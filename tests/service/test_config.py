@@ -15,9 +15,9 @@ from quakemon.service.config import (
     STAGES,
     Config,
     check_stages,
-    format_config,
     load_config,
 )
+from quakemon.service.config_format import format_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "quakemon.toml"
 

@@ -37,6 +37,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from quakemon.base.signals import StopFlag
 from quakemon.service.config import Config
+from quakemon.service.reload import ReloadableStage
 from quakemon.service.stages.common import (
     EXIT_FATAL,
     DropOldestQueue,
@@ -58,7 +59,7 @@ EXPIRE_INTERVAL_S = 1.0  # how often silent stations' triggers are looked for
 JOIN_GRACE_S = 0.3
 
 
-class InferenceStage(Stage):
+class InferenceStage(ReloadableStage, Stage):
     """PULL spectra -> micro-batches (batch_size, max_wait_ms) -> HybridViT -> trigger -> PUB.
 
     `configure_publisher` is applied to the PUB socket before it binds (CURVE keys); when it has a `stop`
@@ -131,6 +132,7 @@ class InferenceStage(Stage):
         self.stage = DetectionStage(self.engine, t.on, t.off, t.min_duration,
                                     t.label if t.label in self.ckpt.labels else None,
                                     retrigger_hold_s=t.retrigger_hold)
+        self.apply_thresholds(cfg)  # [trigger.overrides]
         self.assoc = associator_from_config(cfg.associate)  # network events, when [associate] enabled = true
         self.open_archive()
         if self.journal is not None:
@@ -181,6 +183,7 @@ class InferenceStage(Stage):
         try:
             while not self.should_stop.is_set():
                 self.tick()
+                self.maybe_reload()
                 self.receive()
                 while self.queue.windows and (self.queue.windows >= self.cfg.model.batch_size
                                               or time.monotonic() - (self.queue.oldest or 0.0) >= self.max_wait_s):
@@ -326,6 +329,24 @@ class InferenceStage(Stage):
         for ident in set(unclosed) - set(resumed):  # another trigger label or model now: it is closed
             self.publisher.publish_detection(shutdown_body(unclosed[ident]))
 
+    # -- reload ---------------------------------------------------------------------------------------------------
+    def apply_thresholds(self, cfg: Config) -> list[str]:
+        """[trigger] thresholds and overrides into the running triggers (ConfigError: nothing changed); returns the
+        stations whose thresholds changed."""
+        t = cfg.trigger
+        return self.stage.triggers.reconfigure(t.on, t.off, t.min_duration, t.retrigger_hold,
+                                               {k: dict(v) for k, v in t.overrides})
+
+    def apply_reload(self, new: Config, changed: list[str]) -> Stats:
+        """[trigger] and [associate] settings, in place: open detections, events in flight and the publisher stay."""
+        from quakemon.pipeline.associate import associator_from_config
+
+        assoc = associator_from_config(new.associate) if self.assoc is not None else None  # ConfigError first
+        stations = self.apply_thresholds(new) if any(k.startswith("trigger.") for k in changed) else []
+        if assoc is not None and any(k.startswith("associate.") for k in changed):
+            self.assoc.retune(assoc)
+        return {"stations_retuned": stations, "publisher_epoch": self.publisher.epoch}
+
     # -- counters -------------------------------------------------------------------------------------------------
     def own(self) -> Stats:
         """Status counters: totals, the latest batch, detections opened per station, PUB socket events by name."""
@@ -336,7 +357,7 @@ class InferenceStage(Stage):
                 "batch_seconds": engine.last_batch_seconds, "detections_opened": dict(self.stage.opened),
                 "zmq_events": dict(self.events.counts) if self.events is not None else {}, **self.rejections.stats(),
                 "stage_curve_rejected": self.curve.rejections if self.curve is not None else {},
-                "curve_rejected": _publisher_rejections(self.configure_publisher),
+                "curve_rejected": _publisher_rejections(self.configure_publisher), **self.reload_stats(),
                 **(self.backfill.stats() if self.backfill is not None else {})}
 
     def heartbeat_stats(self) -> Stats:
