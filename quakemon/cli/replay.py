@@ -24,6 +24,8 @@ def add_replay(sub: Subparsers) -> None:
     p.add_argument("--model", help="checkpoint (default: model.checkpoint, else the bundled model)")
     p.add_argument("--output", "-o", default="-", help="JSON Lines file, or - for stdout")
     p.add_argument("--plot", help="write a PNG of waveforms, probabilities and detections")
+    p.add_argument("--probabilities", metavar="DIR",
+                   help="also write every window's class probabilities as MiniSEED to this SDS folder")
     p.add_argument("--select", action="append", metavar="NET.STA.LOC.CHA", help="stream selector (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -43,6 +45,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise ConfigError(f"replay: expected MiniSEED files or directories, got {', '.join(map(repr, missing))}, "
                           "which do not exist")
     selectors = check_selectors(args.select or []) or None
+    if args.probabilities is not None:
+        from quakemon.pipeline.probarchive import check_archive_dir
+
+        check_archive_dir(args.probabilities, "--probabilities")  # before the output file is created
     cfg, _ = config_from_args(args, {"model.checkpoint": args.model})
     require_checkpoint(cfg, args.model)
     from quakemon.models.checkpoint import load_checkpoint, resolve_checkpoint
@@ -59,7 +65,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                                  "max_missing": cfg.window.max_missing_fraction},
                         device=cfg.model.device, precision=cfg.model.precision, graph=cfg.model.graph,
                         batch_size=max(cfg.model.batch_size, 256), progress=not args.quiet,
-                        keep_series=bool(args.plot))
+                        keep_series=bool(args.plot), probabilities=args.probabilities)
     finally:
         if out is not sys.stdout:
             out.close()

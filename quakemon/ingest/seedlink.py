@@ -30,7 +30,7 @@ Behaviour:
 - Gaps: a record that starts later than the previous record of its stream ended (plus half a sample) is a gap:
   the server could not supply the data (it was gone from its buffer, or never arrived). Each gap is logged
   (`seedlink_gap`, with the stream, the missing span and the resume policy) and counted in `stats["gaps"]` and
-  per station in `gaps_by_station`.
+  per station in `gaps_by_station`; the newest 1,024 spans (stream, from, to) stay in `gap_spans` for backfill.
 - Duplicates (server replays, resumed overlaps) are dropped per stream by record start time: a record that
   starts at the same time (within half a sample) as one of the last 8 delivered records of its NET.STA.LOC.CHA,
   or before all of them, is counted in `duplicates`. (Comparing with the last one only would let a single
@@ -84,6 +84,10 @@ class _Disconnected(Exception):
     """The connection ended (FIN, RST, stall, protocol error); the reader reconnects."""
 
 
+class _Reselect(_Disconnected):
+    """The streams changed (`SeedLinkSource.set_streams`); the reader reconnects at once to ask for them."""
+
+
 class SeedLinkSource(TraceSource):
     """Live Traces from a SeedLink server (`host:port`), resilient to drops, stalls, restarts and garbage.
 
@@ -112,21 +116,15 @@ class SeedLinkSource(TraceSource):
         host, _, port = server.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"[seedlink] server: expected 'host:port', got {server!r}")
-        if not streams:
-            raise ConfigError("[seedlink] streams: at least one NET.STA.LOC.CHA selector is required")
         if resume_policy not in RESUME_POLICIES:
             raise ConfigError(f"[seedlink] resume_policy: expected one of {RESUME_POLICIES}, got {resume_policy!r}")
         if protocol not in PROTOCOLS:
             raise ConfigError(f"[seedlink] protocol: expected one of {PROTOCOLS}, got {protocol!r}")
         self.server = server
         self._addr = (host, int(port))
-        try:
-            self.selectors = [StreamSelector.parse(s) for s in streams]
-        except SelectorError as exc:
-            raise ConfigError(f"[seedlink] streams: {exc}") from None
-        self.stations = sorted({s.station_key for s in self.selectors})
-        self._station_set = frozenset(self.stations)
-        self._selector_set = SelectorSet(s.text for s in self.selectors)
+        self._cond = threading.Condition()
+        self._reselect = threading.Event()
+        self._select(streams)
         self.state_file = Path(state_file) if state_file else None
         self.netto, self.connect_timeout = netto, connect_timeout
         self.keepalive = netto / 2 if keepalive is None else keepalive
@@ -138,7 +136,6 @@ class SeedLinkSource(TraceSource):
         self.negotiated: str | None = None  # protocol version of the current (or last) connection
         self._queue: collections.deque[Trace] = collections.deque()
         self._queue_size = queue_size
-        self._cond = threading.Condition()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
@@ -146,6 +143,7 @@ class SeedLinkSource(TraceSource):
                                                            "dropped", "unselected", "connected", "gaps")})
         self.corrupt_reasons: collections.Counter[str] = collections.Counter()
         self.gaps_by_station: collections.Counter[str] = collections.Counter()
+        self.gap_spans: collections.deque[tuple[str, float, float]] = collections.deque(maxlen=1024)  # (id, from, to)
         self._last_seq = -1
         self._done = self._load()
         self._rx_seq = dict(self._done.stations)
@@ -160,6 +158,32 @@ class SeedLinkSource(TraceSource):
         self._had_data = False
         self._v4 = False
         self._buf = b""
+
+    def _select(self, streams: Sequence[str]) -> None:
+        """Parse and set the selectors (ConfigError, changing nothing, when one is invalid or there are none)."""
+        if not streams:
+            raise ConfigError("[seedlink] streams: at least one NET.STA.LOC.CHA selector is required")
+        try:
+            selectors = [StreamSelector.parse(s) for s in streams]
+        except SelectorError as exc:
+            raise ConfigError(f"[seedlink] streams: {exc}") from None
+        stations = sorted({s.station_key for s in selectors})
+        with self._cond:
+            self.selectors, self.stations = selectors, stations
+            self._station_set = frozenset(stations)
+            self._selector_set = SelectorSet(s.text for s in selectors)
+
+    def set_streams(self, streams: Sequence[str]) -> None:
+        """Change the stream selectors of a running source (a config reload).
+
+        A SeedLink session takes STATION and SELECT only before END, so the reader ends its session and reconnects
+        at once (not counted as a reconnect, logged as `seedlink_reselect`). The stations that stay resume from the
+        last sequence number the reader received, so none of their records is lost, and records the server sends
+        again are dropped as duplicates; a new station starts where the others resume (one numbering for all
+        stations) or with new data. Records of a removed station already queued are still delivered.
+        """
+        self._select(streams)
+        self._reselect.set()
 
     # state -----------------------------------------------------------------------------------------------------
     def _load(self) -> SeqState:
@@ -275,6 +299,9 @@ class SeedLinkSource(TraceSource):
                 self._sock = sock
                 try:
                     self._session(sock)
+                except _Reselect:
+                    log.info("seedlink_reselect", server=self.server, stations=self.stations)
+                    continue  # (after the finally below)
                 except (_Disconnected, OSError) as exc:
                     if not self._closing.is_set():
                         log.warning("seedlink_disconnected", server=self.server, reason=str(exc),
@@ -348,6 +375,7 @@ class SeedLinkSource(TraceSource):
         sock.settimeout(None)
         sock.setblocking(False)
         v4 = self._v4 = self._negotiate(sock)
+        self._reselect.clear()
         positions = self._resume_positions(v4)
         accepted = 0
         for station in self.stations:
@@ -375,6 +403,8 @@ class SeedLinkSource(TraceSource):
         last_rx = last_ka = time.monotonic()
         while not self._closing.is_set():
             now = time.monotonic()
+            if self._reselect.is_set():
+                raise _Reselect("streams changed")
             if now - last_rx > self.netto:
                 raise _Disconnected(f"no data for {self.netto:g} s (netto): stalled connection")
             if self.keepalive and now - last_ka >= self.keepalive:
@@ -500,6 +530,7 @@ class SeedLinkSource(TraceSource):
             with self._cond:
                 self._counts["gaps"] += 1
                 self.gaps_by_station[station] += 1
+                self.gap_spans.append((tr.id, expected, t))
             log.warning("seedlink_gap", server=self.server, stream=tr.id, station=station,
                         expected=str(UTCDateTime(expected)), got=str(tr.stats.starttime),
                         missing_s=round(t - expected, 3), resume_policy=self.resume_policy)

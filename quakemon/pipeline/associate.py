@@ -171,6 +171,14 @@ class Associator:
         self._absorb: dict[str, dict[str, float]] = {}  # per label: station -> re-triggers absorbed until (onset)
         self._distance_cache: dict[tuple[str, str], float | None] = {}
 
+    def retune(self, other: Associator) -> None:
+        """Take `other`'s settings (threshold, window, hold, weights, travel-time bound; a reloaded [associate]),
+        keeping the picks and events in flight: the new values decide from the next pick and watermark on."""
+        for name in ("threshold", "window_s", "weights", "default_weight", "hold_s", "coordinates", "velocity_kms",
+                     "tolerance_s", "retrigger_s"):
+            setattr(self, name, getattr(other, name))
+        self._distance_cache.clear()
+
     # --- input -----------------------------------------------------------------------------------------
 
     def add(self, body: Mapping[str, Any], source: str | None = None) -> list[dict[str, Any]]:

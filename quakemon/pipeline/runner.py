@@ -38,6 +38,7 @@ from quakemon.pipeline.detect import (
     warm_up_preprocess,
 )
 from quakemon.pipeline.engine import CPU_FORWARD_BATCH, InferenceEngine, pick_device
+from quakemon.pipeline.probarchive import ProbabilityArchive
 from quakemon.pipeline.settings import INFERENCE, REPLAY_BATCH_SIZE, TRIGGER, WINDOW
 from quakemon.pipeline.threads import torch_worker_pool, worker_split
 from quakemon.pipeline.windowing import StationWindower, Window
@@ -193,6 +194,7 @@ class DetectionRunner:
         keep_series: keep every window's probabilities in `series` (plots, `Detector.annotate`).
         associator: network association of the detections; its event bodies follow the detections.
         inference: a shared `Inference` (not closed by this runner).
+        archive: every window's probabilities also go to this probability archive (not closed by this runner).
     """
 
     def __init__(self, checkpoint: Checkpoint, *, stride_s: float = WINDOW.stride_s,
@@ -203,7 +205,7 @@ class DetectionRunner:
                  keep_series: bool = False, associator: Associator | None = None, overlap: bool = True,
                  inference_workers: int | None = None, forward_batch: int | None = None,
                  graph: str = INFERENCE.graph, inference: Inference | None = None,
-                 retrigger_hold_s: float = TRIGGER.retrigger_hold_s) -> None:
+                 retrigger_hold_s: float = TRIGGER.retrigger_hold_s, archive: ProbabilityArchive | None = None) -> None:
         log_to_stderr_unless_configured()
         if inference is not None and inference.checkpoint is not checkpoint:
             raise ValueError("inference was built for another checkpoint")
@@ -225,6 +227,7 @@ class DetectionRunner:
         self.windows = 0
         self._pending: list[Window] = []
         self.associator = associator
+        self.archive = archive
         # the triggers take the workers' results here, strictly in batch order, so the detections are the same as
         # without overlap, each yielded a batch or two later
         self.inference_workers = inference.workers
@@ -305,6 +308,8 @@ class DetectionRunner:
 
     def _collect(self, result: DetectionResult) -> list[dict[str, Any]]:
         self.windows += len(result.metas)
+        if self.archive is not None:
+            self.archive.add(result.metas, result.probabilities)
         if self.keep_series:
             for meta, p in zip(result.metas, result.probabilities, strict=True):
                 s = self.series.setdefault(meta.station, ProbabilitySeries())
@@ -380,7 +385,8 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
            trigger: dict[str, Any] | None = None, device: str = INFERENCE.device,
            precision: str = INFERENCE.precision, batch_size: int = REPLAY_BATCH_SIZE, progress: bool = True,
            keep_series: bool = False, on_detection: Callable[[dict[str, Any]], None] | None = None,
-           associator: Associator | None = None, graph: str = INFERENCE.graph) -> ReplayResult:
+           associator: Associator | None = None, graph: str = INFERENCE.graph,
+           probabilities: str | None = None) -> ReplayResult:
     """Run archived MiniSEED through the detection path; write JSON Lines to `output` as they come.
 
     Args:
@@ -393,6 +399,7 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
             retrigger_hold_s).
         progress: show a progress bar on stderr.
         on_detection: called with each body (detection or event) as it comes.
+        probabilities: a folder for the probability archive (`quakemon.pipeline.probarchive`), or None.
 
     Returns:
         The detections, the events, the probability series (with `keep_series`), the window count and counters.
@@ -400,9 +407,11 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
     from quakemon.ingest.archive import ArchiveSource
 
     trigger = trigger or {}
+    archive = None if probabilities is None else ProbabilityArchive(
+        probabilities, checkpoint.labels, stride_s, model=checkpoint.model_info, key="--probabilities")
     runner = DetectionRunner(checkpoint, stride_s=stride_s, selectors=selectors, device=device, precision=precision,
                              batch_size=batch_size, keep_series=keep_series, associator=associator, graph=graph,
-                             **trigger)
+                             archive=archive, **trigger)
     source = ArchiveSource(paths, selectors)
     detections: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
@@ -430,6 +439,8 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
     finally:
         runner.close()
         source.close()
+        if archive is not None:
+            archive.close()
         if bar is not None:
             bar.close()
     stats = {**runner.stats, **{f"source_{k}": v for k, v in source.stats.items()}}

@@ -8,6 +8,9 @@ notebook, a replay and a daemon started without settings detect alike. This modu
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -49,6 +52,48 @@ class TriggerSettings:
     new_pick_after_s: float = 20.0
 
 
+#: The keys a [trigger.overrides] entry may set; each replaces the global value of the same name.
+OVERRIDE_KEYS = ("on", "off", "min_duration")
+_OVERRIDE_TARGET = re.compile(r"^[A-Za-z0-9]{1,2}(\.[A-Za-z0-9]{1,5})?$")
+
+
+def check_trigger_overrides(table: Mapping[str, Mapping[str, object]], on: float | None = None,
+                            off: float | None = None) -> dict[str, dict[str, float]]:
+    """[trigger.overrides] checked: {"NET" or "NET.STA": {key: value}} with keys from OVERRIDE_KEYS, on and off
+    in (0, 1], min_duration in [0, 3600] s; with the global `on` and `off`, also off <= on for every network and
+    station once merged as `station_thresholds` does. Raises ValueError saying what was expected."""
+    out: dict[str, dict[str, float]] = {}
+    for target, values in table.items():
+        if not _OVERRIDE_TARGET.match(str(target)):
+            raise ValueError(f'a "NET" or "NET.STA" code as each key (not {target!r})')
+        if not isinstance(values, Mapping) or not values:
+            raise ValueError(f"a table of {', '.join(OVERRIDE_KEYS)} for each key (not {values!r} for {target})")
+        out[str(target)] = {}
+        for key, value in values.items():
+            hi, lo_open = (1.0, True) if key in ("on", "off") else (3600.0, False)
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            if key not in OVERRIDE_KEYS or not ok or value > hi or (value <= 0 if lo_open else value < 0):
+                raise ValueError(f"{', '.join(OVERRIDE_KEYS)} with on, off in (0, 1] and min_duration in [0, 3600] "
+                                 f"(not {key} = {value!r} for {target})")
+            out[str(target)][key] = float(value)
+    for target in out if on is not None and off is not None else ():
+        t_on, t_off, _ = station_thresholds(target, on, off, 0.0, out)
+        if not t_off <= t_on:
+            raise ValueError(f"off <= on for {target} (on {t_on:g}, off {t_off:g} with the global values)")
+    return out
+
+
+def station_thresholds(station: str, on: float, off: float, min_duration_s: float,
+                       overrides: Mapping[str, Mapping[str, float]]) -> tuple[float, float, float]:
+    """(on, off, min_duration_s) for `station` ("NET.STA" or "NET.STA.LOC"): the global values, replaced key by key
+    by the override of its network ("NET"), then by that of the station itself ("NET.STA")."""
+    parts = station.split(".")
+    values = {"on": on, "off": off, "min_duration": min_duration_s}
+    for target in (parts[0], ".".join(parts[:2])):
+        values.update(overrides.get(target, {}))
+    return values["on"], values["off"], values["min_duration"]
+
+
 @dataclass(frozen=True, slots=True)
 class InferenceSettings:
     """Where and how the model runs (see `quakemon.pipeline.engine`).
@@ -88,6 +133,7 @@ REPLAY_BATCH_SIZE = 256
 __all__ = [
     "ASSOCIATION",
     "INFERENCE",
+    "OVERRIDE_KEYS",
     "REPLAY_BATCH_SIZE",
     "TRIGGER",
     "WINDOW",
@@ -95,4 +141,6 @@ __all__ = [
     "InferenceSettings",
     "TriggerSettings",
     "WindowSettings",
+    "check_trigger_overrides",
+    "station_thresholds",
 ]

@@ -56,6 +56,7 @@ import structlog
 
 from quakemon.base.errors import ConfigError
 from quakemon.pipeline.picker import METHOD_WINDOW, Pick
+from quakemon.pipeline.settings import station_thresholds
 from quakemon.wire.schema import detection_body, to_timestamp
 
 log = structlog.get_logger(__name__)
@@ -134,6 +135,18 @@ def check_thresholds(on: float, off: float, min_duration_s: float, max_gap_s: fl
         raise ConfigError(f"trigger.min_duration must be >= 0 seconds, got {min_duration_s!r}")
     if max_gap_s is not None and not max_gap_s > 0.0:
         raise ConfigError(f"trigger max_gap_s must be > 0 seconds, got {max_gap_s!r}")
+
+
+def check_bank_thresholds(on: float, off: float, min_duration_s: float, max_gap_s: float | None,
+                          retrigger_hold_s: float, overrides: Mapping[str, Mapping[str, float]]) -> None:
+    """`check_thresholds` for the global values and for every network and station in `overrides` (merged with
+    the global values as `station_thresholds` does); the ConfigError names the override that is inconsistent."""
+    check_thresholds(on, off, min_duration_s, max_gap_s, retrigger_hold_s)
+    for target in overrides:
+        try:
+            check_thresholds(*station_thresholds(target, on, off, min_duration_s, overrides), max_gap_s)
+        except ConfigError as exc:
+            raise ConfigError(f"trigger.overrides.{target}: {exc}") from None
 
 
 @dataclass
@@ -275,7 +288,12 @@ class StationTrigger:
 
 
 class TriggerBank:
-    """Triggers for every station and trigger label; probabilities come as {label: p} or an array in label order."""
+    """Triggers for every station and trigger label; probabilities come as {label: p} or an array in label order.
+
+    `overrides` ({"NET" or "NET.STA": {"on"|"off"|"min_duration": value}}, [trigger.overrides]) give a network or
+    a station thresholds of its own (`quakemon.pipeline.settings.station_thresholds`); `reconfigure` changes the
+    thresholds of a running bank.
+    """
 
     def __init__(
         self,
@@ -286,9 +304,11 @@ class TriggerBank:
         trigger_labels: Sequence[str] | None = None,
         max_gap_s: float | None = None,
         retrigger_hold_s: float = 0.0,
+        overrides: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
-        check_thresholds(on, off, min_duration_s, max_gap_s, retrigger_hold_s)
+        check_bank_thresholds(on, off, min_duration_s, max_gap_s, retrigger_hold_s, overrides or {})
         self.retrigger_hold_s = float(retrigger_hold_s)
+        self.overrides = {k: dict(v) for k, v in (overrides or {}).items()}
         self.labels = tuple(str(label) for label in labels)
         if trigger_labels is None:
             trigger_labels = [label for label in self.labels if label.lower() != "noise"]
@@ -316,9 +336,31 @@ class TriggerBank:
         """The trigger of one station and label (created on first use)."""
         key = (station, label)
         if key not in self._triggers:
-            self._triggers[key] = StationTrigger(self.on, self.off, self.min_duration_s, label, station,
-                                                 self.max_gap_s, self.retrigger_hold_s)
+            self._triggers[key] = StationTrigger(*self.thresholds(station), label, station, self.max_gap_s,
+                                                 self.retrigger_hold_s)
         return self._triggers[key]
+
+    def thresholds(self, station: str) -> tuple[float, float, float]:
+        """(on, off, min_duration_s) of `station`: the bank's values with its network's and its own overrides."""
+        return station_thresholds(station, self.on, self.off, self.min_duration_s, self.overrides)
+
+    def reconfigure(self, on: float, off: float, min_duration_s: float, retrigger_hold_s: float,
+                    overrides: Mapping[str, Mapping[str, float]]) -> list[str]:
+        """New thresholds for every station, existing triggers included (checked first: ConfigError changes
+        nothing); returns the stations whose (on, off, min_duration_s) changed.
+
+        A trigger keeps its state (pending, active, held) and its detection: the new values decide from the next
+        window on, so an open detection closes at its first window below the new `off`, and a pending one is
+        confirmed against the new `min_duration_s`."""
+        check_bank_thresholds(on, off, min_duration_s, self.max_gap_s, retrigger_hold_s, overrides)
+        before = {station: self.thresholds(station) for station, _ in self._triggers}
+        self.on, self.off, self.min_duration_s = on, off, min_duration_s
+        self.retrigger_hold_s = float(retrigger_hold_s)
+        self.overrides = {k: dict(v) for k, v in overrides.items()}
+        for (station, _), trig in self._triggers.items():
+            trig.on, trig.off, trig.min_duration_s = self.thresholds(station)
+            trig.retrigger_hold_s = self.retrigger_hold_s
+        return sorted(station for station, old in before.items() if self.thresholds(station) != old)
 
     def take_opened(self, station: str) -> list[DetectionRef]:
         """The detections the station's last window opened (one per trigger label at most), each once: the

@@ -7,7 +7,8 @@ any level (suggesting the closest known key), wrong types and out-of-range value
 
 Path keys (state_file, checkpoint, curve_*) expand `$VAR` / `${VAR}`, so that a unit file can point at
 `${CREDENTIALS_DIRECTORY}` or `${STATE_DIRECTORY}`. Pipeline endpoints set to "auto" resolve at load time
-to ipc:// sockets under the runtime directory (systemd's $RUNTIME_DIRECTORY when set).
+to ipc:// sockets under the runtime directory (systemd's $RUNTIME_DIRECTORY when set), and state_file "auto"
+to systemd's $STATE_DIRECTORY or the user's XDG state directory (`quakemon.service.paths`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import json
 import math
 import os
 import re
-import sys
-import tempfile
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,8 @@ from typing import Any
 
 from quakemon.base.errors import ConfigError
 from quakemon.ingest.selectors import STREAM_SYNTAX, SelectorError, parse_streams
-from quakemon.pipeline.settings import ASSOCIATION, INFERENCE, TRIGGER, WINDOW
+from quakemon.pipeline.settings import ASSOCIATION, INFERENCE, TRIGGER, WINDOW, check_trigger_overrides
+from quakemon.service.paths import default_runtime_dir, default_state_file
 
 Check = Callable[[Any], Any]
 
@@ -149,7 +149,8 @@ class SeedLinkConfig:
     server: str = _key("127.0.0.1:18000", "SeedLink server as host:port", _server)
     streams: tuple[str, ...] = _key((), 'selectors "NET.STA.LOC.CHA"; ? and * in LOC and CHA; required by run',
                                     _streams)
-    state_file: str = _key("/var/lib/quakemon/seedlink.state", 'sequence numbers for resume; "" = no resume', _path)
+    state_file: str = _key("auto", 'sequence numbers for resume; "auto" = seedlink.state in $STATE_DIRECTORY, else in '
+                           '$XDG_STATE_HOME/quakemon or ~/.local/state/quakemon; "" = no resume', _path)
     netto: float = _key(30.0, "seconds without data before the connection counts as dead",
                         _range(0, 3600, lo_open=True))
     reconnect_backoff_max: float = _key(30.0, "cap of the exponential reconnect backoff, s",
@@ -187,6 +188,14 @@ class WindowConfig:
                                        _range(0, 1))
 
 
+def _overrides(v: tuple) -> tuple[tuple[str, tuple[tuple[str, float], ...]], ...]:
+    """[trigger.overrides], kept as sorted (target, sorted (key, value) pairs) so the config stays frozen."""
+    try:
+        return tuple(sorted((k, tuple(sorted(d.items()))) for k, d in check_trigger_overrides(dict(v)).items()))
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
 @dataclass(frozen=True, slots=True)
 class TriggerConfig:
     """[trigger]: turning window probabilities into detections (on/off hysteresis)."""
@@ -197,6 +206,8 @@ class TriggerConfig:
     label: str = _key(TRIGGER.label, "class label that triggers", _non_empty)
     retrigger_hold: float = _key(TRIGGER.retrigger_hold_s, "a re-trigger this long after a detection fell below off "
                                  "extends it (one detection per event and station), s", _range(0, 3600))
+    overrides: tuple = _key((), 'on, off, min_duration per network or station, e.g. { "BW.RJOB" = { on = 0.8 } }',
+                            _overrides)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +310,33 @@ class AssociateConfig:
     tolerance_s: float = _key(ASSOCIATION.tolerance_s, "slack added to the travel-time bound, s", _range(0, 600))
 
 
+def _backfill_source(v: str) -> str:
+    from quakemon.ingest.backfill import SOURCE_FORMS, valid_source
+
+    if not valid_source(v):
+        raise _Invalid(SOURCE_FORMS)
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillConfig:
+    """[backfill]: gaps SeedLink cannot fill, read afterwards from an archive (`quakemon.ingest.backfill`)."""
+
+    source: str = _key("", '"sds:///path", "fdsn://host[:port]" or an http(s):// FDSN URL; "" = off', _backfill_source)
+    delay_s: float = _key(300.0, "wait this long after a gap before reading it (archives lag), s", _range(0, 86400))
+    max_span_s: float = _key(21600.0, "backfill at most the newest this many seconds of a gap", _range(1, 30 * 86400))
+    attempts: int = _key(6, "reads of a span before it is given up (backoff 1 s doubling to 5 min)", _range(1, 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveConfig:
+    """[archive]: what the daemon keeps on disk for review (quakemon.pipeline.probarchive)."""
+
+    probabilities: str = _key("", 'SDS directory for every window\'s class probabilities as MiniSEED; "" = off', _path)
+    probabilities_flush_s: float = _key(120.0, "longest a probability waits in memory before it is written, s",
+                                        _range(0, 86_400, lo_open=True))
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration, one frozen section per TOML table."""
@@ -312,6 +350,8 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     associate: AssociateConfig = field(default_factory=AssociateConfig)
+    backfill: BackfillConfig = field(default_factory=BackfillConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """{section: {key: value}} with lists for tuples: plain data for JSON, TOML or logs."""
@@ -323,7 +363,7 @@ class Config:
 
 def _plain(v: Any) -> Any:
     if isinstance(v, tuple) and v and all(isinstance(x, tuple) for x in v):
-        return dict(v)
+        return {k: _plain(x) for k, x in v}
     return list(v) if isinstance(v, tuple) else v
 
 
@@ -332,7 +372,7 @@ def _sections() -> dict[str, type]:
     return {
         "seedlink": SeedLinkConfig, "model": ModelConfig, "window": WindowConfig, "trigger": TriggerConfig,
         "pipeline": PipelineConfig, "publish": PublishConfig, "metrics": MetricsConfig, "logging": LoggingConfig,
-        "associate": AssociateConfig,
+        "associate": AssociateConfig, "backfill": BackfillConfig, "archive": ArchiveConfig,
     }
 
 
@@ -388,25 +428,24 @@ def _build_section(cls: type, name: str, table: Any, where: str, from_text: bool
     return cls(**values)
 
 
-def _default_runtime_dir() -> str:
-    env = os.environ.get("RUNTIME_DIRECTORY") or (
-        os.path.join(os.environ["XDG_RUNTIME_DIR"], "quakemon") if os.environ.get("XDG_RUNTIME_DIR") else ""
-    )
-    return env.split(":")[0] if env else os.path.join(tempfile.gettempdir(), f"quakemon-{os.getuid()}")
-
-
 def _resolve(cfg: Config, where: str) -> Config:
-    """Cross-key checks and "auto" endpoints."""
+    """Cross-key checks, "auto" endpoints and paths."""
+    if cfg.seedlink.state_file == "auto":
+        cfg = dataclasses.replace(cfg, seedlink=dataclasses.replace(cfg.seedlink, state_file=default_state_file()))
     t, p, pub = cfg.trigger, cfg.pipeline, cfg.publish
     if not t.off <= t.on:
         raise ConfigError(f"{where}: trigger.off: expected 0 < off <= trigger.on ({t.on}), got {t.off}")
+    try:
+        check_trigger_overrides({k: dict(d) for k, d in t.overrides}, t.on, t.off)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: trigger.overrides: expected {exc}") from None
     if bool(pub.curve_secret_key) != bool(pub.curve_allowed_keys):
         missing = "publish.curve_allowed_keys" if pub.curve_secret_key else "publish.curve_secret_key"
         raise ConfigError(
             f"{where}: {missing}: expected a path when the other CURVE key is set "
             f"(curve_secret_key={pub.curve_secret_key!r}, curve_allowed_keys={pub.curve_allowed_keys!r})"
         )
-    runtime_dir = _default_runtime_dir() if p.runtime_dir == "auto" else p.runtime_dir
+    runtime_dir = default_runtime_dir() if p.runtime_dir == "auto" else p.runtime_dir
     windows = p.windows_endpoint if p.windows_endpoint != "auto" else f"ipc://{runtime_dir}/windows"
     spectra = p.spectra_endpoint if p.spectra_endpoint != "auto" else f"ipc://{runtime_dir}/spectra"
     for key, value in (("windows_endpoint", windows), ("spectra_endpoint", spectra)):
@@ -539,43 +578,3 @@ def check_stages(stages: str | Sequence[str] | None, config: Config | None = Non
         raise ConfigError(f'{where}: seedlink.streams: expected at least one selector like "BW.RJOB..EH?" '
                           "for the ingest stage of `quakemon run`, got []")
     return names
-
-
-# -- printing ------------------------------------------------------------------------------------------------
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
-    if isinstance(v, tuple) and v and all(isinstance(x, tuple) for x in v):
-        v = dict(v)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, Mapping):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    return repr(v)
-
-
-def format_config(config: Config) -> str:
-    """The resolved config as TOML (loadable again), each key with its one-line doc as a comment."""
-    lines: list[str] = []
-    for name, cls in _sections().items():
-        lines.append(f"[{name}]")
-        section = getattr(config, name)
-        for f in dataclasses.fields(cls):
-            lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}  # {f.metadata['doc']}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def check_config_main(path: str | Path) -> int:
-    """`quakemon check-config FILE`: print the resolved values (exit 0) or the error (exit 2)."""
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    sys.stdout.write(format_config(config))
-    return 0

@@ -1,14 +1,14 @@
 """`quakemon run`: the supervisor that starts the stage processes and owns the service lifecycle.
 
 startup -> main loop -> shutdown, as uvicorn/gunicorn do it:
-- startup: check the config and the checkpoint (a bad one exits non-zero before READY), remove the control
-  sockets that daemons no longer running left in the runtime directory, bind the control socket (removed
-  again at shutdown), start each stage as a child process (`quakemon.service.stage_main`), all at once so
-  that they import in parallel; ingest is started with --hold and reads SeedLink only once the local preprocess and
-  inference stages are ready (SIGUSR1), so no window is dropped while the model loads. Children write to
-  the supervisor's stderr (their stdout is redirected there too), get SIGTERM when the supervisor dies
-  (PR_SET_PDEATHSIG, plus a parent-pid check), and never see NOTIFY_SOCKET/WATCHDOG_*: only the
-  supervisor talks to systemd (the unit's NotifyAccess=main, KillMode=mixed).
+- startup: check the config, the paths the stages write (`quakemon.service.paths`) and the checkpoint (a bad one exits
+  non-zero before READY), remove the control sockets that daemons no longer running left in the runtime directory,
+  bind the control socket (removed again at shutdown), start each stage as a child process
+  (`quakemon.service.stage_main`), all at once so that they import in parallel; ingest is started with --hold and
+  reads SeedLink only once the local preprocess and inference stages are ready (SIGUSR1), so no window is dropped
+  while the model loads. Children write to the supervisor's stderr (their stdout is redirected there too), get SIGTERM
+  when the supervisor dies (PR_SET_PDEATHSIG, plus a parent-pid check), and never see NOTIFY_SOCKET/WATCHDOG_*: only
+  the supervisor talks to systemd (the unit's NotifyAccess=main, KillMode=mixed).
 - main loop (5 Hz): read stage status messages; READY=1 once every stage has reported ready (the inference
   stage only after its model is loaded and warmed up); WATCHDOG=1 only while every running stage's loop
   advanced within the last `STALE_S` seconds, so a hung stage stops the pings and systemd restarts the
@@ -19,6 +19,10 @@ startup -> main loop -> shutdown, as uvicorn/gunicorn do it:
   A stage that dies is restarted with exponential backoff (1 s doubling to 30 s); one that dies before it was
   ever ready, or more than `MAX_RESTARTS` times in `RESTART_WINDOW_S`, or with the fatal-GPU exit code, makes
   the daemon exit 1 (systemd's Restart=on-failure takes over), unless model.on_fatal_gpu_error = "cpu".
+- reload (SIGHUP, `systemctl reload`; the handler only sets a flag): RELOADING=1, the config file is read and
+  checked again and applied without restarting a stage, or refused as a whole (`quakemon.service.reload`);
+  READY=1 once every stage runs the new config (or it was refused). The stages run the config the supervisor
+  wrote to the runtime directory (`running-config.toml`), so a stage restarted later runs the same one.
 - shutdown (SIGTERM/SIGINT; handlers only set a flag): STOPPING=1, then stages stop in data-flow order
   (ingest first, which saves its SeedLink state, inference last), each with SIGTERM and a 3 s grace before
   SIGKILL; exit 0 well inside systemd's TimeoutStopSec.
@@ -31,6 +35,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,8 +44,10 @@ import structlog
 import zmq
 
 from quakemon.base.errors import QuakemonError
-from quakemon.base.signals import StopFlag, install_stop_handlers
+from quakemon.base.signals import StopFlag, install_stop_handlers, set_on_signals
+from quakemon.service import reload as reloading
 from quakemon.service.config import Config, check_journal, check_stages
+from quakemon.service.paths import check_writable_paths
 from quakemon.service.runtime_lock import RuntimeLock
 from quakemon.service.stages import EXIT_FATAL, STAGES
 
@@ -52,6 +59,7 @@ BACKOFF_MAX_S = 30.0
 STOP_GRACE_S = 3.0
 STALE_S = 3.0
 STARTUP_GRACE_S = 120.0
+RELOAD_TIMEOUT_S = 30.0  # stages that have not applied a reload by then are named (`reload_incomplete`)
 
 
 @dataclass
@@ -110,17 +118,21 @@ class Supervisor:
         self.metrics: Any = None
         self.metrics_stop: Any = None
         self.stalled: list[str] = []  # stages that stopped advancing, as last reported
+        self.snapshot = reloading.write_snapshot(cfg)  # what the stages run (after the lock: ours to write)
+        self.reload_requested = threading.Event()
+        self.reload: Reload | None = None  # the reload the stages are applying
+        self.reloads = {"ok": 0, "refused": 0, "incomplete": 0}
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def install_signals(self) -> None:
-        """SIGTERM and SIGINT only set the stop flag; the main loop notices it within one round."""
+        """SIGTERM and SIGINT only set the stop flag, SIGHUP the reload flag; the main loop notices them within one
+        round."""
         install_stop_handlers(self.stop)
+        set_on_signals(self.reload_requested, [signal.SIGHUP])
 
     def spawn(self, st: StageProcess, hold: bool = False) -> None:
         cmd = [sys.executable, "-m", "quakemon.service.stage_main", st.kind, "--control", self.control_endpoint,
-               "--parent", str(os.getpid()), "--overrides", json.dumps(self.overrides)] + (["--hold"] if hold else [])
-        if self.config_path:
-            cmd += ["--config", self.config_path]
+               "--parent", str(os.getpid()), "--config", self.snapshot] + (["--hold"] if hold else [])
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         st.proc = subprocess.Popen(cmd, env={**env, **st.env}, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno())
         st.ready = False
@@ -153,6 +165,8 @@ class Supervisor:
                     self.notifier.ready(self.status_text())
                     log.info("daemon_ready", stages=[st.name for st in self.stages],
                              seconds=round(time.monotonic() - self.started, 1))
+                if self.ready_sent:
+                    self.handle_reload()
                 if self.pipeline_progressing():
                     watchdog.progress()
                 self.report_stalls()
@@ -194,6 +208,37 @@ class Supervisor:
             if body.get("ready") and not st.ready:
                 st.ready = st.ever_ready = True
                 log.info("stage_ready", stage=st.name, pid=st.proc.pid)
+
+    # -- reload (SIGHUP) -------------------------------------------------------------------------------------
+    def handle_reload(self) -> None:
+        """Start a requested reload (when none is in progress), and finish the one in progress."""
+        if self.reload is not None:
+            self.reload.poll(self)
+        if self.reload is None and self.reload_requested.is_set():
+            self.reload_requested.clear()
+            self.start_reload()
+
+    def start_reload(self) -> None:
+        """RELOADING=1; re-read and check the config file; refuse it (READY=1 at once) or hand it to the stages."""
+        from quakemon.service.config import load_config
+
+        self.notifier.reloading("reloading the config")
+        log.info("reload_requested", config=self.config_path)
+        try:
+            new = load_config(self.config_path, self.overrides)
+            check_startup(new, sorted({st.kind for st in self.stages}), self.config_path)
+            changed = reloading.validate_reload(self.cfg, new)
+            if changed:
+                reloading.write_snapshot(new)
+        except (QuakemonError, OSError) as exc:  # OSError: the snapshot could not be written
+            self.reloads["refused"] += 1
+            log.error("reload_refused", reason=str(exc), action="the running config stays",
+                      reloads_total=sum(self.reloads.values()), **self.reloads)
+            self.notifier.ready(self.status_text())
+            return
+        self.cfg = new
+        self.reload = Reload(reloading.config_digest(new), changed, time.monotonic())
+        self.reload.poll(self)
 
     def start_ingest_when_downstream_ready(self) -> None:
         """Release a held ingest (SIGUSR1) once it and every other local stage are ready (first start only)."""
@@ -318,15 +363,50 @@ class Supervisor:
             self.metrics_stop()
         self.control.close(linger=0)
         self.ctx.term()
-        try:
-            os.unlink(self.control_path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("control_socket_not_removed", path=self.control_path, error=str(exc))
+        for path in (self.control_path, self.snapshot):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("control_socket_not_removed" if path == self.control_path else "snapshot_not_removed",
+                            path=path, error=str(exc))
         self.runtime_lock.release()
         log.info("daemon_stopped", seconds=round(time.monotonic() - self.stopping_since, 2)
                  if self.stopping_since else None)
+
+
+@dataclass
+class Reload:
+    """A reload the stages are applying: they get SIGHUP once they are running (ready), and it is done when every
+    stage that applies a part (`quakemon.service.reload.RELOAD_STAGES`) reports the new config's digest."""
+
+    digest: str
+    changed: list[str]
+    started: float
+    signalled: set[int] = field(default_factory=set)  # pids
+
+    def poll(self, sup: Supervisor) -> None:
+        """Signal the stages not yet signalled; READY=1 and `reload_ok` (or `reload_incomplete` after
+        RELOAD_TIMEOUT_S) when they are done."""
+        waiting = []
+        for st in sup.stages:
+            if st.kind not in reloading.RELOAD_STAGES or st.stats.get("config_digest") == self.digest:
+                continue
+            waiting.append(st.name)
+            if self.changed and st.ready and st.proc is not None and st.proc.pid not in self.signalled:
+                self.signalled.add(st.proc.pid)
+                st.proc.send_signal(signal.SIGHUP)
+        seconds = round(time.monotonic() - self.started, 2)
+        if waiting and seconds < RELOAD_TIMEOUT_S:
+            return
+        result = "incomplete" if waiting else "ok"
+        sup.reloads[result] += 1
+        (log.warning if waiting else log.info)(f"reload_{result}", changed=self.changed, seconds=seconds,
+                                               stages_not_reloaded=waiting, reloads_total=sum(sup.reloads.values()),
+                                               **sup.reloads)
+        sup.reload = None
+        sup.notifier.ready(sup.status_text())
 
 
 def remove_stale_control_sockets(runtime_dir: str) -> list[str]:
@@ -371,15 +451,24 @@ def _quakemon_running(pid: int) -> bool:
         return True
 
 
-def run_daemon(cfg: Config, config_path: str | None, overrides: dict[str, Any] | None = None,
-               stages: list[str] | None = None) -> int:
-    """Start the stages (all by default) and supervise them until SIGTERM/SIGINT; return the exit code."""
+def check_startup(cfg: Config, stages: list[str] | None, config_path: str | None = None) -> list[str]:
+    """The checks a config passes before the stages start, and again before a reload: the stage names and the
+    streams the ingest stage needs, the checkpoint, the journal (ConfigError, exit 2). Returns the stages."""
     from quakemon.models.checkpoint import read_metadata, resolve_checkpoint
 
     stages = check_stages(stages, cfg)  # stage names and the streams the ingest stage needs: ConfigError
+    where = f"config file {config_path!r}" if config_path else "config"
+    check_writable_paths(cfg, stages, where=where)  # every path these stages write; else exit 2, before READY
     read_metadata(resolve_checkpoint(cfg.model.checkpoint))  # a bad checkpoint fails here, before READY
     if "inference" in stages:
-        check_journal(cfg)  # an unusable publish.journal fails here (exit 2), before READY
+        check_journal(cfg, where)  # an unusable publish.journal fails here (exit 2), before READY
+    return stages
+
+
+def run_daemon(cfg: Config, config_path: str | None, overrides: dict[str, Any] | None = None,
+               stages: list[str] | None = None) -> int:
+    """Start the stages (all by default) and supervise them until SIGTERM/SIGINT; return the exit code."""
+    stages = check_startup(cfg, stages, config_path)
     sup = Supervisor(cfg, config_path, overrides or {}, stages)
     sup.install_signals()
     if cfg.metrics.listen:
@@ -400,13 +489,15 @@ class MetricsBridge:
                 ("ingest", "source_duplicates", "records_duplicate"), ("ingest", "source_reconnects", "reconnects"),
                 ("ingest", "source_gaps", "gaps"), ("inference", "windows", "windows_out"),
                 ("ingest", "windower_clock_jumps", "clock_jumps"),
-                ("ingest", "windower_station_silences", "station_silences"))
+                ("ingest", "windower_station_silences", "station_silences"),
+                ("inference", "backfill_detections", "backfill_detections"))
     LABELLED = (("ingest", "corrupt_reasons", "records_corrupt", "reason"),
                 ("inference", "detections_opened", "detections", "station"),
                 ("inference", "zmq_events", "zmq_events", "event"),
                 ("inference", "curve_rejected", "curve_rejected", "reason"),
                 ("preprocess", "messages_rejected_reasons", "messages_rejected", "reason"),
-                ("inference", "messages_rejected_reasons", "messages_rejected", "reason"))
+                ("inference", "messages_rejected_reasons", "messages_rejected", "reason"),
+                ("inference", "backfill_spans", "backfill_spans", "outcome"))
     # the station windower's rejected records (its counters, reported by ingest as windower_*), by reason
     REJECTED = (("windower_clock_glitch", "clock_glitch"), ("windower_late_records", "late"),
                 ("windower_duplicate_records", "duplicate"), ("windower_implausible_rate_records", "implausible_rate"),

@@ -44,7 +44,8 @@ class Metrics:
     station_silent{station}. Output: detections{station} ("new" detections). Publish socket: zmq_events{event}
     (ZeroMQ monitor events by name: ACCEPTED, HANDSHAKE_SUCCEEDED, HANDSHAKE_FAILED_AUTH, DISCONNECTED, ...), and
     curve_rejected{reason} (handshakes refused, by ZeroMQ's reason). Stage sockets: messages_rejected{reason}
-    (malformed messages the preprocess and inference stages dropped).
+    (malformed messages the preprocess and inference stages dropped). Backfill: backfill_spans{outcome},
+    backfill_detections.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -87,6 +88,10 @@ class Metrics:
                                     ["station"], registry=r)
         self.messages_rejected = Counter("quakemon_messages_rejected", "Malformed stage messages dropped, by reason",
                                          ["reason"], registry=r)
+        self.backfill_spans = Counter("quakemon_backfill_spans", "Backfilled spans, by outcome (done, failed)",
+                                      ["outcome"], registry=r)
+        self.backfill_detections = Counter("quakemon_backfill_detections", "Detections in backfilled spans",
+                                           registry=r)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """One inference micro-batch: its size, its forward time and the windows it classified."""

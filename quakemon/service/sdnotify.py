@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -75,6 +76,12 @@ class Notifier:
 
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")
+
+    def reloading(self, status: str = "") -> bool:
+        """RELOADING=1 with MONOTONIC_USEC= (CLOCK_MONOTONIC, as systemd's Type=notify-reload requires); READY=1
+        ends the reload."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}" + (f"\nSTATUS={_one_line(status)}" if status else ""))
 
     def stopping(self, status: str = "") -> bool:
         return self.notify("STOPPING=1" + (f"\nSTATUS={_one_line(status)}" if status else ""))

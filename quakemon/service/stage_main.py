@@ -3,7 +3,8 @@
 The supervisor (`quakemon.service.daemon`) starts one process per stage with this module; it can also be started by
 hand to spread stages over hosts (see `quakemon run --stages`). With `--hold`, ingest reports ready but reads
 SeedLink only after SIGUSR1, which the supervisor sends once the local downstream stages are ready (so no
-window is dropped while the model loads, and all stages import in parallel).
+window is dropped while the model loads, and all stages import in parallel). SIGHUP re-reads --config (with the
+same --overrides) and applies what may change while running (`quakemon.service.reload`).
 """
 
 from __future__ import annotations
@@ -60,9 +61,14 @@ def build_stage(stage: str, cfg: Any, control: str | None, stop: StopFlag, go: t
 
 
 def run_stage(stage: str, cfg: Any, control: str | None, stop: StopFlag | None = None,
-              go: threading.Event | None = None) -> int:
-    """Run one stage until `stop` (startup -> main loop -> shutdown); returns the exit code."""
-    return build_stage(stage, cfg, control, stop or StopFlag(), go).run()
+              go: threading.Event | None = None, reload: tuple[threading.Event, Any] | None = None) -> int:
+    """Run one stage until `stop` (startup -> main loop -> shutdown); returns the exit code. `reload`: (an Event
+    set on SIGHUP, a function returning the config to reload), for the stages that apply a reloaded config
+    (`quakemon.service.reload.ReloadableStage`)."""
+    built = build_stage(stage, cfg, control, stop or StopFlag(), go)
+    if reload is not None and hasattr(built, "reload_event"):
+        built.reload_event, built.reload_config = reload
+    return built.run()
 
 
 def _profiled(stage: str, directory: str, run) -> int:
@@ -93,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stop = StopFlag()
     install_stop_handlers(stop)
+    reload = threading.Event()  # SIGHUP: re-read --config (the supervisor's reload; never the default: exit)
+    set_on_signals(reload, [signal.SIGHUP])
     go = threading.Event()
     if args.hold:
         set_on_signals(go, [signal.SIGUSR1])
@@ -102,13 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         die_with_parent()
         stop.watch_parent(args.parent)
     try:
-        cfg = load_config(args.config, json.loads(args.overrides))
+        overrides = json.loads(args.overrides)
+        cfg = load_config(args.config, overrides)
+        reloading = (reload, lambda: load_config(args.config, overrides))
         configure_logging(cfg.logging.level, cfg.logging.format)
         structlog.contextvars.bind_contextvars(stage=args.stage)
         profile_dir = os.environ.get("QUAKEMON_PROFILE_DIR")
         if profile_dir and args.stage in os.environ.get("QUAKEMON_PROFILE_STAGES", args.stage).split(","):
-            return _profiled(args.stage, profile_dir, lambda: run_stage(args.stage, cfg, args.control, stop, go))
-        return run_stage(args.stage, cfg, args.control, stop, go)
+            return _profiled(args.stage, profile_dir,
+                             lambda: run_stage(args.stage, cfg, args.control, stop, go, reloading))
+        return run_stage(args.stage, cfg, args.control, stop, go, reloading)
     except QuakemonError as exc:
         print(f"quakemon {args.stage}: error: {exc}", file=sys.stderr)
         return exc.exit_code

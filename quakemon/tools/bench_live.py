@@ -249,7 +249,9 @@ def _finish_step(step: LiveStep, first: tuple[float, dict[str, Any], tuple[float
     step.measure_s = dt
     step.windows_per_s = (int(hb_b.get("windows_out") or 0) - int(hb_a.get("windows_out") or 0)) / dt
     step.dropped = int(hb_b.get("dropped") or 0) - int(hb_a.get("dropped") or 0)
-    lag_a, lag_b = hb_a.get("lag_s"), hb_b.get("lag_s")
+    # data_age_s (host time minus the newest data, worst station) is what lag_s was before lag_s became the
+    # processing lag; with retimed data it is how far ingest is behind the stream
+    lag_a, lag_b = (hb.get("data_age_s", hb.get("lag_s")) for hb in (hb_a, hb_b))
     step.lag_growth_s = None if lag_a is None or lag_b is None else float(lag_b) - float(lag_a)
     step.latency_n = len(latencies)
     step.latency_p50_s, step.latency_p99_s = percentile(latencies, 50), percentile(latencies, 99)
@@ -260,8 +262,8 @@ def _finish_step(step: LiveStep, first: tuple[float, dict[str, Any], tuple[float
     step.mem_mb = mem_b / 2**20
     step.mem_mb_per_station = step.mem_mb / max(1, step.stations)
     step.heartbeat = {k: hb_b.get(k) for k in ("stations", "windows_in", "windows_out", "dropped", "dropped_by_stage",
-                                               "queue_depths", "lag_s", "data_lag_s", "device", "precision",
-                                               "inference")}
+                                               "queue_depths", "lag_s", "data_age_s", "data_lag_s", "device",
+                                               "precision", "inference")}
     problems = []
     if step.windows_per_s < 0.9 * step.expected_windows_per_s:
         problems.append(f"{step.windows_per_s:.0f} windows/s < 90 % of {step.expected_windows_per_s:.0f}")

@@ -36,6 +36,7 @@ from quakemon.wire.journal import Journal
 from quakemon.wire.schema import (
     HEARTBEAT_TOPIC,
     Sequencer,
+    data_age_s,
     detection_topic,
     event_topic,
     heartbeat_body,
@@ -170,11 +171,13 @@ class Publisher:
     def publish_detection(self, body: dict[str, Any], arrival: float | None = None) -> int | None:
         """Stamp and send a detection body (from :func:`quakemon.wire.schema.detection_body`) on its station topic.
 
-        `arrival`: host time (``time.time()``) the window's last sample arrived; sets ``latency_s``.
+        `arrival`: host time (``time.time()``) the window's last sample arrived; sets ``latency_s``, and
+        ``data_age_s`` from the body's ``last_window_end``.
         Returns the message's seq, or None if the socket refused it.
         """
         if arrival is not None:
             body["latency_s"] = latency_s(arrival)
+            body["data_age_s"] = data_age_s(body["last_window_end"])
         validate_detection(body, stamped=False)
         seq = self._send(detection_topic(body["station"]), body)
         self.stats["detections"] += 1

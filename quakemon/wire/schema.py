@@ -2,18 +2,15 @@
 
 Two kinds of messages travel over ZeroMQ:
 
-* Array frames (PUSH/PULL between pipeline stages): ``[JSON header, raw buffer, raw buffer, ...]``. The header
-  names the schema (``quakemon.arrays/1``), the caller's metadata and, per array, its name, dtype and shape.
-  Buffers are C-contiguous little-endian and are sent and received without copies (``np.frombuffer``).
-  Never pickle: dtypes are checked against an allow-list, sizes against the declared shapes.
+* Array frames (PUSH/PULL between pipeline stages): ``[JSON header, raw buffer, raw buffer, ...]``, in
+  `quakemon.wire.arrays` (re-exported here).
 * Published bodies (PUB to subscribers): ``[topic, JSON body]`` with topics ``detection.<NET>.<STA>`` and
   ``heartbeat``. Every body carries ``schema``, ``seq`` (+1 per message from this publisher), ``topic_seq`` (+1
   per message on this topic, so a subscriber filtering by prefix still sees its gaps) and ``epoch`` (id of the
   publisher run, new on every restart). Detections carry ``station`` "NET.STA.LOC".
 
-docs/wire-protocol.md describes every field of the detection (``quakemon.detection/2``: ``onset`` is the P pick,
-docs/picks.md), event and heartbeat bodies and what changed from ``quakemon.detection/1``. Times on the wire are
-ISO 8601 UTC strings with microseconds and a ``Z`` suffix; ``latency_s`` is computed in one place.
+docs/wire-protocol.md describes every field of the bodies and what changed from ``quakemon.detection/1``. Times
+are ISO 8601 UTC with microseconds and a ``Z``; ``latency_s`` and ``data_age_s`` are computed in one place.
 """
 
 from __future__ import annotations
@@ -27,11 +24,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
+from quakemon.wire.arrays import ALLOWED_DTYPES, ARRAYS_SCHEMA, MAX_NDIM, pack_arrays, unpack_arrays  # noqa: F401
+from quakemon.wire.codec import MessageError, json_bytes  # noqa: F401  (re-exported: the wire's public names)
 
-from quakemon.base.errors import QuakemonError
-
-ARRAYS_SCHEMA = "quakemon.arrays/1"
 DETECTION_SCHEMA = "quakemon.detection/2"
 #: Earlier detection schemas, which `parse_body` names in its error (docs/wire-protocol.md says what changed).
 OLD_DETECTION_SCHEMAS = ("quakemon.detection/1",)
@@ -46,124 +41,6 @@ DETECTION_STATES = ("new", "closed")
 CLOSE_REASONS = ("off", "gap", "flush", "shutdown")
 EVENT_STATES = ("new", "updated", "closed")
 EVENT_CLOSE_REASONS = ("window", "flush")
-
-#: dtypes allowed in array frames (numpy ``dtype.str``, little-endian). Anything else, notably object, is refused.
-ALLOWED_DTYPES = frozenset(
-    {"|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f2", "<f4", "<f8", "<c8", "<c16"}
-)
-MAX_NDIM = 8
-
-
-class MessageError(QuakemonError):
-    """A message does not follow the wire schema (malformed frames, unknown dtype, missing field, ...)."""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Array frames
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _wire_array(name: str, array: np.ndarray) -> np.ndarray:
-    """Return `array` as a C-contiguous little-endian array with an allowed dtype (no copy when already so)."""
-    arr = np.asarray(array)
-    if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not np.little_endian):
-        arr = arr.astype(arr.dtype.newbyteorder("<"))
-    if arr.dtype.str not in ALLOWED_DTYPES:
-        raise MessageError(
-            f"array {name!r}: dtype {arr.dtype.str!r} is not allowed on the wire; allowed: {sorted(ALLOWED_DTYPES)}"
-        )
-    if arr.ndim > MAX_NDIM:
-        raise MessageError(f"array {name!r}: {arr.ndim} dimensions, at most {MAX_NDIM} allowed")
-    return arr if arr.flags.c_contiguous else arr.copy(order="C")  # (ascontiguousarray turns 0-d into 1-d)
-
-
-def pack_arrays(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> list[bytes | memoryview]:
-    """Frames for one multipart message: a JSON header, then one raw buffer per array (zero-copy views).
-
-    `header` is the caller's JSON-serialisable metadata (station, window_start, ...); it comes back unchanged
-    from :func:`unpack_arrays`. Arrays keep their insertion order. Non-contiguous or big-endian arrays are
-    copied once; contiguous little-endian ones are sent straight from their memory, so they must not be
-    modified until the send completes.
-    """
-    specs = []
-    buffers: list[bytes | memoryview] = []
-    for name, array in arrays.items():
-        if not isinstance(name, str):
-            raise MessageError(f"array names must be strings, got {name!r}")
-        arr = _wire_array(name, array)
-        specs.append({"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape)})
-        buffers.append(memoryview(arr.reshape(-1).view(np.uint8)))
-    try:
-        head = json_bytes({"schema": ARRAYS_SCHEMA, "header": dict(header), "arrays": specs})
-    except (TypeError, ValueError) as exc:
-        raise MessageError(f"array header is not JSON-serialisable: {exc}") from exc
-    return [head, *buffers]
-
-
-def _frame_buffer(frame: Any) -> memoryview:
-    """A memoryview onto a frame: bytes, bytearray, memoryview or zmq.Frame (``recv_multipart(copy=False)``)."""
-    buf = getattr(frame, "buffer", frame)
-    try:
-        return memoryview(buf)
-    except TypeError as exc:
-        raise MessageError(f"frame of type {type(frame).__name__} does not expose a buffer") from exc
-
-
-def _parse_specs(head: Any) -> tuple[dict[str, Any], list[tuple[str, np.dtype, tuple[int, ...]]]]:
-    if not isinstance(head, dict):
-        raise MessageError(f"array header must be a JSON object, got {type(head).__name__}")
-    if head.get("schema") != ARRAYS_SCHEMA:
-        raise MessageError(f"array header schema: expected {ARRAYS_SCHEMA!r}, got {head.get('schema')!r}")
-    header, specs = head.get("header"), head.get("arrays")
-    if not isinstance(header, dict) or not isinstance(specs, list):
-        raise MessageError("array header needs an object 'header' and a list 'arrays'")
-    parsed = []
-    for i, spec in enumerate(specs):
-        if not isinstance(spec, dict):
-            raise MessageError(f"array spec {i}: expected an object, got {spec!r}")
-        name, dtype, shape = spec.get("name"), spec.get("dtype"), spec.get("shape")
-        if not isinstance(name, str):
-            raise MessageError(f"array spec {i}: 'name' must be a string, got {name!r}")
-        if dtype not in ALLOWED_DTYPES:
-            raise MessageError(f"array {name!r}: dtype {dtype!r} is not allowed; allowed: {sorted(ALLOWED_DTYPES)}")
-        if (
-            not isinstance(shape, list)
-            or len(shape) > MAX_NDIM
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
-        ):
-            raise MessageError(f"array {name!r}: shape must be a list of at most {MAX_NDIM} ints >= 0, got {shape!r}")
-        parsed.append((name, np.dtype(dtype), tuple(shape)))
-    if len({p[0] for p in parsed}) != len(parsed):
-        raise MessageError(f"array names repeat: {[p[0] for p in parsed]}")
-    return header, parsed
-
-
-def unpack_arrays(frames: Sequence[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Header and arrays from frames made by :func:`pack_arrays`; raises :class:`MessageError` if malformed.
-
-    Arrays are zero-copy views onto the frames (read-only when the frames are bytes); copy one to modify it.
-    """
-    if len(frames) < 1:
-        raise MessageError("array message has no frames; expected a JSON header frame")
-    try:
-        head = json.loads(bytes(_frame_buffer(frames[0])))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MessageError(f"array header frame is not valid JSON: {exc}") from exc
-    header, specs = _parse_specs(head)
-    if len(frames) != 1 + len(specs):
-        raise MessageError(f"array message: expected {1 + len(specs)} frames (header + {len(specs)} arrays), "
-                           f"got {len(frames)}")
-    arrays: dict[str, np.ndarray] = {}
-    for (name, dtype, shape), frame in zip(specs, frames[1:], strict=True):
-        buf = _frame_buffer(frame)
-        expected = math.prod(shape) * dtype.itemsize
-        if buf.nbytes != expected:
-            raise MessageError(f"array {name!r}: shape {list(shape)} of {dtype.str} needs {expected} bytes, "
-                               f"frame has {buf.nbytes}")
-        arrays[name] = np.frombuffer(buf.cast("B") if buf.ndim != 1 or buf.format != "B" else buf,
-                                     dtype=dtype).reshape(shape)
-    return header, arrays
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Times, ids, topics
@@ -216,12 +93,16 @@ def parse_iso_utc(text: str) -> float:
 
 
 def latency_s(last_sample_arrival: float, now: float | None = None) -> float:
-    """Seconds from the arrival of a window's last sample (host ``time.time()``) to now (publication).
-
-    Negative values (host clock stepped backwards) are clamped to 0.
-    """
+    """Seconds from the arrival of a window's last sample (host ``time.time()``) to now (publication); negative
+    values (host clock stepped backwards) are clamped to 0."""
     now = time.time() if now is None else now
     return max(0.0, round(float(now) - float(last_sample_arrival), 6))
+
+
+def data_age_s(window_end: Any, now: float | None = None) -> float:
+    """Seconds from a window's end (float, UTCDateTime or ISO text) to now; negative: host clock behind the data."""
+    end = parse_iso_utc(window_end) if isinstance(window_end, str) else to_timestamp(window_end)
+    return round((time.time() if now is None else now) - end, 6)
 
 
 def new_epoch(now: float | None = None) -> str:
@@ -259,11 +140,6 @@ def event_topic(event_id: str) -> str:
     if not isinstance(event_id, str) or not event_id or "." in event_id:
         raise MessageError(f"event id must be a non-empty string without dots, got {event_id!r}")
     return f"{EVENT_TOPIC}.{event_id}"
-
-
-def json_bytes(body: Mapping[str, Any]) -> bytes:
-    """Compact UTF-8 JSON (no NaN: they are not JSON)."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 def parse_body(data: bytes | memoryview) -> dict[str, Any]:
@@ -345,6 +221,7 @@ def detection_body(
     last_window_start: Any = None,
     last_window_end: Any = None,
     latency_s: float | None = None,
+    data_age_s: float | None = None,
     end: Any = None,
     close_reason: str | None = None,
 ) -> dict[str, Any]:
@@ -354,7 +231,8 @@ def detection_body(
     it becomes ``onset`` and ``pick.time``, and ``id`` is :func:`detection_id` of station, pick time and model
     sha256. The pick's quality defaults suit a hand-made body (method "manual"). `last_window_start` /
     `last_window_end` (the window that caused the message) default to the first window. ``end`` and
-    ``close_reason`` are set on "closed" only. ``latency_s`` is null in replays and filled at publication.
+    ``close_reason`` are set on "closed" only. ``latency_s`` and ``data_age_s`` are null in replays and filled
+    at publication (`quakemon.wire.publisher.Publisher.publish_detection`).
     """
     if pick_time_ns is None:
         if onset is None:
@@ -381,6 +259,7 @@ def detection_body(
         "peak_probability": round(float(peak_probability), 6),
         "model": {"name": str(model.get("name", "")), "sha256": str(model.get("sha256", ""))},
         "latency_s": None if latency_s is None else float(latency_s),
+        "data_age_s": None if data_age_s is None else float(data_age_s),
     }
     if close_reason is not None:
         body["close_reason"] = close_reason
@@ -391,9 +270,8 @@ def _require(body: Mapping[str, Any], key: str, types: type | tuple[type, ...], 
     if key not in body:
         raise MessageError(f"{what} body: missing field {key!r}")
     value = body[key]
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise MessageError(f"{what} body: field {key!r} must be {types}, got {value!r}")
-    if not isinstance(value, types):
+    bool_for_number = isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,))
+    if bool_for_number or not isinstance(value, types):
         raise MessageError(f"{what} body: field {key!r} must be {types}, got {value!r}")
     return value
 
@@ -402,15 +280,10 @@ def _check_header(body: Mapping[str, Any], schema: str, what: str, stamped: bool
     """The schema every body must name, and (once published) its seq, topic_seq and epoch."""
     if body.get("schema") != schema:
         raise MessageError(f"{what} body: schema expected {schema!r}, got {body.get('schema')!r}")
-    if stamped:
-        _check_stamp(body, what)
-
-
-def _check_stamp(body: Mapping[str, Any], what: str) -> None:
-    for key in ("seq", "topic_seq"):
+    for key in ("seq", "topic_seq") if stamped else ():
         if _require(body, key, int, what) < 1:
             raise MessageError(f"{what} body: {key} must be >= 1, got {body[key]!r}")
-    if not _require(body, "epoch", str, what):
+    if stamped and not _require(body, "epoch", str, what):
         raise MessageError(f"{what} body: epoch must be a non-empty string")
 
 
@@ -420,6 +293,7 @@ def validate_detection(body: dict[str, Any], stamped: bool = True) -> dict[str, 
     _check_header(body, DETECTION_SCHEMA, what, stamped)
     _station_parts(_require(body, "station", str, what))
     _require(body, "id", str, what)
+    _require({"backfill": body.get("backfill", False)}, "backfill", bool, what)  # optional: true = backfilled
     state = _require(body, "state", str, what)
     if state not in DETECTION_STATES:
         raise MessageError(f"{what} body: state must be one of {DETECTION_STATES}, got {state!r}")
@@ -444,10 +318,17 @@ def validate_detection(body: dict[str, Any], stamped: bool = True) -> dict[str, 
     model = _require(body, "model", dict, what)
     if not isinstance(model.get("name"), str) or not isinstance(model.get("sha256"), str):
         raise MessageError(f"{what} body: model must be {{name: str, sha256: str}}, got {model!r}")
-    lat = body.get("latency_s", "missing")
-    if lat is not None and (isinstance(lat, bool) or not isinstance(lat, int | float) or lat < 0):
-        raise MessageError(f"{what} body: latency_s must be a number >= 0 or null, got {lat!r}")
+    _check_seconds(body, what, "latency_s", non_negative=True)
+    _check_seconds(body, what, "data_age_s")  # (absent from older producers)
     return body
+
+
+def _check_seconds(body: Mapping[str, Any], what: str, key: str, non_negative: bool = False) -> None:
+    """An optional number of seconds (>= 0 when `non_negative`): a number, null or absent."""
+    value = body.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                              or (non_negative and value < 0)):
+        raise MessageError(f"{what} body: {key} must be a number{' >= 0' * non_negative} or null, got {value!r}")
 
 
 def _check_pick(pick: Mapping[str, Any], what: str) -> None:
@@ -560,20 +441,14 @@ def heartbeat_body(stats: Mapping[str, Any], *, uptime_s: float, seq_last: int, 
     """A heartbeat body (without seq/epoch): liveness plus pipeline counters from `stats`.
 
     Known `stats` keys (defaults 0 / {} / null): stations (int), windows_in, windows_out, dropped (int),
-    queue_depths ({stage: int}), lag_s (float or null). Other keys are passed through unchanged.
-    ``seq_last`` is the seq of the last message this publisher sent before the heartbeat. ``catchup``, when
-    given, is the catch-up server's endpoint (the field is left out otherwise).
+    queue_depths ({stage: int}), lag_s (float or null; the daemon also sends data_age_s, data_lag_s); others
+    pass through unchanged. ``seq_last`` is the seq of the last message this publisher sent before the
+    heartbeat. ``catchup``, when given, is the catch-up server's endpoint (the field is left out otherwise).
     """
-    body: dict[str, Any] = {
-        "stations": 0, "windows_in": 0, "windows_out": 0, "dropped": 0, "queue_depths": {}, "lag_s": None,
-    }
-    body.update(stats)
-    body.update({
-        "schema": HEARTBEAT_SCHEMA,
-        "time": iso_utc(time.time() if now is None else now),
-        "uptime_s": round(float(uptime_s), 3),
-        "seq_last": int(seq_last),
-    })
+    body: dict[str, Any] = {"stations": 0, "windows_in": 0, "windows_out": 0, "dropped": 0, "queue_depths": {},
+                            "lag_s": None, **stats}
+    body.update({"schema": HEARTBEAT_SCHEMA, "time": iso_utc(time.time() if now is None else now),
+                 "uptime_s": round(float(uptime_s), 3), "seq_last": int(seq_last)})
     if catchup is not None:
         body["catchup"] = catchup
     return validate_heartbeat(body, stamped=False)
@@ -591,9 +466,8 @@ def validate_heartbeat(body: dict[str, Any], stamped: bool = True) -> dict[str, 
     depths = _require(body, "queue_depths", dict, what)
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in depths.values()):
         raise MessageError(f"{what} body: queue_depths must map stage names to ints, got {depths!r}")
-    lag = body.get("lag_s")
-    if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int | float)):
-        raise MessageError(f"{what} body: lag_s must be a number or null, got {lag!r}")
+    for key in ("lag_s", "data_age_s", "data_lag_s"):  # (data_age_s, data_lag_s: absent from older producers)
+        _check_seconds(body, what, key)
     catchup = body.get("catchup")
     if catchup is not None and (not isinstance(catchup, str) or not catchup):
         raise MessageError(f"{what} body: catchup must be a non-empty endpoint string or absent, got {catchup!r}")

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from quakemon.base.errors import ConfigError
+from quakemon.cli.app import main as cli_main
 from quakemon.service.config import (
     STAGES,
     Config,
-    check_config_main,
     check_stages,
-    format_config,
     load_config,
 )
+from quakemon.service.config_format import format_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "quakemon.toml"
 
@@ -24,7 +25,7 @@ MINIMAL = """\
 [seedlink]
 server = "127.0.0.1:18000"
 streams = ["BW.RJOB..EH?", "GR.FUR..HH?"]   # NET.STA.LOC.CHA, ? and * wildcards in LOC and CHA
-state_file = "/var/lib/quakemon/seedlink.state"
+state_file = "auto"
 
 [publish]
 endpoint = "tcp://127.0.0.1:5557"
@@ -34,6 +35,7 @@ endpoint = "tcp://127.0.0.1:5557"
 @pytest.fixture(autouse=True)
 def _runtime_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -202,9 +204,72 @@ def test_path_keys_expand_environment(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_check_config_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert check_config_main(write(tmp_path, MINIMAL)) == 0
+    assert cli_main(["check-config", str(write(tmp_path, MINIMAL))]) == 0
     out = capsys.readouterr().out
     assert 'streams = ["BW.RJOB..EH?", "GR.FUR..HH?"]' in out and "batch_size = 64" in out
-    assert check_config_main(write(tmp_path, "[model]\nbatch_size = 0\n")) == 2
+    assert f'state_file = "{tmp_path / "state" / "seedlink.state"}"' in out  # "auto", resolved
+    assert cli_main(["check-config", str(write(tmp_path, "[model]\nbatch_size = 0\n"))]) == 2
     err = capsys.readouterr().err
     assert "model.batch_size" in err and "got 0" in err
+
+
+def test_state_file_auto_follows_systemd_then_xdg_then_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$STATE_DIRECTORY (the first of several, as systemd lists them), else $XDG_STATE_HOME/quakemon (an absolute
+    one only), else ~/.local/state/quakemon; the journal "auto" follows the state file."""
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/one:{tmp_path}/two")
+    cfg = load_config(None)
+    assert cfg.seedlink.state_file == f"{tmp_path}/one/seedlink.state"
+    assert cfg.publish.journal == f"{tmp_path}/one/seedlink.journal.sqlite"
+    monkeypatch.delenv("STATE_DIRECTORY")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert load_config(None).seedlink.state_file == str(tmp_path / "xdg" / "quakemon" / "seedlink.state")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for xdg in ("", "relative/state"):
+        monkeypatch.setenv("XDG_STATE_HOME", xdg)
+        home = load_config(None)
+        assert home.seedlink.state_file == str(tmp_path / "home" / ".local" / "state" / "quakemon" / "seedlink.state")
+        assert home.publish.journal == str(tmp_path / "home" / ".local" / "state" / "quakemon" /
+                                           "seedlink.journal.sqlite")
+
+
+def test_explicit_and_empty_state_file_are_kept(tmp_path: Path) -> None:
+    explicit = load_config(None, {"seedlink.state_file": str(tmp_path / "s" / "x.state")})
+    assert explicit.seedlink.state_file == str(tmp_path / "s" / "x.state")
+    assert explicit.publish.journal == str(tmp_path / "s" / "x.journal.sqlite")
+    off = load_config(None, {"seedlink.state_file": ""})
+    assert (off.seedlink.state_file, off.publish.journal) == ("", "")
+    from_env = load_config(write(tmp_path, MINIMAL.replace('"auto"', '"${STATE_DIRECTORY}/mine.state"')))
+    assert from_env.seedlink.state_file == str(tmp_path / "state" / "mine.state")
+
+
+def test_shipped_config_resolves_to_the_users_state_directory_outside_systemd(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Outside systemd the shipped config writes under ~/.local/state/quakemon (not /var/lib), and check-config
+    lists the resolved paths without creating them."""
+    for var in ("STATE_DIRECTORY", "XDG_STATE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    assert cli_main(["check-config", str(EXAMPLE)]) == 0
+    state_dir = tmp_path / "home" / ".local" / "state" / "quakemon"
+    out = capsys.readouterr().out
+    assert f"#   seedlink.state_file = {state_dir / 'seedlink.state'}\n" in out
+    assert f"#   publish.journal = {state_dir / 'seedlink.journal.sqlite'}\n" in out
+    assert list((tmp_path / "home").iterdir()) == []
+
+
+def test_operations_recipe_configs_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every TOML block in docs/operations.md's Recipes section is a valid config (with the shipped streams)."""
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "credentials"))
+    text = (EXAMPLE.parents[1] / "docs" / "operations.md").read_text()
+    recipes = text[text.index("\n## Recipes\n"):]
+    blocks = [b.split("```", 1)[0] for b in recipes.split("```toml\n")[1:]]
+    assert len(blocks) == 3
+    public, trigger, hosts = (load_config(write(tmp_path, textwrap.dedent(b))) for b in blocks)
+    assert public.seedlink.streams == ("GE.UGM..HH?", "GE.APE..HH?")
+    assert public.publish.journal == str(tmp_path / "state" / "seedlink.journal.sqlite")
+    assert (trigger.trigger.on, trigger.trigger.off) == (0.9, 0.5)
+    assert hosts.pipeline.curve_secret_key == str(tmp_path / "credentials" / "stages.key_secret")
+    assert hosts.pipeline.spectra_endpoint == "tcp://gpuhost.example.org:5556"
+    on_gpu = load_config(write(tmp_path, textwrap.dedent(blocks[2])), {"pipeline.spectra_endpoint": "tcp://*:5556"})
+    assert on_gpu.pipeline.spectra_endpoint == "tcp://*:5556"

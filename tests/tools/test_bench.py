@@ -83,6 +83,7 @@ def _beat(windows_out: int, dropped: int = 0, lag: float | None = 0.5) -> dict:
         (_beat(2000, dropped=5), False, "5 windows dropped"),
         (_beat(2000, lag=3.0), False, "ingest lag grew by 2.5 s"),
         (_beat(2000, lag=None), False, "ingest lag grew by None"),
+        ({**_beat(2000), "data_age_s": 4.0}, False, "ingest lag grew by 3.5 s"),  # processing keeps up, data ages
     ],
 )
 def test_keep_up_criterion(last: dict, ok: bool, reason: str) -> None:

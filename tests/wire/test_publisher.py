@@ -77,6 +77,8 @@ def test_detection_and_heartbeat_are_stamped_and_received(ctx):
         det, hb = parse_body(b1), parse_body(b2)
         assert t1 == b"detection.BW.RJOB" and det["seq"] == seq and det["epoch"] == "epoch-test"
         assert det["topic_seq"] == 1 and 0.5 <= det["latency_s"] < 60
+        # data_age_s: publication time minus the window's end (years ago here), beside latency_s
+        assert 0 <= time.time() - (T0 + 20) - det["data_age_s"] < 60 and det["data_age_s"] > det["latency_s"]
         assert t2 == b"heartbeat" and hb["seq"] == seq + 1 and hb["seq_last"] == seq
         assert hb["stations"] == 1 and hb["queue_depths"] == {"inference": 2}
         assert pub.recent(2) == [(t1, b1), (t2, b2)]

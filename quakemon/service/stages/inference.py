@@ -14,6 +14,10 @@ write stops the stage (exit code 1; the supervisor restarts it): a message is ne
 A clean stop closes every open detection with close_reason "shutdown"; detections a killed run left open are
 resumed or closed at start-up (`quakemon.service.stages.resume`).
 
+With [archive] probabilities set, every inferred window's class probabilities go to the probability archive
+(`quakemon.pipeline.probarchive`). A heartbeat's `lag_s` is the processing lag (from the windows' arrival times,
+so archive data streamed today reads small) and `data_age_s` how old the newest data of the worst station is.
+
 Heartbeats report the counters of every ingest and preprocess process upstream, from the status reports that
 reach this stage beside the data (the newest per process; one not heard from for SOURCE_EXPIRY_S drops out).
 """
@@ -33,6 +37,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from quakemon.base.signals import StopFlag
 from quakemon.service.config import Config
+from quakemon.service.reload import ReloadableStage
 from quakemon.service.stages.common import (
     EXIT_FATAL,
     DropOldestQueue,
@@ -54,7 +59,7 @@ EXPIRE_INTERVAL_S = 1.0  # how often silent stations' triggers are looked for
 JOIN_GRACE_S = 0.3
 
 
-class InferenceStage(Stage):
+class InferenceStage(ReloadableStage, Stage):
     """PULL spectra -> micro-batches (batch_size, max_wait_ms) -> HybridViT -> trigger -> PUB.
 
     `configure_publisher` is applied to the PUB socket before it binds (CURVE keys); when it has a `stop`
@@ -79,6 +84,8 @@ class InferenceStage(Stage):
         self.failed_batches = 0
         self.rejections = Rejections(self.name)
         self.newest_end_ns = 0
+        self.batch_lag_s: float | None = None  # arrival of the oldest window of the newest batch -> its inference
+        self.archive: Any = None  # quakemon.pipeline.probarchive.ProbabilityArchive, with [archive] probabilities
         self.ckpt: Any = None
         self.engine: Any = None
         self.stage: Any = None
@@ -86,6 +93,7 @@ class InferenceStage(Stage):
         self.journal: Any = None
         self.catchup: Any = None
         self.published: Any = None
+        self.backfill: Any = None
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> bool:
@@ -124,9 +132,12 @@ class InferenceStage(Stage):
         self.stage = DetectionStage(self.engine, t.on, t.off, t.min_duration,
                                     t.label if t.label in self.ckpt.labels else None,
                                     retrigger_hold_s=t.retrigger_hold)
+        self.apply_thresholds(cfg)  # [trigger.overrides]
         self.assoc = associator_from_config(cfg.associate)  # network events, when [associate] enabled = true
+        self.open_archive()
         if self.journal is not None:
             self.resume_from_journal()
+        self.start_backfill()
         self.should_stop.wait(max(0.0, joinable_at - time.monotonic()))
         self.pull = self.socket(zmq.PULL, cfg.pipeline.spectra_endpoint, bind=True,
                                 max_msg_bytes=max_frame_bytes(self.ckpt.contract))
@@ -152,6 +163,15 @@ class InferenceStage(Stage):
                                          curve_secret_key=pub.curve_secret_key or None,
                                          curve_allowed_keys=pub.curve_allowed_keys or None)
 
+    def open_archive(self) -> None:
+        """Open the probability archive ([archive] probabilities; off when empty)."""
+        from quakemon.pipeline.probarchive import ProbabilityArchive
+
+        arc = self.cfg.archive
+        if arc.probabilities:
+            self.archive = ProbabilityArchive(arc.probabilities, self.ckpt.labels, self.cfg.window.stride_s,
+                                              flush_s=arc.probabilities_flush_s, model=self.ckpt.model_info)
+
     def _configure_pub(self, sock: zmq.Socket) -> None:
         if self.configure_publisher is not None:
             self.configure_publisher(sock)
@@ -163,12 +183,16 @@ class InferenceStage(Stage):
         try:
             while not self.should_stop.is_set():
                 self.tick()
+                self.maybe_reload()
                 self.receive()
                 while self.queue.windows and (self.queue.windows >= self.cfg.model.batch_size
                                               or time.monotonic() - (self.queue.oldest or 0.0) >= self.max_wait_s):
                     self.run_batch()
                 if self.expiry.due():
                     self.publish(self.stage.expire_silent())
+                self.run_backfill()
+                if self.archive is not None:
+                    self.archive.maybe_flush()
                 if self.events is not None:
                     self.events.poll()
                 self.publisher.maybe_heartbeat(self.heartbeat_stats)
@@ -185,6 +209,8 @@ class InferenceStage(Stage):
         return 0
 
     def stop(self) -> None:
+        if self.backfill is not None:
+            self.backfill.close()
         if self.pull is not None:
             self.pull.close(linger=0)
         if self.events is not None:
@@ -195,6 +221,9 @@ class InferenceStage(Stage):
             self.catchup.close()
         if self.journal is not None:
             self.journal.close()
+        if self.archive is not None:
+            self.archive.close()
+            log.info("probability_archive_closed", **self.archive.counters())
         stop_auth = getattr(self.configure_publisher, "stop", None)
         if stop_auth is not None:
             stop_auth()  # the CURVE authenticator's thread holds a socket: ctx.term() would wait for it forever
@@ -242,11 +271,20 @@ class InferenceStage(Stage):
             log.error("inference_batch_failed", windows=len(metas), error=repr(exc))
             return
         self.status.progress += len(metas)
-        self.newest_end_ns = max([self.newest_end_ns] + [m.end_ns for m in metas])
+        self.inferred(metas, result.probabilities)
         self.publish(result.detections)
         if self.assoc is not None and metas:
             for ev in self.assoc.advance(max(m.start_ns for m in metas) / 1e9):
                 self.publisher.publish_event(ev)
+
+    def inferred(self, metas: list[Any], probabilities: np.ndarray) -> None:
+        """Note a batch's newest window end and processing lag; hand its probabilities to the archive."""
+        self.newest_end_ns = max([self.newest_end_ns] + [m.end_ns for m in metas])
+        arrivals = [m.arrival for m in metas if m.arrival is not None]
+        if arrivals:
+            self.batch_lag_s = max(0.0, time.time() - min(arrivals))
+        if self.archive is not None:
+            self.archive.add(metas, probabilities)
 
     def publish(self, detections: list[tuple[dict[str, Any], float | None]]) -> None:
         """Publish detection bodies (with the arrival of their window's last sample) and the events they make.
@@ -261,6 +299,24 @@ class InferenceStage(Stage):
                 for ev in self.assoc.add(body):
                     self.publisher.publish_event(ev)
 
+    def start_backfill(self) -> None:
+        """Start the backfill worker when [backfill] source is set (`quakemon.service.stages.backfill`)."""
+        from quakemon.service.stages.backfill import backfiller_from_config
+
+        self.backfill = backfiller_from_config(self.cfg, self.ckpt, busy=lambda: bool(self.queue))
+
+    def run_backfill(self) -> None:
+        """Hand the backfill requests the ingest stages listed to the worker; publish the detections it finished
+        (to subscribers and the journal, not to the live associator)."""
+        if self.backfill is None:
+            return
+        from quakemon.service.stages.backfill import requests_in
+
+        self.backfill.offer(requests_in(self.upstream.current(time.monotonic())[0]))
+        for body in self.backfill.take():
+            if not self.published or self.published.admit(body):
+                self.publisher.publish_detection(body)
+
     def resume_from_journal(self) -> None:
         """Resume the detections a killed run left open, and remember what was published (module docstring)."""
         from quakemon.service.stages.resume import LOOKBACK_S, Published, journaled, shutdown_body
@@ -273,6 +329,24 @@ class InferenceStage(Stage):
         for ident in set(unclosed) - set(resumed):  # another trigger label or model now: it is closed
             self.publisher.publish_detection(shutdown_body(unclosed[ident]))
 
+    # -- reload ---------------------------------------------------------------------------------------------------
+    def apply_thresholds(self, cfg: Config) -> list[str]:
+        """[trigger] thresholds and overrides into the running triggers (ConfigError: nothing changed); returns the
+        stations whose thresholds changed."""
+        t = cfg.trigger
+        return self.stage.triggers.reconfigure(t.on, t.off, t.min_duration, t.retrigger_hold,
+                                               {k: dict(v) for k, v in t.overrides})
+
+    def apply_reload(self, new: Config, changed: list[str]) -> Stats:
+        """[trigger] and [associate] settings, in place: open detections, events in flight and the publisher stay."""
+        from quakemon.pipeline.associate import associator_from_config
+
+        assoc = associator_from_config(new.associate) if self.assoc is not None else None  # ConfigError first
+        stations = self.apply_thresholds(new) if any(k.startswith("trigger.") for k in changed) else []
+        if assoc is not None and any(k.startswith("associate.") for k in changed):
+            self.assoc.retune(assoc)
+        return {"stations_retuned": stations, "publisher_epoch": self.publisher.epoch}
+
     # -- counters -------------------------------------------------------------------------------------------------
     def own(self) -> Stats:
         """Status counters: totals, the latest batch, detections opened per station, PUB socket events by name."""
@@ -283,7 +357,8 @@ class InferenceStage(Stage):
                 "batch_seconds": engine.last_batch_seconds, "detections_opened": dict(self.stage.opened),
                 "zmq_events": dict(self.events.counts) if self.events is not None else {}, **self.rejections.stats(),
                 "stage_curve_rejected": self.curve.rejections if self.curve is not None else {},
-                "curve_rejected": _publisher_rejections(self.configure_publisher)}
+                "curve_rejected": _publisher_rejections(self.configure_publisher), **self.reload_stats(),
+                **(self.backfill.stats() if self.backfill is not None else {})}
 
     def heartbeat_stats(self) -> Stats:
         ingest, pre = self.upstream.current(time.monotonic())
@@ -302,7 +377,8 @@ class InferenceStage(Stage):
             "dropped_by_stage": dropped,
             "queue_depths": {"ingest": _total(ingest, "queue_ingest"), "preprocess": _total(pre, "queue_preprocess"),
                              "inference": self.queue.windows},
-            "lag_s": round(max(0.0, now_s - min(ends)), 3) if ends else None,
+            "lag_s": self.processing_lag_s(now_s),
+            "data_age_s": round(now_s - min(ends), 3) if ends else None,
             "data_lag_s": round(max(0.0, now_s - self.newest_end_ns / 1e9), 3) if self.newest_end_ns else None,
             "detections": int(stats["detections"]),
             "events_open": self.assoc.open_events if self.assoc is not None else 0,
@@ -316,6 +392,15 @@ class InferenceStage(Stage):
                           "last_batch_s": round(engine.last_batch_seconds, 4),
                           "failed_batches": self.failed_batches},
         }
+
+    def processing_lag_s(self, now_s: float) -> float | None:
+        """How far behind the stage is on what has arrived (wall clock, whatever the data's time stamps): the
+        time from arrival (when ingest cut it) to inference of the oldest window of the newest batch, or, when
+        longer, how long the oldest window queued here has waited since its arrival. None before any window."""
+        first = next(iter(self.queue), None)
+        waiting = [m.arrival for m in first.metas if m.arrival is not None] if first is not None else []
+        lags = [lag for lag in (self.batch_lag_s, now_s - min(waiting) if waiting else None) if lag is not None]
+        return round(max(0.0, *lags), 3) if lags else None
 
 
 class Upstream:

@@ -27,6 +27,7 @@ import zmq
 from quakemon.base.signals import StopFlag
 from quakemon.models.contract import InputContract
 from quakemon.service.config import Config
+from quakemon.service.reload import ReloadableStage, reselect_windower
 from quakemon.service.stages.common import DropOldestQueue, Stage, Stats, StatusRelay, drain_to
 from quakemon.service.stages.messages import WINDOWS, Batch
 
@@ -37,7 +38,7 @@ FLUSH_AGE_S = 0.1
 FEED_TICK_S = 0.05
 
 
-class IngestStage(Stage):
+class IngestStage(ReloadableStage, Stage):
     """SeedLink -> windows -> PUSH, with the counters of the source, the windower and the queue.
 
     `go`: when given and not yet set, the stage reports ready at once but connects to SeedLink only once it is
@@ -70,8 +71,10 @@ class IngestStage(Stage):
         self.pending: list[Any] = []  # windows cut since the last message ...
         self.arrivals: list[float] = []  # ... and when they were cut
         self.newest_end: dict[str, int] = {}  # station -> end (ns) of its newest window
+        self.station_windows: collections.Counter[str] = collections.Counter()  # station -> windows cut
         self.windows_cut = 0
         self._counted = (-1, 0)  # (schedulers, stations among them): recounted only when a scheduler is added
+        self.gaps: Any = None  # the backfill GapPlanner, when [backfill] source is set
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> bool:
@@ -91,6 +94,7 @@ class IngestStage(Stage):
                                         max_missing=self.cfg.window.max_missing_fraction,
                                         silence_s=sl.station_silence_s)
         self.committer = Committer(self.source, self.windower)
+        self.start_backfill()
         self.status.ready = True
         log.info("stage_started", stage="ingest", server=sl.server, streams=list(sl.streams),
                  windows_endpoint=self.cfg.pipeline.windows_endpoint)
@@ -112,6 +116,7 @@ class IngestStage(Stage):
         assert self.feed is not None and self.push is not None
         for tr in self.feed:
             self.tick()
+            self.maybe_reload()
             if tr is not None:
                 self.add(tr)
             if self.pending and (len(self.pending) >= FLUSH_WINDOWS or time.time() - self.arrivals[0] >= FLUSH_AGE_S):
@@ -138,7 +143,8 @@ class IngestStage(Stage):
             self.push.close(linger=0)
         super().stop()
         if started:
-            log.info("stage_stopped", stage="ingest", **self.totals(), **self.source_counters())
+            log.info("stage_stopped", stage="ingest", **self.totals(), **self.source_counters(),
+                     windows_by_station=dict(self.station_windows))
 
     # -- work -----------------------------------------------------------------------------------------------------
     def add(self, tr: Any) -> None:
@@ -150,6 +156,7 @@ class IngestStage(Stage):
             for w in windows:
                 if w.end_ns > self.newest_end.get(w.station, 0):
                     self.newest_end[w.station] = w.end_ns
+                self.station_windows[w.station] += 1
             self.windows_cut += len(windows)
             self.status.progress += len(windows)
             self.pending += windows
@@ -172,8 +179,32 @@ class IngestStage(Stage):
         if self.status.maybe_send(self.full_stats, force) is not None:
             if self.windower is not None:
                 self.windower.check_silence()
+            self.plan_backfill()
             self.relay.put(self.status.body(self.totals()))
         self.relay.send(self.push)
+
+    def start_backfill(self) -> None:
+        """Plan backfill requests from the source's gaps when [backfill] source is set (`quakemon.ingest.backfill`)."""
+        from quakemon.ingest.backfill import GapPlanner
+
+        bf = self.cfg.backfill
+        if bf.source:
+            self.gaps = GapPlanner(bf.delay_s, bf.max_span_s)
+
+    def plan_backfill(self) -> None:
+        """Note the source's new gaps; requests that became due go into the status (`backfill_requests`), which
+        the inference stage reads."""
+        spans = getattr(self.source, "gap_spans", None)
+        if self.gaps is None or spans is None:
+            return
+        while spans:
+            self.gaps.note(*spans.popleft())
+        self.gaps.poll()
+
+    def backfill_totals(self) -> Stats:
+        if self.gaps is None:
+            return {}
+        return {**self.gaps.stats, "backfill_requests": [r.to_wire() for r in self.gaps.listed]}
 
     # -- counters -------------------------------------------------------------------------------------------------
     def station_count(self) -> int:
@@ -190,7 +221,8 @@ class IngestStage(Stage):
         return {"stations": self.station_count(), "windows_out": self.windows_cut,
                 "silent_stations": len(silent), "connected": connected,
                 "dropped_ingest": self.queue.dropped, "queue_ingest": self.queue.windows,
-                "oldest_end_s": min(self.newest_end.values()) / 1e9 if self.newest_end else None}
+                "oldest_end_s": min(self.newest_end.values()) / 1e9 if self.newest_end else None,
+                **self.backfill_totals()}
 
     def source_counters(self) -> Stats:
         source = {} if self.source is None else self.source.stats
@@ -205,7 +237,22 @@ class IngestStage(Stage):
                 "corrupt_reasons": {str(k): int(v) for k, v in dict(reasons).items()},
                 "newest_end_s": {st: end / 1e9 for st, end in self.newest_end.items()},
                 "silent": self.windower.silent_stations() if self.windower is not None else [],
-                "buffer_fill": self.buffer_fill()}
+                "buffer_fill": self.buffer_fill(), **self.reload_stats()}
+
+    def apply_reload(self, new: Config, changed: list[str]) -> Stats:
+        """seedlink.streams: re-subscribe (`SeedLinkSource.set_streams`) and drop the buffers of stations no longer
+        selected; the stations that stay keep their buffers, windows and resume positions."""
+        if "seedlink.streams" not in changed:
+            return {}
+        old, streams = set(self.cfg.seedlink.streams), list(new.seedlink.streams)
+        if self.source is not None and hasattr(self.source, "set_streams"):
+            self.source.set_streams(streams)  # ConfigError (nothing changed) for a selector it cannot use
+        dropped = [] if self.windower is None else reselect_windower(self.windower, streams,
+                                                                      self.contract.component_order)
+        for station in dropped:
+            self.newest_end.pop(station, None)
+        return {"streams_added": sorted(set(streams) - old), "streams_removed": sorted(old - set(streams)),
+                "stations_dropped": dropped}
 
     def buffer_fill(self) -> dict[str, float]:
         """Per station, the fill ratio of its fullest instrument's ring buffer."""
