@@ -558,6 +558,8 @@ def load_config(
 
 #: The pipeline stages of `quakemon run`, in data-flow order; each runs as its own process.
 STAGES = ("ingest", "preprocess", "inference")
+#: Exit code of a stage that must not be restarted in place (poisoned GPU): the daemon exits non-zero.
+EXIT_FATAL = 70
 
 
 def check_stages(stages: str | Sequence[str] | None, config: Config | None = None, *, key: str = "stages",

@@ -46,10 +46,9 @@ import zmq
 from quakemon.base.errors import QuakemonError
 from quakemon.base.signals import StopFlag, install_stop_handlers, set_on_signals
 from quakemon.service import reload as reloading
-from quakemon.service.config import Config, check_journal, check_stages
+from quakemon.service.config import EXIT_FATAL, STAGES, Config, check_journal, check_stages
 from quakemon.service.paths import check_writable_paths
 from quakemon.service.runtime_lock import RuntimeLock
-from quakemon.service.stages import EXIT_FATAL, STAGES
 
 log = structlog.get_logger(__name__)
 

@@ -20,6 +20,7 @@ import structlog
 import zmq
 
 from quakemon.base.signals import StopFlag
+from quakemon.service.config import EXIT_FATAL  # noqa: F401  (re-exported for the stages)
 from quakemon.service.stages.faults import HangInjector
 from quakemon.service.stages.messages import Batch, InvalidMessage, status_frames
 from quakemon.wire.schema import MessageError
@@ -29,7 +30,6 @@ log = structlog.get_logger(__name__)
 ZMQ_HWM = 2
 STATUS_INTERVAL_S = 0.5
 MAX_RECV_PER_ROUND = 64
-EXIT_FATAL = 70  # a stage that must not be restarted in place (poisoned GPU): the daemon exits non-zero
 
 Stats = dict[str, Any]
 
