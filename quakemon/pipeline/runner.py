@@ -38,8 +38,8 @@ from quakemon.pipeline.detect import (
     warm_up_preprocess,
 )
 from quakemon.pipeline.engine import CPU_FORWARD_BATCH, InferenceEngine, pick_device
-from quakemon.pipeline.settings import INFERENCE, REPLAY_BATCH_SIZE, TRIGGER, WINDOW
 from quakemon.pipeline.forward_pool import WORKER_SWITCH_INTERVAL_S, gil_switch_interval, inference_pool
+from quakemon.pipeline.settings import INFERENCE, REPLAY_BATCH_SIZE, TRIGGER, WINDOW
 from quakemon.pipeline.windowing import StationWindower, Window
 from quakemon.wire.schema import DETECTION_SCHEMA, Sequencer, detection_topic, event_topic
 
