@@ -203,3 +203,61 @@ def test_inference_workers_is_auto_or_a_count(tmp_path: Path, value: str, expect
 def test_a_bad_inference_workers_is_refused_with_what_was_expected(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError, match=r'model\.inference_workers: expected "auto" or an integer 0\.\.64'):
         load_config(write(tmp_path, value))
+
+
+def published_run(tmp_path: Path, checkpoint: Path, workers: int, batches: list) -> tuple[list[dict], dict]:
+    """(detection bodies, last heartbeat) of a real `quakemon run --stages inference` daemon with
+    model.inference_workers = `workers` that gets `batches` as spectra messages (one micro-batch each), as the
+    preprocess stage sends them, and is stopped once it has inferred them all."""
+    import zmq
+    from support.pipeline import Subscriber, free_port, start_daemon, wait_for, write_config
+
+    from quakemon.service.stages.messages import SPECTRA, Batch
+
+    spectra_ep, publish_port = f"tcp://127.0.0.1:{free_port()}", free_port()
+    config = write_config(tmp_path / f"w{workers}.toml", server_port=free_port(), checkpoint=checkpoint,
+                          runtime_dir=tmp_path / f"run{workers}", publish_port=publish_port, on=0.5, off=0.5,
+                          extra={"model": {"inference_workers": workers, "batch_size": 16},
+                                 "trigger": {"retrigger_hold": 0.0},
+                                 "pipeline": {"spectra_endpoint": spectra_ep}, "publish": {"journal": ""}})
+    sub = Subscriber(f"tcp://127.0.0.1:{publish_port}")
+    daemon = start_daemon(config, tmp_path, f"workers{workers}", stages="inference")
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    try:
+        daemon.wait_event("daemon_ready", 180)
+        wait_for(lambda: sub.bodies("heartbeat"), 30, "a heartbeat")
+        assert daemon.events("inference_workers")[0]["workers"] == workers
+        push.connect(spectra_ep)
+        for spectra, metas, data in batches:
+            push.send_multipart(Batch(SPECTRA, tuple(metas), {"spectra": spectra, "data": data}).frames())
+        total = sum(len(metas) for _, metas, _ in batches)
+        beat = wait_for(lambda: next((b for b in sub.bodies("heartbeat")[-1:] if b["windows_out"] == total), None),
+                        120, f"{total} windows inferred")
+        assert daemon.stop(30) == 0, daemon.stderr()[-3000:]
+    finally:
+        push.close()
+        ctx.term()
+        daemon.stop()
+        sub.close()
+    return sub.bodies("detection."), beat
+
+
+@pytest.mark.timeout(600)
+def test_a_daemon_with_two_workers_publishes_what_one_thread_publishes(tmp_path: Path, checkpoint: Path) -> None:
+    """The same spectra through the inference stage's own thread (inference_workers = 0: one forward at a time,
+    the stage as it was) and through two forward workers give the same detection bodies in the same order
+    (but for their seq stamps, and closes that depend on when the daemon stopped: "gap" and "shutdown")."""
+    batches = list(micro_batches(30, seed=5))
+
+    def comparable(bodies: list[dict]) -> list[dict]:
+        return [{k: v for k, v in b.items() if k not in ("seq", "topic_seq", "epoch")} for b in bodies
+                if b.get("close_reason") not in ("gap", "shutdown")]
+
+    one, beat_one = published_run(tmp_path, checkpoint, 0, batches)
+    two, beat_two = published_run(tmp_path, checkpoint, 2, batches)
+    assert beat_one["inference"]["failed_batches"] == beat_two["inference"]["failed_batches"] == 0
+    assert beat_one["dropped"] == beat_two["dropped"] == 0
+    assert len(comparable(one)) >= 20 and any(b["state"] == "closed" for b in comparable(one))
+    assert comparable(two) == comparable(one)
