@@ -90,7 +90,7 @@ class ForwardPool:
         self.stage = stage
         self.pool = pool
         self.task = max(1, task or stage.engine.batch_size)
-        self.max_tasks = 2 * max(1, workers) if pool is not None else 1
+        self.max_tasks = 2 * max(1, workers)
         self._batches: deque[_MicroBatch] = deque()
         self._running = 0  # tasks submitted and not yet taken back by `next`
         self._wake_r, self._wake_w = os.pipe() if pool is not None else (-1, -1)
@@ -100,7 +100,8 @@ class ForwardPool:
 
     @property
     def full(self) -> bool:
-        return self._running >= self.max_tasks
+        """Whether to hold further micro-batches back (never without a pool: `submit` ran their forwards)."""
+        return self.pool is not None and self._running >= self.max_tasks
 
     @property
     def windows(self) -> int:
