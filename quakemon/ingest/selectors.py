@@ -124,11 +124,16 @@ class SelectorSet:
 
     Every record is matched, and a configuration watching hundreds of stations has a selector per station:
     selectors naming an explicit NET.STA are indexed by it, so a record is tried only against those of its own
-    station and those with wildcards in the network or station code.
+    station and those with wildcards in the network or station code. Ids that match are remembered (a live
+    stream repeats a few thousand), up to MAX_REMEMBERED, then forgotten all at once; ids that do not match are
+    not, so that a flood of unknown ids costs no memory.
     """
+
+    MAX_REMEMBERED = 65_536
 
     def __init__(self, selectors: Iterable[str]) -> None:
         self.selectors = tuple(selectors)
+        self._matched: set[str] = set()
         self._by_station: dict[str, list[re.Pattern[str]]] = {}
         self._wild: list[re.Pattern[str]] = []
         for sel in self.selectors:
@@ -140,6 +145,16 @@ class SelectorSet:
                 self._by_station.setdefault(f"{net}.{sta}", []).append(pattern)
 
     def matches(self, seed_id: str) -> bool:
+        if seed_id in self._matched:
+            return True
+        if not self._match(seed_id):
+            return False
+        if len(self._matched) >= self.MAX_REMEMBERED:
+            self._matched.clear()
+        self._matched.add(seed_id)
+        return True
+
+    def _match(self, seed_id: str) -> bool:
         sid = _normalise_id(seed_id)
         if sid is None:
             return False

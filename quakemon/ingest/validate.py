@@ -178,6 +178,12 @@ class _FastDecoder:
         # callbacks are made once and installed before each parse; any libmseed message sends the record to
         # ObsPy's reader, which then raises or warns exactly as before
         self._raw = clibmseed.lib
+        # msr_parse again, as our own function object of the same loaded library (same global state): it takes
+        # the record's bytes as they are, where ObsPy's prototype checks a numpy array per call (ndpointer)
+        self._parse = ctypes.CDLL(clibmseed.lib._name)["msr_parse"]
+        self._parse.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.POINTER(MSRecord)),
+                                ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        self._parse.restype = ctypes.c_int
         self._lib = clibmseed
         self._messages: list[bytes] = []
         callback = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
@@ -204,7 +210,7 @@ class _FastDecoder:
         with self._lock:
             self._messages.clear()
             self._raw.setupLogging(self._diag, self._log)
-            ret = self._raw.msr_parse(np.frombuffer(rec, dtype=np.int8), reclen, ctypes.pointer(msr), reclen, 1, 0)
+            ret = self._parse(rec, reclen, ctypes.pointer(msr), reclen, 1, 0)
             spoke = bool(self._messages)
         if not msr:  # libmseed freed the record on an error: a fresh one next time
             self._local.msr = None

@@ -52,6 +52,7 @@ class StationBuffer:
         self.capacity = int(capacity)
         self._data = np.zeros((len(components), self.capacity), dtype=np.float64)
         self._present = np.zeros((len(components), self.capacity), dtype=bool)
+        self._held = 0  # count_nonzero(_present), kept up to date so that `fill_ratio` costs nothing
         self.stats: Counter[str] = Counter()
         self.head: int | None = None  # one past the newest sample index of any component
         self.first: int | None = None  # lowest sample index written since the last reset
@@ -100,8 +101,10 @@ class StationBuffer:
             return
         if new_head - self.head >= self.capacity:
             self._present[:] = False
+            self._held = 0
         else:
             for ring, _ in self._spans(self.head, new_head):
+                self._held -= int(np.count_nonzero(self._present[:, ring]))
                 self._present[:, ring] = False
         self.head = new_head
 
@@ -146,6 +149,7 @@ class StationBuffer:
             for ring, part in spans:
                 self._data[component, ring] = values[part]
                 present[ring] = True
+            self._held += end - start
             self._note_written(component, start, end)
             return n
         pos = self._positions(start, end)
@@ -167,6 +171,7 @@ class StationBuffer:
         if stored:
             self._data[component, pos[new]] = values[new]
             self._present[component, pos[new]] = True
+            self._held += stored
         self._note_written(component, start, end)
         return stored
 
@@ -212,11 +217,12 @@ class StationBuffer:
 
     def fill_ratio(self) -> float:
         """Share of the ring (all components) that holds samples."""
-        return float(np.count_nonzero(self._present)) / self._present.size
+        return self._held / self._present.size
 
     def reset(self) -> None:
         """Forget all samples (after a clock jump); counters and the record history are kept."""
         self._present[:] = False
+        self._held = 0
         self.head = None
         self.first = None
         self.hwm = [None] * len(self.components)

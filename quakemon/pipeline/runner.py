@@ -38,9 +38,9 @@ from quakemon.pipeline.detect import (
     warm_up_preprocess,
 )
 from quakemon.pipeline.engine import CPU_FORWARD_BATCH, InferenceEngine, pick_device
+from quakemon.pipeline.forward_pool import WORKER_SWITCH_INTERVAL_S, gil_switch_interval, inference_pool
 from quakemon.pipeline.probarchive import ProbabilityArchive
 from quakemon.pipeline.settings import INFERENCE, REPLAY_BATCH_SIZE, TRIGGER, WINDOW
-from quakemon.pipeline.threads import torch_worker_pool, worker_split
 from quakemon.pipeline.windowing import StationWindower, Window
 from quakemon.wire.schema import DETECTION_SCHEMA, Sequencer, detection_topic, event_topic
 
@@ -143,19 +143,16 @@ class Inference:
         warm_up_preprocess(checkpoint.contract, self.preprocess_device)
         # overlap: batches are preprocessed and inferred on worker threads (torch releases the GIL) while the
         # runner's thread decodes and windows the next ones. On the CPU the torch threads are split into workers
-        # (`worker_split`: one single-threaded worker per thread up to 4): two independent forwards measured
+        # (`inference_pool`: one single-threaded worker per thread up to 4): two independent forwards measured
         # 1,580-1,800 windows/s on a 2-core machine against 960-1,010 for one forward on two OpenMP threads, and
         # the cores the decoding thread takes slow one worker instead of stalling an OpenMP barrier. On a GPU,
         # one worker.
-        cpu = self.engine.device.type == "cpu"
-        threads_each = 1
-        if inference_workers is None:
-            inference_workers, threads_each = worker_split(torch.get_num_threads()) if cpu else (1, 1)
-        self.workers = max(1, int(inference_workers)) if overlap else 0
         self.pool: ThreadPoolExecutor | None = None
-        if self.workers:
-            self.pool = (torch_worker_pool(self.workers, "replay-infer", threads_each) if cpu
-                         else ThreadPoolExecutor(1, "replay-infer"))
+        self.workers = 0
+        if overlap:
+            workers = None if inference_workers is None else max(1, int(inference_workers))
+            self.pool, self.workers = inference_pool(self.engine.device, workers, torch.get_num_threads(),
+                                                     "replay-infer")
 
     @property
     def checkpoint(self) -> Checkpoint:
@@ -452,18 +449,7 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
 # their numpy/torch calls; at Python's default 5 ms switch interval a worker back from a torch op can wait that
 # long for it. 0.1 ms: 1,322-1,446 windows/s against 1,221-1,262 at 5 ms, in 4 alternating pairs of replays of
 # 40 stations x 300 s on this 2-core machine (0.5 ms: 1,110-1,419).
-REPLAY_SWITCH_INTERVAL_S = 1e-4
-
-
-@contextlib.contextmanager
-def gil_switch_interval(seconds: float) -> Iterator[None]:
-    """sys.setswitchinterval(seconds) for the duration, then the previous value."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(seconds)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
+REPLAY_SWITCH_INTERVAL_S = WORKER_SWITCH_INTERVAL_S
 
 
 def _progress(enabled: bool):

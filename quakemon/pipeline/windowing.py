@@ -117,7 +117,7 @@ class WindowScheduler:
     ) -> None:
         self.contract = contract
         self.rate = rate_fraction(sampling_rate)
-        self._rate_hz = float(self.rate)
+        self.rate_hz = float(self.rate)  # the rate as a float, once (float(Fraction) costs microseconds)
         target = rate_fraction(contract.sampling_rate)
         stride_ns = round(stride_s * _NS)
         if stride_ns <= 0:
@@ -326,7 +326,8 @@ class WindowScheduler:
             forced = force_before is not None and a < force_before
             if b > buf.head and not forced:
                 break
-            if not (forced or final) and not buf.complete(a, b, rows) and low < b + self.late:
+            # a component whose newest sample ends before b lacks [its end, b): incomplete without looking
+            if not (forced or final) and low < b + self.late and (low < b or not buf.complete(a, b, rows)):
                 break
             window = self._make(k, a, b)
             if window is not None:
@@ -357,7 +358,7 @@ class WindowScheduler:
         else:
             data = np.array(views, dtype=self.dtype, order="C")
         comps = self.contract.component_order
-        rate, source_rate = float(self.contract.sampling_rate), self._rate_hz
+        rate, source_rate = float(self.contract.sampling_rate), self.rate_hz
         out = []
         for i, row in enumerate(flat.tolist()):
             constant = tuple(c for c, f in zip(comps, row, strict=True) if f) if any(row) else ()
@@ -418,7 +419,7 @@ class WindowScheduler:
             missing_fraction=missing,
             components=present_comps,
             constant=tuple(constant),
-            source_rate=float(self.rate),
+            source_rate=self.rate_hz,
         )
 
 
@@ -487,7 +488,7 @@ class StationWindower:
             sched = self._open(key, rate)
             if sched is None:
                 return []
-        elif abs(rate - float(sched.rate)) > self.rate_tolerance * float(sched.rate):
+        elif abs(rate - sched.rate_hz) > self.rate_tolerance * sched.rate_hz:
             sched, out = self._rate_change(key, sched, rate, self.contract.component_order.index(comp))
             if sched is None:
                 return out

@@ -37,9 +37,10 @@ class _Invalid(ValueError):
     """Raised by a key check; the message says what was expected."""
 
 
-def _key(default: Any, doc: str, check: Check | None = None) -> Any:
-    """A config key: its default, a one-line doc and an optional check (normalises or raises `_Invalid`)."""
-    return field(default=default, metadata={"doc": doc, "check": check})
+def _key(default: Any, doc: str, check: Check | None = None, *, mixed: bool = False) -> Any:
+    """A config key: its default, a one-line doc and an optional check (normalises or raises `_Invalid`).
+    mixed: the value may have another type than the default's ("auto" or a number); the check alone decides."""
+    return field(default=default, metadata={"doc": doc, "check": check, "mixed": mixed})
 
 
 # -- checks --------------------------------------------------------------------------------------------------
@@ -62,6 +63,19 @@ def _choice(*values: str) -> Check:
         if v not in values:
             raise _Invalid("one of " + ", ".join(json.dumps(x) for x in values))
         return v
+
+    return check
+
+
+def _auto_or_count(hi: int) -> Check:
+    """"auto" or an integer 0..hi (a string of digits, from a command-line override, counts)."""
+
+    def check(v: str | int) -> str | int:
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= hi):
+            return v
+        raise _Invalid(f'"auto" or an integer 0..{hi}')
 
     return check
 
@@ -174,6 +188,9 @@ class ModelConfig:
                       '"eager" = always the eager model', _choice("auto", "eager"))
     batch_size: int = _key(64, "largest inference micro-batch, windows", _range(1, 4096))
     max_wait_ms: float = _key(50.0, "longest wait to fill a micro-batch, ms", _range(0, 60_000))
+    inference_workers: str | int = _key("auto", 'threads running model forwards at once: "auto" (one per core '
+                                        "up to 4 on the CPU, 1 on CUDA), or a count; 0 = on the inference stage's "
+                                        "own thread", _auto_or_count(64), mixed=True)
     on_fatal_gpu_error: str = _key("exit", "exit (systemd restarts) or fall back to cpu", _choice("exit", "cpu"))
     max_consecutive_failures: int = _key(3, "inference failures in a row that count as fatal", _range(1, 1000))
 
@@ -420,7 +437,7 @@ def _build_section(cls: type, name: str, table: Any, where: str, from_text: bool
             raise ConfigError(f"{where}: unknown key {name}.{key}{_suggest(f'{name}.{key}', known)}")
         f = fields[key]
         try:
-            value = _coerce(raw, f.default, from_text)
+            value = raw if f.metadata.get("mixed") else _coerce(raw, f.default, from_text)
             check = f.metadata["check"]
             values[key] = check(value) if check else value
         except _Invalid as exc:

@@ -211,14 +211,15 @@ def format_report(report: dict[str, Any]) -> str:
                      f"{live['max_stations_sustained']}, p99 latency there {_f(live['latency_p99_at_max_s'], '.3f')} s"
                      f"  (daemon env {live.get('env')}, pipeline.queue_hwm = {live.get('queue_s')} s of windows)")
         lines.append("          N  ok   win/s (exp)   drop  lag+ s  lat n  p50 s  p99 s  max s  hop p99  cpu cores"
-                     "  cpu/sta   PSS MB  MB/sta  start s  note")
+                     "  cpu/sta  ms/win   PSS MB  MB/sta  start s  note")
         for s in live["steps"]:
             lines.append(
                 f"      {s['stations']:5d}  {'yes' if s['ok'] else 'no ':3}  {s['windows_per_s']:6.0f} "
                 f"({s['expected_windows_per_s']:5.0f})  {s['dropped']:5d}  {_f(s['lag_growth_s'], '6.2f'):>6}  "
                 f"{s['latency_n']:5d}  {_f(s['latency_p50_s'], '.3f'):>5}  {_f(s['latency_p99_s'], '.3f'):>5}  "
                 f"{_f(s['latency_max_s'], '.3f'):>5}  {_f(s['hop_p99_s'], '.4f'):>7}  {s['cpu_cores']:9.2f}  "
-                f"{s['cpu_per_station']:7.4f}  {s['mem_mb']:7.0f}  {s['mem_mb_per_station']:6.2f}  "
+                f"{s['cpu_per_station']:7.4f}  {_f(s.get('cpu_ms_per_window'), '6.3f'):>6}  {s['mem_mb']:7.0f}  "
+                f"{s['mem_mb_per_station']:6.2f}  "
                 f"{s['startup_s']:7.1f}  {s['reason']}")
         for m in live.get("marginal", []):
             lines.append(f"          marginal cost {m['from']} -> {m['to']} stations: "

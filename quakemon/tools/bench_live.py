@@ -123,6 +123,7 @@ class LiveStep:
     hop_p99_s: float | None = None
     cpu_cores: float = 0.0
     cpu_per_station: float = 0.0
+    cpu_ms_per_window: float | None = None  # daemon CPU time per window inferred: barely moved by other load
     mem_mb: float = 0.0
     mem_mb_per_station: float = 0.0
     startup_s: float = 0.0
@@ -259,6 +260,7 @@ def _finish_step(step: LiveStep, first: tuple[float, dict[str, Any], tuple[float
     step.hop_p50_s, step.hop_p99_s = percentile(hops, 50), percentile(hops, 99)
     step.cpu_cores = (cpu_b - cpu_a) / dt
     step.cpu_per_station = step.cpu_cores / max(1, step.stations)
+    step.cpu_ms_per_window = 1000 * step.cpu_cores / step.windows_per_s if step.windows_per_s > 0 else None
     step.mem_mb = mem_b / 2**20
     step.mem_mb_per_station = step.mem_mb / max(1, step.stations)
     step.heartbeat = {k: hb_b.get(k) for k in ("stations", "windows_in", "windows_out", "dropped", "dropped_by_stage",

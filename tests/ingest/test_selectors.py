@@ -187,3 +187,16 @@ def test_station_patterns_and_wildcards() -> None:
     assert is_network_pattern("BW") and is_network_pattern("*") and not is_network_pattern("BWX")
     assert seedlink_wildcard("R*", "RJOB") and seedlink_wildcard("R?OB", "RJOB") and seedlink_wildcard("*", "")
     assert not seedlink_wildcard("R?", "RJOB") and not seedlink_wildcard("RJOB", "RJOBX")
+
+
+def test_selector_set_remembers_matching_ids_within_a_bound_and_unknown_ids_not_at_all() -> None:
+    sets = SelectorSet(["XB.S0001..HH?", "XB.S0002..*", "X?.S0*..EH?"])
+    sets.MAX_REMEMBERED = 4
+    ids = [f"XB.S{i:04d}..{cha}" for i in range(6) for cha in ("HHZ", "EHN", "BHE")] + ["bad id", "XB.S0001..HHZ"]
+    for _ in range(3):  # asked again, from memory or after it was forgotten: the same answers
+        for seed_id in ids:
+            assert sets.matches(seed_id) is match_selector(seed_id, list(sets.selectors)), seed_id
+            assert len(sets._matched) <= 4
+    assert "XB.S0001..HHZ" in sets._matched  # the last id asked matched: remembered
+    assert not any(sets.matches(f"ZZ.Q{i:04d}..HHZ") for i in range(100))
+    assert all(s.startswith("X") for s in sets._matched)  # unknown ids leave nothing behind

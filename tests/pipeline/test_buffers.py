@@ -209,3 +209,24 @@ def test_a_record_is_recognised_by_time_range_and_content_after_it_left_the_ring
     assert buf.holds(0, 1000, first)
     assert not buf.holds(0, 1000, first + 1)  # same time range, other samples
     assert not buf.holds(0, 1001, first) and not buf.holds(1, 1000, first)  # other time, other component
+
+
+def test_fill_ratio_follows_every_write_eviction_and_reset() -> None:
+    """`fill_ratio` is kept as a running count: it must equal the share of present slots after any sequence of
+    new, overlapping, late, NaN-holed, wrapping and jumping writes and resets."""
+    rng = np.random.default_rng(7)
+    buf = _buffer(capacity=97)
+    base = _idx(buf, 0)
+    head = 0
+    for step in range(3000):
+        if step % 500 == 499:
+            buf.reset()
+        values = rng.standard_normal(int(rng.integers(1, 60)))
+        if rng.random() < 0.2:
+            values[rng.integers(0, values.size)] = np.nan
+        kind = rng.random()
+        start = (head + int(rng.integers(-150, 40)) if kind < 0.9 else head + int(rng.integers(200, 400)))
+        buf.write(int(rng.integers(0, 3)), base + start, values)
+        head = max(head, start + values.size)
+        assert buf.fill_ratio() == np.count_nonzero(buf._present) / buf._present.size, step
+    assert 0 < buf.fill_ratio() < 1

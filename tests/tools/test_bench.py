@@ -93,6 +93,7 @@ def test_keep_up_criterion(last: dict, ok: bool, reason: str) -> None:
     assert step.ok is ok
     assert reason in step.reason
     assert step.cpu_cores == pytest.approx(0.5) and step.cpu_per_station == pytest.approx(0.005)
+    assert step.cpu_ms_per_window == pytest.approx(1000 * 0.5 / step.windows_per_s)  # CPU time per window
     assert step.mem_mb == pytest.approx(200) and step.latency_n == 3
     assert step.latency_p50_s == pytest.approx(0.2) and step.latency_max_s == pytest.approx(0.3)
 

@@ -94,6 +94,7 @@ class InferenceStage(ReloadableStage, Stage):
         self.catchup: Any = None
         self.published: Any = None
         self.backfill: Any = None
+        self.forwards: Any = None  # `quakemon.pipeline.forward_pool.ForwardPool`, started by `loop`
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> bool:
@@ -179,26 +180,26 @@ class InferenceStage(ReloadableStage, Stage):
 
     def loop(self) -> int:
         from quakemon.pipeline.engine import FatalInferenceError
+        from quakemon.pipeline.forward_pool import WORKER_SWITCH_INTERVAL_S, gil_switch_interval
 
+        self.forwards = self.start_forwards()
         try:
-            while not self.should_stop.is_set():
-                self.tick()
-                self.maybe_reload()
-                self.receive()
-                while self.queue.windows and (self.queue.windows >= self.cfg.model.batch_size
-                                              or time.monotonic() - (self.queue.oldest or 0.0) >= self.max_wait_s):
-                    self.run_batch()
-                if self.expiry.due():
-                    self.publish(self.stage.expire_silent())
-                self.run_backfill()
-                if self.archive is not None:
-                    self.archive.maybe_flush()
-                if self.events is not None:
-                    self.events.poll()
-                self.publisher.maybe_heartbeat(self.heartbeat_stats)
-                self.status.maybe_send(self.own)
-            while self.queue:  # stopping: what already arrived is still inferred and published
-                self.run_batch()
+            with gil_switch_interval(WORKER_SWITCH_INTERVAL_S):
+                while not self.should_stop.is_set():
+                    self.tick()
+                    self.maybe_reload()
+                    self.receive()
+                    self.run_batches()
+                    if self.expiry.due():
+                        self.publish(self.stage.expire_silent())
+                    self.run_backfill()
+                    if self.archive is not None:
+                        self.archive.maybe_flush()
+                    if self.events is not None:
+                        self.events.poll()
+                    self.publisher.maybe_heartbeat(self.heartbeat_stats)
+                    self.status.maybe_send(self.own)
+                self.run_batches(final=True)  # stopping: what already arrived is still inferred and published
             self.publish(self.stage.shutdown())  # no "new" is left without its "closed"
             if self.assoc is not None:
                 for ev in self.assoc.flush():
@@ -206,6 +207,8 @@ class InferenceStage(ReloadableStage, Stage):
         except FatalInferenceError as exc:
             log.error("inference_fatal", error=str(exc), action="exit so the service manager restarts the process")
             return EXIT_FATAL
+        finally:
+            self.forwards.close()
         return 0
 
     def stop(self) -> None:
@@ -240,7 +243,7 @@ class InferenceStage(ReloadableStage, Stage):
         """Poll until the oldest queued window is due (at most 0.1 s); queue spectra, keep status reports; drop
         and count malformed messages (`Rejections`)."""
         assert self.pull is not None
-        oldest = self.queue.oldest
+        oldest = None if self.forwards.full else self.queue.oldest  # workers busy: woken when one finishes
         wait_s = 0.1 if oldest is None else min(0.1, max(0.0, oldest + self.max_wait_s - time.monotonic()))
         if not self.poller.poll(max(1, int(wait_s * 1000))):
             return
@@ -251,10 +254,37 @@ class InferenceStage(ReloadableStage, Stage):
             else:
                 self.upstream.update(msg, time.monotonic())
 
-    def run_batch(self) -> None:
-        """Infer up to batch_size queued windows, publish their detections (and network events)."""
-        from quakemon.pipeline.engine import FatalInferenceError
+    def start_forwards(self) -> Any:
+        """The `ForwardPool` of model.inference_workers threads ("auto": one per core this process may use, up to
+        4, on the CPU; one on a GPU; 0: forwards on this thread), its wake-up registered with the poller."""
+        from quakemon.pipeline.forward_pool import ForwardPool, inference_pool
 
+        workers = self.cfg.model.inference_workers
+        pool, count = inference_pool(self.engine.device, None if workers == "auto" else int(workers),
+                                     len(os.sched_getaffinity(0)), "inference")
+        forwards = ForwardPool(self.stage, pool, count)
+        if pool is not None:
+            self.poller.register(forwards.fileno(), zmq.POLLIN)
+        log.info("inference_workers", workers=count, forward_batch=forwards.task)
+        return forwards
+
+    def run_batches(self, final: bool = False) -> None:
+        """Start micro-batches (`model.batch_size` windows, or fewer once the oldest waited `model.max_wait_ms`)
+        while the workers have room, and publish the finished ones, in order. final: everything queued, waiting
+        for it all."""
+        forwards = self.forwards
+        while self.queue.windows and (final or self.queue.windows >= self.cfg.model.batch_size
+                                      or time.monotonic() - (self.queue.oldest or 0.0) >= self.max_wait_s):
+            if forwards.full:
+                if not final:
+                    break
+                self.publish_batch(forwards.next(block=True))
+            self.start_batch()
+        while (done := forwards.next(block=final)) is not None:
+            self.publish_batch(done)
+
+    def start_batch(self) -> None:
+        """Hand up to batch_size queued windows to the forward workers."""
         metas, spectra, data = [], [], []
         while self.queue and len(metas) < self.cfg.model.batch_size:
             batch = self.queue.popleft()
@@ -262,13 +292,19 @@ class InferenceStage(ReloadableStage, Stage):
             spectra.append(batch.arrays["spectra"])
             data.append(batch.arrays.get("data"))
         samples = np.concatenate(data) if all(d is not None for d in data) else None  # None: window picks only
-        try:
-            result = self.stage.process(np.concatenate(spectra), metas, samples)
-        except FatalInferenceError:
-            raise
-        except Exception as exc:  # one bad batch is dropped; repeated failures become fatal in the engine
+        self.forwards.submit(np.concatenate(spectra), metas, samples)
+
+    def publish_batch(self, done: Any) -> None:
+        """Publish a decided micro-batch's detections (and network events); a failed one is counted and dropped
+        (repeated failures become fatal in the engine)."""
+        from quakemon.pipeline.engine import FatalInferenceError
+
+        metas, result = done
+        if isinstance(result, FatalInferenceError):
+            raise result
+        if isinstance(result, Exception):
             self.failed_batches += 1
-            log.error("inference_batch_failed", windows=len(metas), error=repr(exc))
+            log.error("inference_batch_failed", windows=len(metas), error=repr(result))
             return
         self.status.progress += len(metas)
         self.inferred(metas, result.probabilities)
