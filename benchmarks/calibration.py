@@ -84,15 +84,22 @@ def event_recall(ev_series: list, events: list, day_series, on: float, cfgs: dic
         [(r, cont.trigger_onsets(s, on)) for r, s in zip(events, ev_series, strict=True)], window_s)}
     for name, cfg in cfgs.items():
         thr_day = day_thresholds(day_series, on, cfg) if day_series is not None else None
-        rows = []
+        rows, warm = [], []
         for r, s in zip(events, ev_series, strict=True):
             if r.kind.startswith("synthetic:") and thr_day is not None:
                 idx = np.clip(np.searchsorted(day_series.start, s.start, "right") - 1, 0, len(thr_day) - 1)
                 thr = thr_day[idx]
+                if len(s.start) and s.start[0] >= day_series.start[0] + cfg.history_s:
+                    warm.append(id(r))
             else:
                 thr = np.full(len(s.p), on)
             rows.append((r, onsets_with(s, thr)))
         out[name] = cont.recall_by_kind(rows, window_s)
+        # the synthetic records after the warm-up, calibrated and plain (the same records)
+        out[f"{name}_after_warmup"] = cont.recall_by_kind([(r, o) for r, o in rows if id(r) in warm], window_s)
+        out[f"{name}_after_warmup_plain"] = cont.recall_by_kind(
+            [(r, cont.trigger_onsets(s, on)) for r, s in zip(events, ev_series, strict=True) if id(r) in warm],
+            window_s)
     return out
 
 
