@@ -95,6 +95,24 @@ def station_thresholds(station: str, on: float, off: float, min_duration_s: floa
 
 
 @dataclass(frozen=True, slots=True)
+class CalibrationSettings:
+    """Per-station trigger thresholds that hold a target false-alarm rate (see `quakemon.pipeline.calibration`).
+
+    mode:         "off" (every station triggers at ``on``) or "rate".
+    rate_per_day: target upward crossings of the threshold per station-day (an upper bound on detections).
+    history_s:    how much of a station's recent data the threshold is learnt from.
+    slots:        the history's time slots; the threshold is recomputed when a slot starts.
+    warmup_s:     data a station needs before its threshold leaves ``on`` (None: history_s).
+    """
+
+    mode: str = "off"
+    rate_per_day: float = 1.0
+    history_s: float = 6 * 3600.0
+    slots: int = 12
+    warmup_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class InferenceSettings:
     """Where and how the model runs (see `quakemon.pipeline.engine`).
 
@@ -123,6 +141,7 @@ class AssociationSettings:
 
 WINDOW = WindowSettings()
 TRIGGER = TriggerSettings()
+CALIBRATION = CalibrationSettings()
 INFERENCE = InferenceSettings()
 ASSOCIATION = AssociationSettings()
 
@@ -132,12 +151,14 @@ REPLAY_BATCH_SIZE = 256
 
 __all__ = [
     "ASSOCIATION",
+    "CALIBRATION",
     "INFERENCE",
     "OVERRIDE_KEYS",
     "REPLAY_BATCH_SIZE",
     "TRIGGER",
     "WINDOW",
     "AssociationSettings",
+    "CalibrationSettings",
     "InferenceSettings",
     "TriggerSettings",
     "WindowSettings",

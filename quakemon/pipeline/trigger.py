@@ -26,6 +26,9 @@ Policy (the same in replay and live, so the same windows give the same detection
   ``on`` is reported ("new", then "closed" with ``close_reason = "flush"``): the record ended before
   ``min_duration_s`` could pass, the signal did not. A pending trigger that had a window below ``on`` is dropped.
 * Each trigger label (by default every class except ``noise``) has its own independent trigger.
+* Optional per-station calibration (`TriggerBank` with ``calibration`` mode "rate"): each station's ``on`` is
+  raised, before each window, to the threshold that holds a target false-alarm rate on that station's own recent
+  probabilities (`quakemon.pipeline.calibration`); ``off`` stays.
 * One detection per event per station (``retrigger_hold_s``, default
   `quakemon.pipeline.settings.TriggerSettings.retrigger_hold_s`). When an active trigger falls below ``off`` it
   is *held* rather than closed: a window that reaches ``on`` and starts less than ``retrigger_hold_s`` after the
@@ -55,8 +58,9 @@ import numpy as np
 import structlog
 
 from quakemon.base.errors import ConfigError
+from quakemon.pipeline.calibration import Calibration
 from quakemon.pipeline.picker import METHOD_WINDOW, Pick
-from quakemon.pipeline.settings import station_thresholds
+from quakemon.pipeline.settings import CalibrationSettings, station_thresholds
 from quakemon.wire.schema import detection_body, to_timestamp
 
 log = structlog.get_logger(__name__)
@@ -305,10 +309,13 @@ class TriggerBank:
         max_gap_s: float | None = None,
         retrigger_hold_s: float = 0.0,
         overrides: Mapping[str, Mapping[str, float]] | None = None,
+        calibration: CalibrationSettings | None = None,
     ) -> None:
         check_bank_thresholds(on, off, min_duration_s, max_gap_s, retrigger_hold_s, overrides or {})
         self.retrigger_hold_s = float(retrigger_hold_s)
         self.overrides = {k: dict(v) for k, v in (overrides or {}).items()}
+        #: per-station thresholds (`quakemon.pipeline.calibration`), None when calibration is off
+        self.calibration = Calibration(on, calibration) if calibration and calibration.mode != "off" else None
         self.labels = tuple(str(label) for label in labels)
         if trigger_labels is None:
             trigger_labels = [label for label in self.labels if label.lower() != "noise"]
@@ -388,7 +395,10 @@ class TriggerBank:
         start, end = to_timestamp(window_start), to_timestamp(window_end)
         events: list[TriggerEvent] = []
         for label in self.trigger_labels:  # (each trigger keeps `probs`: a dict of its own, never changed)
-            events.extend(self.trigger(station, label)._update(start, end, probs, new_phase))
+            trig = self.trigger(station, label)
+            if self.calibration is not None and label in probs:
+                trig.on = self.calibration.threshold(station, label, start, end, probs[label])
+            events.extend(trig._update(start, end, probs, new_phase))
         return events
 
     def flush(self) -> list[TriggerEvent]:
