@@ -55,7 +55,6 @@ from soak_parts import (  # noqa: E402
     read_listen,
     ringserver_path,
     stage_pids,
-    wait_for,
 )
 
 from quakemon.base.net import free_port  # noqa: E402
@@ -76,12 +75,13 @@ def streams() -> list[str]:
     return sorted(ids)
 
 
-def write_config(path: Path, server: str, publish_port: int) -> Path:
+def write_config(path: Path, server: str, publish_port: int, catchup_port: int) -> Path:
     lines = ["[seedlink]", f'server = "{server}"', f"streams = {json.dumps(streams())}",
              f'state_file = "{path.with_suffix(".state")}"', "netto = 10.0", "reconnect_backoff_max = 2.0", "",
              "[model]", 'device = "cpu"', 'precision = "fp32"', "",
              "[pipeline]", f'runtime_dir = "{path.parent / "rt"}"', "heartbeat_interval_s = 1.0", "",
-             "[publish]", f'endpoint = "tcp://127.0.0.1:{publish_port}"', "",
+             "[publish]", f'endpoint = "tcp://127.0.0.1:{publish_port}"',
+             f'catchup_endpoint = "tcp://127.0.0.1:{catchup_port}"', "",
              "[logging]", 'level = "info"', 'format = "json"', ""]
     path.write_text("\n".join(lines))
     return path
@@ -99,6 +99,8 @@ class Soak:
         self.settle_s = settle_s  # healthy this long before the next fault
         self.overrun_s = 600.0  # the fault phase goes on at most this long past `minutes` to inject the plan
         self.logs = LogWatch()
+        self.up_since: float | None = None
+        self.warmup_s = 30.0
         port = free_port()
         if upstream == "serve":
             self.up: ServeUpstream | RingUpstream = ServeUpstream(workdir, port, speed)
@@ -109,8 +111,8 @@ class Soak:
             self.up = RingUpstream(workdir, port, speed, binary)
         self.kinds = tuple(k for k in kinds if k != "corrupt" or self.up.corrupts)
         self.plan = [k for _ in range(faults_per_kind) for k in self.kinds]
-        self.publish_port = free_port()
-        self.config = write_config(workdir / "quakemon.toml", self.up.address, self.publish_port)
+        self.publish_port, self.catchup_port = free_port(), free_port()
+        self.config = write_config(workdir / "quakemon.toml", self.up.address, self.publish_port, self.catchup_port)
         self.position = workdir / "position.json"
         self.listen_out = workdir / "published.jsonl"
         self.daemon: Proc | None = None
@@ -133,7 +135,7 @@ class Soak:
         """`quakemon listen --resume`, its stdout appended to one file across restarts."""
         self.listens += 1
         args = [sys.executable, "-m", "quakemon", "listen", f"tcp://127.0.0.1:{self.publish_port}",
-                "--resume", str(self.position), "--json"]
+                "--resume", str(self.position), "--catchup", f"tcp://127.0.0.1:{self.catchup_port}", "--json"]
         with self.listen_out.open("ab") as out, (self.dir / f"listen-{self.listens}.err").open("wb") as err:
             self.listen = subprocess.Popen(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=_env(),
                                            cwd=REPO)
@@ -142,8 +144,18 @@ class Soak:
         d = self.daemon
         return d.pid if d is not None and d.proc.poll() is None else None
 
+    def check_listen(self) -> None:
+        """A subscriber that exited by itself is a finding; start it again."""
+        if self.listen is not None and self.listen.poll() is not None:
+            self.unexpected_exits.append({"t": self.now(), "code": self.listen.returncode,
+                                          "log": f"listen-{self.listens}.err"})
+            self.log(f"  [{self.now():7.1f}s] subscriber exited by itself with {self.listen.returncode}; starting it "
+                     "again")
+            self.start_listen()
+
     def check_daemon(self) -> None:
         """A daemon that exited by itself is a finding; start it again, as systemd's Restart= would."""
+        self.check_listen()
         d = self.daemon
         if d is not None and d.proc.poll() is not None:
             self.unexpected_exits.append({"t": self.now(), "code": d.proc.returncode, "log": d.name})
@@ -211,8 +223,10 @@ class Soak:
         self.start_listen()
         assert self.daemon is not None
         self.daemon.wait_event("daemon_ready", 180)
+        self.daemon.wait_event("seedlink_connected", 60)
+        self.up.begin()
         self.log(f"  [{self.now():7.1f}s] daemon ready; {len(self.plan)} faults over {self.minutes:g} min")
-        sampler = Sampler(self.daemon_pid)
+        sampler = self.sampler = Sampler(self.daemon_pid, self.warm)
         try:
             self._faults()
             self._drain()
@@ -226,12 +240,21 @@ class Soak:
         return self._results(sampler)
 
     def healthy(self) -> bool:
-        """The current daemon is ready and every stage it (re)spawned is ready again."""
+        """The current daemon is ready and every stage it (re)spawned is ready again; keeps `up_since`."""
         d = self.daemon
-        if d is None or d.proc.poll() is not None:
-            return False
-        counts = self.logs.update(d.err_path)
-        return counts["daemon_ready"] >= 1 and counts["stage_ready"] >= counts["stage_spawned"]
+        ok = False
+        if d is not None and d.proc.poll() is None:
+            counts = self.logs.update(d.err_path)
+            ok = counts["daemon_ready"] >= 1 and counts["stage_ready"] >= counts["stage_spawned"]
+        if not ok:
+            self.up_since = None
+        elif self.up_since is None:
+            self.up_since = time.monotonic()
+        return ok
+
+    def warm(self) -> bool:
+        """Every process has been up for `warmup_s` (memory figures are taken from here on)."""
+        return self.up_since is not None and time.monotonic() - self.up_since >= self.warmup_s
 
     def _faults(self) -> None:
         """The plan, evenly spread over `minutes`; each fault waits until the daemon has been healthy for settle_s
@@ -243,10 +266,10 @@ class Soak:
         while (plan or time.monotonic() < end) and time.monotonic() < end + self.overrun_s:
             time.sleep(0.5)
             self.check_daemon()
-            if not plan:
-                continue
             if not self.healthy():
                 healthy_since = None
+                continue
+            if not plan:
                 continue
             healthy_since = healthy_since or time.monotonic()
             if time.monotonic() < max(due, healthy_since + self.settle_s):
@@ -275,12 +298,22 @@ class Soak:
             mark = state.read_text() if state.exists() else None
             if mark != last:
                 last, quiet_since = mark, time.monotonic()
-        self.daemon_code = self.daemon.stop(30)
         journal = self.config.with_suffix(".journal.sqlite")
-        want = set(journal_detection_seqs(journal))
-        wait_for(lambda: want <= {d["seq"] for d in read_listen(self.listen_out)[0]}, 90,
-                 "the subscriber to receive every journaled detection", interval=1.0)  # fails loudly otherwise
-        self.journal_seqs = want
+        self._caught_up(set(journal_detection_seqs(journal)), 120)  # the catch-up server is the daemon's
+        self.sampler.close()  # a stopping daemon's figures are not the run's
+        self.daemon_code = self.daemon.stop(30)
+        self.journal_seqs = set(journal_detection_seqs(journal))  # with the "closed" of the shutdown
+        self._caught_up(self.journal_seqs, 15)
+
+    def _caught_up(self, want: set[int], timeout: float) -> bool:
+        """Wait until the subscriber printed every seq in `want`; False after `timeout` (reported, not raised)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_listen()
+            if want <= {d["seq"] for d in read_listen(self.listen_out)[0]}:
+                return True
+            time.sleep(1)
+        return False
 
     def _results(self, sampler: Sampler) -> dict[str, Any]:
         state = json.loads(self.config.with_suffix(".state").read_text())
@@ -299,11 +332,10 @@ class Soak:
         cmp = compare(published, replayed, newest - self.margin_s)
         for i in range(1, self.daemons + 1):
             self.logs.update(self.dir / f"daemon-{i}.err")
-        warm = 30.0
         return {
             "upstream": self.up.name, "minutes": self.minutes, "speed": self.speed, "margin_s": self.margin_s,
             "faults": self.faults, "faults_per_kind": dict(Counter(f["kind"] for f in self.faults)),
-            "faults_not_injected": self.not_injected, "unexpected_daemon_exits": self.unexpected_exits,
+            "faults_not_injected": self.not_injected, "unexpected_exits": self.unexpected_exits,
             "daemon_exit_code": self.daemon_code, "daemon_starts": self.daemons,
             "records_rejected_by_daemon": self.logs.counts["seedlink_record_rejected"],
             "corrupt_records_fed": getattr(self.up, "corrupt_fed", 0),
@@ -311,7 +343,7 @@ class Soak:
             "subscriber": {"received": len(published), "redelivered_same_seq": again,
                            "journaled_detections": len(self.journal_seqs),
                            "missing": sorted(self.journal_seqs - {d["seq"] for d in published})},
-            "comparison": cmp, "memory_fds": sampler.summary(warm), "warmup_s": warm,
+            "comparison": cmp, "memory_fds": sampler.summary(), "warmup_s": self.warmup_s,
             "samples": sampler.samples, "workdir": str(self.dir),
         }
 
@@ -324,6 +356,10 @@ class _gone:
 
     def __exit__(self, exc_type: type | None, *_: object) -> bool:
         return exc_type is ProcessLookupError
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _terminate(proc: subprocess.Popen) -> None:
@@ -348,8 +384,8 @@ def failures(result: dict[str, Any]) -> list[str]:
     out = [f"{n} {what}" for what in ("lost", "duplicated", "re_ids") if (n := len(cmp[what]))]
     if result["subscriber"]["missing"]:
         out.append(f"subscriber missed {len(result['subscriber']['missing'])} journaled detections")
-    if result["unexpected_daemon_exits"]:
-        out.append(f"{len(result['unexpected_daemon_exits'])} unexpected daemon exits")
+    if result["unexpected_exits"]:
+        out.append(f"{len(result['unexpected_exits'])} unexpected exits of the daemon or the subscriber")
     if result["daemon_exit_code"] != 0:
         out.append(f"daemon exit code {result['daemon_exit_code']} at SIGTERM")
     return out
@@ -382,8 +418,8 @@ def summary(result: dict[str, Any]) -> str:
                      f"{m['rss_warm_mib']:.0f} -> {m['rss_end_mib']:.0f} MiB ({m['rss_growth_pct']:+.1f} %), fds "
                      f"{m['fds_warm']} -> {m['fds_end']} (max {m['fds_max']}); {m['pids']} process(es), largest "
                      f"RSS {m['rss_max_any_mib']:.0f} MiB, most fds {m['fds_max_any']}")
-    if result["unexpected_daemon_exits"]:
-        lines.append(f"  daemon exited by itself: {result['unexpected_daemon_exits']}")
+    if result["unexpected_exits"]:
+        lines.append(f"  exited by themselves: {result['unexpected_exits']}")
     return "\n".join(lines)
 
 
@@ -408,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import tempfile
 
+    signal.signal(signal.SIGTERM, _interrupted)  # clean up the processes (finally blocks) on SIGTERM too
     kinds = tuple(k for k in args.kinds.split(",") if k)
     unknown = set(kinds) - set(KINDS)
     if unknown:

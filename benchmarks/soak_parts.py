@@ -84,6 +84,9 @@ class ServeUpstream:
         if proc.proc.poll() is not None:
             raise RuntimeError(f"quakemon serve exited with {proc.proc.returncode}: {proc.stderr()[-2000:]}")
 
+    def begin(self) -> None:
+        """Nothing to do: `DATA` without a sequence number streams `serve`'s archive from its start."""
+
     def pid(self) -> int | None:
         return self.proc.pid if self.proc and self.proc.proc.poll() is None else None
 
@@ -131,6 +134,10 @@ class RingUpstream:
 
     def start(self) -> None:
         self.ring.start()
+
+    def begin(self) -> None:
+        """Start feeding. Call it once the daemon is connected: a SeedLink client without a resume position gets
+        the data that arrives after it connected, so records fed before would not be the daemon's to miss."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._feed, name="ring-feeder", daemon=True)
             self._thread.start()
@@ -242,12 +249,16 @@ def fd_count(pid: int) -> int | None:
 
 
 class Sampler:
-    """Every `interval` s: (t, process kind, pid, RSS KiB, open fds) for the daemon and each stage process."""
+    """Every `interval` s: (t, process kind, pid, RSS KiB, open fds, warm) for the daemon and each stage process.
 
-    def __init__(self, daemon_pid: Any, interval: float = 2.0) -> None:
-        self._daemon_pid = daemon_pid  # a callable: the daemon is restarted under the sampler
+    `daemon_pid()` gives the current daemon (it is restarted under the sampler); `warm()` says whether the
+    pipeline has been up long enough for the sample to count as after warm-up.
+    """
+
+    def __init__(self, daemon_pid: Any, warm: Any, interval: float = 2.0) -> None:
+        self._daemon_pid, self._warm = daemon_pid, warm
         self.interval = interval
-        self.samples: list[tuple[float, str, int, int, int]] = []
+        self.samples: list[tuple[float, str, int, int, int, bool]] = []
         self.t0 = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
@@ -258,25 +269,24 @@ class Sampler:
             pid = self._daemon_pid()
             if pid is None:
                 continue
-            t = round(time.monotonic() - self.t0, 1)
+            t, warm = round(time.monotonic() - self.t0, 1), bool(self._warm())
             for kind, p in [("daemon", pid), *stage_pids(pid).items()]:
                 rss, fds = rss_kib(p), fd_count(p)
                 if rss is not None and fds is not None:
-                    self.samples.append((t, kind, p, rss, fds))
+                    self.samples.append((t, kind, p, rss, fds, warm))
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
 
-    def summary(self, warmup_s: float) -> dict[str, Any]:
-        """Per process kind: RSS (MiB) and open fds of the process alive at the end, from its first sample at least
-        `warmup_s` after it started to its last (growth %); the largest RSS and fd count of any process of the kind.
-        """
+    def summary(self) -> dict[str, Any]:
+        """Per process kind: RSS (MiB) and open fds of the process alive at the end, from its first warm sample to
+        its last (growth %); the largest RSS and fd count of any process of the kind."""
         out: dict[str, Any] = {}
         for kind in sorted({s[1] for s in self.samples}):
             rows = [s for s in self.samples if s[1] == kind]
             mine = [s for s in rows if s[2] == rows[-1][2]]
-            warm = [s for s in mine if s[0] >= mine[0][0] + warmup_s] or mine[-1:]
+            warm = [s for s in mine if s[5]] or mine[-1:]
             first, last = warm[0], warm[-1]
             out[kind] = {
                 "pids": len({s[2] for s in rows}), "observed_s": round(last[0] - first[0], 1),
