@@ -50,8 +50,9 @@ from soak_parts import (  # noqa: E402
     RingUpstream,
     Sampler,
     ServeUpstream,
+    attribute,
     compare,
-    journal_detection_seqs,
+    journal_detections,
     read_listen,
     ringserver_path,
     stage_pids,
@@ -274,13 +275,13 @@ class Soak:
             healthy_since = healthy_since or time.monotonic()
             if time.monotonic() < max(due, healthy_since + self.settle_s):
                 continue
-            kind, at = plan[0], self.now()
+            kind, at, wall = plan[0], self.now(), time.time()
             detail = self.inject(kind)
             if detail is None:
                 continue
             plan.pop(0)
             healthy_since = None
-            self.faults.append({"kind": kind, "t": at, **detail})
+            self.faults.append({"kind": kind, "t": at, "wall": round(wall, 3), **detail})
             self.log(f"  [{at:7.1f}s] {kind} {detail}")
             due = max(due + step, time.monotonic())
         self.fault_phase_s = round(time.monotonic() - start, 1)
@@ -299,10 +300,11 @@ class Soak:
             if mark != last:
                 last, quiet_since = mark, time.monotonic()
         journal = self.config.with_suffix(".journal.sqlite")
-        self._caught_up(set(journal_detection_seqs(journal)), 120)  # the catch-up server is the daemon's
+        self._caught_up(set(journal_detections(journal)), 120)  # the catch-up server is the daemon's
         self.sampler.close()  # a stopping daemon's figures are not the run's
         self.daemon_code = self.daemon.stop(30)
-        self.journal_seqs = set(journal_detection_seqs(journal))  # with the "closed" of the shutdown
+        self.published_at = journal_detections(journal)  # with the "closed" of the shutdown
+        self.journal_seqs = set(self.published_at)
         self._caught_up(self.journal_seqs, 15)
 
     def _caught_up(self, want: set[int], timeout: float) -> bool:
@@ -330,6 +332,7 @@ class Soak:
         replayed = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
         published, again = read_listen(self.listen_out)
         cmp = compare(published, replayed, newest - self.margin_s)
+        attribute(cmp, self.published_at, self.faults)
         for i in range(1, self.daemons + 1):
             self.logs.update(self.dir / f"daemon-{i}.err")
         return {

@@ -18,7 +18,7 @@ from support.ringserver import ENV, ringserver_binary
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from soak import KINDS, Soak, failures, summary  # noqa: E402
-from soak_parts import compare, demo_records, garble, read_listen  # noqa: E402
+from soak_parts import attribute, compare, demo_records, garble, read_listen  # noqa: E402
 
 SMOKE_KINDS = ("kill_ingest", "upstream_kill", "corrupt", "subscriber_restart")
 
@@ -44,6 +44,17 @@ def test_compare_names_lost_duplicated_reid_and_extra_detections():
     assert [(r["replay"]["id"], r["published"]["id"]) for r in cmp["re_ids"]] == [("b", "b2")]
     assert [d["id"] for d in cmp["extra"]] == ["x"]
     assert (cmp["replay_new"], cmp["published_new"], cmp["matched"]) == (4, 5, 2)
+
+
+def test_attribute_names_the_last_fault_before_each_published_surprise():
+    cmp = {"extra": [{"seq": 7}, {"seq": 9}], "re_ids": [], "duplicated": [[{"seq": 3}, {"seq": 5}]]}
+    published_at = {3: "2026-12-06T10:00:00Z", 5: "2026-12-06T10:00:30Z", 7: "2026-12-06T10:01:00Z"}
+    faults = [{"kind": "kill_ingest", "t": 10.0, "wall": 1796551200.0 + 20},  # 10:00:20
+              {"kind": "upstream_kill", "t": 40.0, "wall": 1796551200.0 + 50}]  # 10:00:50
+    attribute(cmp, published_at, faults)
+    assert cmp["extra"][0]["after_fault"] == {"kind": "upstream_kill", "t": 40.0, "s_before": 10.0}
+    assert cmp["extra"][1]["published_at"] is None and "after_fault" not in cmp["extra"][1]  # not journaled
+    assert [d["after_fault"] and d["after_fault"]["kind"] for d in cmp["duplicated"][0]] == [None, "kill_ingest"]
 
 
 def test_read_listen_keeps_one_message_per_seq_and_counts_the_redelivered(tmp_path):
