@@ -119,7 +119,7 @@ class RingUpstream:
     corrupts = True
 
     def __init__(self, workdir: Path, port: int, speed: float, binary: Path, seed: int = 0) -> None:
-        self.ring = RingServer(binary, workdir / "ringserver", port, max_packet=512)
+        self.ring = RingServer(binary, workdir / "rs", port, max_packet=512)  # short: ringserver limits config lines
         self.port, self.speed = port, speed
         self.fed: list[tuple[float, bytes]] = []
         self.corrupt_fed = 0
