@@ -121,6 +121,7 @@ class Soak:
         self.daemons = self.listens = 0
         self.faults: list[dict[str, Any]] = []
         self.unexpected_exits: list[dict[str, Any]] = []
+        self.subscriber_exits: list[dict[str, Any]] = []
         self.t0 = time.monotonic()
 
     # processes ------------------------------------------------------------------------------------------------
@@ -146,10 +147,12 @@ class Soak:
         return d.pid if d is not None and d.proc.poll() is None else None
 
     def check_listen(self) -> None:
-        """A subscriber that exited by itself is a finding; start it again."""
+        """Start the subscriber again when it exited by itself (it gives up when the catch-up server does not
+        answer for 60 s, e.g. during a slow daemon restart); each such exit is reported with its last line."""
         if self.listen is not None and self.listen.poll() is not None:
-            self.unexpected_exits.append({"t": self.now(), "code": self.listen.returncode,
-                                          "log": f"listen-{self.listens}.err"})
+            err = (self.dir / f"listen-{self.listens}.err").read_text(errors="replace").strip().splitlines()
+            self.subscriber_exits.append({"t": self.now(), "code": self.listen.returncode,
+                                          "error": err[-1] if err else ""})
             self.log(f"  [{self.now():7.1f}s] subscriber exited by itself with {self.listen.returncode}; starting it "
                      "again")
             self.start_listen()
@@ -221,9 +224,9 @@ class Soak:
     def run(self) -> dict[str, Any]:
         self.up.start()
         self.start_daemon()
-        self.start_listen()
         assert self.daemon is not None
         self.daemon.wait_event("daemon_ready", 180)
+        self.start_listen()
         self.daemon.wait_event("seedlink_connected", 60)
         self.up.begin()
         self.log(f"  [{self.now():7.1f}s] daemon ready; {len(self.plan)} faults over {self.minutes:g} min")
@@ -339,6 +342,7 @@ class Soak:
             "upstream": self.up.name, "minutes": self.minutes, "speed": self.speed, "margin_s": self.margin_s,
             "faults": self.faults, "faults_per_kind": dict(Counter(f["kind"] for f in self.faults)),
             "faults_not_injected": self.not_injected, "unexpected_exits": self.unexpected_exits,
+            "subscriber_exits": self.subscriber_exits,
             "daemon_exit_code": self.daemon_code, "daemon_starts": self.daemons,
             "records_rejected_by_daemon": self.logs.counts["seedlink_record_rejected"],
             "corrupt_records_fed": getattr(self.up, "corrupt_fed", 0),
@@ -388,7 +392,7 @@ def failures(result: dict[str, Any]) -> list[str]:
     if result["subscriber"]["missing"]:
         out.append(f"subscriber missed {len(result['subscriber']['missing'])} journaled detections")
     if result["unexpected_exits"]:
-        out.append(f"{len(result['unexpected_exits'])} unexpected exits of the daemon or the subscriber")
+        out.append(f"{len(result['unexpected_exits'])} unexpected daemon exits")
     if result["daemon_exit_code"] != 0:
         out.append(f"daemon exit code {result['daemon_exit_code']} at SIGTERM")
     return out
@@ -422,7 +426,9 @@ def summary(result: dict[str, Any]) -> str:
                      f"{m['fds_warm']} -> {m['fds_end']} (max {m['fds_max']}); {m['pids']} process(es), largest "
                      f"RSS {m['rss_max_any_mib']:.0f} MiB, most fds {m['fds_max_any']}")
     if result["unexpected_exits"]:
-        lines.append(f"  exited by themselves: {result['unexpected_exits']}")
+        lines.append(f"  daemon exited by itself: {result['unexpected_exits']}")
+    for ex in result["subscriber_exits"]:
+        lines.append(f"  subscriber exited by itself at {ex['t']:.0f} s (started again): {ex['error']}")
     return "\n".join(lines)
 
 
