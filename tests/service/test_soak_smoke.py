@@ -87,7 +87,7 @@ def test_soak_smoke(tmp_path, monkeypatch):
     monkeypatch.setenv(ENV, str(ringserver_binary(tmp_path)))  # fails under CI, else skips with the reason
     assert set(SMOKE_KINDS) <= set(KINDS)
     soak = Soak("ringserver", tmp_path / "s", minutes=0.5, faults_per_kind=1, speed=10.0, kinds=SMOKE_KINDS,
-                margin_s=150.0, quiet_s=5.0, log=lambda *_: None)
+                margin_s=150.0, quiet_s=5.0, settle_s=5.0, log=lambda *_: None)
     result = soak.run()
     text = summary(result)
     assert result["faults_per_kind"] == dict.fromkeys(SMOKE_KINDS, 1), text
