@@ -5,8 +5,9 @@
 
 For each upstream (`quakemon serve --loop`, and EarthScope's ringserver when QUAKEMON_RINGSERVER or PATH has
 it) the script writes a config, starts the daemon (a real `quakemon run` subprocess; journal and catch-up server
-on, as by default) and a resuming subscriber (`quakemon listen --resume POSITION --json`), and for `--minutes`
-injects faults round-robin, evenly spaced:
+on, as by default) and a resuming subscriber (`quakemon listen --resume POSITION --json`), and over `--minutes`
+injects faults round-robin, evenly spaced; each waits until every stage is ready again and has run `settle_s`
+(10 s), so the fault phase lasts longer where restarts are slow:
 
     kill_ingest, kill_preprocess, kill_inference   SIGKILL of that stage process (the daemon restarts it)
     kill_daemon        SIGKILL of the daemon and its stages; started again with the same config and state file
@@ -22,8 +23,9 @@ replay` and the same config. Detections are compared up to a cutoff (the newest 
 less `--margin` seconds of data): lost, duplicated, re-id'd, extra (`soak_parts.compare`). Resident memory and
 open file descriptors of the daemon's processes are sampled every 2 s. The exit code is 1 when a detection was
 lost, duplicated or re-id'd, when the subscriber missed a journaled detection, or when the daemon exited by
-itself; 0 otherwise. Host clock steps are not injected (that needs privileges); data clock glitches are the
-subject of tests/service/test_clock_glitch.py.
+itself; 0 otherwise (extras, and a subscriber that gave up and was started again, are reported). Host clock
+steps are not injected (that needs privileges); data clock glitches are the subject of
+tests/service/test_clock_glitch.py.
 """
 
 from __future__ import annotations
