@@ -387,27 +387,29 @@ def compare(published: list[dict[str, Any]], replayed: list[dict[str, Any]], cut
     }
 
 
-def journal_detections(path: Path) -> dict[int, str]:
-    """{seq: publication time (ISO 8601)} of every detection message the journal holds."""
+def journal_detections(path: Path) -> dict[int, float]:
+    """{seq: publication time (s since the epoch)} of every detection message the journal holds."""
     from quakemon.wire.journal import JournalReader
 
-    out: dict[int, str] = {}
+    out: dict[int, float] = {}
     with JournalReader(path) as reader:
         after = 0
         while page := reader.after(after, 10_000):
-            out.update((m.seq, m.time) for m in page if m.topic.startswith("detection"))
+            out.update((m.seq, float(m.time)) for m in page if m.topic.startswith("detection"))
             after = page[-1].seq
     return out
 
 
-def attribute(cmp: dict[str, Any], published_at: dict[int, str], faults: list[dict[str, Any]]) -> None:
+def attribute(cmp: dict[str, Any], published_at: dict[int, float], faults: list[dict[str, Any]]) -> None:
     """Add to each published detection in `cmp` its publication time and the last fault injected before it."""
+    import datetime as dt
+
     items = [*cmp["extra"], *(r["published"] for r in cmp["re_ids"]), *(d for dup in cmp["duplicated"] for d in dup)]
     for item in items:
         when = published_at.get(item["seq"])
-        item["published_at"] = when
+        item["published_at"] = None if when is None else dt.datetime.fromtimestamp(when, dt.UTC).isoformat()
         if when is None:
             continue
-        before = [f for f in faults if f["wall"] <= parse_iso_utc(when)]
+        before = [f for f in faults if f["wall"] <= when]
         item["after_fault"] = ({"kind": before[-1]["kind"], "t": before[-1]["t"],
-                                "s_before": round(parse_iso_utc(when) - before[-1]["wall"], 1)} if before else None)
+                                "s_before": round(when - before[-1]["wall"], 1)} if before else None)

@@ -48,11 +48,13 @@ def test_compare_names_lost_duplicated_reid_and_extra_detections():
 
 def test_attribute_names_the_last_fault_before_each_published_surprise():
     cmp = {"extra": [{"seq": 7}, {"seq": 9}], "re_ids": [], "duplicated": [[{"seq": 3}, {"seq": 5}]]}
-    published_at = {3: "2026-12-06T10:00:00Z", 5: "2026-12-06T10:00:30Z", 7: "2026-12-06T10:01:00Z"}
-    faults = [{"kind": "kill_ingest", "t": 10.0, "wall": 1796551200.0 + 20},  # 10:00:20
-              {"kind": "upstream_kill", "t": 40.0, "wall": 1796551200.0 + 50}]  # 10:00:50
+    ten = 1796551200.0  # 2026-12-06T10:00:00Z
+    published_at = {3: ten, 5: ten + 30, 7: ten + 60}  # as the journal keeps them
+    faults = [{"kind": "kill_ingest", "t": 10.0, "wall": ten + 20},
+              {"kind": "upstream_kill", "t": 40.0, "wall": ten + 50}]
     attribute(cmp, published_at, faults)
     assert cmp["extra"][0]["after_fault"] == {"kind": "upstream_kill", "t": 40.0, "s_before": 10.0}
+    assert cmp["extra"][0]["published_at"].startswith("2026-12-06T10:01:00")
     assert cmp["extra"][1]["published_at"] is None and "after_fault" not in cmp["extra"][1]  # not journaled
     assert [d["after_fault"] and d["after_fault"]["kind"] for d in cmp["duplicated"][0]] == [None, "kill_ingest"]
 
