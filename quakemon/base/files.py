@@ -37,3 +37,14 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
     finally:
         os.close(dir_fd)
     return path
+
+
+def remove_partial_writes(directory: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files of `atomic_write` calls that never finished (the writer was SIGKILLed or the
+    power went) from `directory`; returns them. Only for a folder that one process writes, before it writes."""
+    removed = []
+    for tmp in Path(directory).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed

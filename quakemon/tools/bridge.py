@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from quakemon.base.errors import QuakemonError
-from quakemon.base.files import atomic_write
+from quakemon.base.files import atomic_write, remove_partial_writes
 from quakemon.wire.export import to_catalog
 
 log = structlog.get_logger(__name__)
@@ -40,6 +40,8 @@ class QuakeMLFolder:
             raise QuakemonError(f"QuakeML folder {str(self.directory)!r} cannot be created: {exc}") from exc
         if not os.access(self.directory, os.W_OK):
             raise QuakemonError(f"QuakeML folder {str(self.directory)!r} is not writable")
+        for tmp in remove_partial_writes(self.directory):  # a killed predecessor's unfinished file
+            log.info("partial_file_removed", path=str(tmp))
         self.max_detections = int(max_detections)
         self._detections: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.written = 0

@@ -122,3 +122,12 @@ def test_the_bridge_survives_a_kill_and_writes_every_closed_event(tmp_path):
     for path in out.glob("*.xml"):
         cat = obspy.read_events(str(path))
         assert {str(p.resource_id).rsplit("/", 1)[-1] for p in cat[0].picks} == expected[path.stem]
+
+
+def test_a_killed_bridges_unfinished_file_is_removed_at_start(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".ev1.xml.x1y2z3.tmp"
+    stale.write_bytes(b"<half")
+    QuakeMLFolder(out)
+    assert not stale.exists()
