@@ -387,6 +387,13 @@ class DetectionStage:
         self.stats["detections"] += len(out)
         return out
 
+    def defer_silence(self, seconds: float, now: float | None = None) -> None:
+        """Count the last `seconds` (monotonic) as silence of no station, for `expire_silent`: the live service
+        calls it when the ingest process was down for that long, as its windows could not arrive meanwhile."""
+        now = time.monotonic() if now is None else now
+        for station, decided_at in self._decided_at.items():
+            self._decided_at[station] = min(now, decided_at + max(0.0, seconds))
+
     def flush(self) -> list[tuple[dict[str, Any], float | None]]:
         """Close every open trigger (end of a replay)."""
         return [(ev.to_body(self.model_info), None) for ev in self.triggers.flush()]

@@ -18,7 +18,8 @@ startup -> main loop -> shutdown, as uvicorn/gunicorn do it:
   `watchdog_no_progress` line (`stalled_stages`).
   A stage that dies is restarted with exponential backoff (1 s doubling to 30 s); one that dies before it was
   ever ready, or more than `MAX_RESTARTS` times in `RESTART_WINDOW_S`, or with the fatal-GPU exit code, makes
-  the daemon exit 1 (systemd's Restart=on-failure takes over), unless model.on_fatal_gpu_error = "cpu".
+  the daemon exit 1 (systemd's Restart=on-failure takes over), unless model.on_fatal_gpu_error = "cpu". A
+  restarted preprocess or inference stage gets the windows the dead process held again (`Supervisor.rewind_for`).
 - reload (SIGHUP, `systemctl reload`; the handler only sets a flag): RELOADING=1, the config file is read and
   checked again and applied without restarting a stage, or refused as a whole (`quakemon.service.reload`);
   READY=1 once every stage runs the new config (or it was refused). The stages run the config the supervisor
@@ -112,6 +113,7 @@ class Supervisor:
             else:
                 self.stages.append(StageProcess(kind, kind))
         self.ready_sent = False
+        self.resetting: list[tuple[StageProcess, int, int]] | None = None  # see `rewind_when_reset`
         self.started = time.monotonic()
         self.stopping_since: float | None = None
         self.metrics: Any = None
@@ -159,6 +161,7 @@ class Supervisor:
                 if code:
                     break
                 self.start_ingest_when_downstream_ready()
+                self.rewind_when_reset()
                 if not self.ready_sent and all(st.ready for st in self.stages):
                     self.ready_sent = True
                     self.notifier.ready(self.status_text())
@@ -248,6 +251,32 @@ class Supervisor:
                 st.proc.send_signal(signal.SIGUSR1)
                 log.info("ingest_released", stage=st.name, pid=st.proc.pid)
 
+    def rewind_for(self, st: StageProcess) -> None:
+        """Re-send the windows a killed downstream process held (`quakemon.service.stages.ingest`, "Rewind"):
+        preprocess: ingest rewinds (SIGUSR2) before the new process connects; inference: preprocess drops its
+        undelivered spectra (SIGUSR2) first, ingest rewinds once that is reported, so windows stay in order."""
+        if st.kind == "preprocess":
+            self.rewind_ingest()
+        elif st.kind == "inference":
+            self.resetting = [(p, p.proc.pid, int(p.stats.get("resets", 0)) + 1) for p in self.stages
+                              if p.kind == "preprocess" and p.ready and p.proc is not None]
+            for p, _, _ in self.resetting:
+                p.proc.send_signal(signal.SIGUSR2)  # type: ignore[union-attr]
+            self.rewind_when_reset()
+
+    def rewind_when_reset(self) -> None:
+        """Rewind ingest once each preprocess signalled by `rewind_for` reported its reset (or was replaced)."""
+        if self.resetting is not None and all(p.proc is None or p.proc.pid != pid or int(p.stats.get("resets", 0))
+                                              >= target for p, pid, target in self.resetting):
+            self.resetting = None
+            self.rewind_ingest()
+
+    def rewind_ingest(self) -> None:
+        for st in self.stages:
+            if st.kind == "ingest" and st.ready and not st.held and st.proc is not None:
+                st.proc.send_signal(signal.SIGUSR2)
+                log.info("ingest_rewind_requested", stage=st.name, pid=st.proc.pid)
+
     def stage_alive(self, st: StageProcess, now: float) -> bool:
         """A ready stage must have advanced its loop within STALE_S; a starting one gets STARTUP_GRACE_S."""
         if st.ready:
@@ -294,6 +323,7 @@ class Supervisor:
             if st.restart_at is not None:
                 if now >= st.restart_at and not self.stop.is_set():
                     self.spawn(st)
+                    self.rewind_for(st)
                 continue
             code = st.proc.poll() if st.proc else None
             if code is None:
@@ -307,6 +337,7 @@ class Supervisor:
                     log.warning("inference_fallback_cpu", reason="fatal GPU error")
                     st.env["QUAKEMON_FORCE_DEVICE"] = "cpu"
                     self.spawn(st)
+                    self.rewind_for(st)
                     continue
                 return 1
             if code == EXIT_FATAL:

@@ -170,8 +170,9 @@ class DropOldestQueue:
         return (batch for batch, _ in self.items)
 
 
-def drain_to(sock: zmq.Socket, queue: DropOldestQueue) -> int:
-    """Send queued batches without blocking; return how many were sent."""
+def drain_to(sock: zmq.Socket, queue: DropOldestQueue, kept: DropOldestQueue | None = None) -> int:
+    """Send queued batches without blocking; return how many were sent. `kept`: every sent batch is also put
+    there (the ingest stage's resend ring)."""
     sent = 0
     while queue:
         queued_at = queue.oldest or 0.0
@@ -182,6 +183,8 @@ def drain_to(sock: zmq.Socket, queue: DropOldestQueue) -> int:
         except zmq.Again:
             queue.appendleft(batch, queued_at)
             break
+        if kept is not None:
+            kept.put(batch)
     return sent
 
 

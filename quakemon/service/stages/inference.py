@@ -7,6 +7,9 @@ The spectra come with the windows' samples (preprocess stage), so a window that 
 A micro-batch runs when `model.batch_size` windows are queued, or when the oldest queued window has waited
 `model.max_wait_ms`, whichever comes first. Once a second, the triggers of stations that went silent are
 closed (`DetectionStage.expire_silent`), so a station whose data stops mid-detection still gets its "closed".
+While no status of the ingest stage has arrived for UPSTREAM_QUIET_S (its process, or a preprocess process on
+the way, was killed and is being restarted), nothing is closed, and that time does not count as any station's
+silence (`DetectionStage.defer_silence`): the restarted ingest stage sends those windows again.
 
 With publish.journal set, every detection and event is committed to the journal before it is sent, and a
 catch-up server (publish.catchup_endpoint) answers missed seqs from it (`quakemon.wire.catchup`). A failed journal
@@ -54,6 +57,7 @@ log = structlog.get_logger(__name__)
 
 SOURCE_EXPIRY_S = 30.0  # upstream processes not heard from for this long are dropped from heartbeats
 EXPIRE_INTERVAL_S = 1.0  # how often silent stations' triggers are looked for
+UPSTREAM_QUIET_S = 2.0  # no ingest status for this long (it is sent every 0.5 s): the ingest path is down
 # The spectra PULL socket is bound at least this long after the PUB socket: three of ZeroMQ's default 100 ms
 # connect retries, so a subscriber that was already waiting has joined before the first detection.
 JOIN_GRACE_S = 0.3
@@ -81,6 +85,7 @@ class InferenceStage(ReloadableStage, Stage):
         self.queue = DropOldestQueue(cfg.pipeline.queue_hwm)
         self.upstream = Upstream()
         self.expiry = Every(EXPIRE_INTERVAL_S)
+        self.quiet_since: float | None = None  # when the ingest stage was last heard from, while it is quiet
         self.failed_batches = 0
         self.rejections = Rejections(self.name)
         self.newest_end_ns = 0
@@ -191,7 +196,7 @@ class InferenceStage(ReloadableStage, Stage):
                     self.receive()
                     self.run_batches()
                     if self.expiry.due():
-                        self.publish(self.stage.expire_silent())
+                        self.expire_silent(time.monotonic())
                     self.run_backfill()
                     if self.archive is not None:
                         self.archive.maybe_flush()
@@ -253,6 +258,20 @@ class InferenceStage(ReloadableStage, Stage):
                     self.queue.put(msg)
             else:
                 self.upstream.update(msg, time.monotonic())
+
+    def expire_silent(self, now: float) -> None:
+        """Close the triggers of silent stations, unless the ingest stage is quiet (module docstring)."""
+        heard = self.upstream.ingest_heard
+        if heard is not None and now - heard > UPSTREAM_QUIET_S:
+            if self.quiet_since is None:
+                self.quiet_since = heard
+                log.warning("ingest_quiet", seconds=round(now - heard, 1), effect="silent stations stay open")
+            return
+        if self.quiet_since is not None:
+            self.stage.defer_silence(now - self.quiet_since, now)
+            log.info("ingest_heard_again", quiet_s=round(now - self.quiet_since, 1))
+            self.quiet_since = None
+        self.publish(self.stage.expire_silent(now))
 
     def start_forwards(self) -> Any:
         """The `ForwardPool` of model.inference_workers threads ("auto": one per core this process may use, up to
@@ -447,6 +466,7 @@ class Upstream:
 
     def __init__(self) -> None:
         self.tables: dict[str, dict[str, tuple[float, Stats]]] = {"ingest": {}, "preprocess": {}}
+        self.ingest_heard: float | None = None  # when a status of an ingest process last arrived
 
     def update(self, body: dict[str, Any], now: float) -> None:
         """A status report {stage, source, stats, ...}; reports of other stages are ignored."""
@@ -456,6 +476,8 @@ class Upstream:
             if str(body["source"]) not in table and len(table) >= self.MAX_SOURCES:
                 return
             table[str(body["source"])] = (now, stats)
+            if body.get("stage") == "ingest":
+                self.ingest_heard = now
 
     def current(self, now: float) -> tuple[list[Stats], list[Stats]]:
         """(ingest counters, preprocess counters): one dict per process heard from within SOURCE_EXPIRY_S."""

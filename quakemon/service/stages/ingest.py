@@ -11,11 +11,17 @@ a message per window would make every step downstream run on tiny batches and pa
 Resume: a SeedLink record counts as processed, and is committed to the state file, only once no window
 still to be cut needs its samples; a restart therefore re-reads at most one window length per station
 (at-least-once: windows cut just before a stop may be cut again; detection ids are stable).
+
+Rewind: the batches already sent are kept, up to half of pipeline.queue_hwm windows (the newest). On SIGUSR2,
+which the supervisor sends when it restarts a stage downstream, they are sent again, oldest first and ahead of
+anything not yet sent: the windows the killed process held are not lost. The inference stage drops the windows
+it already decided (by window start) and does not publish a journaled message twice.
 """
 
 from __future__ import annotations
 
 import collections
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +30,7 @@ from typing import Any
 import structlog
 import zmq
 
-from quakemon.base.signals import StopFlag
+from quakemon.base.signals import StopFlag, set_on_signals
 from quakemon.models.contract import InputContract
 from quakemon.service.config import Config
 from quakemon.service.reload import ReloadableStage, reselect_windower
@@ -36,6 +42,7 @@ log = structlog.get_logger(__name__)
 FLUSH_WINDOWS = 256
 FLUSH_AGE_S = 0.1
 FEED_TICK_S = 0.05
+REWIND_SIGNAL = signal.SIGUSR2  # the supervisor restarted a stage downstream: send the kept batches again
 
 
 class IngestStage(ReloadableStage, Stage):
@@ -66,6 +73,11 @@ class IngestStage(ReloadableStage, Stage):
         self.committer: Committer | None = None
         self.feed: IdleFeed | None = None
         self.queue = DropOldestQueue(cfg.pipeline.queue_hwm)
+        self.kept = DropOldestQueue(max(1, cfg.pipeline.queue_hwm // 2))  # sent batches, newest, for a rewind
+        self.resend = DropOldestQueue(self.kept.capacity)  # kept batches being sent again, before `queue`
+        self.rewind = threading.Event()
+        set_on_signals(self.rewind, [REWIND_SIGNAL])  # (main thread only: a stage run on a thread never rewinds)
+        self.rewinds = 0
         self.relay = StatusRelay()
         self.center = "ZSCORE" in contract.transforms
         self.pending: list[Any] = []  # windows cut since the last message ...
@@ -121,7 +133,7 @@ class IngestStage(ReloadableStage, Stage):
                 self.add(tr)
             if self.pending and (len(self.pending) >= FLUSH_WINDOWS or time.time() - self.arrivals[0] >= FLUSH_AGE_S):
                 self.flush()
-            drain_to(self.push, self.queue)
+            self.send()
             self.report()
             if self.should_stop.is_set():
                 break
@@ -137,7 +149,7 @@ class IngestStage(ReloadableStage, Stage):
         if self.source is not None:
             self.source.close()
         if self.push is not None:
-            drain_to(self.push, self.queue)
+            self.send()
             if started:
                 self.report(force=True)
             self.push.close(linger=0)
@@ -172,6 +184,26 @@ class IngestStage(ReloadableStage, Stage):
         self.pending.clear()
         self.arrivals.clear()
         self.relay.put(self.status.body(self.totals()))
+
+    def send(self) -> None:
+        """Send what is queued without blocking: after a rewind (`REWIND_SIGNAL`) the kept batches first."""
+        assert self.push is not None
+        if self.rewind.is_set():
+            self.rewind.clear()
+            self.rewind_kept()
+        if self.resend:
+            drain_to(self.push, self.resend, self.kept)
+        if not self.resend:
+            drain_to(self.push, self.queue, self.kept)
+
+    def rewind_kept(self) -> None:
+        """Queue the kept batches (and those of an unfinished rewind) to be sent again, oldest first."""
+        again = DropOldestQueue(self.kept.capacity)
+        for batch in [*self.kept, *self.resend]:
+            again.put(batch)
+        self.kept, self.resend = DropOldestQueue(self.kept.capacity), again
+        self.rewinds += 1
+        log.info("ingest_rewound", windows=again.windows, batches=len(again), rewinds=self.rewinds)
 
     def report(self, force: bool = False) -> None:
         """Status to the supervisor when due; the totals downstream with it."""
@@ -237,7 +269,7 @@ class IngestStage(ReloadableStage, Stage):
                 "corrupt_reasons": {str(k): int(v) for k, v in dict(reasons).items()},
                 "newest_end_s": {st: end / 1e9 for st, end in self.newest_end.items()},
                 "silent": self.windower.silent_stations() if self.windower is not None else [],
-                "buffer_fill": self.buffer_fill(), **self.reload_stats()}
+                "buffer_fill": self.buffer_fill(), "rewinds": self.rewinds, **self.reload_stats()}
 
     def apply_reload(self, new: Config, changed: list[str]) -> Stats:
         """seedlink.streams: re-subscribe (`SeedLinkSource.set_streams`) and drop the buffers of stations no longer

@@ -8,6 +8,8 @@ Status reports arriving from ingest are passed on downstream (the newest per pro
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -15,7 +17,7 @@ import numpy as np
 import structlog
 import zmq
 
-from quakemon.base.signals import StopFlag
+from quakemon.base.signals import StopFlag, set_on_signals
 from quakemon.models.contract import InputContract
 from quakemon.pipeline.detect import WindowMeta
 from quakemon.service.config import Config
@@ -33,6 +35,7 @@ from quakemon.service.stages.messages import SPECTRA, WINDOWS, Batch, decode, ma
 log = structlog.get_logger(__name__)
 
 MAX_BATCH = 512  # windows per transform call
+RESET_SIGNAL = signal.SIGUSR2  # the supervisor restarted the inference stage: drop the undelivered spectra
 
 
 class PreprocessStage(Stage):
@@ -55,6 +58,10 @@ class PreprocessStage(Stage):
         self.rejections = Rejections(self.name)
         self.device: Any = None
         self.windows = 0
+        self.reset = threading.Event()
+        set_on_signals(self.reset, [RESET_SIGNAL])  # (main thread only)
+        self.resets = 0
+        self.discarded = 0
 
     def start(self) -> bool:
         from quakemon.pipeline.detect import warm_up_preprocess
@@ -78,6 +85,8 @@ class PreprocessStage(Stage):
         assert self.push is not None
         while not self.should_stop.is_set():
             self.tick()
+            if self.reset.is_set():
+                self.discard_output()
             self.transform(self.receive())
             sent = self.status.maybe_send(self.own)
             if sent is not None:
@@ -95,6 +104,22 @@ class PreprocessStage(Stage):
         super().stop()
         if self.status.ready:
             log.info("stage_stopped", stage="preprocess", windows=self.windows, dropped=self.queue.dropped)
+
+    def discard_output(self) -> None:
+        """The supervisor restarted the inference stage (`RESET_SIGNAL`): drop the spectra not yet delivered (the
+        queue and the PUSH socket's pipe); the ingest stage sends their windows again once this stage reports the
+        reset (status `resets`), so they reach the new process in window order."""
+        assert self.push is not None
+        self.reset.clear()
+        self.discarded += self.queue.windows
+        self.queue = DropOldestQueue(self.cfg.pipeline.queue_hwm)
+        self.push.close(linger=0)
+        self.push = self.socket(zmq.PUSH, self.cfg.pipeline.spectra_endpoint, bind=False)
+        self.resets += 1
+        log.info("preprocess_output_discarded", resets=self.resets, windows_discarded=self.discarded)
+        sent = self.status.maybe_send(self.own, force=True)
+        if sent is not None:
+            self.relay.put(sent)
 
     def receive(self) -> list[Batch]:
         """The window batches that arrived within this round's poll; status reports go to the relay; malformed
@@ -121,7 +146,8 @@ class PreprocessStage(Stage):
 
     def own(self) -> Stats:
         return {"preprocessed": self.windows, "dropped_preprocess": self.queue.dropped,
-                "queue_preprocess": self.queue.windows, **self.rejections.stats()}
+                "queue_preprocess": self.queue.windows, "resets": self.resets, "windows_discarded": self.discarded,
+                **self.rejections.stats()}
 
 
 def preprocess_device(cfg: Config) -> Any:

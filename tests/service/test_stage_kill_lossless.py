@@ -1,0 +1,105 @@
+"""One stage process of `quakemon run` SIGKILLed while a detection is open, with windows in flight: the supervisor
+restarts it and the windows the dead process held are sent again (`Supervisor.rewind_for`, the ingest stage's
+"Rewind"), so a subscriber gets exactly the detections a replay of the same archive gives: the same ids, one
+"new" and one "closed" each, none closed as "gap", none lost; and the probability archive holds every window the
+replay infers, none missing.
+
+The stage is stopped (SIGSTOP) before the kill, so more than a window length of windows piles up in its socket
+buffers and queue and dies with it: without the rewind they are lost, the open detection closes as "gap" and the
+rest of the earthquake comes again under a new id.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+from obspy import UTCDateTime
+from obspy.clients.filesystem.sds import Client
+from support.pipeline import (
+    calibrate,
+    comparable,
+    craft_checkpoint,
+    free_port,
+    replay_series,
+    start_daemon,
+    start_server,
+    wait_for,
+    write_archive,
+    write_config,
+)
+
+from tests.service.test_restart_continuity import Collector
+
+SPEED = 4.0  # the 120 s archive streams in 30 s
+START_TIMEOUT = 120.0
+PILE_UP_S = 6.0  # the stage stopped before the kill: more than a window length (20 s) of data at SPEED piles up
+
+
+def stage_pid(daemon, kind: str) -> int:
+    """The pid of the newest process of stage `kind` (from the supervisor's stage_spawned lines)."""
+    return [e for e in daemon.events("stage_spawned") if e.get("kind") == kind][-1]["pid"]
+
+
+@pytest.mark.parametrize("kind", ["preprocess", "inference"])
+def test_stage_sigkilled_during_a_detection_loses_no_window(tmp_path, tiny_checkpoint, kind):
+    archive, start, span = write_archive(tmp_path / "rjob.mseed")
+    ckpt = craft_checkpoint(tiny_checkpoint, tmp_path / "crafted.safetensors", archive)
+    cal = calibrate(ckpt, archive, round((start + span) * 1e9))
+    replay, series = replay_series(ckpt, [archive], on=cal.on, off=cal.off)
+    replay_closed = {d["id"]: d["close_reason"] for d in replay if d["state"] == "closed"}
+    complete = {(d["id"], d["state"]) for d in cal.detections}
+    assert {s for _, s in complete} == {"new", "closed"}
+
+    server, sl_port = start_server(archive, tmp_path, speed=SPEED, loop=False)
+    port = free_port()
+    config = write_config(tmp_path / "q.toml", server_port=sl_port, checkpoint=ckpt, runtime_dir=tmp_path / "rt",
+                          publish_port=port, on=cal.on, off=cal.off,
+                          extra={"archive": {"probabilities": str(tmp_path / "prob"), "probabilities_flush_s": 0.2}})
+    daemon = start_daemon(config, tmp_path, "daemon")
+    collector = Collector(f"tcp://127.0.0.1:{port}", str(tmp_path / "position.json"))
+    try:
+        daemon.wait_event("daemon_ready", START_TIMEOUT)
+
+        def open_detection() -> str | None:
+            states = Counter(ident for ident, _ in collector.detections())
+            return next((ident for ident, n in states.items() if n == 1), None)
+
+        killed_open = wait_for(open_detection, 90, "a detection that is open")
+        victim = stage_pid(daemon, kind)
+        os.kill(victim, signal.SIGSTOP)
+        time.sleep(PILE_UP_S)
+        os.kill(victim, signal.SIGKILL)
+        daemon.wait_event("stage_spawned", 30, kind=kind, count=2)
+        wait_for(lambda: complete <= set(collector.detections()), 120, "every replay detection, new and closed")
+        assert daemon.stop(30) == 0, daemon.stderr()[-3000:]
+    finally:
+        daemon.stop()
+        collector.close()
+        server.stop()
+    assert collector.error is None, repr(collector.error)
+    got = [m.body for m in collector.messages if m.topic.startswith("detection")]
+    per_id = Counter((b["id"], b["state"]) for b in got)
+    assert all(n == 1 for n in per_id.values()), [k for k, n in per_id.items() if n > 1]  # nothing twice
+    ids = {b["id"] for b in got}
+    assert complete <= per_id.keys(), sorted(complete - per_id.keys())  # none lost
+    assert ids <= set(replay_closed), sorted(ids - set(replay_closed))  # none split off under a new id
+    assert (killed_open, "closed") in per_id
+    ref = series["BW.RJOB."]
+    want = sorted(int(t) for t, p in zip(ref.end_ns, ref.probabilities, strict=True) if np.isfinite(p).all())
+    st = Client(str(tmp_path / "prob")).get_waveforms("BW", "RJOB", "", "LX1", UTCDateTime(2009, 1, 1),
+                                                      UTCDateTime(2010, 1, 1))
+    archived = sorted(round(t.ns) for tr in st for t in tr.times("utcdatetime"))
+    assert archived and archived == [t for t in want if t <= archived[-1]]  # every window inferred, once
+    live = [b for b in got if b.get("close_reason") != "shutdown"]
+    assert comparable(live, cal.complete_until_ns) == comparable(cal.detections, cal.complete_until_ns)
+    for body in got:  # closed as the replay closes it ("shutdown": the test's stop; the replay's end is "flush")
+        if body["state"] == "closed" and body["close_reason"] != "shutdown":
+            assert body["close_reason"] == replay_closed[body["id"]], body
+    assert daemon.events("ingest_rewound"), daemon.stderr()[-3000:]
+    if kind == "inference":
+        assert daemon.events("preprocess_output_discarded"), daemon.stderr()[-3000:]

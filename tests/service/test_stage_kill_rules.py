@@ -1,0 +1,103 @@
+"""The rules behind a lossless stage restart, one by one: the ingest stage's rewind of the batches it sent (real
+ZeroMQ sockets), and the inference stage holding silent-station expiry while no ingest status arrives.
+
+The daemon-level behaviour (real processes, SIGKILL) is in tests/service/test_stage_kill_lossless.py.
+"""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import zmq
+
+from quakemon.base.signals import StopFlag
+from quakemon.models.contract import InputContract
+from quakemon.pipeline.detect import DetectionStage, WindowMeta
+from quakemon.service.config import load_config
+from quakemon.service.stages.ingest import IngestStage
+from quakemon.service.stages.messages import WINDOWS, Batch, decode
+
+T0 = 1_700_000_000.0
+
+
+def _batch(first: int, n: int) -> Batch:
+    metas = tuple(WindowMeta("XX.STA.", (first + i) * 10**9, (first + i + 20) * 10**9) for i in range(n))
+    return Batch(WINDOWS, metas, {"data": np.zeros((n, 3, InputContract().window_samples), np.float32)})
+
+
+def _starts(pull: zmq.Socket, contract: InputContract) -> list[int]:
+    out: list[int] = []
+    while pull.poll(200):
+        msg = decode(pull.recv_multipart(), contract, WINDOWS)
+        out += [m.start_ns // 10**9 for m in msg.metas]
+    return out
+
+
+def test_ingest_rewind_sends_the_kept_batches_again_oldest_first_ahead_of_newer_ones() -> None:
+    cfg = load_config(None, {"pipeline.queue_hwm": 8})  # keeps the newest 4 windows
+    contract = InputContract()
+    stage = IngestStage(cfg, contract, StopFlag(), None)
+    ctx = zmq.Context.instance()
+    stage.push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    try:
+        stage.push.bind("inproc://rewind-test")
+        pull.connect("inproc://rewind-test")
+        for first in (0, 2, 4):
+            stage.queue.put(_batch(first, 2))
+        stage.send()
+        assert _starts(pull, contract) == [0, 1, 2, 3, 4, 5]
+        assert [m.start_ns // 10**9 for b in stage.kept for m in b.metas] == [2, 3, 4, 5]  # the newest 4
+        stage.queue.put(_batch(6, 2))  # cut meanwhile, not yet sent
+        stage.rewind.set()  # what SIGUSR2 does
+        stage.send()
+        assert _starts(pull, contract) == [2, 3, 4, 5, 6, 7]
+        assert stage.rewinds == 1 and not stage.resend
+        stage.rewind.set()  # a second restart: the re-sent batches are kept again
+        stage.send()
+        assert _starts(pull, contract) == [4, 5, 6, 7]
+    finally:
+        stage.push.close(linger=0)
+        pull.close(linger=0)
+
+
+class _Engine:
+    """What DetectionStage needs of an InferenceEngine (always "earthquake"); no model runs here."""
+
+    labels = ["noise", "earthquake"]
+    checkpoint = SimpleNamespace(model_info={"name": "t", "sha256": "0" * 64}, contract=InputContract())
+
+    def predict(self, spectra):
+        return np.tile(np.array([[0.1, 0.9]], np.float32), (len(spectra), 1))
+
+
+def test_deferred_silence_is_not_counted_against_a_station() -> None:
+    stage = DetectionStage(_Engine(), 0.8, 0.5, 0.0, "earthquake")
+    opened = stage.process(np.zeros((1, 1)), [WindowMeta("XX.STA.", round(T0 * 1e9), round((T0 + 1) * 1e9))])
+    assert [b["state"] for b, _ in opened.detections] == ["new"]
+    decided = time.monotonic()
+    stage.defer_silence(10.0, now=decided + 10.5)  # the ingest stage was down for those 10 s
+    assert stage.expire_silent(decided + 10.5) == []  # 0.5 s of silence counted: less than the 1 s window
+    assert [b["close_reason"] for b, _ in stage.expire_silent(decided + 12.0)] == ["gap"]
+
+
+def test_inference_holds_expiry_while_the_ingest_stage_is_quiet() -> None:
+    """The publisher is a stand-in collecting bodies (the expiry rule is under test, not the PUB socket)."""
+    from quakemon.service.stages.inference import UPSTREAM_QUIET_S, InferenceStage
+
+    inf = InferenceStage(load_config(None), StopFlag(), None, "unused.safetensors")
+    inf.stage = DetectionStage(_Engine(), 0.8, 0.5, 0.0, "earthquake")
+    sent: list[dict] = []
+    inf.publisher = SimpleNamespace(publish_detection=lambda body, arrival=None: sent.append(body))
+    inf.stage.process(np.zeros((1, 1)), [WindowMeta("XX.STA.", round(T0 * 1e9), round((T0 + 1) * 1e9))])
+    now = time.monotonic()
+    inf.upstream.update({"stage": "ingest", "source": "h:1", "stats": {}}, now)
+    inf.expire_silent(now + UPSTREAM_QUIET_S + 5.0)  # ingest quiet: nothing closes however long
+    assert sent == [] and inf.quiet_since == now
+    back = now + UPSTREAM_QUIET_S + 6.0
+    inf.upstream.update({"stage": "ingest", "source": "h:2", "stats": {}}, back)  # the restarted ingest
+    inf.expire_silent(back + 0.5)  # the quiet time is not silence: 0.5 s counts, less than the window
+    assert sent == [] and inf.quiet_since is None
+    inf.expire_silent(back + 2.0)
+    assert [b["close_reason"] for b in sent] == ["gap"]
