@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from collections import Counter
 
 from support.pipeline import (
+    Collector,
     calibrate,
     children,
     craft_checkpoint,
@@ -24,40 +24,8 @@ from support.pipeline import (
     write_config,
 )
 
-from quakemon.client import Subscriber
-
 SPEED = 4.0  # the 120 s archive streams in 30 s
 START_TIMEOUT = 120.0
-
-
-class Collector:
-    """A quakemon.client.Subscriber on a thread, collecting every message it delivers."""
-
-    def __init__(self, endpoint: str, position: str) -> None:
-        self.sub = Subscriber(endpoint, position, discover_timeout_s=START_TIMEOUT, catchup_deadline_s=180.0)
-        self.messages: list = []
-        self.error: BaseException | None = None
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self.stop.is_set():
-                msg = self.sub.get(0.2)
-                if msg is not None:
-                    self.messages.append(msg)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.error = exc
-        finally:
-            self.sub.close()
-
-    def detections(self) -> list[tuple[str, str]]:
-        return [(m.body["id"], m.body["state"]) for m in list(self.messages) if m.topic.startswith("detection")]
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(30)
 
 
 def test_daemon_sigkilled_during_a_detection_resumes_it_with_the_same_id(tmp_path, tiny_checkpoint):

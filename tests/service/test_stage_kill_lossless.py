@@ -21,6 +21,7 @@ import pytest
 from obspy import UTCDateTime
 from obspy.clients.filesystem.sds import Client
 from support.pipeline import (
+    Collector,
     calibrate,
     comparable,
     craft_checkpoint,
@@ -32,8 +33,6 @@ from support.pipeline import (
     write_archive,
     write_config,
 )
-
-from tests.service.test_restart_continuity import Collector
 
 SPEED = 4.0  # the 120 s archive streams in 30 s
 START_TIMEOUT = 120.0

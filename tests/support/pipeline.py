@@ -22,6 +22,7 @@ import numpy as np
 import zmq
 
 from quakemon.base.net import free_port  # noqa: F401 - the one free_port, for the daemon tests' helpers
+from quakemon.client import Subscriber as ClientSubscriber
 
 ROOT = Path(__file__).resolve().parents[2]
 STREAMS = ["BW.RJOB..EH?"]
@@ -406,3 +407,33 @@ def write_event_network(path: Path, stations: Sequence[str], blocks: Sequence[bo
             out += shifted
     out.write(str(path), format="MSEED", reclen=512, encoding="STEIM2")
     return path, float(base[0].stats.starttime.timestamp), len(blocks) * n / rate
+
+
+class Collector:
+    """A quakemon.client.Subscriber on a thread, collecting every message it delivers."""
+
+    def __init__(self, endpoint: str, position: str, start_timeout_s: float = 120.0) -> None:
+        self.sub = ClientSubscriber(endpoint, position, discover_timeout_s=start_timeout_s, catchup_deadline_s=180.0)
+        self.messages: list = []
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                msg = self.sub.get(0.2)
+                if msg is not None:
+                    self.messages.append(msg)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+        finally:
+            self.sub.close()
+
+    def detections(self) -> list[tuple[str, str]]:
+        return [(m.body["id"], m.body["state"]) for m in list(self.messages) if m.topic.startswith("detection")]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
