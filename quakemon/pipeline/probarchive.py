@@ -56,7 +56,7 @@ import numpy as np
 import structlog
 
 from quakemon.base.errors import ConfigError
-from quakemon.base.files import atomic_write
+from quakemon.base.files import atomic_write, path_problem
 
 if TYPE_CHECKING:
     from quakemon.pipeline.detect import WindowMeta
@@ -104,18 +104,10 @@ def sds_path(root: Path, net: str, sta: str, loc: str, cha: str, time_ns: int) -
 
 
 def check_archive_dir(root: str, key: str) -> None:
-    """Create `root` if needed and write and remove a file in it; ConfigError (exit 2) naming `key` if that fails.
-    An empty `root` (archive off) passes."""
-    if not root:
-        return
-    try:
-        Path(root).mkdir(parents=True, exist_ok=True)
-        probe = Path(root) / f".{SIDECAR}.{os.getpid()}.probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"{key}: expected a writable directory for the probability archive, got {root!r} "
-                          f"({exc.strerror or exc})") from None
+    """Create `root` if needed and check that files can be written in it (`quakemon.base.files.path_problem`);
+    ConfigError (exit 2) naming `key` if not. An empty `root` (archive off) passes."""
+    if root and (why := path_problem(root, "dir", create=True)):
+        raise ConfigError(f"{key}: expected a writable directory for the probability archive, got {root!r} ({why})")
 
 
 @dataclass

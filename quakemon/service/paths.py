@@ -11,10 +11,10 @@ import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from quakemon.base.errors import ConfigError
+from quakemon.base.files import path_problem
 
 STATE_FILE_NAME = "seedlink.state"
 
@@ -71,53 +71,6 @@ def written_paths(cfg: Any, stages: Iterable[str] | None = None) -> list[tuple[W
         if path and (wanted is None or not wp.stages or wanted & set(wp.stages)):
             out.append((wp, path))
     return out
-
-
-def path_problem(path: str, kind: str, *, create: bool) -> str | None:
-    """Why `path` cannot be written as a `kind` ("file", "replaced" or "dir"; see `WrittenPath`), or None.
-
-    The directory (a file's parent, or the "dir" itself) must be a directory in which a file can be created: a
-    probe file is made and removed, which also catches a read-only filesystem and holds for root. `create`: make
-    the missing directories (mode 0700) as the daemon would; else (check-config) the nearest existing one must be
-    writable. An existing "file" must open for writing.
-    """
-    target = Path(path)
-    try:
-        if kind != "dir" and target.is_dir():
-            return "it is a directory, expected a file"
-        if kind == "dir" and target.exists() and not target.is_dir():
-            return "it is not a directory"
-        problem = _directory_problem(target if kind == "dir" else target.parent, create=create)
-        if problem is None and kind == "file" and target.exists():
-            try:
-                os.close(os.open(target, os.O_WRONLY | os.O_APPEND))
-            except OSError as exc:
-                return f"the file is not writable ({exc.strerror})"
-    except OSError as exc:  # no search permission on a directory on the way
-        return f"{str(exc.filename or path)!r} is not accessible ({exc.strerror})"
-    return problem
-
-
-def _directory_problem(directory: Path, *, create: bool) -> str | None:
-    existing = directory
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{str(existing)!r} is not a directory, so {str(directory)!r} cannot be created"
-    if create and existing != directory:
-        try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            return f"directory {str(directory)!r} cannot be created ({exc.strerror})"
-        existing = directory
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".quakemon-write-check.", dir=existing)
-    except OSError as exc:
-        missing = "" if existing == directory else f" (to create {str(directory)!r} in)"
-        return f"directory {str(existing)!r}{missing} is not writable ({exc.strerror})"
-    os.close(fd)
-    os.unlink(probe)
-    return None
 
 
 def check_writable_paths(cfg: Any, stages: Sequence[str] | None = None, *, create: bool = True,
