@@ -15,114 +15,32 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import math
 import os
-import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from quakemon.base.errors import ConfigError
-from quakemon.ingest.selectors import STREAM_SYNTAX, SelectorError, parse_streams
 from quakemon.pipeline.settings import ASSOCIATION, INFERENCE, TRIGGER, WINDOW, check_trigger_overrides
+from quakemon.service.config_checks import (
+    Invalid,
+    auto_endpoint,
+    auto_or_count,
+    catchup_endpoint,
+    device_name,
+    endpoint,
+    env_path,
+    in_range,
+    listen_address,
+    non_empty,
+    one_of,
+    server_address,
+    setting,
+    stream_list,
+)
 from quakemon.service.paths import default_runtime_dir, default_state_file
-
-Check = Callable[[Any], Any]
-
-
-class _Invalid(ValueError):
-    """Raised by a key check; the message says what was expected."""
-
-
-def _key(default: Any, doc: str, check: Check | None = None, *, mixed: bool = False) -> Any:
-    """A config key: its default, a one-line doc and an optional check (normalises or raises `_Invalid`).
-    mixed: the value may have another type than the default's ("auto" or a number); the check alone decides."""
-    return field(default=default, metadata={"doc": doc, "check": check, "mixed": mixed})
-
-
-# -- checks --------------------------------------------------------------------------------------------------
-
-
-def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Check:
-    def check(v: float) -> float:
-        too_low = lo is not None and (v <= lo if lo_open else v < lo)
-        if too_low or (hi is not None and v > hi) or (isinstance(v, float) and not math.isfinite(v)):
-            lo_txt = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
-            hi_txt = "" if hi is None else f"<= {hi}"
-            raise _Invalid(f"a number {' and '.join(t for t in (lo_txt, hi_txt) if t)}")
-        return v
-
-    return check
-
-
-def _choice(*values: str) -> Check:
-    def check(v: str) -> str:
-        if v not in values:
-            raise _Invalid("one of " + ", ".join(json.dumps(x) for x in values))
-        return v
-
-    return check
-
-
-def _auto_or_count(hi: int) -> Check:
-    """"auto" or an integer 0..hi (a string of digits, from a command-line override, counts)."""
-
-    def check(v: str | int) -> str | int:
-        if isinstance(v, str) and v.strip().isdigit():
-            v = int(v)
-        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= hi):
-            return v
-        raise _Invalid(f'"auto" or an integer 0..{hi}')
-
-    return check
-
-
-def _host_port(v: str, *, what: str, allow_empty: bool = False, min_port: int = 1) -> str:
-    if allow_empty and v == "":
-        return v
-    host, sep, port = v.rpartition(":")
-    expected = f'"host:port" ({what}, port {min_port}..65535)' + (' or "" (off)' if allow_empty else "")
-    if not sep or not host or "/" in v or not port.isdigit() or not min_port <= int(port) <= 65535:
-        raise _Invalid(expected)
-    return v
-
-
-def _server(v: str) -> str:
-    return _host_port(v, what="a SeedLink server, no seedlink:// prefix")
-
-
-def _listen(v: str) -> str:
-    return _host_port(v, what="HTTP listen address, port 0 picks a free one", allow_empty=True, min_port=0)
-
-
-def _streams(v: tuple[str, ...]) -> tuple[str, ...]:
-    try:
-        return tuple(s.text for s in parse_streams(v))
-    except SelectorError as exc:
-        raise _Invalid(f"distinct {STREAM_SYNTAX}, but {exc}") from None
-
-
-_ENDPOINT = re.compile(r"^(tcp://[^\s/]+:(\d+|\*)|ipc://\S+|inproc://\S+)$")
-
-
-def _endpoint(v: str, *, allow_auto: bool = False) -> str:
-    if allow_auto and v == "auto":
-        return v
-    if not _ENDPOINT.match(v) or (v.startswith("ipc://") and len(v) - len("ipc://") > 107):
-        raise _Invalid('a ZeroMQ endpoint "tcp://host:port", "ipc://path" (path <= 107 bytes) or "inproc://name"'
-                       + (' or "auto"' if allow_auto else ""))
-    return v
-
-
-def _auto_endpoint(v: str) -> str:
-    return _endpoint(v, allow_auto=True)
-
-
-def _catchup(v: str) -> str:
-    return v if v in ("", "auto") else _endpoint(v)
 
 
 def derive_catchup(pub: str) -> str:
@@ -134,25 +52,6 @@ def derive_catchup(pub: str) -> str:
     return f"{pub}.catchup"
 
 
-_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-
-
-def _device(v: str) -> str:
-    if not _DEVICE.match(v):
-        raise _Invalid('"auto", "cpu", "cuda" or "cuda:N"')
-    return v
-
-
-def _path(v: str) -> str:
-    return os.path.expandvars(v)
-
-
-def _non_empty(v: str) -> str:
-    if not v.strip():
-        raise _Invalid("a non-empty string")
-    return v
-
-
 # -- sections ------------------------------------------------------------------------------------------------
 
 
@@ -160,49 +59,51 @@ def _non_empty(v: str) -> str:
 class SeedLinkConfig:
     """[seedlink]: the upstream SeedLink server and what to ask it for."""
 
-    server: str = _key("127.0.0.1:18000", "SeedLink server as host:port", _server)
-    streams: tuple[str, ...] = _key((), 'selectors "NET.STA.LOC.CHA"; ? and * in LOC and CHA; required by run',
-                                    _streams)
-    state_file: str = _key("auto", 'sequence numbers for resume; "auto" = seedlink.state in $STATE_DIRECTORY, else in '
-                           '$XDG_STATE_HOME/quakemon or ~/.local/state/quakemon; "" = no resume', _path)
-    netto: float = _key(30.0, "seconds without data before the connection counts as dead",
-                        _range(0, 3600, lo_open=True))
-    reconnect_backoff_max: float = _key(30.0, "cap of the exponential reconnect backoff, s",
-                                        _range(0, 3600, lo_open=True))
-    connect_timeout: float = _key(10.0, "TCP connect and handshake timeout, s", _range(0, 600, lo_open=True))
-    resume_policy: str = _key("earliest", "when the resume seq is gone: earliest buffered packet or now",
-                              _choice("earliest", "now"))
-    station_silence_s: float = _key(60.0, "a station with no record this long is reported silent (log, metric); "
-                                    "0 = off, s", _range(0, 86400))
+    server: str = setting("127.0.0.1:18000", "SeedLink server as host:port", server_address)
+    streams: tuple[str, ...] = setting((), 'selectors "NET.STA.LOC.CHA"; ? and * in LOC and CHA; required by run',
+                                       stream_list)
+    state_file: str = setting("auto", 'sequence numbers for resume; "auto" = seedlink.state in $STATE_DIRECTORY, '
+                              'else in $XDG_STATE_HOME/quakemon or ~/.local/state/quakemon; "" = no resume', env_path)
+    netto: float = setting(30.0, "seconds without data before the connection counts as dead",
+                           in_range(0, 3600, lo_open=True))
+    reconnect_backoff_max: float = setting(30.0, "cap of the exponential reconnect backoff, s",
+                                           in_range(0, 3600, lo_open=True))
+    connect_timeout: float = setting(10.0, "TCP connect and handshake timeout, s", in_range(0, 600, lo_open=True))
+    resume_policy: str = setting("earliest", "when the resume seq is gone: earliest buffered packet or now",
+                                 one_of("earliest", "now"))
+    station_silence_s: float = setting(60.0, "a station with no record this long is reported silent (log, metric); "
+                                       "0 = off, s", in_range(0, 86400))
 
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     """[model]: which checkpoint runs where, and how inference is batched."""
 
-    checkpoint: str = _key("", 'safetensors checkpoint; "" = the bundled model', _path)
-    device: str = _key(INFERENCE.device, '"auto" (CUDA if present, else CPU), "cpu", "cuda" or "cuda:N"', _device)
-    precision: str = _key(INFERENCE.precision, "auto = bf16 on CUDA if supported, else fp32",
-                          _choice("auto", "fp32", "bf16", "fp16"))
-    graph: str = _key(INFERENCE.graph, 'auto = a frozen TorchScript graph on the CPU, the eager model on CUDA; '
-                      '"eager" = always the eager model', _choice("auto", "eager"))
-    batch_size: int = _key(64, "largest inference micro-batch, windows", _range(1, 4096))
-    max_wait_ms: float = _key(50.0, "longest wait to fill a micro-batch, ms", _range(0, 60_000))
-    inference_workers: str | int = _key("auto", 'threads running model forwards at once: "auto" (one per core '
-                                        "up to 4 on the CPU, 1 on CUDA), or a count; 0 = on the inference stage's "
-                                        "own thread", _auto_or_count(64), mixed=True)
-    on_fatal_gpu_error: str = _key("exit", "exit (systemd restarts) or fall back to cpu", _choice("exit", "cpu"))
-    max_consecutive_failures: int = _key(3, "inference failures in a row that count as fatal", _range(1, 1000))
+    checkpoint: str = setting("", 'safetensors checkpoint; "" = the bundled model', env_path)
+    device: str = setting(INFERENCE.device, '"auto" (CUDA if present, else CPU), "cpu", "cuda" or "cuda:N"',
+                          device_name)
+    precision: str = setting(INFERENCE.precision, "auto = bf16 on CUDA if supported, else fp32",
+                             one_of("auto", "fp32", "bf16", "fp16"))
+    graph: str = setting(INFERENCE.graph, 'auto = a frozen TorchScript graph on the CPU, the eager model on CUDA; '
+                         '"eager" = always the eager model', one_of("auto", "eager"))
+    batch_size: int = setting(64, "largest inference micro-batch, windows", in_range(1, 4096))
+    max_wait_ms: float = setting(50.0, "longest wait to fill a micro-batch, ms", in_range(0, 60_000))
+    inference_workers: str | int = setting("auto", 'threads running model forwards at once: "auto" (one per core '
+                                           "up to 4 on the CPU, 1 on CUDA), or a count; 0 = on the inference stage's "
+                                           "own thread", auto_or_count(64), mixed=True)
+    on_fatal_gpu_error: str = setting("exit", "exit (systemd restarts) or fall back to cpu", one_of("exit", "cpu"))
+    max_consecutive_failures: int = setting(3, "inference failures in a row that count as fatal", in_range(1, 1000))
 
 
 @dataclass(frozen=True, slots=True)
 class WindowConfig:
     """[window]: the window grid (length and rate come from the checkpoint)."""
 
-    stride_s: float = _key(WINDOW.stride_s, "window start grid step, s (start = k * stride since the epoch)",
-                           _range(0, 3600, lo_open=True))
-    max_missing_fraction: float = _key(WINDOW.max_missing, "windows missing more than this fraction are not inferred",
-                                       _range(0, 1))
+    stride_s: float = setting(WINDOW.stride_s, "window start grid step, s (start = k * stride since the epoch)",
+                              in_range(0, 3600, lo_open=True))
+    max_missing_fraction: float = setting(WINDOW.max_missing,
+                                          "windows missing more than this fraction are not inferred",
+                                          in_range(0, 1))
 
 
 def _overrides(v: tuple) -> tuple[tuple[str, tuple[tuple[str, float], ...]], ...]:
@@ -210,97 +111,99 @@ def _overrides(v: tuple) -> tuple[tuple[str, tuple[tuple[str, float], ...]], ...
     try:
         return tuple(sorted((k, tuple(sorted(d.items()))) for k, d in check_trigger_overrides(dict(v)).items()))
     except ValueError as exc:
-        raise _Invalid(str(exc)) from None
+        raise Invalid(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
 class TriggerConfig:
     """[trigger]: turning window probabilities into detections (on/off hysteresis)."""
 
-    on: float = _key(TRIGGER.on, "probability that opens a detection", _range(0, 1, lo_open=True))
-    off: float = _key(TRIGGER.off, "probability below which it closes (0 < off <= on)", _range(0, 1, lo_open=True))
-    min_duration: float = _key(TRIGGER.min_duration_s, "shortest detection worth publishing, s", _range(0, 3600))
-    label: str = _key(TRIGGER.label, "class label that triggers", _non_empty)
-    retrigger_hold: float = _key(TRIGGER.retrigger_hold_s, "a re-trigger this long after a detection fell below off "
-                                 "extends it (one detection per event and station), s", _range(0, 3600))
-    overrides: tuple = _key((), 'on, off, min_duration per network or station, e.g. { "BW.RJOB" = { on = 0.8 } }',
-                            _overrides)
+    on: float = setting(TRIGGER.on, "probability that opens a detection", in_range(0, 1, lo_open=True))
+    off: float = setting(TRIGGER.off, "probability below which it closes (0 < off <= on)", in_range(0, 1, lo_open=True))
+    min_duration: float = setting(TRIGGER.min_duration_s, "shortest detection worth publishing, s", in_range(0, 3600))
+    label: str = setting(TRIGGER.label, "class label that triggers", non_empty)
+    retrigger_hold: float = setting(TRIGGER.retrigger_hold_s, "a re-trigger this long after a detection fell below off "
+                                    "extends it (one detection per event and station), s", in_range(0, 3600))
+    overrides: tuple = setting((), 'on, off, min_duration per network or station, e.g. { "BW.RJOB" = { on = 0.8 } }',
+                               _overrides)
 
 
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
     """[pipeline]: stage processes and the sockets between them."""
 
-    preprocess_workers: int = _key(1, "preprocessing worker processes", _range(1, 64))
-    preprocess_device: str = _key("auto", '"auto" (the model\'s device when that is a GPU, else CPU), "cpu", "cuda"'
-                                  ' or "cuda:N"', _device)
-    runtime_dir: str = _key("auto", 'directory for ipc:// sockets; "auto" = $RUNTIME_DIRECTORY or a per-user dir',
-                            _path)
-    windows_endpoint: str = _key("auto", 'scheduler -> preprocess PUSH/PULL; "auto" = ipc://<runtime_dir>/windows',
-                                 _auto_endpoint)
-    spectra_endpoint: str = _key("auto", 'preprocess -> inference PUSH/PULL; "auto" = ipc://<runtime_dir>/spectra',
-                                 _auto_endpoint)
-    queue_hwm: int = _key(2000, "windows each stage may queue before dropping the oldest (about 10 s x stations)",
-                          _range(1, 1_000_000))
-    torch_threads: int = _key(1, "torch threads per preprocess/inference process (scale with processes)",
-                              _range(1, 256))
-    heartbeat_interval_s: float = _key(1.0, "heartbeat period on the publish socket, s", _range(0, 60, lo_open=True))
-    curve: str = _key("auto", 'CURVE on the stage sockets: "auto" = on for tcp:// endpoints on a non-loopback '
-                      'address, "on" = on every stage endpoint, "off"', _choice("auto", "on", "off"))
-    curve_secret_key: str = _key("", "stage key pair (secret file from `quakemon keygen`), the same on every stage "
-                                 "host", _path)
-    curve_allowed_keys: str = _key("", 'directory of stage public keys (*.key) a binding stage admits; "" = the '
-                                   "directory of curve_secret_key", _path)
+    preprocess_workers: int = setting(1, "preprocessing worker processes", in_range(1, 64))
+    preprocess_device: str = setting("auto", '"auto" (the model\'s device when that is a GPU, else CPU), "cpu", "cuda"'
+                                     ' or "cuda:N"', device_name)
+    runtime_dir: str = setting("auto", 'directory for ipc:// sockets; "auto" = $RUNTIME_DIRECTORY or a per-user dir',
+                               env_path)
+    windows_endpoint: str = setting("auto", 'scheduler -> preprocess PUSH/PULL; "auto" = ipc://<runtime_dir>/windows',
+                                    auto_endpoint)
+    spectra_endpoint: str = setting("auto", 'preprocess -> inference PUSH/PULL; "auto" = ipc://<runtime_dir>/spectra',
+                                    auto_endpoint)
+    queue_hwm: int = setting(2000, "windows each stage may queue before dropping the oldest (about 10 s x stations)",
+                             in_range(1, 1_000_000))
+    torch_threads: int = setting(1, "torch threads per preprocess/inference process (scale with processes)",
+                                 in_range(1, 256))
+    heartbeat_interval_s: float = setting(1.0, "heartbeat period on the publish socket, s",
+                                          in_range(0, 60, lo_open=True))
+    curve: str = setting("auto", 'CURVE on the stage sockets: "auto" = on for tcp:// endpoints on a non-loopback '
+                         'address, "on" = on every stage endpoint, "off"', one_of("auto", "on", "off"))
+    curve_secret_key: str = setting("", "stage key pair (secret file from `quakemon keygen`), the same on every stage "
+                                    "host", env_path)
+    curve_allowed_keys: str = setting("", 'directory of stage public keys (*.key) a binding stage admits; "" = the '
+                                      "directory of curve_secret_key", env_path)
 
 
 @dataclass(frozen=True, slots=True)
 class PublishConfig:
     """[publish]: the detection PUB socket and its CURVE security."""
 
-    endpoint: str = _key("tcp://127.0.0.1:5557", "PUB endpoint subscribers connect to", _endpoint)
-    curve_secret_key: str = _key("", 'server secret key file (zmq certificate); "" = no CURVE', _path)
-    curve_allowed_keys: str = _key("", "directory of allowed client public keys (needed with curve_secret_key)", _path)
-    sndhwm: int = _key(1000, "messages queued per subscriber before it misses some", _range(1, 10_000_000))
-    zmq_heartbeat_ivl_s: float = _key(1.0, "ZMTP ping period per peer, s", _range(0, 600, lo_open=True))
-    zmq_heartbeat_timeout_s: float = _key(3.0, "a peer silent this long is disconnected, s",
-                                          _range(0, 600, lo_open=True))
-    handshake_ivl_s: float = _key(5.0, "a peer that has not finished the handshake by then is dropped, s",
-                                  _range(0, 600, lo_open=True))
-    linger_s: float = _key(1.0, "how long close() may wait for unsent messages, s", _range(0, 60))
-    journal: str = _key("auto", 'detection journal (SQLite) for lossless delivery; "auto" = seedlink.state_file '
-                        'with its suffix replaced by .journal.sqlite (off when that is ""); "" = off', _path)
-    journal_synchronous: str = _key("full", "full = fsync every message (survives power loss), normal = only "
-                                    "at checkpoints (survives a process crash)", _choice("full", "normal"))
-    journal_retention_days: float = _key(30.0, "messages older than this are deleted; 0 = no age limit, days",
-                                         _range(0, 36_500))
-    journal_max_bytes: int = _key(1 << 30, "oldest messages are deleted beyond this much journal; 0 = no size "
-                                  "limit, bytes", _range(0, 1 << 50))
-    catchup_endpoint: str = _key("auto", 'ROUTER endpoint answering missed seqs from the journal; "auto" = the '
-                                 'publish port + 1 (tcp) or "<path>.catchup" (ipc); "" = none', _catchup)
+    endpoint: str = setting("tcp://127.0.0.1:5557", "PUB endpoint subscribers connect to", endpoint)
+    curve_secret_key: str = setting("", 'server secret key file (zmq certificate); "" = no CURVE', env_path)
+    curve_allowed_keys: str = setting("", "directory of allowed client public keys (needed with curve_secret_key)",
+                                      env_path)
+    sndhwm: int = setting(1000, "messages queued per subscriber before it misses some", in_range(1, 10_000_000))
+    zmq_heartbeat_ivl_s: float = setting(1.0, "ZMTP ping period per peer, s", in_range(0, 600, lo_open=True))
+    zmq_heartbeat_timeout_s: float = setting(3.0, "a peer silent this long is disconnected, s",
+                                             in_range(0, 600, lo_open=True))
+    handshake_ivl_s: float = setting(5.0, "a peer that has not finished the handshake by then is dropped, s",
+                                     in_range(0, 600, lo_open=True))
+    linger_s: float = setting(1.0, "how long close() may wait for unsent messages, s", in_range(0, 60))
+    journal: str = setting("auto", 'detection journal (SQLite) for lossless delivery; "auto" = seedlink.state_file '
+                           'with its suffix replaced by .journal.sqlite (off when that is ""); "" = off', env_path)
+    journal_synchronous: str = setting("full", "full = fsync every message (survives power loss), normal = only "
+                                       "at checkpoints (survives a process crash)", one_of("full", "normal"))
+    journal_retention_days: float = setting(30.0, "messages older than this are deleted; 0 = no age limit, days",
+                                            in_range(0, 36_500))
+    journal_max_bytes: int = setting(1 << 30, "oldest messages are deleted beyond this much journal; 0 = no size "
+                                     "limit, bytes", in_range(0, 1 << 50))
+    catchup_endpoint: str = setting("auto", 'ROUTER endpoint answering missed seqs from the journal; "auto" = the '
+                                    'publish port + 1 (tcp) or "<path>.catchup" (ipc); "" = none', catchup_endpoint)
 
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     """[metrics]: the Prometheus HTTP endpoint."""
 
-    listen: str = _key("", 'host:port for /metrics, e.g. "127.0.0.1:9108"; "" = off', _listen)
+    listen: str = setting("", 'host:port for /metrics, e.g. "127.0.0.1:9108"; "" = off', listen_address)
 
 
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
     """[logging]: structlog output."""
 
-    level: str = _key("info", "debug, info, warning, error or critical",
-                      _choice("debug", "info", "warning", "error", "critical"))
-    format: str = _key("auto", "json, console, or auto (console on a terminal, else JSON)",
-                       _choice("json", "console", "auto"))
+    level: str = setting("info", "debug, info, warning, error or critical",
+                         one_of("debug", "info", "warning", "error", "critical"))
+    format: str = setting("auto", "json, console, or auto (console on a terminal, else JSON)",
+                          one_of("json", "console", "auto"))
 
 
 def _weights(v: tuple) -> tuple[tuple[str, float], ...]:
     """A TOML table of station = weight, kept as sorted (station, weight) pairs so the config stays frozen."""
     bad = {k: w for k, w in v if not isinstance(w, int | float) or isinstance(w, bool) or w < 0}
     if bad:
-        raise _Invalid(f'a table of station = weight >= 0, e.g. {{ "BW.UH1" = 2.0 }} (bad: {bad})')
+        raise Invalid(f'a table of station = weight >= 0, e.g. {{ "BW.UH1" = 2.0 }} (bad: {bad})')
     return tuple(sorted((str(k), float(w)) for k, w in v))
 
 
@@ -308,30 +211,31 @@ def _weights(v: tuple) -> tuple[tuple[str, float], ...]:
 class AssociateConfig:
     """[associate]: network coincidence of station detections into events (like ObsPy's coincidence trigger)."""
 
-    enabled: bool = _key(False, "publish event.<id> messages when enough stations trigger together")
-    threshold: float = _key(ASSOCIATION.threshold, "weighted number of stations that makes an event",
-                            _range(0, 10_000, lo_open=True))
-    window_s: float = _key(ASSOCIATION.window_s, "onsets within this many seconds coincide",
-                           _range(0, 3600, lo_open=True))
-    hold_s: float = _key(ASSOCIATION.hold_s,
-                         "an event is decided this long after the newest onset (order independence), s",
-                         _range(0, 3600))
-    retrigger_s: float = _key(ASSOCIATION.retrigger_s,
-                              "a station re-triggering within this long stays in its event (a window), s",
-                              _range(0, 3600))
-    weights: tuple[tuple[str, float], ...] = _key((), 'per-station weights, e.g. { "BW.UH1" = 2.0 }', _weights)
-    default_weight: float = _key(ASSOCIATION.default_weight, "weight of stations not in weights", _range(0, 10_000))
-    inventory: str = _key("", 'StationXML for travel-time bounds between stations; "" = none', _path)
-    velocity_kms: float = _key(ASSOCIATION.velocity_kms, "slowest apparent velocity for the travel-time bound, km/s",
-                               _range(0, 100, lo_open=True))
-    tolerance_s: float = _key(ASSOCIATION.tolerance_s, "slack added to the travel-time bound, s", _range(0, 600))
+    enabled: bool = setting(False, "publish event.<id> messages when enough stations trigger together")
+    threshold: float = setting(ASSOCIATION.threshold, "weighted number of stations that makes an event",
+                               in_range(0, 10_000, lo_open=True))
+    window_s: float = setting(ASSOCIATION.window_s, "onsets within this many seconds coincide",
+                              in_range(0, 3600, lo_open=True))
+    hold_s: float = setting(ASSOCIATION.hold_s,
+                            "an event is decided this long after the newest onset (order independence), s",
+                            in_range(0, 3600))
+    retrigger_s: float = setting(ASSOCIATION.retrigger_s,
+                                 "a station re-triggering within this long stays in its event (a window), s",
+                                 in_range(0, 3600))
+    weights: tuple[tuple[str, float], ...] = setting((), 'per-station weights, e.g. { "BW.UH1" = 2.0 }', _weights)
+    default_weight: float = setting(ASSOCIATION.default_weight, "weight of stations not in weights",
+                                    in_range(0, 10_000))
+    inventory: str = setting("", 'StationXML for travel-time bounds between stations; "" = none', env_path)
+    velocity_kms: float = setting(ASSOCIATION.velocity_kms, "slowest apparent velocity for the travel-time bound, km/s",
+                                  in_range(0, 100, lo_open=True))
+    tolerance_s: float = setting(ASSOCIATION.tolerance_s, "slack added to the travel-time bound, s", in_range(0, 600))
 
 
 def _backfill_source(v: str) -> str:
     from quakemon.ingest.backfill import SOURCE_FORMS, valid_source
 
     if not valid_source(v):
-        raise _Invalid(SOURCE_FORMS)
+        raise Invalid(SOURCE_FORMS)
     return v
 
 
@@ -339,19 +243,24 @@ def _backfill_source(v: str) -> str:
 class BackfillConfig:
     """[backfill]: gaps SeedLink cannot fill, read afterwards from an archive (`quakemon.ingest.backfill`)."""
 
-    source: str = _key("", '"sds:///path", "fdsn://host[:port]" or an http(s):// FDSN URL; "" = off', _backfill_source)
-    delay_s: float = _key(300.0, "wait this long after a gap before reading it (archives lag), s", _range(0, 86400))
-    max_span_s: float = _key(21600.0, "backfill at most the newest this many seconds of a gap", _range(1, 30 * 86400))
-    attempts: int = _key(6, "reads of a span before it is given up (backoff 1 s doubling to 5 min)", _range(1, 1000))
+    source: str = setting("", '"sds:///path", "fdsn://host[:port]" or an http(s):// FDSN URL; "" = off',
+                          _backfill_source)
+    delay_s: float = setting(300.0, "wait this long after a gap before reading it (archives lag), s",
+                             in_range(0, 86400))
+    max_span_s: float = setting(21600.0, "backfill at most the newest this many seconds of a gap",
+                                in_range(1, 30 * 86400))
+    attempts: int = setting(6, "reads of a span before it is given up (backoff 1 s doubling to 5 min)",
+                            in_range(1, 1000))
 
 
 @dataclass(frozen=True, slots=True)
 class ArchiveConfig:
     """[archive]: what the daemon keeps on disk for review (quakemon.pipeline.probarchive)."""
 
-    probabilities: str = _key("", 'SDS directory for every window\'s class probabilities as MiniSEED; "" = off', _path)
-    probabilities_flush_s: float = _key(120.0, "longest a probability waits in memory before it is written, s",
-                                        _range(0, 86_400, lo_open=True))
+    probabilities: str = setting("", 'SDS directory for every window\'s class probabilities as MiniSEED; "" = off',
+                                 env_path)
+    probabilities_flush_s: float = setting(120.0, "longest a probability waits in memory before it is written, s",
+                                           in_range(0, 86_400, lo_open=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,7 +316,7 @@ def _coerce(value: Any, default: Any, from_text: bool) -> Any:
         try:
             value = want(value.strip())
         except ValueError:
-            raise _Invalid(_type_name(want)) from None
+            raise Invalid(_type_name(want)) from None
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if want is tuple and isinstance(value, Mapping):  # a TOML table (associate.weights): (key, value) pairs
@@ -415,9 +324,9 @@ def _coerce(value: Any, default: Any, from_text: bool) -> Any:
     if want is tuple:
         if isinstance(value, list | tuple) and all(isinstance(x, str) for x in value):
             return tuple(value)
-        raise _Invalid(_type_name(want))
+        raise Invalid(_type_name(want))
     if type(value) is not want:
-        raise _Invalid(_type_name(want))
+        raise Invalid(_type_name(want))
     return value
 
 
@@ -440,7 +349,7 @@ def _build_section(cls: type, name: str, table: Any, where: str, from_text: bool
             value = raw if f.metadata.get("mixed") else _coerce(raw, f.default, from_text)
             check = f.metadata["check"]
             values[key] = check(value) if check else value
-        except _Invalid as exc:
+        except Invalid as exc:
             raise ConfigError(f"{where}: {name}.{key}: expected {exc}, got {raw!r}") from None
     return cls(**values)
 
@@ -467,8 +376,8 @@ def _resolve(cfg: Config, where: str) -> Config:
     spectra = p.spectra_endpoint if p.spectra_endpoint != "auto" else f"ipc://{runtime_dir}/spectra"
     for key, value in (("windows_endpoint", windows), ("spectra_endpoint", spectra)):
         try:
-            _endpoint(value)
-        except _Invalid as exc:
+            endpoint(value)
+        except Invalid as exc:
             raise ConfigError(f"{where}: pipeline.{key}: expected {exc} (from runtime_dir), got {value!r}") from None
     if windows == spectra:
         raise ConfigError(f"{where}: pipeline.spectra_endpoint: expected an endpoint other than "
@@ -496,10 +405,10 @@ def _resolve_journal(cfg: Config, where: str, taken: tuple[str, ...]) -> Publish
     elif catchup == "auto":
         catchup = derive_catchup(pub.endpoint)
         try:
-            _endpoint(catchup)
+            endpoint(catchup)
             if catchup.startswith("tcp://") and not catchup.endswith(":*") and int(catchup.rpartition(":")[2]) > 65535:
-                raise _Invalid("a port <= 65535")
-        except _Invalid as exc:
+                raise Invalid("a port <= 65535")
+        except Invalid as exc:
             raise ConfigError(f"{where}: publish.catchup_endpoint: expected {exc} (\"auto\" from publish.endpoint), "
                               f"got {catchup!r}; set it explicitly") from None
     if catchup and not catchup.endswith((":*", ":0")) and (catchup == pub.endpoint or catchup in taken):
