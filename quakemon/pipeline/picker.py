@@ -29,6 +29,7 @@ one). A row whose vertical is unusable gives no pick and NaN SNR, without raisin
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -126,12 +127,25 @@ class PickBatch:
 
 
 # --------------------------------------------------------------------------------------------------- building blocks
-def _sos(config: PickerConfig, sampling_rate: float) -> np.ndarray:
+def _sos(config: PickerConfig, sampling_rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """(sos, its steady-state initial conditions `sosfilt_zi(sos)`) of the picker's band-pass; the second is
+    read-only (sosfilt takes only a writable sos, so each call gets its own copy of the first)."""
+    sos, zi = _design(config.corners, float(config.freqmin), float(config.freqmax), float(sampling_rate))
+    return sos.copy(), zi
+
+
+@lru_cache(maxsize=64)
+def _design(corners: int, freqmin: float, freqmax: float, sampling_rate: float) -> tuple[np.ndarray, np.ndarray]:
+    # The design costs more than filtering a row; a detector picks one or a few rows at a time, always with the
+    # same band, so each design is made once.
     nyq = 0.5 * sampling_rate
-    hi = min(config.freqmax, 0.9 * nyq)
-    if not 0 < config.freqmin < hi:
-        raise ValueError(f"picker band {config.freqmin}-{config.freqmax} Hz does not fit {sampling_rate} Hz data")
-    return butter(config.corners, [config.freqmin / nyq, hi / nyq], btype="band", output="sos")
+    hi = min(freqmax, 0.9 * nyq)
+    if not 0 < freqmin < hi:
+        raise ValueError(f"picker band {freqmin}-{freqmax} Hz does not fit {sampling_rate} Hz data")
+    sos = butter(corners, [freqmin / nyq, hi / nyq], btype="band", output="sos")
+    zi = sosfilt_zi(sos)
+    zi.flags.writeable = False
+    return sos, zi
 
 
 def prepare_vertical(data: np.ndarray, sampling_rate: float, config: PickerConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -147,9 +161,9 @@ def prepare_vertical(data: np.ndarray, sampling_rate: float, config: PickerConfi
     z[~finite] = 0.0
     z -= z.mean(axis=1, keepdims=True)
     usable = finite & (np.abs(z).max(axis=1, initial=0.0) > 0.0)
-    sos = _sos(config, sampling_rate)
+    sos, zi_unit = _sos(config, sampling_rate)
     # start the filter in its steady state for the first sample's value (no step transient at the row start)
-    zi = sosfilt_zi(sos)[:, None, :] * z[None, :, :1]  # [sections, N, 2]
+    zi = zi_unit[:, None, :] * z[None, :, :1]  # [sections, N, 2]
     y, _ = sosfilt(sos, z, axis=1, zi=zi)
     y[~usable] = 0.0
     return y, usable

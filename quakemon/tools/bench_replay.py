@@ -24,30 +24,32 @@ class _Timer:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}  # thread CPU time (time.thread_time) of the same sections
         self._lock = threading.Lock()  # sections run on several threads (the replay's inference workers)
 
-    def _add(self, name: str, seconds: float) -> None:
+    def _add(self, name: str, seconds: float, cpu: float) -> None:
         with self._lock:
             self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+            self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + cpu
 
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*a: Any, **kw: Any) -> Any:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             try:
                 return fn(*a, **kw)
             finally:
-                self._add(name, time.perf_counter() - start)
+                self._add(name, time.perf_counter() - start, time.thread_time() - cpu)
         return timed
 
     def iterate(self, name: str, it: Iterator[Any]) -> Iterator[Any]:
         while True:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             try:
                 item = next(it)
             except StopIteration:
-                self._add(name, time.perf_counter() - start)
+                self._add(name, time.perf_counter() - start, time.thread_time() - cpu)
                 return
-            self._add(name, time.perf_counter() - start)
+            self._add(name, time.perf_counter() - start, time.thread_time() - cpu)
             yield item
 
 
@@ -104,10 +106,23 @@ def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto
     sections = {
         "source (read + decode)": sec.get("source (read + decode)", 0.0),
         "windows (buffers + scheduler)": sec.get("windows", 0.0),
-        "stack + preprocess": sec.get("stack", 0.0) + sec.get("preprocess", 0.0),
+        "stack (windows -> float32)": sec.get("stack", 0.0),
+        "preprocess (spectra)": sec.get("preprocess", 0.0),
         "inference (engine.predict)": infer,
         "trigger": sec.get("trigger", 0.0),
     }
+    # CPU seconds of the same sections (thread_time of the thread each ran on); what none of them holds is the
+    # glue: the runner's own Python, thread hand-offs, waiting for the GIL, the interpreter's housekeeping
+    tcpu = dict(timer.cpu_seconds)
+    sections_cpu = {
+        "source (read + decode)": tcpu.get("source (read + decode)", 0.0),
+        "windows (buffers + scheduler)": tcpu.get("windows", 0.0),
+        "stack (windows -> float32)": tcpu.get("stack", 0.0),
+        "preprocess (spectra)": tcpu.get("preprocess", 0.0),
+        "inference (engine.predict)": engine.stats.cpu_seconds,
+        "trigger": tcpu.get("trigger", 0.0),
+    }
+    sections_cpu["other"] = max(0.0, cpu - sum(sections_cpu.values()))
     if station_seconds is None:
         by_station: dict[str, float] = {}
         for sid, (a, b) in spans.items():
@@ -129,7 +144,9 @@ def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto
         # (or a GPU) thread_time misses the forward's other threads, and the share reads high.
         "cpu_seconds": cpu, "model_cpu_seconds": engine.stats.cpu_seconds,
         "overhead_cpu_share": 1.0 - engine.stats.cpu_seconds / cpu if cpu > 0 else float("nan"),
+        "outside_forward_cpu_seconds": cpu - engine.stats.cpu_seconds,
         "sections_s": {k: round(v, 3) for k, v in sections.items()},
+        "sections_cpu_s": {k: round(v, 3) for k, v in sections_cpu.items()},
         "sections_share": {k: round(v / elapsed, 3) for k, v in sections.items()} if elapsed else {},
     }
 
