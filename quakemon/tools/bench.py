@@ -90,14 +90,13 @@ def run_bench(plan: BenchPlan, workdir: Path | None = None,
             progress(f"replay: writing {plan.replay_stations} stations x {plan.replay_seconds:g} s")
             files = write_synthetic_archive(tmp / "replay", plan.replay_stations, plan.replay_seconds)
             torch.set_num_threads(replay_threads)
-            # Around each replay: the roof at the replay's configuration, at its batch and at the sweep's best batch
-            # for that configuration (the best of the two is the roof of the moment). The sweep ran minutes earlier,
-            # and a shared machine's speed drifts from one minute to the next.
-            around_batches = [replay_batch]
-            if "roof" in report and replay_config in report["roof"]["by_threads"]:
-                sweep_best = report["roof"]["by_threads"][replay_config]
-                around_batches.append(int(max(sweep_best, key=sweep_best.__getitem__)))
-            around_batches = sorted(set(around_batches))
+            # Around each replay: the roof at the replay's configuration and at the batch of its forwards (on the
+            # CPU the runner cuts each pipeline batch into forwards of CPU_FORWARD_BATCH windows), so that the bare
+            # forward is the very forward the replay runs. The sweep ran minutes earlier, and a shared machine's
+            # speed drifts from one minute to the next. (The best of several batches would be a maximum over
+            # noisy samples, biased upwards; the sweep's best, at any batch, gives `ratio_to_best_roof`.)
+            forward_batch = replay_forward_batch(replay_batch, on_cpu)
+            around_batches = [forward_batch]
 
             def roof_at_replay_setting() -> float:
                 return bench_roof_threads(ckpt, [replay_config], device=plan.device, precision=plan.precision,
@@ -106,7 +105,7 @@ def run_bench(plan: BenchPlan, workdir: Path | None = None,
 
             if "roof" in report:  # before the first replay, then after each
                 progress("roof: at the replay's setting, before the first replay")
-                report["roof"]["replay_threads"] = {"threads": replay_config, "batch": replay_batch,
+                report["roof"]["replay_threads"] = {"threads": replay_config, "batch": forward_batch,
                                                     "batches": around_batches, "seconds_each": plan.replay_roof_s,
                                                     "windows_per_s_around": [roof_at_replay_setting()]}
             runs = []
@@ -114,7 +113,7 @@ def run_bench(plan: BenchPlan, workdir: Path | None = None,
                 progress(f"replay: run {i + 1} of {plan.replay_repeats} ({replay_threads} torch threads, "
                          f"batch {replay_batch})")
                 runs.append(bench_replay(files, ckpt, device=plan.device, precision=plan.precision,
-                                         stride_s=plan.stride_s, batch_size=replay_batch))
+                                         stride_s=plan.stride_s, batch_size=replay_batch, forward_batch=forward_batch))
                 if "roof" in report:  # again, so that each replay's ratio uses the roofs measured around it
                     progress("roof: again, after the replay")
                     report["roof"]["replay_threads"]["windows_per_s_around"].append(roof_at_replay_setting())
@@ -131,6 +130,7 @@ def run_bench(plan: BenchPlan, workdir: Path | None = None,
                 rep["ratio_to_best_roof"] = rep["windows_per_s"] / float(report["roof"]["best_windows_per_s"])
             rep["overhead_cpu_share_runs"] = [r["overhead_cpu_share"] for r in runs]
             rep["overhead_cpu_share"] = float(np.median(rep["overhead_cpu_share_runs"]))
+            rep["outside_forward_cpu_s_runs"] = [r["outside_forward_cpu_seconds"] for r in runs]
             report["replay"] = rep
         torch.set_num_threads(threads)
         if "live" in plan.parts:
@@ -145,6 +145,13 @@ def run_bench(plan: BenchPlan, workdir: Path | None = None,
 
             shutil.rmtree(tmp, ignore_errors=True)
 
+
+
+def replay_forward_batch(batch: int, on_cpu: bool) -> int:
+    """Windows per model forward of a replay with pipeline batches of `batch` (what `Inference` chooses)."""
+    from quakemon.pipeline.engine import CPU_FORWARD_BATCH
+
+    return min(batch, CPU_FORWARD_BATCH) if on_cpu else batch
 
 
 def _config_text(config: Any) -> str:
@@ -199,12 +206,21 @@ def format_report(report: dict[str, Any]) -> str:
                          + ", ".join(f"{v:.0f}" for v in rep["windows_per_s_runs"]) + "; ratio to the roofs around "
                          "each: " + ", ".join(f"{v:.2f}" for v in rep.get("ratio_to_roof_runs", [])))
         if "overhead_cpu_share" in rep:
+            outside = rep["cpu_seconds"] - rep["model_cpu_seconds"]
             lines.append(f"          CPU time outside the model forward (engine.predict): "
                          f"{100 * rep['overhead_cpu_share']:.1f} % of the process's CPU time (median; runs: "
                          + ", ".join(f"{100 * v:.1f}" for v in rep["overhead_cpu_share_runs"]) + " %); "
+                         f"median run: {outside:.2f} of {rep['cpu_seconds']:.2f} CPU-s, "
+                         f"{1e6 * outside / max(1, rep['windows']):.0f} us per window; "
                          f"{rep['cpu_seconds'] / rep['seconds']:.2f} cores busy on average")
-        for k, v in rep["sections_s"].items():
-            lines.append(f"          {k:<32} {v:7.2f} s  {100 * rep['sections_share'].get(k, 0):5.1f} %")
+        cpu_sections = rep.get("sections_cpu_s", {})
+        lines.append(f"          {'section':<32} {'busy s':>7}  {'% wall':>6}  {'CPU s':>6}  {'CPU us/window':>13}")
+        for k in dict.fromkeys([*rep["sections_s"], *cpu_sections]):
+            busy, cpu, share = rep["sections_s"].get(k), cpu_sections.get(k), rep["sections_share"].get(k)
+            pct = None if share is None else 100 * share
+            per_window = None if cpu is None else 1e6 * cpu / max(1, rep["windows"])
+            lines.append(f"          {k:<32} {_f(busy, '7.2f'):>7}  {_f(pct, '5.1f'):>6}  {_f(cpu, '6.2f'):>6}  "
+                         f"{_f(per_window, '13.1f'):>13}")
     live = report.get("live")
     if live:
         lines.append(f"(c) live  {live['speed']:g}x real time, stride {live['stride_s']:g} s: largest N sustained "
