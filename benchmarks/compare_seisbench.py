@@ -1,104 +1,231 @@
-"""Peer comparison: the same archive through SeisBench `annotate` (PhaseNet, EQTransformer) and quakemon's replay path.
+"""Peer comparison: CPU-seconds per station-hour of SeisBench `annotate` (PhaseNet, EQTransformer) and quakemon's
+replay path, on the same archive, in one run.
 
-    .venv/bin/python benchmarks/compare_seisbench.py [--stations 4] [--seconds 600] [--stride-s 1] [--threads 1]
+    .venv/bin/python benchmarks/compare_seisbench.py [--stations 4] [--seconds 300] [--repeat 3] [--threads 1,2]
+        [--strides 1,2,5,10] [--screen 4:0.1 ...] [--skip-eqt] [--json FILE]
 
 Needs the optional extra `seisbench` (nothing is downloaded: both SeisBench models get random weights, which do
-not change their cost). All three run in this process, one after the other, with the same torch thread count,
-batch size and window stride (SeisBench: overlap = in_samples - stride), on the same synthetic MiniSEED archive
-(`quakemon.tools.bench_common.write_synthetic_archive`: 3-component 100 Hz stations, 512-byte STEIM2 records).
-Timed for each: reading/decoding the MiniSEED plus everything up to the model outputs (SeisBench: `obspy.read`
-+ `annotate`; quakemon: `ArchiveSource` + windows + preprocessing + HybridViT + trigger, as `quakemon replay` runs
-it). Model construction/loading is outside the timing for all three. Prints station-hours of data per second and ratios;
-the machine may be shared, so run the comparison more than once (--repeat) and read the ratios.
+not change their cost). Everything runs in this process, one after the other, for each torch thread count of
+--threads, on the same synthetic MiniSEED archive (`quakemon.tools.bench_common.write_synthetic_archive`:
+3-component 100 Hz stations, 512-byte STEIM2 records):
+
+- SeisBench PhaseNet and EQTransformer `annotate` at their documented default overlap (the class's
+  `_annotate_args["overlap"]`: 1500 of PhaseNet's 3001 samples, 3000 of EQTransformer's 6000 in SeisBench 0.12),
+  and at the stride of quakemon's first --strides entry (overlap = in_samples - stride); batch size: SeisBench's
+  default (256);
+- quakemon's replay (`quakemon.tools.bench_replay`, what `quakemon replay` runs) at each stride of --strides,
+  every window forwarded;
+- with --screen EVERY:THRESHOLD, and only when `DetectionRunner` takes `screen_every` / `screen_threshold`
+  (screen and refine: a quiet station's windows forwarded one in EVERY), quakemon at the first stride so screened.
+
+Timed for each: reading/decoding the MiniSEED plus everything up to the model outputs (SeisBench: `obspy.read` +
+`annotate`; quakemon: `ArchiveSource` + windows + preprocessing + HybridViT + trigger and picks). Model
+construction and loading are outside the timing. The figure is process CPU time (all threads, user + system)
+per station-hour of data, the median over --repeat runs: what a host pays for the work, and far steadier on a
+shared machine than wall time (station-hours per second of wall time is printed too, best of the runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
+import resource
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+SAMPLING_RATE = 100.0
 
 
-def time_seisbench(model, files: list[Path], stride_samples: int, batch_size: int) -> tuple[float, int]:
-    """(seconds, output samples) of obspy.read + annotate over all files, with overlap = in_samples - stride."""
+def process_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Row:
+    """One configuration's runs: CPU seconds and wall seconds of each."""
+
+    name: str
+    stride_s: float
+    cpu_s: list[float] = field(default_factory=list)
+    wall_s: list[float] = field(default_factory=list)
+    note: str = ""
+
+    def cpu_per_station_hour(self, station_hours: float) -> float:
+        return statistics.median(self.cpu_s) / station_hours
+
+    def station_hours_per_s(self, station_hours: float) -> float:
+        return station_hours / min(self.wall_s)
+
+
+def default_stride_samples(model: Any) -> int:
+    """in_samples - the class's default overlap (a fraction of the window below 1, else samples), as `annotate`."""
+    overlap = model._annotate_args["overlap"][1]
+    overlap = int(overlap * model.in_samples) if overlap < 1 else int(overlap)
+    return model.in_samples - overlap
+
+
+def time_seisbench(model: Any, files: list[Path], overlap: int | None) -> tuple[float, float]:
+    """(wall s, CPU s) of obspy.read + annotate over all files; overlap None: annotate's default."""
     import obspy
 
-    overlap = model.in_samples - stride_samples
-    start = time.perf_counter()
+    kw = {} if overlap is None else {"overlap": overlap}
+    start, cpu = time.perf_counter(), process_cpu_s()
     stream = obspy.Stream()
     for f in files:
         stream += obspy.read(str(f))
-    out = model.annotate(stream, overlap=overlap, batch_size=batch_size)
-    return time.perf_counter() - start, sum(tr.stats.npts for tr in out)
+    model.annotate(stream, **kw)
+    return time.perf_counter() - start, process_cpu_s() - cpu
+
+
+def parse_screens(texts: list[str]) -> list[tuple[int, float]]:
+    out = []
+    for text in texts:
+        try:
+            every, threshold = text.split(":")
+            out.append((int(every), float(threshold)))
+        except ValueError:
+            raise SystemExit(f"--screen: expected EVERY:THRESHOLD like 4:0.1, got {text!r}") from None
+    return out
+
+
+def runner_keywords() -> set[str]:
+    from quakemon.pipeline.runner import DetectionRunner
+
+    return set(inspect.signature(DetectionRunner).parameters)
+
+
+def run_threads(threads: int, files: list[Path], args: argparse.Namespace, station_hours: float,
+                screens: list[tuple[int, float]]) -> list[Row]:
+    """Every configuration, --repeat times in turn, at `threads` torch threads."""
+    import seisbench.models as sbm
+    import torch
+
+    from quakemon.tools.bench_common import bench_checkpoint
+    from quakemon.tools.bench_replay import bench_replay
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    models = {"PhaseNet": sbm.PhaseNet().eval()}
+    if not args.skip_eqt:
+        models["EQTransformer"] = sbm.EQTransformer().eval()
+    ckpt = bench_checkpoint(Path(args.workdir) / "random.safetensors")
+    keywords = runner_keywords()
+    screened = {"screen_every", "screen_threshold"} <= keywords
+    full = {"screen_every": 1} if screened else {}  # every window forwarded, whatever the runner's default
+    stride0 = args.strides[0]
+    rows: list[tuple[Row, Any]] = []
+    for name, model in models.items():
+        default = default_stride_samples(model)
+        rows.append((Row(f"SeisBench {name}, default overlap", default / SAMPLING_RATE,
+                         note=f"overlap {model.in_samples - default} of {model.in_samples} samples"), (model, None)))
+        step = round(stride0 * SAMPLING_RATE)
+        rows.append((Row(f"SeisBench {name}, quakemon's stride", stride0,
+                         note=f"overlap {model.in_samples - step} of {model.in_samples} samples"),
+                     (model, model.in_samples - step)))
+    for stride in args.strides:
+        rows.append((Row("quakemon replay", stride), ("replay", stride, full)))
+    for every, threshold in screens:
+        if screened:
+            rows.append((Row(f"quakemon replay, screen {every}:{threshold:g}", stride0,
+                             note=f"screen_every={every}, screen_threshold={threshold:g}"),
+                         ("replay", stride0, {"screen_every": every, "screen_threshold": threshold})))
+        else:
+            print(f"  (--screen {every}:{threshold:g} skipped: DetectionRunner takes no screen_every / "
+                  "screen_threshold here)", file=sys.stderr)
+    for i in range(args.repeat):
+        for row, how in rows:
+            print(f"  ... {threads} thread(s), run {i + 1} of {args.repeat}: {row.name} at {row.stride_s:g} s",
+                  file=sys.stderr, flush=True)
+            if how[0] == "replay":
+                _, stride, options = how
+                rep = bench_replay(files, ckpt, stride_s=stride, batch_size=args.batch,
+                                   station_seconds=station_hours * 3600, runner_options=options)
+                row.cpu_s.append(rep["cpu_seconds"])
+                row.wall_s.append(rep["seconds"])
+                row.note = row.note or f"{rep['windows']} windows, {rep['precision']}"
+            else:
+                model, overlap = how
+                wall, cpu = time_seisbench(model, files, overlap)
+                row.wall_s.append(wall)
+                row.cpu_s.append(cpu)
+    return [row for row, _ in rows]
+
+
+def format_table(threads: int, rows: list[Row], station_hours: float) -> list[str]:
+    ref = next(r for r in rows if r.name.startswith("SeisBench PhaseNet, default"))
+    ref_cost = ref.cpu_per_station_hour(station_hours)
+    lines = [f"{threads} torch thread(s)",
+             f"  {'':<44} {'stride s':>8}  {'CPU-s per station-hour':>22}  {'this / PhaseNet':>15}  "
+             f"{'PhaseNet / this':>15}  {'station-hours/s':>15}  note"]
+    for row in rows:
+        cost = row.cpu_per_station_hour(station_hours)
+        lines.append(f"  {row.name:<44} {row.stride_s:8g}  {cost:22.1f}  {cost / ref_cost:15.3f}  "
+                     f"{ref_cost / cost:15.2f}  {row.station_hours_per_s(station_hours):15.3f}  {row.note}")
+    same = next((r for r in rows if r.name.startswith("SeisBench PhaseNet, quakemon")), None)
+    own = next((r for r in rows if r.name == "quakemon replay"), None)
+    if same is not None and own is not None:
+        a, b = own.cpu_per_station_hour(station_hours), same.cpu_per_station_hour(station_hours)
+        lines.append(f"  at the same {own.stride_s:g} s stride: quakemon / PhaseNet = {a / b:.3f}, "
+                     f"PhaseNet / quakemon = {b / a:.2f}")
+    lines.append(f"  (\"PhaseNet\": SeisBench PhaseNet at its default overlap; CPU: median of {len(ref.cpu_s)} runs; "
+                 "station-hours/s: best run)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--stations", type=int, default=4)
-    p.add_argument("--seconds", type=float, default=600.0, help="archive length per station")
-    p.add_argument("--stride-s", type=float, default=1.0)
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--threads", type=int, default=1, help="torch threads for all three (0 = torch's default)")
-    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=300.0, help="archive length per station")
+    p.add_argument("--strides", default="1,2,5,10", help="quakemon's window strides, s (the first: SeisBench's too)")
+    p.add_argument("--batch", type=int, default=256, help="quakemon's pipeline batch (`quakemon replay`'s)")
+    p.add_argument("--threads", default="1,2", help="torch thread counts, each a table")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--screen", action="append", default=[], metavar="EVERY:THRESHOLD",
+                   help="also quakemon screened so (if the runner supports it); repeatable")
     p.add_argument("--skip-eqt", action="store_true", help="EQTransformer is slow on a CPU")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
-
+    try:
+        args.strides = [float(s) for s in args.strides.split(",")]
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        raise SystemExit("--strides and --threads take comma-separated numbers") from None
+    screens = parse_screens(args.screen)
     try:
         import seisbench
-        import seisbench.models as sbm
     except ImportError:
         print("seisbench is not installed: pip install seisbench (the optional extra quakemon[bench])", file=sys.stderr)
         return 2
     import torch
 
     from quakemon.base.logs import configure_logging
-    from quakemon.tools.bench_common import bench_checkpoint, write_synthetic_archive
-    from quakemon.tools.bench_replay import bench_replay
+    from quakemon.tools.bench_common import write_synthetic_archive
 
     configure_logging("warning", "console")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tmp = Path(tempfile.mkdtemp(prefix="qm-sb-"))
-    files = write_synthetic_archive(tmp, args.stations, args.seconds)
+    args.workdir = tempfile.mkdtemp(prefix="qm-sb-")
+    files = write_synthetic_archive(Path(args.workdir) / "archive", args.stations, args.seconds)
     station_hours = args.stations * args.seconds / 3600.0
-    stride_samples = round(args.stride_s * 100)
-    torch.manual_seed(0)
-    models = {"seisbench PhaseNet": sbm.PhaseNet().eval()}
-    if not args.skip_eqt:
-        models["seisbench EQTransformer"] = sbm.EQTransformer().eval()
-    ckpt = bench_checkpoint(tmp / "random.safetensors")
-    results: dict[str, list[float]] = {name: [] for name in ["quakemon replay", *models]}
-    info = {"seisbench": seisbench.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "stations": args.stations, "seconds": args.seconds, "station_hours": station_hours,
-            "stride_s": args.stride_s, "batch_size": args.batch, "loadavg_before": os.getloadavg()}
-    for _ in range(args.repeat):
-        rep = bench_replay(files, ckpt, stride_s=args.stride_s, batch_size=args.batch,
-                           station_seconds=station_hours * 3600)
-        results["quakemon replay"].append(rep["seconds"])
-        info["quakemon_windows"] = rep["windows"]
-        info["quakemon_precision"] = rep["precision"]
-        for name, model in models.items():
-            seconds, _ = time_seisbench(model, files, stride_samples, args.batch)
-            results[name].append(seconds)
+    info = {"seisbench": seisbench.__version__, "torch": torch.__version__, "stations": args.stations,
+            "seconds": args.seconds, "station_hours": station_hours, "batch": args.batch,
+            "loadavg_before": os.getloadavg(), "cpus": os.cpu_count()}
+    tables = {t: run_threads(t, files, args, station_hours, screens) for t in threads}
     info["loadavg_after"] = os.getloadavg()
-    print(f"{station_hours:.2f} station-hours ({args.stations} stations x {args.seconds:g} s), "
-          f"stride {args.stride_s:g} s (quakemon: {info['quakemon_windows']} windows), batch {args.batch}, "
-          f"{torch.get_num_threads()} torch thread(s), seisbench {seisbench.__version__}, quakemon precision "
-          f"{info['quakemon_precision']}, load average {info['loadavg_before']} -> {info['loadavg_after']}")
-    best = {name: min(v) for name, v in results.items()}
-    qm = station_hours / best["quakemon replay"]
-    for name, seconds in best.items():
-        rate = station_hours / seconds
-        runs = ", ".join(f"{s:.2f}" for s in results[name])
-        print(f"  {name:<26} {rate:8.3f} station-hours/s  (best of {len(results[name])}: {seconds:.2f} s; runs {runs})"
-              f"  quakemon / this = {qm / rate:.2f}")
+    print(f"{station_hours:.3f} station-hours ({args.stations} stations x {args.seconds:g} s), seisbench "
+          f"{seisbench.__version__}, torch {torch.__version__}, {info['cpus']} CPUs, load average "
+          f"{info['loadavg_before']} -> {info['loadavg_after']}")
+    for t, rows in tables.items():
+        print("\n".join(format_table(t, rows, station_hours)))
     if args.json:
-        Path(args.json).write_text(json.dumps({"info": info, "seconds": results}, indent=2, default=float) + "\n")
+        out = {"info": info, "threads": {str(t): [vars(r) for r in rows] for t, rows in tables.items()}}
+        Path(args.json).write_text(json.dumps(out, indent=2, default=float) + "\n")
     return 0
 
 

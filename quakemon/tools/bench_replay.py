@@ -8,7 +8,7 @@ from __future__ import annotations
 import resource
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +56,11 @@ class _Timer:
 
 def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto", precision: str = "auto",
                  stride_s: float = 1.0, batch_size: int = 256, station_seconds: float | None = None,
-                 overlap: bool = True, forward_batch: int | None = None) -> dict[str, Any]:
+                 overlap: bool = True, forward_batch: int | None = None,
+                 runner_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The replay path over `paths`, timed as a whole and per section. station_seconds: data span, for
-    station-hours/s (default: computed from the record headers)."""
+    station-hours/s (default: computed from the record headers). runner_options: further `DetectionRunner`
+    keywords."""
     from quakemon.ingest.archive import ArchiveSource
     from quakemon.models.checkpoint import load_checkpoint
     from quakemon.pipeline import runner as replay_module
@@ -66,7 +68,7 @@ def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto
 
     ckpt = load_checkpoint(checkpoint)
     runner = DetectionRunner(ckpt, stride_s=stride_s, device=device, precision=precision, batch_size=batch_size,
-                             overlap=overlap, forward_batch=forward_batch)
+                             overlap=overlap, forward_batch=forward_batch, **dict(runner_options or {}))
     runner.stage.engine.warmup()
     timer = _Timer()
     runner.windower.add_samples = timer.wrap("windows", runner.windower.add_samples)  # type: ignore[method-assign]
@@ -99,6 +101,7 @@ def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto
         source.close()
         replay_module.stack_windows, replay_module.preprocess_windows = saved
     elapsed, cpu = time.perf_counter() - start, _process_cpu_s() - cpu_start
+    runner.close()  # (its worker threads: a caller may run many replays in one process)
     sec = dict(timer.seconds)
     infer = engine.stats.seconds
     # busy seconds per section; with overlap, inference runs on worker threads beside the rest, so the sections
