@@ -167,7 +167,7 @@ def format_table(threads: int, rows: list[Row], station_hours: float) -> list[st
              f"{'PhaseNet / this':>15}  {'station-hours/s':>15}  note"]
     for row in rows:
         cost = row.cpu_per_station_hour(station_hours)
-        lines.append(f"  {row.name:<44} {row.stride_s:8g}  {cost:22.1f}  {cost / ref_cost:15.3f}  "
+        lines.append(f"  {row.name:<44} {row.stride_s:8g}  {cost:22.2f}  {cost / ref_cost:15.3f}  "
                      f"{ref_cost / cost:15.2f}  {row.station_hours_per_s(station_hours):15.3f}  {row.note}")
     same = next((r for r in rows if r.name.startswith("SeisBench PhaseNet, quakemon")), None)
     own = next((r for r in rows if r.name == "quakemon replay"), None)

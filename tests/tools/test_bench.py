@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from quakemon.pipeline.engine import CPU_FORWARD_BATCH
 from quakemon.tools import bench, bench_common, bench_live, bench_replay, bench_roof
 
 
@@ -135,6 +136,8 @@ def test_run_bench_report_is_json_and_printable(tmp_path: Path) -> None:
     assert "(a) roof" in text and "(b) replay" in text and "(c) live" not in text and "2 runs" in text
     assert "(frozen graph)" in text and rep["graph"] == "frozen"
     assert not any(math.isnan(v) for v in rep["sections_s"].values())
+    assert len(rep["outside_forward_cpu_s_runs"]) == 2 and all(v >= 0 for v in rep["outside_forward_cpu_s_runs"])
+    assert "us per window" in text and "CPU us/window" in text
 
 
 def test_roof_streams_and_the_replay_on_two_inference_workers(tmp_path: Path, ckpt: Path) -> None:
@@ -150,6 +153,9 @@ def test_roof_streams_and_the_replay_on_two_inference_workers(tmp_path: Path, ck
     assert "2x1" in report["roof"]["by_threads"] and report["roof"]["replay_threads"]["threads"] == "2x1"
     assert report["replay"]["inference_workers"] == 2 and report["replay"]["windows"] == 11
     assert report["replay"]["batch_size"] == bench_common.REPLAY_BATCH == 256
+    # the roof around the replay is the forward the replay runs: its pipeline batch cut into CPU forwards
+    assert report["replay"]["forward_batch"] == CPU_FORWARD_BATCH == 64
+    assert report["roof"]["replay_threads"]["batches"] == [64] and report["roof"]["replay_threads"]["batch"] == 64
     assert "2 single-threaded forwards at once" in bench.format_report(report)
 
 
