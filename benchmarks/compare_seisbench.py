@@ -102,6 +102,17 @@ def runner_keywords() -> set[str]:
     return set(inspect.signature(DetectionRunner).parameters)
 
 
+def replay_keywords(options: dict[str, Any]) -> dict[str, Any]:
+    """`bench_replay` keywords for these `DetectionRunner` options: those `bench_replay` names itself go to it
+    directly, the rest through its `runner_options`."""
+    from quakemon.tools.bench_replay import bench_replay
+
+    own = set(inspect.signature(bench_replay).parameters)
+    direct = {k: v for k, v in options.items() if k in own}
+    rest = {k: v for k, v in options.items() if k not in own}
+    return {**direct, "runner_options": rest} if rest else direct
+
+
 def run_threads(threads: int, files: list[Path], args: argparse.Namespace, station_hours: float,
                 screens: list[tuple[int, float]]) -> list[Row]:
     """Every configuration, --repeat times in turn, at `threads` torch threads."""
@@ -147,7 +158,7 @@ def run_threads(threads: int, files: list[Path], args: argparse.Namespace, stati
             if how[0] == "replay":
                 _, stride, options = how
                 rep = bench_replay(files, ckpt, stride_s=stride, batch_size=args.batch,
-                                   station_seconds=station_hours * 3600, runner_options=options)
+                                   station_seconds=station_hours * 3600, **replay_keywords(options))
                 row.cpu_s.append(rep["cpu_seconds"])
                 row.wall_s.append(rep["seconds"])
                 row.note = row.note or f"{rep['windows']} windows, {rep['precision']}"

@@ -32,6 +32,14 @@ def test_the_runner_guard_reads_the_runner_signature() -> None:
     assert {"stride_s", "batch_size", "forward_batch"} <= keywords
 
 
+def test_runner_options_go_through_bench_replay_however_it_takes_them() -> None:
+    # bench_replay names forward_batch itself; anything else travels in runner_options
+    assert compare_seisbench.replay_keywords({"forward_batch": 8, "max_missing": 0.5}) == {
+        "forward_batch": 8, "runner_options": {"max_missing": 0.5}}
+    assert compare_seisbench.replay_keywords({"forward_batch": 8}) == {"forward_batch": 8}
+    assert compare_seisbench.replay_keywords({}) == {}
+
+
 def test_default_stride_resolves_fractions_and_samples_as_annotate_does() -> None:
     class Model:  # the two attributes SeisBench's annotate reads for the overlap
         in_samples = 3001
