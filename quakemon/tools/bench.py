@@ -5,7 +5,8 @@
 (b) replay  archived MiniSEED through the replay path (`quakemon.pipeline.runner.DetectionRunner` on an `ArchiveSource`,
             exactly what `quakemon replay` runs, minus writing JSON Lines): MiniSEED decode, station buffers,
             windows, preprocessing, inference, trigger. windows/s, station-hours of data per second, the ratio
-            to (a), and where the time goes (perf_counter sections around the runner's stages).
+            to (a) at the replay's own forward batch, the CPU time outside the model forward, and where the time
+            goes (wall and thread CPU time of sections around the runner's stages).
 (c) live    N synthetic 3-component 100 Hz stations served by `quakemon serve` (`python -m
             quakemon.tools.serve --loop --retime-now`, a subprocess) at `speed` x real time into `quakemon
             run` (a subprocess, its own config), N growing until the daemon falls behind. Measured over a
@@ -58,7 +59,7 @@ def run_bench(plan: BenchPlan, workdir: Path | None = None,
     The live daemon runs with `plan.run_threads` torch threads per process (its stage processes get it through
     OMP_NUM_THREADS). The replay, one process alone, runs with `plan.replay_threads` (default: torch's, as
     `quakemon replay` does), `plan.replay_repeats` times, each between two roofs at its own thread count and
-    batch; its ratio to the roof is the median over the repeats. The roof is measured at every thread count
+    forward batch; its ratio to the roof is the median over the repeats. The roof is measured at every thread count
     for the table.
     """
     import torch
