@@ -38,6 +38,34 @@ log = structlog.get_logger(__name__)
 #: "vertical-only" stays about equally common in both classes (otherwise it would become a cue for noise).
 NOISE_Z_ONLY = 0.5
 EVENT_Z_ONLY = 0.75
+#: Share of the sprit noise (both classes, before any event is added) given a synthetic broadband background,
+#: and the range of that background's RMS relative to the window's own (log-uniform).
+BROADBAND_SHARE = 0.5
+BROADBAND_RATIO = (0.3, 30.0)
+
+
+def _broadband(x: np.ndarray, fs: float, rng: np.random.Generator) -> tuple[np.ndarray, list[float | None]]:
+    """Noise windows [m, 3, L] (Z first) with, on a random `BROADBAND_SHARE` of them, coloured noise with a
+    microseism peak (`synthetic.background_noise`, broadband response) added at `BROADBAND_RATIO` times the
+    window's vertical RMS, on every component that is not zero. The sprit sensors are short-period: without this,
+    energy below 1 Hz is seen only in earthquakes (the distant events) and becomes their cue, and a broadband
+    station's microseism-dominated noise is called an earthquake. Returns the windows and the ratios (None where
+    nothing was added)."""
+    from quakemon.data.synthetic import SyntheticConfig, background_noise
+
+    x = np.asarray(x, dtype=np.float64)
+    chosen = np.flatnonzero(rng.random(len(x)) < BROADBAND_SHARE)
+    ratios: list[float | None] = [None] * len(x)
+    if chosen.size:
+        cfg = SyntheticConfig(microseism_ratio_range=(0.3, 300.0), noise_exponent_range=(0.0, 3.0))
+        bg, _ = background_noise(chosen.size, x.shape[-1], fs, rng, cfg, np.zeros(chosen.size, dtype=bool))
+        r = np.exp(rng.uniform(np.log(BROADBAND_RATIO[0]), np.log(BROADBAND_RATIO[1]), chosen.size))
+        rms = np.sqrt(np.mean(x[chosen, 0] ** 2, axis=-1))
+        live = np.any(x[chosen] != 0, axis=-1, keepdims=True)
+        x[chosen] += bg * (r * rms)[:, None, None] * live
+        for i, ri in zip(chosen, r, strict=True):
+            ratios[i] = round(float(ri), 3)
+    return x, ratios
 
 
 def _drop_horizontals(x: np.ndarray, rows: list[dict[str, Any]], share: float, rng: np.random.Generator
@@ -127,10 +155,13 @@ def sprit_parts(contract: InputContract, base_ckpt, sizes, seed: int, recs=None,
         st = st[(cum[st + n] - cum[st]) == 0]
         hard += [(site, int(x)) for x in st]
         log.info("multisite_hard_negatives", site=site, windows_over_half=int((s.p >= 0.5).sum()), usable=len(st))
-    pick = rng.permutation(len(hard))[: sizes.hard_negatives]
-    for i in pick:
-        site, s0 = hard[i]
-        add(sites[site][1][None, 0, s0 : s0 + n], 0, [{"label": "noise", "part": "hard_negative", "site": site}])
+    pick = [hard[i] for i in rng.permutation(len(hard))[: sizes.hard_negatives]]
+    if pick:
+        x = np.zeros((len(pick), 3, n))
+        x[:, 0] = [sites[site][1][0, s0 : s0 + n] for site, s0 in pick]
+        x, ratios = _broadband(x, fs, rng)
+        add(x, 0, [{"label": "noise", "part": "hard_negative", "site": site, "broadband": r}
+                   for (site, _), r in zip(pick, ratios, strict=True)])
 
     def starts(total: int, length: int) -> list[tuple[str, np.ndarray]]:
         """`total` random windows of `length`, shared among the sites by their number of usable starts."""
@@ -140,12 +171,15 @@ def sprit_parts(contract: InputContract, base_ckpt, sizes, seed: int, recs=None,
 
     # random noise (3C, half vertical-only) and vertical noise with transients
     for site, st in starts(sizes.noise, n):
-        x = sprit_noise.cut(sites[site][1], st, n)
-        rows = [{"label": "noise", "part": "noise", "site": site} for _ in range(len(x))]
-        add(_drop_horizontals(x, rows, NOISE_Z_ONLY, rng), 0, rows)
+        rows = [{"label": "noise", "part": "noise", "site": site} for _ in range(len(st))]
+        x, ratios = _broadband(_drop_horizontals(sprit_noise.cut(sites[site][1], st, n), rows, NOISE_Z_ONLY, rng),
+                               fs, rng)
+        add(x, 0, [{**row, "broadband": r} for row, r in zip(rows, ratios, strict=True)])
     for site, st in starts(sizes.transients, n):
-        zt, names = with_transients(sprit_noise.cut(sites[site][1], st, n)[:, 0].astype(np.float64), fs, rng)
-        add(zt, 0, [{"label": "noise", "part": "transient", "artefact": a, "site": site} for a in names])
+        x, ratios = _broadband(sprit_noise.cut(sites[site][1], st, n), fs, rng)
+        zt, names = with_transients(x[:, 0], fs, rng)
+        add(zt, 0, [{"label": "noise", "part": "transient", "artefact": a, "site": site, "broadband": r}
+                    for a, r in zip(names, ratios, strict=True)])
     if sizes.microseism:
         add(*microseism_noise(sizes.microseism, n, fs, rng))
 
@@ -154,27 +188,29 @@ def sprit_parts(contract: InputContract, base_ckpt, sizes, seed: int, recs=None,
     i = 0
     for site, st in starts(sizes.distant, n + pre):
         rows, xs = [], []
-        for s0 in st:
+        segments, ratios = _broadband(np.stack([sites[site][1][:, s0 : s0 + n + pre] for s0 in st]), fs, rng)
+        for seg, ratio in zip(segments, ratios, strict=True):
             kind = KINDS[i % len(KINDS)]
             i += 1
             p_in = rng.uniform(-15 * fs, n - 2 * fs)
             snr = float(np.exp(rng.uniform(np.log(1.5), np.log(50.0))))
-            y, info = add_distant_event(sites[site][1][:, s0 : s0 + n + pre], kind, pre + p_in, fs, snr, rng)
+            y, info = add_distant_event(seg, kind, pre + p_in, fs, snr, rng)
             xs.append(y[:, pre:])
             rows.append({"label": "earthquake", "part": "distant", "site": site, "p_sample": round(float(p_in), 1),
-                         **info})
+                         "broadband": ratio, **info})
         add(_drop_horizontals(np.stack(xs), rows, EVENT_Z_ONLY, rng), 1, rows)
 
     # local events over the sites' noise
     for site, st in starts(sizes.local, n):
         rows, xs = [], []
-        for s0 in st:
+        segments, ratios = _broadband(sprit_noise.cut(sites[site][1], st, n), fs, rng)
+        for seg, ratio in zip(segments, ratios, strict=True):
             onset = rng.uniform(0, n - fs)
             mag, dist = rng.uniform(0.5, 4.0), float(np.exp(rng.uniform(np.log(5.0), np.log(150.0))))
             snr = float(np.exp(rng.uniform(np.log(1.5), np.log(50.0))))
-            xs.append(synthesize_event_trace(sites[site][1][:, s0 : s0 + n], onset, mag, dist, rng, snr=snr,
-                                             component_order="ZNE", sampling_rate=fs))
+            xs.append(synthesize_event_trace(seg, onset, mag, dist, rng, snr=snr, component_order="ZNE",
+                                             sampling_rate=fs))
             rows.append({"label": "earthquake", "part": "local", "site": site, "p_sample": round(float(onset), 1),
-                         "magnitude": mag, "distance_km": dist, "snr": snr})
+                         "magnitude": mag, "distance_km": dist, "snr": snr, "broadband": ratio})
         add(_drop_horizontals(np.stack(xs), rows, EVENT_Z_ONLY, rng), 1, rows)
     return np.concatenate(waves), np.concatenate(labels), meta

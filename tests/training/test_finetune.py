@@ -99,8 +99,12 @@ def test_multisite_parts_come_from_the_training_sites_only_and_keep_events_out_o
     assert vertical_only[np.isin(parts, ["hard_negative", "transient", "microseism"])].all()
     assert vertical_only[parts == "noise"].any() and not vertical_only[parts == "noise"].all()
     assert np.array_equal(vertical_only, [m.get("z_only", True) for m in meta])
-    quiet = np.isin(parts, ["hard_negative", "noise"])
-    assert np.abs(waves[quiet]).max() < 5000, "noise windows must stay away from the event"
+    plain = np.array([m.get("broadband", 0) is None for m in meta])
+    quiet = np.isin(parts, ["hard_negative", "noise"]) & plain
+    assert quiet.sum() > 20 and np.abs(waves[quiet]).max() < 5000, "noise windows must stay away from the event"
+    for cls in (0, 1):  # the broadband background goes to both classes alike
+        mixed = np.array([m.get("broadband") is not None for m in meta]) & (labels == cls)
+        assert 0.2 < mixed.sum() / (labels == cls).sum() < 0.8 or cls == 0 and mixed.sum() > 30
     with pytest.raises(ValueError, match="training sites"):
         multisite.sprit_parts(contract, None, sizes, 1, recs=sprit_noise.recordings("validation"), wheel=wheel)
 
