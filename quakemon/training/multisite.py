@@ -38,34 +38,44 @@ log = structlog.get_logger(__name__)
 #: "vertical-only" stays about equally common in both classes (otherwise it would become a cue for noise).
 NOISE_Z_ONLY = 0.5
 EVENT_Z_ONLY = 0.75
-#: Share of the sprit noise (both classes, before any event is added) given a synthetic broadband background,
-#: and the range of that background's RMS relative to the window's own (log-uniform).
+#: Conditioning of the sprit noise (both classes alike, before any event is added). The sprit sensors are
+#: short-period and their noise is mostly above 10 Hz with nothing below 0.5 Hz, while a broadband station's noise
+#: is mostly microseism with little above 10 Hz. Left as it is, "energy below 10 Hz and little above" is seen only
+#: in earthquakes and becomes their cue, and a broadband station's noise is called an earthquake. So a share of
+#: windows is low-passed (Butterworth, corner log-uniform in `LOWPASS_HZ`, order 2 or 4) and a share gets a
+#: synthetic background of coloured noise with a 0.1-0.8 Hz microseism peak at `BROADBAND_RATIO` (log-uniform)
+#: times the window's vertical RMS.
+LOWPASS_SHARE = 0.5
+LOWPASS_HZ = (1.5, 12.0)
 BROADBAND_SHARE = 0.5
 BROADBAND_RATIO = (0.3, 30.0)
 
 
-def _broadband(x: np.ndarray, fs: float, rng: np.random.Generator) -> tuple[np.ndarray, list[float | None]]:
-    """Noise windows [m, 3, L] (Z first) with, on a random `BROADBAND_SHARE` of them, coloured noise with a
-    microseism peak (`synthetic.background_noise`, broadband response) added at `BROADBAND_RATIO` times the
-    window's vertical RMS, on every component that is not zero. The sprit sensors are short-period: without this,
-    energy below 1 Hz is seen only in earthquakes (the distant events) and becomes their cue, and a broadband
-    station's microseism-dominated noise is called an earthquake. Returns the windows and the ratios (None where
-    nothing was added)."""
+def _broadband(x: np.ndarray, fs: float, rng: np.random.Generator) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Noise windows [m, 3, L] (Z first) conditioned as above; zero components stay zero. Returns the windows and,
+    per window, what was done (meta: ``lowpass_hz``, ``broadband``; None where not done)."""
+    from scipy.signal import butter, sosfiltfilt
+
     from quakemon.data.synthetic import SyntheticConfig, background_noise
 
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64).copy()
+    info: list[dict[str, Any]] = [{"lowpass_hz": None, "broadband": None} for _ in range(len(x))]
+    live = np.any(x != 0, axis=-1, keepdims=True)
+    for i in np.flatnonzero(rng.random(len(x)) < LOWPASS_SHARE):
+        fc = float(np.exp(rng.uniform(np.log(LOWPASS_HZ[0]), np.log(LOWPASS_HZ[1]))))
+        x[i] = sosfiltfilt(butter(int(rng.choice([2, 4])), fc, btype="low", fs=fs, output="sos"), x[i], axis=-1)
+        info[i]["lowpass_hz"] = round(fc, 2)
     chosen = np.flatnonzero(rng.random(len(x)) < BROADBAND_SHARE)
-    ratios: list[float | None] = [None] * len(x)
     if chosen.size:
-        cfg = SyntheticConfig(microseism_ratio_range=(0.3, 300.0), noise_exponent_range=(0.0, 3.0))
+        cfg = SyntheticConfig(microseism_ratio_range=(0.3, 300.0), noise_exponent_range=(0.0, 3.0),
+                              microseism_hz_range=(0.1, 0.8))
         bg, _ = background_noise(chosen.size, x.shape[-1], fs, rng, cfg, np.zeros(chosen.size, dtype=bool))
         r = np.exp(rng.uniform(np.log(BROADBAND_RATIO[0]), np.log(BROADBAND_RATIO[1]), chosen.size))
         rms = np.sqrt(np.mean(x[chosen, 0] ** 2, axis=-1))
-        live = np.any(x[chosen] != 0, axis=-1, keepdims=True)
-        x[chosen] += bg * (r * rms)[:, None, None] * live
+        x[chosen] += bg * (r * rms)[:, None, None]
         for i, ri in zip(chosen, r, strict=True):
-            ratios[i] = round(float(ri), 3)
-    return x, ratios
+            info[i]["broadband"] = round(float(ri), 3)
+    return x * live, info
 
 
 def _drop_horizontals(x: np.ndarray, rows: list[dict[str, Any]], share: float, rng: np.random.Generator
@@ -160,7 +170,7 @@ def sprit_parts(contract: InputContract, base_ckpt, sizes, seed: int, recs=None,
         x = np.zeros((len(pick), 3, n))
         x[:, 0] = [sites[site][1][0, s0 : s0 + n] for site, s0 in pick]
         x, ratios = _broadband(x, fs, rng)
-        add(x, 0, [{"label": "noise", "part": "hard_negative", "site": site, "broadband": r}
+        add(x, 0, [{"label": "noise", "part": "hard_negative", "site": site, **r}
                    for (site, _), r in zip(pick, ratios, strict=True)])
 
     def starts(total: int, length: int) -> list[tuple[str, np.ndarray]]:
@@ -174,11 +184,11 @@ def sprit_parts(contract: InputContract, base_ckpt, sizes, seed: int, recs=None,
         rows = [{"label": "noise", "part": "noise", "site": site} for _ in range(len(st))]
         x, ratios = _broadband(_drop_horizontals(sprit_noise.cut(sites[site][1], st, n), rows, NOISE_Z_ONLY, rng),
                                fs, rng)
-        add(x, 0, [{**row, "broadband": r} for row, r in zip(rows, ratios, strict=True)])
+        add(x, 0, [{**row, **r} for row, r in zip(rows, ratios, strict=True)])
     for site, st in starts(sizes.transients, n):
         x, ratios = _broadband(sprit_noise.cut(sites[site][1], st, n), fs, rng)
         zt, names = with_transients(x[:, 0], fs, rng)
-        add(zt, 0, [{"label": "noise", "part": "transient", "artefact": a, "site": site, "broadband": r}
+        add(zt, 0, [{"label": "noise", "part": "transient", "artefact": a, "site": site, **r}
                     for a, r in zip(names, ratios, strict=True)])
     if sizes.microseism:
         add(*microseism_noise(sizes.microseism, n, fs, rng))
@@ -197,7 +207,7 @@ def sprit_parts(contract: InputContract, base_ckpt, sizes, seed: int, recs=None,
             y, info = add_distant_event(seg, kind, pre + p_in, fs, snr, rng)
             xs.append(y[:, pre:])
             rows.append({"label": "earthquake", "part": "distant", "site": site, "p_sample": round(float(p_in), 1),
-                         "broadband": ratio, **info})
+                         **ratio, **info})
         add(_drop_horizontals(np.stack(xs), rows, EVENT_Z_ONLY, rng), 1, rows)
 
     # local events over the sites' noise
@@ -211,6 +221,6 @@ def sprit_parts(contract: InputContract, base_ckpt, sizes, seed: int, recs=None,
             xs.append(synthesize_event_trace(seg, onset, mag, dist, rng, snr=snr, component_order="ZNE",
                                              sampling_rate=fs))
             rows.append({"label": "earthquake", "part": "local", "site": site, "p_sample": round(float(onset), 1),
-                         "magnitude": mag, "distance_km": dist, "snr": snr, "broadband": ratio})
+                         "magnitude": mag, "distance_km": dist, "snr": snr, **ratio})
         add(_drop_horizontals(np.stack(xs), rows, EVENT_Z_ONLY, rng), 1, rows)
     return np.concatenate(waves), np.concatenate(labels), meta

@@ -99,7 +99,7 @@ def test_multisite_parts_come_from_the_training_sites_only_and_keep_events_out_o
     assert vertical_only[np.isin(parts, ["hard_negative", "transient", "microseism"])].all()
     assert vertical_only[parts == "noise"].any() and not vertical_only[parts == "noise"].all()
     assert np.array_equal(vertical_only, [m.get("z_only", True) for m in meta])
-    plain = np.array([m.get("broadband", 0) is None for m in meta])
+    plain = np.array([m.get("broadband", 0) is None and m.get("lowpass_hz", 0) is None for m in meta])
     quiet = np.isin(parts, ["hard_negative", "noise"]) & plain
     assert quiet.sum() > 20 and np.abs(waves[quiet]).max() < 5000, "noise windows must stay away from the event"
     for cls in (0, 1):  # the broadband background goes to both classes alike
