@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,7 @@ def finetune(day: str | None, output: str | Path, init: str | Path | None = None
     data = finetune_data(day, contract, base, sizes, seed, noise)
     log.info("finetune_data", counts=data.counts(), day=day, noise=noise)
     source = "--noise sprit" if noise == "sprit" else f"--day {day}"
+    source += "".join(f" --size {k}={v}" for k, v in sizes.__dict__.items() if v != getattr(FinetuneSizes(), k))
     arch = base.provenance.get("train_config", {})
     cfg = TrainConfig(backbone=arch.get("backbone", "TINY"), depth=int(arch.get("depth", 4)), epochs=epochs,
                       batch_size=64, lr=lr, warmup_fraction=0.1, component_dropout=0.3, seed=seed,
@@ -246,12 +247,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--precision", default="fp32", help="bf16 only on CPUs with native bf16 (or CUDA)")
+    parser.add_argument("--size", action="append", default=[], metavar="PART=N",
+                        help=f"windows of one part (repeatable; parts: {', '.join(FinetuneSizes().__dict__)})")
     args = parser.parse_args(argv)
+    try:
+        sizes = replace(FinetuneSizes(), **{k: int(v) for k, v in (item.split("=", 1) for item in args.size)})
+    except (TypeError, ValueError) as exc:
+        parser.error(f"--size: {exc}")
     if (args.noise == "day") != (args.day is not None):
         parser.error("give --day with --noise day (the default), and no --day with --noise sprit")
     configure_logging("info", "console")
     result = finetune(args.day, args.output, args.init, epochs=args.epochs, lr=args.lr, precision=args.precision,
-                      progress=sys.stderr.isatty(), noise=args.noise)
+                      progress=sys.stderr.isatty(), noise=args.noise, sizes=sizes)
     print(json.dumps({"checkpoint": str(result.checkpoint), "sha256": result.sha256, "best_epoch": result.best_epoch,
                       "val": result.best}, indent=2))
     return 0

@@ -116,3 +116,12 @@ def test_the_cli_wants_a_day_for_day_noise_and_none_for_sprit():
         with pytest.raises(SystemExit) as exc:
             finetune.main(argv)
         assert exc.value.code == 2
+
+
+def test_the_cli_refuses_an_unknown_or_malformed_size():
+    import pytest
+
+    for size in ("bogus=3", "distant=x", "distant"):
+        with pytest.raises(SystemExit) as exc:
+            finetune.main(["--noise", "sprit", "--output", "x", "--size", size])
+        assert exc.value.code == 2
