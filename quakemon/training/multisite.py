@@ -19,6 +19,10 @@ Noise windows are taken only away from each recording's first and last minute (t
 10 s before to 30 s after each classic STA/LTA trigger, so a real event cannot be taught as noise. Windows are
 shared among the sites in proportion to their usable length. `finetune.finetune_data` adds the bundled recipe's
 windows (replay) and the band limiting, as for a noise day.
+
+With the distant events in the set, quiet broadband stations' microseism-dominated noise comes out as earthquakes
+(the sprit sensors are short-period, so only the events show energy below a few Hz); `--size distant=0` leaves them
+out (docs/detection-quality.md has the measurements).
 """
 
 from __future__ import annotations
