@@ -5,8 +5,9 @@
 
 Counts false detections per station-day on each noise day (`quakemon.data.noise_days`), recall on the real P
 catalogue (`quakemon.data.realdata.local_events`) and on synthetic regional/teleseismic events over the real noise
-of `--events-day`, with threshold sweeps; prints the markdown tables. The model's probabilities on a noise day
-are cached per checkpoint (`quakemon.training.continuous.day_series`). Torch uses at most two threads.
+of `--events-day`, with threshold sweeps (`--sprit-sites`: false detections on the held-out sprit sites of
+`quakemon.data.sprit_noise` too); prints the markdown tables. The model's probabilities on a noise day are cached
+per checkpoint (`quakemon.training.continuous.day_series`). Torch uses at most two threads.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-day", default="UV10", choices=["UV05", "UV10", "none"])
     parser.add_argument("--n-per-kind", type=int, default=40)
     parser.add_argument("--no-real", action="store_true", help="leave out the real P catalogue")
+    parser.add_argument("--sprit-sites", action="store_true",
+                        help="also count false detections on the sprit validation sites (vertical-only and 3-C)")
     parser.add_argument("--on", type=float, default=0.7)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -40,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = load_checkpoint(resolve_checkpoint(args.model))
     noise = {d: load_day(d) for d in args.days}
     series = {d: cont.day_series(ckpt, d) for d in args.days}
+    if args.sprit_sites:
+        more, more_series = sprit_validation(ckpt)
+        noise.update(more)
+        series.update(more_series)
     events = [] if args.no_real else cont.real_event_records(ckpt.contract.sampling_rate)
     if args.events_day != "none":
         events += cont.synthetic_event_records(load_day(args.events_day), args.n_per_kind)
@@ -52,6 +59,28 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(out, fh, indent=1, default=float)
     return 0
+
+
+def sprit_validation(ckpt):
+    """Streams and model probabilities of the sprit validation sites (never trained on), each as a vertical-only
+    ("sprit:SiteNN:Z") and a three-component ("sprit:SiteNN:ZNE") station, at the model's rate from t = 0."""
+    from obspy import Stream, Trace, UTCDateTime
+
+    from quakemon.data import sprit_noise
+    from quakemon.training.multisite import site_series
+
+    fs = ckpt.contract.sampling_rate
+    streams, series = {}, {}
+    for rec in sprit_noise.recordings("validation"):
+        data = sprit_noise.load(rec, fs)
+        net, sta = rec.station.split(".")
+        for comps in ("Z", "ZNE"):
+            name = f"sprit:{rec.site}:{comps}"
+            streams[name] = Stream([Trace(data[i], {"network": net, "station": sta, "location": "00",
+                                                    "channel": f"HH{c}", "sampling_rate": fs,
+                                                    "starttime": UTCDateTime(0)}) for i, c in enumerate(comps)])
+            series[name] = {f"{net}.{sta}.00": site_series(ckpt, rec, data, fs, components=comps)}
+    return streams, series
 
 
 if __name__ == "__main__":

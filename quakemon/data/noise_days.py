@@ -50,20 +50,27 @@ def cache_dir() -> Path:
 
 def fetch_wheel(cache: Path | None = None, timeout_s: float = 300.0) -> Path:
     """The msnoise wheel in the cache, downloaded by name with pip (no dependencies) when it is not there yet."""
+    return fetch_package_wheel(MSNOISE_REQUIREMENT, MSNOISE_WHEEL, cache, timeout_s)
+
+
+def fetch_package_wheel(requirement: str, wheel_name: str, cache: Path | None = None,
+                        timeout_s: float = 300.0) -> Path:
+    """Wheel `wheel_name` in the cache's ``wheels`` folder, fetched with ``pip download --no-deps requirement``
+    when it is not there yet."""
     folder = (cache or cache_dir()) / "wheels"
-    wheel = folder / MSNOISE_WHEEL
+    wheel = folder / wheel_name
     if wheel.is_file():
         return wheel
     folder.mkdir(parents=True, exist_ok=True)
-    log.info("noise_day_fetch", requirement=MSNOISE_REQUIREMENT, folder=str(folder))
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", MSNOISE_REQUIREMENT,
+    log.info("wheel_fetch", requirement=requirement, folder=str(folder))
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", requirement,
            "-d", str(folder)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
-        raise QuakemonError(f"pip download {MSNOISE_REQUIREMENT} did not finish in {timeout_s:.0f} s") from None
+        raise QuakemonError(f"pip download {requirement} did not finish in {timeout_s:.0f} s") from None
     if proc.returncode != 0 or not wheel.is_file():
-        raise QuakemonError(f"pip download {MSNOISE_REQUIREMENT} failed (rc {proc.returncode}): "
+        raise QuakemonError(f"pip download {requirement} failed (rc {proc.returncode}): "
                             f"{proc.stderr.strip()[-500:]}")
     return wheel
 

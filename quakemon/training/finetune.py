@@ -1,6 +1,7 @@
 """Fine-tune a checkpoint on one real noise day: hard negatives, transients and distant events over real noise.
 
     python -m quakemon.training.finetune --day UV05 --output /tmp/ft.safetensors   # then evaluate on UV10
+    python -m quakemon.training.finetune --noise sprit --output /tmp/ms.safetensors  # many sites, no msnoise day
 
 Starting from an existing checkpoint's weights (by default the bundled model), the training set is:
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +85,37 @@ def _z_only(z: np.ndarray, contract: InputContract) -> np.ndarray:
     return out
 
 
+def with_transients(z: np.ndarray, fs: float, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """Vertical noise windows [m, N], z-scored, each with one transient (spike, glitch, step or cultural burst)."""
+    from quakemon.data.artefacts import add_cultural_bursts, add_glitches, add_spikes, add_steps
+
+    zt = (z - z.mean(1, keepdims=True)) / (z.std(1, keepdims=True) + 1e-12)
+    zt = zt[:, None, :].astype(np.float32)
+    kinds = rng.integers(0, 4, len(zt))
+    for k, fn in enumerate((add_spikes, add_glitches, add_steps, add_cultural_bursts)):
+        sel = np.flatnonzero(kinds == k)
+        if sel.size:
+            sub = zt[sel]
+            fn(sub, fs, rng)
+            zt[sel] = sub
+    names = ("spike", "glitch", "step", "cultural")
+    return zt[:, 0], [names[k] for k in kinds]
+
+
+def microseism_noise(m: int, n: int, fs: float, rng: np.random.Generator
+                     ) -> tuple[np.ndarray, int, list[dict[str, Any]]]:
+    """m synthetic microseism-dominated vertical noise windows [m, N], their label (noise) and meta rows."""
+    from quakemon.data.synthetic import SyntheticConfig, background_noise
+
+    cfg = SyntheticConfig(microseism_ratio_range=(3.0, 300.0), noise_exponent_range=(0.0, 3.0))
+    bg, info = background_noise(m, n, fs, rng, cfg, np.zeros(m, dtype=bool))
+    return bg[:, 0], 0, [{"label": "noise", "part": "microseism", "microseism_ratio": float(r)}
+                         for r in info["microseism_ratio"]]
+
+
 def day_parts(day: str, contract: InputContract, base_ckpt, sizes: FinetuneSizes, seed: int
               ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """The noise-day windows of the fine-tuning set: waveforms [m, C, N], labels [m], meta."""
-    from quakemon.data.artefacts import add_cultural_bursts, add_glitches, add_spikes, add_steps
     from quakemon.data.distant import KINDS, add_distant_event
     from quakemon.data.noise_days import load_day
     from quakemon.data.synthetic import synthesize_event_trace
@@ -124,18 +152,8 @@ def day_parts(day: str, contract: InputContract, base_ckpt, sizes: FinetuneSizes
     s = _clean_starts(cum, n, rng, sizes.noise + sizes.transients)
     z = x[s[:, None] + np.arange(n)]
     add(z[: sizes.noise], 0, [{"label": "noise", "part": "noise", "day": day}] * sizes.noise)
-    zt = z[sizes.noise :]
-    zt = (zt - zt.mean(1, keepdims=True)) / (zt.std(1, keepdims=True) + 1e-12)
-    zt = zt[:, None, :].astype(np.float32)
-    kinds = rng.integers(0, 4, len(zt))
-    for k, fn in enumerate((add_spikes, add_glitches, add_steps, add_cultural_bursts)):
-        sel = np.flatnonzero(kinds == k)
-        if sel.size:
-            sub = zt[sel]
-            fn(sub, fs, rng)
-            zt[sel] = sub
-    names = ("spike", "glitch", "step", "cultural")
-    add(zt[:, 0], 0, [{"label": "noise", "part": "transient", "artefact": names[k], "day": day} for k in kinds])
+    zt, names = with_transients(z[sizes.noise :], fs, rng)
+    add(zt, 0, [{"label": "noise", "part": "transient", "artefact": a, "day": day} for a in names])
 
     # distant events: a 45 s noise segment, P at 30 s + offset, the window cut from 30 s on (P may precede it)
     pre = int(30 * fs)
@@ -152,12 +170,7 @@ def day_parts(day: str, contract: InputContract, base_ckpt, sizes: FinetuneSizes
 
     # microseism-dominated noise (synthetic, quiet stations' typical spectrum: the training day may not show it)
     if sizes.microseism:
-        from quakemon.data.synthetic import SyntheticConfig, background_noise
-
-        cfg = SyntheticConfig(microseism_ratio_range=(3.0, 300.0), noise_exponent_range=(0.0, 3.0))
-        bg, info = background_noise(sizes.microseism, n, fs, rng, cfg, np.zeros(sizes.microseism, dtype=bool))
-        add(bg[:, 0], 0, [{"label": "noise", "part": "microseism", "microseism_ratio": float(r)}
-                          for r in info["microseism_ratio"]])
+        add(*microseism_noise(sizes.microseism, n, fs, rng))
 
     # local events over the day's noise
     s = _clean_starts(cum, n, rng, sizes.local)
@@ -174,14 +187,22 @@ def day_parts(day: str, contract: InputContract, base_ckpt, sizes: FinetuneSizes
     return np.concatenate(waves), np.concatenate(labels), meta
 
 
-def finetune_data(day: str, contract: InputContract, base_ckpt, sizes: FinetuneSizes = FinetuneSizes(),
-                  seed: int = FINETUNE_SEED):
-    """The whole fine-tuning set (see the module docstring) as LabelledWaveforms."""
+def finetune_data(day: str | None, contract: InputContract, base_ckpt, sizes: FinetuneSizes = FinetuneSizes(),
+                  seed: int = FINETUNE_SEED, noise: str = "day"):
+    """The whole fine-tuning set as LabelledWaveforms: the replay windows plus the noise day's windows
+    (`noise="day"`, see the module docstring) or the multi-site windows (`noise="sprit"`, `training.multisite`)."""
     from quakemon.data.datasets import LabelledWaveforms
     from quakemon.training.bundle import band_limit, training_data
 
     base = training_data(contract, sizes.replay, seed)
-    waves, labels, meta = day_parts(day, contract, base_ckpt, sizes, seed + 1)
+    if noise == "sprit":
+        from quakemon.training.multisite import sprit_parts
+
+        waves, labels, meta = sprit_parts(contract, base_ckpt, sizes, seed + 1)
+    elif noise == "day" and day:
+        waves, labels, meta = day_parts(day, contract, base_ckpt, sizes, seed + 1)
+    else:
+        raise ValueError(f"noise={noise!r} (day={day!r}): expected noise='sprit', or noise='day' with a day")
     rng = np.random.default_rng(seed + 2)
     band_limit(waves, meta, contract.sampling_rate, rng, fraction=0.35, corner_hz=(7.0, 32.0))
     meta = [dict(m) for m in meta]
@@ -189,42 +210,55 @@ def finetune_data(day: str, contract: InputContract, base_ckpt, sizes: FinetuneS
                              list(base.label_names), list(base.meta) + meta)
 
 
-def finetune(day: str, output: str | Path, init: str | Path | None = None, *, epochs: int = 3, lr: float = 1e-4,
-             sizes: FinetuneSizes = FinetuneSizes(), seed: int = FINETUNE_SEED, precision: str = "fp32",
-             progress: bool = False):
-    """Fine-tune `init` (default: the bundled model) on noise day `day`; writes `output`, returns the TrainResult."""
+def finetune(day: str | None, output: str | Path, init: str | Path | None = None, *, epochs: int = 3,
+             lr: float = 1e-4, sizes: FinetuneSizes = FinetuneSizes(), seed: int = FINETUNE_SEED,
+             precision: str = "fp32", progress: bool = False, noise: str = "day"):
+    """Fine-tune `init` (default: the bundled model) on noise day `day` (`noise="day"`) or on the multi-site noise
+    (`noise="sprit"`, no day); writes `output`, returns the TrainResult."""
     from quakemon.models.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
     from quakemon.training.train import TrainConfig, train
 
     init = Path(init or BUNDLED_CHECKPOINT)
     base = load_checkpoint(init)
     contract = base.contract
-    data = finetune_data(day, contract, base, sizes, seed)
-    log.info("finetune_data", counts=data.counts(), day=day)
+    data = finetune_data(day, contract, base, sizes, seed, noise)
+    log.info("finetune_data", counts=data.counts(), day=day, noise=noise)
+    source = "--noise sprit" if noise == "sprit" else f"--day {day}"
+    source += "".join(f" --size {k}={v}" for k, v in sizes.__dict__.items() if v != getattr(FinetuneSizes(), k))
     arch = base.provenance.get("train_config", {})
     cfg = TrainConfig(backbone=arch.get("backbone", "TINY"), depth=int(arch.get("depth", 4)), epochs=epochs,
                       batch_size=64, lr=lr, warmup_fraction=0.1, component_dropout=0.3, seed=seed,
                       precision=precision, val_fraction=0.1, init_checkpoint=str(init))
     return train(data, contract, cfg, output, progress=progress, provenance={
-        "data": f"training.finetune.finetune_data(day={day!r}, sizes={sizes}, seed={seed})",
+        "data": f"training.finetune.finetune_data(day={day!r}, sizes={sizes}, seed={seed}, noise={noise!r})",
         "init": {"path": init.name, "sha256": base.sha256},
-        "command": f"python -m quakemon.training.finetune --day {day}"})
+        "command": f"python -m quakemon.training.finetune {source} --epochs {epochs}"})
 
 
 def main(argv: list[str] | None = None) -> int:
     from quakemon.base.logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m quakemon.training.finetune")
-    parser.add_argument("--day", choices=("UV05", "UV10"), required=True, help="noise day to train on")
+    parser.add_argument("--day", choices=("UV05", "UV10"), default=None, help="noise day to train on")
+    parser.add_argument("--noise", choices=("day", "sprit"), default="day",
+                        help="day: one msnoise day (--day); sprit: the multi-site noise, no msnoise day")
     parser.add_argument("--output", "-o", required=True)
     parser.add_argument("--init", default=None, help="checkpoint to start from (default: the bundled model)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--precision", default="fp32", help="bf16 only on CPUs with native bf16 (or CUDA)")
+    parser.add_argument("--size", action="append", default=[], metavar="PART=N",
+                        help=f"windows of one part (repeatable; parts: {', '.join(FinetuneSizes().__dict__)})")
     args = parser.parse_args(argv)
+    try:
+        sizes = replace(FinetuneSizes(), **{k: int(v) for k, v in (item.split("=", 1) for item in args.size)})
+    except (TypeError, ValueError) as exc:
+        parser.error(f"--size: {exc}")
+    if (args.noise == "day") != (args.day is not None):
+        parser.error("give --day with --noise day (the default), and no --day with --noise sprit")
     configure_logging("info", "console")
     result = finetune(args.day, args.output, args.init, epochs=args.epochs, lr=args.lr, precision=args.precision,
-                      progress=sys.stderr.isatty())
+                      progress=sys.stderr.isatty(), noise=args.noise, sizes=sizes)
     print(json.dumps({"checkpoint": str(result.checkpoint), "sha256": result.sha256, "best_epoch": result.best_epoch,
                       "val": result.best}, indent=2))
     return 0

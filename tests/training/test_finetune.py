@@ -51,3 +51,77 @@ def test_training_warns_when_the_model_would_skip_vertical_only_stations():
     assert "component_dropout is 0" in z_only_warning(InputContract(), 0.0)
     assert "does not list Z" in z_only_warning(InputContract(), 0.3)
     assert z_only_warning(InputContract(component_order="Z"), 0.0) is None  # a Z-only model serves Z stations
+
+
+def test_multisite_parts_come_from_the_training_sites_only_and_keep_events_out_of_the_noise(tmp_path):
+    import zipfile
+
+    import pytest
+
+    from quakemon.data import sprit_noise
+    from quakemon.training import multisite
+
+    fs, seconds = 128.0, 900
+    rng = np.random.default_rng(0)
+    recs = (sprit_noise.SpritRecording("SiteA", "TR.AAA01", "sprit/a.MSEED", "train"),
+            sprit_noise.SpritRecording("SiteB", "TR.BBB01", "sprit/b.MSEED", "train"))
+    wheel = tmp_path / sprit_noise.SPRIT_WHEEL
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for rec in recs:
+            data = rng.normal(0, 300, (3, int(seconds * fs)))
+            t = np.arange(512) / fs
+            data[:, int(450 * fs) : int(450 * fs) + 512] += 30000 * np.sin(2 * np.pi * 6 * t) * np.exp(-t)  # "event"
+            net, sta = rec.station.split(".")
+            st = Stream([Trace(data[i], {"network": net, "station": sta, "channel": f"HH{c}", "sampling_rate": fs,
+                                         "starttime": T0}) for i, c in enumerate("ZNE")])
+            st.write(str(tmp_path / "x.mseed"), format="MSEED", encoding="FLOAT64")
+            zf.write(tmp_path / "x.mseed", rec.member)
+
+    def series(ckpt, rec, data, fs):  # the model "fires" on clean noise at 100-130 s and on the event
+        starts = np.arange(0, data.shape[1] / fs - 20, 1.0)
+        p = np.zeros(starts.size)
+        p[100:130] = 0.97
+        p[440:452] = 0.99
+        return continuous.Series(starts, starts + 20, p)
+
+    contract = InputContract(component_sets=("Z",))
+    sizes = finetune.FinetuneSizes(replay=0, hard_negatives=1000, noise=40, transients=12, distant=10, local=8,
+                                   microseism=5)
+    waves, labels, meta = multisite.sprit_parts(contract, None, sizes, 1, recs=recs, wheel=wheel, series_fn=series)
+    parts = np.array([m["part"] for m in meta])
+    assert waves.shape == (len(labels), 3, 2000) and len(meta) == len(labels) and np.isfinite(waves).all()
+    counts = {p: int((parts == p).sum()) for p in set(parts)}
+    assert counts == {"hard_negative": 60, "noise": 40, "transient": 12, "microseism": 5, "distant": 10, "local": 8}
+    assert set(labels[np.isin(parts, ["hard_negative", "noise", "transient", "microseism"])]) == {0}
+    assert set(labels[np.isin(parts, ["distant", "local"])]) == {1}
+    assert {m["site"] for m in meta if "site" in m} == {"SiteA", "SiteB"}
+    vertical_only = np.all(waves[:, 1:] == 0, axis=(1, 2))
+    assert vertical_only[np.isin(parts, ["hard_negative", "transient", "microseism"])].all()
+    assert vertical_only[parts == "noise"].any() and not vertical_only[parts == "noise"].all()
+    assert np.array_equal(vertical_only, [m.get("z_only", True) for m in meta])
+    plain = np.array([m.get("broadband", 0) is None and m.get("lowpass_hz", 0) is None for m in meta])
+    quiet = np.isin(parts, ["hard_negative", "noise"]) & plain
+    assert quiet.sum() > 20 and np.abs(waves[quiet]).max() < 5000, "noise windows must stay away from the event"
+    for cls in (0, 1):  # the broadband background goes to both classes alike
+        mixed = np.array([m.get("broadband") is not None for m in meta]) & (labels == cls)
+        assert 0.2 < mixed.sum() / (labels == cls).sum() < 0.8 or cls == 0 and mixed.sum() > 30
+    with pytest.raises(ValueError, match="training sites"):
+        multisite.sprit_parts(contract, None, sizes, 1, recs=sprit_noise.recordings("validation"), wheel=wheel)
+
+
+def test_the_cli_wants_a_day_for_day_noise_and_none_for_sprit():
+    import pytest
+
+    for argv in (["--output", "x"], ["--noise", "sprit", "--day", "UV05", "--output", "x"]):
+        with pytest.raises(SystemExit) as exc:
+            finetune.main(argv)
+        assert exc.value.code == 2
+
+
+def test_the_cli_refuses_an_unknown_or_malformed_size():
+    import pytest
+
+    for size in ("bogus=3", "distant=x", "distant"):
+        with pytest.raises(SystemExit) as exc:
+            finetune.main(["--noise", "sprit", "--output", "x", "--size", size])
+        assert exc.value.code == 2
