@@ -2,6 +2,7 @@
 
     python -m quakemon.training.finetune --day UV05 --output /tmp/ft.safetensors   # then evaluate on UV10
     python -m quakemon.training.finetune --noise sprit --output /tmp/ms.safetensors  # many sites, no msnoise day
+    python -m quakemon.training.finetune --noise sprit --day UV05 --output /tmp/m5.safetensors  # many sites + UV05
 
 Starting from an existing checkpoint's weights (by default the bundled model), the training set is:
 
@@ -157,7 +158,7 @@ def day_parts(day: str, contract: InputContract, base_ckpt, sizes: FinetuneSizes
 
     # distant events: a 45 s noise segment, P at 30 s + offset, the window cut from 30 s on (P may precede it)
     pre = int(30 * fs)
-    s = _clean_starts(cum, n + pre, rng, sizes.distant)
+    s = _clean_starts(cum, n + pre, rng, sizes.distant) if sizes.distant else []
     rows, zs = [], []
     for i, s0 in enumerate(s):
         kind = KINDS[i % len(KINDS)]
@@ -166,14 +167,15 @@ def day_parts(day: str, contract: InputContract, base_ckpt, sizes: FinetuneSizes
         y, info = add_distant_event(x[None, s0 : s0 + n + pre], kind, pre + p_in, fs, snr, rng)
         zs.append(y[0, pre:])
         rows.append({"label": "earthquake", "part": "distant", "p_sample": round(float(p_in), 1), **info})
-    add(np.stack(zs), 1, rows)
+    if zs:
+        add(np.stack(zs), 1, rows)
 
     # microseism-dominated noise (synthetic, quiet stations' typical spectrum: the training day may not show it)
     if sizes.microseism:
         add(*microseism_noise(sizes.microseism, n, fs, rng))
 
     # local events over the day's noise
-    s = _clean_starts(cum, n, rng, sizes.local)
+    s = _clean_starts(cum, n, rng, sizes.local) if sizes.local else []
     rows, zs = [], []
     for s0 in s:
         onset = rng.uniform(0, n - fs)
@@ -183,14 +185,18 @@ def day_parts(day: str, contract: InputContract, base_ckpt, sizes: FinetuneSizes
                                          sampling_rate=fs)[0])
         rows.append({"label": "earthquake", "part": "local", "p_sample": round(float(onset), 1), "magnitude": mag,
                      "distance_km": dist, "snr": snr})
-    add(np.stack(zs), 1, rows)
+    if zs:
+        add(np.stack(zs), 1, rows)
     return np.concatenate(waves), np.concatenate(labels), meta
 
 
 def finetune_data(day: str | None, contract: InputContract, base_ckpt, sizes: FinetuneSizes = FinetuneSizes(),
                   seed: int = FINETUNE_SEED, noise: str = "day"):
     """The whole fine-tuning set as LabelledWaveforms: the replay windows plus the noise day's windows
-    (`noise="day"`, see the module docstring) or the multi-site windows (`noise="sprit"`, `training.multisite`)."""
+    (`noise="day"`, see the module docstring) or the multi-site windows (`noise="sprit"`, `training.multisite`).
+    With `noise="sprit"` and a `day`, that day's real noise is added to the multi-site windows: its hard negatives,
+    random windows and transients at the same sizes (`day_parts` without its events and microseism windows, which
+    the multi-site part already has), so a broadband station's own noise is in the noise class."""
     from quakemon.data.datasets import LabelledWaveforms
     from quakemon.training.bundle import band_limit, training_data
 
@@ -199,10 +205,15 @@ def finetune_data(day: str | None, contract: InputContract, base_ckpt, sizes: Fi
         from quakemon.training.multisite import sprit_parts
 
         waves, labels, meta = sprit_parts(contract, base_ckpt, sizes, seed + 1)
+        if day:
+            day_sizes = replace(sizes, distant=0, local=0, microseism=0)
+            w, lab, m = day_parts(day, contract, base_ckpt, day_sizes, seed + 3)
+            waves, labels, meta = np.concatenate([waves, w]), np.concatenate([labels, lab]), meta + m
     elif noise == "day" and day:
         waves, labels, meta = day_parts(day, contract, base_ckpt, sizes, seed + 1)
     else:
-        raise ValueError(f"noise={noise!r} (day={day!r}): expected noise='sprit', or noise='day' with a day")
+        raise ValueError(f"noise={noise!r} (day={day!r}): expected noise='sprit' (with or without a day), "
+                         "or noise='day' with a day")
     rng = np.random.default_rng(seed + 2)
     band_limit(waves, meta, contract.sampling_rate, rng, fraction=0.35, corner_hz=(7.0, 32.0))
     meta = [dict(m) for m in meta]
@@ -214,7 +225,7 @@ def finetune(day: str | None, output: str | Path, init: str | Path | None = None
              lr: float = 1e-4, sizes: FinetuneSizes = FinetuneSizes(), seed: int = FINETUNE_SEED,
              precision: str = "fp32", progress: bool = False, noise: str = "day"):
     """Fine-tune `init` (default: the bundled model) on noise day `day` (`noise="day"`) or on the multi-site noise
-    (`noise="sprit"`, no day); writes `output`, returns the TrainResult."""
+    (`noise="sprit"`, plus the noise of `day` if given); writes `output`, returns the TrainResult."""
     from quakemon.models.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
     from quakemon.training.train import TrainConfig, train
 
@@ -223,7 +234,7 @@ def finetune(day: str | None, output: str | Path, init: str | Path | None = None
     contract = base.contract
     data = finetune_data(day, contract, base, sizes, seed, noise)
     log.info("finetune_data", counts=data.counts(), day=day, noise=noise)
-    source = "--noise sprit" if noise == "sprit" else f"--day {day}"
+    source = " ".join(["--noise sprit"] * (noise == "sprit") + [f"--day {day}"] * bool(day))
     source += "".join(f" --size {k}={v}" for k, v in sizes.__dict__.items() if v != getattr(FinetuneSizes(), k))
     arch = base.provenance.get("train_config", {})
     cfg = TrainConfig(backbone=arch.get("backbone", "TINY"), depth=int(arch.get("depth", 4)), epochs=epochs,
@@ -241,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quakemon.training.finetune")
     parser.add_argument("--day", choices=("UV05", "UV10"), default=None, help="noise day to train on")
     parser.add_argument("--noise", choices=("day", "sprit"), default="day",
-                        help="day: one msnoise day (--day); sprit: the multi-site noise, no msnoise day")
+                        help="day: one msnoise day (--day); sprit: the multi-site noise, plus the noise of --day "
+                             "if given")
     parser.add_argument("--output", "-o", required=True)
     parser.add_argument("--init", default=None, help="checkpoint to start from (default: the bundled model)")
     parser.add_argument("--epochs", type=int, default=3)
@@ -254,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes = replace(FinetuneSizes(), **{k: int(v) for k, v in (item.split("=", 1) for item in args.size)})
     except (TypeError, ValueError) as exc:
         parser.error(f"--size: {exc}")
-    if (args.noise == "day") != (args.day is not None):
-        parser.error("give --day with --noise day (the default), and no --day with --noise sprit")
+    if args.noise == "day" and args.day is None:
+        parser.error("give --day with --noise day (the default)")
     configure_logging("info", "console")
     result = finetune(args.day, args.output, args.init, epochs=args.epochs, lr=args.lr, precision=args.precision,
                       progress=sys.stderr.isatty(), noise=args.noise, sizes=sizes)

@@ -12,7 +12,8 @@ from quakemon.training import continuous, finetune
 T0 = UTCDateTime("2010-09-01")
 
 
-def test_day_parts_mines_hard_negatives_away_from_sta_lta_triggers(monkeypatch):
+def _fake_day(monkeypatch) -> None:
+    """UV05 as one hour of noise with an "event" at 1800 s; the model "fires" at 100-130 s and on the event."""
     rng = np.random.default_rng(0)
     fs, seconds = 100.0, 3600
     data = rng.normal(0, 300, int(seconds * fs))
@@ -27,6 +28,10 @@ def test_day_parts_mines_hard_negatives_away_from_sta_lta_triggers(monkeypatch):
     monkeypatch.setattr(noise_days, "load_day", lambda day: Stream([tr.copy()]))
     monkeypatch.setattr(continuous, "day_series", lambda ckpt, day: {"YA.UV05.00": continuous.Series(
         starts, starts + 20, p)})
+
+
+def test_day_parts_mines_hard_negatives_away_from_sta_lta_triggers(monkeypatch):
+    _fake_day(monkeypatch)
     contract = InputContract(component_sets=("Z",))
     sizes = finetune.FinetuneSizes(replay=0, hard_negatives=100, noise=20, transients=12, distant=6, local=4,
                                    microseism=5)
@@ -109,13 +114,47 @@ def test_multisite_parts_come_from_the_training_sites_only_and_keep_events_out_o
         multisite.sprit_parts(contract, None, sizes, 1, recs=sprit_noise.recordings("validation"), wheel=wheel)
 
 
-def test_the_cli_wants_a_day_for_day_noise_and_none_for_sprit():
+def test_sprit_noise_with_a_day_adds_that_days_noise_but_not_its_events(monkeypatch):
+    from quakemon.data.datasets import LabelledWaveforms
+    from quakemon.training import bundle, multisite
+
+    _fake_day(monkeypatch)
+    contract = InputContract(component_sets=("Z",))
+    sizes = finetune.FinetuneSizes(replay=0, hard_negatives=100, noise=20, transients=12, distant=6, local=4,
+                                   microseism=5)
+    sprit = (np.ones((7, 3, 2000), np.float32), np.array([0, 0, 0, 1, 1, 1, 1]),
+             [{"label": "x", "part": "sprit"} for _ in range(7)])
+    monkeypatch.setattr(multisite, "sprit_parts", lambda contract, ckpt, sizes, seed: sprit)
+    monkeypatch.setattr(bundle, "training_data", lambda contract, n, seed: LabelledWaveforms(
+        np.zeros((0, 3, 2000), np.float32), np.zeros(0, np.int64), ["noise", "earthquake"], []))
+    data = finetune.finetune_data("UV05", contract, None, sizes, seed=1, noise="sprit")
+    parts = [m["part"] for m in data.meta]
+    assert data.waveforms.shape == (len(parts), 3, 2000) and len(data.labels) == len(parts)
+    assert parts.count("sprit") == 7 and parts.count("hard_negative") == 30
+    assert parts.count("noise") == 20 and parts.count("transient") == 12
+    assert not {"distant", "local", "microseism"} & set(parts), "events come from the multi-site part only"
+    assert list(data.labels[:7]) == list(sprit[1]) and set(data.labels[7:]) == {0}
+    assert {m["day"] for m in data.meta[7:]} == {"UV05"}
+    assert np.abs(data.waveforms[7:][np.array(parts[7:]) == "hard_negative"]).max() < 5000
+    assert len(finetune.finetune_data(None, contract, None, sizes, seed=1, noise="sprit").meta) == 7
+
+
+def test_the_cli_wants_a_day_for_day_noise_and_passes_sprit_with_or_without_one(monkeypatch):
     import pytest
 
-    for argv in (["--output", "x"], ["--noise", "sprit", "--day", "UV05", "--output", "x"]):
-        with pytest.raises(SystemExit) as exc:
-            finetune.main(argv)
-        assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        finetune.main(["--output", "x"])
+    assert exc.value.code == 2
+    calls = []
+
+    class Result:
+        checkpoint, sha256, best_epoch, best = "x", "0" * 64, 0, {}
+
+    monkeypatch.setattr(finetune, "finetune", lambda day, output, init, **kw: calls.append((day, kw["noise"])) or
+                        Result())
+    for argv in (["--noise", "sprit", "--day", "UV05"], ["--noise", "sprit"], ["--day", "UV10"]):
+        assert finetune.main([*argv, "--output", "x"]) == 0
+    assert calls == [("UV05", "sprit"), (None, "sprit"), ("UV10", "day")]
 
 
 def test_the_cli_refuses_an_unknown_or_malformed_size():
