@@ -22,7 +22,8 @@ windows (replay) and the band limiting, as for a noise day.
 
 With the distant events in the set, quiet broadband stations' microseism-dominated noise comes out as earthquakes
 (the sprit sensors are short-period, so only the events show energy below a few Hz); `--size distant=0` leaves them
-out (docs/detection-quality.md has the measurements).
+out, and `--day` adds one msnoise day's real broadband noise to the set (`finetune.finetune_data`), which makes
+that day training data (docs/detection-quality.md has the measurements).
 """
 
 from __future__ import annotations
