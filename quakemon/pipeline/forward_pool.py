@@ -66,6 +66,7 @@ class _MicroBatch:
     metas: list[WindowMeta]
     data: np.ndarray | None
     tasks: list[Future]
+    spectra: np.ndarray | torch.Tensor | None = None  # for `decide`, which may forward windows itself
 
 
 class ForwardPool:
@@ -130,7 +131,7 @@ class ForwardPool:
                 future.add_done_callback(self._wake)
                 tasks.append(future)
         self._running += len(tasks)
-        self._batches.append(_MicroBatch(metas, data, tasks))
+        self._batches.append(_MicroBatch(metas, data, tasks, spectra))
 
     def _cuts(self, metas: list[WindowMeta]) -> list[int]:
         """Task boundaries: every `task` valid windows (invalid ones are not inferred), as `InferenceEngine.predict`
@@ -151,7 +152,7 @@ class ForwardPool:
         self._running -= len(batch.tasks)
         try:
             probs = np.concatenate([t.result() for t in batch.tasks])
-            return batch.metas, self.stage.decide(batch.metas, probs, batch.data)
+            return batch.metas, self.stage.decide(batch.metas, probs, batch.data, batch.spectra)
         except Exception as exc:  # the caller decides what a failed forward means (fatal or one dropped batch)
             return batch.metas, exc
 

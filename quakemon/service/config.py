@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from quakemon.base.errors import ConfigError
-from quakemon.pipeline.settings import ASSOCIATION, INFERENCE, TRIGGER, WINDOW, check_trigger_overrides
+from quakemon.pipeline.settings import ASSOCIATION, INFERENCE, SCREEN, TRIGGER, WINDOW, check_trigger_overrides
 from quakemon.service.config_checks import (
     Invalid,
     auto_endpoint,
@@ -93,6 +93,10 @@ class ModelConfig:
                                            "own thread", auto_or_count(64), mixed=True)
     on_fatal_gpu_error: str = setting("exit", "exit (systemd restarts) or fall back to cpu", one_of("exit", "cpu"))
     max_consecutive_failures: int = setting(3, "inference failures in a row that count as fatal", in_range(1, 1000))
+    screen_every: int = setting(SCREEN.every, "screen and refine: forward one window in this many of a quiet "
+                                "station (1 = every window)", in_range(1, 60))
+    screen_threshold: float = setting(SCREEN.threshold, "screen score at which a station forwards every window "
+                                      "again; below trigger.off", in_range(0, 1, lo_open=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +369,11 @@ def _resolve(cfg: Config, where: str) -> Config:
         check_trigger_overrides({k: dict(d) for k, d in t.overrides}, t.on, t.off)
     except ValueError as exc:
         raise ConfigError(f"{where}: trigger.overrides: expected {exc}") from None
+    m = cfg.model
+    lowest_off = min([t.off, *(v for _, d in t.overrides for k, v in d if k == "off")])
+    if m.screen_every > 1 and not m.screen_threshold < lowest_off:
+        raise ConfigError(f"{where}: model.screen_threshold: expected a value below trigger.off ({lowest_off:g}, "
+                          f"overrides included) with model.screen_every > 1, got {m.screen_threshold}")
     if bool(pub.curve_secret_key) != bool(pub.curve_allowed_keys):
         missing = "publish.curve_allowed_keys" if pub.curve_secret_key else "publish.curve_secret_key"
         raise ConfigError(

@@ -137,7 +137,8 @@ class InferenceStage(ReloadableStage, Stage):
         t = cfg.trigger
         self.stage = DetectionStage(self.engine, t.on, t.off, t.min_duration,
                                     t.label if t.label in self.ckpt.labels else None,
-                                    retrigger_hold_s=t.retrigger_hold)
+                                    retrigger_hold_s=t.retrigger_hold, stride_s=cfg.window.stride_s,
+                                    screen_every=cfg.model.screen_every, screen_threshold=cfg.model.screen_threshold)
         self.apply_thresholds(cfg)  # [trigger.overrides]
         self.assoc = associator_from_config(cfg.associate)  # network events, when [associate] enabled = true
         self.open_archive()
@@ -205,6 +206,7 @@ class InferenceStage(ReloadableStage, Stage):
                     self.publisher.maybe_heartbeat(self.heartbeat_stats)
                     self.status.maybe_send(self.own)
                 self.run_batches(final=True)  # stopping: what already arrived is still inferred and published
+                self.publish_result(self.stage.release_held(final=True))  # (windows the screen still held)
             self.publish(self.stage.shutdown())  # no "new" is left without its "closed"
             if self.assoc is not None:
                 for ev in self.assoc.flush():
@@ -271,6 +273,7 @@ class InferenceStage(ReloadableStage, Stage):
             self.stage.defer_silence(now - self.quiet_since, now)
             log.info("ingest_heard_again", quiet_s=round(now - self.quiet_since, 1))
             self.quiet_since = None
+        self.publish_result(self.stage.release_held(now))  # windows the screen holds for a silent station
         self.publish(self.stage.expire_silent(now))
 
     def start_forwards(self) -> Any:
@@ -326,10 +329,16 @@ class InferenceStage(ReloadableStage, Stage):
             log.error("inference_batch_failed", windows=len(metas), error=repr(result))
             return
         self.status.progress += len(metas)
-        self.inferred(metas, result.probabilities)
+        self.publish_result(result)
+
+    def publish_result(self, result: Any) -> None:
+        """A `DetectionResult`: its windows' probabilities to the archive, its detections (and network events)
+        published; the associator's clock moves to its newest window start (less the screen's delay)."""
+        self.inferred(result.metas, result.probabilities)
         self.publish(result.detections)
-        if self.assoc is not None and metas:
-            for ev in self.assoc.advance(max(m.start_ns for m in metas) / 1e9):
+        if self.assoc is not None and result.metas:
+            newest = max(m.start_ns for m in result.metas) / 1e9 - self.stage.decision_delay_s
+            for ev in self.assoc.advance(newest):
                 self.publisher.publish_event(ev)
 
     def inferred(self, metas: list[Any], probabilities: np.ndarray) -> None:
