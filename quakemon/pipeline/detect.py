@@ -250,8 +250,9 @@ class DetectionStage:
     with screening, forwarded (windows through the model) and screened_out (windows the screen let pass);
     `opened` counts the "new" detections per station.
 
-    screen_every, screen_threshold: screen and refine (`quakemon.pipeline.screen`; 1: every window is forwarded)
-    on the window grid of `stride_s`. With screening, `infer` forwards the screen windows and the windows of dense
+    screen_every, screen_threshold: screen and refine (`quakemon.pipeline.screen`; 1, the default here: every
+    window is forwarded; the replay and the daemon pass `quakemon.pipeline.settings.SCREEN` or their config) on
+    the window grid of `stride_s`. With screening, `infer` forwards the screen windows and the windows of dense
     stations only, `decide` needs the batch's spectra (it forwards the rest it needs itself, on its own thread),
     and held windows are decided with a later batch or by `release_held`.
     """
@@ -260,7 +261,7 @@ class DetectionStage:
                  trigger_label: str | None = None, max_gap_s: float | None = None,
                  retrigger_hold_s: float = TRIGGER.retrigger_hold_s, picker: PickerConfig | None = None,
                  new_pick_after_s: float = TRIGGER.new_pick_after_s, *, stride_s: float = WINDOW.stride_s,
-                 screen_every: int = SCREEN.every, screen_threshold: float = SCREEN.threshold) -> None:
+                 screen_every: int = 1, screen_threshold: float = SCREEN.threshold) -> None:
         self.engine = engine
         self.labels = list(engine.labels)
         self.model_info = engine.checkpoint.model_info
@@ -279,8 +280,11 @@ class DetectionStage:
         self._decided_at: dict[str, float] = {}  # station -> monotonic time its newest window was decided
         self.window_s = float(contract.window_seconds)
         self.screen: Screen | None = None
-        check_screen(screen_every, screen_threshold, off)
+        check_screen(screen_every, screen_threshold)
         if screen_every > 1:
+            if off <= screen_threshold:
+                log.warning("screen_inactive", screen_threshold=screen_threshold, off=off,
+                            effect="every window is forwarded where trigger.off is at or below the threshold")
             columns = [self.labels.index(label) for label in self.triggers.trigger_labels]
             self.screen = Screen(screen_every, screen_threshold, stride_s, self.window_s, columns, busy=self._busy)
 
@@ -379,6 +383,11 @@ class DetectionStage:
         return 0.0 if self.screen is None else (self.screen.every - 1) * self.screen.stride_ns / _NS
 
     def _busy(self, station: str) -> bool:
+        """Whether the screen must forward every window of `station`: a trigger is not idle, or the station's off
+        is not above the screen threshold."""
+        assert self.screen is not None
+        if self.triggers.thresholds(station)[1] <= self.screen.threshold:
+            return True
         return any(self.triggers.trigger(station, label).state != "idle" for label in self.triggers.trigger_labels)
 
     def _decide_screened(self, metas: Sequence[WindowMeta], probs: np.ndarray, data: np.ndarray | None,

@@ -14,7 +14,8 @@ either *sparse* or *dense*:
 * Dense: every window is forwarded. The station turns sparse again once its triggers are all idle and its
   forwarded windows have stayed below s for at least one window length (the first of them and the latest start
   a window length or more apart). A station whose trigger is not idle (a detection resumed after a restart) is
-  dense.
+  dense, and so is a station whose trigger ``off`` is at or below s (its override, or the global value): a
+  window the screen lets pass must never be able to move a trigger, so such a station is never screened.
 * A held window whose screen window never comes as expected (a gap skipped it, it was not inferable, the data
   ended: `release` with ``final``, or the station went silent) is forwarded, as a window with no screen to vouch
   for it.
@@ -41,15 +42,12 @@ import numpy as np
 _NS = 1_000_000_000
 
 
-def check_screen(every: int, threshold: float, off: float | None = None, key: str = "screen") -> None:
-    """Raise ValueError saying what is expected: `every` an integer >= 1, 0 < threshold < off (the trigger's)."""
+def check_screen(every: int, threshold: float, key: str = "screen") -> None:
+    """Raise ValueError saying what is expected: `every` an integer >= 1, threshold in (0, 1)."""
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"{key}_every must be an integer >= 1 (1: off), got {every!r}")
     if not (isinstance(threshold, int | float) and 0.0 < threshold < 1.0):
         raise ValueError(f"{key}_threshold must be in (0, 1), got {threshold!r}")
-    if every > 1 and off is not None and not threshold < off:
-        raise ValueError(f"{key}_threshold ({threshold:g}) must be below the trigger's off ({off:g}): a window the "
-                         f"screen lets pass unforwarded must never move a trigger")
 
 
 @dataclass(eq=False)
@@ -93,7 +91,8 @@ class Screen:
         stride_s: the window grid's stride.
         window_s: the window length (how long a dense station must stay below s to turn sparse).
         columns: the probability columns of the trigger labels (the score is their maximum).
-        busy: busy(station) tells whether the station's triggers are not all idle (such a station stays dense).
+        busy: busy(station) tells whether the station must be dense: its triggers are not all idle, or its trigger
+            could move on a value below the threshold.
     """
 
     def __init__(self, every: int, threshold: float, stride_s: float, window_s: float, columns: Sequence[int],

@@ -136,7 +136,7 @@ class ScreenSettings:
                ``off``. docs/performance.md ("Screen and refine") has the measurements behind the defaults.
     """
 
-    every: int = 1
+    every: int = 4
     threshold: float = 0.1
 
 

@@ -95,8 +95,9 @@ class ModelConfig:
     max_consecutive_failures: int = setting(3, "inference failures in a row that count as fatal", in_range(1, 1000))
     screen_every: int = setting(SCREEN.every, "screen and refine: forward one window in this many of a quiet "
                                 "station (1 = every window)", in_range(1, 60))
-    screen_threshold: float = setting(SCREEN.threshold, "screen score at which a station forwards every window "
-                                      "again; below trigger.off", in_range(0, 1, lo_open=True))
+    screen_threshold: float = setting(SCREEN.threshold, "screen score from which a station's every window is "
+                                      "forwarded (stations whose trigger.off is not above it: always)",
+                                      in_range(0, 0.99, lo_open=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,11 +370,6 @@ def _resolve(cfg: Config, where: str) -> Config:
         check_trigger_overrides({k: dict(d) for k, d in t.overrides}, t.on, t.off)
     except ValueError as exc:
         raise ConfigError(f"{where}: trigger.overrides: expected {exc}") from None
-    m = cfg.model
-    lowest_off = min([t.off, *(v for _, d in t.overrides for k, v in d if k == "off")])
-    if m.screen_every > 1 and not m.screen_threshold < lowest_off:
-        raise ConfigError(f"{where}: model.screen_threshold: expected a value below trigger.off ({lowest_off:g}, "
-                          f"overrides included) with model.screen_every > 1, got {m.screen_threshold}")
     if bool(pub.curve_secret_key) != bool(pub.curve_allowed_keys):
         missing = "publish.curve_allowed_keys" if pub.curve_secret_key else "publish.curve_secret_key"
         raise ConfigError(
