@@ -4,6 +4,12 @@
 The spectra come with the windows' samples (preprocess stage), so a window that opens a detection is picked here
 (`quakemon.pipeline.detect.DetectionStage`, the code the replay runs).
 
+Screen and refine (`[model] screen_every` > 1, `quakemon.pipeline.screen`): the workers forward a quiet station's
+screen windows only, and the stage's own thread forwards the windows the screen asks for when it decides. Windows
+held for a screen window live only in this process: a killed stage loses them like the windows queued in it, and
+the rewind sends them again (it must reach back (screen_every - 1) windows further per station). Held windows of a
+station silent for a window length are forwarded and decided with the silent-station check, and at a clean stop.
+
 A micro-batch runs when `model.batch_size` windows are queued, or when the oldest queued window has waited
 `model.max_wait_ms`, whichever comes first. Once a second, the triggers of stations that went silent are
 closed (`DetectionStage.expire_silent`), so a station whose data stops mid-detection still gets its "closed".
@@ -17,9 +23,10 @@ write stops the stage (exit code 1; the supervisor restarts it): a message is ne
 A clean stop closes every open detection with close_reason "shutdown"; detections a killed run left open are
 resumed or closed at start-up (`quakemon.service.stages.resume`).
 
-With [archive] probabilities set, every inferred window's class probabilities go to the probability archive
-(`quakemon.pipeline.probarchive`). A heartbeat's `lag_s` is the processing lag (from the windows' arrival times,
-so archive data streamed today reads small) and `data_age_s` how old the newest data of the worst station is.
+With [archive] probabilities set, every decided window's class probabilities go to the probability archive
+(`quakemon.pipeline.probarchive`), written before the detections of the same batch are published. A heartbeat's
+`lag_s` is the processing lag (from the windows' arrival times, so archive data streamed today reads small) and
+`data_age_s` how old the newest data of the worst station is.
 
 Heartbeats report the counters of every ingest and preprocess process upstream, from the status reports that
 reach this stage beside the data (the newest per process; one not heard from for SOURCE_EXPIRY_S drops out).
@@ -333,8 +340,14 @@ class InferenceStage(ReloadableStage, Stage):
 
     def publish_result(self, result: Any) -> None:
         """A `DetectionResult`: its windows' probabilities to the archive, its detections (and network events)
-        published; the associator's clock moves to its newest window start (less the screen's delay)."""
+        published; the associator's clock moves to its newest window start (less the screen's delay).
+
+        With detections to publish, the archive is written first: a restarted stage resumes an open detection
+        after its last journaled window and takes the windows up to it as decided, so they must be archived
+        already (screening decides a station's windows in bursts, which made the race likely)."""
         self.inferred(result.metas, result.probabilities)
+        if self.archive is not None and result.detections:
+            self.archive.flush()
         self.publish(result.detections)
         if self.assoc is not None and result.metas:
             newest = max(m.start_ns for m in result.metas) / 1e9 - self.stage.decision_delay_s
