@@ -78,7 +78,8 @@ class ForwardPool:
         workers: the pool's worker count.
         task: valid windows per forward task (default: the engine's batch size, so that each task is one of the
             forwards `DetectionStage.process` would run on the micro-batch: the same windows in the same forward,
-            hence the same probabilities to the last bit).
+            hence the same probabilities to the last bit; with screening, the windows the stage forwards itself
+            in `decide` go through other forwards, see `quakemon.pipeline.screen`).
 
     `full` tells when no more should be submitted: every worker has a task running and one waiting, so that
     a worker never waits for the caller, while windows not yet submitted stay in the caller's queue, where the

@@ -106,6 +106,7 @@ class Screen:
         self.busy = busy
         self.stations: dict[str, StationScreen] = {}
         self.dense_hint: frozenset[str] = frozenset()  # stations dense after the last `advance` (read by workers)
+        self._queued: set[str] = set()  # stations with windows in their queue
 
     @property
     def on(self) -> bool:
@@ -141,29 +142,36 @@ class Screen:
             raise ValueError("a window that is not inferable is offered with its (NaN) probabilities")
         st.newest_ns, st.offered_at, st.final = item.meta.start_ns, now, False
         st.queue.append(item)
+        self._queued.add(item.meta.station)
         return True
 
     def advance(self, feed: Feed) -> list[ScreenItem]:
         """Feed every station's queued windows as far as their probabilities are known; returns the windows whose
         probabilities are needed to go further (forward them, set `probs`, and call again until it returns [])."""
         need: list[ScreenItem] = []
-        for station, st in self.stations.items():
-            if st.queue:
-                need += self._advance(station, st, feed)
-        self.dense_hint = frozenset(name for name, st in self.stations.items() if st.dense)
+        touched = sorted(self._queued)
+        for station in touched:
+            st = self.stations[station]
+            need += self._advance(station, st, feed)
+            if not st.queue:
+                self._queued.discard(station)
+        dense = {name for name in touched if self.stations[name].dense}
+        if dense != self.dense_hint & set(touched):
+            self.dense_hint = frozenset((self.dense_hint - set(touched)) | dense)  # (replaced whole: workers read it)
         return need
 
     def release(self, feed: Feed, *, older_than: float | None = None, now: float = 0.0) -> list[ScreenItem]:
         """Mark held windows to be forwarded without their screen window, then `advance`: every station's
         (final, the data ended) or those of stations with no window offered since `now - older_than` (silent)."""
-        for st in self.stations.values():
-            if st.queue and (older_than is None or now - st.offered_at > older_than):
+        for name in self._queued:
+            st = self.stations[name]
+            if older_than is None or now - st.offered_at > older_than:
                 st.final = True
         return self.advance(feed)
 
     def held(self) -> int:
         """Windows offered and not yet fed, over all stations."""
-        return sum(len(st.queue) for st in self.stations.values())
+        return sum(len(self.stations[name].queue) for name in self._queued)
 
     def _advance(self, station: str, st: StationScreen, feed: Feed) -> list[ScreenItem]:
         q = st.queue
