@@ -279,6 +279,9 @@ class DetectionStage:
         self._last_start: dict[str, int] = {}
         self._decided_at: dict[str, float] = {}  # station -> monotonic time its newest window was decided
         self.window_s = float(contract.window_seconds)
+        #: torch threads of the forwards `decide` runs itself (screening), None: the calling thread's count. The
+        #: replay sets 1 beside its single-threaded workers: an OpenMP team there would wait spinning for cores.
+        self.refine_threads: int | None = None
         self.screen: Screen | None = None
         check_screen(screen_every, screen_threshold)
         if screen_every > 1:
@@ -418,6 +421,20 @@ class DetectionStage:
         older = None if final else self.window_s
         return self._run_screen(lambda feed: self.screen.release(feed, older_than=older, now=now), now)
 
+    def _refine(self, spectra: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Forward every window of `spectra` on this thread, on `refine_threads` torch threads when set."""
+        every = np.ones(len(spectra), bool)
+        if self.refine_threads is None:
+            return self._forward(spectra, every)
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.refine_threads)
+        try:
+            return self._forward(spectra, every)
+        finally:
+            torch.set_num_threads(before)
+
     def _run_screen(self, step: Callable[[Callable[[ScreenItem, np.ndarray, bool], None]], list[ScreenItem]],
                     now: float) -> DetectionResult:
         """Run the screen's `step` (advance or release), forwarding what it asks for, until it asks no more; the
@@ -436,8 +453,7 @@ class DetectionStage:
                 keyed.extend((item.meta.start_ns, item.meta.station, k) for k in range(before, len(events)))
 
         while need := step(feed):
-            rows = self._forward(stack_rows(s[int(i)] for s, i, _ in (it.payload for it in need)),
-                                 np.ones(len(need), bool))
+            rows = self._refine(stack_rows(s[int(i)] for s, i, _ in (it.payload for it in need)))
             for it, row in zip(need, rows, strict=True):
                 it.probs = row
             self.stats["refined"] += len(need)

@@ -220,6 +220,8 @@ class DetectionRunner:
         label = trigger_label if trigger_label in checkpoint.labels else None
         self.stage = DetectionStage(engine, on, off, min_duration_s, label, retrigger_hold_s=retrigger_hold_s,
                                     stride_s=stride_s, screen_every=screen_every, screen_threshold=screen_threshold)
+        if inference.pool is not None and engine.device.type == "cpu":
+            self.stage.refine_threads = 1  # (screening: beside the single-threaded workers)
         self._preprocess_device = inference.preprocess_device
         self.batch_size = batch_size
         self.sequencer = Sequencer()
