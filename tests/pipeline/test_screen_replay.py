@@ -5,6 +5,7 @@ below the threshold), and windows held for a screen window that never comes are 
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 
@@ -109,3 +110,28 @@ def test_decide_without_spectra_is_refused_when_screening(ckpt, inference):
     meta = WindowMeta("XX.STA.", 0, 20 * 10**9, valid=True)
     with pytest.raises(ValueError, match="spectra"):
         stage.decide([meta], np.full((1, 2), np.nan, np.float32))
+
+
+def test_replay_cli_screen_options(ckpt, tmp_path, capsys):
+    from quakemon.cli.app import main
+
+    stream = record("uh_uh3_2010-05-27")
+    path = tmp_path / "uh3.mseed"
+    for tr in stream:
+        tr.data = tr.data.astype(np.float32)
+    stream.write(str(path), format="MSEED", encoding="FLOAT32")
+    model = tmp_path / "model.safetensors"
+    shutil.copyfile(resolve_checkpoint(None), model)
+    out = {}
+    for every in ("1", "4"):
+        dets = tmp_path / f"d{every}.jsonl"
+        assert main(["replay", str(path), "--model", str(model), "--output", str(dets), "--quiet",
+                     "--screen-every", every, "--screen-threshold", "0.1"]) == 0
+        out[every] = [{k: v for k, v in json.loads(line).items() if k not in VOLATILE}
+                      for line in dets.read_text().splitlines()]
+    assert out["4"] == out["1"] and out["1"]
+    capsys.readouterr()
+    assert main(["replay", str(path), "--model", str(model), "--quiet", "--screen-every", "0"]) == 2
+    assert "model.screen_every" in capsys.readouterr().err
+    assert main(["replay", str(path), "--model", str(model), "--quiet", "--screen-threshold", "1"]) == 2
+    assert "model.screen_threshold" in capsys.readouterr().err
