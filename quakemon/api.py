@@ -25,7 +25,7 @@ from obspy.core.event import Catalog
 from quakemon.base.errors import QuakemonError
 from quakemon.models.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
 from quakemon.pipeline.runner import DetectionRunner, Inference, log_to_stderr_unless_configured
-from quakemon.pipeline.settings import INFERENCE, REPLAY_BATCH_SIZE, TRIGGER, WINDOW
+from quakemon.pipeline.settings import INFERENCE, REPLAY_BATCH_SIZE, SCREEN, TRIGGER, WINDOW
 
 
 @dataclass
@@ -126,7 +126,7 @@ class Detector:
         runner = DetectionRunner(self.checkpoint, stride_s=self.stride_s, max_missing=self.max_missing, on=self.on,
                                  off=self.off, min_duration_s=self.min_duration_s, trigger_label=self.trigger_label,
                                  batch_size=int(self.batch_size), keep_series=keep_series,
-                                 inference=self._get_inference())
+                                 inference=self._get_inference(), screen_every=1 if keep_series else SCREEN.every)
         with runner:  # (drops what is in flight if a call fails; the shared workers stay)
             # every channel cut into pieces and merged in time, as a live stream arrives: whole traces one after
             # the other would put one component of a long stream far ahead of the others

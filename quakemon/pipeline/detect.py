@@ -15,7 +15,7 @@ import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +25,10 @@ import structlog
 from quakemon.models.contract import InputContract
 from quakemon.pipeline import stft_kernel
 from quakemon.pipeline.picker import METHOD, Pick, PickerConfig, pick_every_row
-from quakemon.pipeline.settings import TRIGGER
+from quakemon.pipeline.screen import Screen, ScreenItem, check_screen, stack_rows
+from quakemon.pipeline.settings import SCREEN, TRIGGER, WINDOW
 from quakemon.pipeline.transforms import preprocess_batch
-from quakemon.pipeline.trigger import DetectionRef, TriggerBank
+from quakemon.pipeline.trigger import DetectionRef, TriggerBank, TriggerEvent
 from quakemon.pipeline.windowing import Window
 from quakemon.wire.schema import parse_iso_utc
 
@@ -176,11 +177,16 @@ def warm_up_preprocess(contract: InputContract, device: str | torch.device | Non
 
 @dataclass
 class DetectionResult:
-    """What one batch produced: per-window probabilities (NaN rows for skipped windows) and trigger bodies."""
+    """What one batch produced: per-window probabilities (NaN rows for skipped windows) and trigger bodies.
+
+    With screening (`quakemon.pipeline.screen`), the windows are those decided by this call: windows held from
+    earlier batches, not those still held; a window the screen did not forward has the probabilities of the
+    screen window that let it pass (`forwarded` False)."""
 
     metas: list[WindowMeta]
     probabilities: np.ndarray  # [B, num_classes]
     detections: list[tuple[dict[str, Any], float | None]] = field(default_factory=list)  # (body, arrival)
+    forwarded: np.ndarray | None = None  # [B] bool, with screening: which windows went through the model
 
 
 #: Seconds of data before a detected window that its pick also sees (from the station's earlier windows).
@@ -241,13 +247,21 @@ class DetectionStage:
     detection bodies out.
 
     stats: windows, inferred, invalid, late_windows, detections (bodies of both states), picks (by method);
+    with screening, forwarded (windows through the model) and screened_out (windows the screen let pass);
     `opened` counts the "new" detections per station.
+
+    screen_every, screen_threshold: screen and refine (`quakemon.pipeline.screen`; 1, the default here: every
+    window is forwarded; the replay and the daemon pass `quakemon.pipeline.settings.SCREEN` or their config) on
+    the window grid of `stride_s`. With screening, `infer` forwards the screen windows and the windows of dense
+    stations only, `decide` needs the batch's spectra (it forwards the rest it needs itself, on its own thread),
+    and held windows are decided with a later batch or by `release_held`.
     """
 
     def __init__(self, engine: InferenceEngine, on: float, off: float, min_duration_s: float,
                  trigger_label: str | None = None, max_gap_s: float | None = None,
                  retrigger_hold_s: float = TRIGGER.retrigger_hold_s, picker: PickerConfig | None = None,
-                 new_pick_after_s: float = TRIGGER.new_pick_after_s) -> None:
+                 new_pick_after_s: float = TRIGGER.new_pick_after_s, *, stride_s: float = WINDOW.stride_s,
+                 screen_every: int = 1, screen_threshold: float = SCREEN.threshold) -> None:
         self.engine = engine
         self.labels = list(engine.labels)
         self.model_info = engine.checkpoint.model_info
@@ -264,6 +278,18 @@ class DetectionStage:
         self.opened: Counter[str] = Counter()
         self._last_start: dict[str, int] = {}
         self._decided_at: dict[str, float] = {}  # station -> monotonic time its newest window was decided
+        self.window_s = float(contract.window_seconds)
+        #: torch threads of the forwards `decide` runs itself (screening), None: the calling thread's count. The
+        #: replay sets 1 beside its single-threaded workers: an OpenMP team there would wait spinning for cores.
+        self.refine_threads: int | None = None
+        self.screen: Screen | None = None
+        check_screen(screen_every, screen_threshold)
+        if screen_every > 1:
+            if off <= screen_threshold:
+                log.warning("screen_inactive", screen_threshold=screen_threshold, off=off,
+                            effect="every window is forwarded where trigger.off is at or below the threshold")
+            columns = [self.labels.index(label) for label in self.triggers.trigger_labels]
+            self.screen = Screen(screen_every, screen_threshold, stride_s, self.window_s, columns, busy=self._busy)
 
     def process(self, spectra: np.ndarray | torch.Tensor, metas: Sequence[WindowMeta],
                 data: np.ndarray | None = None) -> DetectionResult:
@@ -273,14 +299,19 @@ class DetectionStage:
         data: the windows' samples (float32 [B, C, N], `stack_windows`), for the picks; without them a
         detection gets `quakemon.pipeline.trigger.window_pick`.
         """
-        return self.decide(metas, self.infer(spectra, metas), data)
+        return self.decide(metas, self.infer(spectra, metas), data, spectra)
 
     def infer(self, spectra: np.ndarray | torch.Tensor, metas: Sequence[WindowMeta]) -> np.ndarray:
-        """Class probabilities [B, num_classes] of the valid windows (NaN rows for invalid ones). Touches no
-        trigger state, so batches may be inferred on several threads at once; `decide` must then take them in
-        order."""
-        probs = np.full((len(metas), len(self.labels)), np.nan, np.float32)
+        """Class probabilities [B, num_classes] of the valid windows (NaN rows for invalid ones and, with
+        screening, for the windows not forwarded yet: `Screen.wanted`). Touches no trigger state, so batches may
+        be inferred on several threads at once; `decide` must then take them in order."""
         valid = np.array([m.valid is not False for m in metas], dtype=bool)
+        if self.screen is not None:
+            valid &= self.screen.wanted(metas)
+        return self._forward(spectra, valid)
+
+    def _forward(self, spectra: np.ndarray | torch.Tensor, valid: np.ndarray) -> np.ndarray:
+        probs = np.full((len(valid), len(self.labels)), np.nan, np.float32)
         if valid.all():
             probs[:] = self.engine.predict(spectra)
         elif valid.any():
@@ -290,12 +321,15 @@ class DetectionStage:
             probs[valid] = self.engine.predict(spectra[mask])
         return probs
 
-    def decide(self, metas: Sequence[WindowMeta], probs: np.ndarray,
-               data: np.ndarray | None = None) -> DetectionResult:
+    def decide(self, metas: Sequence[WindowMeta], probs: np.ndarray, data: np.ndarray | None = None,
+               spectra: np.ndarray | torch.Tensor | None = None) -> DetectionResult:
         """Feed every station's trigger with a batch's probabilities (from `infer`), in window-start order; pick
         the windows that opened detections, all in one `pick_every_row` call per span length; then build the
         bodies. data: the windows' samples (float32 [B, C, N]); None: no picks (`window_pick`), and a re-trigger
-        inside a hold always extends."""
+        inside a hold always extends. spectra: the batch's spectra, required with screening (the windows `infer`
+        did not forward may be needed)."""
+        if self.screen is not None:
+            return self._decide_screened(metas, probs, data, spectra)
         valid = np.array([m.valid is not False for m in metas], dtype=bool)
         self.stats["windows"] += len(metas)
         self.stats["inferred"] += int(valid.sum())
@@ -303,31 +337,39 @@ class DetectionStage:
         result = DetectionResult(list(metas), probs)
         rows = probs.tolist()
         now = time.monotonic()
-        events = []
+        events: list[tuple[TriggerEvent, float | None]] = []
         to_pick: list[tuple[list[DetectionRef], int, np.ndarray]] = []
         self._unpicked.clear()
         for i in sorted(range(len(metas)), key=lambda j: (metas[j].start_ns, metas[j].station)):
-            meta = metas[i]
-            station = meta.station
-            if not valid[i]:
-                continue
-            if meta.start_ns <= self._last_start.get(station, -1):
-                self.stats["late_windows"] += 1  # reordered across workers or duplicated: never re-triggered
-                continue
-            self._last_start[station] = meta.start_ns
-            self._decided_at[station] = now
-            window = data[i] if data is not None else None
-            check = (lambda ref, w=window, m=meta: self._new_phase(ref, m, w)) if window is not None else None
-            events += [(ev, meta.arrival) for ev in
-                       self.triggers.update(station, meta.start_ns / _NS, meta.end_ns / _NS, rows[i],
-                                            new_phase=check)]
-            if window is None:
-                continue
-            opened = self.triggers.take_opened(station)
-            if opened:
-                to_pick.append((opened, *self.context.span(station, meta.start_ns, window)))
-                self._unpicked.update((id(ref), to_pick[-1][1:]) for ref in opened)
-            self.context.add(station, meta.start_ns, window)
+            if valid[i]:
+                self._feed(metas[i], rows[i], data[i] if data is not None else None, now, events, to_pick)
+        return self._finish(result, events, to_pick)
+
+    def _feed(self, meta: WindowMeta, row: list[float], window: np.ndarray | None, now: float,
+              events: list[tuple[TriggerEvent, float | None]],
+              to_pick: list[tuple[list[DetectionRef], int, np.ndarray]]) -> None:
+        """Feed one valid window to its station's trigger (windows of a station in time order) and keep its
+        picked component for the picks; a window not after the station's newest decided one is dropped."""
+        station = meta.station
+        if meta.start_ns <= self._last_start.get(station, -1):
+            self.stats["late_windows"] += 1  # reordered across workers or duplicated: never re-triggered
+            return
+        self._last_start[station] = meta.start_ns
+        self._decided_at[station] = now
+        check = (lambda ref, w=window, m=meta: self._new_phase(ref, m, w)) if window is not None else None
+        events += [(ev, meta.arrival) for ev in
+                   self.triggers.update(station, meta.start_ns / _NS, meta.end_ns / _NS, row, new_phase=check)]
+        if window is None:
+            return
+        opened = self.triggers.take_opened(station)
+        if opened:
+            to_pick.append((opened, *self.context.span(station, meta.start_ns, window)))
+            self._unpicked.update((id(ref), to_pick[-1][1:]) for ref in opened)
+        self.context.add(station, meta.start_ns, window)
+
+    def _finish(self, result: DetectionResult, events: list[tuple[TriggerEvent, float | None]],
+                to_pick: list[tuple[list[DetectionRef], int, np.ndarray]]) -> DetectionResult:
+        """Pick the opened detections and build the bodies of the transitions, in order."""
         self._pick(to_pick)
         for ev, arrival in events:
             result.detections.append((ev.to_body(self.model_info), arrival))
@@ -335,6 +377,99 @@ class DetectionStage:
                 self.opened[ev.station] += 1
         self.stats["detections"] += len(result.detections)
         return result
+
+    # -- screen and refine (`quakemon.pipeline.screen`) ------------------------------------------------------
+    @property
+    def decision_delay_s(self) -> float:
+        """How much later than at full stride a window may be decided: (K - 1) strides with screening, else 0.
+        Callers that advance a clock on the newest window of a batch (the associator) hold it back by this."""
+        return 0.0 if self.screen is None else (self.screen.every - 1) * self.screen.stride_ns / _NS
+
+    def _busy(self, station: str) -> bool:
+        """Whether the screen must forward every window of `station`: a trigger is not idle, or the station's off
+        is not above the screen threshold."""
+        assert self.screen is not None
+        if self.triggers.thresholds(station)[1] <= self.screen.threshold:
+            return True
+        return any(self.triggers.trigger(station, label).state != "idle" for label in self.triggers.trigger_labels)
+
+    def _decide_screened(self, metas: Sequence[WindowMeta], probs: np.ndarray, data: np.ndarray | None,
+                         spectra: np.ndarray | torch.Tensor | None) -> DetectionResult:
+        """`decide` with screening: queue the batch's windows in the screen, then decide what it lets go."""
+        assert self.screen is not None
+        if spectra is None and len(metas):
+            raise ValueError("screening needs the batch's spectra in decide (windows may have to be forwarded)")
+        now = time.monotonic()
+        for i in sorted(range(len(metas)), key=lambda j: (metas[j].start_ns, metas[j].station)):
+            meta, row = metas[i], probs[i]
+            known = meta.valid is False or bool(np.isfinite(row).all())
+            item = ScreenItem(meta, (spectra, i, data[i] if data is not None else None), row if known else None)
+            last = self._last_start.get(meta.station, -1)
+            if meta.start_ns <= last or not self.screen.offer(item, now):
+                self.stats["windows"] += 1
+                self.stats["late_windows"] += 1  # a duplicate or reordered window: never decided
+        return self._run_screen(self.screen.advance, now)
+
+    def release_held(self, now: float | None = None, final: bool = False) -> DetectionResult:
+        """With screening, decide the windows held for a screen window that has not come: every station's (final:
+        the data ended) or those of stations with no window for longer than a window length (of the monotonic
+        clock `now`, default now: silent). They are forwarded, having no screen window to vouch for them. An
+        empty result without screening or held windows."""
+        now = time.monotonic() if now is None else now
+        if self.screen is None or not self.screen.held():
+            return DetectionResult([], np.zeros((0, len(self.labels)), np.float32), forwarded=np.zeros(0, bool))
+        older = None if final else self.window_s
+        return self._run_screen(lambda feed: self.screen.release(feed, older_than=older, now=now), now)
+
+    def _refine(self, spectra: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Forward every window of `spectra` on this thread, on `refine_threads` torch threads when set."""
+        every = np.ones(len(spectra), bool)
+        if self.refine_threads is None:
+            return self._forward(spectra, every)
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.refine_threads)
+        try:
+            return self._forward(spectra, every)
+        finally:
+            torch.set_num_threads(before)
+
+    def _run_screen(self, step: Callable[[Callable[[ScreenItem, np.ndarray, bool], None]], list[ScreenItem]],
+                    now: float) -> DetectionResult:
+        """Run the screen's `step` (advance or release), forwarding what it asks for, until it asks no more; the
+        windows it lets go are fed to the triggers (each station in time order) and make the result."""
+        decided: list[tuple[ScreenItem, np.ndarray, bool]] = []
+        events: list[tuple[TriggerEvent, float | None]] = []
+        keyed: list[tuple[int, str, int]] = []
+        to_pick: list[tuple[list[DetectionRef], int, np.ndarray]] = []
+        self._unpicked.clear()
+
+        def feed(item: ScreenItem, row: np.ndarray, forwarded: bool) -> None:
+            decided.append((item, row, forwarded))
+            if item.valid:
+                before = len(events)
+                self._feed(item.meta, row.tolist(), item.payload[2], now, events, to_pick)
+                keyed.extend((item.meta.start_ns, item.meta.station, k) for k in range(before, len(events)))
+
+        while need := step(feed):
+            rows = self._refine(stack_rows(s[int(i)] for s, i, _ in (it.payload for it in need)))
+            for it, row in zip(need, rows, strict=True):
+                it.probs = row
+            self.stats["refined"] += len(need)
+        decided.sort(key=lambda d: (d[0].meta.start_ns, d[0].meta.station))
+        metas = [item.meta for item, _, _ in decided]
+        valid = np.array([m.valid is not False for m in metas], dtype=bool)
+        forwarded = np.array([f for _, _, f in decided], dtype=bool)
+        self.stats["windows"] += len(metas)
+        self.stats["inferred"] += int(valid.sum())
+        self.stats["invalid"] += int((~valid).sum())
+        self.stats["forwarded"] += int(forwarded.sum())
+        self.stats["screened_out"] += int((valid & ~forwarded).sum())
+        probs = (np.stack([row for _, row, _ in decided]).astype(np.float32, copy=False) if decided
+                 else np.zeros((0, len(self.labels)), np.float32))
+        order = sorted(range(len(events)), key=lambda k: keyed[k])
+        return self._finish(DetectionResult(metas, probs, forwarded=forwarded), [events[k] for k in order], to_pick)
 
     def _new_phase(self, held: DetectionRef, meta: WindowMeta, window: np.ndarray) -> bool:
         """Whether a window re-triggering a held detection holds a clearly new P: its pick (the window with its

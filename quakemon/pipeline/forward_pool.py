@@ -66,6 +66,7 @@ class _MicroBatch:
     metas: list[WindowMeta]
     data: np.ndarray | None
     tasks: list[Future]
+    spectra: np.ndarray | torch.Tensor | None = None  # for `decide`, which may forward windows itself
 
 
 class ForwardPool:
@@ -77,7 +78,8 @@ class ForwardPool:
         workers: the pool's worker count.
         task: valid windows per forward task (default: the engine's batch size, so that each task is one of the
             forwards `DetectionStage.process` would run on the micro-batch: the same windows in the same forward,
-            hence the same probabilities to the last bit).
+            hence the same probabilities to the last bit; with screening, the windows the stage forwards itself
+            in `decide` go through other forwards, see `quakemon.pipeline.screen`).
 
     `full` tells when no more should be submitted: every worker has a task running and one waiting, so that
     a worker never waits for the caller, while windows not yet submitted stay in the caller's queue, where the
@@ -130,7 +132,7 @@ class ForwardPool:
                 future.add_done_callback(self._wake)
                 tasks.append(future)
         self._running += len(tasks)
-        self._batches.append(_MicroBatch(metas, data, tasks))
+        self._batches.append(_MicroBatch(metas, data, tasks, spectra))
 
     def _cuts(self, metas: list[WindowMeta]) -> list[int]:
         """Task boundaries: every `task` valid windows (invalid ones are not inferred), as `InferenceEngine.predict`
@@ -151,7 +153,7 @@ class ForwardPool:
         self._running -= len(batch.tasks)
         try:
             probs = np.concatenate([t.result() for t in batch.tasks])
-            return batch.metas, self.stage.decide(batch.metas, probs, batch.data)
+            return batch.metas, self.stage.decide(batch.metas, probs, batch.data, batch.spectra)
         except Exception as exc:  # the caller decides what a failed forward means (fatal or one dropped batch)
             return batch.metas, exc
 

@@ -40,7 +40,7 @@ from quakemon.pipeline.detect import (
 from quakemon.pipeline.engine import CPU_FORWARD_BATCH, InferenceEngine, pick_device
 from quakemon.pipeline.forward_pool import WORKER_SWITCH_INTERVAL_S, gil_switch_interval, inference_pool
 from quakemon.pipeline.probarchive import ProbabilityArchive
-from quakemon.pipeline.settings import INFERENCE, REPLAY_BATCH_SIZE, TRIGGER, WINDOW
+from quakemon.pipeline.settings import INFERENCE, REPLAY_BATCH_SIZE, SCREEN, TRIGGER, WINDOW
 from quakemon.pipeline.windowing import StationWindower, Window
 from quakemon.wire.schema import DETECTION_SCHEMA, Sequencer, detection_topic, event_topic
 
@@ -192,6 +192,8 @@ class DetectionRunner:
         associator: network association of the detections; its event bodies follow the detections.
         inference: a shared `Inference` (not closed by this runner).
         archive: every window's probabilities also go to this probability archive (not closed by this runner).
+        screen_every, screen_threshold: screen and refine (`quakemon.pipeline.screen`; defaults:
+            `quakemon.pipeline.settings.SCREEN`; screen_every 1 forwards every window).
     """
 
     def __init__(self, checkpoint: Checkpoint, *, stride_s: float = WINDOW.stride_s,
@@ -202,7 +204,8 @@ class DetectionRunner:
                  keep_series: bool = False, associator: Associator | None = None, overlap: bool = True,
                  inference_workers: int | None = None, forward_batch: int | None = None,
                  graph: str = INFERENCE.graph, inference: Inference | None = None,
-                 retrigger_hold_s: float = TRIGGER.retrigger_hold_s, archive: ProbabilityArchive | None = None) -> None:
+                 retrigger_hold_s: float = TRIGGER.retrigger_hold_s, archive: ProbabilityArchive | None = None,
+                 screen_every: int = SCREEN.every, screen_threshold: float = SCREEN.threshold) -> None:
         log_to_stderr_unless_configured()
         if inference is not None and inference.checkpoint is not checkpoint:
             raise ValueError("inference was built for another checkpoint")
@@ -215,7 +218,10 @@ class DetectionRunner:
         self.inference = inference
         engine = inference.engine
         label = trigger_label if trigger_label in checkpoint.labels else None
-        self.stage = DetectionStage(engine, on, off, min_duration_s, label, retrigger_hold_s=retrigger_hold_s)
+        self.stage = DetectionStage(engine, on, off, min_duration_s, label, retrigger_hold_s=retrigger_hold_s,
+                                    stride_s=stride_s, screen_every=screen_every, screen_threshold=screen_threshold)
+        if inference.pool is not None and engine.device.type == "cpu":
+            self.stage.refine_threads = 1  # (screening: beside the single-threaded workers)
         self._preprocess_device = inference.preprocess_device
         self.batch_size = batch_size
         self.sequencer = Sequencer()
@@ -285,16 +291,16 @@ class DetectionRunner:
                                             keep_on_device=True)
         return spectra, metas, data
 
-    def _infer(self, batch: list[Window]) -> tuple[list[WindowMeta], np.ndarray, np.ndarray]:
+    def _infer(self, batch: list[Window]) -> tuple[list[WindowMeta], np.ndarray, np.ndarray, Any]:
         """On an inference worker: stack, preprocess (on the worker's one thread, or the GPU) and infer a batch.
         The transform runs here rather than in the thread that decodes and windows, which keeps that thread's
         share of the cores small."""
         spectra, metas, data = self._preprocess(batch)
-        return metas, self.stage.infer(spectra, metas), data
+        return metas, self.stage.infer(spectra, metas), data, spectra
 
     def _decide_oldest(self) -> list[dict[str, Any]]:
-        metas, probs, data = self._inflight.popleft().result()
-        return self._collect(self.stage.decide(metas, probs, data))
+        metas, probs, data, spectra = self._inflight.popleft().result()
+        return self._collect(self.stage.decide(metas, probs, data, spectra))
 
     def _drain(self) -> list[dict[str, Any]]:
         """Wait for the batches in flight and return their detections, in order."""
@@ -317,7 +323,7 @@ class DetectionRunner:
         if self.associator is not None and result.metas:
             # as the live inference stage does after each micro-batch: the associator's clock moves to the batch's
             # newest window start, so events close while the data goes on, not only when detections come
-            newest = max(m.start_ns for m in result.metas) / 1e9
+            newest = max(m.start_ns for m in result.metas) / 1e9 - self.stage.decision_delay_s
             out += [self._stamp(ev) for ev in self.associator.advance(newest)]
         return out
 
@@ -370,6 +376,7 @@ class DetectionRunner:
         self._pending += self.windower.flush()
         out = self._run_batch()  # (in forward-sized tasks on the CPU, shared out among the workers)
         out += self._drain()
+        out += self._collect(self.stage.release_held(final=True))  # (screening: windows still held)
         return out + self._emit([body for body, _ in self.stage.flush()], final=True)
 
     @property
@@ -383,7 +390,8 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
            precision: str = INFERENCE.precision, batch_size: int = REPLAY_BATCH_SIZE, progress: bool = True,
            keep_series: bool = False, on_detection: Callable[[dict[str, Any]], None] | None = None,
            associator: Associator | None = None, graph: str = INFERENCE.graph,
-           probabilities: str | None = None) -> ReplayResult:
+           probabilities: str | None = None, screen_every: int = SCREEN.every,
+           screen_threshold: float = SCREEN.threshold) -> ReplayResult:
     """Run archived MiniSEED through the detection path; write JSON Lines to `output` as they come.
 
     Args:
@@ -397,6 +405,7 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
         progress: show a progress bar on stderr.
         on_detection: called with each body (detection or event) as it comes.
         probabilities: a folder for the probability archive (`quakemon.pipeline.probarchive`), or None.
+        screen_every, screen_threshold: screen and refine, see `DetectionRunner`.
 
     Returns:
         The detections, the events, the probability series (with `keep_series`), the window count and counters.
@@ -408,7 +417,8 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
         probabilities, checkpoint.labels, stride_s, model=checkpoint.model_info, key="--probabilities")
     runner = DetectionRunner(checkpoint, stride_s=stride_s, selectors=selectors, device=device, precision=precision,
                              batch_size=batch_size, keep_series=keep_series, associator=associator, graph=graph,
-                             archive=archive, **trigger)
+                             archive=archive, screen_every=screen_every, screen_threshold=screen_threshold,
+                             **trigger)
     source = ArchiveSource(paths, selectors)
     detections: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []

@@ -127,6 +127,20 @@ class InferenceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ScreenSettings:
+    """Screen and refine (`quakemon.pipeline.screen`): a quiet station's model runs on one window in ``every``.
+
+    every:     K; 1 forwards every window (off). A station's windows are decided up to (K - 1) strides later.
+    threshold: s; a screen window scoring s or more (highest probability over the trigger labels) makes the
+               station forward every window until it has stayed below s for a window length. Below the trigger's
+               ``off``. docs/performance.md ("Screen and refine") has the measurements behind the defaults.
+    """
+
+    every: int = 4
+    threshold: float = 0.1
+
+
+@dataclass(frozen=True, slots=True)
 class AssociationSettings:
     """Network coincidence of station detections into events (see `quakemon.pipeline.associate`)."""
 
@@ -143,6 +157,7 @@ WINDOW = WindowSettings()
 TRIGGER = TriggerSettings()
 CALIBRATION = CalibrationSettings()
 INFERENCE = InferenceSettings()
+SCREEN = ScreenSettings()
 ASSOCIATION = AssociationSettings()
 
 #: Windows a replay (and the Python API) takes from the windower per pipeline batch; the model sees them in
@@ -155,11 +170,13 @@ __all__ = [
     "INFERENCE",
     "OVERRIDE_KEYS",
     "REPLAY_BATCH_SIZE",
+    "SCREEN",
     "TRIGGER",
     "WINDOW",
     "AssociationSettings",
     "CalibrationSettings",
     "InferenceSettings",
+    "ScreenSettings",
     "TriggerSettings",
     "WindowSettings",
     "check_trigger_overrides",

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from quakemon.base.errors import ConfigError
-from quakemon.pipeline.settings import ASSOCIATION, INFERENCE, TRIGGER, WINDOW, check_trigger_overrides
+from quakemon.pipeline.settings import ASSOCIATION, INFERENCE, SCREEN, TRIGGER, WINDOW, check_trigger_overrides
 from quakemon.service.config_checks import (
     Invalid,
     auto_endpoint,
@@ -93,6 +93,11 @@ class ModelConfig:
                                            "own thread", auto_or_count(64), mixed=True)
     on_fatal_gpu_error: str = setting("exit", "exit (systemd restarts) or fall back to cpu", one_of("exit", "cpu"))
     max_consecutive_failures: int = setting(3, "inference failures in a row that count as fatal", in_range(1, 1000))
+    screen_every: int = setting(SCREEN.every, "screen and refine: forward one window in this many of a quiet "
+                                "station (1 = every window)", in_range(1, 60))
+    screen_threshold: float = setting(SCREEN.threshold, "screen score from which a station's every window is "
+                                      "forwarded (stations whose trigger.off is not above it: always)",
+                                      in_range(0, 0.99, lo_open=True))
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,7 +160,7 @@ def spread_checkpoint(base: Path, out: Path, files: Sequence[Path], label: str =
     from quakemon.pipeline.runner import DetectionRunner
 
     ckpt = load_checkpoint(base)
-    runner = DetectionRunner(ckpt, device="cpu", keep_series=True, trigger_label=None)
+    runner = DetectionRunner(ckpt, device="cpu", keep_series=True, trigger_label=None, screen_every=1)
     source = ArchiveSource([str(p) for p in files])
     try:
         for _ in runner.add_samples(source.samples(_t.Event())):

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from quakemon.pipeline.settings import SCREEN
+
 
 def _process_cpu_s() -> float:
     """User + system CPU seconds of this process, all threads."""
@@ -56,11 +58,14 @@ class _Timer:
 
 def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto", precision: str = "auto",
                  stride_s: float = 1.0, batch_size: int = 256, station_seconds: float | None = None,
-                 overlap: bool = True, forward_batch: int | None = None,
+                 overlap: bool = True, forward_batch: int | None = None, screen_every: int = 1,
+                 screen_threshold: float = SCREEN.threshold,
                  runner_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The replay path over `paths`, timed as a whole and per section. station_seconds: data span, for
-    station-hours/s (default: computed from the record headers). runner_options: further `DetectionRunner`
-    keywords."""
+    station-hours/s (default: computed from the record headers). screen_every, screen_threshold: screen and
+    refine (`quakemon.pipeline.screen`); the default 1 forwards every window, so that the replay compares with
+    the bare forward (pass the configured values to time the screened replay). runner_options: further
+    `DetectionRunner` keywords."""
     from quakemon.ingest.archive import ArchiveSource
     from quakemon.models.checkpoint import load_checkpoint
     from quakemon.pipeline import runner as replay_module
@@ -68,7 +73,8 @@ def bench_replay(paths: Sequence[Path], checkpoint: Path, *, device: str = "auto
 
     ckpt = load_checkpoint(checkpoint)
     runner = DetectionRunner(ckpt, stride_s=stride_s, device=device, precision=precision, batch_size=batch_size,
-                             overlap=overlap, forward_batch=forward_batch, **dict(runner_options or {}))
+                             overlap=overlap, forward_batch=forward_batch, screen_every=screen_every,
+                             screen_threshold=screen_threshold, **dict(runner_options or {}))
     runner.stage.engine.warmup()
     timer = _Timer()
     runner.windower.add_samples = timer.wrap("windows", runner.windower.add_samples)  # type: ignore[method-assign]

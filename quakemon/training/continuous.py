@@ -85,11 +85,12 @@ def poisson_interval(k: int, exposure: float, level: float = 0.95) -> tuple[floa
 # ------------------------------------------------------------------------------------------------------ detectors
 def model_series(ckpt: Checkpoint, streams: Iterable[Stream], label: str = "earthquake", precision: str = "fp32",
                  batch_size: int = 256) -> dict[str, Series]:
-    """Per-station probabilities of `label` through the runner (windowing, preprocessing, inference on the CPU)."""
+    """Per-station probabilities of `label` through the runner (windowing, preprocessing, inference on the CPU),
+    every window forwarded (no screening)."""
     from quakemon.pipeline.runner import DetectionRunner
 
     runner = DetectionRunner(ckpt, device="cpu", precision=precision, batch_size=batch_size, keep_series=True,
-                             trigger_label=label)
+                             trigger_label=label, screen_every=1)
     col = list(ckpt.labels).index(label)
     for st in streams:  # channels interleaved in time, as a live stream delivers them
         for _ in runner.add_stream(list(st)):

@@ -447,7 +447,8 @@ def test_replay_feeds_each_batch_then_advances_the_clock_like_the_live_inference
         on = float(np.quantile(np.asarray(probe.series["BW.RJOB."].probabilities)[:, 1], 0.5))
         # one window per 1 s piece, batches of 4: windows 0-3, 4-7, 8-10
         runner = DetectionRunner(ckpt, keep_series=True, on=on, off=on, min_duration_s=0.0, batch_size=4,
-                                 associator=Recording(threshold=1, hold_s=0.0), inference=inference)
+                                 associator=Recording(threshold=1, hold_s=0.0), inference=inference,
+                                 screen_every=1)  # (screening holds windows back and the clock with them)
         bodies = list(runner.add_samples(interleaved(st, chunk_s=1.0))) + runner.finish()
     starts = np.asarray(runner.series["BW.RJOB."].start_ns) / 1e9
     assert len(starts) == 11

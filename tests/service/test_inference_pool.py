@@ -217,7 +217,7 @@ def published_run(tmp_path: Path, checkpoint: Path, workers: int, batches: list)
     spectra_ep, publish_port = f"tcp://127.0.0.1:{free_port()}", free_port()
     config = write_config(tmp_path / f"w{workers}.toml", server_port=free_port(), checkpoint=checkpoint,
                           runtime_dir=tmp_path / f"run{workers}", publish_port=publish_port, on=0.5, off=0.5,
-                          extra={"model": {"inference_workers": workers, "batch_size": 16},
+                          extra={"model": {"inference_workers": workers, "batch_size": 16, "screen_every": 1},
                                  "trigger": {"retrigger_hold": 0.0},
                                  "pipeline": {"spectra_endpoint": spectra_ep}, "publish": {"journal": ""}})
     sub = Subscriber(f"tcp://127.0.0.1:{publish_port}")

@@ -4,6 +4,12 @@
 The spectra come with the windows' samples (preprocess stage), so a window that opens a detection is picked here
 (`quakemon.pipeline.detect.DetectionStage`, the code the replay runs).
 
+Screen and refine (`[model] screen_every` > 1, `quakemon.pipeline.screen`): the workers forward a quiet station's
+screen windows only, and the stage's own thread forwards the windows the screen asks for when it decides. Windows
+held for a screen window live only in this process: a killed stage loses them like the windows queued in it, and
+the rewind sends them again (it must reach back (screen_every - 1) windows further per station). Held windows of a
+station silent for a window length are forwarded and decided with the silent-station check, and at a clean stop.
+
 A micro-batch runs when `model.batch_size` windows are queued, or when the oldest queued window has waited
 `model.max_wait_ms`, whichever comes first. Once a second, the triggers of stations that went silent are
 closed (`DetectionStage.expire_silent`), so a station whose data stops mid-detection still gets its "closed".
@@ -17,9 +23,10 @@ write stops the stage (exit code 1; the supervisor restarts it): a message is ne
 A clean stop closes every open detection with close_reason "shutdown"; detections a killed run left open are
 resumed or closed at start-up (`quakemon.service.stages.resume`).
 
-With [archive] probabilities set, every inferred window's class probabilities go to the probability archive
-(`quakemon.pipeline.probarchive`). A heartbeat's `lag_s` is the processing lag (from the windows' arrival times,
-so archive data streamed today reads small) and `data_age_s` how old the newest data of the worst station is.
+With [archive] probabilities set, every decided window's class probabilities go to the probability archive
+(`quakemon.pipeline.probarchive`), written before the detections of the same batch are published. A heartbeat's
+`lag_s` is the processing lag (from the windows' arrival times, so archive data streamed today reads small) and
+`data_age_s` how old the newest data of the worst station is.
 
 Heartbeats report the counters of every ingest and preprocess process upstream, from the status reports that
 reach this stage beside the data (the newest per process; one not heard from for SOURCE_EXPIRY_S drops out).
@@ -137,7 +144,8 @@ class InferenceStage(ReloadableStage, Stage):
         t = cfg.trigger
         self.stage = DetectionStage(self.engine, t.on, t.off, t.min_duration,
                                     t.label if t.label in self.ckpt.labels else None,
-                                    retrigger_hold_s=t.retrigger_hold)
+                                    retrigger_hold_s=t.retrigger_hold, stride_s=cfg.window.stride_s,
+                                    screen_every=cfg.model.screen_every, screen_threshold=cfg.model.screen_threshold)
         self.apply_thresholds(cfg)  # [trigger.overrides]
         self.assoc = associator_from_config(cfg.associate)  # network events, when [associate] enabled = true
         self.open_archive()
@@ -205,6 +213,7 @@ class InferenceStage(ReloadableStage, Stage):
                     self.publisher.maybe_heartbeat(self.heartbeat_stats)
                     self.status.maybe_send(self.own)
                 self.run_batches(final=True)  # stopping: what already arrived is still inferred and published
+                self.publish_result(self.stage.release_held(final=True))  # (windows the screen still held)
             self.publish(self.stage.shutdown())  # no "new" is left without its "closed"
             if self.assoc is not None:
                 for ev in self.assoc.flush():
@@ -271,6 +280,7 @@ class InferenceStage(ReloadableStage, Stage):
             self.stage.defer_silence(now - self.quiet_since, now)
             log.info("ingest_heard_again", quiet_s=round(now - self.quiet_since, 1))
             self.quiet_since = None
+        self.publish_result(self.stage.release_held(now))  # windows the screen holds for a silent station
         self.publish(self.stage.expire_silent(now))
 
     def start_forwards(self) -> Any:
@@ -326,10 +336,22 @@ class InferenceStage(ReloadableStage, Stage):
             log.error("inference_batch_failed", windows=len(metas), error=repr(result))
             return
         self.status.progress += len(metas)
-        self.inferred(metas, result.probabilities)
+        self.publish_result(result)
+
+    def publish_result(self, result: Any) -> None:
+        """A `DetectionResult`: its windows' probabilities to the archive, its detections (and network events)
+        published; the associator's clock moves to its newest window start (less the screen's delay).
+
+        With detections to publish, the archive is written first: a restarted stage resumes an open detection
+        after its last journaled window and takes the windows up to it as decided, so they must be archived
+        already (screening decides a station's windows in bursts, which made the race likely)."""
+        self.inferred(result.metas, result.probabilities)
+        if self.archive is not None and result.detections:
+            self.archive.flush()
         self.publish(result.detections)
-        if self.assoc is not None and metas:
-            for ev in self.assoc.advance(max(m.start_ns for m in metas) / 1e9):
+        if self.assoc is not None and result.metas:
+            newest = max(m.start_ns for m in result.metas) / 1e9 - self.stage.decision_delay_s
+            for ev in self.assoc.advance(newest):
                 self.publisher.publish_event(ev)
 
     def inferred(self, metas: list[Any], probabilities: np.ndarray) -> None:
