@@ -47,11 +47,7 @@ def test_daemon_sigkilled_during_a_detection_resumes_it_with_the_same_id(tmp_pat
     try:
         daemon.wait_event("daemon_ready", START_TIMEOUT)
 
-        def open_detection() -> str | None:
-            states = Counter(ident for ident, _ in collector.detections())
-            return next((ident for ident, n in states.items() if n == 1), None)
-
-        killed_open = wait_for(open_detection, 90, "a detection that is open")
+        killed_open = wait_for(collector.open_detection, 90, "a detection that is open")
         for pid in [*children(daemon.pid), daemon.pid]:  # every process at once: no stage stops cleanly
             os.kill(pid, signal.SIGKILL)
         daemon.wait(10)

@@ -157,11 +157,7 @@ def test_an_inference_stage_killed_loses_no_window(tmp_path, tiny_checkpoint, wh
     try:
         daemon.wait_event("daemon_ready", START_TIMEOUT)
 
-        def open_detection() -> str | None:
-            states = Counter(ident for ident, _ in collector.detections())
-            return next((ident for ident, n in states.items() if n == 1), None)
-
-        killed_open = wait_for(open_detection, 90, "a detection that is open")
+        killed_open = wait_for(collector.open_detection, 90, "a detection that is open")
         if when == "quiet":
             wait_for(lambda: (killed_open, "closed") in collector.detections(), 60, "the detection closed")
             time.sleep(4.0)  # 32 s of noise data: the station has stayed below the screen threshold, sparse

@@ -64,11 +64,7 @@ def test_stage_sigkilled_during_a_detection_loses_no_window(tmp_path, tiny_check
     try:
         daemon.wait_event("daemon_ready", START_TIMEOUT)
 
-        def open_detection() -> str | None:
-            states = Counter(ident for ident, _ in collector.detections())
-            return next((ident for ident, n in states.items() if n == 1), None)
-
-        killed_open = wait_for(open_detection, 90, "a detection that is open")
+        killed_open = wait_for(collector.open_detection, 90, "a detection that is open")
         victim = stage_pid(daemon, kind)
         os.kill(victim, signal.SIGSTOP)
         time.sleep(PILE_UP_S)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -433,6 +434,11 @@ class Collector:
 
     def detections(self) -> list[tuple[str, str]]:
         return [(m.body["id"], m.body["state"]) for m in list(self.messages) if m.topic.startswith("detection")]
+
+    def open_detection(self) -> str | None:
+        """The id of a detection seen "new" and not yet "closed" (one message so far), or None."""
+        states = Counter(ident for ident, _ in self.detections())
+        return next((ident for ident, n in states.items() if n == 1), None)
 
     def close(self) -> None:
         self.stop.set()
