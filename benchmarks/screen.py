@@ -1,7 +1,7 @@
 """Simulation of screen and refine (`quakemon.pipeline.screen`) on full-stride probabilities (docs/performance.md,
 "Screen and refine").
 
-    flock /tmp/cpu.lock nice -n 10 .venv/bin/python benchmarks/screen.py --json benchmarks/results/screen_old.json
+    .venv/bin/python benchmarks/screen.py --json benchmarks/results/screen_old.json
 
 A window's probability does not depend on which other windows are forwarded, so the cascade is simulated from
 the full-stride (1 s) probabilities of every window: the very `Screen` class the pipeline runs decides which
@@ -18,7 +18,7 @@ end and close reason) identical to full stride or not; "new" detections lost and
 (within 10 s before ... after, `continuous.match`) lost; and the excursions (runs of windows at or above s) of
 which no window was forwarded, with how many of them reach the trigger's `on`.
 
-    flock /tmp/cpu.lock nice -n 10 .venv/bin/python benchmarks/screen.py --cost --json out.json
+    .venv/bin/python benchmarks/screen.py --cost --json out.json
 
 `--cost`: what the screen saves, measured: an archive of 4 station-hours (two hours of each noise day, each hour
 as its own station, with two synthetic distant events per hour) replayed by `quakemon replay` (a subprocess each,
