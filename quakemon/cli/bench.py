@@ -24,6 +24,8 @@ def add_bench(sub: Subparsers) -> None:
     p.add_argument("--replay-repeats", type=int, default=None,
                    help="replay runs, each between two roofs; the ratio is their median (default 5)")
     p.add_argument("--live-batch", type=int, default=None, help="the live daemon's model.batch_size (default 64)")
+    p.add_argument("--live-screen-every", type=int, default=None,
+                   help="the live daemon's model.screen_every (default: the config default; 1 = every window)")
     p.add_argument("--live-stations", default=None,
                    help="comma-separated station counts the live part tries in turn (default 100,200,...,1000)")
 

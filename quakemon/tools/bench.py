@@ -267,7 +267,8 @@ def bench_main(args: argparse.Namespace) -> int:
             except ValueError:
                 flag = "--" + key.replace("_", "-")
                 raise SystemExit(f"quakemon bench: {flag}: expected integers like 64,256,1024, got {text!r}") from None
-    for key in ("replay_stations", "replay_batch", "replay_threads", "replay_repeats", "live_batch"):
+    for key in ("replay_stations", "replay_batch", "replay_threads", "replay_repeats", "live_batch",
+                "live_screen_every"):
         if getattr(args, key, None) is not None:
             kw[key] = getattr(args, key)
     plan = BenchPlan.quick(**kw) if getattr(args, "quick", False) else BenchPlan(**kw)

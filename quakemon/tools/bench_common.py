@@ -50,6 +50,7 @@ class BenchPlan:
     live_archive_s: float = 120.0
     live_measure_s: float = 30.0
     live_batch: int = 64
+    live_screen_every: int | None = None  # [model] screen_every of the live daemon; None: its default
     # pipeline.queue_hwm for the daemon, as seconds of windows: max(100, live_queue_s * N * speed / stride).
     # Windows on the absolute grid complete in bursts (every station at once), so the default 100 windows drops
     # at a few hundred stations although the throughput suffices. None = the daemon's default.

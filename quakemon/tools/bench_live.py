@@ -28,15 +28,18 @@ log = structlog.get_logger(__name__)
 
 
 def daemon_config(path: Path, *, server: str, stations: Sequence[str], checkpoint: Path, runtime_dir: Path,
-                  publish: str, stride_s: float = 1.0, batch_size: int = 64, queue_hwm: int | None = None) -> Path:
-    """A `quakemon run` config for the bench: no resume state, triggers at p = 0.5 with no minimum duration."""
+                  publish: str, stride_s: float = 1.0, batch_size: int = 64, queue_hwm: int | None = None,
+                  screen_every: int | None = None) -> Path:
+    """A `quakemon run` config for the bench: no resume state, triggers at p = 0.5 with no minimum duration.
+    screen_every: `[model] screen_every` (None: the daemon's default)."""
     streams = [f"{NETWORK}.{s}..HH?" for s in stations]
     hwm = f"queue_hwm = {int(queue_hwm)}\n" if queue_hwm else ""
+    screen = "" if screen_every is None else f"screen_every = {int(screen_every)}\n"
     path.write_text(
         "[seedlink]\n"
         f'server = "{server}"\nstreams = {json.dumps(streams)}\nstate_file = ""\nnetto = 10.0\n'
         "reconnect_backoff_max = 2.0\n\n"
-        f'[model]\ncheckpoint = "{checkpoint}"\nbatch_size = {int(batch_size)}\n\n'
+        f'[model]\ncheckpoint = "{checkpoint}"\nbatch_size = {int(batch_size)}\n{screen}\n'
         f"[window]\nstride_s = {float(stride_s)}\n\n"
         "[trigger]\non = 0.5\noff = 0.5\nmin_duration = 0.0\n\n"
         f'[pipeline]\nruntime_dir = "{runtime_dir}"\n{hwm}\n'
@@ -143,7 +146,7 @@ def live_step(files: Sequence[Path], checkpoint: Path, workdir: Path, *, speed: 
               measure_s: float = 30.0, batch_size: int = 64, timeout_s: float = 120.0,
               lag_growth_limit_s: float = 2.0, latency_p99_limit_s: float | None = 1.0,
               env: dict[str, str] | None = None,
-              queue_hwm: int | None = None) -> LiveStep:
+              queue_hwm: int | None = None, screen_every: int | None = None) -> LiveStep:
     """Start a daemon for the stations of `files`; once it is ready, serve them in real time (x speed) from a
     fresh `quakemon serve --retime-now` (so data time = wall time and the heartbeat lag is meaningful), and
     measure a steady interval after the first windows."""
@@ -157,7 +160,7 @@ def live_step(files: Sequence[Path], checkpoint: Path, workdir: Path, *, speed: 
     publish = f"tcp://127.0.0.1:{free_port()}"
     config = daemon_config(workdir / "bench.toml", server=f"127.0.0.1:{port}", stations=stations,
                            checkpoint=checkpoint, runtime_dir=workdir, publish=publish, stride_s=stride_s,
-                           batch_size=batch_size, queue_hwm=queue_hwm)
+                           batch_size=batch_size, queue_hwm=queue_hwm, screen_every=screen_every)
     logs = open(workdir / "processes.log", "wb")  # noqa: SIM115 - closed in finally
     server: subprocess.Popen | None = None
     daemon = subprocess.Popen([sys.executable, "-m", "quakemon", "run", "--config", str(config)],
@@ -298,7 +301,8 @@ def bench_live(archive_dir: Path, checkpoint: Path, plan: BenchPlan, workdir: Pa
         step = live_step(files[:n], live_ckpt, workdir / f"n{n}", speed=plan.live_speed, stride_s=plan.stride_s,
                          measure_s=plan.live_measure_s, batch_size=plan.live_batch, timeout_s=plan.live_timeout_s,
                          lag_growth_limit_s=plan.lag_growth_limit_s,
-                         latency_p99_limit_s=plan.latency_p99_limit_s, env=env, queue_hwm=hwm)
+                         latency_p99_limit_s=plan.latency_p99_limit_s, env=env, queue_hwm=hwm,
+                         screen_every=plan.live_screen_every)
         steps.append(step)
         progress(f"live: {n} stations: {step.reason}")
         if not step.ok:
@@ -313,7 +317,7 @@ def bench_live(archive_dir: Path, checkpoint: Path, plan: BenchPlan, workdir: Pa
     best = max(sustained, key=lambda s: s.stations) if sustained else None
     return {
         "speed": plan.live_speed, "stride_s": plan.stride_s, "batch_size": plan.live_batch, "env": env or {},
-        "queue_s": plan.live_queue_s,
+        "queue_s": plan.live_queue_s, "screen_every": plan.live_screen_every,
         "max_stations_sustained": best.stations if best else 0,
         "latency_p99_at_max_s": best.latency_p99_s if best else None,
         "steps": [asdict(s) for s in steps],

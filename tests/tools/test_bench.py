@@ -100,6 +100,7 @@ def test_keep_up_criterion(last: dict, ok: bool, reason: str) -> None:
 
 
 def test_daemon_config_is_valid(tmp_path: Path, ckpt: Path) -> None:
+    from quakemon.pipeline.settings import SCREEN
     from quakemon.service.config import load_config
 
     path = bench_live.daemon_config(tmp_path / "b.toml", server="127.0.0.1:18000", stations=["S0000", "S0001"],
@@ -108,6 +109,11 @@ def test_daemon_config_is_valid(tmp_path: Path, ckpt: Path) -> None:
     assert cfg.seedlink.streams == ("XB.S0000..HH?", "XB.S0001..HH?")
     assert (cfg.trigger.on, cfg.trigger.off, cfg.trigger.min_duration) == (0.5, 0.5, 0.0)
     assert cfg.model.batch_size == 32 and cfg.seedlink.state_file == ""
+    assert cfg.model.screen_every == SCREEN.every  # the daemon's default unless the bench is told
+    screened = bench_live.daemon_config(tmp_path / "s.toml", server="127.0.0.1:18000", stations=["S0000"],
+                                        checkpoint=ckpt, runtime_dir=tmp_path, publish="tcp://127.0.0.1:5999",
+                                        screen_every=1)
+    assert load_config(screened).model.screen_every == 1
 
 
 def test_proc_usage_sees_this_process() -> None:
