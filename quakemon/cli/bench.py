@@ -25,7 +25,7 @@ def add_bench(sub: Subparsers) -> None:
                    help="replay runs, each between two roofs; the ratio is their median (default 5)")
     p.add_argument("--live-batch", type=int, default=None, help="the live daemon's model.batch_size (default 64)")
     p.add_argument("--live-screen-every", type=int, default=None,
-                   help="the live daemon's model.screen_every (default: the config default; 1 = every window)")
+                   help="the live daemon's model.screen_every (default 1: every window, every station busy)")
     p.add_argument("--live-stations", default=None,
                    help="comma-separated station counts the live part tries in turn (default 100,200,...,1000)")
 

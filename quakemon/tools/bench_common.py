@@ -50,7 +50,10 @@ class BenchPlan:
     live_archive_s: float = 120.0
     live_measure_s: float = 30.0
     live_batch: int = 64
-    live_screen_every: int | None = None  # [model] screen_every of the live daemon; None: its default
+    # [model] screen_every of the live daemon. 1 (every window): the bench's checkpoint (`spread_checkpoint`)
+    # keeps half of all windows over p = 0.5, so every station is busy, the screen's worst case and a capacity
+    # floor; its latency would also include the screen's decision delay. None: the daemon's default.
+    live_screen_every: int | None = 1
     # pipeline.queue_hwm for the daemon, as seconds of windows: max(100, live_queue_s * N * speed / stride).
     # Windows on the absolute grid complete in bursts (every station at once), so the default 100 windows drops
     # at a few hundred stations although the throughput suffices. None = the daemon's default.

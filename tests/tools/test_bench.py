@@ -110,6 +110,7 @@ def test_daemon_config_is_valid(tmp_path: Path, ckpt: Path) -> None:
     assert (cfg.trigger.on, cfg.trigger.off, cfg.trigger.min_duration) == (0.5, 0.5, 0.0)
     assert cfg.model.batch_size == 32 and cfg.seedlink.state_file == ""
     assert cfg.model.screen_every == SCREEN.every  # the daemon's default unless the bench is told
+    assert bench_common.BenchPlan().live_screen_every == 1  # every station busy: the screen cannot help
     screened = bench_live.daemon_config(tmp_path / "s.toml", server="127.0.0.1:18000", stations=["S0000"],
                                         checkpoint=ckpt, runtime_dir=tmp_path, publish="tcp://127.0.0.1:5999",
                                         screen_every=1)
