@@ -435,6 +435,15 @@ class Collector:
     def detections(self) -> list[tuple[str, str]]:
         return [(m.body["id"], m.body["state"]) for m in list(self.messages) if m.topic.startswith("detection")]
 
+    def delivered_once(self) -> tuple[list[dict], Counter]:
+        """The detection bodies received, and a count per (id, state); asserts the thread saw no error and that no
+        (id, state) came twice."""
+        assert self.error is None, repr(self.error)
+        got = [m.body for m in self.messages if m.topic.startswith("detection")]
+        per_id = Counter((b["id"], b["state"]) for b in got)
+        assert all(n == 1 for n in per_id.values()), [k for k, n in per_id.items() if n > 1]  # nothing twice
+        return got, per_id
+
     def open_detection(self) -> str | None:
         """The id of a detection seen "new" and not yet "closed" (one message so far), or None."""
         states = Counter(ident for ident, _ in self.detections())
