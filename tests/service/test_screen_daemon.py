@@ -34,6 +34,7 @@ from support.pipeline import (
     start_daemon,
     start_server,
     wait_for,
+    write_archive,
     write_config,
 )
 
@@ -45,22 +46,7 @@ EVERY = 4
 def quiet_archive(path: Path) -> tuple[Path, float, float]:
     """obspy.read()'s BW.RJOB (30 s) twice, each followed by 90 s of noise (long enough for the screen to turn
     the station sparse); returns (path, start, span_s)."""
-    import obspy
-
-    base = obspy.read()
-    rng = np.random.default_rng(1)
-    out = obspy.Stream()
-    for i in range(8):
-        block = base.copy()
-        for tr in block:
-            tr.stats.starttime += i * 30.0
-            if i % 4:
-                tr.data = rng.normal(0, 20, tr.stats.npts)
-            tr.data = np.round(tr.data).astype(np.int32)
-        out += block
-    out.merge()
-    out.write(str(path), format="MSEED", reclen=512, encoding="STEIM2")
-    return path, float(base[0].stats.starttime.timestamp), 240.0
+    return write_archive(path, blocks=8, event_every=4, seed=1)
 
 
 def quiet_enough(p: np.ndarray, t: float) -> bool:

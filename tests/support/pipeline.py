@@ -43,25 +43,26 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 # -- data and model -------------------------------------------------------------------------------------------
 
 
-def write_archive(path: Path) -> tuple[Path, float, float]:
-    """obspy.read()'s BW.RJOB (30 s, 100 Hz) alternated with noise blocks; returns (path, start, span_s)."""
+def write_archive(path: Path, blocks: int = BLOCKS, event_every: int = 2, seed: int = 0) -> tuple[Path, float, float]:
+    """obspy.read()'s BW.RJOB (30 s, 100 Hz) as every `event_every`-th of `blocks` blocks, noise in the others;
+    returns (path, start, span_s)."""
     import obspy
 
     base = obspy.read()
     span = base[0].stats.npts / base[0].stats.sampling_rate
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     out = obspy.Stream()
-    for i in range(BLOCKS):
+    for i in range(blocks):
         block = base.copy()
         for tr in block:
             tr.stats.starttime += i * span
-            if i % 2:
+            if i % event_every:
                 tr.data = rng.normal(0, 20, tr.stats.npts)
             tr.data = np.round(tr.data).astype(np.int32)
         out += block
     out.merge()
     out.write(str(path), format="MSEED", reclen=512, encoding="STEIM2")
-    return path, float(base[0].stats.starttime.timestamp), BLOCKS * span
+    return path, float(base[0].stats.starttime.timestamp), blocks * span
 
 
 def replay_series(checkpoint: Path, paths: list[Path], **trigger: Any) -> tuple[list[dict], dict[str, Any]]:
