@@ -162,10 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.events_day != "none":
         events += cont.synthetic_event_records(load_day(args.events_day), args.n_per_kind)
     if events:
-        streams = [cont._relabel(r.stream, i) for i, r in enumerate(events)]
-        by_station = cont.model_series(ckpt, streams)
-        empty = cont.Series(np.zeros(0), np.zeros(0), np.zeros(0))
-        ev_series = [by_station.get(".".join(st[0].id.split(".")[:3]), empty) for st in streams]
+        ev_series = cont.record_series(ckpt, events)
         rec = event_recall(ev_series, events, series.get(args.events_day), args.on, cfgs, window_s)
         report["events"] = rec
         for name, r in rec.items():
