@@ -70,7 +70,7 @@ def noise_day(series, stream, on: float, cfgs: dict[str, Any], window_s: float) 
             "plain": cont.false_rate(int((plain >= after).sum()), days),
             "sta_lta": cont.false_rate(int((classic >= after).sum()), days),
             "threshold": {"min": float(warm.min()), "median": float(np.median(warm)), "max": float(warm.max())},
-            "near_sta_lta": int(sum(any(abs(o - c) <= window_s for c in classic) for o in cal[cal >= after])),
+            "near_sta_lta": cont.near_count(cal[cal >= after].tolist(), classic.tolist(), window_s),
         }
     return out
 

@@ -158,6 +158,20 @@ def format_rows(rows: Sequence[dict[str, Any]], days: Sequence[str]) -> list[str
     return lines
 
 
+def coincidence(noise: dict[str, dict[str, dict[str, Any]]], names: Sequence[str], on: float,
+                window_s: float) -> dict[str, Any]:
+    """Per noise day and ordered pair of members (a, b): a's detections (trigger on `on`) and how many of them lie
+    within `window_s` of one of b's. Where a's false alarms coincide with b's, no combination removes them."""
+    from quakemon.training import continuous as cont
+
+    out: dict[str, Any] = {}
+    for day in next(iter(noise.values())):
+        onsets = {n: [o for s in noise[n][day].values() for o in cont.trigger_onsets(s, on)] for n in names}
+        out[day] = {f"{a}~{b}": {a: len(onsets[a]), "near": cont.near_count(onsets[a], onsets[b], window_s)}
+                    for a in names for b in names if a != b}
+    return out
+
+
 def cost(ckpts: dict[str, Any], hours: float) -> dict[str, Any]:
     """CPU seconds of each member's probabilities on the first `hours` of UV10 (one station), and per window."""
     from quakemon.data.noise_days import load_day
@@ -222,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
             label = f"{'+'.join(names)} {rule}"
             candidates[label] = ({"ensemble": names, "rule": rule,
                                   "members": {n: ckpts[n].model_info for n in names}}, noise, ev)
+    together = coincidence({n: d[0] for n, d in data.items()}, list(data), args.on, window_s)
+    for day, pairs in together.items():
+        print(day, ", ".join(f"{k}: {v['near']} of {v[k.split('~')[0]]}" for k, v in pairs.items()))
     reports = {}
     for label, (model, noise, ev) in candidates.items():
         rep = cont.score_continuous(model, window_s, streams, noise, records, ev, on=args.on)
@@ -238,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(format_rows(rows, args.days)))
     out: dict[str, Any] = {"members": {n: {"path": paths[n], **ckpts[n].model_info} for n in paths},
                            "days": args.days, "events_day": "UV10", "on": args.on, "table": at_on,
+                           "coincidence": together,
                            "sweeps": sweeps,
                            "sta_lta_sweep": [row("recursive STA/LTA", first, f"{o:g}", "sta_lta")
                                              for o in cont.SWEEP_STA_LTA],

@@ -145,6 +145,12 @@ def match(onsets: Sequence[float], p_times: Sequence[float], window_s: float) ->
     return {"events": len(p_times), "detected": int(detected), "late": int(late), "false": int(false)}
 
 
+def near_count(onsets: Sequence[float], others: Sequence[float], window_s: float) -> int:
+    """How many of `onsets` lie within `window_s` of one of `others` (e.g. model detections near an STA/LTA
+    trigger: candidates for real events on a noise day)."""
+    return int(sum(any(abs(o - c) <= window_s for c in others) for o in onsets))
+
+
 def recall_by_kind(per_record: list[tuple[EventRecord, list[float]]], window_s: float) -> dict[str, Any]:
     """{kind: {events, detected, recall, late, false}} plus "all"."""
     out: dict[str, Any] = {}
@@ -229,7 +235,7 @@ def score_continuous(model: dict[str, Any], window_s: float, noise: dict[str, St
         classic = {o: len(sta_lta_onsets(st, sta_lta, o)) for o in sorted({*SWEEP_STA_LTA, sta_lta.on})}
         onsets = [o for s in series.values() for o in trigger_onsets(s, on, off, min_duration_s)]
         classic_onsets = sta_lta_onsets(st, sta_lta)
-        near = sum(any(abs(o - c) <= window_s for c in classic_onsets) for o in onsets)
+        near = near_count(onsets, classic_onsets, window_s)
         report["noise"][name] = {
             "station_days": days, "windows": int(sum(len(s.p) for s in series.values())),
             "model": false_rate(model_on[on], days), "sta_lta": false_rate(classic[sta_lta.on], days),

@@ -100,6 +100,11 @@ def test_an_ensemble_is_scored_like_one_model_beside_the_sta_lta() -> None:
         rep = cont.score_continuous({"name": name}, 20.0, {"X": noise}, {"X": noise_series}, [record], [ev_series])
         rows[name] = ensemble.row(name, rep, "0.7")
     assert [rows[n]["X"]["false"] for n in ("a", "b", "a+b mean", "a+b min")] == [1, 1, 0, 0]
+    # their false alarms lie 30 s apart, more than a window: they do not coincide, so "min" removes both
+    noise_only = {n: {"X": m[0]} for n, m in members.items()}
+    assert ensemble.coincidence(noise_only, ["a", "b"], 0.7, 20.0) == {
+        "X": {"a~b": {"a": 1, "near": 0}, "b~a": {"b": 1, "near": 0}}}
+    assert ensemble.coincidence(noise_only, ["a", "b"], 0.7, 30.0)["X"]["a~b"] == {"a": 1, "near": 1}
     assert all(rows[n]["regional"] == {"events": 1, "detected": 1, "late": 0, "false": 0} for n in rows)
     sta = ensemble.row("STA/LTA", rep, "3.5", "sta_lta")
     assert sta["X"]["false"] == 0 and sta["regional"]["events"] == 1
