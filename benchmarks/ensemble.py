@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, (model, noise, ev) in candidates.items():
         rep = cont.score_continuous(model, window_s, streams, noise, records, ev, on=args.on)
         reports[label] = cont.summary(rep)
+        reports[label].get("events", {}).pop("records", None)  # per-record rows: detection_quality's JSON has them
         print(f"scored {label}", flush=True)
     sweep = [f"{o:g}" for o in cont.SWEEP_ON]
     at_on = [row(label, r, f"{args.on:g}") for label, r in reports.items()]
