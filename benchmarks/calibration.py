@@ -70,7 +70,7 @@ def noise_day(series, stream, on: float, cfgs: dict[str, Any], window_s: float) 
             "plain": cont.false_rate(int((plain >= after).sum()), days),
             "sta_lta": cont.false_rate(int((classic >= after).sum()), days),
             "threshold": {"min": float(warm.min()), "median": float(np.median(warm)), "max": float(warm.max())},
-            "near_sta_lta": int(sum(any(abs(o - c) <= window_s for c in classic) for o in cal[cal >= after])),
+            "near_sta_lta": cont.near_count(cal[cal >= after].tolist(), classic.tolist(), window_s),
         }
     return out
 
@@ -162,10 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.events_day != "none":
         events += cont.synthetic_event_records(load_day(args.events_day), args.n_per_kind)
     if events:
-        streams = [cont._relabel(r.stream, i) for i, r in enumerate(events)]
-        by_station = cont.model_series(ckpt, streams)
-        empty = cont.Series(np.zeros(0), np.zeros(0), np.zeros(0))
-        ev_series = [by_station.get(".".join(st[0].id.split(".")[:3]), empty) for st in streams]
+        ev_series = cont.record_series(ckpt, events)
         rec = event_recall(ev_series, events, series.get(args.events_day), args.on, cfgs, window_s)
         report["events"] = rec
         for name, r in rec.items():

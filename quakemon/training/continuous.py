@@ -145,6 +145,12 @@ def match(onsets: Sequence[float], p_times: Sequence[float], window_s: float) ->
     return {"events": len(p_times), "detected": int(detected), "late": int(late), "false": int(false)}
 
 
+def near_count(onsets: Sequence[float], others: Sequence[float], window_s: float) -> int:
+    """How many of `onsets` lie within `window_s` of one of `others` (e.g. model detections near an STA/LTA
+    trigger: candidates for real events on a noise day)."""
+    return int(sum(any(abs(o - c) <= window_s for c in others) for o in onsets))
+
+
 def recall_by_kind(per_record: list[tuple[EventRecord, list[float]]], window_s: float) -> dict[str, Any]:
     """{kind: {events, detected, recall, late, false}} plus "all"."""
     out: dict[str, Any] = {}
@@ -179,18 +185,49 @@ def evaluate_continuous(ckpt: Checkpoint, noise: dict[str, Stream], events: list
                         on: float = 0.7, off: float = 0.5, min_duration_s: float = 2.0,
                         sta_lta: StaLta = StaLta(), precision: str = "fp32",
                         noise_series: dict[str, dict[str, Series]] | None = None) -> dict[str, Any]:
-    """The side-by-side report: false detections per noise day, recall by kind, late detections, sweeps.
+    """The side-by-side report of one checkpoint (`score_continuous` on its probabilities).
 
     `noise` maps a name (e.g. "UV10") to that day's stream; `noise_series` may hold precomputed model
     probabilities for some of them (same checkpoint), which are then not computed again.
     """
-    window_s = ckpt.contract.window_seconds
-    report: dict[str, Any] = {"model": ckpt.model_info,
+    series = {name: (noise_series or {}).get(name) or model_series(ckpt, [st], precision=precision)
+              for name, st in noise.items()}
+    return score_continuous(ckpt.model_info, ckpt.contract.window_seconds, noise, series, events,
+                            record_series(ckpt, events, precision), on=on, off=off, min_duration_s=min_duration_s,
+                            sta_lta=sta_lta)
+
+
+def record_series(ckpt: Checkpoint, events: list[EventRecord], precision: str = "fp32") -> list[Series]:
+    """The model's probabilities on each event record, in the order of `events` (empty for a record shorter than
+    a window). Each record gets a location code of its own, so records of one station never share windows or
+    triggers."""
+    if not events:
+        return []
+    streams = [_relabel(r.stream, i) for i, r in enumerate(events)]
+    by_station = model_series(ckpt, streams, precision=precision)
+    empty = Series(np.zeros(0), np.zeros(0), np.zeros(0))
+    return [by_station.get(".".join(st[0].id.split(".")[:3]), empty) for st in streams]
+
+
+def score_continuous(model: dict[str, Any], window_s: float, noise: dict[str, Stream],
+                     noise_series: dict[str, dict[str, Series]], events: list[EventRecord],
+                     event_series: list[Series], *, on: float = 0.7, off: float = 0.5, min_duration_s: float = 2.0,
+                     sta_lta: StaLta = StaLta()) -> dict[str, Any]:
+    """The side-by-side report from given probabilities: false detections per noise day, recall by kind, late
+    detections, sweeps; the STA/LTA runs on the same streams.
+
+    `noise_series[name]` holds the probabilities on `noise[name]` ({station: Series}); `event_series[i]` those on
+    `events[i]`. `model` is what the report names as the model (e.g. `Checkpoint.model_info`); `window_s` is the
+    window length (detections of a P arrival may start up to one window before it).
+    """
+    if len(event_series) != len(events):
+        raise ValueError(f"{len(event_series)} event series for {len(events)} event records")
+    report: dict[str, Any] = {"model": model,
                               "trigger": {"on": on, "off": off, "min_duration_s": min_duration_s},
                               "sta_lta": {**sta_lta.__dict__, "band_hz": list(sta_lta.band_hz)},
                               "noise": {}, "series": {}}
     for name, st in noise.items():
-        series = (noise_series or {}).get(name) or model_series(ckpt, [st], precision=precision)
+        series = noise_series[name]
         report["series"][name] = series
         days = station_days(series, window_s)
         model_on = {o: sum(len(trigger_onsets(s, o, off, min_duration_s)) for s in series.values())
@@ -198,7 +235,7 @@ def evaluate_continuous(ckpt: Checkpoint, noise: dict[str, Stream], events: list
         classic = {o: len(sta_lta_onsets(st, sta_lta, o)) for o in sorted({*SWEEP_STA_LTA, sta_lta.on})}
         onsets = [o for s in series.values() for o in trigger_onsets(s, on, off, min_duration_s)]
         classic_onsets = sta_lta_onsets(st, sta_lta)
-        near = sum(any(abs(o - c) <= window_s for c in classic_onsets) for o in onsets)
+        near = near_count(onsets, classic_onsets, window_s)
         report["noise"][name] = {
             "station_days": days, "windows": int(sum(len(s.p) for s in series.values())),
             "model": false_rate(model_on[on], days), "sta_lta": false_rate(classic[sta_lta.on], days),
@@ -208,13 +245,7 @@ def evaluate_continuous(ckpt: Checkpoint, noise: dict[str, Stream], events: list
         }
         log.info("noise_day_scored", day=name, model=model_on[on], sta_lta=classic[sta_lta.on], days=round(days, 3))
     if events:
-        # each record gets a location code of its own, so records of one station never share windows or triggers
-        streams = [_relabel(r.stream, i) for i, r in enumerate(events)]
-        ev_series = model_series(ckpt, streams, precision=precision)
-        rec_series = []
-        for r, st in zip(events, streams, strict=True):
-            sta = ".".join(st[0].id.split(".")[:3])
-            rec_series.append((r, ev_series.get(sta, Series(np.zeros(0), np.zeros(0), np.zeros(0)))))
+        rec_series = list(zip(events, event_series, strict=True))
         report["events"] = {
             "model": recall_by_kind([(r, trigger_onsets(s, on, off, min_duration_s)) for r, s in rec_series],
                                     window_s),

@@ -52,6 +52,11 @@ def test_match_counts_detected_late_and_false():
     assert m == {"events": 2, "detected": 1, "late": 1, "false": 1}
 
 
+def test_near_count_counts_onsets_within_a_window_of_another():
+    assert cont.near_count([100.0, 150.0, 300.0], [120.0, 281.0], 20.0) == 2
+    assert cont.near_count([100.0], [], 20.0) == 0
+
+
 def test_report_puts_model_and_sta_lta_side_by_side():
     from quakemon.data.distant import add_distant_event
     from quakemon.models.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
