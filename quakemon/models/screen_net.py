@@ -59,8 +59,8 @@ class ScreenArgs:
 def band_matrix(freq_bins: int, sampling_rate: float, nperseg: int) -> np.ndarray:
     """[bands, freq_bins] 0/1 matrix: which bins each band of `BANDS_HZ` sums (empty bands dropped)."""
     centres = np.arange(freq_bins) * sampling_rate / nperseg
-    edges = [*BANDS_HZ[:-1], math.inf]
-    rows = [((centres >= lo) & (centres < hi)).astype(np.float32) for lo, hi in zip(edges[:-1], edges[1:])]
+    edges = [*BANDS_HZ, math.inf]
+    rows = [((centres >= lo) & (centres < hi)).astype(np.float32) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
     rows = [r for r in rows if r.any()]
     if not rows:
         raise ValueError(f"no band covers {freq_bins} bins at {sampling_rate} Hz / {nperseg}")
