@@ -12,9 +12,10 @@ too, marked). The screen's scores come from the runner's own windowing and prepr
 Cascade rule: a window is forwarded when its score reaches the checkpoint's threshold or when the station's
 trigger is not idle (as the K-screen's dense state: a window that is not forwarded must never be able to move a
 trigger); any other window is fed to the trigger as sigmoid(min(score, threshold)), below the trigger's off.
-Reported per set: windows at teacher p >= 0.5 / >= 0.1 that the screen fails to pass; the share passed by the
-screen and forwarded in all; trigger transitions against full stride (`benchmarks/screen.py`'s comparison) and
-P arrivals detected.
+Reported per set and per threshold (the checkpoint's, and the others chosen on its validation windows for
+teacher p >= 0.05 ... 0.5, kept in its metadata): windows at teacher p >= 0.5 / >= 0.1 that the screen fails to
+pass; the share passed by the screen and forwarded in all; trigger transitions against full stride
+(`benchmarks/screen.py`'s comparison) and P arrivals detected.
 
     .venv/bin/python benchmarks/cascade.py --screen S.safetensors --cost --json out.json
 
@@ -110,25 +111,28 @@ def screen_scores(ckpt, scr, streams, series: dict[str, Any]) -> dict[str, np.nd
     return out
 
 
-def quality(ckpt, scr, train_day: str) -> list[dict[str, Any]]:
+def quality(ckpt, scr, train_day: str, thresholds: dict[str, float]) -> list[dict[str, Any]]:
+    """The comparison on every data set, for each of `thresholds` ({name: logit})."""
     from quakemon.data.noise_days import load_day
     from quakemon.training import continuous as cont
 
-    results = []
+    sets = []
     for day in ("UV05", "UV10"):
         series = cont.day_series(ckpt, day)
-        sc = screen_scores(ckpt, scr, [load_day(day)], series)
         name = f"noise {day}" + (" (trained on)" if day == train_day else "")
-        results.append({"data": name, **compare_cascade(series, sc, scr.threshold, None)})
-        print(json.dumps(results[-1]), flush=True)
+        sets.append((name, series, screen_scores(ckpt, scr, [load_day(day)], series), None))
     for kind, name in (("real", "real catalogue"), ("synthetic", "synthetic distant (UV10)")):
         series, pairs = kscreen.event_series(ckpt, kind)
         records = (cont.real_event_records(ckpt.contract.sampling_rate) if kind == "real"
                    else cont.synthetic_event_records(load_day("UV10"), 40))
         streams = [cont._relabel(r.stream, i) for i, r in enumerate(records)]
-        sc = screen_scores(ckpt, scr, streams, series)
-        results.append({"data": name, **compare_cascade(series, sc, scr.threshold, pairs)})
-        print(json.dumps(results[-1]), flush=True)
+        sets.append((name, series, screen_scores(ckpt, scr, streams, series), pairs))
+    results = []
+    for tname, thr in thresholds.items():
+        for name, series, sc, pairs in sets:
+            results.append({"data": name, "threshold": tname, "logit": round(thr, 4),
+                            **compare_cascade(series, sc, thr, pairs)})
+            print(json.dumps(results[-1]), flush=True)
     return results
 
 
@@ -175,6 +179,7 @@ def cost(ckpt, scr, repeats: int) -> dict[str, Any]:
     from quakemon.pipeline.detect import preprocess_windows, stack_windows
     from quakemon.pipeline.engine import InferenceEngine
     from quakemon.pipeline.runner import Inference
+    from quakemon.pipeline.transforms import set_cpu_threads
     from quakemon.pipeline.windowing import StationWindower
 
     torch.set_num_threads(2)
@@ -196,6 +201,7 @@ def cost(ckpt, scr, repeats: int) -> dict[str, Any]:
     ws = [w for w in win.add_traces(traces[:1])][:256]
     data, metas = stack_windows(ws)
     torch.set_num_threads(1)
+    set_cpu_threads(1)
     spectra, _ = preprocess_windows(data, metas, ckpt.contract)
     n = len(spectra)
     engine = InferenceEngine(ckpt, device="cpu", precision="fp32", batch_size=64)
@@ -237,8 +243,10 @@ def main() -> int:
     if args.cost:
         report["cost"] = cost(ckpt, scr, args.repeats)
     else:
-        train_day = scr.meta.get("distilled", {}).get("day", "")
-        report["results"] = quality(ckpt, scr, train_day)
+        distilled = scr.meta.get("distilled", {})
+        thresholds = {"checkpoint": scr.threshold}
+        thresholds.update({f"val p>={k}": v for k, v in distilled.get("val_thresholds", {}).items()})
+        report["results"] = quality(ckpt, scr, distilled.get("day", ""), thresholds)
     report["seconds"] = round(time.time() - t0, 1)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

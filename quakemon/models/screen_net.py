@@ -2,11 +2,11 @@
 threshold go through the detector (HybridViT); the others are decided at once as quiet (a cascade).
 
 It reads the detector's own input, the window's spectrogram [B, C, F, T] (`quakemon.pipeline.transforms`: |STFT|
-of the z-scored window), so it adds no transform of its own. The frequency bins are summed into a few fixed
-bands (`BANDS_HZ`, a constant matrix), the band magnitudes are log-compressed, and two strided 1-D convolutions
-over time, a max and mean over time and a linear layer give one score, the predicted logit of the detector's
-trigger probability. It is distilled from the detector (`quakemon.training.screen_distill`); the threshold that
-decides "pass" is chosen there, on validation windows of the training data, and travels in the checkpoint.
+of the z-scored window), so it adds no transform of its own: the magnitudes are log-compressed, three strided
+3x3 convolutions (8x downsampling), a max and a mean over the remaining grid and a linear layer give one score,
+the predicted logit of the detector's trigger probability. It is distilled from the detector
+(`quakemon.training.screen_distill`); the threshold that decides "pass" is chosen there, on validation windows
+of the training data, and travels in the checkpoint.
 
 Checkpoint: one safetensors file, the weights plus metadata "quakemon_screen" (JSON): format, the architecture
 arguments, the threshold (a logit), the sha256 of the detector it was distilled from and the detector's input
@@ -30,9 +30,7 @@ from torch import nn
 from quakemon.base.errors import QuakemonError
 
 FORMAT = "quakemon.screen/1"
-#: Band edges in Hz of the fixed frequency pooling (bins whose centre lies in [lo, hi)); the last band is open.
-BANDS_HZ: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 6.0, 9.0, 13.0, 20.0, 30.0)
-#: Contract fields a screen is tied to (its band matrix and its input shape depend on them).
+#: Contract fields a screen is tied to (its input shape and what it learnt depend on them).
 CONTRACT_KEYS = ("sampling_rate", "window_samples", "component_order", "stft_nperseg", "stft_hop")
 
 
@@ -42,59 +40,53 @@ class ScreenCheckpointError(QuakemonError):
 
 @dataclass(frozen=True)
 class ScreenArgs:
-    """Architecture of a ScreenNet: input channels, frequency bins and frames of the spectrogram, the sampling
-    rate and STFT segment (for the band edges), and the widths of the two convolutions."""
+    """Architecture of a ScreenNet: input channels, frequency bins and frames of the spectrogram, and the widths
+    of its three convolutions."""
 
     in_channels: int = 3
     freq_bins: int = 33
     frames: int = 64
-    sampling_rate: float = 100.0
-    nperseg: int = 64
-    width: int = 16
+    widths: tuple[int, int, int] = (16, 32, 48)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if len(self.widths) != 3 or min(self.widths) < 1:
+            raise ValueError(f"widths must be three positive integers, got {self.widths!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def band_matrix(freq_bins: int, sampling_rate: float, nperseg: int) -> np.ndarray:
-    """[bands, freq_bins] 0/1 matrix: which bins each band of `BANDS_HZ` sums (empty bands dropped)."""
-    centres = np.arange(freq_bins) * sampling_rate / nperseg
-    edges = [*BANDS_HZ, math.inf]
-    rows = [((centres >= lo) & (centres < hi)).astype(np.float32) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
-    rows = [r for r in rows if r.any()]
-    if not rows:
-        raise ValueError(f"no band covers {freq_bins} bins at {sampling_rate} Hz / {nperseg}")
-    return np.stack(rows)
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        return d
 
 
 class ScreenNet(nn.Module):
     """Spectrogram [B, C, F, T] -> one score (a logit) per window [B]."""
 
+    #: Names the fixed part (`features`), so that cached features of another version are never reused.
+    FEATURES = "logspec1"
+
     def __init__(self, args: ScreenArgs = ScreenArgs()) -> None:
         super().__init__()
         self.args = args
-        bands = torch.from_numpy(band_matrix(args.freq_bins, args.sampling_rate, args.nperseg))
-        self.register_buffer("bands", bands, persistent=False)
-        n_in = args.in_channels * bands.shape[0]
-        w = args.width
-        self.norm = nn.BatchNorm1d(n_in)
-        self.conv1 = nn.Conv1d(n_in, w, 5, stride=2, padding=2)
-        self.conv2 = nn.Conv1d(w, w, 3, stride=2, padding=1)
-        self.head = nn.Linear(2 * w, 1)
+        w1, w2, w3 = args.widths
+        self.norm = nn.BatchNorm2d(args.in_channels)
+        self.conv1 = nn.Conv2d(args.in_channels, w1, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(w1, w2, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(w2, w3, 3, stride=2, padding=1)
+        self.head = nn.Linear(2 * w3, 1)
 
     def features(self, spectra: torch.Tensor) -> torch.Tensor:
-        """[B, C, F, T] -> log band magnitudes [B, C * bands, T] (the fixed part; training caches it)."""
-        b, c, f, t = spectra.shape
-        if (c, f, t) != (self.args.in_channels, self.args.freq_bins, self.args.frames):
-            raise ValueError(f"expected spectrograms [B, {self.args.in_channels}, {self.args.freq_bins}, "
-                             f"{self.args.frames}], got {list(spectra.shape)}")
-        x = torch.matmul(self.bands, spectra.float())  # [B, C, bands, T]
-        return torch.log(x + 1e-4).reshape(b, -1, t)
+        """[B, C, F, T] -> log magnitudes [B, C, F, T] (the fixed part; training caches it)."""
+        shape = (self.args.in_channels, self.args.freq_bins, self.args.frames)
+        if spectra.ndim != 4 or tuple(spectra.shape[1:]) != shape:
+            raise ValueError(f"expected spectrograms [B, {', '.join(map(str, shape))}], got {list(spectra.shape)}")
+        return torch.log(spectra.float() + 1e-4)
 
     def score_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Log band magnitudes [B, C * bands, T] -> scores [B]."""
+        """Log magnitudes [B, C, F, T] -> scores [B]."""
         x = torch.relu(self.conv1(self.norm(x)))
         x = torch.relu(self.conv2(x))
+        x = torch.relu(self.conv3(x)).flatten(2)
         return self.head(torch.cat([x.amax(-1), x.mean(-1)], 1))[:, 0]
 
     def forward(self, spectra: torch.Tensor) -> torch.Tensor:
