@@ -14,7 +14,6 @@ from quakemon.models.screen_net import (
     ScreenArgs,
     ScreenCheckpointError,
     ScreenNet,
-    band_matrix,
     choose_threshold,
     load_screen,
     passes,
@@ -32,15 +31,16 @@ def _net(seed: int = 1) -> ScreenNet:
     return net.eval()
 
 
-def test_shapes_and_bands():
+def test_shapes():
     net = _net()
     x = torch.rand(5, 3, 33, 64)
     assert net(x).shape == (5,)
-    bands = band_matrix(33, 100.0, 64)
-    assert bands.sum(0).tolist() == [1.0] * 33  # every bin in exactly one band
-    assert net.features(x).shape == (5, 3 * bands.shape[0], 64)
+    assert net.features(x).shape == (5, 3, 33, 64)
+    assert torch.equal(net.features(torch.zeros(1, 3, 33, 64)), torch.full((1, 3, 33, 64), float(np.log(1e-4))))
     with pytest.raises(ValueError, match=r"expected spectrograms \[B, 3, 33, 64\], got \[2, 1, 33, 64\]"):
         net(torch.rand(2, 1, 33, 64))
+    with pytest.raises(ValueError, match="widths must be three positive integers"):
+        ScreenArgs(widths=(4, 0, 4))
 
 
 def test_score_does_not_depend_on_the_batch():
@@ -82,7 +82,7 @@ def test_refusals(tmp_path):
     with pytest.raises(ScreenCheckpointError, match="no 'quakemon_screen' metadata"):
         load_screen(plain)
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
-    meta = {"format": "quakemon.screen/1", "args": {**ScreenArgs().to_dict(), "width": 8}, "threshold": -1.0,
+    meta = {"format": "quakemon.screen/1", "args": {**ScreenArgs().to_dict(), "widths": [8, 8, 8]}, "threshold": -1.0,
             "teacher_sha256": SHA, "contract": {}}
     other = tmp_path / "other.safetensors"
     save_file(state, str(other), metadata={"quakemon_screen": json.dumps(meta)})
