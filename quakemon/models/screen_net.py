@@ -1,0 +1,191 @@
+"""ScreenNet: a tiny network that scores every window cheaply, so that only windows whose score reaches a
+threshold go through the detector (HybridViT); the others are decided at once as quiet (a cascade).
+
+It reads the detector's own input, the window's spectrogram [B, C, F, T] (`quakemon.pipeline.transforms`: |STFT|
+of the z-scored window), so it adds no transform of its own: the magnitudes are log-compressed, three strided
+3x3 convolutions (8x downsampling), a max and a mean over the remaining grid and a linear layer give one score,
+the predicted logit of the detector's trigger probability. It is distilled from the detector
+(`quakemon.training.screen_distill`); the threshold that decides "pass" is chosen there, on validation windows
+of the training data, and travels in the checkpoint.
+
+Checkpoint: one safetensors file, the weights plus metadata "quakemon_screen" (JSON): format, the architecture
+arguments, the threshold (a logit), the sha256 of the detector it was distilled from and the detector's input
+contract fields it depends on (sampling rate, window and STFT sizes, component order). `load_screen` checks them
+all and raises `ScreenCheckpointError` saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from quakemon.base.errors import QuakemonError
+
+FORMAT = "quakemon.screen/1"
+#: Contract fields a screen is tied to (its input shape and what it learnt depend on them).
+CONTRACT_KEYS = ("sampling_rate", "window_samples", "component_order", "stft_nperseg", "stft_hop")
+
+
+class ScreenCheckpointError(QuakemonError):
+    """A screen checkpoint that cannot be used: unreadable, another format, or built for another detector."""
+
+
+@dataclass(frozen=True)
+class ScreenArgs:
+    """Architecture of a ScreenNet: input channels, frequency bins and frames of the spectrogram, and the widths
+    of its three convolutions."""
+
+    in_channels: int = 3
+    freq_bins: int = 33
+    frames: int = 64
+    widths: tuple[int, int, int] = (16, 32, 48)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if len(self.widths) != 3 or min(self.widths) < 1:
+            raise ValueError(f"widths must be three positive integers, got {self.widths!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+
+class ScreenNet(nn.Module):
+    """Spectrogram [B, C, F, T] -> one score (a logit) per window [B]."""
+
+    #: Names the fixed part (`features`), so that cached features of another version are never reused.
+    FEATURES = "logspec1"
+
+    def __init__(self, args: ScreenArgs = ScreenArgs()) -> None:
+        super().__init__()
+        self.args = args
+        w1, w2, w3 = args.widths
+        self.norm = nn.BatchNorm2d(args.in_channels)
+        self.conv1 = nn.Conv2d(args.in_channels, w1, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(w1, w2, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(w2, w3, 3, stride=2, padding=1)
+        self.head = nn.Linear(2 * w3, 1)
+
+    def features(self, spectra: torch.Tensor) -> torch.Tensor:
+        """[B, C, F, T] -> log magnitudes [B, C, F, T] (the fixed part; training caches it)."""
+        shape = (self.args.in_channels, self.args.freq_bins, self.args.frames)
+        if spectra.ndim != 4 or tuple(spectra.shape[1:]) != shape:
+            raise ValueError(f"expected spectrograms [B, {', '.join(map(str, shape))}], got {list(spectra.shape)}")
+        return torch.log(spectra.float() + 1e-4)
+
+    def score_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Log magnitudes [B, C, F, T] -> scores [B]."""
+        x = torch.relu(self.conv1(self.norm(x)))
+        x = torch.relu(self.conv2(x))
+        x = torch.relu(self.conv3(x)).flatten(2)
+        return self.head(torch.cat([x.amax(-1), x.mean(-1)], 1))[:, 0]
+
+    def forward(self, spectra: torch.Tensor) -> torch.Tensor:
+        return self.score_features(self.features(spectra))
+
+
+@dataclass
+class Screen:
+    """A loaded screen: the network (eval mode), its pass threshold (a logit) and its metadata."""
+
+    net: ScreenNet
+    threshold: float
+    meta: dict[str, Any]
+
+    @torch.inference_mode()
+    def scores(self, spectra: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Scores [B] float32 of spectrograms [B, C, F, T]."""
+        return self.net(torch.as_tensor(spectra)).float().numpy()
+
+    def passes(self, spectra: np.ndarray | torch.Tensor) -> np.ndarray:
+        """bool [B]: the windows that go on to the detector (score >= threshold)."""
+        return passes(self.scores(spectra), self.threshold)
+
+
+def passes(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """bool mask of the scores at or above the threshold (a NaN score passes: never decide quiet on no score)."""
+    s = np.asarray(scores, dtype=np.float64)
+    return ~(s < threshold)
+
+
+def choose_threshold(scores: np.ndarray, teacher_p: np.ndarray, p_min: float, margin: float = 0.0) -> float:
+    """The highest threshold that passes every window whose teacher probability is >= p_min, lowered by `margin`
+    (in logit units): min(score over those windows) - margin. Raises ValueError with no such window."""
+    s, p = np.asarray(scores, np.float64), np.asarray(teacher_p, np.float64)
+    if s.shape != p.shape:
+        raise ValueError(f"scores {s.shape} and teacher probabilities {p.shape} differ in shape")
+    sel = s[p >= p_min]
+    if sel.size == 0:
+        raise ValueError(f"no window with teacher probability >= {p_min}: cannot choose a threshold")
+    return float(sel.min() - margin)
+
+
+def contract_fields(contract: Any) -> dict[str, Any]:
+    return {k: getattr(contract, k) for k in CONTRACT_KEYS}
+
+
+def save_screen(path: str | os.PathLike, net: ScreenNet, threshold: float, teacher_sha256: str,
+                contract: Any, extra: dict[str, Any] | None = None) -> Path:
+    """Write the screen (weights + metadata) to one safetensors file; return its path."""
+    from safetensors.torch import save_file
+
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be finite, got {threshold!r}")
+    meta = {"format": FORMAT, "args": net.args.to_dict(), "threshold": float(threshold),
+            "teacher_sha256": teacher_sha256, "contract": contract_fields(contract), **(extra or {})}
+    path = Path(path)
+    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    save_file(state, str(path), metadata={"quakemon_screen": json.dumps(meta, sort_keys=True)})
+    return path
+
+
+def load_screen(path: str | os.PathLike, teacher_sha256: str | None = None, contract: Any = None) -> Screen:
+    """Load a screen checkpoint from a local file. With `teacher_sha256` / `contract`, also check that it was
+    distilled from that detector and for that input contract. Raises ScreenCheckpointError."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ScreenCheckpointError(f"screen checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("quakemon_screen")
+            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no iterator
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for corrupt files
+        raise ScreenCheckpointError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc})"
+                                    ) from None
+    if raw is None:
+        raise ScreenCheckpointError(f"{path} has no 'quakemon_screen' metadata: not a screen checkpoint")
+    try:
+        meta = json.loads(raw)
+        if meta.get("format") != FORMAT:
+            raise ScreenCheckpointError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        args = ScreenArgs(**meta["args"])
+        threshold = float(meta["threshold"])
+    except ScreenCheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ScreenCheckpointError(f"{path}: malformed screen metadata ({type(exc).__name__}: {exc})") from None
+    if not math.isfinite(threshold):
+        raise ScreenCheckpointError(f"{path}: threshold {threshold!r} is not finite")
+    if teacher_sha256 is not None and meta.get("teacher_sha256") != teacher_sha256:
+        raise ScreenCheckpointError(f"{path} was distilled from detector {str(meta.get('teacher_sha256'))[:16]}..., "
+                                    f"not from the loaded one ({teacher_sha256[:16]}...)")
+    if contract is not None and meta.get("contract") != contract_fields(contract):
+        raise ScreenCheckpointError(f"{path} was built for input {meta.get('contract')}, the detector takes "
+                                    f"{contract_fields(contract)}")
+    net = ScreenNet(args)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ScreenCheckpointError(f"{path}: weights do not fit the architecture {args}: {exc}") from None
+    return Screen(net.eval(), threshold, meta)
