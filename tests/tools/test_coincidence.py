@@ -161,6 +161,13 @@ def test_description_finds_the_burst_its_frequency_duration_and_delay() -> None:
     quiet = co.describe(cont.band_passed(tr, sta.band_hz), tr.data, ratio, t0, fs, t0 + 285.0, t0 + 312.0)
     assert quiet["ratio"] < 2.0 and quiet["snr"] < 6.0 and quiet["duration_s"] < 2.0
     assert co.quartiles([1.0, None, 3.0, 2.0]) == [1.5, 2.0, 2.5] and co.quartiles([None]) is None
+    t = np.arange(1000) / 100.0
+    two = np.sin(2 * np.pi * 0.2 * t) * 50 + np.sin(2 * np.pi * 6.0 * t)  # a large 0.2 Hz swell under 6 Hz
+    assert co.dominant_frequency(two, 100.0, (1.0, 20.0)) == pytest.approx(6.0, abs=0.11)
+    assert co.dominant_frequency(two, 100.0, (0.1, 20.0)) == pytest.approx(0.2, abs=0.11)
+    assert co.dominant_frequency(two[:1], 100.0, (1.0, 20.0)) is None
+    noise = co.baseline(cont.band_passed(tr, sta.band_hz), tr.data, ratio, t0, fs, 22.0, 30, seed=1)
+    assert noise["n"] == 30 and noise["ratio"][2] < 2.0 and set(noise) == {"n", *co.MEASURES}
 
 
 def test_ratio_helper_is_the_sta_lta_detectors_characteristic_function() -> None:
