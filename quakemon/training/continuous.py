@@ -116,21 +116,14 @@ def trigger_onsets(series: Series, on: float, off: float = 0.5, min_duration_s: 
 
 def sta_lta_onsets(stream: Stream, cfg: StaLta = StaLta(), on: float | None = None) -> list[float]:
     """Trigger-on times of the recursive STA/LTA on each vertical trace (POSIX seconds)."""
-    from obspy.signal.trigger import recursive_sta_lta, trigger_onset
+    from obspy.signal.trigger import trigger_onset
 
     onsets: list[float] = []
     for tr in stream.select(component="Z"):
-        fs = tr.stats.sampling_rate
-        nsta, nlta = int(round(cfg.sta_s * fs)), int(round(cfg.lta_s * fs))
-        if tr.stats.npts <= nlta:
+        ratio = sta_lta_ratio(tr, cfg)
+        if ratio is None:
             continue
-        x = tr.copy()
-        x.data = x.data.astype(np.float64)
-        x.detrend("demean")
-        x.filter("bandpass", freqmin=cfg.band_hz[0], freqmax=min(cfg.band_hz[1], 0.45 * fs), corners=4)
-        cft = recursive_sta_lta(x.data, nsta, nlta)
-        cft[:nlta] = 0.0
-        t0 = tr.stats.starttime.timestamp
+        t0, fs, cft = ratio
         onsets += [t0 + i / fs for i, _ in trigger_onset(cft, cfg.on if on is None else on, cfg.off)]
     return sorted(onsets)
 
@@ -356,3 +349,28 @@ def _group(rec: dict[str, Any], prefix: str) -> str:
     ev = sum(v["events"] for k, v in rec.items() if k.startswith(prefix))
     det = sum(v["detected"] for k, v in rec.items() if k.startswith(prefix))
     return f"{det}/{ev} ({det / ev:.0%})" if ev else "-"
+
+
+def sta_lta_ratio(trace, cfg: StaLta = StaLta()) -> tuple[float, float, np.ndarray] | None:
+    """The reference detector's characteristic function on one trace: (start time in POSIX seconds, sampling rate,
+    recursive STA/LTA ratio of the demeaned, band-passed trace with its first LTA length set to 0), or None for a
+    trace no longer than one LTA."""
+    from obspy.signal.trigger import recursive_sta_lta
+
+    fs = trace.stats.sampling_rate
+    nsta, nlta = int(round(cfg.sta_s * fs)), int(round(cfg.lta_s * fs))
+    if trace.stats.npts <= nlta:
+        return None
+    cft = recursive_sta_lta(band_passed(trace, cfg.band_hz), nsta, nlta)
+    cft[:nlta] = 0.0
+    return trace.stats.starttime.timestamp, fs, cft
+
+
+def band_passed(trace, band_hz: tuple[float, float]) -> np.ndarray:
+    """The trace's samples (float64), demeaned and band-passed as the reference detector sees them (4-corner
+    Butterworth, upper corner capped at 0.45 of the sampling rate); the trace itself is not changed."""
+    x = trace.copy()
+    x.data = x.data.astype(np.float64)
+    x.detrend("demean")
+    x.filter("bandpass", freqmin=band_hz[0], freqmax=min(band_hz[1], 0.45 * x.stats.sampling_rate), corners=4)
+    return x.data

@@ -57,3 +57,24 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("QUAKEMON_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert noise_days.cache_dir() == tmp_path / "x" / "quakemon"
+
+
+def test_station_coordinates_come_from_the_wheels_station_list(tmp_path):
+    wheel = tmp_path / noise_days.MSNOISE_WHEEL
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(noise_days.STATIONS_CSV,
+                    "YA.UV05,366571,7649794,2523\nYA.UV06,1,2,3\nYA.UV10,367732,7645916,1806\n")
+    assert noise_days.station_coordinates("UV05", wheel=wheel) == (366571.0, 7649794.0, 2523.0)
+    assert noise_days.station_coordinates("UV10", wheel=wheel) == (367732.0, 7645916.0, 1806.0)
+    with pytest.raises(QuakemonError, match="only"):
+        noise_days.station_coordinates("UV06", wheel=wheel)
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(noise_days.STATIONS_CSV, "YA.UV05,366571,7649794\n")
+    with pytest.raises(QuakemonError, match="expected NET.STA,X,Y,altitude"):
+        noise_days.station_coordinates("UV05", wheel=wheel)
+    with pytest.raises(QuakemonError, match="no row for YA.UV10"):
+        noise_days.station_coordinates("UV10", wheel=wheel)
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("other.txt", "")
+    with pytest.raises(QuakemonError, match="has no msnoise/test/extra/stations.csv"):
+        noise_days.station_coordinates("UV05", wheel=wheel)
