@@ -29,7 +29,8 @@ from obspy import Stream
 from scipy.stats import chi2
 
 from quakemon.models.checkpoint import Checkpoint
-from quakemon.pipeline.trigger import StationTrigger
+from quakemon.pipeline.picker import Pick, is_new_p, pick_every_row
+from quakemon.pipeline.trigger import DetectionRef, StationTrigger
 
 log = structlog.get_logger(__name__)
 
@@ -104,14 +105,57 @@ def model_series(ckpt: Checkpoint, streams: Iterable[Stream], label: str = "eart
     return out
 
 
-def trigger_onsets(series: Series, on: float, off: float = 0.5, min_duration_s: float = 2.0) -> list[float]:
-    """Onsets of the "new" detections the daemon's trigger gives on these probabilities (flush at the end)."""
-    trig = StationTrigger(on, min(off, on), min_duration_s, "earthquake")
+def trigger_onsets(series: Series, on: float, off: float = 0.5, min_duration_s: float = 2.0,
+                   new_p: NewPCheck | None = None) -> list[float]:
+    """Onsets of the "new" detections the daemon's trigger gives on these probabilities (flush at the end).
+
+    new_p: the record's samples, to split an active detection at a clearly new P (`trigger.split_on_new_p`)."""
+    trig = StationTrigger(on, min(off, on), min_duration_s, "earthquake", split_on_new_p=new_p is not None)
     onsets = []
     for s, e, p in zip(series.start.tolist(), series.end.tolist(), series.p.tolist(), strict=True):
-        onsets += [ev.onset for ev in trig._update(s, e, {"earthquake": p}) if ev.state == "new"]
+        check = (lambda ref, t=s: new_p(ref, t)) if new_p is not None else None
+        onsets += [ev.onset for ev in trig._update(s, e, {"earthquake": p}, check) if ev.state == "new"]
     onsets += [ev.onset for ev in trig.flush() if ev.state == "new"]
     return onsets
+
+
+class NewPCheck:
+    """The daemon's "clearly new P" check (`quakemon.pipeline.detect.DetectionStage`) on a record's vertical, for
+    a trigger fed probabilities only: a window is picked with `lead_s` of data before it (`PICK_LEAD_S`), at
+    `sampling_rate` (other rates resampled as the runner does), and the detection's pick is that of its first
+    window over ``on``."""
+
+    def __init__(self, stream: Stream, sampling_rate: float = 100.0, window_s: float = 20.0,
+                 lead_s: float | None = None, after_s: float | None = None) -> None:
+        from fractions import Fraction
+
+        from scipy.signal import resample_poly
+
+        from quakemon.pipeline.detect import PICK_LEAD_S
+        from quakemon.pipeline.settings import TRIGGER
+
+        st = (stream.select(component="Z") or stream).copy().merge(fill_value="interpolate")
+        tr = max(st, key=lambda t: t.stats.npts)
+        x = np.asarray(tr.data, dtype=np.float64)
+        if tr.stats.sampling_rate != sampling_rate:
+            ratio = Fraction(sampling_rate / tr.stats.sampling_rate).limit_denominator(1000)
+            x = resample_poly(x, ratio.numerator, ratio.denominator)
+        self.x, self.fs, self.t0 = x, float(sampling_rate), tr.stats.starttime.timestamp
+        self.window_s, self.lead_s = window_s, PICK_LEAD_S if lead_s is None else lead_s
+        self.after_s = TRIGGER.new_pick_after_s if after_s is None else after_s
+
+    def pick(self, start: float) -> Pick:
+        """The pick of the window starting at `start` (POSIX seconds), with its lead."""
+        i0 = max(0, int(round((start - self.lead_s - self.t0) * self.fs)))
+        i1 = int(round((start + self.window_s - self.t0) * self.fs))
+        seg = self.x[i0:i1].astype(np.float32)
+        batch = pick_every_row((seg - seg.mean())[None], int(round((self.t0 + i0 / self.fs) * 1e9)), self.fs)
+        return batch.picks()[0]
+
+    def __call__(self, ref: DetectionRef, start: float) -> bool:
+        if ref.pick is None:
+            ref.pick = self.pick(ref.window_start)
+        return is_new_p(self.pick(start), ref.pick, self.after_s)
 
 
 def sta_lta_onsets(stream: Stream, cfg: StaLta = StaLta(), on: float | None = None) -> list[float]:
@@ -178,25 +222,29 @@ def false_rate(count: int, days: float) -> dict[str, Any]:
 def evaluate_continuous(ckpt: Checkpoint, noise: dict[str, Stream], events: list[EventRecord], *,
                         on: float = 0.7, off: float = 0.5, min_duration_s: float = 2.0,
                         sta_lta: StaLta = StaLta(), precision: str = "fp32",
-                        noise_series: dict[str, dict[str, Series]] | None = None) -> dict[str, Any]:
+                        noise_series: dict[str, dict[str, Series]] | None = None,
+                        split_on_new_p: bool = False) -> dict[str, Any]:
     """The side-by-side report: false detections per noise day, recall by kind, late detections, sweeps.
 
     `noise` maps a name (e.g. "UV10") to that day's stream; `noise_series` may hold precomputed model
-    probabilities for some of them (same checkpoint), which are then not computed again.
+    probabilities for some of them (same checkpoint), which are then not computed again. split_on_new_p: the
+    model's trigger splits an active detection at a clearly new P (`NewPCheck` on each record's samples).
     """
     window_s = ckpt.contract.window_seconds
     report: dict[str, Any] = {"model": ckpt.model_info,
-                              "trigger": {"on": on, "off": off, "min_duration_s": min_duration_s},
+                              "trigger": {"on": on, "off": off, "min_duration_s": min_duration_s,
+                                          "split_on_new_p": split_on_new_p},
                               "sta_lta": {**sta_lta.__dict__, "band_hz": list(sta_lta.band_hz)},
                               "noise": {}, "series": {}}
     for name, st in noise.items():
         series = (noise_series or {}).get(name) or model_series(ckpt, [st], precision=precision)
         report["series"][name] = series
         days = station_days(series, window_s)
-        model_on = {o: sum(len(trigger_onsets(s, o, off, min_duration_s)) for s in series.values())
+        check = NewPCheck(st, ckpt.contract.sampling_rate, window_s) if split_on_new_p else None
+        model_on = {o: sum(len(trigger_onsets(s, o, off, min_duration_s, check)) for s in series.values())
                     for o in sorted({*SWEEP_ON, on})}
         classic = {o: len(sta_lta_onsets(st, sta_lta, o)) for o in sorted({*SWEEP_STA_LTA, sta_lta.on})}
-        onsets = [o for s in series.values() for o in trigger_onsets(s, on, off, min_duration_s)]
+        onsets = [o for s in series.values() for o in trigger_onsets(s, on, off, min_duration_s, check)]
         classic_onsets = sta_lta_onsets(st, sta_lta)
         near = sum(any(abs(o - c) <= window_s for c in classic_onsets) for o in onsets)
         report["noise"][name] = {
@@ -214,21 +262,22 @@ def evaluate_continuous(ckpt: Checkpoint, noise: dict[str, Stream], events: list
         rec_series = []
         for r, st in zip(events, streams, strict=True):
             sta = ".".join(st[0].id.split(".")[:3])
-            rec_series.append((r, ev_series.get(sta, Series(np.zeros(0), np.zeros(0), np.zeros(0)))))
+            rec_series.append((r, ev_series.get(sta, Series(np.zeros(0), np.zeros(0), np.zeros(0))),
+                               NewPCheck(r.stream, ckpt.contract.sampling_rate, window_s) if split_on_new_p else None))
         report["events"] = {
-            "model": recall_by_kind([(r, trigger_onsets(s, on, off, min_duration_s)) for r, s in rec_series],
+            "model": recall_by_kind([(r, trigger_onsets(s, on, off, min_duration_s, c)) for r, s, c in rec_series],
                                     window_s),
             "sta_lta": recall_by_kind([(r, sta_lta_onsets(r.stream, sta_lta)) for r in events], window_s),
             "sweep_model": {f"{o:g}": recall_by_kind(
-                [(r, trigger_onsets(s, o, off, min_duration_s)) for r, s in rec_series], window_s)
+                [(r, trigger_onsets(s, o, off, min_duration_s, c)) for r, s, c in rec_series], window_s)
                 for o in SWEEP_ON},
             "sweep_sta_lta": {f"{o:g}": recall_by_kind([(r, sta_lta_onsets(r.stream, sta_lta, o)) for r in events],
                                                        window_s) for o in SWEEP_STA_LTA},
             "records": [{"name": r.name, "kind": r.kind, **r.info,
                          "max_p": float(s.p.max()) if len(s.p) else None,
-                         **{f"model_{k}": v for k, v in match(trigger_onsets(s, on, off, min_duration_s),
+                         **{f"model_{k}": v for k, v in match(trigger_onsets(s, on, off, min_duration_s, c),
                                                               r.p_times, window_s).items()}}
-                        for r, s in rec_series],
+                        for r, s, c in rec_series],
         }
     return report
 
@@ -258,9 +307,13 @@ def day_series(ckpt: Checkpoint, day: str, precision: str = "fp32") -> dict[str,
     return series
 
 
-def real_event_records(sampling_rate: float = 100.0, min_seconds: float = 20.0) -> list[EventRecord]:
+def real_event_records(sampling_rate: float | None = 100.0, min_seconds: float = 20.0) -> list[EventRecord]:
     """The real-data catalogue's earthquakes (`realdata.local_events`), kind prefixed "real:"; records shorter than
-    `min_seconds` (one window) are left out."""
+    `min_seconds` (one window) are left out.
+
+    sampling_rate: records at another rate are resampled by `realdata.load` (FFT method: the end of a record
+    wraps around into its first seconds); None keeps each record's own rate, so the runner resamples it as the
+    daemon does (`resample_poly`)."""
     from quakemon.data.realdata import load, local_events
 
     out = []
