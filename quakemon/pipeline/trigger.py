@@ -41,7 +41,9 @@ Policy (the same in replay and live, so the same windows give the same detection
   after the held detection's pick), the held detection closes there and the window opens a new one. A gap,
   ``expire`` past the hold's end close a held detection too (still "off": it had ended); ``flush`` (the data
   ended inside the hold) closes it with "flush".
-  ``retrigger_hold_s = 0`` closes at the first window below ``off``.
+  ``retrigger_hold_s = 0`` closes at the first window below ``off``. With ``split_on_new_p`` (off by default) the
+  same check is asked for every window that reaches ``on`` while a detection is active (``stats
+  ["new_inside_active"]``): a clearly new P closes it there and opens a new one, as inside the hold.
 * Each detection carries a `DetectionRef`: the first window over ``on`` and, once the caller has picked it
   (`TriggerBank.take_opened`, then `DetectionRef.pick`; `quakemon.pipeline.detect` does this for every batch),
   its P pick, from which the body's ``onset`` and ``id`` derive (`TriggerEvent.to_body`).
