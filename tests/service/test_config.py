@@ -274,3 +274,9 @@ def test_operations_recipe_configs_load(tmp_path: Path, monkeypatch: pytest.Monk
     assert hosts.pipeline.spectra_endpoint == "tcp://gpuhost.example.org:5556"
     on_gpu = load_config(write(tmp_path, textwrap.dedent(blocks[2])), {"pipeline.spectra_endpoint": "tcp://*:5556"})
     assert on_gpu.pipeline.spectra_endpoint == "tcp://*:5556"
+
+
+def test_split_on_new_p_is_off_by_default_and_can_be_set(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, MINIMAL)).trigger.split_on_new_p is False
+    cfg = load_config(write(tmp_path, MINIMAL + "[trigger]\nsplit_on_new_p = true\n"))
+    assert cfg.trigger.split_on_new_p is True
