@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sprit-sites", action="store_true",
                         help="also count false detections on the sprit validation sites (vertical-only and 3-C)")
     parser.add_argument("--on", type=float, default=0.7)
+    parser.add_argument("--split-on-new-p", action="store_true",
+                        help="the trigger splits an active detection at a clearly new P (trigger.split_on_new_p)")
+    parser.add_argument("--native-rate", action="store_true", help="the real records at their own rate, resampled "
+                        "by the runner as in the daemon (default: realdata.load's FFT resampling to the model's rate)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     configure_logging("warning", "console")
@@ -47,12 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         more, more_series = sprit_validation(ckpt)
         noise.update(more)
         series.update(more_series)
-    events = [] if args.no_real else cont.real_event_records(ckpt.contract.sampling_rate)
+    events = [] if args.no_real else cont.real_event_records(None if args.native_rate
+                                                             else ckpt.contract.sampling_rate)
     if args.events_day != "none":
         events += cont.synthetic_event_records(load_day(args.events_day), args.n_per_kind)
-    report = cont.evaluate_continuous(ckpt, noise, events, on=args.on, noise_series=series)
+    report = cont.evaluate_continuous(ckpt, noise, events, on=args.on, noise_series=series,
+                                      split_on_new_p=args.split_on_new_p)
     out = cont.summary(report)
     out["events_day"] = args.events_day
+    out["native_rate"] = args.native_rate
     out["seconds"] = round(time.time() - t0, 1)
     print(cont.markdown(report))
     if args.json:

@@ -1,6 +1,6 @@
 """Benchmark: the detections' P picks as the pipeline makes them, on the real-data catalogue, per window stride.
 
-    .venv/bin/python benchmarks/pipeline_picks.py [--strides 1 2 4] [--holds 0 30]
+    .venv/bin/python benchmarks/pipeline_picks.py [--strides 1 2 4] [--holds 0 30] [--split on off] [--model CKPT]
 
 Every recording of `quakemon.data.realdata.local_events()` is replayed through the real `DetectionRunner` with the
 bundled model (records in 5 s pieces, interleaved across channels, as a live stream delivers them). Each "new"
@@ -33,6 +33,7 @@ LATE_S = 60.0
 class StrideResult:
     stride_s: float
     hold_s: float
+    split: bool = True
     p_total: int = 0
     p_detected: int = 0
     pick_err: list[float] = field(default_factory=list)  # pick - P, matched detections
@@ -50,20 +51,25 @@ def _ns(iso: str) -> int:
     return UTCDateTime(iso).ns
 
 
-def replay_catalogue(stride_s: float, hold_s: float, ckpt=None) -> tuple[StrideResult, list[tuple]]:
-    """Replay every catalogued recording; returns the scores and (recording, "new" bodies) per recording."""
+def replay_catalogue(stride_s: float, hold_s: float, ckpt=None,
+                     split: bool | None = None) -> tuple[StrideResult, list[tuple]]:
+    """Replay every catalogued recording; returns the scores and (recording, "new" bodies) per recording.
+    split: `trigger.split_on_new_p` (None: its default)."""
     from quakemon.models.checkpoint import load_checkpoint, resolve_checkpoint
     from quakemon.pipeline.runner import DetectionRunner, Inference
+    from quakemon.pipeline.settings import TRIGGER
     from quakemon.wire.schema import DETECTION_SCHEMA
 
     ckpt = ckpt or load_checkpoint(resolve_checkpoint(None))
-    res = StrideResult(stride_s, hold_s)
+    split = TRIGGER.split_on_new_p if split is None else split
+    res = StrideResult(stride_s, hold_s, split)
     per_rec = []
     with Inference(ckpt, device="cpu", overlap=False) as inference:
         for rec in realdata.local_events():
             st = realdata.load(rec)
             c0 = time.process_time()
-            with DetectionRunner(ckpt, stride_s=stride_s, retrigger_hold_s=hold_s, inference=inference) as runner:
+            with DetectionRunner(ckpt, stride_s=stride_s, retrigger_hold_s=hold_s, inference=inference,
+                                 split_on_new_p=split) as runner:
                 bodies = [*runner.add_stream(st), *runner.finish()]
             res.cpu_s += time.process_time() - c0
             res.station_hours += (max(tr.stats.endtime for tr in st) - min(tr.stats.starttime for tr in st)) / 3600
@@ -96,20 +102,21 @@ def stats(err: list[float]) -> tuple[float, float, float]:
 
 
 def print_results(results: list[StrideResult]) -> None:
-    print("| stride s | hold s | recall | matched detections | pick: median \\|err\\| s | <= 0.5 s | <= 1.0 s "
+    print("| stride s | hold s | split | recall | matched detections | pick: median \\|err\\| s | <= 0.5 s | <= 1.0 s "
           "| window start: median \\|err\\| s | <= 0.5 s | <= 1.0 s | late | other | picks by method "
           "| CPU s per station-hour |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         pm, p5, p1 = stats(r.pick_err)
         sm, s5, s1 = stats(r.start_err)
         methods = ", ".join(f"{k} {v}" for k, v in sorted(r.methods.items()))
-        print(f"| {r.stride_s:g} | {r.hold_s:g} | {r.p_detected}/{r.p_total} | {len(r.pick_err)} | {pm:.2f} "
+        print(f"| {r.stride_s:g} | {r.hold_s:g} | {'on' if r.split else 'off'} | {r.p_detected}/{r.p_total} "
+              f"| {len(r.pick_err)} | {pm:.2f} "
               f"| {p5:.0%} | {p1:.0%} | {sm:.2f} | {s5:.0%} | {s1:.0%} | {len(r.late)} | {len(r.other)} "
               f"| {methods} | {r.cpu_s / max(r.station_hours, 1e-9):.0f} |")
     for r in results:
         if r.late or r.other:
-            print(f"stride {r.stride_s:g} s, hold {r.hold_s:g} s: late {r.late}; other {r.other}")
+            print(f"stride {r.stride_s:g} s, hold {r.hold_s:g} s, split {r.split}: late {r.late}; other {r.other}")
         big = [e for e in r.pick_err if abs(e) > 1.0]
         if big:
             print(f"stride {r.stride_s:g} s, hold {r.hold_s:g} s: picks off by more than 1 s: "
@@ -121,12 +128,18 @@ def main() -> None:
     ap.add_argument("--strides", type=float, nargs="+", default=[1.0])
     ap.add_argument("--holds", type=float, nargs="+", default=None, help="retrigger_hold_s values (default: the "
                     "TriggerSettings default)")
+    ap.add_argument("--split", nargs="+", choices=["on", "off"], default=None,
+                    help="trigger.split_on_new_p values (default: its default)")
+    ap.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
     args = ap.parse_args()
     configure_logging("warning")
+    from quakemon.models.checkpoint import load_checkpoint, resolve_checkpoint
     from quakemon.pipeline.settings import TRIGGER
 
     holds = args.holds if args.holds is not None else [TRIGGER.retrigger_hold_s]
-    results = [replay_catalogue(s, h)[0] for s in args.strides for h in holds]
+    splits = [s == "on" for s in args.split] if args.split else [TRIGGER.split_on_new_p]
+    ckpt = load_checkpoint(resolve_checkpoint(args.model))
+    results = [replay_catalogue(s, h, ckpt, sp)[0] for s in args.strides for h in holds for sp in splits]
     print_results(results)
 
 

@@ -24,7 +24,7 @@ import structlog
 
 from quakemon.models.contract import InputContract
 from quakemon.pipeline import stft_kernel
-from quakemon.pipeline.picker import METHOD, Pick, PickerConfig, pick_every_row
+from quakemon.pipeline.picker import Pick, PickerConfig, is_new_p, pick_every_row
 from quakemon.pipeline.screen import Screen, ScreenItem, check_screen, stack_rows
 from quakemon.pipeline.settings import SCREEN, TRIGGER, WINDOW
 from quakemon.pipeline.transforms import preprocess_batch
@@ -261,15 +261,16 @@ class DetectionStage:
                  trigger_label: str | None = None, max_gap_s: float | None = None,
                  retrigger_hold_s: float = TRIGGER.retrigger_hold_s, picker: PickerConfig | None = None,
                  new_pick_after_s: float = TRIGGER.new_pick_after_s, *, stride_s: float = WINDOW.stride_s,
-                 screen_every: int = 1, screen_threshold: float = SCREEN.threshold) -> None:
+                 screen_every: int = 1, screen_threshold: float = SCREEN.threshold,
+                 split_on_new_p: bool = TRIGGER.split_on_new_p) -> None:
         self.engine = engine
         self.labels = list(engine.labels)
         self.model_info = engine.checkpoint.model_info
         trigger_labels = [trigger_label] if trigger_label else None
         self.triggers = TriggerBank(on, off, min_duration_s, self.labels, trigger_labels, max_gap_s,
-                                    retrigger_hold_s)
+                                    retrigger_hold_s, split_on_new_p=split_on_new_p)
         self.picker = picker or PickerConfig()
-        self.new_pick_after_ns = int(round(new_pick_after_s * _NS))
+        self.new_pick_after_s = float(new_pick_after_s)
         self._unpicked: dict[int, tuple[int, np.ndarray]] = {}  # id(ref) -> span, detections opened this batch
         contract = engine.checkpoint.contract
         self.sampling_rate = float(contract.sampling_rate)
@@ -478,7 +479,7 @@ class DetectionStage:
         if held.pick is None and id(held) in self._unpicked:  # opened earlier in this batch: picked now, so
             held.pick = self._pick_one(*self._unpicked[id(held)])  # the answer does not depend on the batching
         fresh = self._pick_one(*self.context.span(meta.station, meta.start_ns, window))
-        return fresh.method == METHOD and fresh.time_ns - held.pick_or_window().time_ns >= self.new_pick_after_ns
+        return is_new_p(fresh, held.pick_or_window(), self.new_pick_after_s)
 
     def _pick_one(self, start_ns: int, x: np.ndarray) -> Pick:
         pick = pick_every_row(x[None], start_ns, self.sampling_rate, config=self.picker).picks()[0]

@@ -328,3 +328,10 @@ def pick_every_row(data: np.ndarray, start_ns: np.ndarray | int, sampling_rate: 
     unc = np.where(gated, np.fmax(unc, cfg.fallback_uncertainty_s), unc)
     methods = np.where(picked, np.where(gated, METHOD_LOW_SNR, METHOD), METHOD_WINDOW)
     return PickBatch(raw.start_ns, offset, unc, raw.snr, METHOD, tuple(methods.tolist()))
+
+
+def is_new_p(fresh: Pick, earlier: Pick, after_s: float) -> bool:
+    """Whether `fresh` (a window's pick) is a clearly new P after an open detection's pick `earlier`: it passes
+    the SNR gate (method ``"aic"``) and lies `after_s` or more after `earlier`. With `after_s` longer than local
+    S-P times, the S wave of the same event is not a new P (`quakemon.pipeline.settings.TriggerSettings`)."""
+    return fresh.method == METHOD and fresh.time_ns - earlier.time_ns >= int(round(after_s * _NS))

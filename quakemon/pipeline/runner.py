@@ -182,7 +182,7 @@ class DetectionRunner:
         checkpoint: the loaded checkpoint.
         stride_s, max_missing: the window grid (defaults: `quakemon.pipeline.settings.WINDOW`).
         selectors: NET.STA.LOC.CHA selectors of the channels to use (default: all).
-        on, off, min_duration_s, trigger_label, retrigger_hold_s: the trigger (defaults:
+        on, off, min_duration_s, trigger_label, retrigger_hold_s, split_on_new_p: the trigger (defaults:
             `quakemon.pipeline.settings.TRIGGER`); a label the checkpoint does not know triggers on every class
             but noise.
         device, precision, graph, forward_batch, overlap, inference_workers: see `Inference` (ignored when
@@ -205,7 +205,8 @@ class DetectionRunner:
                  inference_workers: int | None = None, forward_batch: int | None = None,
                  graph: str = INFERENCE.graph, inference: Inference | None = None,
                  retrigger_hold_s: float = TRIGGER.retrigger_hold_s, archive: ProbabilityArchive | None = None,
-                 screen_every: int = SCREEN.every, screen_threshold: float = SCREEN.threshold) -> None:
+                 screen_every: int = SCREEN.every, screen_threshold: float = SCREEN.threshold,
+                 split_on_new_p: bool = TRIGGER.split_on_new_p) -> None:
         log_to_stderr_unless_configured()
         if inference is not None and inference.checkpoint is not checkpoint:
             raise ValueError("inference was built for another checkpoint")
@@ -219,7 +220,8 @@ class DetectionRunner:
         engine = inference.engine
         label = trigger_label if trigger_label in checkpoint.labels else None
         self.stage = DetectionStage(engine, on, off, min_duration_s, label, retrigger_hold_s=retrigger_hold_s,
-                                    stride_s=stride_s, screen_every=screen_every, screen_threshold=screen_threshold)
+                                    stride_s=stride_s, screen_every=screen_every, screen_threshold=screen_threshold,
+                                    split_on_new_p=split_on_new_p)
         if inference.pool is not None and engine.device.type == "cpu":
             self.stage.refine_threads = 1  # (screening: beside the single-threaded workers)
         self._preprocess_device = inference.preprocess_device

@@ -42,6 +42,9 @@ class TriggerSettings:
     new_pick_after_s: the exception to the hold: a re-trigger whose fresh P pick passes the picker's SNR gate
                     and lies this long or more after the held detection's pick is a new event (a new detection);
                     longer than local S-P times, so the S wave of the same event extends instead.
+    split_on_new_p: the same check for a detection still above ``off``: a window reaching ``on`` whose fresh pick
+                    is such a new P closes the active detection and opens a new one (one detection per event,
+                    also when the probability never fell in between). docs/detection-quality.md has the numbers.
     """
 
     on: float = 0.7
@@ -50,6 +53,7 @@ class TriggerSettings:
     label: str = "earthquake"
     retrigger_hold_s: float = 30.0
     new_pick_after_s: float = 20.0
+    split_on_new_p: bool = False
 
 
 #: The keys a [trigger.overrides] entry may set; each replaces the global value of the same name.

@@ -41,7 +41,9 @@ Policy (the same in replay and live, so the same windows give the same detection
   after the held detection's pick), the held detection closes there and the window opens a new one. A gap,
   ``expire`` past the hold's end close a held detection too (still "off": it had ended); ``flush`` (the data
   ended inside the hold) closes it with "flush".
-  ``retrigger_hold_s = 0`` closes at the first window below ``off``.
+  ``retrigger_hold_s = 0`` closes at the first window below ``off``. With ``split_on_new_p`` (off by default) the
+  same check is asked for every window that reaches ``on`` while a detection is active (``stats
+  ["new_inside_active"]``): a clearly new P closes it there and opens a new one, as inside the hold.
 * Each detection carries a `DetectionRef`: the first window over ``on`` and, once the caller has picked it
   (`TriggerBank.take_opened`, then `DetectionRef.pick`; `quakemon.pipeline.detect` does this for every batch),
   its P pick, from which the body's ``onset`` and ``id`` derive (`TriggerEvent.to_body`).
@@ -164,9 +166,11 @@ class StationTrigger:
     station: str = "XX.XXX."
     max_gap_s: float | None = None  # None: the window length
     retrigger_hold_s: float = 0.0
+    split_on_new_p: bool = False  # ask new_phase for windows over `on` of an active detection too
     state: str = "idle"  # "idle" | "pending" | "active" | "held"
     stats: dict[str, int] = field(default_factory=lambda: {"suppressed": 0, "ignored": 0, "new": 0, "closed": 0,
-                                                           "extended": 0, "new_inside_hold": 0})
+                                                           "extended": 0, "new_inside_hold": 0,
+                                                           "new_inside_active": 0})
     opened: DetectionRef | None = None  # set when a window opens a detection, until the caller takes it
     _ref: DetectionRef | None = None
     _hold_until: float = 0.0
@@ -188,8 +192,9 @@ class StationTrigger:
                 new_phase: Callable[[DetectionRef], bool] | None = None) -> list[TriggerEvent]:
         """`update` with POSIX times and a {label: float} dict that the trigger may keep (not copied).
 
-        new_phase(detection): asked when this window re-triggers a held detection; True (a clearly new P, see
-        `quakemon.pipeline.detect`) closes the held detection and opens a new one with this window."""
+        new_phase(detection): asked when this window re-triggers a held detection, and with `split_on_new_p`
+        when it reaches `on` while a detection is active; True (a clearly new P, see `quakemon.pipeline.detect`)
+        closes that detection and opens a new one with this window."""
         if self.label not in probs:
             raise ConfigError(f"trigger label {self.label!r} not among the model's labels {sorted(probs)}")
         p = probs[self.label]
@@ -211,15 +216,13 @@ class StationTrigger:
                 events.extend(self._confirm())
         elif self.state == "held":
             if p >= self.on and new_phase is not None and self._ref is not None and new_phase(self._ref):
-                events.extend(self._close("off"))  # a new event at this station: the held one ends here
-                self.stats["new_inside_hold"] += 1
-                self.state, self._onset, self._peak, self._last_above_end = "pending", start, p, end
-                self._all_on = True
-                self._ref = self.opened = DetectionRef(self.station, start, end)
-                events.extend(self._confirm())
+                events.extend(self._reopen("new_inside_hold", start, end, p))
             elif p >= self.on:  # a re-trigger inside the hold: the same detection goes on
                 self.state, self._peak, self._last_above_end = "active", max(self._peak, p), end
                 self.stats["extended"] += 1
+        elif (self.split_on_new_p and self.state == "active" and p >= self.on and new_phase is not None
+              and self._ref is not None and new_phase(self._ref)):
+            events.extend(self._reopen("new_inside_active", start, end, p))
         elif p >= self.off:
             self._peak, self._last_above_end = max(self._peak, p), end
             self._all_on = self._all_on and p >= self.on
@@ -229,6 +232,16 @@ class StationTrigger:
         else:
             events.extend(self._close("off"))
         return events
+
+    def _reopen(self, counter: str, start: float, end: float, p: float) -> list[TriggerEvent]:
+        """A new event at this station: the open (held or active) detection closes ("off": it ends where the new
+        one begins) and this window opens a new one."""
+        events = self._close("off")
+        self.stats[counter] += 1
+        self.state, self._onset, self._peak, self._last_above_end = "pending", start, p, end
+        self._all_on = True
+        self._ref = self.opened = DetectionRef(self.station, start, end)
+        return events + self._confirm()
 
     def flush(self) -> list[TriggerEvent]:
         """Close an open trigger (end of replay). A pending one is reported ("new" + "closed") when every window
@@ -310,9 +323,11 @@ class TriggerBank:
         retrigger_hold_s: float = 0.0,
         overrides: Mapping[str, Mapping[str, float]] | None = None,
         calibration: CalibrationSettings | None = None,
+        split_on_new_p: bool = False,
     ) -> None:
         check_bank_thresholds(on, off, min_duration_s, max_gap_s, retrigger_hold_s, overrides or {})
         self.retrigger_hold_s = float(retrigger_hold_s)
+        self.split_on_new_p = bool(split_on_new_p)
         self.overrides = {k: dict(v) for k, v in (overrides or {}).items()}
         #: per-station thresholds (`quakemon.pipeline.calibration`), None when calibration is off
         self.calibration = Calibration(on, calibration) if calibration and calibration.mode != "off" else None
@@ -344,7 +359,7 @@ class TriggerBank:
         key = (station, label)
         if key not in self._triggers:
             self._triggers[key] = StationTrigger(*self.thresholds(station), label, station, self.max_gap_s,
-                                                 self.retrigger_hold_s)
+                                                 self.retrigger_hold_s, self.split_on_new_p)
         return self._triggers[key]
 
     def thresholds(self, station: str) -> tuple[float, float, float]:
@@ -438,7 +453,8 @@ class TriggerBank:
     def stats(self) -> dict[str, int]:
         """Counters summed over all triggers: new, closed, suppressed (shorter than min_duration), ignored,
         extended (re-triggers inside a hold)."""
-        total = {"new": 0, "closed": 0, "suppressed": 0, "ignored": 0, "extended": 0, "new_inside_hold": 0}
+        total = {"new": 0, "closed": 0, "suppressed": 0, "ignored": 0, "extended": 0, "new_inside_hold": 0,
+                 "new_inside_active": 0}
         for trig in self._triggers.values():
             for key, value in trig.stats.items():
                 total[key] += value

@@ -129,6 +129,9 @@ class TriggerConfig:
     label: str = setting(TRIGGER.label, "class label that triggers", non_empty)
     retrigger_hold: float = setting(TRIGGER.retrigger_hold_s, "a re-trigger this long after a detection fell below off "
                                     "extends it (one detection per event and station), s", in_range(0, 3600))
+    split_on_new_p: bool = setting(TRIGGER.split_on_new_p, "a clearly new P (a picked onset above the picker's "
+                                   "SNR gate, 20 s or more after the detection's pick) closes an open detection "
+                                   "and opens a new one")
     overrides: tuple = setting((), 'on, off, min_duration per network or station, e.g. { "BW.RJOB" = { on = 0.8 } }',
                                _overrides)
 

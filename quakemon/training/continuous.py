@@ -29,7 +29,8 @@ from obspy import Stream
 from scipy.stats import chi2
 
 from quakemon.models.checkpoint import Checkpoint
-from quakemon.pipeline.trigger import StationTrigger
+from quakemon.pipeline.picker import Pick, is_new_p, pick_every_row
+from quakemon.pipeline.trigger import DetectionRef, StationTrigger
 
 log = structlog.get_logger(__name__)
 
@@ -104,14 +105,57 @@ def model_series(ckpt: Checkpoint, streams: Iterable[Stream], label: str = "eart
     return out
 
 
-def trigger_onsets(series: Series, on: float, off: float = 0.5, min_duration_s: float = 2.0) -> list[float]:
-    """Onsets of the "new" detections the daemon's trigger gives on these probabilities (flush at the end)."""
-    trig = StationTrigger(on, min(off, on), min_duration_s, "earthquake")
+def trigger_onsets(series: Series, on: float, off: float = 0.5, min_duration_s: float = 2.0,
+                   new_p: NewPCheck | None = None) -> list[float]:
+    """Onsets of the "new" detections the daemon's trigger gives on these probabilities (flush at the end).
+
+    new_p: the record's samples, to split an active detection at a clearly new P (`trigger.split_on_new_p`)."""
+    trig = StationTrigger(on, min(off, on), min_duration_s, "earthquake", split_on_new_p=new_p is not None)
     onsets = []
     for s, e, p in zip(series.start.tolist(), series.end.tolist(), series.p.tolist(), strict=True):
-        onsets += [ev.onset for ev in trig._update(s, e, {"earthquake": p}) if ev.state == "new"]
+        check = (lambda ref, t=s: new_p(ref, t)) if new_p is not None else None
+        onsets += [ev.onset for ev in trig._update(s, e, {"earthquake": p}, check) if ev.state == "new"]
     onsets += [ev.onset for ev in trig.flush() if ev.state == "new"]
     return onsets
+
+
+class NewPCheck:
+    """The daemon's "clearly new P" check (`quakemon.pipeline.detect.DetectionStage`) on a record's vertical, for
+    a trigger fed probabilities only: a window is picked with `lead_s` of data before it (`PICK_LEAD_S`), at
+    `sampling_rate` (other rates resampled as the runner does), and the detection's pick is that of its first
+    window over ``on``."""
+
+    def __init__(self, stream: Stream, sampling_rate: float = 100.0, window_s: float = 20.0,
+                 lead_s: float | None = None, after_s: float | None = None) -> None:
+        from fractions import Fraction
+
+        from scipy.signal import resample_poly
+
+        from quakemon.pipeline.detect import PICK_LEAD_S
+        from quakemon.pipeline.settings import TRIGGER
+
+        st = (stream.select(component="Z") or stream).copy().merge(fill_value="interpolate")
+        tr = max(st, key=lambda t: t.stats.npts)
+        x = np.asarray(tr.data, dtype=np.float64)
+        if tr.stats.sampling_rate != sampling_rate:
+            ratio = Fraction(sampling_rate / tr.stats.sampling_rate).limit_denominator(1000)
+            x = resample_poly(x, ratio.numerator, ratio.denominator)
+        self.x, self.fs, self.t0 = x, float(sampling_rate), tr.stats.starttime.timestamp
+        self.window_s, self.lead_s = window_s, PICK_LEAD_S if lead_s is None else lead_s
+        self.after_s = TRIGGER.new_pick_after_s if after_s is None else after_s
+
+    def pick(self, start: float) -> Pick:
+        """The pick of the window starting at `start` (POSIX seconds), with its lead."""
+        i0 = max(0, int(round((start - self.lead_s - self.t0) * self.fs)))
+        i1 = int(round((start + self.window_s - self.t0) * self.fs))
+        seg = self.x[i0:i1].astype(np.float32)
+        batch = pick_every_row((seg - seg.mean())[None], int(round((self.t0 + i0 / self.fs) * 1e9)), self.fs)
+        return batch.picks()[0]
+
+    def __call__(self, ref: DetectionRef, start: float) -> bool:
+        if ref.pick is None:
+            ref.pick = self.pick(ref.window_start)
+        return is_new_p(self.pick(start), ref.pick, self.after_s)
 
 
 def sta_lta_onsets(stream: Stream, cfg: StaLta = StaLta(), on: float | None = None) -> list[float]:
@@ -177,17 +221,20 @@ def false_rate(count: int, days: float) -> dict[str, Any]:
 def evaluate_continuous(ckpt: Checkpoint, noise: dict[str, Stream], events: list[EventRecord], *,
                         on: float = 0.7, off: float = 0.5, min_duration_s: float = 2.0,
                         sta_lta: StaLta = StaLta(), precision: str = "fp32",
-                        noise_series: dict[str, dict[str, Series]] | None = None) -> dict[str, Any]:
+                        noise_series: dict[str, dict[str, Series]] | None = None,
+                        split_on_new_p: bool = False) -> dict[str, Any]:
     """The side-by-side report of one checkpoint (`score_continuous` on its probabilities).
 
     `noise` maps a name (e.g. "UV10") to that day's stream; `noise_series` may hold precomputed model
-    probabilities for some of them (same checkpoint), which are then not computed again.
+    probabilities for some of them (same checkpoint), which are then not computed again. split_on_new_p: the
+    model's trigger splits an active detection at a clearly new P (`NewPCheck` on each record's samples).
     """
     series = {name: (noise_series or {}).get(name) or model_series(ckpt, [st], precision=precision)
               for name, st in noise.items()}
     return score_continuous(ckpt.model_info, ckpt.contract.window_seconds, noise, series, events,
                             record_series(ckpt, events, precision), on=on, off=off, min_duration_s=min_duration_s,
-                            sta_lta=sta_lta)
+                            sta_lta=sta_lta, split_on_new_p=split_on_new_p,
+                            sampling_rate=ckpt.contract.sampling_rate)
 
 
 def record_series(ckpt: Checkpoint, events: list[EventRecord], precision: str = "fp32") -> list[Series]:
@@ -205,28 +252,35 @@ def record_series(ckpt: Checkpoint, events: list[EventRecord], precision: str = 
 def score_continuous(model: dict[str, Any], window_s: float, noise: dict[str, Stream],
                      noise_series: dict[str, dict[str, Series]], events: list[EventRecord],
                      event_series: list[Series], *, on: float = 0.7, off: float = 0.5, min_duration_s: float = 2.0,
-                     sta_lta: StaLta = StaLta()) -> dict[str, Any]:
+                     sta_lta: StaLta = StaLta(), split_on_new_p: bool = False,
+                     sampling_rate: float | None = None) -> dict[str, Any]:
     """The side-by-side report from given probabilities: false detections per noise day, recall by kind, late
     detections, sweeps; the STA/LTA runs on the same streams.
 
     `noise_series[name]` holds the probabilities on `noise[name]` ({station: Series}); `event_series[i]` those on
     `events[i]`. `model` is what the report names as the model (e.g. `Checkpoint.model_info`); `window_s` is the
-    window length (detections of a P arrival may start up to one window before it).
+    window length (detections of a P arrival may start up to one window before it). split_on_new_p: the model's
+    trigger splits an active detection at a clearly new P (`NewPCheck` on each stream's samples, resampled to
+    `sampling_rate`, the model's rate, which it then requires).
     """
+    if split_on_new_p and sampling_rate is None:
+        raise ValueError("split_on_new_p needs the model's sampling_rate")
     if len(event_series) != len(events):
         raise ValueError(f"{len(event_series)} event series for {len(events)} event records")
     report: dict[str, Any] = {"model": model,
-                              "trigger": {"on": on, "off": off, "min_duration_s": min_duration_s},
+                              "trigger": {"on": on, "off": off, "min_duration_s": min_duration_s,
+                                          "split_on_new_p": split_on_new_p},
                               "sta_lta": {**sta_lta.__dict__, "band_hz": list(sta_lta.band_hz)},
                               "noise": {}, "series": {}}
     for name, st in noise.items():
         series = noise_series[name]
         report["series"][name] = series
         days = station_days(series, window_s)
-        model_on = {o: sum(len(trigger_onsets(s, o, off, min_duration_s)) for s in series.values())
+        check = NewPCheck(st, sampling_rate, window_s) if split_on_new_p else None
+        model_on = {o: sum(len(trigger_onsets(s, o, off, min_duration_s, check)) for s in series.values())
                     for o in sorted({*SWEEP_ON, on})}
         classic = {o: len(sta_lta_onsets(st, sta_lta, o)) for o in sorted({*SWEEP_STA_LTA, sta_lta.on})}
-        onsets = [o for s in series.values() for o in trigger_onsets(s, on, off, min_duration_s)]
+        onsets = [o for s in series.values() for o in trigger_onsets(s, on, off, min_duration_s, check)]
         classic_onsets = sta_lta_onsets(st, sta_lta)
         near = near_count(onsets, classic_onsets, window_s)
         report["noise"][name] = {
@@ -238,21 +292,22 @@ def score_continuous(model: dict[str, Any], window_s: float, noise: dict[str, St
         }
         log.info("noise_day_scored", day=name, model=model_on[on], sta_lta=classic[sta_lta.on], days=round(days, 3))
     if events:
-        rec_series = list(zip(events, event_series, strict=True))
+        rec_series = [(r, s, NewPCheck(r.stream, sampling_rate, window_s) if split_on_new_p else None)
+                      for r, s in zip(events, event_series, strict=True)]
         report["events"] = {
-            "model": recall_by_kind([(r, trigger_onsets(s, on, off, min_duration_s)) for r, s in rec_series],
+            "model": recall_by_kind([(r, trigger_onsets(s, on, off, min_duration_s, c)) for r, s, c in rec_series],
                                     window_s),
             "sta_lta": recall_by_kind([(r, sta_lta_onsets(r.stream, sta_lta)) for r in events], window_s),
             "sweep_model": {f"{o:g}": recall_by_kind(
-                [(r, trigger_onsets(s, o, off, min_duration_s)) for r, s in rec_series], window_s)
+                [(r, trigger_onsets(s, o, off, min_duration_s, c)) for r, s, c in rec_series], window_s)
                 for o in SWEEP_ON},
             "sweep_sta_lta": {f"{o:g}": recall_by_kind([(r, sta_lta_onsets(r.stream, sta_lta, o)) for r in events],
                                                        window_s) for o in SWEEP_STA_LTA},
             "records": [{"name": r.name, "kind": r.kind, **r.info,
                          "max_p": float(s.p.max()) if len(s.p) else None,
-                         **{f"model_{k}": v for k, v in match(trigger_onsets(s, on, off, min_duration_s),
+                         **{f"model_{k}": v for k, v in match(trigger_onsets(s, on, off, min_duration_s, c),
                                                               r.p_times, window_s).items()}}
-                        for r, s in rec_series],
+                        for r, s, c in rec_series],
         }
     return report
 
@@ -282,9 +337,13 @@ def day_series(ckpt: Checkpoint, day: str, precision: str = "fp32") -> dict[str,
     return series
 
 
-def real_event_records(sampling_rate: float = 100.0, min_seconds: float = 20.0) -> list[EventRecord]:
+def real_event_records(sampling_rate: float | None = 100.0, min_seconds: float = 20.0) -> list[EventRecord]:
     """The real-data catalogue's earthquakes (`realdata.local_events`), kind prefixed "real:"; records shorter than
-    `min_seconds` (one window) are left out."""
+    `min_seconds` (one window) are left out.
+
+    sampling_rate: records at another rate are resampled by `realdata.load` (FFT method: the end of a record
+    wraps around into its first seconds); None keeps each record's own rate, so the runner resamples it as the
+    daemon does (`resample_poly`)."""
     from quakemon.data.realdata import load, local_events
 
     out = []

@@ -126,6 +126,7 @@ def test_int_accepted_for_float_key(tmp_path: Path) -> None:
         ("[trigger]\non = 0.4\noff = 0.6\n", ["trigger.off", "off <= trigger.on", "got 0.6"]),
         ("[trigger]\non = 1.2\n", ["trigger.on", "<= 1", "got 1.2"]),
         ("[trigger]\nlabel = ''\n", ["trigger.label", "non-empty"]),
+        ("[trigger]\nsplit_on_new_p = 'yes'\n", ["trigger.split_on_new_p", "got 'yes'"]),
         ("[pipeline]\npreprocess_workers = 65\n", ["pipeline.preprocess_workers", "<= 64", "got 65"]),
         ("[pipeline]\nwindows_endpoint = 'localhost:5'\n", ["pipeline.windows_endpoint", "tcp://", "'localhost:5'"]),
         ("[pipeline]\nwindows_endpoint = 'inproc://a'\nspectra_endpoint = 'inproc://a'\n",
@@ -273,3 +274,9 @@ def test_operations_recipe_configs_load(tmp_path: Path, monkeypatch: pytest.Monk
     assert hosts.pipeline.spectra_endpoint == "tcp://gpuhost.example.org:5556"
     on_gpu = load_config(write(tmp_path, textwrap.dedent(blocks[2])), {"pipeline.spectra_endpoint": "tcp://*:5556"})
     assert on_gpu.pipeline.spectra_endpoint == "tcp://*:5556"
+
+
+def test_split_on_new_p_is_off_by_default_and_can_be_set(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, MINIMAL)).trigger.split_on_new_p is False
+    cfg = load_config(write(tmp_path, MINIMAL + "[trigger]\nsplit_on_new_p = true\n"))
+    assert cfg.trigger.split_on_new_p is True

@@ -84,3 +84,14 @@ def test_records_of_one_station_are_told_apart():
     st = Stream([_noise_trace(30.0, station="RJOB")])
     a, b = cont._relabel(st, 0), cont._relabel(st, 37)
     assert a[0].id == "XX.RJOB.00.HHZ" and b[0].id == "XX.RJOB.11.HHZ" and st[0].stats.location == ""
+
+
+def test_real_records_at_their_own_rate_or_resampled():
+    """None keeps each catalogued record's own rate (the runner resamples it as the daemon does); a rate resamples
+    them in `realdata.load` (FFT). The UH records are 50 Hz."""
+    own = {r.name: r for r in cont.real_event_records(None)}
+    fft = {r.name: r for r in cont.real_event_records(100.0)}
+    assert own.keys() == fft.keys() and "rjob_2005-10-06" not in own  # shorter than a window either way
+    assert own["uh_uh1_2010-05-27"].stream[0].stats.sampling_rate == 50.0
+    assert {tr.stats.sampling_rate for r in fft.values() for tr in r.stream} == {100.0}
+    assert own["uh_uh1_2010-05-27"].p_times == fft["uh_uh1_2010-05-27"].p_times

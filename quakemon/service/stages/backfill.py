@@ -200,7 +200,7 @@ class Backfiller:
                                max_missing=cfg.window.max_missing_fraction, on=t.on, off=t.off,
                                min_duration_s=t.min_duration, trigger_label=t.label, retrigger_hold_s=t.retrigger_hold,
                                batch_size=batch_size, inference=self.inference, screen_every=cfg.model.screen_every,
-                               screen_threshold=cfg.model.screen_threshold)
+                               screen_threshold=cfg.model.screen_threshold, split_on_new_p=t.split_on_new_p)
 
 
 def backfiller_from_config(cfg: Config, checkpoint: Any, busy: Callable[[], bool]) -> Backfiller | None:

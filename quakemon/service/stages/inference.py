@@ -145,7 +145,8 @@ class InferenceStage(ReloadableStage, Stage):
         self.stage = DetectionStage(self.engine, t.on, t.off, t.min_duration,
                                     t.label if t.label in self.ckpt.labels else None,
                                     retrigger_hold_s=t.retrigger_hold, stride_s=cfg.window.stride_s,
-                                    screen_every=cfg.model.screen_every, screen_threshold=cfg.model.screen_threshold)
+                                    screen_every=cfg.model.screen_every, screen_threshold=cfg.model.screen_threshold,
+                                    split_on_new_p=t.split_on_new_p)
         self.apply_thresholds(cfg)  # [trigger.overrides]
         self.assoc = associator_from_config(cfg.associate)  # network events, when [associate] enabled = true
         self.open_archive()
