@@ -16,7 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +24,8 @@ import structlog
 
 from quakemon.models.contract import InputContract
 from quakemon.pipeline import stft_kernel
+from quakemon.pipeline.pick_context import PICK_LEAD_S as PICK_LEAD_S
+from quakemon.pipeline.pick_context import PickContext
 from quakemon.pipeline.picker import Pick, PickerConfig, is_new_p, pick_every_row
 from quakemon.pipeline.screen import Screen, ScreenItem, check_screen, stack_rows
 from quakemon.pipeline.settings import SCREEN, TRIGGER, WINDOW
@@ -47,8 +49,8 @@ _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 class WindowMeta:
     """What travels beside a window's samples between stages: which window it is and what was found in it.
 
-    Immutable: a later step that learns something (the transform's `valid` and `dead`) makes a new one with
-    `dataclasses.replace`. `to_wire` / `from_wire` are the only (de)serialisation, used at the stage boundary.
+    Immutable: a later step that learns something (the transform's `valid` and `dead`) makes a new one
+    (`transformed`). `to_wire` / `from_wire` are the only (de)serialisation, used at the stage boundary.
     """
 
     station: str  # "NET.STA.LOC"
@@ -60,6 +62,12 @@ class WindowMeta:
     constant: tuple[str, ...] = ()  # components whose samples are all equal
     valid: bool | None = None  # None until the transform ran; False: not inferred (non-finite or dead data)
     dead: tuple[str, ...] = ()  # components the transform found dead
+
+    def transformed(self, valid: bool, dead: tuple[str, ...]) -> WindowMeta:
+        """This window's metadata with the transform's findings (`dataclasses.replace` without its per-call
+        field introspection, which costs more than the rest of a window's bookkeeping)."""
+        return WindowMeta(self.station, self.start_ns, self.end_ns, self.instrument, self.arrival,
+                          self.missing_fraction, self.constant, valid, dead)
 
     @classmethod
     def of(cls, w: Window, arrival: float | None = None) -> WindowMeta:
@@ -156,8 +164,13 @@ def preprocess_windows(data: np.ndarray, metas: Sequence[WindowMeta], contract: 
     valid = np.asarray(result.valid.cpu() if on_gpu else result.valid)
     dead = np.asarray(result.dead.cpu() if on_gpu else result.dead)
     order = contract.component_order
-    out = [replace(meta, valid=bool(valid[i]), dead=tuple(order[c] for c in np.flatnonzero(dead[i])))
-           for i, meta in enumerate(metas)]
+    letters: dict[tuple[bool, ...], tuple[str, ...]] = {}  # a batch has a few distinct dead patterns
+    out = []
+    for meta, ok, row in zip(metas, valid.tolist(), map(tuple, dead.tolist()), strict=True):
+        names = letters.get(row)
+        if names is None:
+            names = letters[row] = tuple(c for c, d in zip(order, row, strict=True) if d)
+        out.append(meta.transformed(ok, names))
     spectra = result.spectrograms
     if on_gpu and keep_on_device:
         return spectra, out
@@ -187,59 +200,6 @@ class DetectionResult:
     probabilities: np.ndarray  # [B, num_classes]
     detections: list[tuple[dict[str, Any], float | None]] = field(default_factory=list)  # (body, arrival)
     forwarded: np.ndarray | None = None  # [B] bool, with screening: which windows went through the model
-
-
-#: Seconds of data before a detected window that its pick also sees (from the station's earlier windows).
-PICK_LEAD_S = 5.0
-
-
-class PickContext:
-    """The picked component of each station's recent windows, so that a detected window is picked with up to
-    `lead_s` seconds of the data before it.
-
-    The picked component is the vertical (component 0), or the first usable one when the vertical is missing
-    (all equal or non-finite: a horizontal-only station). Each kept row is the first 2 x `lead_s` of it. The
-    context of a window starting at t comes from the oldest kept row of the station, of the same component,
-    that starts in [t - lead_s, t): its samples before t, shifted by the difference of the two rows at t (rows
-    are centred one by one, `stack_windows`), so the join has no step. Rows are fed in window-start order per
-    station (what the triggers see), so replay and live build the same context from the same windows.
-    """
-
-    def __init__(self, sampling_rate: float, lead_s: float = PICK_LEAD_S) -> None:
-        self.fs = float(sampling_rate)
-        self.lead_ns = int(round(lead_s * _NS))
-        self.keep = int(round(2 * lead_s * self.fs))
-        self.rows: dict[str, list[tuple[int, int, np.ndarray]]] = {}  # station -> [(start_ns, component, row)]
-
-    @staticmethod
-    def component(window: np.ndarray) -> int:
-        """The component a window [C, N] is picked on: 0 (vertical) unless it is unusable."""
-        for c in range(window.shape[0]):
-            x = window[c]
-            if x.size and np.isfinite(x).all() and x.max() > x.min():
-                return c
-        return 0
-
-    def span(self, station: str, start_ns: int, window: np.ndarray) -> tuple[int, np.ndarray]:
-        """(start ns, float32 samples) of the window's picked component with the kept context before it."""
-        comp = self.component(window)
-        x = window[comp]
-        for t0, c, row in self.rows.get(station, ()):
-            k = (start_ns - t0) * self.fs / _NS
-            lead = int(round(k))
-            if c == comp and 0 < lead < row.shape[0] and abs(k - lead) < 1e-3 and start_ns - t0 <= self.lead_ns:
-                prefix = row[:lead] + (x[0] - row[lead])
-                if np.isfinite(prefix).all():  # (a gap in the earlier window: pick the window alone)
-                    return t0, np.concatenate([prefix, x])
-                break
-        return start_ns, x
-
-    def add(self, station: str, start_ns: int, window: np.ndarray) -> None:
-        """Keep the window's picked component (the first 2 x lead_s); forget rows older than lead_s before it."""
-        comp = self.component(window)
-        rows = [r for r in self.rows.get(station, ()) if start_ns - r[0] <= self.lead_ns]
-        rows.append((start_ns, comp, np.array(window[comp, : self.keep], dtype=np.float32)))
-        self.rows[station] = rows
 
 
 class DetectionStage:
@@ -341,16 +301,21 @@ class DetectionStage:
         events: list[tuple[TriggerEvent, float | None]] = []
         to_pick: list[tuple[list[DetectionRef], int, np.ndarray]] = []
         self._unpicked.clear()
+        comps = self.context.components(data) if data is not None and len(metas) else None
         for i in sorted(range(len(metas)), key=lambda j: (metas[j].start_ns, metas[j].station)):
             if valid[i]:
-                self._feed(metas[i], rows[i], data[i] if data is not None else None, now, events, to_pick)
+                if comps is None:
+                    self._feed(metas[i], rows[i], None, now, events, to_pick)
+                else:
+                    self._feed(metas[i], rows[i], data[i], now, events, to_pick, comps[i])
         return self._finish(result, events, to_pick)
 
     def _feed(self, meta: WindowMeta, row: list[float], window: np.ndarray | None, now: float,
               events: list[tuple[TriggerEvent, float | None]],
-              to_pick: list[tuple[list[DetectionRef], int, np.ndarray]]) -> None:
+              to_pick: list[tuple[list[DetectionRef], int, np.ndarray]], comp: int | None = None) -> None:
         """Feed one valid window to its station's trigger (windows of a station in time order) and keep its
-        picked component for the picks; a window not after the station's newest decided one is dropped."""
+        picked component (comp, when known: `PickContext.components`) for the picks; a window not after the
+        station's newest decided one is dropped."""
         station = meta.station
         if meta.start_ns <= self._last_start.get(station, -1):
             self.stats["late_windows"] += 1  # reordered across workers or duplicated: never re-triggered
@@ -364,9 +329,9 @@ class DetectionStage:
             return
         opened = self.triggers.take_opened(station)
         if opened:
-            to_pick.append((opened, *self.context.span(station, meta.start_ns, window)))
+            to_pick.append((opened, *self.context.span(station, meta.start_ns, window, comp)))
             self._unpicked.update((id(ref), to_pick[-1][1:]) for ref in opened)
-        self.context.add(station, meta.start_ns, window)
+        self.context.add(station, meta.start_ns, window, comp)
 
     def _finish(self, result: DetectionResult, events: list[tuple[TriggerEvent, float | None]],
                 to_pick: list[tuple[list[DetectionRef], int, np.ndarray]]) -> DetectionResult:

@@ -22,7 +22,9 @@ Here each row is read twice (sum, then centre) and everything after stays in the
 4. the real spectrum X[k] = E[k] + e^{-2 pi i k / nperseg} O[k], E/O from Z[k] and conj Z[nperseg/2 - k],
    and its magnitude, written straight into the output row [F, T].
 
-Rows whose sum (or sum of squares) is not finite are left untouched and flagged in `bad`: the caller runs
+A dead row (scale 0: a zero-filled absent component, a flat channel) gets its all-zero output written directly,
+without the transform, which would give exactly 0 too. Rows whose sum (or sum of squares) is not finite are left
+untouched and flagged in `bad`: the caller runs
 them through the torch path, which repairs NaN gaps (DROP_NAN). The functions release the GIL (nogil), so
 parts of a batch run in parallel on plain Python threads. Compiled code is cached on disk (numba cache=True,
 in __pycache__ or numba's user-wide cache directory), so a new process loads it in well under a second.
@@ -210,7 +212,7 @@ def _rows(x, n_real, pad_left, length, nperseg, hop, window, bitrev, tw_re, tw_i
     zr = np.empty((nperseg // 2, group * frames), np.float32)
     zi = np.empty((nperseg // 2, group * frames), np.float32)
     for first in range(0, x.shape[0], group):
-        rows = 0  # rows of this group packed into Z, in order; a bad row is skipped and packed rows shift
+        rows = 0  # rows of this group packed into Z, in order; a bad or dead row is skipped, packed rows shift
         for r in range(first, min(first + group, x.shape[0])):
             row = x[r]
             total = _sum(row, n_real)
@@ -224,7 +226,10 @@ def _rows(x, n_real, pad_left, length, nperseg, hop, window, bitrev, tw_re, tw_i
                 continue
             std = math.sqrt(squares / n_real)
             dead[r] = std <= dead_eps * abs(mean)
-            scale = np.float32(0.0) if dead[r] else np.float32(1.0 / std)
+            if dead[r]:  # scale 0: its |STFT| is exactly 0, written without the transform
+                out[r, :, :] = np.float32(0.0)
+                continue
+            scale = np.float32(1.0 / std)
             _transpose(p, pt)
             _pack(pt, window, scale, bitrev, zr, zi, rows * frames, frames)
             rows += 1
@@ -233,10 +238,10 @@ def _rows(x, n_real, pad_left, length, nperseg, hop, window, bitrev, tw_re, tw_i
         _fft(zr, zi, tw_re, tw_im, rows * frames)
         if rows == min(group, x.shape[0] - first):
             _magnitude(zr, zi, post_re, post_im, out, first, rows, frames, 0)
-        else:  # a bad row in the group: write the packed rows one by one to their own output rows
+        else:  # a bad or dead row in the group: write the packed rows one by one to their own output rows
             g = 0
             for r in range(first, min(first + group, x.shape[0])):
-                if not bad[r]:
+                if not bad[r] and not dead[r]:
                     _magnitude(zr, zi, post_re, post_im, out, r, 1, frames, g)
                     g += 1
 

@@ -77,13 +77,13 @@ from fractions import Fraction
 import numpy as np
 import structlog
 from obspy import Trace
-from scipy.signal import resample_poly
 
 from quakemon.base.timegrid import grid_time_ns, rate_fraction, split_seed_id
 from quakemon.ingest.base import Samples
 from quakemon.ingest.selectors import SelectorSet
 from quakemon.models.contract import InputContract
 from quakemon.pipeline.buffers import StationBuffer
+from quakemon.pipeline.cutting import cut_run, cut_window
 from quakemon.pipeline.timeline import SilenceMonitor, TimelineCandidate
 from quakemon.pipeline.window import Window, rate_supported, window_grid_start
 
@@ -315,7 +315,7 @@ class WindowScheduler:
         active = [i for i in range(len(buf.hwm)) if i not in self.absent]
         hwms = [buf.hwm[i] if buf.hwm[i] is not None else buf.head - buf.capacity for i in active]
         low = min(hwms)
-        if not self.margin and not self.absent:  # the steady state first: every window whose samples are all there
+        if not self.margin:  # the steady state first: every window whose samples are all there (absent ones: zeros)
             out = self._make_complete_run(k, (min(low, buf.head) - self.window) // self.stride)
             if out:
                 k = self.next_k
@@ -337,90 +337,12 @@ class WindowScheduler:
         return out
 
     def _make_complete_run(self, k: int, last: int) -> list[Window]:
-        """Windows k..last at once when every sample of all of them is there (the steady state): one read of the
-        run's samples into a block and one constant check, where `_make` per window would do ~20 numpy calls. The
-        windows are overlapping read-only views of that block (no copy per window; `stack_windows` reads them as
-        one strided array); with another dtype than float64, one cast copy [K, C, N]. The same windows as `_make`
-        gives for complete data (no margin, no absent components); [] if any sample is missing.
-        """
-        buf = self.buffer
-        if last < k or not buf.complete(k * self.stride, last * self.stride + self.window):
-            return []
-        block = buf.read_values(k * self.stride, last * self.stride + self.window)
-        count = last - k + 1
-        # [K, C, N] view of the overlapping windows (np.ndarray directly: sliding_window_view's checks cost more)
-        views = np.ndarray((count, block.shape[0], self.window), block.dtype, block, 0,
-                           (self.stride * block.strides[1], block.strides[0], block.strides[1]))
-        flat = views.min(axis=-1) == views.max(axis=-1)  # [K, C], on the float64 samples like `_make`
-        if views.dtype == self.dtype:  # the windows are read-only views of the block: no copy per window
-            views.flags.writeable = False
-            data = views
-        else:
-            data = np.array(views, dtype=self.dtype, order="C")
-        comps = self.contract.component_order
-        rate, source_rate = float(self.contract.sampling_rate), self.rate_hz
-        out = []
-        for i, row in enumerate(flat.tolist()):
-            constant = tuple(c for c, f in zip(comps, row, strict=True) if f) if any(row) else ()
-            out.append(Window(station=self.station, instrument=self.instrument, start_ns=(k + i) * self.stride_ns,
-                              sampling_rate=rate, data=data[i], component_order=comps, missing_fraction=0.0,
-                              components=tuple(comps), constant=constant, source_rate=source_rate,
-                              run=(data, i)))
-        self.stats["windows_emitted"] += len(out)
-        self.next_k = last + 1
-        return out
+        """Windows k..last at once when every sample of them is there (`quakemon.pipeline.cutting.cut_run`)."""
+        return cut_run(self, k, last)
 
     def _make(self, k: int, a: int, b: int) -> Window | None:
-        data, present = self.buffer.read(a, b)
-        core = slice(self.margin, self.margin + self.window)
-        comps = self.contract.component_order
-        real = present[:, core].any(axis=1)
-        use = np.ones(len(comps), dtype=bool)
-        if self.contract.component_sets and real.any() and not real.all():
-            if self.contract.accepts("".join(c for c, r in zip(comps, real, strict=True) if r)):
-                use = real  # absent components are zero-filled below
-        missing = 1.0 - float(np.count_nonzero(present[use, core])) / present[use, core].size
-        if missing > self.max_missing:
-            self.stats["windows_skipped"] += 1
-            return None
-        if not use.all():
-            data[~use] = 0.0
-            present[~use] = False
-            self.stats["windows_reduced"] += 1
-        present_comps = tuple(c for i, c in enumerate(comps) if real[i])
-        constant = []
-        if missing == 0 and use.all() and present.all():  # the common case: every sample there, no masks
-            core_data = data[:, core]
-            constant = [c for c, flat in zip(comps, core_data.min(axis=1) == core_data.max(axis=1), strict=True)
-                        if flat]
-        else:
-            for i, c in enumerate(comps):  # one iteration per component, vectorised inside
-                row, mask = data[i], present[i]
-                real = row[core][mask[core]]
-                if real.size and real.min() == real.max():
-                    constant.append(c)
-                if not mask.all() and mask.any():
-                    idx = np.flatnonzero(mask)
-                    data[i] = np.interp(np.arange(row.size), idx, row[idx])
-        if self.margin:
-            y = resample_poly(data, self.up, self.down, axis=1)
-            crop = self.margin * self.up // self.down
-            data = y[:, crop : crop + self.contract.window_samples]
-        if missing > 0:
-            self.stats["windows_filled"] += 1
-        self.stats["windows_emitted"] += 1
-        return Window(
-            station=self.station,
-            instrument=self.instrument,
-            start_ns=k * self.stride_ns,
-            sampling_rate=float(self.contract.sampling_rate),
-            data=np.ascontiguousarray(data, dtype=self.dtype),
-            component_order=comps,
-            missing_fraction=missing,
-            components=present_comps,
-            constant=tuple(constant),
-            source_rate=self.rate_hz,
-        )
+        """The window k over native samples [a, b), or None if skipped (`quakemon.pipeline.cutting.cut_window`)."""
+        return cut_window(self, k, a, b)
 
 
 class StationWindower:

@@ -131,3 +131,21 @@ def test_context_rows_shift_to_the_windows_level_and_skip_a_dead_vertical():
     assert start == T0_NS and span.shape == (N + 500,)
     assert span == pytest.approx(x[1], abs=1e-5)
     assert PickContext.component(late) == 1
+
+
+def test_components_of_a_batch_are_those_of_each_window():
+    rng = np.random.default_rng(2)
+    batch = rng.normal(0, 1, (8, 3, 300)).astype(np.float32)
+    batch[1, 0] = 0.0  # dead vertical: N
+    batch[2, 0] = 5.0  # flat vertical (not zero)
+    batch[2, 1] = np.nan  # ... and a NaN horizontal: E
+    batch[3, 0, 7] = np.nan  # NaN in the vertical
+    batch[4, 0, 9] = np.inf  # inf in the vertical
+    batch[5] = 0.0  # nothing usable: 0
+    batch[6, 0, 3] = -np.inf
+    batch[6, 1] = np.inf
+    got = PickContext.components(batch)
+    assert got == [PickContext.component(w) for w in batch] == [0, 1, 2, 1, 1, 0, 2, 0]
+    assert PickContext.components(batch[:0]) == []
+    with pytest.raises(ValueError, match=r"\[B, C, N\]"):
+        PickContext.components(batch[0])

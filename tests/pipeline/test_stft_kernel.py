@@ -206,3 +206,39 @@ def test_centre_to_float32_reads_any_strides(layout):
     centre_to_float32(x, out)
     want = (x - x.mean(-1, keepdims=True)).astype(np.float32)  # numpy's pairwise mean may differ in the last bit
     np.testing.assert_allclose(out, want, rtol=0, atol=1e-6 * np.abs(want).max())
+
+
+def test_dead_rows_are_zero_and_leave_their_neighbours_bit_for_bit(monkeypatch):
+    """Dead rows (zero-filled absent components, flat channels) skip the transform: their spectra are exactly 0,
+    and every other row gets the very bits it gets in a batch of its own, whatever the rows around it."""
+    x = windows(b=9, seed=18)
+    x[::2, 1:] = 0.0  # vertical-only windows: N and E zero-filled
+    x[3, 0] = -12.5  # a flat vertical with an offset
+    x[5, 2, 40] = np.nan  # a bad row beside dead ones
+    fused, plain = both_paths(x, monkeypatch=monkeypatch)
+    assert_same(fused, plain)
+    dead = fused.dead
+    assert dead[::2, 1:].all() and dead[3, 0] and not dead[1].any()
+    assert (fused.spectrograms[dead] == 0).all() and not np.signbit(fused.spectrograms[dead]).any()
+    for i in range(len(x)):
+        alone = preprocess_batch(x[i : i + 1], DEFAULT)
+        np.testing.assert_array_equal(alone.spectrograms[0], fused.spectrograms[i])
+        np.testing.assert_array_equal(alone.dead[0], dead[i])
+
+
+def test_preprocess_windows_metas_carry_valid_and_dead_letters():
+    from dataclasses import replace
+
+    from quakemon.pipeline.detect import WindowMeta, preprocess_windows
+
+    x = windows(b=4, seed=19).astype(np.float32)
+    x[0, 1:] = 0.0
+    x[2, 2] = 3.0
+    x[3, 0, :] = np.inf
+    metas = [WindowMeta(f"XX.S{i}.", i * 10**9, i * 10**9 + 20 * 10**9, "HH", 1.5 * i, 0.01 * i, ("E",) * (i % 2))
+             for i in range(4)]
+    _, out = preprocess_windows(x, metas, DEFAULT)
+    assert [m.valid for m in out] == [True, True, True, False]
+    assert [m.dead for m in out] == [("N", "E"), (), ("E",), ("Z",)]  # (an all-inf channel is repaired as dead)
+    assert out == [replace(m, valid=o.valid, dead=o.dead) for m, o in zip(metas, out, strict=True)]
+    assert all(type(m.valid) is bool for m in out) and metas[0].valid is None  # the given metas are untouched

@@ -524,3 +524,43 @@ def test_complete_runs_give_the_windows_make_gives(dtype) -> None:
         assert all(w.data.flags.c_contiguous for w in run)
     assert sched._make_complete_run(31, 35) == []  # samples 5000.. are not there
     assert sched._make_complete_run(3, 2) == []
+
+
+def test_vertical_only_complete_runs_give_the_windows_make_gives() -> None:
+    """A station whose horizontals are decided absent takes the steady-state path too: the same windows as `_make`
+    per window (zero rows, not constant, only Z named), counted as reduced; with a flat stretch of Z."""
+    from quakemon.pipeline.windowing import WindowScheduler
+
+    z = _truth(5000, seed=12)["Z"]
+    z[1000:3600] = -4.0  # flat over whole windows 10..16
+    sched = WindowScheduler("XX.TEST.", "HH", CONTRACT_Z, 100.0, 1.0)
+    sched.buffer._data[1:] = 3.0  # stale ring content in the absent rows must not leak into the windows
+    sched.buffer.write(0, 0, z)
+    sched.absent = frozenset({1, 2})
+    run = sched._make_complete_run(0, 30)
+    assert len(run) == 31 and sched.next_k == 31
+    assert sched.stats["windows_emitted"] == sched.stats["windows_reduced"] == 31
+    single = [sched._make(k, k * 100, k * 100 + 2000) for k in range(31)]
+    _assert_same(single, run)
+    assert all(w.components == ("Z",) and not w.data[1:].any() for w in run)
+    assert [w.constant for w in run if w.constant] == [("Z",)] * 7
+    assert sched._make_complete_run(31, 35) == []  # samples 5000.. are not there
+    # a component set the contract does not accept (here: E alone) is never cut as a run
+    only_e = WindowScheduler("XX.TEST.", "HH", CONTRACT_Z, 100.0, 1.0)
+    only_e.buffer.write(2, 0, z)
+    only_e.absent = frozenset({0, 1})
+    assert only_e._make_complete_run(0, 30) == [] and only_e.next_k is None
+
+
+def test_vertical_only_stream_goes_out_in_runs_identical_to_the_per_window_path() -> None:
+    """Whole-stream check: a Z-only station fed in records gives the same windows whatever the record size, and
+    the windows after the absent decision come from runs (one block per decision, `Window.run`)."""
+    z = _truth(9000, seed=13)["Z"]
+    got = {}
+    for size in (100, 412, 3000):
+        w = StationWindower(CONTRACT_Z, 1.0)
+        got[size] = w.add_traces([_trace("Z", i, z[i : i + size]) for i in range(0, 9000, size)]) + w.flush()
+        assert w.counters()["windows_reduced"] == len(got[size])
+    _assert_same(got[100], got[412])
+    _assert_same(got[100], got[3000])
+    assert sum(x.run is not None for x in got[100]) > len(got[100]) // 2
