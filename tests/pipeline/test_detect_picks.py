@@ -3,30 +3,16 @@ every detection carries a P pick, whatever the batching; the id derives from the
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
-from quakemon.models.contract import InputContract
 from quakemon.pipeline.detect import DetectionStage, PickContext, WindowMeta
 from quakemon.wire.schema import parse_iso_utc, validate_detection
+from tests.support.engines import SpectraAreProbabilities
 
 FS = 100.0
 N = 2000
 T0_NS = 1_251_072_000 * 1_000_000_000
-MODEL = {"name": "hybridvit-test", "sha256": "ab" * 32}
-
-
-class _Engine:
-    """An engine whose 'spectra' [B, 1] are the earthquake probabilities."""
-
-    labels = ("noise", "earthquake")
-    checkpoint = SimpleNamespace(model_info=MODEL, contract=InputContract())
-
-    def predict(self, spectra):
-        p = np.asarray(spectra, np.float32)[:, 0]
-        return np.stack([1 - p, p], axis=1)
 
 
 def trace(p_at_s: list[float], seconds: float = 120.0, seed: int = 0) -> np.ndarray:
@@ -54,7 +40,7 @@ def windows(x: np.ndarray, p_at_s: list[float], stride_s: float = 1.0, station: 
 
 
 def run(metas, data, probs, batch: int, **kw) -> list[dict]:
-    stage = DetectionStage(_Engine(), 0.7, 0.5, 2.0, "earthquake", **kw)
+    stage = DetectionStage(SpectraAreProbabilities(), 0.7, 0.5, 2.0, "earthquake", **kw)
     out = []
     for i in range(0, len(metas), batch):
         out += [b for b, _ in stage.process(probs[i : i + batch], metas[i : i + batch], data[i : i + batch])

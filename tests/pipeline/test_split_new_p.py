@@ -6,34 +6,20 @@ check the rule, not a model."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
 from quakemon.data import realdata
-from quakemon.models.contract import InputContract
 from quakemon.pipeline.detect import DetectionStage, WindowMeta
 from quakemon.pipeline.settings import TRIGGER
 from quakemon.pipeline.trigger import StationTrigger
 from quakemon.training.continuous import NewPCheck, Series, trigger_onsets
 from quakemon.wire.schema import parse_iso_utc
+from tests.support.engines import SpectraAreProbabilities
 
 FS = 100.0
 N = 2000
 NS = 1_000_000_000
-MODEL = {"name": "hybridvit-test", "sha256": "ab" * 32}
-
-
-class _Engine:
-    """An engine whose 'spectra' [B, 1] are the earthquake probabilities."""
-
-    labels = ("noise", "earthquake")
-    checkpoint = SimpleNamespace(model_info=MODEL, contract=InputContract())
-
-    def predict(self, spectra):
-        p = np.asarray(spectra, np.float32)[:, 0]
-        return np.stack([1 - p, p], axis=1)
 
 
 def record(name: str):
@@ -60,7 +46,7 @@ def windows(st, high_s: tuple[float, float]):
 
 
 def run(metas, data, probs, **kw) -> list[dict]:
-    stage = DetectionStage(_Engine(), 0.7, 0.5, 2.0, "earthquake", **kw)
+    stage = DetectionStage(SpectraAreProbabilities(), 0.7, 0.5, 2.0, "earthquake", **kw)
     out = []
     for i in range(0, len(metas), 32):
         out += [b for b, _ in stage.process(probs[i : i + 32], metas[i : i + 32], data[i : i + 32]).detections]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quakemon.base.errors import ConfigError
-from quakemon.models.contract import InputContract
 from quakemon.pipeline.detect import DetectionStage, WindowMeta
 from quakemon.pipeline.trigger import StationTrigger, TriggerBank
 from quakemon.wire.schema import iso_utc
+from tests.support.engines import AlwaysEarthquake
 
 T0 = 1_251_072_000.0  # 2009-08-24T00:00:00Z
 STRIDE = 10.0
@@ -119,19 +118,9 @@ def test_bank_expire_of_one_station_leaves_the_others_open():
     assert [e.station for e in bank.expire(T0 + 100)] == ["BW.RJOB."]
 
 
-class _Engine:
-    """What DetectionStage needs of an InferenceEngine: labels, the checkpoint's model info, predict."""
-
-    labels = LABELS
-    checkpoint = SimpleNamespace(model_info=MODEL, contract=InputContract())
-
-    def predict(self, spectra):
-        return np.tile(np.array([[0.1, 0.9]], np.float32), (len(spectra), 1))
-
-
 def test_detection_stage_closes_the_triggers_of_silent_stations_on_the_wall_clock():
     """1 s windows: a station silent for more than 1 s of wall clock is closed, one that goes on is not."""
-    stage = DetectionStage(_Engine(), 0.8, 0.5, 0.0, "earthquake")
+    stage = DetectionStage(AlwaysEarthquake(), 0.8, 0.5, 0.0, "earthquake")
 
     def window(station: str, start: float) -> WindowMeta:
         return WindowMeta(station, round(start * 1e9), round((start + 1.0) * 1e9))

@@ -18,6 +18,7 @@ from quakemon.pipeline.detect import DetectionStage, WindowMeta
 from quakemon.service.config import load_config
 from quakemon.service.stages.ingest import IngestStage
 from quakemon.service.stages.messages import WINDOWS, Batch, decode
+from tests.support.engines import AlwaysEarthquake
 
 T0 = 1_700_000_000.0
 
@@ -62,18 +63,8 @@ def test_ingest_rewind_sends_the_kept_batches_again_oldest_first_ahead_of_newer_
         pull.close(linger=0)
 
 
-class _Engine:
-    """What DetectionStage needs of an InferenceEngine (always "earthquake"); no model runs here."""
-
-    labels = ["noise", "earthquake"]
-    checkpoint = SimpleNamespace(model_info={"name": "t", "sha256": "0" * 64}, contract=InputContract())
-
-    def predict(self, spectra):
-        return np.tile(np.array([[0.1, 0.9]], np.float32), (len(spectra), 1))
-
-
 def test_deferred_silence_is_not_counted_against_a_station() -> None:
-    stage = DetectionStage(_Engine(), 0.8, 0.5, 0.0, "earthquake")
+    stage = DetectionStage(AlwaysEarthquake(), 0.8, 0.5, 0.0, "earthquake")
     opened = stage.process(np.zeros((1, 1)), [WindowMeta("XX.STA.", round(T0 * 1e9), round((T0 + 1) * 1e9))])
     assert [b["state"] for b, _ in opened.detections] == ["new"]
     decided = time.monotonic()
@@ -87,7 +78,7 @@ def test_inference_holds_expiry_while_the_ingest_stage_is_quiet() -> None:
     from quakemon.service.stages.inference import UPSTREAM_QUIET_S, InferenceStage
 
     inf = InferenceStage(load_config(None), StopFlag(), None, "unused.safetensors")
-    inf.stage = DetectionStage(_Engine(), 0.8, 0.5, 0.0, "earthquake")
+    inf.stage = DetectionStage(AlwaysEarthquake(), 0.8, 0.5, 0.0, "earthquake")
     sent: list[dict] = []
     inf.publisher = SimpleNamespace(publish_detection=lambda body, arrival=None: sent.append(body))
     inf.stage.process(np.zeros((1, 1)), [WindowMeta("XX.STA.", round(T0 * 1e9), round((T0 + 1) * 1e9))])
