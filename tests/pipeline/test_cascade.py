@@ -113,15 +113,18 @@ def test_a_screen_passing_every_window_gives_the_full_stride_replay(ckpt, tmp_pa
     assert np.array_equal(p_cas, p_full) and np.array_equal(a_cas, a_full) and len(a_full) == len(p_full)
 
 
-@pytest.mark.parametrize("batch_size", [256, 7])
+@pytest.mark.parametrize(("p_min", "batch_size"), [(0.1, 256), (0.1, 7), (0.7, 256)])
 def test_the_cascade_gives_the_full_stride_detections_and_forwards_fewer_windows(ckpt, inference, tmp_path,
-                                                                                   batch_size):
+                                                                                   p_min, batch_size):
+    """p_min 0.1: the distillation's choice. 0.7 (the trigger's on): only windows that could open a detection
+    pass; the rest of an event's windows are forwarded because the trigger is busy, most of them by `decide`
+    itself (their station turned busy within their batch)."""
     stream, _ = mseed(tmp_path, "manz_regional")
     full, full_stats, full_rows, scores = run(ckpt, inference, stream, scorer=peakedness_net(ckpt))
     starts = sorted(full_rows)
     p = np.array([full_rows[s][1] for s in starts])
     sc = np.array([scores[s] for s in starts])
-    threshold = choose_threshold(sc, p, 0.1)
+    threshold = choose_threshold(sc, p, p_min)
     net = peakedness_net(ckpt, bias=FILL_LOGIT - threshold)  # the same scores, shifted: the threshold at -2.5
     screen = save_screen(tmp_path / "peak.safetensors", net, FILL_LOGIT, ckpt.sha256, ckpt.contract)
 
@@ -130,19 +133,20 @@ def test_the_cascade_gives_the_full_stride_detections_and_forwards_fewer_windows
     assert bodies == full
     assert stats["windows"] == full_stats["windows"] and stats.get("late_windows", 0) == 0
     assert stats["forwarded"] + stats["screened_out"] == stats["inferred"] == full_stats["inferred"]
-    assert stats["screened_out"] > 0  # the quiet stretches were not forwarded
+    assert stats["screened_out"] >= stats["inferred"] // 5  # the quiet stretches were not forwarded
+    assert stats.get("refined", 0) > 0 if p_min == 0.7 else True
     fill = 1.0 / (1.0 + math.exp(-FILL_LOGIT))
     shifted = sc + FILL_LOGIT - threshold
     quiet = shifted < FILL_LOGIT - 1e-4  # (clear of the threshold: float32 scores of two forwards)
     assert quiet.sum() >= stats["screened_out"] // 2
     for s, q, z in zip(starts, quiet, shifted, strict=True):
         row = rows[s]
-        if np.array_equal(row, full_rows[s]):
+        if np.allclose(row, full_rows[s], rtol=0, atol=1e-5):  # forwarded (by decide: from another forward)
             continue
         # not forwarded: the trigger (and the archive) saw the fill value, below the screen's threshold
         assert q and row[1] == pytest.approx(1.0 / (1.0 + math.exp(-z)), abs=1e-5) and row[1] < fill
         assert row[0] == pytest.approx(1.0 - row[1], abs=1e-6)
-    assert sum(not np.array_equal(rows[s], full_rows[s]) for s in starts) == stats["screened_out"]
+    assert sum(not np.allclose(rows[s], full_rows[s], rtol=0, atol=1e-5) for s in starts) == stats["screened_out"]
 
 
 def test_the_cascade_refuses_the_k_screen_and_another_detector(ckpt, inference, tmp_path):
