@@ -1,11 +1,12 @@
 """The cascade screen (`[model] screen_net`, `quakemon.pipeline.cascade`) in the replay, with the bundled model on
 real recordings of the P catalogue written as MiniSEED.
 
-The screens are built here from `ScreenNet` with fixed weights (no screen checkpoint ships with the repository):
-a hand-set network whose score is the peakedness of the window's log spectrogram (its highest smoothed value less
-its mean), saved with `save_screen` for the bundled detector. Its threshold is chosen on the record itself with the
-distillation's rule (`choose_threshold`: the lowest score of a window the detector scores >= 0.1), which tests
-the pipeline's rule and plumbing, not how well a screen generalises (docs/performance.md measures that)."""
+The screens are built from `ScreenNet` with fixed weights (no screen checkpoint ships with the repository):
+`support.screens.peakedness_net`, whose score is the peakedness of the window's log spectrogram (its highest
+smoothed value less its mean), saved with `save_screen` for the bundled detector. Its threshold is chosen on the
+record itself with the distillation's rule (`choose_threshold`: the lowest score of a window the detector scores
+>= 0.1), which tests the pipeline's rule and plumbing, not how well a screen generalises (docs/performance.md
+measures that)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,14 @@ import pytest
 import torch
 from obspy import UTCDateTime
 from obspy.clients.filesystem.sds import Client
+from support.screens import FILL_LOGIT, peakedness_net
 
 from quakemon.data import realdata
 from quakemon.models.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
-from quakemon.models.screen_net import ScreenArgs, ScreenNet, choose_threshold, save_screen
+from quakemon.models.screen_net import choose_threshold, save_screen
 from quakemon.pipeline.runner import DetectionRunner, Inference, replay
 
 VOLATILE = ("seq", "topic_seq", "epoch", "latency_s")
-FILL_LOGIT = -2.5  # the saved threshold: sigmoid(-2.5) = 0.076, below the trigger's off
 
 
 @pytest.fixture(scope="module")
@@ -39,26 +40,6 @@ def ckpt(tmp_path_factory) -> Checkpoint:
 def inference(ckpt):
     with Inference(ckpt, device="cpu", precision="fp32") as inf:
         yield inf
-
-
-def peakedness_net(ckpt, bias: float = 0.0) -> ScreenNet:
-    """A ScreenNet with fixed weights: channel 0 of each convolution averages its 3x3 neighbourhood of channel 0
-    (the first averages all components, +10 so that every value stays positive through the ReLUs), the other
-    channels are zero; the head takes max - mean of channel 0, plus `bias`."""
-    c = ckpt.contract
-    f, t = c.spectrogram_shape
-    net = ScreenNet(ScreenArgs(c.n_channels, f, t, (2, 2, 2))).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.zero_()
-        net.norm.weight.fill_(1.0)
-        net.conv1.weight[0].fill_(1.0 / (9 * c.n_channels))
-        net.conv1.bias[0] = 10.0
-        net.conv2.weight[0, 0].fill_(1.0 / 9)
-        net.conv3.weight[0, 0].fill_(1.0 / 9)
-        net.head.weight[0, 0], net.head.weight[0, 2] = 1.0, -1.0  # [amax(ch0), amax(ch1), mean(ch0), mean(ch1)]
-        net.head.bias[0] = bias
-    return net
 
 
 def mseed(tmp_path, name: str):
@@ -97,7 +78,7 @@ def test_a_screen_passing_every_window_gives_the_full_stride_replay(ckpt, tmp_pa
     """Replay of real MiniSEED with a screen whose threshold every window reaches: the same detections, the same
     probabilities in the series and in the probability archive, bit for bit."""
     stream, path = mseed(tmp_path, "manz_regional")
-    screen = save_screen(tmp_path / "all.safetensors", peakedness_net(ckpt), -1e6, ckpt.sha256, ckpt.contract)
+    screen = save_screen(tmp_path / "all.safetensors", peakedness_net(ckpt.contract), -1e6, ckpt.sha256, ckpt.contract)
     runs = {}
     for name, kw in (("full", {}), ("cascade", {"screen_net": str(screen)})):
         out = tmp_path / f"prob_{name}"
@@ -120,12 +101,12 @@ def test_the_cascade_gives_the_full_stride_detections_and_forwards_fewer_windows
     pass; the rest of an event's windows are forwarded because the trigger is busy, most of them by `decide`
     itself (their station turned busy within their batch)."""
     stream, _ = mseed(tmp_path, "manz_regional")
-    full, full_stats, full_rows, scores = run(ckpt, inference, stream, scorer=peakedness_net(ckpt))
+    full, full_stats, full_rows, scores = run(ckpt, inference, stream, scorer=peakedness_net(ckpt.contract))
     starts = sorted(full_rows)
     p = np.array([full_rows[s][1] for s in starts])
     sc = np.array([scores[s] for s in starts])
     threshold = choose_threshold(sc, p, p_min)
-    net = peakedness_net(ckpt, bias=FILL_LOGIT - threshold)  # the same scores, shifted: the threshold at -2.5
+    net = peakedness_net(ckpt.contract, bias=FILL_LOGIT - threshold)  # the same scores, shifted: the threshold at -2.5
     screen = save_screen(tmp_path / "peak.safetensors", net, FILL_LOGIT, ckpt.sha256, ckpt.contract)
 
     bodies, stats, rows, _ = run(ckpt, inference, stream, batch_size=batch_size, screen_net=str(screen))
@@ -153,10 +134,11 @@ def test_the_cascade_refuses_the_k_screen_and_another_detector(ckpt, inference, 
     from quakemon.models.screen_net import ScreenCheckpointError
     from quakemon.pipeline.detect import DetectionStage
 
-    screen = save_screen(tmp_path / "s.safetensors", peakedness_net(ckpt), FILL_LOGIT, ckpt.sha256, ckpt.contract)
+    net = peakedness_net(ckpt.contract)
+    screen = save_screen(tmp_path / "s.safetensors", net, FILL_LOGIT, ckpt.sha256, ckpt.contract)
     with pytest.raises(ValueError, match="screen_net and screen_every > 1 exclude each other"):
         DetectionStage(inference.engine, 0.7, 0.5, 2.0, "earthquake", screen_every=4, screen_net=str(screen))
-    other = save_screen(tmp_path / "o.safetensors", peakedness_net(ckpt), FILL_LOGIT, "cd" * 32, ckpt.contract)
+    other = save_screen(tmp_path / "o.safetensors", peakedness_net(ckpt.contract), FILL_LOGIT, "cd" * 32, ckpt.contract)
     with pytest.raises(ScreenCheckpointError, match="distilled from detector cdcdcdcd"):
         DetectionStage(inference.engine, 0.7, 0.5, 2.0, "earthquake", screen_net=str(other))
 
@@ -167,7 +149,7 @@ def test_replay_cli_screen_net(ckpt, tmp_path, capsys):
     _, path = mseed(tmp_path, "uh_uh3_2010-05-27")
     model = tmp_path / "model.safetensors"
     shutil.copyfile(resolve_checkpoint(None), model)
-    screen = save_screen(tmp_path / "all.safetensors", peakedness_net(ckpt), -1e6, ckpt.sha256, ckpt.contract)
+    screen = save_screen(tmp_path / "all.safetensors", peakedness_net(ckpt.contract), -1e6, ckpt.sha256, ckpt.contract)
     out = {}
     for name, extra in (("full", ["--screen-every", "1"]), ("cascade", ["--screen-net", str(screen)])):
         dets = tmp_path / f"{name}.jsonl"
