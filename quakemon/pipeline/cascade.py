@@ -147,12 +147,12 @@ class CascadeScreen:
         """Queue a window (windows of a station in time order); False (not queued) when it does not start after
         the station's newest window offered."""
         station, start = item.meta.station, item.meta.start_ns
+        with self._lock:
+            score = self._scores.pop((station, start), math.nan)
         if start <= self._newest.get(station, -1):
             return False
         if not item.valid and item.probs is None:
             raise ValueError("a window that is not inferable is offered with its (NaN) probabilities")
-        with self._lock:
-            score = self._scores.pop((station, start), math.nan)
         self._newest[station] = start
         item.score = score  # type: ignore[attr-defined]
         self._queue.append(item)
