@@ -1,6 +1,5 @@
 """A cascade screen, measured: a tiny distilled ScreenNet (`quakemon.models.screen_net`) scores every window and
-only the windows it passes go through the detector (docs/performance.md, "Cascade screen (measured, not
-integrated)").
+only the windows it passes go through the detector (docs/performance.md, "Cascade screen").
 
     .venv/bin/python -m quakemon.training.screen_distill --day UV05 --output /tmp/screen_uv05.safetensors
     .venv/bin/python benchmarks/cascade.py --screen /tmp/screen_uv05.safetensors --json out.json
@@ -20,9 +19,10 @@ pass; the share passed by the screen and forwarded in all; trigger transitions a
     .venv/bin/python benchmarks/cascade.py --screen S.safetensors --cost --json out.json
 
 `--cost`: in one process, on `benchmarks/screen.py`'s 4 station-hour archive (vertical, 100 Hz): the replay
-(`DetectionRunner`, every window forwarded, two single-threaded forward workers) three ways, alternating, each
-`--repeats` times: with the detector; with the detector replaced by nothing (the per-window chain: decoding,
-windowing, centring, z-score and STFT, triggers); with the screen net instead of the detector (chain + screen).
+(`DetectionRunner`, two single-threaded forward workers) four ways, alternating, each `--repeats` times: with the
+detector on every window; with the detector replaced by nothing (the per-window chain: decoding, windowing,
+centring, z-score and STFT, triggers); with the screen net instead of the detector (chain + screen); and the
+pipeline's cascade (`screen_net`: the screen on every window, the detector on the windows it forwards).
 Process CPU time (all threads), per station-hour. Then on one batch of the archive's real spectrograms: the
 screen net per window at batch 256 on 1 and 2 torch threads, the detector's forward per window (batch 64, 1
 thread) and the preprocessing alone (`preprocess_windows`, 1 thread). Not collected by pytest.
@@ -137,12 +137,14 @@ def quality(ckpt, scr, train_day: str, thresholds: dict[str, float]) -> list[dic
 
 
 # ------------------------------------------------------------------------------------------------------ cost
-def _replay_cpu(ckpt, inference, traces, mode: str, scr) -> tuple[float, int]:
-    """(process CPU seconds, windows) of one replay of `traces`: mode "model", "chain" or "screen"."""
+def _replay_cpu(ckpt, inference, traces, mode: str, scr, counts: dict | None = None) -> tuple[float, int]:
+    """(process CPU seconds, windows) of one replay of `traces`: mode "model", "chain", "screen" or "cascade"
+    (the pipeline's cascade, `[model] screen_net`; its forwarded / screened_out counts go to `counts`)."""
     from quakemon.pipeline.runner import DetectionRunner
 
-    runner = DetectionRunner(ckpt, inference=inference, screen_every=1)
-    if mode != "model":
+    runner = DetectionRunner(ckpt, inference=inference, screen_every=1,
+                             screen_net=scr if mode == "cascade" else None)
+    if mode not in ("model", "cascade"):
         def infer(spectra, metas):
             if mode == "screen":
                 scr.scores(spectra)
@@ -155,6 +157,8 @@ def _replay_cpu(ckpt, inference, traces, mode: str, scr) -> tuple[float, int]:
     runner.finish()
     cpu = time.process_time() - t0
     windows = runner.windows
+    if counts is not None and mode == "cascade":
+        counts.update({k: int(runner.stage.stats.get(k, 0)) for k in ("forwarded", "screened_out", "refined")})
     runner.close()
     return cpu, windows
 
@@ -187,11 +191,12 @@ def cost(ckpt, scr, repeats: int) -> dict[str, Any]:
         paths, station_hours = kscreen.cost_archive(Path(tmp))
         traces = [tr for p in paths for tr in read(p)]
     inference = Inference(ckpt, device="cpu", precision="fp32")
-    runs: dict[str, list[float]] = {"model": [], "chain": [], "screen": []}
+    runs: dict[str, list[float]] = {"model": [], "chain": [], "screen": [], "cascade": []}
     windows = 0
+    counts: dict[str, int] = {}
     for _ in range(repeats):
         for mode in runs:
-            cpu, windows = _replay_cpu(ckpt, inference, traces, mode, scr)
+            cpu, windows = _replay_cpu(ckpt, inference, traces, mode, scr, counts)
             runs[mode].append(cpu)
             print(f"replay {mode}: {cpu:.2f} CPU s, {cpu / station_hours:.3f} per station-hour", flush=True)
     inference.close()
@@ -216,7 +221,9 @@ def cost(ckpt, scr, repeats: int) -> dict[str, Any]:
     report = {"station_hours": station_hours, "windows": windows, "cpu_s": runs,
               "per_station_hour_median": per_hour, "per_window_us_median": per_window_us,
               "forward_per_station_hour": per_hour["model"] - per_hour["chain"],
-              "screen_per_station_hour": per_hour["screen"] - per_hour["chain"], "micro": micro}
+              "screen_per_station_hour": per_hour["screen"] - per_hour["chain"],
+              "cascade_over_model": per_hour["cascade"] / per_hour["model"], "cascade_counts": counts,
+              "micro": micro}
     print(json.dumps(report, indent=1))
     return report
 

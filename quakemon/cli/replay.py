@@ -29,6 +29,8 @@ def add_replay(sub: Subparsers) -> None:
     p.add_argument("--select", action="append", metavar="NET.STA.LOC.CHA", help="stream selector (repeatable)")
     p.add_argument("--screen-every", type=int, default=None, metavar="K",
                    help="screen and refine: forward one window in K of a quiet station (model.screen_every; 1 = off)")
+    p.add_argument("--screen-net", default=None, metavar="PATH",
+                   help="cascade screen checkpoint instead of --screen-every (model.screen_net)")
     p.add_argument("--screen-threshold", type=float, default=None, metavar="S",
                    help="screen score from which a station's every window is forwarded (model.screen_threshold)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -54,7 +56,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
         check_archive_dir(args.probabilities, "--probabilities")  # before the output file is created
     cfg, _ = config_from_args(args, {"model.checkpoint": args.model, "model.screen_every": args.screen_every,
-                                     "model.screen_threshold": args.screen_threshold})
+                                     "model.screen_threshold": args.screen_threshold,
+                                     "model.screen_net": args.screen_net})
     require_checkpoint(cfg, args.model)
     from quakemon.models.checkpoint import load_checkpoint, resolve_checkpoint
     from quakemon.pipeline.associate import associator_from_config
@@ -71,7 +74,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                         device=cfg.model.device, precision=cfg.model.precision, graph=cfg.model.graph,
                         batch_size=max(cfg.model.batch_size, 256), progress=not args.quiet,
                         keep_series=bool(args.plot), probabilities=args.probabilities,
-                        screen_every=cfg.model.screen_every, screen_threshold=cfg.model.screen_threshold)
+                        screen_every=cfg.model.screen_every, screen_threshold=cfg.model.screen_threshold,
+                        screen_net=cfg.model.screen_net or None)
     finally:
         if out is not sys.stdout:
             out.close()

@@ -27,15 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from quakemon.base.errors import QuakemonError
-
-FORMAT = "quakemon.screen/1"
-#: Contract fields a screen is tied to (its input shape and what it learnt depend on them).
-CONTRACT_KEYS = ("sampling_rate", "window_samples", "component_order", "stft_nperseg", "stft_hop")
-
-
-class ScreenCheckpointError(QuakemonError):
-    """A screen checkpoint that cannot be used: unreadable, another format, or built for another detector."""
+from quakemon.models.screen_meta import (  # noqa: F401 - re-exported
+    CONTRACT_KEYS,
+    FORMAT,
+    ScreenCheckpointError,
+    check_screen_meta,
+    contract_fields,
+)
 
 
 @dataclass(frozen=True)
@@ -129,10 +127,6 @@ def choose_threshold(scores: np.ndarray, teacher_p: np.ndarray, p_min: float, ma
     return float(sel.min() - margin)
 
 
-def contract_fields(contract: Any) -> dict[str, Any]:
-    return {k: getattr(contract, k) for k in CONTRACT_KEYS}
-
-
 def save_screen(path: str | os.PathLike, net: ScreenNet, threshold: float, teacher_sha256: str,
                 contract: Any, extra: dict[str, Any] | None = None) -> Path:
     """Write the screen (weights + metadata) to one safetensors file; return its path."""
@@ -167,22 +161,15 @@ def load_screen(path: str | os.PathLike, teacher_sha256: str | None = None, cont
         raise ScreenCheckpointError(f"{path} has no 'quakemon_screen' metadata: not a screen checkpoint")
     try:
         meta = json.loads(raw)
-        if meta.get("format") != FORMAT:
-            raise ScreenCheckpointError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        if not isinstance(meta, dict):
+            raise TypeError("not an object")
+        check_screen_meta(path, meta, teacher_sha256, contract)
         args = ScreenArgs(**meta["args"])
         threshold = float(meta["threshold"])
     except ScreenCheckpointError:
         raise
     except (ValueError, TypeError, KeyError) as exc:
         raise ScreenCheckpointError(f"{path}: malformed screen metadata ({type(exc).__name__}: {exc})") from None
-    if not math.isfinite(threshold):
-        raise ScreenCheckpointError(f"{path}: threshold {threshold!r} is not finite")
-    if teacher_sha256 is not None and meta.get("teacher_sha256") != teacher_sha256:
-        raise ScreenCheckpointError(f"{path} was distilled from detector {str(meta.get('teacher_sha256'))[:16]}..., "
-                                    f"not from the loaded one ({teacher_sha256[:16]}...)")
-    if contract is not None and meta.get("contract") != contract_fields(contract):
-        raise ScreenCheckpointError(f"{path} was built for input {meta.get('contract')}, the detector takes "
-                                    f"{contract_fields(contract)}")
     net = ScreenNet(args)
     try:
         net.load_state_dict(state, strict=True)

@@ -37,6 +37,7 @@ from quakemon.wire.schema import parse_iso_utc
 if TYPE_CHECKING:
     import torch
 
+    from quakemon.pipeline.cascade import CascadeScreen
     from quakemon.pipeline.engine import InferenceEngine
 
 log = structlog.get_logger(__name__)
@@ -214,7 +215,8 @@ class DetectionStage:
     window is forwarded; the replay and the daemon pass `quakemon.pipeline.settings.SCREEN` or their config) on
     the window grid of `stride_s`. With screening, `infer` forwards the screen windows and the windows of dense
     stations only, `decide` needs the batch's spectra (it forwards the rest it needs itself, on its own thread),
-    and held windows are decided with a later batch or by `release_held`.
+    and held windows are decided with a later batch or by `release_held`. screen_net: the cascade screen instead
+    (`quakemon.pipeline.cascade`: a checkpoint path or a loaded screen; needs screen_every 1).
     """
 
     def __init__(self, engine: InferenceEngine, on: float, off: float, min_duration_s: float,
@@ -222,7 +224,7 @@ class DetectionStage:
                  retrigger_hold_s: float = TRIGGER.retrigger_hold_s, picker: PickerConfig | None = None,
                  new_pick_after_s: float = TRIGGER.new_pick_after_s, *, stride_s: float = WINDOW.stride_s,
                  screen_every: int = 1, screen_threshold: float = SCREEN.threshold,
-                 split_on_new_p: bool = TRIGGER.split_on_new_p) -> None:
+                 split_on_new_p: bool = TRIGGER.split_on_new_p, screen_net: Any = None) -> None:
         self.engine = engine
         self.labels = list(engine.labels)
         self.model_info = engine.checkpoint.model_info
@@ -243,7 +245,7 @@ class DetectionStage:
         #: torch threads of the forwards `decide` runs itself (screening), None: the calling thread's count. The
         #: replay sets 1 beside its single-threaded workers: an OpenMP team there would wait spinning for cores.
         self.refine_threads: int | None = None
-        self.screen: Screen | None = None
+        self.screen: Screen | CascadeScreen | None = None
         check_screen(screen_every, screen_threshold)
         if screen_every > 1:
             if off <= screen_threshold:
@@ -251,6 +253,11 @@ class DetectionStage:
                             effect="every window is forwarded where trigger.off is at or below the threshold")
             columns = [self.labels.index(label) for label in self.triggers.trigger_labels]
             self.screen = Screen(screen_every, screen_threshold, stride_s, self.window_s, columns, busy=self._busy)
+        if screen_net is not None:  # the cascade screen (`quakemon.pipeline.cascade`; it imports torch)
+            from quakemon.pipeline.cascade import CascadeScreen
+
+            self.screen = CascadeScreen.for_stage(screen_net, engine.checkpoint, self.triggers, screen_every,
+                                                  self._busy)
 
     def process(self, spectra: np.ndarray | torch.Tensor, metas: Sequence[WindowMeta],
                 data: np.ndarray | None = None) -> DetectionResult:
@@ -268,7 +275,7 @@ class DetectionStage:
         be inferred on several threads at once; `decide` must then take them in order."""
         valid = np.array([m.valid is not False for m in metas], dtype=bool)
         if self.screen is not None:
-            valid &= self.screen.wanted(metas)
+            valid &= self.screen.wanted(metas, spectra)
         return self._forward(spectra, valid)
 
     def _forward(self, spectra: np.ndarray | torch.Tensor, valid: np.ndarray) -> np.ndarray:

@@ -194,6 +194,8 @@ class DetectionRunner:
         archive: every window's probabilities also go to this probability archive (not closed by this runner).
         screen_every, screen_threshold: screen and refine (`quakemon.pipeline.screen`; defaults:
             `quakemon.pipeline.settings.SCREEN`; screen_every 1 forwards every window).
+        screen_net: the cascade screen instead (`quakemon.pipeline.cascade`; a screen checkpoint path or a loaded
+            `quakemon.models.screen_net.Screen`), with screen_every 1.
     """
 
     def __init__(self, checkpoint: Checkpoint, *, stride_s: float = WINDOW.stride_s,
@@ -206,7 +208,7 @@ class DetectionRunner:
                  graph: str = INFERENCE.graph, inference: Inference | None = None,
                  retrigger_hold_s: float = TRIGGER.retrigger_hold_s, archive: ProbabilityArchive | None = None,
                  screen_every: int = SCREEN.every, screen_threshold: float = SCREEN.threshold,
-                 split_on_new_p: bool = TRIGGER.split_on_new_p) -> None:
+                 split_on_new_p: bool = TRIGGER.split_on_new_p, screen_net: Any = None) -> None:
         log_to_stderr_unless_configured()
         if inference is not None and inference.checkpoint is not checkpoint:
             raise ValueError("inference was built for another checkpoint")
@@ -221,7 +223,7 @@ class DetectionRunner:
         label = trigger_label if trigger_label in checkpoint.labels else None
         self.stage = DetectionStage(engine, on, off, min_duration_s, label, retrigger_hold_s=retrigger_hold_s,
                                     stride_s=stride_s, screen_every=screen_every, screen_threshold=screen_threshold,
-                                    split_on_new_p=split_on_new_p)
+                                    split_on_new_p=split_on_new_p, screen_net=screen_net)
         if inference.pool is not None and engine.device.type == "cpu":
             self.stage.refine_threads = 1  # (screening: beside the single-threaded workers)
         self._preprocess_device = inference.preprocess_device
@@ -393,7 +395,7 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
            keep_series: bool = False, on_detection: Callable[[dict[str, Any]], None] | None = None,
            associator: Associator | None = None, graph: str = INFERENCE.graph,
            probabilities: str | None = None, screen_every: int = SCREEN.every,
-           screen_threshold: float = SCREEN.threshold) -> ReplayResult:
+           screen_threshold: float = SCREEN.threshold, screen_net: Any = None) -> ReplayResult:
     """Run archived MiniSEED through the detection path; write JSON Lines to `output` as they come.
 
     Args:
@@ -407,7 +409,8 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
         progress: show a progress bar on stderr.
         on_detection: called with each body (detection or event) as it comes.
         probabilities: a folder for the probability archive (`quakemon.pipeline.probarchive`), or None.
-        screen_every, screen_threshold: screen and refine, see `DetectionRunner`.
+        screen_every, screen_threshold, screen_net: screen and refine or the cascade screen, see
+            `DetectionRunner`.
 
     Returns:
         The detections, the events, the probability series (with `keep_series`), the window count and counters.
@@ -420,6 +423,7 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
     runner = DetectionRunner(checkpoint, stride_s=stride_s, selectors=selectors, device=device, precision=precision,
                              batch_size=batch_size, keep_series=keep_series, associator=associator, graph=graph,
                              archive=archive, screen_every=screen_every, screen_threshold=screen_threshold,
+                             screen_net=screen_net,
                              **trigger)
     source = ArchiveSource(paths, selectors)
     detections: list[dict[str, Any]] = []

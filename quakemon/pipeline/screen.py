@@ -123,9 +123,10 @@ class Screen:
         """Highest probability over the trigger labels (NaN for a window not inferred)."""
         return float(np.max(probs[self.columns]))
 
-    def wanted(self, metas: Sequence[Any]) -> np.ndarray:
+    def wanted(self, metas: Sequence[Any], spectra: Any = None) -> np.ndarray:
         """Which valid windows of a batch to forward before their turn: the screen windows, and every window of
-        the stations dense at the last `advance` (a guess: `advance` forwards what it still needs)."""
+        the stations dense at the last `advance` (a guess: `advance` forwards what it still needs). (spectra: the
+        batch's, unused here; the cascade screen scores them.)"""
         hint = self.dense_hint
         return np.array([m.valid is not False and (m.station in hint or self.is_screen(m.start_ns)) for m in metas],
                         dtype=bool)

@@ -29,6 +29,7 @@ from quakemon.service.config_checks import (
     auto_endpoint,
     auto_or_count,
     catchup_endpoint,
+    check_screen_net,
     device_name,
     endpoint,
     env_path,
@@ -98,6 +99,8 @@ class ModelConfig:
     screen_threshold: float = setting(SCREEN.threshold, "screen score from which a station's every window is "
                                       "forwarded (stations whose trigger.off is not above it: always)",
                                       in_range(0, 0.99, lo_open=True))
+    screen_net: str = setting("", 'cascade screen checkpoint (quakemon.training.screen_distill) instead of screening '
+                              'one window in screen_every; "" = off', env_path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,6 +428,22 @@ def _resolve_journal(cfg: Config, where: str, taken: tuple[str, ...]) -> Publish
     return dataclasses.replace(pub, journal=journal, catchup_endpoint=catchup)
 
 
+def _resolve_screen_net(cfg: Config, every_given: bool, where: str) -> Config:
+    """model.screen_net: the file must be a screen for the configured detector (`check_screen_net`); it replaces
+    the K-screen, so screen_every becomes 1 unless it was given, and refuses a screen_every > 1 given."""
+    m = cfg.model
+    if not m.screen_net:
+        return cfg
+    if every_given and m.screen_every > 1:
+        raise ConfigError(f"{where}: model.screen_net: expected model.screen_every = 1 with a cascade screen (the two "
+                          f"exclude each other), got screen_every = {m.screen_every}")
+    try:
+        check_screen_net(m.screen_net, m.checkpoint)
+    except Invalid as exc:
+        raise ConfigError(f"{where}: model.screen_net: expected {exc}") from None
+    return dataclasses.replace(cfg, model=dataclasses.replace(m, screen_every=1))
+
+
 def check_journal(config: Config, where: str = "config") -> None:
     """Open (creating it if needed) and close publish.journal: an unusable file is a ConfigError (exit 2) naming
     the key and the file, raised before the daemon starts its stages."""
@@ -482,7 +501,7 @@ def load_config(
         merged = {**data.get(name, {}), key: value}
         built[name] = _build_section(sections[name], name, merged, "command-line override", from_text=True)
         data = {**data, name: merged}
-    config = _resolve(Config(**built), where)
+    config = _resolve_screen_net(_resolve(Config(**built), where), "screen_every" in data.get("model", {}), where)
     if require_streams:
         check_stages(["ingest"], config, where=where)
     return config

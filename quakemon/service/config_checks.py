@@ -128,3 +128,21 @@ def non_empty(v: str) -> str:
     if not v.strip():
         raise Invalid("a non-empty string")
     return v
+
+
+def check_screen_net(path: str, checkpoint: str) -> None:
+    """A cascade screen checkpoint (`quakemon.models.screen_meta`) that exists and was distilled for the detector
+    `checkpoint` ("" = the bundled one) and its input contract; read without torch. Raises Invalid."""
+    from quakemon.base.errors import QuakemonError
+    from quakemon.models.checkpoint import file_sha256, read_metadata, resolve_checkpoint
+    from quakemon.models.contract import InputContract
+    from quakemon.models.screen_meta import read_screen_meta
+
+    if not os.path.isfile(os.path.expanduser(path)):
+        raise Invalid(f"an existing screen checkpoint file, got {path!r}, which does not exist")
+    try:
+        detector = resolve_checkpoint(checkpoint)
+        contract = InputContract.from_dict(read_metadata(detector)["contract"])
+        read_screen_meta(os.path.expanduser(path), file_sha256(detector), contract)
+    except (QuakemonError, KeyError, OSError, ValueError) as exc:
+        raise Invalid(f"a screen checkpoint for the configured detector, but {exc}") from None

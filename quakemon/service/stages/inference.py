@@ -146,7 +146,7 @@ class InferenceStage(ReloadableStage, Stage):
                                     t.label if t.label in self.ckpt.labels else None,
                                     retrigger_hold_s=t.retrigger_hold, stride_s=cfg.window.stride_s,
                                     screen_every=cfg.model.screen_every, screen_threshold=cfg.model.screen_threshold,
-                                    split_on_new_p=t.split_on_new_p)
+                                    split_on_new_p=t.split_on_new_p, screen_net=cfg.model.screen_net or None)
         self.apply_thresholds(cfg)  # [trigger.overrides]
         self.assoc = associator_from_config(cfg.associate)  # network events, when [associate] enabled = true
         self.open_archive()

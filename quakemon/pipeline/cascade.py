@@ -1,0 +1,225 @@
+"""Cascade screen: a tiny distilled network (`quakemon.models.screen_net`) scores every window, and only the
+windows it passes, or those of a station whose trigger is not idle, go through the detector.
+
+`[model] screen_net` (replay: `--screen-net`; Python: the `screen_net` keyword of `DetectionRunner`, `replay` and
+`DetectionStage`), instead of the K-screen (`quakemon.pipeline.screen`; the two exclude each other). The rule, per
+station and in time order, as `benchmarks/cascade.py` simulates it:
+
+* A window whose score (the screen's predicted logit of the detector's trigger probability) reaches the
+  checkpoint's threshold is *passed* and forwarded (a NaN score passes).
+* A window of a station whose trigger is not idle (a detection open or held, also one resumed after a restart),
+  or whose trigger ``off`` is at or below the fill value below, is forwarded whatever its score.
+* Any other window is not forwarded: the trigger gets, in each trigger-label column, the *fill value*
+  sigmoid(min(score, threshold)), below the trigger's ``off``, so an idle trigger does nothing with it; the
+  other columns share the rest of 1 (noise = 1 - fill for the bundled two-class model). The probability archive
+  records these rows, what the trigger saw.
+
+The screen net runs in `infer` over all valid windows of a batch at once (on the caller's thread, so on the
+forward pool's workers), and the passed windows and those of stations busy at the last decision go through the
+detector there too. `decide` forwards, on its own thread, the windows of stations that turned busy within the
+batch. A window forwarded ahead of need (its station was busy when the batch was inferred, idle when decided) is
+used only where the rule forwards it, so the decisions do not depend on the batching. No window is held: the
+decisions come with their batch, with no delay.
+
+What it guarantees: with a threshold every window reaches, the trigger sees exactly the full-stride
+probabilities. What it does not: that a window the screen scores below its threshold would not have reached the
+trigger's ``on`` (it is fed the fill value, so such an event is missed); the threshold comes from the screen's
+validation windows, and exactness on other data is measured (docs/performance.md), not proven.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from quakemon.models.screen_net import Screen as ScreenModel
+from quakemon.models.screen_net import load_screen, passes
+from quakemon.pipeline.screen import Feed, ScreenItem
+
+log = structlog.get_logger(__name__)
+
+
+def load_cascade_screen(screen_net: str | Path | ScreenModel, checkpoint: Any) -> ScreenModel:
+    """The screen network for `checkpoint` (a path, checked with `load_screen` against the detector's sha256 and
+    input contract, or a loaded screen, checked the same way). Raises ScreenCheckpointError."""
+    if isinstance(screen_net, ScreenModel):
+        from quakemon.models.screen_net import ScreenCheckpointError, contract_fields
+
+        if screen_net.meta.get("teacher_sha256") != checkpoint.sha256:
+            raise ScreenCheckpointError("the screen was distilled from another detector")
+        if screen_net.meta.get("contract") != contract_fields(checkpoint.contract):
+            raise ScreenCheckpointError("the screen was built for another input contract")
+        return screen_net
+    return load_screen(screen_net, checkpoint.sha256, checkpoint.contract)
+
+
+class CascadeScreen:
+    """The cascade rule over every station, with the interface `DetectionStage` drives the K-screen by
+    (`wanted`, `offer`, `advance`, `release`, `held`, `dense_hint`, `every`, `threshold`).
+
+    Args:
+        model: the loaded screen network and its threshold (a logit).
+        labels: the detector's class labels; columns: those of the trigger labels.
+        busy: busy(station): whether every window of the station must be forwarded (its trigger is not idle).
+    """
+
+    every = 1  # (no window is held for a later one: no decision delay)
+    stride_ns = 0
+
+    def __init__(self, model: ScreenModel, labels: Sequence[str], columns: Sequence[int],
+                 busy: Callable[[str], bool] = lambda station: False) -> None:
+        self.model = model
+        self.logit = float(model.threshold)
+        #: the fill value's ceiling: sigmoid(threshold); a station whose trigger off is at or below it is busy
+        self.threshold = _sigmoid(self.logit)
+        self.columns = list(columns)
+        self.others = [k for k in range(len(labels)) if k not in set(self.columns)]
+        self.busy = busy
+        self.dense_hint: frozenset[str] = frozenset()  # stations busy after the last `advance` (read by workers)
+        self._scores: dict[tuple[str, int], float] = {}  # (station, start_ns) -> score, from `wanted` to `offer`
+        self._lock = threading.Lock()
+        self._queue: deque[ScreenItem] = deque()
+        self._newest: dict[str, int] = {}
+
+    @classmethod
+    def for_stage(cls, screen_net: str | Path | ScreenModel, checkpoint: Any, triggers: Any, screen_every: int,
+                  busy: Callable[[str], bool]) -> CascadeScreen:
+        """The cascade of a `DetectionStage`: its checkpoint, trigger bank (`TriggerBank`) and busy test. Raises
+        ValueError when the K-screen is on too (screen_every > 1), ScreenCheckpointError for a screen that does
+        not fit the detector."""
+        if screen_every != 1:
+            raise ValueError(f"screen_net and screen_every > 1 exclude each other (got screen_every={screen_every}):"
+                             " the cascade screen replaces screening one window in K")
+        labels = list(checkpoint.labels)
+        screen = cls(load_cascade_screen(screen_net, checkpoint), labels,
+                     [labels.index(label) for label in triggers.trigger_labels], busy)
+        if triggers.off <= screen.threshold:
+            log.warning("cascade_inactive", fill=screen.threshold, off=triggers.off,
+                        effect="every window is forwarded where trigger.off is at or below the fill value")
+        return screen
+
+    @property
+    def on(self) -> bool:
+        return True
+
+    def scores(self, spectra: Any) -> np.ndarray:
+        """Screen scores [B] (float64) of a batch of spectra (numpy, or a torch tensor on any device)."""
+        if len(spectra) == 0:
+            return np.zeros(0)
+        net = self.model.net
+        device = getattr(spectra, "device", None)
+        if device is not None and next(net.parameters()).device != device:
+            with self._lock:
+                self.model.net = net = net.to(device)
+        import torch
+
+        with torch.inference_mode():
+            out = net(torch.as_tensor(spectra))
+        return out.float().cpu().numpy().astype(np.float64)
+
+    def wanted(self, metas: Sequence[Any], spectra: Any = None) -> np.ndarray:
+        """Score the batch's valid windows (kept for `offer`); returns which to forward now: the passed ones and
+        every window of the stations busy at the last `advance`."""
+        valid = np.array([m.valid is not False for m in metas], dtype=bool)
+        out = np.zeros(len(metas), bool)
+        if not valid.any():
+            return out
+        idx = np.flatnonzero(valid)
+        rows = spectra if valid.all() else spectra[_index(spectra, idx)]
+        sc = self.scores(rows)
+        ok = passes(sc, self.logit)
+        hint = self.dense_hint
+        with self._lock:
+            for k, i in enumerate(idx.tolist()):
+                m = metas[i]
+                self._scores[(m.station, m.start_ns)] = float(sc[k])
+                out[i] = bool(ok[k]) or m.station in hint
+        return out
+
+    def offer(self, item: ScreenItem, now: float) -> bool:
+        """Queue a window (windows of a station in time order); False (not queued) when it does not start after
+        the station's newest window offered."""
+        station, start = item.meta.station, item.meta.start_ns
+        with self._lock:
+            score = self._scores.pop((station, start), math.nan)
+        if start <= self._newest.get(station, -1):
+            return False
+        if not item.valid and item.probs is None:
+            raise ValueError("a window that is not inferable is offered with its (NaN) probabilities")
+        self._newest[station] = start
+        item.score = score  # type: ignore[attr-defined]
+        self._queue.append(item)
+        return True
+
+    def fill(self, score: float) -> np.ndarray:
+        """The row a window not forwarded gets: sigmoid(min(score, threshold)) in the trigger columns, the rest
+        of 1 shared by the other columns."""
+        q = _sigmoid(min(score, self.logit))
+        row = np.empty(len(self.columns) + len(self.others), np.float32)
+        row[self.columns] = q
+        if self.others:
+            row[self.others] = max(0.0, 1.0 - q * len(self.columns)) / len(self.others)
+        return row
+
+    def advance(self, feed: Feed) -> list[ScreenItem]:
+        """Feed the queued windows in order as far as their rows are known; returns the windows to forward to go
+        further (set `probs` and call again until it returns [])."""
+        q = self._queue
+        touched: set[str] = set()
+        while q:
+            item = q[0]
+            station = item.meta.station
+            touched.add(station)
+            if not item.valid:
+                feed(q.popleft(), item.probs, False)
+                continue
+            score = item.score  # type: ignore[attr-defined]
+            if not self.busy(station) and not math.isnan(score) and score < self.logit:
+                feed(q.popleft(), self.fill(score), False)
+                continue
+            if item.probs is None:
+                return [it for it in q if it.valid and it.probs is None and
+                        (it is item or not it.score < self.logit)]  # type: ignore[attr-defined]
+            feed(q.popleft(), item.probs, True)
+        busy = {name for name in touched if self.busy(name)}
+        if busy != self.dense_hint & touched:
+            self.dense_hint = frozenset((self.dense_hint - touched) | busy)  # (replaced whole: workers read it)
+        self._prune()
+        return []
+
+    def release(self, feed: Feed, *, older_than: float | None = None, now: float = 0.0) -> list[ScreenItem]:
+        """Nothing is held for later windows: the same as `advance`."""
+        return self.advance(feed)
+
+    def held(self) -> int:
+        return len(self._queue)
+
+    def _prune(self, limit: int = 100_000) -> None:
+        """Forget scores of windows that were inferred and never decided (a dropped batch), once there are many."""
+        if len(self._scores) > limit:
+            with self._lock:
+                self._scores = {k: v for k, v in self._scores.items() if k[1] > self._newest.get(k[0], -1)}
+
+
+def _sigmoid(x: float) -> float:
+    """1 / (1 + exp(-x)), without overflow for a very negative x."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def _index(spectra: Any, idx: np.ndarray) -> Any:
+    """Index numpy or torch spectra by integer positions."""
+    if isinstance(spectra, np.ndarray):
+        return idx
+    import torch
+
+    return torch.from_numpy(idx).to(spectra.device)

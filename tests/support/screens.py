@@ -1,0 +1,42 @@
+"""Cascade screens for tests, built from `ScreenNet` with fixed weights (no screen checkpoint ships with the
+repository)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from quakemon.models.screen_net import ScreenArgs, ScreenNet, choose_threshold
+
+#: The threshold the test screens are saved with: sigmoid(-2.5) = 0.076, below any trigger off used in the tests.
+FILL_LOGIT = -2.5
+
+
+def peakedness_net(contract: Any, bias: float = 0.0) -> ScreenNet:
+    """A ScreenNet whose score is the peakedness of the window's log spectrogram: channel 0 of each convolution
+    averages its 3x3 neighbourhood of channel 0 (the first averages all components, +10 so that every value stays
+    positive through the ReLUs), the other channels are zero; the head takes max - mean of channel 0, + `bias`."""
+    f, t = contract.spectrogram_shape
+    net = ScreenNet(ScreenArgs(contract.n_channels, f, t, (2, 2, 2))).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.norm.weight.fill_(1.0)
+        net.conv1.weight[0].fill_(1.0 / (9 * contract.n_channels))
+        net.conv1.bias[0] = 10.0
+        net.conv2.weight[0, 0].fill_(1.0 / 9)
+        net.conv3.weight[0, 0].fill_(1.0 / 9)
+        net.head.weight[0, 0], net.head.weight[0, 2] = 1.0, -1.0  # [amax(ch0), amax(ch1), mean(ch0), mean(ch1)]
+        net.head.bias[0] = bias
+    return net
+
+
+def clear_threshold(scores: np.ndarray, p: np.ndarray, p_min: float, clearance: float = 1e-4) -> float:
+    """The distillation's threshold (`choose_threshold`) lowered until no score lies within `clearance` of it:
+    two forwards of a window in other batches may differ in the last bits."""
+    t = choose_threshold(scores, p, p_min)
+    while np.abs(scores - t).min() < clearance:
+        t -= clearance
+    return t
