@@ -98,8 +98,8 @@ def test_a_screen_passing_every_window_gives_the_full_stride_replay(ckpt, tmp_pa
 def test_the_cascade_gives_the_full_stride_detections_and_forwards_fewer_windows(ckpt, inference, tmp_path,
                                                                                    p_min, batch_size):
     """p_min 0.1: the distillation's choice. 0.7 (the trigger's on): only windows that could open a detection
-    pass; the rest of an event's windows are forwarded because the trigger is busy, most of them by `decide`
-    itself (their station turned busy within their batch)."""
+    pass; the rest of an event's windows are forwarded because the trigger is busy (by `infer` when the station was
+    busy as their batch was submitted, else by `decide` itself)."""
     stream, _ = mseed(tmp_path, "manz_regional")
     full, full_stats, full_rows, scores = run(ckpt, inference, stream, scorer=peakedness_net(ckpt.contract))
     starts = sorted(full_rows)
@@ -115,7 +115,9 @@ def test_the_cascade_gives_the_full_stride_detections_and_forwards_fewer_windows
     assert stats["windows"] == full_stats["windows"] and stats.get("late_windows", 0) == 0
     assert stats["forwarded"] + stats["screened_out"] == stats["inferred"] == full_stats["inferred"]
     assert stats["screened_out"] >= stats["inferred"] // 5  # the quiet stretches were not forwarded
-    assert stats.get("refined", 0) > 0 if p_min == 0.7 else True
+    if p_min == 0.7:  # windows below the threshold were forwarded for a busy trigger (by `infer` or by `decide`:
+        # which one depends on how far the pool's batches ran ahead of the decisions)
+        assert stats["forwarded"] > int((sc >= threshold).sum())
     fill = 1.0 / (1.0 + math.exp(-FILL_LOGIT))
     shifted = sc + FILL_LOGIT - threshold
     quiet = shifted < FILL_LOGIT - 1e-4  # (clear of the threshold: float32 scores of two forwards)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support.engines import SpectraAreProbabilities
 
 from quakemon.pipeline.detect import DetectionStage, PickContext, WindowMeta
 from quakemon.wire.schema import parse_iso_utc, validate_detection
-from tests.support.engines import SpectraAreProbabilities
 
 FS = 100.0
 N = 2000

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support.engines import SpectraAreProbabilities
 
 from quakemon.data import realdata
 from quakemon.pipeline.detect import DetectionStage, WindowMeta
@@ -15,7 +16,6 @@ from quakemon.pipeline.settings import TRIGGER
 from quakemon.pipeline.trigger import StationTrigger
 from quakemon.training.continuous import NewPCheck, Series, trigger_onsets
 from quakemon.wire.schema import parse_iso_utc
-from tests.support.engines import SpectraAreProbabilities
 
 FS = 100.0
 N = 2000

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.engines import AlwaysEarthquake
 
 from quakemon.base.errors import ConfigError
 from quakemon.pipeline.detect import DetectionStage, WindowMeta
 from quakemon.pipeline.trigger import StationTrigger, TriggerBank
 from quakemon.wire.schema import iso_utc
-from tests.support.engines import AlwaysEarthquake
 
 T0 = 1_251_072_000.0  # 2009-08-24T00:00:00Z
 STRIDE = 10.0

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import zmq
+from support.engines import AlwaysEarthquake
 
 from quakemon.base.signals import StopFlag
 from quakemon.models.contract import InputContract
@@ -18,7 +19,6 @@ from quakemon.pipeline.detect import DetectionStage, WindowMeta
 from quakemon.service.config import load_config
 from quakemon.service.stages.ingest import IngestStage
 from quakemon.service.stages.messages import WINDOWS, Batch, decode
-from tests.support.engines import AlwaysEarthquake
 
 T0 = 1_700_000_000.0
 
