@@ -22,24 +22,11 @@ from obspy.clients.filesystem.sds import Client
 from support.screens import FILL_LOGIT, clear_threshold, peakedness_net
 
 from quakemon.data import realdata
-from quakemon.models.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
+from quakemon.models.checkpoint import resolve_checkpoint
 from quakemon.models.screen_net import save_screen
-from quakemon.pipeline.runner import DetectionRunner, Inference, replay
+from quakemon.pipeline.runner import DetectionRunner, replay
 
 VOLATILE = ("seq", "topic_seq", "epoch", "latency_s")
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Checkpoint:
-    model = tmp_path_factory.mktemp("model") / "model.safetensors"
-    shutil.copyfile(resolve_checkpoint(None), model)  # the bundled file may be rewritten while training
-    return load_checkpoint(model)
-
-
-@pytest.fixture(scope="module")
-def inference(ckpt):
-    with Inference(ckpt, device="cpu", precision="fp32") as inf:
-        yield inf
 
 
 def mseed(tmp_path, name: str):

@@ -15,25 +15,12 @@ from obspy import UTCDateTime
 from obspy.clients.filesystem.sds import Client
 
 from quakemon.data import realdata
-from quakemon.models.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
-from quakemon.pipeline.runner import DetectionRunner, Inference, replay
+from quakemon.models.checkpoint import resolve_checkpoint
+from quakemon.pipeline.runner import DetectionRunner, replay
 
 RECORDS = ("uh_uh3_2010-05-27", "manz_regional")  # 3.8 min, 3 components, 4 P; 10 min, vertical, a regional P
 THRESHOLD = 0.1
 VOLATILE = ("seq", "topic_seq", "epoch", "latency_s")
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Checkpoint:
-    model = tmp_path_factory.mktemp("model") / "model.safetensors"
-    shutil.copyfile(resolve_checkpoint(None), model)  # the bundled file may be rewritten while training
-    return load_checkpoint(model)
-
-
-@pytest.fixture(scope="module")
-def inference(ckpt):
-    with Inference(ckpt, device="cpu", precision="fp32") as inf:
-        yield inf
 
 
 def record(name: str):

@@ -12,20 +12,14 @@ window at or above the calibrated off.
 from __future__ import annotations
 
 import numpy as np
-from obspy import UTCDateTime, read
-from obspy.clients.filesystem.sds import Client
+from obspy import read
 from support.pipeline import (
-    Subscriber,
     calibrate,
     comparable,
     craft_checkpoint,
-    free_port,
+    daemon_first_pass,
     replay_series,
-    start_daemon,
-    start_server,
-    wait_for,
     write_archive,
-    write_config,
 )
 from support.screens import FILL_LOGIT, clear_threshold, peakedness_net
 
@@ -60,31 +54,9 @@ def test_the_daemon_runs_the_cascade_as_the_replay_does(tmp_path, tiny_checkpoin
     assert (np.abs(p - p_full) > 1e-6).sum() >= 10  # the replay did not forward some windows (their fill values)
     assert {d["state"] for d in dets} == {"new", "closed"}
 
-    server, sl_port = start_server(archive, tmp_path, speed=SPEED)
-    port = free_port()
-    prob = tmp_path / "prob"
-    config = write_config(tmp_path / "q.toml", server_port=sl_port, checkpoint=ckpt, runtime_dir=tmp_path / "rt",
-                          publish_port=port, on=cal.on, off=cal.off,
-                          extra={"model": model, "archive": {"probabilities": str(prob),
-                                                             "probabilities_flush_s": 0.2}})
-    sub = Subscriber(f"tcp://127.0.0.1:{port}")
-    daemon = start_daemon(config, tmp_path, "daemon")
-    try:
-        daemon.wait_event("daemon_ready", START_TIMEOUT)
-        wait_for(lambda: any(b["windows_out"] >= 2 * len(p) for b in sub.bodies("heartbeat")), 120,
-                 "the first pass decided")
-        assert daemon.stop(30) == 0, daemon.stderr()[-3000:]
-    finally:
-        daemon.stop()
-        sub.close()
-        server.stop()
-    live = sub.bodies("detection.")
+    live, archived = daemon_first_pass(tmp_path, archive, ckpt, cal, model, len(p), SPEED, START_TIMEOUT)
     assert comparable(live, end_ns) == comparable(dets, end_ns)
     assert comparable(live, end_ns)
-    traces = Client(str(prob)).get_waveforms("BW", "RJOB", "", "LX1", UTCDateTime(2009, 1, 1),
-                                              UTCDateTime(2010, 1, 1))
-    archived = {round(t.ns): float(v) for tr in traces for t, v in zip(tr.times("utcdatetime"), tr.data,
-                                                                       strict=True)}
     check = [(e, v) for e, v in zip(st.end_ns, p, strict=True) if e <= end_ns]
     assert len(check) > 200
     assert all(abs(archived[e] - v) <= 1e-4 for e, v in check), [(e, archived.get(e), v) for e, v in check

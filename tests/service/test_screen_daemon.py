@@ -25,10 +25,10 @@ from obspy.clients.filesystem.sds import Client
 from support.pipeline import (
     Calibration,
     Collector,
-    Subscriber,
     calibrate,
     comparable,
     craft_checkpoint,
+    daemon_first_pass,
     free_port,
     replay_series,
     start_daemon,
@@ -93,31 +93,9 @@ def test_the_daemon_screens_as_the_replay_does(tmp_path, tiny_checkpoint):
                                                     env.dets, env.series)
     p = np.asarray(st.probabilities, np.float64)[:, 1]
 
-    server, sl_port = start_server(archive, tmp_path, speed=SPEED)
-    port = free_port()
-    prob = tmp_path / "prob"
-    config = write_config(tmp_path / "q.toml", server_port=sl_port, checkpoint=ckpt, runtime_dir=tmp_path / "rt",
-                          publish_port=port, on=cal.on, off=cal.off,
-                          extra={"model": screen, "archive": {"probabilities": str(prob),
-                                                              "probabilities_flush_s": 0.2}})
-    sub = Subscriber(f"tcp://127.0.0.1:{port}")
-    daemon = start_daemon(config, tmp_path, "daemon")
-    try:
-        daemon.wait_event("daemon_ready", START_TIMEOUT)
-        wait_for(lambda: any(b["windows_out"] >= 2 * len(p) for b in sub.bodies("heartbeat")), 120,
-                 "the first pass decided")
-        assert daemon.stop(30) == 0, daemon.stderr()[-3000:]
-    finally:
-        daemon.stop()
-        sub.close()
-        server.stop()
-    live = sub.bodies("detection.")
+    live, archived = daemon_first_pass(tmp_path, archive, ckpt, cal, screen, len(p), SPEED, START_TIMEOUT)
     assert comparable(live, end_ns) == comparable(dets, end_ns)
     assert comparable(live, end_ns)
-    traces = Client(str(prob)).get_waveforms("BW", "RJOB", "", "LX1", UTCDateTime(2009, 1, 1),
-                                              UTCDateTime(2010, 1, 1))
-    archived = {round(t.ns): float(v) for tr in traces for t, v in zip(tr.times("utcdatetime"), tr.data,
-                                                                       strict=True)}
     # windows whose screen window lies in the first pass (the replay's end forwards the last held ones)
     check = [(e, v) for e, v in zip(st.end_ns, p, strict=True) if e <= end_ns - EVERY * 10**9]
     assert len(check) > 80

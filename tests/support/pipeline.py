@@ -453,3 +453,36 @@ class Collector:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(30)
+
+
+def daemon_first_pass(tmp_path: Path, archive: Path, checkpoint: Path, cal: Any, model: dict[str, Any],
+                      windows: int, speed: float, start_timeout: float = 120.0) -> tuple[list[dict], dict[int, float]]:
+    """Run `quakemon run` (trigger thresholds of `cal`, `[model]` keys `model`, a probability archive) on a looping
+    `quakemon serve` of `archive` until its first pass (`windows` windows) is decided, stop it cleanly, and return
+    the published detection bodies and the archived probability of each window, by window end (ns)."""
+    from obspy import UTCDateTime
+    from obspy.clients.filesystem.sds import Client
+
+    server, sl_port = start_server(archive, tmp_path, speed=speed)
+    port = free_port()
+    prob = tmp_path / "prob"
+    config = write_config(tmp_path / "q.toml", server_port=sl_port, checkpoint=checkpoint,
+                          runtime_dir=tmp_path / "rt", publish_port=port, on=cal.on, off=cal.off,
+                          extra={"model": model, "archive": {"probabilities": str(prob),
+                                                             "probabilities_flush_s": 0.2}})
+    sub = Subscriber(f"tcp://127.0.0.1:{port}")
+    daemon = start_daemon(config, tmp_path, "daemon")
+    try:
+        daemon.wait_event("daemon_ready", start_timeout)
+        wait_for(lambda: any(b["windows_out"] >= 2 * windows for b in sub.bodies("heartbeat")), 120,
+                 "the first pass decided")
+        assert daemon.stop(30) == 0, daemon.stderr()[-3000:]
+    finally:
+        daemon.stop()
+        sub.close()
+        server.stop()
+    traces = Client(str(prob)).get_waveforms("BW", "RJOB", "", "LX1", UTCDateTime(2009, 1, 1),
+                                              UTCDateTime(2010, 1, 1))
+    archived = {round(t.ns): float(v) for tr in traces for t, v in zip(tr.times("utcdatetime"), tr.data,
+                                                                       strict=True)}
+    return sub.bodies("detection."), archived
