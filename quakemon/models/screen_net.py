@@ -33,6 +33,7 @@ from quakemon.models.screen_meta import (  # noqa: F401 - re-exported
     ScreenCheckpointError,
     check_screen_meta,
     contract_fields,
+    read_screen_meta,
 )
 
 
@@ -147,29 +148,18 @@ def load_screen(path: str | os.PathLike, teacher_sha256: str | None = None, cont
     distilled from that detector and for that input contract. Raises ScreenCheckpointError."""
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise ScreenCheckpointError(f"screen checkpoint {path} does not exist")
+    meta = read_screen_meta(path, teacher_sha256, contract)
+    try:
+        args = ScreenArgs(**meta["args"])
+        threshold = float(meta["threshold"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ScreenCheckpointError(f"{path}: malformed screen metadata ({type(exc).__name__}: {exc})") from None
     try:
         with safe_open(str(path), framework="pt") as fh:
-            raw = (fh.metadata() or {}).get("quakemon_screen")
             state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no iterator
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for corrupt files
         raise ScreenCheckpointError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc})"
                                     ) from None
-    if raw is None:
-        raise ScreenCheckpointError(f"{path} has no 'quakemon_screen' metadata: not a screen checkpoint")
-    try:
-        meta = json.loads(raw)
-        if not isinstance(meta, dict):
-            raise TypeError("not an object")
-        check_screen_meta(path, meta, teacher_sha256, contract)
-        args = ScreenArgs(**meta["args"])
-        threshold = float(meta["threshold"])
-    except ScreenCheckpointError:
-        raise
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ScreenCheckpointError(f"{path}: malformed screen metadata ({type(exc).__name__}: {exc})") from None
     net = ScreenNet(args)
     try:
         net.load_state_dict(state, strict=True)
