@@ -40,7 +40,7 @@ import numpy as np
 import structlog
 
 from quakemon.models.screen_net import Screen as ScreenModel
-from quakemon.models.screen_net import load_screen, passes
+from quakemon.models.screen_net import check_screen_meta, load_screen, passes
 from quakemon.pipeline.screen import Feed, ScreenItem
 
 log = structlog.get_logger(__name__)
@@ -50,12 +50,7 @@ def load_cascade_screen(screen_net: str | Path | ScreenModel, checkpoint: Any) -
     """The screen network for `checkpoint` (a path, checked with `load_screen` against the detector's sha256 and
     input contract, or a loaded screen, checked the same way). Raises ScreenCheckpointError."""
     if isinstance(screen_net, ScreenModel):
-        from quakemon.models.screen_net import ScreenCheckpointError, contract_fields
-
-        if screen_net.meta.get("teacher_sha256") != checkpoint.sha256:
-            raise ScreenCheckpointError("the screen was distilled from another detector")
-        if screen_net.meta.get("contract") != contract_fields(checkpoint.contract):
-            raise ScreenCheckpointError("the screen was built for another input contract")
+        check_screen_meta("the loaded screen", screen_net.meta, checkpoint.sha256, checkpoint.contract)
         return screen_net
     return load_screen(screen_net, checkpoint.sha256, checkpoint.contract)
 

@@ -311,10 +311,8 @@ class DetectionStage:
         comps = self.context.components(data) if data is not None and len(metas) else None
         for i in sorted(range(len(metas)), key=lambda j: (metas[j].start_ns, metas[j].station)):
             if valid[i]:
-                if comps is None:
-                    self._feed(metas[i], rows[i], None, now, events, to_pick)
-                else:
-                    self._feed(metas[i], rows[i], data[i], now, events, to_pick, comps[i])
+                self._feed(metas[i], rows[i], None if comps is None else data[i], now, events, to_pick,
+                           None if comps is None else comps[i])
         return self._finish(result, events, to_pick)
 
     def _feed(self, meta: WindowMeta, row: list[float], window: np.ndarray | None, now: float,
