@@ -61,11 +61,14 @@ def run(ckpt, inference, stream, batch_size: int = 256, **kw):
         return [{k: v for k, v in b.items() if k not in VOLATILE} for b in out], dict(runner.stats), rows, scores
 
 
-def test_a_screen_passing_every_window_gives_the_full_stride_replay(ckpt, tmp_path):
+@pytest.mark.parametrize("arch", [{}, {"pool": 1, "components": "all"}], ids=["default", "format-1 architecture"])
+def test_a_screen_passing_every_window_gives_the_full_stride_replay(ckpt, tmp_path, arch):
     """Replay of real MiniSEED with a screen whose threshold every window reaches: the same detections, the same
-    probabilities in the series and in the probability archive, bit for bit."""
+    probabilities in the series and in the probability archive, bit for bit (the default architecture and the
+    first one)."""
     stream, path = mseed(tmp_path, "manz_regional")
-    screen = save_screen(tmp_path / "all.safetensors", peakedness_net(ckpt.contract), -1e6, ckpt.sha256, ckpt.contract)
+    screen = save_screen(tmp_path / "all.safetensors", peakedness_net(ckpt.contract, **arch), -1e6, ckpt.sha256,
+                         ckpt.contract)
     runs = {}
     for name, kw in (("full", {}), ("cascade", {"screen_net": str(screen)})):
         out = tmp_path / f"prob_{name}"

@@ -14,17 +14,18 @@ from quakemon.models.screen_net import ScreenArgs, ScreenNet, choose_threshold
 FILL_LOGIT = -2.5
 
 
-def peakedness_net(contract: Any, bias: float = 0.0) -> ScreenNet:
+def peakedness_net(contract: Any, bias: float = 0.0, **arch: Any) -> ScreenNet:
     """A ScreenNet whose score is the peakedness of the window's log spectrogram: channel 0 of each convolution
-    averages its 3x3 neighbourhood of channel 0 (the first averages all components, +10 so that every value stays
-    positive through the ReLUs), the other channels are zero; the head takes max - mean of channel 0, + `bias`."""
+    averages its 3x3 neighbourhood of channel 0 (the first averages all its input channels, +10 so that every
+    value stays positive through the ReLUs), the other channels are zero; the head takes max - mean of channel 0,
+    + `bias`. arch: `ScreenArgs` keywords (pool, components; default: ScreenArgs' defaults)."""
     f, t = contract.spectrogram_shape
-    net = ScreenNet(ScreenArgs(contract.n_channels, f, t, (2, 2, 2))).eval()
+    net = ScreenNet(ScreenArgs(contract.n_channels, f, t, (2, 2, 2), **arch)).eval()
     with torch.no_grad():
         for p in net.parameters():
             p.zero_()
         net.norm.weight.fill_(1.0)
-        net.conv1.weight[0].fill_(1.0 / (9 * contract.n_channels))
+        net.conv1.weight[0].fill_(1.0 / (9 * net.conv1.in_channels))
         net.conv1.bias[0] = 10.0
         net.conv2.weight[0, 0].fill_(1.0 / 9)
         net.conv3.weight[0, 0].fill_(1.0 / 9)
