@@ -245,8 +245,8 @@ def distil(day: str, output: str | Path, *, p_min: float = 0.1, margin: float = 
     vs, vp = np.concatenate([sv_d, sv_s]), np.concatenate([d["p"][va_d], s["p"][va_s]])
     threshold = choose_threshold(vs, vp, p_min, margin)
     others = {str(q): choose_threshold(vs, vp, q, margin) for q in VAL_P_MIN}
-    report = {"day": day, "args": args.to_dict(), "p_min": p_min, "margin": margin, "threshold": threshold, "epochs": epochs,
-              "val_thresholds": others,
+    report = {"day": day, "args": args.to_dict(), "p_min": p_min, "margin": margin, "threshold": threshold,
+              "epochs": epochs, "val_thresholds": others,
               "val_day_pass_fraction_at": {q: float(passes(sv_d, t).mean()) for q, t in others.items()},
               "train_windows": int(len(p)), "val_windows": int(len(vp)),
               "val_day_pass_fraction": float(passes(sv_d, threshold).mean()),
