@@ -20,10 +20,10 @@ only; every program fills the missing horizontal components with zeros, as it do
   every window forwarded;
 - with --screen EVERY:THRESHOLD, and only when `DetectionRunner` takes `screen_every` / `screen_threshold`
   (screen and refine: a quiet station's windows forwarded one in EVERY), quakemon at the first stride so screened;
-- with --screen-net FILE, quakemon's cascade screen at the first stride (`screen_net`: the screen net on every
-  window, the detector on those it forwards; the screen must be distilled from the detector measured, the bundled
-  model). Outside the timing, one replay with and one without it count the windows forwarded and compare the
-  detections.
+- with --screen-net FILE (repeatable), quakemon's cascade screen at the first stride (`screen_net`: the screen
+  net on every window, the detector on those it forwards; the screen must be distilled from the detector
+  measured, the bundled model). Outside the timing, one replay with and one without it count the windows
+  forwarded and compare the detections.
 
 Timed for each: reading/decoding the MiniSEED plus everything up to the model outputs (SeisBench: `obspy.read` +
 `annotate`; quakemon: `ArchiveSource` + windows + preprocessing + HybridViT + trigger and picks). Model
@@ -198,9 +198,9 @@ def run_threads(threads: int, files: list[Path], args: argparse.Namespace, stati
                      (model, model.in_samples - step)))
     for stride in args.strides:
         rows.append((Row("quakemon replay", stride), ("replay", stride, full)))
-    if args.screen_net:
-        rows.append((Row("quakemon cascade (screen_net)", stride0, note=f"screen {Path(args.screen_net).name}"),
-                     ("replay", stride0, {"screen_every": 1, "screen_net": args.screen_net})))
+    for screen_net in args.screen_net:
+        rows.append((Row(f"quakemon cascade, {Path(screen_net).name}", stride0, note="screen_net"),
+                     ("replay", stride0, {"screen_every": 1, "screen_net": screen_net})))
     for every, threshold in screens:
         if screened:
             rows.append((Row(f"quakemon replay, screen {every}:{threshold:g}", stride0,
@@ -240,14 +240,14 @@ def format_table(threads: int, rows: list[Row], station_hours: float) -> list[st
                      f"{ref_cost / cost:15.2f}  {row.station_hours_per_s(station_hours):15.3f}  {row.note}")
     same = next((r for r in rows if r.name.startswith("SeisBench PhaseNet, quakemon")), None)
     own = next((r for r in rows if r.name == "quakemon replay"), None)
-    cascade = next((r for r in rows if r.name.startswith("quakemon cascade")), None)
+    cascades = [r for r in rows if r.name.startswith("quakemon cascade")]
     if same is not None and own is not None:
         a, b = own.cpu_per_station_hour(station_hours), same.cpu_per_station_hour(station_hours)
         lines.append(f"  at the same {own.stride_s:g} s stride: quakemon / PhaseNet = {a / b:.3f}, "
                      f"PhaseNet / quakemon = {b / a:.2f}")
-    if cascade is not None:
+    for cascade in cascades:
         c = cascade.cpu_per_station_hour(station_hours)
-        lines.append(f"  quakemon's cascade at {cascade.stride_s:g} s against PhaseNet at its default overlap: "
+        lines.append(f"  {cascade.name} at {cascade.stride_s:g} s against PhaseNet at its default overlap: "
                      f"cascade / PhaseNet = {c / ref_cost:.3f}, PhaseNet / cascade = {ref_cost / c:.2f}")
     lines.append(f"  (\"PhaseNet\": SeisBench PhaseNet at its default overlap; CPU: median of {len(ref.cpu_s)} runs; "
                  "station-hours/s: best run)")
@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also quakemon screened so (if the runner supports it); repeatable")
     p.add_argument("--noise-day", choices=("UV05", "UV10"), default=None,
                    help="archive: stretches of this real noise day (vertical only) instead of synthetic data")
-    p.add_argument("--screen-net", default=None, help="also quakemon's cascade with this screen checkpoint")
+    p.add_argument("--screen-net", action="append", default=[], metavar="FILE",
+                   help="also quakemon's cascade with this screen checkpoint; repeatable")
     p.add_argument("--skip-eqt", action="store_true", help="EQTransformer is slow on a CPU")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
@@ -302,9 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.screen_net:
         from quakemon.tools.bench_common import bench_checkpoint
 
-        info["cascade_check"] = cascade_check(files, bench_checkpoint(Path(args.workdir) / "random.safetensors"),
-                                              args.screen_net, args.strides[0])
-        print(f"cascade (untimed check): {json.dumps(info['cascade_check'])}")
+        ckpt = bench_checkpoint(Path(args.workdir) / "random.safetensors")
+        info["cascade_check"] = {s: cascade_check(files, ckpt, s, args.strides[0]) for s in args.screen_net}
+        for s, check in info["cascade_check"].items():
+            print(f"cascade with {s} (untimed check): {json.dumps(check)}")
     print(f"{station_hours:.3f} station-hours ({args.stations} stations x {args.seconds:g} s, {info['archive']}), "
           f"seisbench {seisbench.__version__}, torch {torch.__version__}, {info['cpus']} CPUs, load average "
           f"{info['loadavg_before']} -> {info['loadavg_after']}")
