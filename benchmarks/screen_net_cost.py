@@ -1,6 +1,6 @@
 """Per-window CPU cost of ScreenNet architectures (`quakemon.models.screen_net`), the cascade's screen.
 
-    .venv/bin/python benchmarks/screen_cost.py [--repeats 5] [--json out.json]
+    .venv/bin/python benchmarks/screen_net_cost.py [--repeats 5] [--json out.json]
 
 On one batch of 256 real spectrograms (the first station of `benchmarks/screen.py`'s cost archive: UV05 noise,
 vertical only, so two of the three components are zero, as on every single-component station), at one torch
