@@ -3,13 +3,13 @@ threshold go through the detector (HybridViT); the others are decided at once as
 
 It reads the detector's own input, the window's spectrogram [B, C, F, T] (`quakemon.pipeline.transforms`: |STFT|
 of the z-scored window), so it adds no transform of its own. The architecture (`ScreenArgs`): the components are
-combined ("max": the largest magnitude of the components per bin, one channel, the same for a single-component
-station whose other channels are zero as for a three-component one; "all": each component a channel), the
-magnitudes are log-compressed, averaged over `pool` x `pool` bins (frequency x time), and three strided 3x3
-convolutions (8x downsampling), a max and a mean over the remaining grid and a linear layer give one score, the
-predicted logit of the detector's trigger probability. It is distilled from the detector
-(`quakemon.training.screen_distill`); the threshold that decides "pass" is chosen there, on validation windows
-of the training data, and travels in the checkpoint.
+combined ("all", the default: each component a channel; "max": the largest magnitude of the components per bin,
+one channel, the same for a single-component station whose other channels are zero as for a three-component
+one), the magnitudes are log-compressed, averaged over `pool` x `pool` bins (frequency x time; default 1: not
+pooled), and three strided 3x3 convolutions (8x downsampling), a max and a mean over the remaining grid and a
+linear layer give one score, the predicted logit of the detector's trigger probability. It is distilled from the
+detector (`quakemon.training.screen_distill`); the threshold that decides "pass" is chosen there, on validation
+windows of the training data, and travels in the checkpoint.
 
 Checkpoint: one safetensors file, the weights plus metadata "quakemon_screen" (JSON): format, the architecture
 arguments, the threshold (a logit), the sha256 of the detector it was distilled from and the detector's input
@@ -54,8 +54,8 @@ class ScreenArgs:
     freq_bins: int = 33
     frames: int = 64
     widths: tuple[int, int, int] = (16, 32, 48)
-    pool: int = 2
-    components: str = "max"
+    pool: int = 1
+    components: str = "all"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))

@@ -25,8 +25,10 @@ from quakemon.models.screen_net import (
 SHA = "ab" * 32
 
 
-#: The first architecture (format 1): every component a channel, no pooling.
+#: The first architecture (format 1, and the default): every component a channel, no pooling.
 V1 = {"pool": 1, "components": "all"}
+#: The pooled architecture: the components' max, 2 x 2 average pooling.
+POOLED = {"pool": 2, "components": "max"}
 
 
 def _net(seed: int = 1, **arch) -> ScreenNet:
@@ -39,7 +41,8 @@ def _net(seed: int = 1, **arch) -> ScreenNet:
 
 def test_shapes():
     x = torch.rand(5, 3, 33, 64)
-    for net, channels in ((_net(), 1), (_net(**V1), 3)):
+    assert ScreenArgs() == ScreenArgs(**V1)
+    for net, channels in ((_net(**POOLED), 1), (_net(**V1), 3)):
         assert net(x).shape == (5,)
         assert net.features(x).shape == (5, channels, 33, 64)
         assert torch.equal(net.features(torch.zeros(1, 3, 33, 64)),
@@ -57,7 +60,7 @@ def test_shapes():
 def test_max_of_components_is_taken_before_the_log_as_training_reduces_it():
     """The "max" features (max, then log) equal the max of the cached log spectra (`reduce`), as training uses
     them; a single-component window (other channels zero) gives the same features as that component alone."""
-    net = _net()
+    net = _net(**POOLED)
     x = torch.rand(4, 3, 33, 64) * 5
     x[0, 1:] = 0.0
     with torch.inference_mode():
@@ -77,7 +80,8 @@ def test_score_does_not_depend_on_the_batch():
         assert torch.allclose(net(x)[2:3], net(x[2:3]), atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", [{}, V1, {"pool": 3, "widths": (4, 8, 12)}, {"pool": 2, "components": "all"}])
+@pytest.mark.parametrize("arch", [V1, POOLED, {"pool": 3, "components": "max", "widths": (4, 8, 12)},
+                                  {"pool": 2, "components": "all"}])
 def test_round_trip_is_bit_identical(tmp_path, arch):
     net = _net(**arch)
     contract = InputContract()
@@ -120,7 +124,7 @@ def test_a_format_1_file_loads_as_the_first_architecture(tmp_path):
         with pytest.raises(ScreenCheckpointError, match=match):
             load_screen(_write(tmp_path / "m.safetensors", state, {**meta, **change}))
     # the other architecture's weights under this one's arguments
-    other = {k: v.contiguous() for k, v in _net().state_dict().items()}
+    other = {k: v.contiguous() for k, v in _net(**POOLED).state_dict().items()}
     with pytest.raises(ScreenCheckpointError, match="weights do not fit the architecture"):
         load_screen(_write(tmp_path / "w.safetensors", other, meta))
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from obspy import UTCDateTime
 from obspy.clients.filesystem.sds import Client
-from support.screens import FILL_LOGIT, FIRST, clear_threshold, peakedness_net
+from support.screens import FILL_LOGIT, FIRST, POOLED, clear_threshold, peakedness_net
 
 from quakemon.data import realdata
 from quakemon.models.checkpoint import resolve_checkpoint
@@ -61,11 +61,10 @@ def run(ckpt, inference, stream, batch_size: int = 256, **kw):
         return [{k: v for k, v in b.items() if k not in VOLATILE} for b in out], dict(runner.stats), rows, scores
 
 
-@pytest.mark.parametrize("arch", [{}, FIRST], ids=["default", "first architecture"])
+@pytest.mark.parametrize("arch", [FIRST, POOLED], ids=["first architecture", "pooled"])
 def test_a_screen_passing_every_window_gives_the_full_stride_replay(ckpt, tmp_path, arch):
     """Replay of real MiniSEED with a screen whose threshold every window reaches: the same detections, the same
-    probabilities in the series and in the probability archive, bit for bit (the default architecture and the
-    first one)."""
+    probabilities in the series and in the probability archive, bit for bit (both architectures)."""
     stream, path = mseed(tmp_path, "manz_regional")
     screen = save_screen(tmp_path / "all.safetensors", peakedness_net(ckpt.contract, **arch), -1e6, ckpt.sha256,
                          ckpt.contract)

@@ -10,10 +10,13 @@ import torch
 
 from quakemon.models.screen_net import ScreenArgs, ScreenNet, choose_threshold
 
-#: The first architecture (format-1 files): every component a channel, no pooling. Its peakedness score separates
-#: the quiet windows of the catalogue's records from those the detector scores high; pooled over the components'
-#: max, it does not (the pipeline's rule and plumbing do not depend on which network scores).
+#: The first architecture (format-1 files, and the default): every component a channel, no pooling. Its
+#: peakedness score separates the quiet windows of the catalogue's records from those the detector scores high;
+#: pooled over the components' max, it does not (the pipeline's rule and plumbing do not depend on which network
+#: scores).
 FIRST = {"pool": 1, "components": "all"}
+#: The pooled architecture: the components' max, 2 x 2 average pooling.
+POOLED = {"pool": 2, "components": "max"}
 
 #: The threshold the test screens are saved with: sigmoid(-2.5) = 0.076, below any trigger off used in the tests.
 FILL_LOGIT = -2.5

@@ -44,7 +44,7 @@ def test_series_features_match_an_independent_windowing(tmp_path, tiny_checkpoin
 
     path, start, span = write_archive(tmp_path / "a.mseed", blocks=3)
     ckpt = load_checkpoint(tiny_checkpoint)
-    net = ScreenNet(ScreenArgs(components="all")).eval()  # every component's log spectrum, as the caches hold
+    net = ScreenNet(ScreenArgs(pool=1, components="all")).eval()  # every component's log spectrum, as cached
     stream = obspy.read(str(path))
     (station, (starts, feats)), = series_features(ckpt, [stream], net).items()
     assert station == "BW.RJOB." and feats.dtype == np.float16 and feats.shape[1:] == (3, 33, 64)
