@@ -66,6 +66,7 @@ class Row:
     cpu_s: list[float] = field(default_factory=list)
     wall_s: list[float] = field(default_factory=list)
     note: str = ""
+    sections_cpu_s: list[dict[str, float]] = field(default_factory=list)  # quakemon: `bench_replay`'s sections
 
     def cpu_per_station_hour(self, station_hours: float) -> float:
         return statistics.median(self.cpu_s) / station_hours
@@ -219,6 +220,7 @@ def run_threads(threads: int, files: list[Path], args: argparse.Namespace, stati
                                    station_seconds=station_hours * 3600, **replay_keywords(options))
                 row.cpu_s.append(rep["cpu_seconds"])
                 row.wall_s.append(rep["seconds"])
+                row.sections_cpu_s.append(rep["sections_cpu_s"])
                 row.note = row.note or f"{rep['windows']} windows, {rep['precision']}"
             else:
                 model, overlap = how
