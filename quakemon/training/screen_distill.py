@@ -1,6 +1,10 @@
 """Distil a ScreenNet (`quakemon.models.screen_net`) from the detector on one noise day plus synthetic events.
 
-    python -m quakemon.training.screen_distill --day UV05 --output /tmp/screen.safetensors
+    python -m quakemon.training.screen_distill --day UV05 --output /tmp/screen.safetensors \
+        [--pool 2 --components max] [--widths 16,32,48]
+
+(the architecture: `quakemon.models.screen_net.ScreenArgs`, its defaults where not given; the sets below are
+cached as every component's log spectra, which each architecture reduces to its own features)
 
 Training windows, every one labelled with the detector's (the teacher's) probability of the trigger label:
 
