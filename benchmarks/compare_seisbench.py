@@ -2,12 +2,15 @@
 replay path, on the same archive, in one run.
 
     .venv/bin/python benchmarks/compare_seisbench.py [--stations 4] [--seconds 300] [--repeat 3] [--threads 1,2]
-        [--strides 1,2,5,10] [--screen 4:0.1 ...] [--skip-eqt] [--json FILE]
+        [--strides 1,2,5,10] [--screen 4:0.1 ...] [--noise-day UV10] [--screen-net FILE] [--skip-eqt] [--json FILE]
 
 Needs the optional extra `seisbench` (nothing is downloaded: both SeisBench models get random weights, which do
 not change their cost). Everything runs in this process, one after the other, for each torch thread count of
---threads, on the same synthetic MiniSEED archive (`quakemon.tools.bench_common.write_synthetic_archive`:
-3-component 100 Hz stations, 512-byte STEIM2 records):
+--threads, on the same MiniSEED archive: by default synthetic (`quakemon.tools.bench_common.write_synthetic_archive`:
+3-component 100 Hz stations, 512-byte STEIM2 records); with --noise-day, real noise (`write_noise_archive`:
+--stations stretches of --seconds of that msnoise day, `quakemon.data.noise_days`, each its own station, vertical
+only; every program fills the missing horizontal components with zeros, as it does by default: SeisBench
+`annotate` with strict=False, quakemon's windowing for a station without N and E):
 
 - SeisBench PhaseNet and EQTransformer `annotate` at their documented default overlap (the class's
   `_annotate_args["overlap"]`: 1500 of PhaseNet's 3001 samples, 3000 of EQTransformer's 6000 in SeisBench 0.12),
@@ -16,7 +19,11 @@ not change their cost). Everything runs in this process, one after the other, fo
 - quakemon's replay (`quakemon.tools.bench_replay`, what `quakemon replay` runs) at each stride of --strides,
   every window forwarded;
 - with --screen EVERY:THRESHOLD, and only when `DetectionRunner` takes `screen_every` / `screen_threshold`
-  (screen and refine: a quiet station's windows forwarded one in EVERY), quakemon at the first stride so screened.
+  (screen and refine: a quiet station's windows forwarded one in EVERY), quakemon at the first stride so screened;
+- with --screen-net FILE (repeatable), quakemon's cascade screen at the first stride (`screen_net`: the screen
+  net on every window, the detector on those it forwards; the screen must be distilled from the detector
+  measured, the bundled model). Outside the timing, one replay with and one without it count the windows
+  forwarded and compare the detections.
 
 Timed for each: reading/decoding the MiniSEED plus everything up to the model outputs (SeisBench: `obspy.read` +
 `annotate`; quakemon: `ArchiveSource` + windows + preprocessing + HybridViT + trigger and picks). Model
@@ -40,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 SAMPLING_RATE = 100.0
 
 
@@ -57,12 +66,59 @@ class Row:
     cpu_s: list[float] = field(default_factory=list)
     wall_s: list[float] = field(default_factory=list)
     note: str = ""
+    sections_cpu_s: list[dict[str, float]] = field(default_factory=list)  # quakemon: `bench_replay`'s sections
 
     def cpu_per_station_hour(self, station_hours: float) -> float:
         return statistics.median(self.cpu_s) / station_hours
 
     def station_hours_per_s(self, station_hours: float) -> float:
         return station_hours / min(self.wall_s)
+
+
+def write_noise_archive(directory: str | os.PathLike, day: str, n_stations: int, seconds: float,
+                        first_hour: float = 6.0, hours_apart: float = 4.0) -> list[Path]:
+    """MiniSEED files (512-byte STEIM2, vertical only, as the day is recorded) of `n_stations` stretches of
+    `seconds` of the msnoise noise day `day`, stretch i starting first_hour + i * hours_apart into the day, each
+    written as its own station (the day's station code with a letter A, B, ... in place of its last character),
+    all relabelled to start at the first stretch's start. Returns the files."""
+    from quakemon.data.noise_days import load_day
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    (tr,) = [t for t in load_day(day) if t.stats.endtime - t.stats.starttime > 20 * 3600]  # the day's one trace
+    t0 = tr.stats.starttime + first_hour * 3600
+    files = []
+    for i in range(n_stations):
+        a = t0 + i * hours_apart * 3600
+        if a + seconds > tr.stats.endtime:
+            raise ValueError(f"{day}: stretch {i} ({i * hours_apart + first_hour:g} h + {seconds:g} s) is past the day")
+        cut = tr.slice(a, a + seconds - 1.0 / tr.stats.sampling_rate).copy()
+        cut.stats.station = tr.stats.station[:-1] + chr(ord("A") + i)
+        cut.stats.starttime = t0
+        cut.data = cut.data.astype(np.int32)
+        path = out / f"{cut.id}.mseed"
+        cut.write(str(path), format="MSEED", reclen=512, encoding="STEIM2")
+        files.append(path)
+    return files
+
+
+def cascade_check(files: list[Path], ckpt_path: Path, screen_net: str, stride: float) -> dict[str, Any]:
+    """Untimed: one replay with the cascade and one without; windows forwarded, detections and whether they are
+    the same (bodies without the volatile fields)."""
+    from quakemon.models.checkpoint import load_checkpoint
+    from quakemon.pipeline.runner import replay
+
+    ckpt = load_checkpoint(ckpt_path)
+    runs = {name: replay([str(f) for f in files], ckpt, stride_s=stride, progress=False, screen_every=1, **kw)
+            for name, kw in (("full", {}), ("cascade", {"screen_net": screen_net}))}
+    volatile = ("seq", "topic_seq", "epoch", "latency_s")
+    bodies = {k: [{f: v for f, v in b.items() if f not in volatile} for b in r.detections] for k, r in runs.items()}
+    stats = runs["cascade"].stats
+    return {"windows": runs["cascade"].windows, "forwarded": int(stats.get("forwarded", 0)),
+            "screened_out": int(stats.get("screened_out", 0)),
+            "forwarded_share": stats.get("forwarded", 0) / max(1, runs["cascade"].windows),
+            "detections_full": len(bodies["full"]), "detections_cascade": len(bodies["cascade"]),
+            "detections_identical": bodies["full"] == bodies["cascade"]}
 
 
 def default_stride_samples(model: Any) -> int:
@@ -143,6 +199,9 @@ def run_threads(threads: int, files: list[Path], args: argparse.Namespace, stati
                      (model, model.in_samples - step)))
     for stride in args.strides:
         rows.append((Row("quakemon replay", stride), ("replay", stride, full)))
+    for screen_net in args.screen_net:
+        rows.append((Row(f"quakemon cascade, {Path(screen_net).name}", stride0, note="screen_net"),
+                     ("replay", stride0, {"screen_every": 1, "screen_net": screen_net})))
     for every, threshold in screens:
         if screened:
             rows.append((Row(f"quakemon replay, screen {every}:{threshold:g}", stride0,
@@ -161,6 +220,7 @@ def run_threads(threads: int, files: list[Path], args: argparse.Namespace, stati
                                    station_seconds=station_hours * 3600, **replay_keywords(options))
                 row.cpu_s.append(rep["cpu_seconds"])
                 row.wall_s.append(rep["seconds"])
+                row.sections_cpu_s.append(rep["sections_cpu_s"])
                 row.note = row.note or f"{rep['windows']} windows, {rep['precision']}"
             else:
                 model, overlap = how
@@ -182,10 +242,15 @@ def format_table(threads: int, rows: list[Row], station_hours: float) -> list[st
                      f"{ref_cost / cost:15.2f}  {row.station_hours_per_s(station_hours):15.3f}  {row.note}")
     same = next((r for r in rows if r.name.startswith("SeisBench PhaseNet, quakemon")), None)
     own = next((r for r in rows if r.name == "quakemon replay"), None)
+    cascades = [r for r in rows if r.name.startswith("quakemon cascade")]
     if same is not None and own is not None:
         a, b = own.cpu_per_station_hour(station_hours), same.cpu_per_station_hour(station_hours)
         lines.append(f"  at the same {own.stride_s:g} s stride: quakemon / PhaseNet = {a / b:.3f}, "
                      f"PhaseNet / quakemon = {b / a:.2f}")
+    for cascade in cascades:
+        c = cascade.cpu_per_station_hour(station_hours)
+        lines.append(f"  {cascade.name} at {cascade.stride_s:g} s against PhaseNet at its default overlap: "
+                     f"cascade / PhaseNet = {c / ref_cost:.3f}, PhaseNet / cascade = {ref_cost / c:.2f}")
     lines.append(f"  (\"PhaseNet\": SeisBench PhaseNet at its default overlap; CPU: median of {len(ref.cpu_s)} runs; "
                  "station-hours/s: best run)")
     return lines
@@ -201,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--screen", action="append", default=[], metavar="EVERY:THRESHOLD",
                    help="also quakemon screened so (if the runner supports it); repeatable")
+    p.add_argument("--noise-day", choices=("UV05", "UV10"), default=None,
+                   help="archive: stretches of this real noise day (vertical only) instead of synthetic data")
+    p.add_argument("--screen-net", action="append", default=[], metavar="FILE",
+                   help="also quakemon's cascade with this screen checkpoint; repeatable")
     p.add_argument("--skip-eqt", action="store_true", help="EQTransformer is slow on a CPU")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
@@ -222,15 +291,26 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging("warning", "console")
     args.workdir = tempfile.mkdtemp(prefix="qm-sb-")
-    files = write_synthetic_archive(Path(args.workdir) / "archive", args.stations, args.seconds)
+    if args.noise_day:
+        files = write_noise_archive(Path(args.workdir) / "archive", args.noise_day, args.stations, args.seconds)
+    else:
+        files = write_synthetic_archive(Path(args.workdir) / "archive", args.stations, args.seconds)
     station_hours = args.stations * args.seconds / 3600.0
     info = {"seisbench": seisbench.__version__, "torch": torch.__version__, "stations": args.stations,
             "seconds": args.seconds, "station_hours": station_hours, "batch": args.batch,
+            "archive": f"noise day {args.noise_day}, vertical only" if args.noise_day else "synthetic, 3 components",
             "loadavg_before": os.getloadavg(), "cpus": os.cpu_count()}
     tables = {t: run_threads(t, files, args, station_hours, screens) for t in threads}
     info["loadavg_after"] = os.getloadavg()
-    print(f"{station_hours:.3f} station-hours ({args.stations} stations x {args.seconds:g} s), seisbench "
-          f"{seisbench.__version__}, torch {torch.__version__}, {info['cpus']} CPUs, load average "
+    if args.screen_net:
+        from quakemon.tools.bench_common import bench_checkpoint
+
+        ckpt = bench_checkpoint(Path(args.workdir) / "random.safetensors")
+        info["cascade_check"] = {s: cascade_check(files, ckpt, s, args.strides[0]) for s in args.screen_net}
+        for s, check in info["cascade_check"].items():
+            print(f"cascade with {s} (untimed check): {json.dumps(check)}")
+    print(f"{station_hours:.3f} station-hours ({args.stations} stations x {args.seconds:g} s, {info['archive']}), "
+          f"seisbench {seisbench.__version__}, torch {torch.__version__}, {info['cpus']} CPUs, load average "
           f"{info['loadavg_before']} -> {info['loadavg_after']}")
     for t, rows in tables.items():
         print("\n".join(format_table(t, rows, station_hours)))

@@ -11,7 +11,18 @@ from typing import Any
 
 from quakemon.base.errors import QuakemonError
 
-FORMAT = "quakemon.screen/1"
+#: The format `save_screen` writes. Format 1 (the first ScreenNet: every component a channel, no pooling) names
+#: only the input shape and the widths in its "args"; format 2 adds the architecture arguments "pool" and
+#: "components", so a file says which architecture it holds. Both are read; a format-1 file is the format-2
+#: architecture with pool 1 and components "all".
+FORMAT = "quakemon.screen/2"
+FORMAT_V1 = "quakemon.screen/1"
+#: The architecture arguments ("args") each format's files carry, exactly.
+ARGS_KEYS = {FORMAT_V1: frozenset({"in_channels", "freq_bins", "frames", "widths"}),
+             FORMAT: frozenset({"in_channels", "freq_bins", "frames", "widths", "pool", "components"})}
+#: How a ScreenNet combines the spectrogram's components before its first convolution: "all" keeps each as an
+#: input channel, "max" takes their largest log magnitude per bin (one input channel).
+COMPONENTS = ("all", "max")
 METADATA_KEY = "quakemon_screen"
 #: Contract fields a screen is tied to (its input shape and what it learnt depend on them).
 CONTRACT_KEYS = ("sampling_rate", "window_samples", "component_order", "stft_nperseg", "stft_hop")
@@ -27,10 +38,21 @@ def contract_fields(contract: Any) -> dict[str, Any]:
 
 def check_screen_meta(path: str | os.PathLike, meta: dict[str, Any], teacher_sha256: str | None = None,
                       contract: Any = None) -> None:
-    """Check a screen's parsed metadata: format, a finite threshold and, when given, the detector's sha256 and
-    input contract. Raises ScreenCheckpointError saying what is wrong."""
-    if meta.get("format") != FORMAT:
-        raise ScreenCheckpointError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    """Check a screen's parsed metadata: a known format, the architecture arguments that format carries, a finite
+    threshold and, when given, the detector's sha256 and input contract. Raises ScreenCheckpointError saying what
+    is wrong."""
+    fmt = meta.get("format")
+    if fmt not in ARGS_KEYS:
+        raise ScreenCheckpointError(f"{path}: format {fmt!r}, expected one of {sorted(ARGS_KEYS)!r} (a screen "
+                                    "from another version of quakemon: distil it again)")
+    args = meta.get("args")
+    if not isinstance(args, dict) or set(args) != ARGS_KEYS[fmt]:
+        got = sorted(args) if isinstance(args, dict) else args
+        raise ScreenCheckpointError(f"{path}: malformed screen metadata (architecture arguments {got!r}, format "
+                                    f"{fmt} has {sorted(ARGS_KEYS[fmt])!r})")
+    if fmt == FORMAT and args["components"] not in COMPONENTS:
+        raise ScreenCheckpointError(f"{path}: unknown screen architecture (components {args['components']!r}, "
+                                    f"this version knows {list(COMPONENTS)!r})")
     try:
         threshold = float(meta["threshold"])
     except (ValueError, TypeError, KeyError) as exc:

@@ -2,16 +2,20 @@
 threshold go through the detector (HybridViT); the others are decided at once as quiet (a cascade).
 
 It reads the detector's own input, the window's spectrogram [B, C, F, T] (`quakemon.pipeline.transforms`: |STFT|
-of the z-scored window), so it adds no transform of its own: the magnitudes are log-compressed, three strided
-3x3 convolutions (8x downsampling), a max and a mean over the remaining grid and a linear layer give one score,
-the predicted logit of the detector's trigger probability. It is distilled from the detector
-(`quakemon.training.screen_distill`); the threshold that decides "pass" is chosen there, on validation windows
-of the training data, and travels in the checkpoint.
+of the z-scored window), so it adds no transform of its own. The architecture (`ScreenArgs`): the components are
+combined ("all", the default: each component a channel; "max": the largest magnitude of the components per bin,
+one channel, the same for a single-component station whose other channels are zero as for a three-component
+one), the magnitudes are log-compressed, averaged over `pool` x `pool` bins (frequency x time; default 1: not
+pooled), and three strided 3x3 convolutions (8x downsampling), a max and a mean over the remaining grid and a
+linear layer give one score, the predicted logit of the detector's trigger probability. It is distilled from the
+detector (`quakemon.training.screen_distill`); the threshold that decides "pass" is chosen there, on validation
+windows of the training data, and travels in the checkpoint.
 
 Checkpoint: one safetensors file, the weights plus metadata "quakemon_screen" (JSON): format, the architecture
 arguments, the threshold (a logit), the sha256 of the detector it was distilled from and the detector's input
 contract fields it depends on (sampling rate, window and STFT sizes, component order). `load_screen` checks them
-all and raises `ScreenCheckpointError` saying what is wrong.
+all and raises `ScreenCheckpointError` saying what is wrong. Files of the first format (`screen_meta.FORMAT_V1`,
+every component a channel, no pooling) still load, as that architecture.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ import torch
 from torch import nn
 
 from quakemon.models.screen_meta import (  # noqa: F401 - re-exported
+    COMPONENTS,
     CONTRACT_KEYS,
     FORMAT,
+    FORMAT_V1,
     ScreenCheckpointError,
     check_screen_meta,
     contract_fields,
@@ -39,18 +45,36 @@ from quakemon.models.screen_meta import (  # noqa: F401 - re-exported
 
 @dataclass(frozen=True)
 class ScreenArgs:
-    """Architecture of a ScreenNet: input channels, frequency bins and frames of the spectrogram, and the widths
-    of its three convolutions."""
+    """Architecture of a ScreenNet: input channels, frequency bins and frames of the spectrogram, the widths of
+    its three convolutions, the average pooling of the log magnitudes before the first (`pool` x `pool` bins; 1:
+    none; a last row or column that does not fill a pool is dropped) and how the components are combined
+    (`screen_meta.COMPONENTS`)."""
 
     in_channels: int = 3
     freq_bins: int = 33
     frames: int = 64
     widths: tuple[int, int, int] = (16, 32, 48)
+    pool: int = 1
+    components: str = "all"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         if len(self.widths) != 3 or min(self.widths) < 1:
             raise ValueError(f"widths must be three positive integers, got {self.widths!r}")
+        if isinstance(self.pool, bool) or not isinstance(self.pool, int) or not 1 <= self.pool <= 4:
+            raise ValueError(f"pool must be an integer from 1 to 4, got {self.pool!r}")
+        if self.components not in COMPONENTS:
+            raise ValueError(f"components must be one of {list(COMPONENTS)}, got {self.components!r}")
+        if self.freq_bins < self.pool or self.frames < self.pool:
+            raise ValueError(f"a {self.freq_bins} x {self.frames} spectrogram is smaller than the pool {self.pool}")
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> ScreenArgs:
+        """The architecture a checkpoint's (checked) metadata names; a format-1 file: pool 1, components "all"."""
+        args = dict(meta["args"])
+        if meta.get("format") == FORMAT_V1:
+            args.update(pool=1, components="all")
+        return cls(**args)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -61,28 +85,51 @@ class ScreenArgs:
 class ScreenNet(nn.Module):
     """Spectrogram [B, C, F, T] -> one score (a logit) per window [B]."""
 
-    #: Names the fixed part (`features`), so that cached features of another version are never reused.
+    #: Names the log spectra (`log_spectra`), so that cached log spectra of another version are never reused.
     FEATURES = "logspec1"
 
     def __init__(self, args: ScreenArgs = ScreenArgs()) -> None:
         super().__init__()
         self.args = args
         w1, w2, w3 = args.widths
-        self.norm = nn.BatchNorm2d(args.in_channels)
-        self.conv1 = nn.Conv2d(args.in_channels, w1, 3, stride=2, padding=1)
+        channels = 1 if args.components == "max" else args.in_channels
+        self.norm = nn.BatchNorm2d(channels)
+        self.conv1 = nn.Conv2d(channels, w1, 3, stride=2, padding=1)
         self.conv2 = nn.Conv2d(w1, w2, 3, stride=2, padding=1)
         self.conv3 = nn.Conv2d(w2, w3, 3, stride=2, padding=1)
         self.head = nn.Linear(2 * w3, 1)
 
-    def features(self, spectra: torch.Tensor) -> torch.Tensor:
-        """[B, C, F, T] -> log magnitudes [B, C, F, T] (the fixed part; training caches it)."""
+    def _check(self, spectra: torch.Tensor) -> None:
         shape = (self.args.in_channels, self.args.freq_bins, self.args.frames)
         if spectra.ndim != 4 or tuple(spectra.shape[1:]) != shape:
             raise ValueError(f"expected spectrograms [B, {', '.join(map(str, shape))}], got {list(spectra.shape)}")
+
+    def log_spectra(self, spectra: torch.Tensor) -> torch.Tensor:
+        """[B, C, F, T] -> log magnitudes [B, C, F, T], every component (what training caches, for any
+        architecture; `reduce` turns them into `features`)."""
+        self._check(spectra)
         return torch.log(spectra.float() + 1e-4)
 
+    def reduce(self, log_spectra: np.ndarray) -> np.ndarray:
+        """Cached log spectra [n, C, F, T] -> this architecture's features (numpy; "max": the components' max,
+        [n, 1, F, T], the same values `features` gives, as the log is monotonic)."""
+        if self.args.components == "max":
+            return np.max(log_spectra, axis=1, keepdims=True)
+        return log_spectra
+
+    def features(self, spectra: torch.Tensor) -> torch.Tensor:
+        """[B, C, F, T] -> the fixed part: log magnitudes, [B, C, F, T], or [B, 1, F, T] with components "max"
+        (the max is taken before the log, on a third of the values)."""
+        self._check(spectra)
+        x = spectra.float()
+        if self.args.components == "max":
+            x = x.amax(1, keepdim=True)
+        return torch.log(x + 1e-4)
+
     def score_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Log magnitudes [B, C, F, T] -> scores [B]."""
+        """Features (`features`) -> scores [B]."""
+        if self.args.pool > 1:
+            x = nn.functional.avg_pool2d(x, self.args.pool)
         x = torch.relu(self.conv1(self.norm(x)))
         x = torch.relu(self.conv2(x))
         x = torch.relu(self.conv3(x)).flatten(2)
@@ -150,7 +197,7 @@ def load_screen(path: str | os.PathLike, teacher_sha256: str | None = None, cont
 
     meta = read_screen_meta(path, teacher_sha256, contract)
     try:
-        args = ScreenArgs(**meta["args"])
+        args = ScreenArgs.from_meta(meta)
         threshold = float(meta["threshold"])
     except (ValueError, TypeError, KeyError) as exc:
         raise ScreenCheckpointError(f"{path}: malformed screen metadata ({type(exc).__name__}: {exc})") from None

@@ -158,9 +158,12 @@ class CascadeScreen:
         of 1 shared by the other columns."""
         q = _sigmoid(min(score, self.logit))
         row = np.empty(len(self.columns) + len(self.others), np.float32)
-        row[self.columns] = q
+        for c in self.columns:  # (scalar stores: a window at a time, cheaper than indexing by a list)
+            row[c] = q
         if self.others:
-            row[self.others] = max(0.0, 1.0 - q * len(self.columns)) / len(self.others)
+            rest = max(0.0, 1.0 - q * len(self.columns)) / len(self.others)
+            for c in self.others:
+                row[c] = rest
         return row
 
     def advance(self, feed: Feed) -> list[ScreenItem]:

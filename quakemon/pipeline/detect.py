@@ -371,10 +371,12 @@ class DetectionStage:
         if spectra is None and len(metas):
             raise ValueError("screening needs the batch's spectra in decide (windows may have to be forwarded)")
         now = time.monotonic()
+        comps = self.context.components(data) if data is not None and len(metas) else None  # (per batch: cheaper)
         for i in sorted(range(len(metas)), key=lambda j: (metas[j].start_ns, metas[j].station)):
             meta, row = metas[i], probs[i]
             known = meta.valid is False or bool(np.isfinite(row).all())
-            item = ScreenItem(meta, (spectra, i, data[i] if data is not None else None), row if known else None)
+            payload = (spectra, i, None, None) if data is None else (spectra, i, data[i], comps[i])  # type: ignore[index]
+            item = ScreenItem(meta, payload, row if known else None)
             last = self._last_start.get(meta.station, -1)
             if meta.start_ns <= last or not self.screen.offer(item, now):
                 self.stats["windows"] += 1
@@ -420,11 +422,11 @@ class DetectionStage:
             decided.append((item, row, forwarded))
             if item.valid:
                 before = len(events)
-                self._feed(item.meta, row.tolist(), item.payload[2], now, events, to_pick)
+                self._feed(item.meta, row.tolist(), item.payload[2], now, events, to_pick, item.payload[3])
                 keyed.extend((item.meta.start_ns, item.meta.station, k) for k in range(before, len(events)))
 
         while need := step(feed):
-            rows = self._refine(stack_rows(s[int(i)] for s, i, _ in (it.payload for it in need)))
+            rows = self._refine(stack_rows(s[int(i)] for s, i, *_ in (it.payload for it in need)))
             for it, row in zip(need, rows, strict=True):
                 it.probs = row
             self.stats["refined"] += len(need)

@@ -1,6 +1,10 @@
 """Distil a ScreenNet (`quakemon.models.screen_net`) from the detector on one noise day plus synthetic events.
 
-    python -m quakemon.training.screen_distill --day UV05 --output /tmp/screen.safetensors
+    python -m quakemon.training.screen_distill --day UV05 --output /tmp/screen.safetensors \
+        [--pool 2 --components max] [--widths 16,32,48]
+
+(the architecture: `quakemon.models.screen_net.ScreenArgs`, its defaults where not given; the sets below are
+cached as every component's log spectra, which each architecture reduces to its own features)
 
 Training windows, every one labelled with the detector's (the teacher's) probability of the trigger label:
 
@@ -212,8 +216,10 @@ def score(net, x: np.ndarray, batch: int = 4096) -> np.ndarray:
 
 
 def distil(day: str, output: str | Path, *, p_min: float = 0.1, margin: float = 0.0, epochs: int = 20,
-           seed: int = SEED) -> dict[str, Any]:
-    """Build the training set on `day`, train, choose the threshold on validation, write `output`; return a report."""
+           seed: int = SEED, architecture: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the training set on `day`, train, choose the threshold on validation, write `output`; return a report.
+    architecture: `ScreenArgs` keywords (widths, pool, components) other than the input shape; default: its
+    defaults."""
     import torch
 
     from quakemon.models.checkpoint import load_checkpoint, resolve_checkpoint
@@ -223,10 +229,13 @@ def distil(day: str, output: str | Path, *, p_min: float = 0.1, margin: float = 
     ckpt = load_checkpoint(resolve_checkpoint(None))
     c = ckpt.contract
     f, t = c.spectrogram_shape
-    args = ScreenArgs(c.n_channels, f, t)
-    fixed = ScreenNet(args)
+    args = ScreenArgs(c.n_channels, f, t, **(architecture or {}))
+    # the sets cache the log spectra of every component (an architecture's features are reduced from them)
+    fixed = ScreenNet(ScreenArgs(c.n_channels, f, t, pool=1, components="all"))
     d = day_set(ckpt, day, fixed)
     s = synthetic_set(ckpt, day, fixed, seed)
+    reduce = ScreenNet(args).reduce
+    d, s = {**d, "x": reduce(d["x"])}, {**s, "x": reduce(s["x"])}
     tr_d, va_d = split_day(d["start"], c.window_seconds)
     rng = np.random.default_rng(seed)
     va_s = rng.random(len(s["p"])) < 0.2
@@ -240,8 +249,8 @@ def distil(day: str, output: str | Path, *, p_min: float = 0.1, margin: float = 
     vs, vp = np.concatenate([sv_d, sv_s]), np.concatenate([d["p"][va_d], s["p"][va_s]])
     threshold = choose_threshold(vs, vp, p_min, margin)
     others = {str(q): choose_threshold(vs, vp, q, margin) for q in VAL_P_MIN}
-    report = {"day": day, "p_min": p_min, "margin": margin, "threshold": threshold, "epochs": epochs,
-              "val_thresholds": others,
+    report = {"day": day, "args": args.to_dict(), "p_min": p_min, "margin": margin, "threshold": threshold,
+              "epochs": epochs, "val_thresholds": others,
               "val_day_pass_fraction_at": {q: float(passes(sv_d, t).mean()) for q, t in others.items()},
               "train_windows": int(len(p)), "val_windows": int(len(vp)),
               "val_day_pass_fraction": float(passes(sv_d, threshold).mean()),
@@ -255,6 +264,7 @@ def distil(day: str, output: str | Path, *, p_min: float = 0.1, margin: float = 
 
 def main(argv: list[str] | None = None) -> int:
     from quakemon.base.logs import configure_logging
+    from quakemon.models.screen_meta import COMPONENTS
 
     parser = argparse.ArgumentParser(prog="python -m quakemon.training.screen_distill")
     parser.add_argument("--day", choices=("UV05", "UV10"), required=True, help="noise day to train on")
@@ -262,10 +272,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--p-min", type=float, default=0.1, help="teacher probability every pass must cover")
     parser.add_argument("--margin", type=float, default=0.0, help="threshold margin below that, in logit units")
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--widths", default=None, help="the three convolutions' widths, e.g. 16,32,48")
+    parser.add_argument("--pool", type=int, default=None, help="average pooling of the log spectrogram (1: none)")
+    parser.add_argument("--components", choices=COMPONENTS, default=None, help="how components are combined")
     args = parser.parse_args(argv)
+    arch: dict[str, Any] = {k: v for k, v in (("pool", args.pool), ("components", args.components)) if v is not None}
+    if args.widths is not None:
+        try:
+            arch["widths"] = tuple(int(w) for w in args.widths.split(","))
+        except ValueError:
+            parser.error(f"--widths: expected three comma-separated integers, got {args.widths!r}")
     configure_logging("info", "console")
-    print(json.dumps(distil(args.day, args.output, p_min=args.p_min, margin=args.margin, epochs=args.epochs),
-                     indent=1))
+    print(json.dumps(distil(args.day, args.output, p_min=args.p_min, margin=args.margin, epochs=args.epochs,
+                            architecture=arch), indent=1))
     return 0
 
 

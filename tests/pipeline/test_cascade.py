@@ -19,7 +19,7 @@ import pytest
 import torch
 from obspy import UTCDateTime
 from obspy.clients.filesystem.sds import Client
-from support.screens import FILL_LOGIT, clear_threshold, peakedness_net
+from support.screens import FILL_LOGIT, FIRST, POOLED, clear_threshold, peakedness_net
 
 from quakemon.data import realdata
 from quakemon.models.checkpoint import resolve_checkpoint
@@ -61,11 +61,13 @@ def run(ckpt, inference, stream, batch_size: int = 256, **kw):
         return [{k: v for k, v in b.items() if k not in VOLATILE} for b in out], dict(runner.stats), rows, scores
 
 
-def test_a_screen_passing_every_window_gives_the_full_stride_replay(ckpt, tmp_path):
+@pytest.mark.parametrize("arch", [FIRST, POOLED], ids=["first architecture", "pooled"])
+def test_a_screen_passing_every_window_gives_the_full_stride_replay(ckpt, tmp_path, arch):
     """Replay of real MiniSEED with a screen whose threshold every window reaches: the same detections, the same
-    probabilities in the series and in the probability archive, bit for bit."""
+    probabilities in the series and in the probability archive, bit for bit (both architectures)."""
     stream, path = mseed(tmp_path, "manz_regional")
-    screen = save_screen(tmp_path / "all.safetensors", peakedness_net(ckpt.contract), -1e6, ckpt.sha256, ckpt.contract)
+    screen = save_screen(tmp_path / "all.safetensors", peakedness_net(ckpt.contract, **arch), -1e6, ckpt.sha256,
+                         ckpt.contract)
     runs = {}
     for name, kw in (("full", {}), ("cascade", {"screen_net": str(screen)})):
         out = tmp_path / f"prob_{name}"
@@ -86,14 +88,15 @@ def test_the_cascade_gives_the_full_stride_detections_and_forwards_fewer_windows
                                                                                    p_min, batch_size):
     """p_min 0.1: the distillation's choice. 0.7 (the trigger's on): only windows that could open a detection
     pass; the rest of an event's windows are forwarded because the trigger is busy (by `infer` when the station was
-    busy as their batch was submitted, else by `decide` itself)."""
+    busy as their batch was submitted, else by `decide` itself). The first architecture's peakedness separates
+    this record's quiet windows (`support.screens.FIRST`)."""
     stream, _ = mseed(tmp_path, "manz_regional")
-    full, full_stats, full_rows, scores = run(ckpt, inference, stream, scorer=peakedness_net(ckpt.contract))
+    full, full_stats, full_rows, scores = run(ckpt, inference, stream, scorer=peakedness_net(ckpt.contract, **FIRST))
     starts = sorted(full_rows)
     p = np.array([full_rows[s][1] for s in starts])
     sc = np.array([scores[s] for s in starts])
     threshold = clear_threshold(sc, p, p_min)  # (no score within 1e-4: two forwards' last bits)
-    net = peakedness_net(ckpt.contract, bias=FILL_LOGIT - threshold)  # the same scores, shifted: the threshold at -2.5
+    net = peakedness_net(ckpt.contract, FILL_LOGIT - threshold, **FIRST)  # the same scores, shifted: threshold -2.5
     screen = save_screen(tmp_path / "peak.safetensors", net, FILL_LOGIT, ckpt.sha256, ckpt.contract)
 
     bodies, stats, rows, _ = run(ckpt, inference, stream, batch_size=batch_size, screen_net=str(screen))

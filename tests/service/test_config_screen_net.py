@@ -14,7 +14,7 @@ from safetensors.numpy import save_file
 from quakemon.base.errors import ConfigError
 from quakemon.models.checkpoint import file_sha256, read_metadata, resolve_checkpoint
 from quakemon.models.contract import InputContract
-from quakemon.models.screen_meta import FORMAT, contract_fields
+from quakemon.models.screen_meta import FORMAT, FORMAT_V1, contract_fields
 from quakemon.service.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +31,8 @@ def screen_file(path: Path, sha256: str | None = None, **meta_changes) -> Path:
     the config reads only the metadata)."""
     detector = resolve_checkpoint(None)
     contract = InputContract.from_dict(read_metadata(detector)["contract"])
-    meta = {"format": FORMAT, "args": {"in_channels": 3, "freq_bins": 33, "frames": 64, "widths": [16, 32, 48]},
+    meta = {"format": FORMAT, "args": {"in_channels": 3, "freq_bins": 33, "frames": 64, "widths": [16, 32, 48],
+                                       "pool": 2, "components": "max"},
             "threshold": -4.5, "teacher_sha256": sha256 or file_sha256(detector),
             "contract": contract_fields(contract), **meta_changes}
     import numpy as np
@@ -50,6 +51,9 @@ def test_a_screen_for_the_detector_turns_the_k_screen_off(tmp_path: Path) -> Non
     screen = screen_file(tmp_path / "s.safetensors")
     cfg = load_config(config(tmp_path, f'screen_net = "{screen}"\n'))
     assert cfg.model.screen_net == str(screen) and cfg.model.screen_every == 1
+    v1 = screen_file(tmp_path / "v1.safetensors", format=FORMAT_V1,  # a file of the first format is accepted
+                     args={"in_channels": 3, "freq_bins": 33, "frames": 64, "widths": [16, 32, 48]})
+    assert load_config(config(tmp_path, f'screen_net = "{v1}"\n')).model.screen_net == str(v1)
     cfg = load_config(config(tmp_path, f'screen_net = "{screen}"\nscreen_every = 1\n'))
     assert cfg.model.screen_every == 1
     assert load_config(None).model.screen_net == "" and load_config(None).model.screen_every == 4
@@ -60,6 +64,9 @@ def test_a_screen_for_the_detector_turns_the_k_screen_off(tmp_path: Path) -> Non
     (lambda d: screen_file(d / "other.safetensors", sha256="cd" * 32), ["distilled from detector cdcdcdcd"]),
     (lambda d: screen_file(d / "rate.safetensors", contract={"sampling_rate": 50.0}), ["built for input"]),
     (lambda d: screen_file(d / "fmt.safetensors", format="quakemon.screen/0"), ["format 'quakemon.screen/0'"]),
+    (lambda d: screen_file(d / "arch.safetensors", args={"in_channels": 3, "freq_bins": 33, "frames": 64,
+                                                          "widths": [8, 8, 8], "pool": 2, "components": "fft"}),
+     ["unknown screen architecture (components 'fft'"]),
     (lambda d: (d / "junk.safetensors").write_bytes(b"not a file") and d / "junk.safetensors",
      ["not a readable safetensors file"]),
 ])

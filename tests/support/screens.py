@@ -10,21 +10,30 @@ import torch
 
 from quakemon.models.screen_net import ScreenArgs, ScreenNet, choose_threshold
 
+#: The first architecture (format-1 files, and the default): every component a channel, no pooling. Its
+#: peakedness score separates the quiet windows of the catalogue's records from those the detector scores high;
+#: pooled over the components' max, it does not (the pipeline's rule and plumbing do not depend on which network
+#: scores).
+FIRST = {"pool": 1, "components": "all"}
+#: The pooled architecture: the components' max, 2 x 2 average pooling.
+POOLED = {"pool": 2, "components": "max"}
+
 #: The threshold the test screens are saved with: sigmoid(-2.5) = 0.076, below any trigger off used in the tests.
 FILL_LOGIT = -2.5
 
 
-def peakedness_net(contract: Any, bias: float = 0.0) -> ScreenNet:
+def peakedness_net(contract: Any, bias: float = 0.0, **arch: Any) -> ScreenNet:
     """A ScreenNet whose score is the peakedness of the window's log spectrogram: channel 0 of each convolution
-    averages its 3x3 neighbourhood of channel 0 (the first averages all components, +10 so that every value stays
-    positive through the ReLUs), the other channels are zero; the head takes max - mean of channel 0, + `bias`."""
+    averages its 3x3 neighbourhood of channel 0 (the first averages all its input channels, +10 so that every
+    value stays positive through the ReLUs), the other channels are zero; the head takes max - mean of channel 0,
+    + `bias`. arch: `ScreenArgs` keywords (pool, components; default: ScreenArgs' defaults)."""
     f, t = contract.spectrogram_shape
-    net = ScreenNet(ScreenArgs(contract.n_channels, f, t, (2, 2, 2))).eval()
+    net = ScreenNet(ScreenArgs(contract.n_channels, f, t, (2, 2, 2), **arch)).eval()
     with torch.no_grad():
         for p in net.parameters():
             p.zero_()
         net.norm.weight.fill_(1.0)
-        net.conv1.weight[0].fill_(1.0 / (9 * contract.n_channels))
+        net.conv1.weight[0].fill_(1.0 / (9 * net.conv1.in_channels))
         net.conv1.bias[0] = 10.0
         net.conv2.weight[0, 0].fill_(1.0 / 9)
         net.conv3.weight[0, 0].fill_(1.0 / 9)

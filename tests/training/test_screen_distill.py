@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from quakemon.training.screen_distill import LOGIT_RANGE, logit, split_day
 
@@ -35,7 +36,7 @@ def test_series_features_match_an_independent_windowing(tmp_path, tiny_checkpoin
     import torch
 
     from quakemon.models.checkpoint import load_checkpoint
-    from quakemon.models.screen_net import ScreenNet
+    from quakemon.models.screen_net import ScreenArgs, ScreenNet
     from quakemon.pipeline.detect import preprocess_windows, stack_windows
     from quakemon.pipeline.runner import interleaved
     from quakemon.pipeline.windowing import StationWindower
@@ -44,7 +45,7 @@ def test_series_features_match_an_independent_windowing(tmp_path, tiny_checkpoin
 
     path, start, span = write_archive(tmp_path / "a.mseed", blocks=3)
     ckpt = load_checkpoint(tiny_checkpoint)
-    net = ScreenNet().eval()
+    net = ScreenNet(ScreenArgs(pool=1, components="all")).eval()  # every component's log spectrum, as cached
     stream = obspy.read(str(path))
     (station, (starts, feats)), = series_features(ckpt, [stream], net).items()
     assert station == "BW.RJOB." and feats.dtype == np.float16 and feats.shape[1:] == (3, 33, 64)
@@ -60,3 +61,15 @@ def test_series_features_match_an_independent_windowing(tmp_path, tiny_checkpoin
     with torch.inference_mode():
         expected = net.features(torch.from_numpy(spectra)).numpy().astype(np.float16)
     np.testing.assert_array_equal(expected, feats)
+
+
+def test_the_architecture_options_are_checked_before_any_work(capsys):
+    """--widths, --pool and --components are parsed and checked before a set is built."""
+    from quakemon.training.screen_distill import main
+
+    for argv, needle in ((["--widths", "16,x,48"], "--widths: expected three comma-separated integers"),
+                         (["--components", "mean"], "invalid choice: 'mean'"),
+                         (["--pool", "two"], "invalid int value: 'two'")):
+        with pytest.raises(SystemExit) as info:
+            main(["--day", "UV05", "--output", "unused.safetensors", *argv])
+        assert info.value.code == 2 and needle in capsys.readouterr().err
