@@ -29,6 +29,7 @@ from quakemon.training.continuous import (
     LATE_S,
     MATCH_AFTER_S,
     SWEEP_ON,
+    TELESEISMIC_KIND,
     EventRecord,
     Series,
     StaLta,
@@ -80,7 +81,7 @@ def event_records(records) -> list[EventRecord]:
         info = {"arrivals": [{"event": a.event, "magnitude": a.magnitude, "distance_deg": round(a.distance_deg, 1),
                               "depth_km": round(a.depth_km, 1), "phase": a.phase,
                               "later": [(n, t.timestamp) for n, t in a.later]} for a in r.arrivals]}
-        out.append(EventRecord(r.name, r.stream, r.p_times, "real:teleseismic", info))
+        out.append(EventRecord(r.name, r.stream, r.p_times, TELESEISMIC_KIND, info))
     return out
 
 
