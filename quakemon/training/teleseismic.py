@@ -137,7 +137,13 @@ def _model_record(r: EventRecord, s: Series, on: float, off: float, min_duration
     near = [p for p, st in zip(s.p, s.start, strict=True) if any(t - window_s <= st <= t for t in r.p_times)]
     return {"name": r.name, "max_p": float(s.p.max()) if len(s.p) else None,
             "max_p_at_p": float(max(near)) if near else None,
-            **classify(trigger_onsets(s, on, off, min_duration_s), r.p_times, _later(r), window_s).__dict__}
+            **_row(trigger_onsets(s, on, off, min_duration_s), r, window_s)}
+
+
+def _row(onsets: list[float], r: EventRecord, window_s: float) -> dict[str, Any]:
+    """`classify`'s counts and every onset, in seconds after the record's first P."""
+    return {**classify(onsets, r.p_times, _later(r), window_s).__dict__,
+            "onsets_after_p_s": [round(o - r.p_times[0], 1) for o in onsets]}
 
 
 def sta_lta_rows(records: list[EventRecord], window_s: float,
@@ -145,8 +151,8 @@ def sta_lta_rows(records: list[EventRecord], window_s: float,
     """The STA/LTA's outcome on each record for each named setting (default: standard and 0.5-2 Hz)."""
     settings = settings or {"standard": StaLta(), "0.5-2 Hz": LOW_BAND}
     return {name: {"settings": {**cfg.__dict__, "band_hz": list(cfg.band_hz)},
-                   "records": [{"name": r.name, **classify(sta_lta_onsets(r.stream, cfg), r.p_times, _later(r),
-                                                           window_s).__dict__} for r in records]}
+                   "records": [{"name": r.name, **_row(sta_lta_onsets(r.stream, cfg), r, window_s)}
+                               for r in records]}
             for name, cfg in settings.items()}
 
 

@@ -44,6 +44,7 @@ def test_sta_lta_in_both_bands_finds_a_clear_p_on_a_5_hz_channel(tmp_path):
     assert set(rows) == {"standard", "0.5-2 Hz"} and rows["0.5-2 Hz"]["settings"]["band_hz"] == [0.5, 2.0]
     for name in rows:
         assert rows[name]["records"][0]["detected"] == 1, name
+        assert rows[name]["records"][0]["onsets_after_p_s"][0] == pytest.approx(0.0, abs=2.0), name
     assert tele.p_snr(rec[0].stream, rec[0].p_times[0]) > 5.0
 
 
