@@ -166,13 +166,13 @@ def build_catalogue(stream: Stream, catalog, inventory, *, min_lead_s: float = M
 
     Each event's P is predicted at each record's station (coordinates from `inventory`, at the record's time); a
     record holds an event when that P lies inside it. A record keeps the P arrivals with at least `min_lead_s` of
-    its data before and `min_tail_s` after (over every component); events whose P lies in no record, P arrivals
-    too near a record's edge and records with no P left are listed in `dropped` with the reason.
+    its data before and `min_tail_s` after (over every component), each with the later phases that fall inside the
+    record; events whose P lies in no record, P arrivals too near a record's edge and records with no P left are
+    listed in `dropped` with the reason.
     """
     kept: list[TeleseismicRecord] = []
     dropped: list[tuple[str, str]] = []
     used: set[str] = set()
-    coords: dict[tuple[str, float], tuple[float, float]] = {}
     for rec in _records(stream):
         ref = rec.select(component="Z")[0] if rec.select(component="Z") else rec[0]
         t0 = max(tr.stats.starttime for tr in rec)
@@ -182,7 +182,6 @@ def build_catalogue(stream: Stream, catalog, inventory, *, min_lead_s: float = M
             c = inventory.get_coordinates(ref.id, t0)
         except Exception as exc:  # ObsPy raises a bare Exception for a channel it does not know
             raise QuakemonError(f"{ref.id}: no coordinates in the inventory at {t0} ({exc})") from None
-        coords[(ref.id, t0.timestamp)] = (c["latitude"], c["longitude"])
         arrivals = []
         for ev in catalog:
             origin = ev.preferred_origin() or (ev.origins[0] if ev.origins else None)
