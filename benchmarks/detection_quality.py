@@ -6,8 +6,10 @@
 Counts false detections per station-day on each noise day (`quakemon.data.noise_days`), recall on the real P
 catalogue (`quakemon.data.realdata.local_events`) and on synthetic regional/teleseismic events over the real noise
 of `--events-day`, with threshold sweeps (`--sprit-sites`: false detections on the held-out sprit sites of
-`quakemon.data.sprit_noise` too); prints the markdown tables. The model's probabilities on a noise day are cached
-per checkpoint (`quakemon.training.continuous.day_series`). Torch uses at most two threads.
+`quakemon.data.sprit_noise` too); prints the markdown tables. `--teleseisms` instead scores the real teleseismic P
+arrivals of `quakemon.data.teleseisms` (evaluation only) with `quakemon.training.teleseismic`. The model's
+probabilities on a noise day are cached per checkpoint (`quakemon.training.continuous.day_series`). Torch uses at
+most two threads.
 """
 
 from __future__ import annotations
@@ -39,12 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split-on-new-p", action="store_true",
                         help="the trigger splits an active detection at a clearly new P (trigger.split_on_new_p)")
     parser.add_argument("--native-rate", action="store_true", help="the real records at their own rate, resampled "
-                        "by the runner as in the daemon (default: realdata.load's FFT resampling to the model's rate)")
+                        "by the runner as in the daemon (default: realdata.load's FFT resampling to the model's rate); "
+                        "with --teleseisms: only that way (default: also resampled to the model's rate first)")
+    parser.add_argument("--teleseisms", action="store_true", help="only the real teleseismic records "
+                        "(rf's example data, evaluation only) instead of the noise days and the other catalogues")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     configure_logging("warning", "console")
     t0 = time.time()
     ckpt = load_checkpoint(resolve_checkpoint(args.model))
+    if args.teleseisms:
+        return teleseisms(ckpt, args.on, args.json, t0, not args.native_rate)
     noise = {d: load_day(d) for d in args.days}
     series = {d: cont.day_series(ckpt, d) for d in args.days}
     if args.sprit_sites:
@@ -65,6 +72,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(out, fh, indent=1, default=float)
+    return 0
+
+
+def teleseisms(ckpt, on: float, json_path: str | None, t0: float, resampled_first: bool) -> int:
+    """The real teleseismic P arrivals (`quakemon.data.teleseisms`): tables printed, report written as JSON. The
+    model runs on the 5 Hz records as the daemon resamples them, and (resampled_first) on the records resampled to
+    its rate beforehand."""
+    from quakemon.data.teleseisms import load_catalogue
+    from quakemon.training import teleseismic
+
+    cat = load_catalogue()
+    report = teleseismic.evaluate(ckpt, teleseismic.event_records(cat.records), on=on,
+                                  resampled_first=resampled_first)
+    report["dropped"] = cat.dropped
+    report["seconds"] = round(time.time() - t0, 1)
+    print(f"{len(cat.records)} records kept; left out: {cat.dropped}")
+    print(teleseismic.markdown(report))
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=1, default=float)
     return 0
 
 

@@ -43,6 +43,9 @@ def add_evaluate(sub: Subparsers) -> None:
     p.add_argument("--synthetic-events", type=int, default=40,
                    help="--continuous without --events: regional and teleseismic events of each kind over the "
                    "first record's real noise, next to the real P catalogue (0: none)")
+    p.add_argument("--teleseisms", action="store_true",
+                   help="--continuous without --events: also the real teleseismic P arrivals (rf's example records, "
+                   "5 Hz, resampled as the daemon does; fetched into the user cache), kind real:teleseismic")
     p.add_argument("--seed", type=int, default=None,
                    help=f"seed of synthetic --data (default {EVALUATION_SEED}: never a training seed of "
                    "quakemon train's default; pass the training seed to score the training windows)")
@@ -212,6 +215,11 @@ def _noise_report(ckpt, args: argparse.Namespace) -> dict[str, Any]:
     events = cont.real_event_records(ckpt.contract.sampling_rate)
     if args.synthetic_events > 0:
         events += cont.synthetic_event_records(next(iter(noise.values())), args.synthetic_events)
+    if args.teleseisms:
+        from quakemon.data.teleseisms import load_catalogue
+        from quakemon.training.teleseismic import event_records
+
+        events += event_records(load_catalogue().records)
     report = cont.evaluate_continuous(ckpt, noise, events, on=args.on, noise_series=series)
     out = cont.summary(report)
     out["markdown"] = cont.markdown(report)

@@ -40,6 +40,8 @@ MATCH_AFTER_S = 10.0
 LATE_S = 60.0
 #: Trigger `on` values of the sweep.
 SWEEP_ON: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99)
+#: The kind of the real teleseismic records (`quakemon.training.teleseismic`), a column of its own in the sweep.
+TELESEISMIC_KIND = "real:teleseismic"
 #: STA/LTA trigger-on values of its sweep (off stays 1.0).
 SWEEP_STA_LTA: tuple[float, ...] = (2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0)
 
@@ -393,20 +395,24 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{m[kind]['late']} | {m[kind]['false']} | {c[kind]['detected']} ({c[kind]['recall']:.0%}) "
                          f"| {c[kind]['late']} | {c[kind]['false']} |")
     days = list(report["noise"])
-    head = "| on | " + " | ".join(f"{d} false/station-day" for d in days) + " | recall real | recall synthetic |"
-    lines += ["", head, "|---" * (3 + len(days)) + "|"]
+    tele = TELESEISMIC_KIND in report.get("events", {}).get("model", {})
+    head = ("| on | " + " | ".join(f"{d} false/station-day" for d in days) + " | recall real |"
+            + (" recall real teleseismic |" if tele else "") + " recall synthetic |")
+    lines += ["", head, "|---" * (3 + tele + len(days)) + "|"]
     for o in report["noise"][days[0]]["sweep_model"] if days else []:
         cells = [f"{report['noise'][d]['sweep_model'][o]['per_station_day']:.2f}" for d in days]
         rec = report.get("events", {}).get("sweep_model", {}).get(o, {})
-        real = _group(rec, "real:")
+        real = _group(rec, "real:", TELESEISMIC_KIND)
         syn = _group(rec, "synthetic:")
-        lines.append(f"| {o} | " + " | ".join(cells) + f" | {real} | {syn} |")
+        lines.append(f"| {o} | " + " | ".join(cells) + f" | {real} |"
+                     + (f" {_group(rec, TELESEISMIC_KIND)} |" if tele else "") + f" {syn} |")
     return "\n".join(lines)
 
 
-def _group(rec: dict[str, Any], prefix: str) -> str:
-    ev = sum(v["events"] for k, v in rec.items() if k.startswith(prefix))
-    det = sum(v["detected"] for k, v in rec.items() if k.startswith(prefix))
+def _group(rec: dict[str, Any], prefix: str, exclude: str | None = None) -> str:
+    keys = [k for k in rec if k.startswith(prefix) and k != exclude]
+    ev = sum(rec[k]["events"] for k in keys)
+    det = sum(rec[k]["detected"] for k in keys)
     return f"{det}/{ev} ({det / ev:.0%})" if ev else "-"
 
 
