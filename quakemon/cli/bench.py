@@ -36,6 +36,8 @@ def add_bench(sub: Subparsers) -> None:
                    help="one synthetic local event per station every S seconds (default 60; 0: none, real noise only)")
     p.add_argument("--live-archive-s", type=float, default=None, metavar="S",
                    help="seconds of data per station, served in a loop (default 120)")
+    p.add_argument("--live-measure-s", type=float, default=None, metavar="S",
+                   help="seconds each live step is measured after its warm-up (default 30)")
     p.add_argument("--live-stations", default=None,
                    help="comma-separated station counts the live part tries in turn (default 100,200,...,1000)")
 

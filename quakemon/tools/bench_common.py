@@ -148,6 +148,9 @@ def write_synthetic_archive(directory: str | os.PathLike, n_stations: int, durat
 #: components of a station are different noise, not one trace three times
 NOISE_CHANNEL_OFFSETS_S = (0.0, 8 * 3600.0, 16 * 3600.0)
 NOISE_STATION_STEP_S = 37.0  # station i starts i x this much later in the day (mod 8 h): each station differs
+# the last this many seconds of each channel are blended into the day's samples just before its start, so that
+# the archive served in a loop (`quakemon serve --loop`) has no step at the seam (a step is what a screen passes)
+NOISE_SEAM_S = 5.0
 
 
 def write_noise_archive(directory: str | os.PathLike, n_stations: int, duration_s: float, *, day: str = "UV10",
@@ -158,7 +161,9 @@ def write_noise_archive(directory: str | os.PathLike, n_stations: int, duration_
     The msnoise noise day `day` (`quakemon.data.noise_days`: UV10 or UV05, single-component HHZ) is cut into
     three-component stations: station i's HHZ, HHN and HHE are the `duration_s` of the day starting at
     (i x NOISE_STATION_STEP_S mod 8 h) + 0, 8 and 16 h (NOISE_CHANNEL_OFFSETS_S). The horizontals are thus
-    vertical-component noise from other hours: real noise of the day, not real horizontals. Starts at START,
+    vertical-component noise from other hours: real noise of the day, not real horizontals. The last
+    NOISE_SEAM_S of each channel fade linearly into the day's samples just before the segment (station i's
+    segments start NOISE_SEAM_S later), so the loop's seam is continuous. Starts at START,
     int32 counts, 512-byte STEIM2 (as `write_synthetic_archive`). Raises ValueError when `duration_s` does not
     fit the offsets or the day has gaps in a segment. event_every_s: synthetic local events added to the noise
     (`add_events`; None: none, the day as it is).
@@ -167,23 +172,27 @@ def write_noise_archive(directory: str | os.PathLike, n_stations: int, duration_
 
     from quakemon.data.noise_days import load_day
 
-    span = NOISE_CHANNEL_OFFSETS_S[1] - NOISE_CHANNEL_OFFSETS_S[0]
-    if not 0 < duration_s <= span:
-        raise ValueError(f"duration_s must be in (0, {span:g}] s, got {duration_s!r}")
+    span = NOISE_CHANNEL_OFFSETS_S[1] - NOISE_CHANNEL_OFFSETS_S[0] - NOISE_SEAM_S
+    if not 2 * NOISE_SEAM_S < duration_s <= span:
+        raise ValueError(f"duration_s must be in ({2 * NOISE_SEAM_S:g}, {span:g}] s, got {duration_s!r}")
     traces = load_day(day, cache)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for i in range(first, first + n_stations):
-        origin = (i * NOISE_STATION_STEP_S) % (span - duration_s) if span > duration_s else 0.0
+        origin = NOISE_SEAM_S + ((i * NOISE_STATION_STEP_S) % (span - duration_s) if span > duration_s else 0.0)
         rate = traces[0].stats.sampling_rate
+        seam = int(round(NOISE_SEAM_S * rate))
         parts = []
         for offset in NOISE_CHANNEL_OFFSETS_S:
-            t0 = traces[0].stats.starttime + origin + offset
-            part = traces.slice(t0, t0 + duration_s - 0.5 / rate)
-            if len(part) != 1 or part[0].stats.npts != round(duration_s * rate):
+            t0 = traces[0].stats.starttime + origin + offset - NOISE_SEAM_S
+            part = traces.slice(t0, t0 + NOISE_SEAM_S + duration_s - 0.5 / rate)
+            if len(part) != 1 or part[0].stats.npts != seam + round(duration_s * rate):
                 raise ValueError(f"noise day {day}: no gap-free {duration_s:g} s at {t0} for station {i}")
-            parts.append(np.asarray(part[0].data, np.float64))
+            before, x = np.split(np.asarray(part[0].data, np.float64), [seam])
+            w = np.arange(1, seam + 1) / seam
+            x[-seam:] = (1 - w) * x[-seam:] + w * before  # ends on the sample just before its start
+            parts.append(x)
         data = np.stack(parts)
         if event_every_s is not None:
             add_events(data, i, duration_s, event_every_s, np.random.default_rng([seed, i]), rate)

@@ -226,9 +226,15 @@ def test_noise_archive_cuts_three_components_from_other_hours_and_adds_rare_even
     assert [p.name for p in files] == ["XB.S0004.mseed", "XB.S0005.mseed", "XB.S0006.mseed"]
     st = read(str(files[1]))
     assert [tr.stats.channel for tr in st] == ["HHZ", "HHN", "HHE"] and {tr.stats.npts for tr in st} == {4000}
-    origin = int(5 * bench_common.NOISE_STATION_STEP_S * 100)
+    seam = int(bench_common.NOISE_SEAM_S * 100)
+    origin = seam + int(5 * bench_common.NOISE_STATION_STEP_S * 100)
     for tr, hours in zip(st, (0, 8, 16), strict=True):  # the day's own counts, each channel from its hour
-        np.testing.assert_array_equal(tr.data, day[origin + hours * 360_000:][:4000])
+        start = origin + hours * 360_000
+        np.testing.assert_array_equal(tr.data[:-seam], day[start:][: 4000 - seam])
+        # the end fades into the samples before the start: served in a loop, the seam continues the day
+        w = (seam // 2 + 1) / seam  # halfway through the fade
+        assert tr.data[-1] == day[start - 1]
+        assert tr.data[-seam // 2] == round((1 - w) * day[start + 4000 - seam // 2] + w * day[start - seam // 2])
     # one event per 80 s over a 40 s archive: stations 4 and 6 (multiples of 2) get one, station 5 none
     with_events = bench_common.write_noise_archive(tmp_path / "e", 3, 40.0, cache=cache, first=4, event_every_s=80.0)
     changed = [not all(np.array_equal(a.data, b.data) for a, b in zip(read(str(p)), read(str(q)), strict=True))
