@@ -248,7 +248,8 @@ def format_report(report: dict[str, Any]) -> str:
             share = s.get("forwarded_share")
             lines.append(f"      {s['stations']:5d}  server {s.get('server_cpu_cores', 0):.2f} cores "
                          f"({_f(s.get('server_cpu_ms_per_window'), '.3f')} ms/win); daemon CPU ms/win by stage: "
-                         f"{stages or '-'}"
+                         f"{stages or '-'}; heartbeat lag_s p50 / p99 {_f(s.get('processing_lag_p50_s'), '.3f')} / "
+                         f"{_f(s.get('processing_lag_p99_s'), '.3f')} s"
                          + ("" if share is None else f"; forwarded {s['forwarded']} of "
                             f"{s['forwarded'] + s['screened_out']} windows ({100 * share:.2f} %)"))
         for m in live.get("marginal", []):
