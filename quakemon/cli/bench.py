@@ -38,6 +38,8 @@ def add_bench(sub: Subparsers) -> None:
                    help="seconds of data per station, served in a loop (default 120)")
     p.add_argument("--live-measure-s", type=float, default=None, metavar="S",
                    help="seconds each live step is measured after its warm-up (default 30)")
+    p.add_argument("--live-warmup-s", type=float, default=None, metavar="S",
+                   help="seconds after the first windows before a live step's interval starts (default 3)")
     p.add_argument("--live-stations", default=None,
                    help="comma-separated station counts the live part tries in turn (default 100,200,...,1000)")
 

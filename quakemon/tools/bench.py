@@ -282,7 +282,8 @@ def bench_main(args: argparse.Namespace) -> int:
                 flag = "--" + key.replace("_", "-")
                 raise SystemExit(f"quakemon bench: {flag}: expected integers like 64,256,1024, got {text!r}") from None
     for key in ("replay_stations", "replay_batch", "replay_threads", "replay_repeats", "live_batch",
-                "live_screen_every", "live_screen_net", "live_data", "live_archive_s", "live_measure_s"):
+                "live_screen_every", "live_screen_net", "live_data", "live_archive_s", "live_measure_s",
+                "live_warmup_s"):
         if getattr(args, key, None) is not None:
             kw[key] = getattr(args, key)
     if getattr(args, "live_event_every", None) is not None:

@@ -49,6 +49,9 @@ class BenchPlan:
     live_speed: float = 1.0
     live_archive_s: float = 120.0
     live_measure_s: float = 30.0
+    # the interval starts this long after the first windows. A vertical-only station's first windows wait until
+    # its horizontals are decided absent (the windower's max_skew_s), so they come in a burst some seconds late
+    live_warmup_s: float = 3.0
     live_batch: int = 64
     # [model] screen_every of the live daemon. 1 (every window): the bench's checkpoint (`spread_checkpoint`)
     # keeps half of all windows over p = 0.5, so every station is busy, the screen's worst case and a capacity

@@ -196,10 +196,11 @@ def live_step(files: Sequence[Path], checkpoint: Path, workdir: Path, *, speed: 
               lag_growth_limit_s: float = 2.0, latency_p99_limit_s: float | None = 1.0,
               env: dict[str, str] | None = None,
               queue_hwm: int | None = None, screen_every: int | None = None, screen_net: str | Path | None = None,
-              trigger: tuple[float, float, float] | None = BENCH_TRIGGER) -> LiveStep:
+              trigger: tuple[float, float, float] | None = BENCH_TRIGGER, warmup_s: float = 3.0) -> LiveStep:
     """Start a daemon for the stations of `files`; once it is ready, serve them in real time (x speed) from a
     fresh `quakemon serve --retime-now` (so data time = wall time and the heartbeat lag is meaningful), and
-    measure a steady interval after the first windows. screen_net, trigger: as `daemon_config`."""
+    measure a steady interval that starts `warmup_s` after the first windows. screen_net, trigger: as
+    `daemon_config`."""
     import zmq
 
     stations = sorted({p.name.split(".")[1] for p in files})
@@ -264,7 +265,7 @@ def live_step(files: Sequence[Path], checkpoint: Path, workdir: Path, *, speed: 
                 if isinstance(body.get("lag_s"), int | float):
                     lags.append(float(body["lag_s"]))
             if warm_until is None and int(body.get("windows_out") or 0) > 0:
-                warm_until = time.monotonic() + 3.0  # let the first burst of windows settle
+                warm_until = time.monotonic() + warmup_s  # let the first burst of windows settle
             elif warm_until is not None and measuring is None and time.monotonic() >= warm_until:
                 measuring = (time.monotonic(), body, proc_usage(daemon.pid))
                 server_cpu = proc_usage(server.pid)[0]
@@ -383,7 +384,8 @@ def bench_live(archive_dir: Path, checkpoint: Path, plan: BenchPlan, workdir: Pa
                          lag_growth_limit_s=plan.lag_growth_limit_s,
                          latency_p99_limit_s=plan.latency_p99_limit_s, env=env, queue_hwm=hwm,
                          screen_every=None if cascade else plan.live_screen_every,
-                         screen_net=plan.live_screen_net, trigger=None if cascade else BENCH_TRIGGER)
+                         screen_net=plan.live_screen_net, trigger=None if cascade else BENCH_TRIGGER,
+                         warmup_s=plan.live_warmup_s)
         steps.append(step)
         progress(f"live: {n} stations: {step.reason}")
         if not step.ok:
