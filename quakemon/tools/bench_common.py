@@ -187,12 +187,18 @@ def write_noise_archive(directory: str | os.PathLike, n_stations: int, duration_
         rate = traces[0].stats.sampling_rate
         seam = int(round(NOISE_SEAM_S * rate))
         parts = []
+        n = seam + int(round(duration_s * rate))
         for offset in NOISE_CHANNEL_OFFSETS_S:
             t0 = traces[0].stats.starttime + origin + offset - NOISE_SEAM_S
-            part = traces.slice(t0, t0 + NOISE_SEAM_S + duration_s - 0.5 / rate)
-            if len(part) != 1 or part[0].stats.npts != seam + round(duration_s * rate):
+            part = None
+            for tr in traces:  # (sample indices, not times: a slice by time may be a sample short or long)
+                a = int(round((t0 - tr.stats.starttime) * rate))
+                if 0 <= a and a + n <= tr.stats.npts:
+                    part = tr.data[a : a + n]
+                    break
+            if part is None:
                 raise ValueError(f"noise day {day}: no gap-free {duration_s:g} s at {t0} for station {i}")
-            before, x = np.split(np.asarray(part[0].data, np.float64), [seam])
+            before, x = np.split(np.asarray(part, np.float64), [seam])
             w = np.arange(1, seam + 1) / seam
             x[-seam:] = (1 - w) * x[-seam:] + w * before  # ends on the sample just before its start
             parts.append(x)
