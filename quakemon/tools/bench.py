@@ -17,7 +17,11 @@
             heartbeats (their `time` stamp vs. receipt). To publish many detections, the live model is the
             bench model with its head rescaled so that p(trigger label) spreads around 0.5 on these data, and
             trigger on = off = 0.5, min_duration = 0: every window that crosses 0.5 publishes a message. The
-            compute per window is that of the unmodified model.
+            compute per window is that of the unmodified model. With `live_screen_net` (`--live-screen-net`)
+            it is the cascade as operators run it instead: the model unmodified, that screen net, the daemon's
+            default trigger settings, and the stations' data chosen by `live_data` (synthetic, or real noise of
+            the msnoise UV10 day: `bench_live.live_archive`); each step then also reports the windows forwarded
+            to the model and the CPU of each stage and of the server.
 
 Synthetic stations: white + microseismic noise with one synthetic local earthquake per station per minute
 (`quakemon.data.synthetic.synthesize_event_trace`), int32 counts, 512-byte STEIM2 MiniSEED, one file per station.
