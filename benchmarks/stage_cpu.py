@@ -1,7 +1,11 @@
 """Per-stage CPU of the live daemon at N stations (1x real time, 1 s stride), read from /proc.
 
-Usage: python benchmarks/stage_cpu.py N [--measure S] [--profile DIR]
-(a script, not a test: it starts `quakemon serve` and `quakemon run`).
+Usage: python benchmarks/stage_cpu.py N [--measure S] [--profile DIR] [--screen-net PATH] [--data D]
+[--event-every S] (a script, not a test: it starts `quakemon serve` and `quakemon run`).
+
+With --screen-net the daemon runs the cascade as `quakemon bench --live-screen-net` does (the bundled detector, the
+screen, the default trigger settings); --data and --event-every choose the stations' data as `--live-data` and
+`--live-event-every` do (default: synthetic, one event a minute, the bench's trigger).
 
 For each process it prints the cores it used and its CPU milliseconds per window inferred (process CPU time over
 the windows the heartbeats count out in the same interval). CPU per window hardly moves with other load on the
@@ -27,7 +31,7 @@ import zmq
 
 from quakemon.base.net import free_port
 from quakemon.tools import bench_common as bench
-from quakemon.tools.bench_live import daemon_config
+from quakemon.tools.bench_live import BENCH_TRIGGER, daemon_config, live_archive
 
 STARTUP_TIMEOUT_S = 600.0  # until the first windows come out (a loaded host takes minutes to import torch)
 SETTLE_S = 20.0  # then the first burst of windows settles
@@ -79,9 +83,11 @@ def profile(names: dict[int, str], seconds: float, out: Path) -> list[subprocess
             for pid, name in names.items() if name not in ("supervisor", "serve")]
 
 
-def main(n: int, measure_s: float = MEASURE_S, profile_dir: Path | None = None) -> None:
+def main(n: int, measure_s: float = MEASURE_S, profile_dir: Path | None = None, screen_net: str | None = None,
+         data: str = "synthetic", event_every_s: float | None = 60.0) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="stagecpu-"))
-    files = bench.write_synthetic_archive(tmp / "arch", n, 240.0, seed=1, layout="station")
+    plan = bench.BenchPlan(live_data=data, live_event_every_s=event_every_s, live_archive_s=240.0)
+    files = live_archive(tmp / "arch", plan, n)
     port_file = tmp / "port"
     server = subprocess.Popen([sys.executable, "-m", "quakemon.tools.serve", *map(str, files), "--port", "0",
                                "--port-file", str(port_file), "--speed", "1", "--loop", "--retime-now"],
@@ -92,7 +98,8 @@ def main(n: int, measure_s: float = MEASURE_S, profile_dir: Path | None = None) 
     publish = f"tcp://127.0.0.1:{free_port()}"
     config = daemon_config(tmp / "d.toml", server=f"127.0.0.1:{int(port_file.read_text())}",
                            stations=[bench.station_code(i) for i in range(n)], checkpoint=bench.bench_checkpoint(),
-                           runtime_dir=tmp / "rt", publish=publish, queue_hwm=10 * n)
+                           runtime_dir=tmp / "rt", publish=publish, queue_hwm=10 * n, screen_net=screen_net,
+                           trigger=None if screen_net else BENCH_TRIGGER)
     daemon = subprocess.Popen([sys.executable, "-m", "quakemon", "run", "--config", str(config)],
                               env=dict(os.environ, OMP_NUM_THREADS="1"),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -135,5 +142,8 @@ if __name__ == "__main__":
     parser.add_argument("stations", type=int)
     parser.add_argument("--measure", type=float, default=MEASURE_S, help="seconds measured after the warm-up")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy each stage process into this directory")
+    parser.add_argument("--screen-net", default=None, help="run the cascade with this screen net")
+    parser.add_argument("--data", default="synthetic", choices=("synthetic", "uv10", "uv10-z"))
+    parser.add_argument("--event-every", type=float, default=60.0, help="seconds; 0: no events (real noise only)")
     args = parser.parse_args()
-    main(args.stations, args.measure, args.profile)
+    main(args.stations, args.measure, args.profile, args.screen_net, args.data, args.event_every or None)

@@ -26,6 +26,20 @@ def add_bench(sub: Subparsers) -> None:
     p.add_argument("--live-batch", type=int, default=None, help="the live daemon's model.batch_size (default 64)")
     p.add_argument("--live-screen-every", type=int, default=None,
                    help="the live daemon's model.screen_every (default 1: every window, every station busy)")
+    p.add_argument("--live-screen-net", default=None, metavar="PATH",
+                   help="the cascade as operators run it: this screen net with the bundled detector (no spread head) "
+                        "and the default trigger settings")
+    p.add_argument("--live-data", choices=("synthetic", "uv10", "uv10-z"), default=None,
+                   help="the live stations' data: synthetic (default), uv10 (real noise of the msnoise UV10 day, three "
+                        "components from different hours), uv10-z (the same, HHZ only)")
+    p.add_argument("--live-event-every", type=float, default=None, metavar="S",
+                   help="one synthetic local event per station every S seconds (default 60; 0: none, real noise only)")
+    p.add_argument("--live-archive-s", type=float, default=None, metavar="S",
+                   help="seconds of data per station, served in a loop (default 120)")
+    p.add_argument("--live-measure-s", type=float, default=None, metavar="S",
+                   help="seconds each live step is measured after its warm-up (default 30)")
+    p.add_argument("--live-warmup-s", type=float, default=None, metavar="S",
+                   help="seconds after the first windows before a live step's interval starts (default 3)")
     p.add_argument("--live-stations", default=None,
                    help="comma-separated station counts the live part tries in turn (default 100,200,...,1000)")
 

@@ -17,7 +17,11 @@
             heartbeats (their `time` stamp vs. receipt). To publish many detections, the live model is the
             bench model with its head rescaled so that p(trigger label) spreads around 0.5 on these data, and
             trigger on = off = 0.5, min_duration = 0: every window that crosses 0.5 publishes a message. The
-            compute per window is that of the unmodified model.
+            compute per window is that of the unmodified model. With `live_screen_net` (`--live-screen-net`)
+            it is the cascade as operators run it instead: the model unmodified, that screen net, the daemon's
+            default trigger settings, and the stations' data chosen by `live_data` (synthetic, or real noise of
+            the msnoise UV10 day: `bench_live.live_archive`); each step then also reports the windows forwarded
+            to the model and the CPU of each stage and of the server.
 
 Synthetic stations: white + microseismic noise with one synthetic local earthquake per station per minute
 (`quakemon.data.synthetic.synthesize_event_trace`), int32 counts, 512-byte STEIM2 MiniSEED, one file per station.
@@ -227,6 +231,11 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"(c) live  {live['speed']:g}x real time, stride {live['stride_s']:g} s: largest N sustained "
                      f"{live['max_stations_sustained']}, p99 latency there {_f(live['latency_p99_at_max_s'], '.3f')} s"
                      f"  (daemon env {live.get('env')}, pipeline.queue_hwm = {live.get('queue_s')} s of windows)")
+        if live.get("screen_net"):
+            lines.append(f"          cascade: screen net {live['screen_net']}, detector {live.get('checkpoint')}, "
+                         f"default trigger settings; data {live.get('data')}"
+                         + (f", one event per station every {live['event_every_s']:g} s"
+                            if live.get("event_every_s") else ""))
         lines.append("          N  ok   win/s (exp)   drop  lag+ s  lat n  p50 s  p99 s  max s  hop p99  cpu cores"
                      "  cpu/sta  ms/win   PSS MB  MB/sta  start s  note")
         for s in live["steps"]:
@@ -238,6 +247,15 @@ def format_report(report: dict[str, Any]) -> str:
                 f"{s['cpu_per_station']:7.4f}  {_f(s.get('cpu_ms_per_window'), '6.3f'):>6}  {s['mem_mb']:7.0f}  "
                 f"{s['mem_mb_per_station']:6.2f}  "
                 f"{s['startup_s']:7.1f}  {s['reason']}")
+        for s in live["steps"]:
+            stages = ", ".join(f"{k} {v:.3f}" for k, v in (s.get("stage_cpu_ms_per_window") or {}).items())
+            share = s.get("forwarded_share")
+            lines.append(f"      {s['stations']:5d}  server {s.get('server_cpu_cores', 0):.2f} cores "
+                         f"({_f(s.get('server_cpu_ms_per_window'), '.3f')} ms/win); daemon CPU ms/win by stage: "
+                         f"{stages or '-'}; heartbeat lag_s p50 / p99 {_f(s.get('processing_lag_p50_s'), '.3f')} / "
+                         f"{_f(s.get('processing_lag_p99_s'), '.3f')} s"
+                         + ("" if share is None else f"; forwarded {s['forwarded']} of "
+                            f"{s['forwarded'] + s['screened_out']} windows ({100 * share:.2f} %)"))
         for m in live.get("marginal", []):
             lines.append(f"          marginal cost {m['from']} -> {m['to']} stations: "
                          f"{m['cpu_cores_per_station']:.4f} cores and {m['mem_mb_per_station']:.2f} MB per station")
@@ -268,9 +286,18 @@ def bench_main(args: argparse.Namespace) -> int:
                 flag = "--" + key.replace("_", "-")
                 raise SystemExit(f"quakemon bench: {flag}: expected integers like 64,256,1024, got {text!r}") from None
     for key in ("replay_stations", "replay_batch", "replay_threads", "replay_repeats", "live_batch",
-                "live_screen_every"):
+                "live_screen_every", "live_screen_net", "live_data", "live_archive_s", "live_measure_s",
+                "live_warmup_s"):
         if getattr(args, key, None) is not None:
             kw[key] = getattr(args, key)
+    if getattr(args, "live_event_every", None) is not None:
+        if not args.live_event_every >= 0:
+            raise SystemExit(f"quakemon bench: --live-event-every: expected seconds >= 0, got {args.live_event_every}")
+        kw["live_event_every_s"] = args.live_event_every or None
+        if kw["live_event_every_s"] is None and kw.get("live_data", "synthetic") == "synthetic":
+            raise SystemExit("quakemon bench: --live-event-every 0 (no events) needs --live-data uv10 or uv10-z")
+    if kw.get("live_screen_net") and not Path(kw["live_screen_net"]).is_file():
+        raise SystemExit(f"quakemon bench: --live-screen-net: {kw['live_screen_net']} does not exist")
     plan = BenchPlan.quick(**kw) if getattr(args, "quick", False) else BenchPlan(**kw)
 
     def progress(text: str) -> None:

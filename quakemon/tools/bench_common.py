@@ -49,11 +49,23 @@ class BenchPlan:
     live_speed: float = 1.0
     live_archive_s: float = 120.0
     live_measure_s: float = 30.0
+    # the interval starts this long after the first windows. A vertical-only station's first windows wait until
+    # its horizontals are decided absent (the windower's max_skew_s), so they come in a burst some seconds late
+    live_warmup_s: float = 3.0
     live_batch: int = 64
     # [model] screen_every of the live daemon. 1 (every window): the bench's checkpoint (`spread_checkpoint`)
     # keeps half of all windows over p = 0.5, so every station is busy, the screen's worst case and a capacity
     # floor; its latency would also include the screen's decision delay. None: the daemon's default.
     live_screen_every: int | None = 1
+    # the cascade as an operator runs it: this screen net (`[model] screen_net`) with the bench's detector itself
+    # (no spread head) and the daemon's default trigger settings; live_screen_every is then not used
+    live_screen_net: str | None = None
+    # the live stations' data (`bench_live.live_archive`): "synthetic" (one event per live_event_every_s), "uv10"
+    # (real noise: three components cut from different hours of the msnoise UV10 day), "uv10-z" (HHZ only)
+    live_data: str = "synthetic"
+    # one synthetic local event per station per this many seconds (over a loop shorter than that: in one station
+    # in every round(this / live_archive_s)); None: none (real noise only)
+    live_event_every_s: float | None = 60.0
     # pipeline.queue_hwm for the daemon, as seconds of windows: max(100, live_queue_s * N * speed / stride).
     # Windows on the absolute grid complete in bursts (every station at once), so the default 100 windows drops
     # at a few hundred stations although the throughput suffices. None = the daemon's default.
@@ -80,17 +92,36 @@ def station_code(i: int) -> str:
     return f"S{i:04d}"
 
 
+def add_events(noise: np.ndarray, station: int, duration_s: float, event_every_s: float, rng: np.random.Generator,
+               sampling_rate: float = 100.0) -> int:
+    """Add synthetic local events (M 1.5-3, 10-80 km) to `noise` [3, samples] in place, one per `event_every_s`;
+    returns how many. An archive shorter than `event_every_s` gets one event in every round(event_every_s /
+    duration_s) stations (those whose index is a multiple of it), so that the rate over the stations holds."""
+    from quakemon.data.synthetic import synthesize_event_trace
+
+    if event_every_s > duration_s:
+        starts = [0.0] if station % max(1, round(event_every_s / duration_s)) == 0 else []
+    else:
+        starts = list(np.arange(0.0, duration_s - 30.0, event_every_s))
+    for start in starts:
+        a = int((start + rng.uniform(0, max(1.0, min(event_every_s, duration_s) - 40.0))) * sampling_rate)
+        seg = noise[:, a : a + int(30 * sampling_rate)]
+        noise[:, a : a + seg.shape[1]] = synthesize_event_trace(
+            seg, 3 * sampling_rate, magnitude=float(rng.uniform(1.5, 3.0)),
+            distance_km=float(rng.uniform(10, 80)), rng=rng, sampling_rate=sampling_rate)
+    return len(starts)
+
+
 def write_synthetic_archive(directory: str | os.PathLike, n_stations: int, duration_s: float, *, seed: int = 0,
                             sampling_rate: float = 100.0, event_every_s: float = 60.0, first: int = 0,
                             layout: str = "channel") -> list[Path]:
-    """Stations XB.Sxxxx..HH? (first .. first + n_stations - 1): noise plus one local event per `event_every_s`.
+    """Stations XB.Sxxxx..HH? (first .. first + n_stations - 1): noise plus one local event per `event_every_s`
+    (`add_events`).
 
     layout "channel": one file per channel (as in an SDS archive); "station": one file per station with its three
     channels one after the other (as `Stream.write` makes it). Returns the files.
     """
     from obspy import Stream, Trace, UTCDateTime
-
-    from quakemon.data.synthetic import synthesize_event_trace
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,12 +133,7 @@ def write_synthetic_archive(directory: str | os.PathLike, n_stations: int, durat
         noise = rng.normal(0.0, 60.0, (3, n))
         phase = rng.uniform(0, 2 * np.pi, (3, 1))
         noise += 200.0 * np.sin(2 * np.pi * 0.18 * t + phase)  # microseism
-        for start in np.arange(0.0, duration_s - 30.0, event_every_s):
-            a = int((start + rng.uniform(0, max(1.0, min(event_every_s, duration_s) - 40.0))) * sampling_rate)
-            seg = noise[:, a : a + int(30 * sampling_rate)]
-            noise[:, a : a + seg.shape[1]] = synthesize_event_trace(
-                seg, 3 * sampling_rate, magnitude=float(rng.uniform(1.5, 3.0)),
-                distance_km=float(rng.uniform(10, 80)), rng=rng, sampling_rate=sampling_rate)
+        add_events(noise, i, duration_s, event_every_s, rng, sampling_rate)
         st = Stream()
         for c, cha in enumerate(CHANNELS):
             header = {"network": NETWORK, "station": station_code(i), "location": "", "channel": cha,
@@ -118,6 +144,75 @@ def write_synthetic_archive(directory: str | os.PathLike, n_stations: int, durat
         for name, part in parts:
             part.write(str(out / name), format="MSEED", reclen=512, encoding="STEIM2")
             files.append(out / name)
+    return files
+
+
+#: `write_noise_archive`: the channels of a station come from these offsets into the day (s), so that the three
+#: components of a station are different noise, not one trace three times
+NOISE_CHANNEL_OFFSETS_S = (0.0, 8 * 3600.0, 16 * 3600.0)
+NOISE_STATION_STEP_S = 37.0  # station i starts i x this much later in the day (mod 8 h): each station differs
+# the last this many seconds of each channel are blended into the day's samples just before its start, so that
+# the archive served in a loop (`quakemon serve --loop`) has no step at the seam (a step is what a screen passes)
+NOISE_SEAM_S = 5.0
+
+
+def write_noise_archive(directory: str | os.PathLike, n_stations: int, duration_s: float, *, day: str = "UV10",
+                        first: int = 0, event_every_s: float | None = None, seed: int = 1,
+                        cache: Path | None = None) -> list[Path]:
+    """Stations XB.Sxxxx..HH? (first .. first + n_stations - 1) of real continuous noise, one file per station.
+
+    The msnoise noise day `day` (`quakemon.data.noise_days`: UV10 or UV05, single-component HHZ) is cut into
+    three-component stations: station i's HHZ, HHN and HHE are the `duration_s` of the day starting at
+    (i x NOISE_STATION_STEP_S mod 8 h) + 0, 8 and 16 h (NOISE_CHANNEL_OFFSETS_S). The horizontals are thus
+    vertical-component noise from other hours: real noise of the day, not real horizontals. The last
+    NOISE_SEAM_S of each channel fade linearly into the day's samples just before the segment (station i's
+    segments start NOISE_SEAM_S later), so the loop's seam is continuous. Starts at START,
+    int32 counts, 512-byte STEIM2 (as `write_synthetic_archive`). Raises ValueError when `duration_s` does not
+    fit the offsets or the day has gaps in a segment. event_every_s: synthetic local events added to the noise
+    (`add_events`; None: none, the day as it is).
+    """
+    from obspy import Stream, Trace, UTCDateTime
+
+    from quakemon.data.noise_days import load_day
+
+    span = NOISE_CHANNEL_OFFSETS_S[1] - NOISE_CHANNEL_OFFSETS_S[0] - NOISE_SEAM_S
+    if not 2 * NOISE_SEAM_S < duration_s <= span:
+        raise ValueError(f"duration_s must be in ({2 * NOISE_SEAM_S:g}, {span:g}] s, got {duration_s!r}")
+    traces = load_day(day, cache)
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(first, first + n_stations):
+        origin = NOISE_SEAM_S + ((i * NOISE_STATION_STEP_S) % (span - duration_s) if span > duration_s else 0.0)
+        rate = traces[0].stats.sampling_rate
+        seam = int(round(NOISE_SEAM_S * rate))
+        parts = []
+        n = seam + int(round(duration_s * rate))
+        for offset in NOISE_CHANNEL_OFFSETS_S:
+            t0 = traces[0].stats.starttime + origin + offset - NOISE_SEAM_S
+            part = None
+            for tr in traces:  # (sample indices, not times: a slice by time may be a sample short or long)
+                a = int(round((t0 - tr.stats.starttime) * rate))
+                if 0 <= a and a + n <= tr.stats.npts:
+                    part = tr.data[a : a + n]
+                    break
+            if part is None:
+                raise ValueError(f"noise day {day}: no gap-free {duration_s:g} s at {t0} for station {i}")
+            before, x = np.split(np.asarray(part, np.float64), [seam])
+            w = np.arange(1, seam + 1) / seam
+            x[-seam:] = (1 - w) * x[-seam:] + w * before  # ends on the sample just before its start
+            parts.append(x)
+        data = np.stack(parts)
+        if event_every_s is not None:
+            add_events(data, i, duration_s, event_every_s, np.random.default_rng([seed, i]), rate)
+        st = Stream()
+        for c, cha in enumerate(CHANNELS):
+            header = {"network": NETWORK, "station": station_code(i), "location": "", "channel": cha,
+                      "sampling_rate": rate, "starttime": UTCDateTime(START)}
+            st += Trace(np.round(data[c]).astype(np.int32), header=header)
+        path = out / f"{NETWORK}.{station_code(i)}.mseed"
+        st.write(str(path), format="MSEED", reclen=512, encoding="STEIM2")
+        files.append(path)
     return files
 
 

@@ -5,6 +5,7 @@ No timing assertions: the figures depend on the machine; only their presence, co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from obspy import read
 
 from quakemon.pipeline.engine import CPU_FORWARD_BATCH
 from quakemon.tools import bench, bench_common, bench_live, bench_replay, bench_roof
@@ -199,3 +201,98 @@ def test_live_step_measures_a_running_daemon(tmp_path: Path, ckpt: Path) -> None
     assert step.cpu_cores > 0 and step.mem_mb > 0
     assert step.heartbeat["stations"] == 2
     assert step.daemon_exit == 0
+
+
+def fake_noise_day(cache: Path, seconds: float = 86400.0) -> Path:
+    """A stand-in for the msnoise UV10 day in `cache` (where `noise_days.day_path` finds it extracted): one
+    gap-free HHZ trace of seeded random counts, so that no test reads or fetches the real wheel."""
+    from obspy import Trace, UTCDateTime
+
+    from quakemon.data import noise_days
+
+    path = cache / "noise_days" / Path(noise_days.NOISE_DAYS["UV10"]).name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.random.default_rng(5).normal(0, 900, int(seconds * 100)).astype(np.int32)
+    Trace(data, header={"network": "YA", "station": "UV10", "location": "00", "channel": "HHZ",
+                        "sampling_rate": 100.0, "starttime": UTCDateTime(2010, 9, 1)}).write(
+        str(path), format="MSEED", reclen=4096, encoding="STEIM2")
+    return path
+
+
+def test_noise_archive_cuts_three_components_from_other_hours_and_adds_rare_events(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    day = read(str(fake_noise_day(cache)))[0].data
+    files = bench_common.write_noise_archive(tmp_path / "a", 3, 40.0, cache=cache, first=4)
+    assert [p.name for p in files] == ["XB.S0004.mseed", "XB.S0005.mseed", "XB.S0006.mseed"]
+    st = read(str(files[1]))
+    assert [tr.stats.channel for tr in st] == ["HHZ", "HHN", "HHE"] and {tr.stats.npts for tr in st} == {4000}
+    seam = int(bench_common.NOISE_SEAM_S * 100)
+    origin = seam + int(5 * bench_common.NOISE_STATION_STEP_S * 100)
+    for tr, hours in zip(st, (0, 8, 16), strict=True):  # the day's own counts, each channel from its hour
+        start = origin + hours * 360_000
+        np.testing.assert_array_equal(tr.data[:-seam], day[start:][: 4000 - seam])
+        # the end fades into the samples before the start: served in a loop, the seam continues the day
+        w = (seam // 2 + 1) / seam  # halfway through the fade
+        assert tr.data[-1] == day[start - 1]
+        assert tr.data[-seam // 2] == round((1 - w) * day[start + 4000 - seam // 2] + w * day[start - seam // 2])
+    # one event per 80 s over a 40 s archive: stations 4 and 6 (multiples of 2) get one, station 5 none
+    with_events = bench_common.write_noise_archive(tmp_path / "e", 3, 40.0, cache=cache, first=4, event_every_s=80.0)
+    changed = [not all(np.array_equal(a.data, b.data) for a, b in zip(read(str(p)), read(str(q)), strict=True))
+               for p, q in zip(files, with_events, strict=True)]
+    assert changed == [True, False, True]
+    with pytest.raises(ValueError, match="duration_s"):
+        bench_common.write_noise_archive(tmp_path / "x", 1, 9 * 3600.0, cache=cache)
+
+
+def test_live_step_runs_the_cascade_with_the_default_trigger(tmp_path: Path, ckpt: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two real-noise-like stations through `quakemon serve` and `quakemon run` with a screen net:
+    the heartbeat's forwarded / screened_out, per-stage CPU and the server's are reported."""
+    from support.screens import peakedness_net
+
+    from quakemon.models.checkpoint import load_checkpoint
+    from quakemon.models.screen_net import save_screen
+    from quakemon.service.config import load_config
+
+    monkeypatch.setenv("QUAKEMON_CACHE", str(tmp_path / "cache"))
+    fake_noise_day(tmp_path / "cache")
+    detector = load_checkpoint(ckpt)
+    screen = save_screen(tmp_path / "screen.safetensors", peakedness_net(detector.contract), -1.0, detector.sha256,
+                         detector.contract)
+    plan = bench_common.BenchPlan(live_data="uv10-z", live_archive_s=40.0, live_event_every_s=None,
+                                  live_screen_net=str(screen))
+    assert all([tr.stats.channel for tr in read(str(p))] == ["HHZ"]
+               for p in bench_live.live_archive(tmp_path / "z", plan, 2))
+    files = bench_live.live_archive(tmp_path / "arch", dataclasses.replace(plan, live_data="uv10"), 2)
+    bench_live.check_screen(screen, ckpt)
+    with pytest.raises(ValueError, match="not a screen for"):
+        bench_live.check_screen(screen, bench_common.random_checkpoint(tmp_path / "other.safetensors", seed=1))
+    step = bench_live.live_step(files, ckpt, tmp_path / "live", speed=5.0, measure_s=3.0, timeout_s=150.0,
+                                env={"OMP_NUM_THREADS": "1"}, screen_net=screen, trigger=None)
+    log = (tmp_path / "live" / "processes.log").read_text(errors="replace")[-3000:]
+    cfg = load_config(tmp_path / "live" / "bench.toml")
+    assert cfg.model.screen_net == str(screen) and cfg.model.screen_every == 1
+    assert (cfg.trigger.on, cfg.trigger.off) == (0.7, 0.5)  # the daemon's defaults, what an operator runs
+    assert step.measure_s >= 3.0, f"{step.reason}\n{log}"
+    assert step.forwarded is not None and step.screened_out is not None and step.forwarded + step.screened_out > 0
+    assert step.forwarded_share == step.forwarded / (step.forwarded + step.screened_out)
+    assert {"supervisor", "ingest", "preprocess", "inference"} <= set(step.stage_cpu_cores)
+    assert step.stage_cpu_ms_per_window["inference"] > 0 and step.server_cpu_ms_per_window is not None
+    assert step.processing_lag_p99_s is not None and step.daemon_exit == 0
+    text = bench.format_report({"live": {"speed": 5.0, "stride_s": 1.0, "max_stations_sustained": 2,
+                                         "latency_p99_at_max_s": None, "screen_net": str(screen), "data": "uv10-z",
+                                         "steps": [dataclasses.asdict(step)]}})
+    assert "cascade: screen net" in text and "forwarded" in text and "inference" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--live-event-every", "0"], "needs --live-data uv10"),
+    (["--live-event-every", "-1"], "expected seconds >= 0"),
+    (["--live-screen-net", "/nonexistent/screen.safetensors"], "does not exist"),
+])
+def test_bench_live_cascade_options_are_checked(argv: list[str], message: str) -> None:
+    from quakemon.cli.app import build_parser
+
+    args = build_parser().parse_args(["bench", "--parts", "live", *argv])
+    with pytest.raises(SystemExit, match=message):
+        bench.bench_main(args)

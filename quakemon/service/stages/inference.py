@@ -468,7 +468,8 @@ class InferenceStage(ReloadableStage, Stage):
             "precision": self.engine.precision,
             "inference": {"batches": engine.batches, "last_batch_size": engine.last_batch_size,
                           "last_batch_s": round(engine.last_batch_seconds, 4),
-                          "failed_batches": self.failed_batches},
+                          "failed_batches": self.failed_batches,
+                          **{k: int(stats[k]) for k in ("forwarded", "screened_out") if k in stats}},
         }
 
     def processing_lag_s(self, now_s: float) -> float | None:
