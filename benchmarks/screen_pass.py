@@ -1,0 +1,92 @@
+"""Share of windows a cascade screen forwards to the detector on the live bench's station data, in replay.
+
+    .venv/bin/python benchmarks/screen_pass.py SCREEN [SCREEN ...] [--data uv10|uv10-z|synthetic]
+        [--stations 4] [--seconds 600] [--json out.json]
+
+Writes the archive `quakemon bench --parts live --live-data ...` serves (`quakemon.tools.bench_common`:
+`write_noise_archive` for the msnoise UV10 day, three components or the vertical only; `write_synthetic_archive`
+for the bench's synthetic noise with one event a minute), replays it through `DetectionRunner` with the bundled
+detector and each screen (`screen_net=`, the pipeline's cascade rule, default trigger), and prints the runner's
+`forwarded` / `screened_out` counts and the largest earthquake probability the detector gave a forwarded window.
+This is what decides whether a screen can stand for a quiet station in the live bench. Not collected by pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+
+def archive(directory: Path, data: str, stations: int, seconds: float) -> list[Path]:
+    from quakemon.tools.bench_common import write_noise_archive, write_synthetic_archive
+
+    if data == "synthetic":
+        return write_synthetic_archive(directory, stations, seconds)
+    files = write_noise_archive(directory, stations, seconds)
+    if data == "uv10-z":
+        files = _vertical_only(directory, files)
+    return files
+
+
+def _vertical_only(directory: Path, files: list[Path]) -> list[Path]:
+    from obspy import Stream, read
+
+    out = []
+    for f in files:
+        st = Stream([tr for tr in read(str(f)) if tr.stats.channel.endswith("Z")])
+        path = directory / f"{f.stem}.z.mseed"
+        st.write(str(path), format="MSEED", reclen=512, encoding="STEIM2")
+        out.append(path)
+    return out
+
+
+def forwarded_share(files: list[Path], screen: str) -> dict[str, Any]:
+    from quakemon.ingest.archive import ArchiveSource
+    from quakemon.models.checkpoint import load_checkpoint, resolve_checkpoint
+    from quakemon.pipeline.runner import DetectionRunner
+
+    checkpoint = load_checkpoint(resolve_checkpoint(None))
+    runner = DetectionRunner(checkpoint, device="cpu", screen_net=screen, screen_every=1, keep_series=True)
+    source = ArchiveSource([str(p) for p in files])
+    try:
+        for _ in runner.add_samples(source.samples(threading.Event())):
+            pass
+        runner.finish()
+    finally:
+        source.close()
+    stats = runner.stats
+    label = list(checkpoint.labels).index("earthquake")
+    p_max = max((float(max(row[label] for row in s.probabilities)) for s in runner.series.values()
+                 if len(s.probabilities)), default=0.0)
+    return {"screen": screen, "windows": stats["windows"], "forwarded": stats["forwarded"],
+            "screened_out": stats["screened_out"], "forwarded_share": stats["forwarded"] / max(stats["windows"], 1),
+            "detections": stats["detections"], "max_p_seen_by_trigger": p_max}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("screens", nargs="+", help="screen net checkpoints of the bundled detector")
+    parser.add_argument("--data", choices=("uv10", "uv10-z", "synthetic"), default="uv10")
+    parser.add_argument("--stations", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=600.0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = archive(Path(tmp), args.data, args.stations, args.seconds)
+        rows = [forwarded_share(files, s) for s in args.screens]
+    for r in rows:
+        print(f"{r['screen']}: {r['forwarded']} of {r['windows']} windows forwarded "
+              f"({100 * r['forwarded_share']:.2f} %), {r['detections']} detections, "
+              f"max p the trigger saw {r['max_p_seen_by_trigger']:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps({"data": args.data, "stations": args.stations, "seconds": args.seconds,
+                                         "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
