@@ -83,15 +83,23 @@ def test_a_screen_passing_every_window_gives_the_full_stride_replay(ckpt, tmp_pa
     assert np.array_equal(p_cas, p_full) and np.array_equal(a_cas, a_full) and len(a_full) == len(p_full)
 
 
+@pytest.fixture(scope="module")
+def manz_full(ckpt, inference, tmp_path_factory):
+    """manz_regional and its replay without a screen (scored by the unshifted peakedness net), once for the
+    parametrized cases below, which only read it."""
+    stream, _ = mseed(tmp_path_factory.mktemp("manz"), "manz_regional")
+    return stream, run(ckpt, inference, stream.copy(), scorer=peakedness_net(ckpt.contract, **FIRST))
+
+
 @pytest.mark.parametrize(("p_min", "batch_size"), [(0.1, 256), (0.1, 7), (0.7, 256)])
 def test_the_cascade_gives_the_full_stride_detections_and_forwards_fewer_windows(ckpt, inference, tmp_path,
-                                                                                   p_min, batch_size):
+                                                                                   manz_full, p_min, batch_size):
     """p_min 0.1: the distillation's choice. 0.7 (the trigger's on): only windows that could open a detection
     pass; the rest of an event's windows are forwarded because the trigger is busy (by `infer` when the station was
     busy as their batch was submitted, else by `decide` itself). The first architecture's peakedness separates
     this record's quiet windows (`support.screens.FIRST`)."""
-    stream, _ = mseed(tmp_path, "manz_regional")
-    full, full_stats, full_rows, scores = run(ckpt, inference, stream, scorer=peakedness_net(ckpt.contract, **FIRST))
+    source, (full, full_stats, full_rows, scores) = manz_full
+    stream = source.copy()
     starts = sorted(full_rows)
     p = np.array([full_rows[s][1] for s in starts])
     sc = np.array([scores[s] for s in starts])

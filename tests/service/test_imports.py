@@ -1,7 +1,8 @@
 """The supervisor, the config loader, `quakemon check-config` and the ingest and preprocessing stages never import
 torch (only the inference stage, and preprocessing on a GPU, need it): a process without torch is much smaller.
 
-Each check runs in a fresh interpreter, so that nothing imported by the test process hides an import. The last
+Each check runs in a fresh interpreter, so that nothing imported by the test process hides an import (the lean
+modules share one, each checked right after its own import). The last
 test runs a real daemon on loopback and reads which of its processes have libtorch mapped, the inference stage
 being the control that the check sees torch where it is.
 """
@@ -35,9 +36,30 @@ def run_python(code: str) -> str:
     return out.stdout.strip()
 
 
+@pytest.fixture(scope="module")
+def torch_after_import() -> dict[str, bool]:
+    """{module: whether importing it brought torch in}, for LEAN_MODULES. One fresh interpreter imports them in
+    turn and reports after each; while torch is absent, a module that brings it in is the one just imported (the
+    earlier ones are cached and imported nothing more). Should one bring torch in, each module after it is checked
+    in a fresh interpreter of its own."""
+    code = ("import importlib, sys\n"
+            "for name in sys.argv[1:]:\n"
+            "    importlib.import_module(name)\n"
+            "    print(name, 'torch' in sys.modules)\n"
+            "    if 'torch' in sys.modules:\n"
+            "        break\n")
+    out = subprocess.run([sys.executable, "-c", code, *LEAN_MODULES], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = {name: flag == "True" for name, flag in (line.split() for line in out.stdout.splitlines())}
+    for name in LEAN_MODULES[len(found):]:
+        found[name] = run_python(f"import sys, {name}\nprint('torch' in sys.modules)") == "True"
+    return found
+
+
 @pytest.mark.parametrize("module", LEAN_MODULES)
-def test_module_imports_without_torch(module):
-    assert run_python(f"import sys, {module}\nprint('torch' in sys.modules)") == "False"
+def test_module_imports_without_torch(module, torch_after_import):
+    assert torch_after_import[module] is False
 
 
 def test_the_check_passes_for_a_module_that_imports_torch():

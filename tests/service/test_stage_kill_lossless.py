@@ -43,12 +43,20 @@ def stage_pid(daemon, kind: str) -> int:
     return [e for e in daemon.events("stage_spawned") if e.get("kind") == kind][-1]["pid"]
 
 
-@pytest.mark.parametrize("kind", ["preprocess", "inference"])
-def test_stage_sigkilled_during_a_detection_loses_no_window(tmp_path, tiny_checkpoint, kind):
-    archive, start, span = write_archive(tmp_path / "rjob.mseed")
-    ckpt = craft_checkpoint(tiny_checkpoint, tmp_path / "crafted.safetensors", archive)
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, tiny_checkpoint):
+    """The archive, the crafted checkpoint, its calibration and the replay, once for both kinds (read only)."""
+    d = tmp_path_factory.mktemp("lossless")
+    archive, start, span = write_archive(d / "rjob.mseed")
+    ckpt = craft_checkpoint(tiny_checkpoint, d / "crafted.safetensors", archive)
     cal = calibrate(ckpt, archive, round((start + span) * 1e9))
     replay, series = replay_series(ckpt, [archive], on=cal.on, off=cal.off)
+    return archive, ckpt, cal, replay, series
+
+
+@pytest.mark.parametrize("kind", ["preprocess", "inference"])
+def test_stage_sigkilled_during_a_detection_loses_no_window(tmp_path, prepared, kind):
+    archive, ckpt, cal, replay, series = prepared
     replay_closed = {d["id"]: d["close_reason"] for d in replay if d["state"] == "closed"}
     complete = {(d["id"], d["state"]) for d in cal.detections}
     assert {s for _, s in complete} == {"new", "closed"}

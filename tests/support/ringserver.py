@@ -57,9 +57,11 @@ class RingServer:
     def _config(self, port: int) -> Path:
         conf = self.workdir / f"ring-{port}.conf"
         conf.write_text(
-            f"RingDirectory {self.ring}\nRingSize 16M\nMaxPacketSize {self.max_packet}\n"
+            # relative to the server's working directory (workdir): ringserver refuses config lines over 200
+            # characters, which absolute paths under a deep temporary folder exceed
+            f"RingDirectory {self.ring.name}\nRingSize 16M\nMaxPacketSize {self.max_packet}\n"
             f"ListenPort {port} SeedLink DataLink IPv4\nAcceptIP 127.0.0.1\nVerbosity 1\n"
-            f"MSeedScan {self.scan}/ StateFile={self.ring}/scan.state Match=.*\\.mseed$\n")
+            f"MSeedScan {self.scan.name}/ StateFile={self.ring.name}/scan.state Match=.*\\.mseed$\n")
         return conf
 
     def start(self, port: int | None = None, timeout: float = 15.0) -> RingServer:

@@ -9,7 +9,7 @@ import sys
 
 def test_demo_runs_and_detects_a_real_earthquake(tmp_path):
     png = tmp_path / "demo.png"
-    proc = subprocess.run([sys.executable, "-m", "quakemon", "demo", "--speed", "4", "--plot", str(png)],
+    proc = subprocess.run([sys.executable, "-m", "quakemon", "demo", "--speed", "8", "--plot", str(png)],
                           capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
