@@ -5,8 +5,8 @@
 
 Writes the archive `quakemon bench --parts live --live-data ...` serves (`quakemon.tools.bench_common`:
 `write_noise_archive` for the msnoise UV10 day, three components or the vertical only; `write_synthetic_archive`
-for the bench's synthetic noise with one event a minute), replays it through `DetectionRunner` with the bundled
-detector and each screen (`screen_net=`, the pipeline's cascade rule, default trigger), and prints the runner's
+for the bench's synthetic noise with one event a minute), replays it (`quakemon.pipeline.runner.replay`) with the
+bundled detector and each screen (`screen_net=`, the pipeline's cascade rule, default trigger), and prints the runner's
 `forwarded` / `screened_out` counts and the largest earthquake probability the detector gave a forwarded window.
 This is what decides whether a screen can stand for a quiet station in the live bench. Not collected by pytest.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -45,26 +44,19 @@ def _vertical_only(directory: Path, files: list[Path]) -> list[Path]:
 
 
 def forwarded_share(files: list[Path], screen: str) -> dict[str, Any]:
-    from quakemon.ingest.archive import ArchiveSource
     from quakemon.models.checkpoint import load_checkpoint, resolve_checkpoint
-    from quakemon.pipeline.runner import DetectionRunner
+    from quakemon.pipeline.runner import replay
 
     checkpoint = load_checkpoint(resolve_checkpoint(None))
-    runner = DetectionRunner(checkpoint, device="cpu", screen_net=screen, screen_every=1, keep_series=True)
-    source = ArchiveSource([str(p) for p in files])
-    try:
-        for _ in runner.add_samples(source.samples(threading.Event())):
-            pass
-        runner.finish()
-    finally:
-        source.close()
-    stats = runner.stats
-    label = list(checkpoint.labels).index("earthquake")
-    p_max = max((float(max(row[label] for row in s.probabilities)) for s in runner.series.values()
+    result = replay([str(p) for p in files], checkpoint, device="cpu", keep_series=True, progress=False,
+                    screen_net=screen, screen_every=1)
+    stats = result.stats
+    label = result.labels.index("earthquake")
+    p_max = max((float(max(row[label] for row in s.probabilities)) for s in result.series.values()
                  if len(s.probabilities)), default=0.0)
-    return {"screen": screen, "windows": stats["windows"], "forwarded": stats["forwarded"],
+    return {"screen": Path(screen).name, "windows": stats["windows"], "forwarded": stats["forwarded"],
             "screened_out": stats["screened_out"], "forwarded_share": stats["forwarded"] / max(stats["windows"], 1),
-            "detections": stats["detections"], "max_p_seen_by_trigger": p_max}
+            "detections": len(result.detections), "max_p_seen_by_trigger": p_max}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,29 @@ from quakemon.base import net
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    from support import pipeline
+
+    pipeline.STARTED.clear()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test that started processes (tests/support/pipeline.Proc) shows their last log lines and the
+    machine's load: a timeout in CI is otherwise a guess."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and report.when in ("setup", "call"):
+        from support import pipeline
+
+        for proc in pipeline.STARTED:
+            report.sections.append((f"{proc.name} (pid {proc.pid}) stderr, last lines", pipeline.log_tail(proc)))
+        if pipeline.STARTED:
+            report.sections.append(("load average (1, 5, 15 min)", " ".join(f"{x:.2f}" for x in os.getloadavg())))
+            report.sections.append(("quakemon processes alive", pipeline.quakemon_processes()))
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A randomly initialised TINY depth-1 checkpoint with the default input contract."""

@@ -136,7 +136,7 @@ def test_running_daemon_maps_torch_only_in_the_inference_stage(tmp_path, tiny_ch
     daemon = start_daemon(config, tmp_path, "daemon")
     try:
         daemon.wait_event("daemon_ready", 120)
-        wait_for(lambda: any(int(b.get("windows_out") or 0) > 0 for b in sub.bodies()), 60, "inferred windows")
+        wait_for(lambda: any(int(b.get("windows_out") or 0) > 0 for b in sub.bodies()), 120, "inferred windows")
         stages = {stage_of(pid): pid for pid in children(daemon.pid)}
         assert {"ingest", "preprocess", "inference"} <= set(stages), stages
         mapped = {name: mapped_torch(pid) for name, pid in stages.items() if name}

@@ -197,6 +197,31 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+STARTED: list[Proc] = []  # the processes started by the running test (tests/conftest.py reports their logs)
+
+
+def log_tail(proc: Proc, lines: int = 60) -> str:
+    """The last `lines` lines of a process's stderr, shown when a test fails."""
+    try:
+        return "\n".join(proc.stderr().splitlines()[-lines:])
+    except OSError as exc:
+        return f"(stderr unreadable: {exc})"
+
+
+def quakemon_processes() -> str:
+    """One line per live process whose command line names quakemon: a stray one can starve a later test."""
+    rows = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "quakemon" in cmd and "pytest" not in cmd:
+                rows.append(f"{entry} {cmd[:160]}")
+    return "\n".join(rows) or "(none)"
+
+
 class Proc:
     """A subprocess with stdout/stderr in files, JSON-log helpers and a bounded stop."""
 
@@ -212,6 +237,7 @@ class Proc:
         self.proc = subprocess.Popen(args, stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL,
                                      env=_env(env), cwd=ROOT)
         self.pid = self.proc.pid
+        STARTED.append(self)
 
     def stderr(self) -> str:
         return self.err_path.read_text(errors="replace")
