@@ -48,7 +48,7 @@ def test_usage_example_runs_as_written(rjob_events):
     events, labels = rjob_events, [0, 1, 1, 0]
     from quakemon.pipeline.adapter import TransformOP, WaveformDataAdapter
 
-    # verbatim from the issue
+    # the usage example in docs/training.md, as written
     # fmt: off
     adapter = WaveformDataAdapter(events=events, labels=labels, stft_nperseg=64, stft_hop=32,
         transforms=TransformOP.DROP_NAN | TransformOP.TRIMMING | TransformOP.ZSCORE | TransformOP.SPECTROGRAM)
