@@ -220,7 +220,8 @@ class SeedLinkSource(TraceSource):
         return st
 
     def save_state(self) -> None:
-        """Write what the consumer has processed (atomic). Called periodically from traces() and on close."""
+        """Write what the consumer has processed and the stations' first records (atomic). Called periodically
+        from traces(), on close, and by the reader before it hands on the first record of a new station."""
         if self.state_file is None:
             return
         with self._save_lock:  # the reader saves too (`_deliver`): a newer snapshot is never overwritten by an older
@@ -578,11 +579,11 @@ class SeedLinkSource(TraceSource):
         self._next[tr.id] = t + tr.stats.npts / rate
         tr.stats.seedlink_seq = seq
         tr.stats.seedlink_proto = self._seq_proto
+        key = f"{tr.stats.network}.{tr.stats.station}"  # as commit() names it
         with self._cond:
-            if station not in self._done.stations and station not in self._done.first_seqs:
-                self._done.first_seqs[station] = seq
-                self._done.first_times[station] = t
-                if not self._done.stations:
-                    self._done.proto = self._seq_proto
+            if key not in self._done.stations and key not in self._done.first_seqs:
+                self._done.first_seqs[key] = seq
+                self._done.first_times[key] = t
+                self._done.proto = self._seq_proto  # as commit() does: the numbers saved last decide
                 self._first_unsaved = True
         return tr
