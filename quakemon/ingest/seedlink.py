@@ -22,6 +22,9 @@ Behaviour:
   then, and kept in the state file) resumes a multi-station connection from one position, and ringserver takes
   the newest of the per-station numbers: so every station is then asked from the position of the station
   furthest behind, and the records the others already have come again and are dropped as duplicates.
+  A station with no processed record yet resumes from the first record the source handed on for it (kept in the
+  state file, written before that record reaches the consumer), so a consumer killed while it held a station's
+  first records gets them again; with no state at all (a first start) the client asks for new data only.
   The state file holds what the consumer has *processed* (a Trace counts as processed when the consumer asks
   for the next one, or when it calls `commit(trace)` with auto_commit=False), saved atomically every
   `state_interval` seconds and on close, so a crash re-delivers at most one interval of records
@@ -59,7 +62,9 @@ from quakemon.ingest.selectors import SelectorError, SelectorSet, StreamSelector
 from quakemon.ingest.seqstate import SeqState, load_state, save_state, seq_diff
 from quakemon.ingest.slproto import (
     V3,
+    V3_SEQ_MASK,
     V4,
+    V4_SEQ_MASK,
     Bad,
     Garbage,
     Packet,
@@ -145,9 +150,16 @@ class SeedLinkSource(TraceSource):
         self.gaps_by_station: collections.Counter[str] = collections.Counter()
         self.gap_spans: collections.deque[tuple[str, float, float]] = collections.deque(maxlen=1024)  # (id, from, to)
         self._last_seq = -1
+        self._save_lock = threading.Lock()
         self._done = self._load()
         self._rx_seq = dict(self._done.stations)
         self._rx_time = dict(self._done.station_times)
+        mask = V4_SEQ_MASK if self._done.proto == V4 else V3_SEQ_MASK
+        for st, first in self._done.first_seqs.items():  # as if processed up to the packet before its first
+            self._rx_seq[st] = (first - 1) & mask
+            if st in self._done.first_times:
+                self._rx_time[st] = self._done.first_times[st]
+        self._first_unsaved = False  # a station's first record was noted and the state file not written since
         self._seq_proto = self._done.proto
         self._shared = self._done.shared
         self._shared_votes = 0
@@ -195,25 +207,31 @@ class SeedLinkSource(TraceSource):
                         configured=self.server, action="sequence numbers ignored; duplicates still dropped by time")
             st.stations.clear()
             st.station_times.clear()
+            st.first_seqs.clear()
+            st.first_times.clear()
             st.shared = None
         st.server = self.server
         st.stations = {k: v for k, v in st.stations.items() if k in self.stations}
-        if st.stations:
-            log.info("seedlink_resume", stations=st.stations, protocol=st.proto, shared_numbering=st.shared,
-                     resume_policy=self.resume_policy)
+        st.first_seqs = {k: v for k, v in st.first_seqs.items() if k in self.stations and k not in st.stations}
+        st.first_times = {k: v for k, v in st.first_times.items() if k in st.first_seqs}
+        if st.stations or st.first_seqs:
+            log.info("seedlink_resume", stations=st.stations, first_records=st.first_seqs, protocol=st.proto,
+                     shared_numbering=st.shared, resume_policy=self.resume_policy)
         return st
 
     def save_state(self) -> None:
-        """Write what the consumer has processed (atomic). Called periodically from traces() and on close."""
+        """Write what the consumer has processed and the stations' first records (atomic). Called periodically
+        from traces(), on close, and by the reader before it hands on the first record of a new station."""
         if self.state_file is None:
             return
-        with self._cond:
-            snap = self._done.copy()
-        try:
-            save_state(self.state_file, snap)
-        except OSError as exc:
-            log.error("seedlink_state_write_failed", path=str(self.state_file), error=str(exc))
-        self._saved_at = time.monotonic()
+        with self._save_lock:  # the reader saves too (`_deliver`): a newer snapshot is never overwritten by an older
+            with self._cond:
+                snap = self._done.copy()
+            try:
+                save_state(self.state_file, snap)
+            except OSError as exc:
+                log.error("seedlink_state_write_failed", path=str(self.state_file), error=str(exc))
+            self._saved_at = time.monotonic()
 
     @property
     def stats(self) -> dict[str, int]:
@@ -264,6 +282,8 @@ class SeedLinkSource(TraceSource):
         with self._cond:
             self._done.stations[station] = seq
             self._done.station_times[station] = start
+            self._done.first_seqs.pop(station, None)
+            self._done.first_times.pop(station, None)
             self._done.proto = trace.stats.get("seedlink_proto", self._done.proto)
             self._done.shared = self._shared
             self._done.stream_times[trace.id] = start
@@ -461,14 +481,35 @@ class SeedLinkSource(TraceSource):
         """Consume complete packets from the buffer; resynchronise on garbage."""
         items, used = split_packets(self._buf, self._v4)
         self._buf = self._buf[used:]
+        ready: list[Trace] = []
         for item in items:
             if isinstance(item, Packet):
-                if item.is_data:
-                    self._record(item.seq, item.payload)
+                if item.is_data and (tr := self._record(item.seq, item.payload)) is not None:
+                    ready.append(tr)
             elif isinstance(item, Bad):
                 self._reject(item.seq, "?", item.reason)
             elif isinstance(item, Garbage):
                 self._reject(-1, "?", f"desync: {item.skipped} bytes without a packet header")
+        if ready:
+            self._deliver(ready)
+
+    def _deliver(self, traces: list[Trace]) -> None:
+        """Queue Traces for the consumer. When one is the first of a station without a processed record, the
+        state file is written before any of them is queued: a consumer killed while it holds that record (before
+        the next periodic save) then resumes the station from it instead of after the other stations."""
+        if self._first_unsaved:
+            self._first_unsaved = False
+            self.save_state()
+        with self._cond:
+            was_empty = not self._queue
+            for tr in traces:
+                self._counts["records"] += 1
+                if len(self._queue) >= self._queue_size:
+                    self._queue.popleft()
+                    self._counts["dropped"] += 1
+                self._queue.append(tr)
+            if was_empty:  # the consumer waits only on an empty queue: no wake-up per record
+                self._cond.notify()
 
     def _reject(self, seq: int, station: str, reason: str) -> None:
         with self._cond:
@@ -491,7 +532,8 @@ class SeedLinkSource(TraceSource):
             self._shared = False
             log.info("seedlink_numbering", server=self.server, shared=False)
 
-    def _record(self, seq: int, rec: bytes) -> None:
+    def _record(self, seq: int, rec: bytes) -> Trace | None:
+        """Decode and check one data record; the Trace to hand on, or None (rejected, unselected, duplicate)."""
         self._had_data = True
         with self._cond:
             self._last_seq = seq
@@ -508,12 +550,12 @@ class SeedLinkSource(TraceSource):
                 self._rx_time.pop(station, None)
         if isinstance(out, str):
             self._reject(seq, station, out)
-            return
+            return None
         tr = out
         if not self._selector_set.matches(tr.id):
             with self._cond:
                 self._counts["unselected"] += 1
-            return
+            return None
         t = tr.stats.starttime.timestamp
         rate = tr.stats.sampling_rate
         tol = 0.5 / rate
@@ -523,7 +565,7 @@ class SeedLinkSource(TraceSource):
         if recent and any(abs(t - x) < tol for x in recent):  # a re-sent record; older ones are the windower's call
             with self._cond:
                 self._counts["duplicates"] += 1
-            return
+            return None
         recent.append(t)
         expected = self._next.get(tr.id)
         if expected is not None and t > expected + tol:
@@ -535,13 +577,13 @@ class SeedLinkSource(TraceSource):
                         expected=str(UTCDateTime(expected)), got=str(tr.stats.starttime),
                         missing_s=round(t - expected, 3), resume_policy=self.resume_policy)
         self._next[tr.id] = t + tr.stats.npts / rate
+        tr.stats.seedlink_seq = seq
+        tr.stats.seedlink_proto = self._seq_proto
+        key = f"{tr.stats.network}.{tr.stats.station}"  # as commit() names it
         with self._cond:
-            self._counts["records"] += 1
-            if len(self._queue) >= self._queue_size:
-                self._queue.popleft()
-                self._counts["dropped"] += 1
-            tr.stats.seedlink_seq = seq
-            tr.stats.seedlink_proto = self._seq_proto
-            self._queue.append(tr)
-            if len(self._queue) == 1:  # the consumer waits only on an empty queue: no wake-up per record
-                self._cond.notify()
+            if key not in self._done.stations and key not in self._done.first_seqs:
+                self._done.first_seqs[key] = seq
+                self._done.first_times[key] = t
+                self._done.proto = self._seq_proto  # as commit() does: the numbers saved last decide
+                self._first_unsaved = True
+        return tr

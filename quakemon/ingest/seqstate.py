@@ -6,7 +6,10 @@ modulo 2**24; 4.0 numbers are 64-bit (`seq_diff(..., bits=64)`). The state file 
 of the last processed record and the time its next record should start, so that a restarted source resumes with
 `DATA <seq+1> <time>`, drops records it has already handed on and notices records the server could not supply.
 It also records the protocol version the numbers belong to and whether the server numbers all stations in one
-series (`shared`), which decides how a multi-station connection is resumed.
+series (`shared`), which decides how a multi-station connection is resumed, and, for each station that has no
+processed record yet, the sequence number and start time of the first record the source handed on for it
+(`first_seqs`, `first_times`), so that a restart resumes that station from there instead of skipping what the
+consumer held when it died.
 
 It is written as tmp + fsync + rename (+ fsync of the directory), so a crash at any point leaves either the old
 or the new file, never a torn one; a corrupt or truncated file (written by something else, or a disk error) is
@@ -62,7 +65,9 @@ class SeqState:
     record; stream_times: start of the last processed record per NET.STA.LOC.CHA (duplicate detection);
     stream_next: where the next record of each stream should start (gap detection); proto: the protocol
     version ("3.1" or "4.0") the numbers belong to; shared: True when the server numbers the packets of all
-    stations in one series, False when per station, None when not yet seen.
+    stations in one series, False when per station, None when not yet seen; first_seqs / first_times: for a
+    station without a processed record, the sequence number and start time of the first record handed to the
+    consumer (dropped once the station has a processed record).
     """
 
     server: str = ""
@@ -72,10 +77,13 @@ class SeqState:
     stream_next: dict[str, float] = field(default_factory=dict)
     proto: str = "3.1"
     shared: bool | None = None
+    first_seqs: dict[str, int] = field(default_factory=dict)
+    first_times: dict[str, float] = field(default_factory=dict)
 
     def copy(self) -> SeqState:
         return SeqState(self.server, dict(self.stations), dict(self.stream_times), dict(self.station_times),
-                        dict(self.stream_next), self.proto, self.shared)
+                        dict(self.stream_next), self.proto, self.shared, dict(self.first_seqs),
+                        dict(self.first_times))
 
     def to_json(self) -> dict:
         return {
@@ -86,6 +94,7 @@ class SeqState:
             "stations": {k: {"seq": v, **({"seq_hex": seq_hex(v)} if self.proto != "4.0" else {}),
                              "time": self.station_times.get(k)} for k, v in sorted(self.stations.items())},
             "streams": {k: {"time": v, "next": self.stream_next.get(k)} for k, v in sorted(self.stream_times.items())},
+            "first": {k: {"seq": v, "time": self.first_times.get(k)} for k, v in sorted(self.first_seqs.items())},
         }
 
     @classmethod
@@ -109,6 +118,13 @@ class SeqState:
             st.stations[str(key)] = seq
             if entry.get("time") is not None:
                 st.station_times[str(key)] = float(entry["time"])
+        for key, entry in doc.get("first", {}).items():
+            seq = int(entry["seq"])
+            if not 0 <= seq < (1 << bits):
+                raise ValueError(f"first record of {key}: seq {seq} outside 0..{(1 << bits) - 1}")
+            st.first_seqs[str(key)] = seq
+            if entry.get("time") is not None:
+                st.first_times[str(key)] = float(entry["time"])
         for key, entry in doc.get("streams", {}).items():
             if isinstance(entry, dict):
                 st.stream_times[str(key)] = float(entry["time"])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -128,6 +129,55 @@ def test_five_stations_sigkilled_client_loses_nothing(ring, tmp_path):
     assert set(got) <= set(want) | set(lines_of(tail)), f"unexpected lines {sorted(set(got) - set(want))[:3]}"
     repeats = sum(n - 1 for n in Counter(got).values())
     assert repeats <= 5 * 40, f"{repeats} re-deliveries: more than a few per kill"
+
+
+def wait_until(what: str, cond, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert proc.poll() is None, "worker died"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("processed", ["nothing", "other_station"])
+def test_killed_while_holding_a_stations_first_record(ring, tmp_path, processed):
+    """The worker processes XX.AA's records one by one and XX.BB's two at a time. It is SIGKILLed while it holds
+    XX.BB's first record: before it has processed anything ("nothing": no processed position at all, which a
+    restart used to treat as a first start and ask for new data only), or after it has processed and saved
+    XX.AA's records that came after that one ("other_station": the restart used to resume both stations after
+    XX.AA's). The restarted worker gets XX.BB's first record again and loses nothing."""
+    aa, bb = (synth([s], 20) for s in ("XX.AA", "XX.BB"))
+    state, out, seen = tmp_path / "seedlink.state", tmp_path / "out.txt", tmp_path / "seen.txt"
+    cmd = [sys.executable, str(REPO / "tests" / "support" / "seedlink.py"), "worker", ring.address,
+           "XX.AA..HHZ,XX.BB..HHZ", str(state), str(out), "-", "2", str(seen)]
+    first = bb[:1] + (aa[:2] if processed == "other_station" else [])
+    proc = subprocess.Popen(cmd, cwd=REPO)
+    try:
+        wait_connected(ring, 1)
+        # In this order: XX.BB's first record has the lowest sequence number of the worker's records, but is not
+        # the ring's oldest packet, which ringserver cannot send again to a resumed client (docs/seedlink.md).
+        ring.feed(b"".join(synth(["ZZ.OTHER"], 3)[:1] + first))
+        wait_until("the first records", lambda: set(lines_of(first)) <= set(seen.read_text().splitlines())
+                   if seen.exists() else False, proc)
+        if processed == "other_station":
+            aa_done = decode_record(aa[1]).stats.starttime.timestamp
+            wait_until("XX.AA's saved position", lambda: state.exists() and json.loads(state.read_text())
+                       ["stations"].get("XX.AA", {}).get("time") == aa_done, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert lines_of(bb[:1])[0] not in out.read_text().splitlines()  # it was held, not processed
+        proc = subprocess.Popen(cmd, cwd=REPO)
+        wait_connected(ring, 2)
+        rest = aa[len(first) - 1:] + bb[1:]
+        ring.feed(b"".join(rest))
+        want = lines_of(aa + bb[:len(bb) // 2 * 2])  # XX.BB's last record stays held when it has an odd count
+        wait_for_lines(proc, out, want, 20)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    got = out.read_text().splitlines()
+    lost = [w for w in want if w not in got]
+    assert not lost, f"{len(lost)} of {len(want)} records lost, e.g. {lost[:3]}"
 
 
 @pytest.mark.parametrize("policy", ["earliest", "now"])

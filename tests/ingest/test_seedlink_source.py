@@ -89,13 +89,15 @@ def test_seq_diff_property(a, k):
 
 def test_state_file_atomic_roundtrip_and_corruption(tmp_path):
     path = tmp_path / "sub" / "seedlink.state"
-    state = SeqState("127.0.0.1:1", {"BW.RJOB": 0xFFFFFF}, {"BW.RJOB..EHZ": 1251073203.5})
+    state = SeqState("127.0.0.1:1", {"BW.RJOB": 0xFFFFFF}, {"BW.RJOB..EHZ": 1251073203.5},
+                     first_seqs={"BW.MANZ": 7}, first_times={"BW.MANZ": 1251073201.0})
     save_state(path, state)
     assert load_state(path) == state
     assert json.loads(path.read_text())["stations"]["BW.RJOB"]["seq_hex"] == "FFFFFF"
     assert [p.name for p in path.parent.iterdir()] == ["seedlink.state"]  # no temp files left behind
     text = path.read_text()
-    for broken in (text[: len(text) // 2], "", "{}", '{"version": 1, "stations": {"X.Y": {"seq": -4}}}', "\x00" * 9):
+    for broken in (text[: len(text) // 2], "", "{}", '{"version": 1, "stations": {"X.Y": {"seq": -4}}}',
+                   '{"version": 2, "first": {"X.Y": {"seq": 16777216}}}', "\x00" * 9):
         path.write_text(broken)
         assert load_state(path) == SeqState()  # warning, then an empty state: never a crash
     assert load_state(tmp_path / "missing") == SeqState()

@@ -138,6 +138,31 @@ def test_five_stations_sigkilled_client_against_serve(five, tmp_path):
     assert all(v == sorted(v) for v in per_stream.values())
 
 
+def test_restart_resumes_a_station_without_processed_records_from_its_first(five, tmp_path):
+    """The consumer processed (committed) XX.S0's records only, then stopped while it held XX.S1's, which came
+    earlier: the restarted source gets every one of XX.S1's records again, although XX.S0's position is past
+    them (`quakemon serve` numbers all stations in one series, so both resume from one position)."""
+    state = tmp_path / "seedlink.state"
+    streams = ["XX.S0..EHZ", "XX.S1..EHZ"]
+    with SeedLinkServer(five, speed=0) as srv:
+        src = SeedLinkSource(srv.address, streams, state, auto_commit=False, **FAST)
+        first = collect(src, lambda g: len(g) >= 8, 10)
+        for tr in first:
+            if tr.stats.station == "S0":
+                src.commit(tr)
+        src.close()
+        held = {record_line(tr) for tr in first if tr.stats.station == "S1"}
+        assert len(held) == 4 and max(tr.stats.seedlink_seq for tr in first if tr.stats.station == "S0") > min(
+            tr.stats.seedlink_seq for tr in first if tr.stats.station == "S1")
+        src = SeedLinkSource(srv.address, streams, state, **FAST)
+        seen: set[str] = set()
+        try:
+            collect(src, lambda g: seen.add(record_line(g[-1])) or held <= seen, 20)
+        finally:
+            src.close()
+    assert held <= seen, f"{len(held - seen)} of XX.S1's {len(held)} held records lost"
+
+
 def _decoded(records):
     from quakemon.ingest.validate import decode_record
 

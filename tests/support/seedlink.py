@@ -121,14 +121,16 @@ def record_line(tr) -> str:
     return f"{tr.id} {tr.stats.starttime.ns} {zlib.crc32(tr.data.astype('<i4').tobytes()):08x}"
 
 
-def worker(server: str, streams: str, state: str, out: str, last_id: str, batch: str = "0") -> int:
+def worker(server: str, streams: str, state: str, out: str, last_id: str, batch: str = "0",
+           seen: str = "") -> int:
     """Ingest process for the SIGKILL tests: one line `id start_ns crc32` per processed Trace (`record_line`).
 
     streams: comma-separated stream selectors. Exits after the record whose `id start_ns` is `last_id`, or runs
     until killed when `last_id` is "-". batch: 0 processes each Trace as it comes; n > 0 holds each station's
     Traces until it has 1, 2, .. n of them (by the station's place in `streams`, cycling), like a consumer that
     needs several records of a station before it can process them; then writes and commits them. So stations
-    are processed unevenly: at any moment some lag behind others.
+    are processed unevenly: at any moment some lag behind others. seen: when given, a file that gets the same
+    line for each Trace as it arrives, before it is held (so a test can kill the worker while it holds one).
     """
     from quakemon.ingest.seedlink import SeedLinkSource
 
@@ -138,8 +140,9 @@ def worker(server: str, streams: str, state: str, out: str, last_id: str, batch:
     sizes = {f"{s.split('.')[0]}.{s.split('.')[1]}": i % max(hold, 1) + 1 for i, s in enumerate(streams.split(","))}
     held: dict[str, list] = {}
     stop = threading.Event()
-    with open(out, "a", buffering=1) as fh:
+    with open(out, "a", buffering=1) as fh, open(seen or os.devnull, "a", buffering=1) as arrived:
         for tr in src.traces(stop):
+            arrived.write(record_line(tr) + "\n")
             station = f"{tr.stats.network}.{tr.stats.station}"
             ready = held.setdefault(station, [])
             ready.append(tr)
@@ -159,4 +162,4 @@ def worker(server: str, streams: str, state: str, out: str, last_id: str, batch:
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "worker":
-    sys.exit(worker(*sys.argv[2:8]))
+    sys.exit(worker(*sys.argv[2:9]))
