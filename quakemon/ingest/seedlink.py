@@ -21,7 +21,7 @@ Behaviour:
   numbers all stations in one series (ringserver, `quakemon serve`; detected from the packets, assumed until
   then, and kept in the state file) resumes a multi-station connection from one position, and ringserver takes
   the newest of the per-station numbers: so every station is then asked from the position of the station
-  furthest behind, and the records the others already have come again and are dropped as duplicates.
+  furthest behind, and the records the others already have come again (see Duplicates below).
   A station with no processed record yet resumes from the first record the source handed on for it (kept in the
   state file, written before that record reaches the consumer), so a consumer killed while it held a station's
   first records gets them again; with no state at all (a first start) the client asks for new data only.
@@ -35,9 +35,12 @@ Behaviour:
   (`seedlink_gap`, with the stream, the missing span and the resume policy) and counted in `stats["gaps"]` and
   per station in `gaps_by_station`; the newest 1,024 spans (stream, from, to) stay in `gap_spans` for backfill.
 - Duplicates (server replays, resumed overlaps) are dropped per stream by record start time: a record that
-  starts at the same time (within half a sample) as one of the last 8 delivered records of its NET.STA.LOC.CHA,
-  or before all of them, is counted in `duplicates`. (Comparing with the last one only would let a single
-  corrupt-but-plausible record with a future time suppress the genuine records after it.)
+  starts at the same time (within half a sample) as one of the last 8 delivered records of its NET.STA.LOC.CHA
+  (after a restart: the last processed one) is counted in `duplicates`. (Comparing with the last one only would
+  let a single corrupt-but-plausible record with a future time suppress the genuine records after it.) Older
+  re-sent records, which a resume from the station furthest behind brings, are handed on again: the windows
+  downstream drop what they already hold. A dropped duplicate still moves the stream's continuity point, so the
+  record after it is not taken for a gap.
 - Corrupt records are skipped, counted per reason and logged with the station; the connection goes on.
 - The reader never blocks on the consumer: a bounded queue drops the oldest record when full (`dropped`).
 """
@@ -191,8 +194,9 @@ class SeedLinkSource(TraceSource):
         A SeedLink session takes STATION and SELECT only before END, so the reader ends its session and reconnects
         at once (not counted as a reconnect, logged as `seedlink_reselect`). The stations that stay resume from the
         last sequence number the reader received, so none of their records is lost, and records the server sends
-        again are dropped as duplicates; a new station starts where the others resume (one numbering for all
-        stations) or with new data. Records of a removed station already queued are still delivered.
+        again are dropped as duplicates (see the module docstring); a new station starts where the others resume
+        (one numbering for all stations) or with new data. Records of a removed station already queued are still
+        delivered.
         """
         self._select(streams)
         self._reselect.set()
@@ -562,9 +566,12 @@ class SeedLinkSource(TraceSource):
         recent = self._recent.get(tr.id)
         if recent is None:
             recent = self._recent[tr.id] = collections.deque(maxlen=_RECENT)
+        end = t + tr.stats.npts / rate
         if recent and any(abs(t - x) < tol for x in recent):  # a re-sent record; older ones are the windower's call
             with self._cond:
                 self._counts["duplicates"] += 1
+            # its samples reached the consumer before: what follows it continues the stream, not a gap
+            self._next[tr.id] = max(self._next.get(tr.id, end), end)
             return None
         recent.append(t)
         expected = self._next.get(tr.id)
@@ -576,7 +583,7 @@ class SeedLinkSource(TraceSource):
             log.warning("seedlink_gap", server=self.server, stream=tr.id, station=station,
                         expected=str(UTCDateTime(expected)), got=str(tr.stats.starttime),
                         missing_s=round(t - expected, 3), resume_policy=self.resume_policy)
-        self._next[tr.id] = t + tr.stats.npts / rate
+        self._next[tr.id] = end
         tr.stats.seedlink_seq = seq
         tr.stats.seedlink_proto = self._seq_proto
         key = f"{tr.stats.network}.{tr.stats.station}"  # as commit() names it

@@ -163,6 +163,32 @@ def test_restart_resumes_a_station_without_processed_records_from_its_first(five
     assert held <= seen, f"{len(held - seen)} of XX.S1's {len(held)} held records lost"
 
 
+def test_a_lagging_resume_re_sends_what_was_processed_without_a_false_gap(five, tmp_path):
+    """A restart that resumes every station from the one furthest behind re-sends records the consumer already
+    processed for the others: the newest of them is dropped as a duplicate, the older ones come again, and the
+    stream's continuity check must not take the dropped duplicate for missing data (no `seedlink_gap`)."""
+    state = tmp_path / "seedlink.state"
+    streams = ["XX.S0..EHZ", "XX.S1..EHZ"]
+    with SeedLinkServer(five, speed=0) as srv:
+        src = SeedLinkSource(srv.address, streams, state, auto_commit=False, **FAST)
+        first = collect(src, lambda g: len(g) >= 8, 10)
+        s0 = [tr for tr in first if tr.stats.station == "S0"]
+        for tr in s0:
+            src.commit(tr)
+        src.close()
+        src = SeedLinkSource(srv.address, streams, state, **FAST)
+        after = s0[-1].stats.endtime
+        try:
+            again = collect(src, lambda g: sum(tr.stats.station == "S0" and tr.stats.starttime >= after
+                                               for tr in g) >= 2, 20)
+            stats = dict(src.stats)
+        finally:
+            src.close()
+    assert any(tr.stats.station == "S0" and tr.stats.starttime < s0[-1].stats.starttime for tr in again), \
+        "the restart did not re-send any processed record: nothing was tested"
+    assert stats["duplicates"] >= 1 and stats["gaps"] == 0, stats
+
+
 def _decoded(records):
     from quakemon.ingest.validate import decode_record
 
