@@ -25,7 +25,7 @@ import structlog
 from quakemon.models.contract import InputContract
 from quakemon.pipeline import stft_kernel
 from quakemon.pipeline.pick_context import PICK_LEAD_S as PICK_LEAD_S
-from quakemon.pipeline.pick_context import PickContext
+from quakemon.pipeline.pick_context import BatchComponents, PickContext
 from quakemon.pipeline.picker import Pick, PickerConfig, is_new_p, pick_every_row
 from quakemon.pipeline.screen import Screen, ScreenItem, check_screen, stack_rows
 from quakemon.pipeline.settings import SCREEN, TRIGGER, WINDOW
@@ -371,15 +371,15 @@ class DetectionStage:
         if spectra is None and len(metas):
             raise ValueError("screening needs the batch's spectra in decide (windows may have to be forwarded)")
         now = time.monotonic()
-        comps = self.context.components(data) if data is not None and len(metas) else None  # (per batch: cheaper)
+        comps = BatchComponents(data) if data is not None else None  # (found for the windows that need them)
         finite = np.isfinite(probs).all(axis=1).tolist() if len(metas) else []
-        for i in sorted(range(len(metas)), key=lambda j: (metas[j].start_ns, metas[j].station)):
-            meta, row = metas[i], probs[i]
+        keys = [(m.start_ns, m.station) for m in metas]
+        offer, last_start = self.screen.offer, self._last_start
+        for i in sorted(range(len(metas)), key=keys.__getitem__):
+            meta = metas[i]
             known = meta.valid is False or finite[i]
-            payload = (spectra, i, None, None) if data is None else (spectra, i, data[i], comps[i])  # type: ignore[index]
-            item = ScreenItem(meta, payload, row if known else None)
-            last = self._last_start.get(meta.station, -1)
-            if meta.start_ns <= last or not self.screen.offer(item, now):
+            item = ScreenItem(meta, (spectra, i, None if data is None else data[i], comps), probs[i] if known else None)
+            if meta.start_ns <= last_start.get(meta.station, -1) or not offer(item, now):
                 self.stats["windows"] += 1
                 self.stats["late_windows"] += 1  # a duplicate or reordered window: never decided
         return self._run_screen(self.screen.advance, now)
@@ -423,7 +423,9 @@ class DetectionStage:
 
         def feed_one(item: ScreenItem, row: np.ndarray) -> None:
             before = len(events)
-            self._feed(item.meta, row.tolist(), item.payload[2], now, events, to_pick, item.payload[3])
+            window, comps = item.payload[2], item.payload[3]
+            self._feed(item.meta, row.tolist(), window, now, events, to_pick,
+                       None if window is None else comps[item.payload[1]])
             keyed.extend((item.meta.start_ns, item.meta.station, k) for k in range(before, len(events)))
 
         def feed(item: ScreenItem, row: np.ndarray, forwarded: bool) -> None:
@@ -491,9 +493,11 @@ class DetectionStage:
         self._last_start[station] = last.start_ns
         self._decided_at[station] = now
         kept = last.start_ns - self.context.lead_ns  # (older rows would be dropped by the run's last add)
-        for item in run:
-            if item.payload[2] is not None and item.meta.start_ns >= kept:
-                self.context.add(station, item.meta.start_ns, item.payload[2], item.payload[3])
+        tail = [item for item in run if item.payload[2] is not None and item.meta.start_ns >= kept]
+        if tail:  # (the windows of one batch: one BatchComponents)
+            comps = tail[0].payload[3].of([item.payload[1] for item in tail])
+            for item, comp in zip(tail, comps, strict=True):
+                self.context.add(station, item.meta.start_ns, item.payload[2], comp)
         return True
 
     def _new_phase(self, held: DetectionRef, meta: WindowMeta, window: np.ndarray) -> bool:

@@ -165,3 +165,18 @@ def test_a_station_not_eligible_is_fed_one_window_at_a_time_after_its_run():
     names = [n for n, _ in fed]
     assert names == [["A1", "A2", "A3"], ["A4"], ["A5"], ["B1"]]
     assert np.array_equal(fed[0][1], screen.fill_rows([-5.0, -7.0, -8.0]))
+
+
+def test_batch_components_are_those_of_the_batch():
+    from quakemon.pipeline.pick_context import BatchComponents, PickContext
+
+    w = np.random.default_rng(2).standard_normal((9, 3, 500)).astype(np.float32)
+    w[1, 0] = 5.0  # constant vertical: the first usable horizontal
+    w[2, 0, 7] = np.nan
+    w[3, :2] = 0.0
+    w[4] = np.inf
+    whole = PickContext.components(w)
+    assert whole[:5] == [0, 1, 1, 2, 0]
+    comps = BatchComponents(w)
+    assert comps.of([4, 1, 8]) == [whole[4], whole[1], whole[8]] and comps[2] == whole[2]
+    assert comps.of(list(range(9))) == whole
