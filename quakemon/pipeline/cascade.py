@@ -19,7 +19,8 @@ forward pool's workers), and the passed windows and those of stations busy at th
 detector there too. `decide` forwards, on its own thread, the windows of stations that turned busy within the
 batch. A window forwarded ahead of need (its station was busy when the batch was inferred, idle when decided) is
 used only where the rule forwards it, so the decisions do not depend on the batching. No window is held: the
-decisions come with their batch, with no delay.
+decisions come with their batch, with no delay. `decide` feeds the windows it does not forward to the
+triggers a run per station (`QuietRuns`), as feeding them one by one would.
 
 What it guarantees: with a threshold every window reaches, the trigger sees exactly the full-stride
 probabilities. What it does not: that a window the screen scores below its threshold would not have reached the
