@@ -393,7 +393,7 @@ class DetectionStage:
         if self.screen is None or not self.screen.held():
             return DetectionResult([], np.zeros((0, len(self.labels)), np.float32), forwarded=np.zeros(0, bool))
         older = None if final else self.window_s
-        return self._run_screen(lambda feed: self.screen.release(feed, older_than=older, now=now), now)
+        return self._run_screen(lambda feed, **kw: self.screen.release(feed, older_than=older, now=now, **kw), now)
 
     def _refine(self, spectra: np.ndarray | torch.Tensor) -> np.ndarray:
         """Forward every window of `spectra` on this thread, on `refine_threads` torch threads when set."""

@@ -180,3 +180,25 @@ def test_batch_components_are_those_of_the_batch():
     comps = BatchComponents(w)
     assert comps.of([4, 1, 8]) == [whole[4], whole[1], whole[8]] and comps[2] == whole[2]
     assert comps.of(list(range(9))) == whole
+
+
+def test_release_held_decides_queued_windows_with_the_cascade(ckpt, inference, tmp_path):
+    """Windows left in the cascade's queue (a decision cut short) are decided by `release_held`: a quiet one
+    with its fill row, one with no score forwarded."""
+    from quakemon.pipeline.detect import DetectionStage, WindowMeta
+
+    net = peakedness_net(ckpt.contract, **FIRST)
+    screen = save_screen(tmp_path / "s.safetensors", net, FILL_LOGIT, ckpt.sha256, ckpt.contract)
+    stage = DetectionStage(inference.engine, 0.7, 0.5, 2.0, "earthquake", screen_net=str(screen))
+    f, t = ckpt.contract.spectrogram_shape
+    spectra = np.abs(np.random.default_rng(3).standard_normal((2, ckpt.contract.n_channels, f, t))).astype(np.float32)
+    ns = 1_000_000_000
+    metas = [WindowMeta("XX.A.", k * ns, (k + 30) * ns, valid=True) for k in range(2)]
+    stage.screen._scores[("XX.A.", 0)] = -10.0  # (as `wanted` keeps it: quiet)
+    for i, meta in enumerate(metas):
+        assert stage.screen.offer(ScreenItem(meta, (spectra, i, None, None)), 0.0)
+    result = stage.release_held(final=True)
+    assert [m.start_ns for m in result.metas] == [0, ns] and result.forwarded.tolist() == [False, True]
+    assert np.array_equal(result.probabilities[0], stage.screen.fill(-10.0))
+    assert np.array_equal(result.probabilities[1], inference.engine.predict(spectra[1:])[0])
+    assert stage.screen.held() == 0 and stage.stats["screened_out"] == 1 and stage.stats["forwarded"] == 1
