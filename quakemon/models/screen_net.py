@@ -129,7 +129,7 @@ class ScreenNet(nn.Module):
     def score_features(self, x: torch.Tensor) -> torch.Tensor:
         """Features (`features`) -> scores [B]."""
         if self.args.pool > 1:
-            x = nn.functional.avg_pool2d(x, self.args.pool)
+            x = avg_pool(x, self.args.pool)
         x = torch.relu(self.conv1(self.norm(x)))
         x = torch.relu(self.conv2(x))
         x = torch.relu(self.conv3(x)).flatten(2)
@@ -155,6 +155,20 @@ class Screen:
     def passes(self, spectra: np.ndarray | torch.Tensor) -> np.ndarray:
         """bool [B]: the windows that go on to the detector (score >= threshold)."""
         return passes(self.scores(spectra), self.threshold)
+
+
+def avg_pool(x: torch.Tensor, k: int) -> torch.Tensor:
+    """`nn.functional.avg_pool2d(x, k)` (k x k, stride k, the last rows and columns that do not fill a k x k
+    block dropped), the same float32 values for input free of -0.0 (the log features are): each block summed in
+    the kernel's order (row by row) and divided by k * k; as k * k strided additions, several times faster on the
+    CPU for a batch of small maps."""
+    h, w = x.shape[-2] // k * k, x.shape[-1] // k * k
+    out = x[..., 0:h:k, 0:w:k]
+    for i in range(k):
+        for j in range(k):
+            if i or j:
+                out = out + x[..., i:h:k, j:w:k]
+    return out / (k * k)
 
 
 def passes(scores: np.ndarray, threshold: float) -> np.ndarray:

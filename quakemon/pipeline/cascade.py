@@ -19,7 +19,8 @@ forward pool's workers), and the passed windows and those of stations busy at th
 detector there too. `decide` forwards, on its own thread, the windows of stations that turned busy within the
 batch. A window forwarded ahead of need (its station was busy when the batch was inferred, idle when decided) is
 used only where the rule forwards it, so the decisions do not depend on the batching. No window is held: the
-decisions come with their batch, with no delay.
+decisions come with their batch, with no delay. `decide` feeds the windows it does not forward to the
+triggers a run per station (`QuietRuns`), as feeding them one by one would.
 
 What it guarantees: with a threshold every window reaches, the trigger sees exactly the full-stride
 probabilities. What it does not: that a window the screen scores below its threshold would not have reached the
@@ -42,6 +43,9 @@ import structlog
 from quakemon.models.screen_net import Screen as ScreenModel
 from quakemon.models.screen_net import check_screen_meta, load_screen, passes
 from quakemon.pipeline.screen import Feed, ScreenItem
+
+#: quiet(item, score): take a window the cascade does not forward (`CascadeScreen.advance`).
+Quiet = Callable[[ScreenItem, float], None]
 
 log = structlog.get_logger(__name__)
 
@@ -130,12 +134,11 @@ class CascadeScreen:
         rows = spectra if valid.all() else spectra[_index(spectra, idx)]
         sc = self.scores(rows)
         ok = passes(sc, self.logit)
+        keys = [(m.station, m.start_ns) for m in (metas[i] for i in idx.tolist())]
         hint = self.dense_hint
         with self._lock:
-            for k, i in enumerate(idx.tolist()):
-                m = metas[i]
-                self._scores[(m.station, m.start_ns)] = float(sc[k])
-                out[i] = bool(ok[k]) or m.station in hint
+            self._scores.update(zip(keys, sc.tolist(), strict=True))
+        out[idx] = ok if not hint else ok | np.array([k[0] in hint for k in keys], dtype=bool)
         return out
 
     def offer(self, item: ScreenItem, now: float) -> bool:
@@ -166,10 +169,30 @@ class CascadeScreen:
                 row[c] = rest
         return row
 
-    def advance(self, feed: Feed) -> list[ScreenItem]:
+    def fill_rows(self, scores: Sequence[float]) -> np.ndarray:
+        """`fill` of each score [n, C], the same values (the same float64 steps, rounded once to float32)."""
+        return self.rows_of([_sigmoid(min(score, self.logit)) for score in scores])
+
+    def rows_of(self, values: Sequence[float]) -> np.ndarray:
+        """The rows [n, C] with these values q (sigmoid(min(score, threshold))) in the trigger columns."""
+        q = np.array(values, np.float64)
+        rows = np.empty((len(q), len(self.columns) + len(self.others)), np.float32)
+        rows[:, self.columns] = q[:, None]
+        if self.others:
+            rows[:, self.others] = (np.maximum(0.0, 1.0 - q * len(self.columns)) / len(self.others))[:, None]
+        return rows
+
+    def advance(self, feed: Feed, quiet: Quiet | None = None) -> list[ScreenItem]:
         """Feed the queued windows in order as far as their rows are known; returns the windows to forward to go
-        further (set `probs` and call again until it returns [])."""
+        further (set `probs` and call again until it returns []).
+
+        quiet(item, score): given, it takes the windows not forwarded instead of `feed` (their row is
+        `fill(score)`); the caller feeds them, each station's in time order with the windows `feed` gets. A
+        station's busy test is asked again only once `feed` got one of its valid windows: a window not forwarded
+        leaves its triggers idle, so their state changes only there."""
         q = self._queue
+        logit = self.logit
+        busy: dict[str, bool] = {}  # station -> self.busy(station), until one of its valid windows is fed
         touched: set[str] = set()
         while q:
             item = q[0]
@@ -179,22 +202,40 @@ class CascadeScreen:
                 feed(q.popleft(), item.probs, False)
                 continue
             score = item.score  # type: ignore[attr-defined]
-            if not self.busy(station) and not math.isnan(score) and score < self.logit:
-                feed(q.popleft(), self.fill(score), False)
-                continue
+            if score < logit:  # (False for a NaN score)
+                b = busy.get(station)
+                if b is None:
+                    b = busy[station] = self.busy(station)
+                if not b:
+                    if quiet is None:
+                        feed(q.popleft(), self.fill(score), False)
+                    else:
+                        quiet(q.popleft(), score)
+                    continue
             if item.probs is None:
                 return [it for it in q if it.valid and it.probs is None and
-                        (it is item or not it.score < self.logit)]  # type: ignore[attr-defined]
+                        (it is item or not it.score < logit)]  # type: ignore[attr-defined]
             feed(q.popleft(), item.probs, True)
-        busy = {name for name in touched if self.busy(name)}
-        if busy != self.dense_hint & touched:
-            self.dense_hint = frozenset((self.dense_hint - touched) | busy)  # (replaced whole: workers read it)
+            busy.pop(station, None)
+        self._hint(touched, busy)
         self._prune()
         return []
 
-    def release(self, feed: Feed, *, older_than: float | None = None, now: float = 0.0) -> list[ScreenItem]:
+    def release(self, feed: Feed, *, older_than: float | None = None, now: float = 0.0,
+                quiet: Quiet | None = None) -> list[ScreenItem]:
         """Nothing is held for later windows: the same as `advance`."""
-        return self.advance(feed)
+        return self.advance(feed, quiet)
+
+    def quiet_runs(self, feed_run: Callable[[list[ScreenItem], np.ndarray], None],
+                   eligible: Callable[[str], bool]) -> QuietRuns:
+        """A `QuietRuns` for one decision (the `quiet` of `advance`)."""
+        return QuietRuns(self, feed_run, eligible)
+
+    def _hint(self, touched: set[str], known: dict[str, bool]) -> None:
+        """Update `dense_hint` for the `touched` stations (known: their busy tests that still hold)."""
+        busy = {name for name in touched if (known[name] if name in known else self.busy(name))}
+        if busy != self.dense_hint & touched:
+            self.dense_hint = frozenset((self.dense_hint - touched) | busy)  # (replaced whole: workers read it)
 
     def held(self) -> int:
         return len(self._queue)
@@ -221,3 +262,47 @@ def _index(spectra: Any, idx: np.ndarray) -> Any:
     import torch
 
     return torch.from_numpy(idx).to(spectra.device)
+
+
+class QuietRuns:
+    """The windows `CascadeScreen.advance` does not forward (`quiet`), gathered per station and handed on a run
+    at a time: feed_run(items, rows), rows their fill rows [n, C] (`CascadeScreen.fill`, one row each). A
+    station's run is handed on before `flush(station)` returns, which the caller does before feeding any other
+    window of the station, and `flush()` hands on every run; so each station's windows are fed in time order.
+
+    A window joins a run only where holding it back changes no decision, as it changes nothing but the window
+    each trigger of the station remembers (`TriggerBank.update_quiet`): `eligible(station)` holds when it comes
+    (the caller's test that trigger values up to the fills' ceiling `CascadeScreen.threshold` leave the station's
+    triggers idle) and its fill value is at most that ceiling. Any other is handed on alone, at once (its run
+    before it)."""
+
+    def __init__(self, screen: CascadeScreen, feed_run: Callable[[list[ScreenItem], np.ndarray], None],
+                 eligible: Callable[[str], bool]) -> None:
+        self.screen = screen
+        self.feed_run = feed_run
+        self.eligible = eligible
+        self.runs: dict[str, tuple[list[ScreenItem], list[float]]] = {}  # station -> (items, fill values)
+        self._ok: dict[str, bool] = {}  # station -> eligible(station), until `flush(station)`
+
+    def add(self, item: ScreenItem, score: float) -> None:
+        station = item.meta.station
+        ok = self._ok.get(station)
+        if ok is None:
+            ok = self._ok[station] = self.eligible(station)
+        run = self.runs.get(station)
+        if run is None:
+            run = self.runs[station] = ([], [])
+        q = _sigmoid(min(score, self.screen.logit))
+        run[0].append(item)
+        run[1].append(q)
+        if not (ok and q <= self.screen.threshold):
+            self.flush(station)
+
+    def flush(self, station: str | None = None) -> None:
+        """Hand on the station's run (None: every station's)."""
+        self._ok.pop(station, None) if station is not None else self._ok.clear()
+        names = [station] if station is not None else list(self.runs)
+        for name in names:
+            run = self.runs.pop(name, None)
+            if run is not None:
+                self.feed_run(run[0], self.screen.rows_of(run[1]))

@@ -25,7 +25,7 @@ import structlog
 from quakemon.models.contract import InputContract
 from quakemon.pipeline import stft_kernel
 from quakemon.pipeline.pick_context import PICK_LEAD_S as PICK_LEAD_S
-from quakemon.pipeline.pick_context import PickContext
+from quakemon.pipeline.pick_context import BatchComponents, PickContext
 from quakemon.pipeline.picker import Pick, PickerConfig, is_new_p, pick_every_row
 from quakemon.pipeline.screen import Screen, ScreenItem, check_screen, stack_rows
 from quakemon.pipeline.settings import SCREEN, TRIGGER, WINDOW
@@ -371,14 +371,15 @@ class DetectionStage:
         if spectra is None and len(metas):
             raise ValueError("screening needs the batch's spectra in decide (windows may have to be forwarded)")
         now = time.monotonic()
-        comps = self.context.components(data) if data is not None and len(metas) else None  # (per batch: cheaper)
-        for i in sorted(range(len(metas)), key=lambda j: (metas[j].start_ns, metas[j].station)):
-            meta, row = metas[i], probs[i]
-            known = meta.valid is False or bool(np.isfinite(row).all())
-            payload = (spectra, i, None, None) if data is None else (spectra, i, data[i], comps[i])  # type: ignore[index]
-            item = ScreenItem(meta, payload, row if known else None)
-            last = self._last_start.get(meta.station, -1)
-            if meta.start_ns <= last or not self.screen.offer(item, now):
+        comps = BatchComponents(data) if data is not None else None  # (found for the windows that need them)
+        finite = np.isfinite(probs).all(axis=1).tolist() if len(metas) else []
+        keys = [(m.start_ns, m.station) for m in metas]
+        offer, last_start = self.screen.offer, self._last_start
+        for i in sorted(range(len(metas)), key=keys.__getitem__):
+            meta = metas[i]
+            known = meta.valid is False or finite[i]
+            item = ScreenItem(meta, (spectra, i, None if data is None else data[i], comps), probs[i] if known else None)
+            if meta.start_ns <= last_start.get(meta.station, -1) or not offer(item, now):
                 self.stats["windows"] += 1
                 self.stats["late_windows"] += 1  # a duplicate or reordered window: never decided
         return self._run_screen(self.screen.advance, now)
@@ -392,7 +393,7 @@ class DetectionStage:
         if self.screen is None or not self.screen.held():
             return DetectionResult([], np.zeros((0, len(self.labels)), np.float32), forwarded=np.zeros(0, bool))
         older = None if final else self.window_s
-        return self._run_screen(lambda feed: self.screen.release(feed, older_than=older, now=now), now)
+        return self._run_screen(lambda feed, **kw: self.screen.release(feed, older_than=older, now=now, **kw), now)
 
     def _refine(self, spectra: np.ndarray | torch.Tensor) -> np.ndarray:
         """Forward every window of `spectra` on this thread, on `refine_threads` torch threads when set."""
@@ -408,41 +409,96 @@ class DetectionStage:
         finally:
             torch.set_num_threads(before)
 
-    def _run_screen(self, step: Callable[[Callable[[ScreenItem, np.ndarray, bool], None]], list[ScreenItem]],
-                    now: float) -> DetectionResult:
+    def _run_screen(self, step: Callable[..., list[ScreenItem]], now: float) -> DetectionResult:
         """Run the screen's `step` (advance or release), forwarding what it asks for, until it asks no more; the
-        windows it lets go are fed to the triggers (each station in time order) and make the result."""
-        decided: list[tuple[ScreenItem, np.ndarray, bool]] = []
+        windows it lets go are fed to the triggers (each station in time order) and make the result. With the
+        cascade, the windows it does not forward are fed a run per station (`QuietRuns`, `_feed_quiet`)."""
+        items: list[ScreenItem] = []
+        blocks: list[np.ndarray] = []  # the rows of `items`, in their order: one row each, or a quiet run's
+        fwd: list[bool] = []
         events: list[tuple[TriggerEvent, float | None]] = []
         keyed: list[tuple[int, str, int]] = []
         to_pick: list[tuple[list[DetectionRef], int, np.ndarray]] = []
         self._unpicked.clear()
 
-        def feed(item: ScreenItem, row: np.ndarray, forwarded: bool) -> None:
-            decided.append((item, row, forwarded))
-            if item.valid:
-                before = len(events)
-                self._feed(item.meta, row.tolist(), item.payload[2], now, events, to_pick, item.payload[3])
-                keyed.extend((item.meta.start_ns, item.meta.station, k) for k in range(before, len(events)))
+        def feed_one(item: ScreenItem, row: np.ndarray) -> None:
+            before = len(events)
+            window, comps = item.payload[2], item.payload[3]
+            self._feed(item.meta, row.tolist(), window, now, events, to_pick,
+                       None if window is None else comps[item.payload[1]])
+            keyed.extend((item.meta.start_ns, item.meta.station, k) for k in range(before, len(events)))
 
-        while need := step(feed):
+        def feed(item: ScreenItem, row: np.ndarray, forwarded: bool) -> None:
+            items.append(item)
+            blocks.append(row[None])
+            fwd.append(forwarded)
+            if item.valid:
+                if quiet is not None:
+                    quiet.flush(item.meta.station)  # (its quiet windows before it)
+                feed_one(item, row)
+
+        def feed_run(run: list[ScreenItem], rows: np.ndarray) -> None:
+            items.extend(run)
+            blocks.append(rows)
+            fwd.extend([False] * len(run))
+            if not self._feed_quiet(run, rows, now):
+                for item, row in zip(run, rows, strict=True):
+                    feed_one(item, row)
+
+        make = getattr(self.screen, "quiet_runs", None)
+        quiet = make(feed_run, self._quiet_ok) if make is not None else None
+        kw = {} if quiet is None else {"quiet": quiet.add}
+        while need := step(feed, **kw):
             rows = self._refine(stack_rows(s[int(i)] for s, i, *_ in (it.payload for it in need)))
             for it, row in zip(need, rows, strict=True):
                 it.probs = row
             self.stats["refined"] += len(need)
-        decided.sort(key=lambda d: (d[0].meta.start_ns, d[0].meta.station))
-        metas = [item.meta for item, _, _ in decided]
+        if quiet is not None:
+            quiet.flush()
+        keys = [(item.meta.start_ns, item.meta.station) for item in items]
+        order = sorted(range(len(items)), key=keys.__getitem__)
+        metas = [items[k].meta for k in order]
         valid = np.array([m.valid is not False for m in metas], dtype=bool)
-        forwarded = np.array([f for _, _, f in decided], dtype=bool)
+        forwarded = np.array(fwd, dtype=bool)[order] if items else np.zeros(0, bool)
         self.stats["windows"] += len(metas)
         self.stats["inferred"] += int(valid.sum())
         self.stats["invalid"] += int((~valid).sum())
         self.stats["forwarded"] += int(forwarded.sum())
         self.stats["screened_out"] += int((valid & ~forwarded).sum())
-        probs = (np.stack([row for _, row, _ in decided]).astype(np.float32, copy=False) if decided
+        probs = (np.concatenate(blocks)[order].astype(np.float32, copy=False) if items
                  else np.zeros((0, len(self.labels)), np.float32))
         order = sorted(range(len(events)), key=lambda k: keyed[k])
         return self._finish(DetectionResult(metas, probs, forwarded=forwarded), [events[k] for k in order], to_pick)
+
+    def _quiet_ok(self, station: str) -> bool:
+        """Whether windows the cascade does not forward leave the station's triggers idle (`QuietRuns`)."""
+        assert self.screen is not None
+        return self.triggers.stays_quiet(station, float(np.float32(self.screen.threshold)))
+
+    def _feed_quiet(self, run: list[ScreenItem], rows: np.ndarray, now: float) -> bool:
+        """Feed a run of one station's valid windows, in time order, that leave its triggers idle, in one step:
+        what `_feed` of each in turn does (the triggers remember the last, `TriggerBank.update_quiet`; the pick
+        context keeps the last `PICK_LEAD_S`). False, with nothing done, where the triggers refuse it."""
+        first, last = run[0].meta, run[-1].meta
+        station = first.station
+        if first.start_ns <= self._last_start.get(station, -1):
+            return False
+        names = self.triggers.trigger_labels
+        cols = rows[:, [self.labels.index(label) for label in names]]
+        bounds = dict(zip(names, zip(cols.min(0).tolist(), cols.max(0).tolist(), strict=True), strict=True))
+        probs = dict(zip(self.triggers.labels, rows[-1].tolist(), strict=True))
+        if not self.triggers.update_quiet(station, first.start_ns / _NS,
+                                          (last.start_ns / _NS, last.end_ns / _NS, probs), bounds):
+            return False
+        self._last_start[station] = last.start_ns
+        self._decided_at[station] = now
+        kept = last.start_ns - self.context.lead_ns  # (older rows would be dropped by the run's last add)
+        tail = [item for item in run if item.payload[2] is not None and item.meta.start_ns >= kept]
+        if tail:  # (the windows of one batch: one BatchComponents)
+            comps = tail[0].payload[3].of([item.payload[1] for item in tail])
+            for item, comp in zip(tail, comps, strict=True):
+                self.context.add(station, item.meta.start_ns, item.payload[2], comp)
+        return True
 
     def _new_phase(self, held: DetectionRef, meta: WindowMeta, window: np.ndarray) -> bool:
         """Whether a window re-triggering a held detection holds a clearly new P: its pick (the window with its

@@ -74,3 +74,22 @@ class PickContext:
         rows = [r for r in self.rows.get(station, ()) if start_ns - r[0] <= self.lead_ns]
         rows.append((start_ns, comp, np.array(window[comp, : self.keep], dtype=np.float32)))
         self.rows[station] = rows
+
+
+class BatchComponents:
+    """`PickContext.components` of a batch's windows [B, C, N], each found when first asked for (a window the
+    cascade does not forward needs it only when it joins the pick context, the last `PICK_LEAD_S` of a run)."""
+
+    def __init__(self, windows: np.ndarray) -> None:
+        self.windows = windows
+        self.known: dict[int, int] = {}
+
+    def __getitem__(self, i: int) -> int:
+        return self.of([i])[0]
+
+    def of(self, rows: list[int]) -> list[int]:
+        """The components of these rows of the batch (those not known yet found together)."""
+        todo = [i for i in rows if i not in self.known]
+        if todo:
+            self.known.update(zip(todo, PickContext.components(self.windows[todo]), strict=True))
+        return [self.known[i] for i in rows]

@@ -416,6 +416,41 @@ class TriggerBank:
             events.extend(trig._update(start, end, probs, new_phase))
         return events
 
+    def stays_quiet(self, station: str, high: float) -> bool:
+        """Whether windows whose trigger-label probabilities are finite and at most `high` leave every trigger of
+        the station idle and change nothing but the window each remembers (`update_quiet`): no calibration, every
+        trigger idle with no detection waiting in `take_opened`, and `high` below each one's ``on``."""
+        if self.calibration is not None:
+            return False
+        for label in self.trigger_labels:
+            trig = self.trigger(station, label)
+            if trig.state != "idle" or trig.opened is not None or not high < trig.on:
+                return False
+        return True
+
+    def update_quiet(self, station: str, first_start: float, last: tuple[float, float, dict[str, float]],
+                     bounds: Mapping[str, tuple[float, float]]) -> bool:
+        """Feed a run of the station's windows, in time order from one starting at `first_start` to `last` =
+        (start, end, {label: p}), that leaves every trigger idle, in one step: what `update` of each window in
+        turn does then (each trigger remembers the last window; nothing else changes, no event). bounds: each
+        trigger label's (lowest, highest) probability over the run.
+
+        Returns False, having changed nothing, unless that holds: no calibration (it learns from every window),
+        every trigger of the station idle with no detection waiting in `take_opened`, the run starting after
+        each trigger's last window, and every probability finite and below the trigger's ``on``."""
+        if self.calibration is not None:
+            return False
+        trigs = [self.trigger(station, label) for label in self.trigger_labels]
+        for trig in trigs:
+            low, high = bounds.get(trig.label, (math.nan, math.nan))
+            if (trig.state != "idle" or trig.opened is not None or not (math.isfinite(low) and high < trig.on)
+                    or (trig._last is not None and first_start <= trig._last[0])):
+                return False
+        start, end, probs = last
+        for trig in trigs:
+            trig._last = (start, end, probs[trig.label], probs)
+        return True
+
     def flush(self) -> list[TriggerEvent]:
         """Close all open triggers (end of replay), in station then label order."""
         return [ev for key in sorted(self._triggers) for ev in self._triggers[key].flush()]

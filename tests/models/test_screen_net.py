@@ -16,6 +16,7 @@ from quakemon.models.screen_net import (
     ScreenArgs,
     ScreenCheckpointError,
     ScreenNet,
+    avg_pool,
     choose_threshold,
     load_screen,
     passes,
@@ -99,6 +100,21 @@ def test_round_trip_is_bit_identical(tmp_path, arch):
 def _write(path, state, meta):
     save_file(state, str(path), metadata={"quakemon_screen": json.dumps(meta)})
     return path
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_avg_pool_gives_the_values_of_torch_avg_pool2d(k):
+    """The pooled screens were distilled with `avg_pool2d`: the cheaper pooling must give their scores bit for
+    bit (log features of spectra over 12 decades, odd and even map sizes, a gradient too)."""
+    rng = np.random.default_rng(k)
+    for shape in ((64, 1, 33, 64), (5, 3, 17, 30), (1, 1, k, k)):
+        spectra = np.abs(rng.standard_normal(shape)) * 10.0 ** rng.uniform(-6, 6, shape[:1] + (1, 1, 1))
+        x = torch.log(torch.from_numpy(spectra.astype(np.float32)) + 1e-4).requires_grad_()
+        a, b = torch.nn.functional.avg_pool2d(x, k), avg_pool(x, k)
+        assert a.shape == b.shape and torch.equal(a, b)
+        (ga,) = torch.autograd.grad(a.square().sum(), x)
+        (gb,) = torch.autograd.grad(b.square().sum(), x)
+        assert torch.equal(ga, gb)
 
 
 def test_a_format_1_file_loads_as_the_first_architecture(tmp_path):
