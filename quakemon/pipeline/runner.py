@@ -143,10 +143,9 @@ class Inference:
         warm_up_preprocess(checkpoint.contract, self.preprocess_device)
         # overlap: batches are preprocessed and inferred on worker threads (torch releases the GIL) while the
         # runner's thread decodes and windows the next ones. On the CPU the torch threads are split into workers
-        # (`inference_pool`: one single-threaded worker per thread up to 4): two independent forwards measured
-        # 1,580-1,800 windows/s on a 2-core machine against 960-1,010 for one forward on two OpenMP threads, and
-        # the cores the decoding thread takes slow one worker instead of stalling an OpenMP barrier. On a GPU,
-        # one worker.
+        # (`inference_pool`: one single-threaded worker per thread up to 4): independent forwards outrun one
+        # forward on several OpenMP threads (docs/performance.md, "Figures behind defaults"), and the cores the
+        # decoding thread takes slow one worker instead of stalling an OpenMP barrier. On a GPU, one worker.
         self.pool: ThreadPoolExecutor | None = None
         self.workers = 0
         if overlap:
@@ -463,8 +462,7 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
 
 # While a replay runs, the thread that decodes and windows and the inference workers all want the GIL between
 # their numpy/torch calls; at Python's default 5 ms switch interval a worker back from a torch op can wait that
-# long for it. 0.1 ms: 1,322-1,446 windows/s against 1,221-1,262 at 5 ms, in 4 alternating pairs of replays of
-# 40 stations x 300 s on this 2-core machine (0.5 ms: 1,110-1,419).
+# long for it. A 0.1 ms interval gives the replay more windows/s (docs/performance.md, "Figures behind defaults").
 REPLAY_SWITCH_INTERVAL_S = WORKER_SWITCH_INTERVAL_S
 
 
