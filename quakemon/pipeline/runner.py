@@ -144,7 +144,7 @@ class Inference:
         # overlap: batches are preprocessed and inferred on worker threads (torch releases the GIL) while the
         # runner's thread decodes and windows the next ones. On the CPU the torch threads are split into workers
         # (`inference_pool`: one single-threaded worker per thread up to 4): independent forwards outrun one
-        # forward on several OpenMP threads (docs/performance.md, "Figures behind defaults"), and the cores the
+        # forward on several OpenMP threads (docs/performance.md, "Design measurements"), and the cores the
         # decoding thread takes slow one worker instead of stalling an OpenMP barrier. On a GPU, one worker.
         self.pool: ThreadPoolExecutor | None = None
         self.workers = 0
@@ -462,7 +462,7 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
 
 # While a replay runs, the thread that decodes and windows and the inference workers all want the GIL between
 # their numpy/torch calls; at Python's default 5 ms switch interval a worker back from a torch op can wait that
-# long for it. A 0.1 ms interval gives the replay more windows/s (docs/performance.md, "Figures behind defaults").
+# long for it. A 0.1 ms interval gives the replay more windows/s (docs/performance.md, "Design measurements").
 REPLAY_SWITCH_INTERVAL_S = WORKER_SWITCH_INTERVAL_S
 
 
