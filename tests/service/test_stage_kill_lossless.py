@@ -54,8 +54,12 @@ def prepared(tmp_path_factory, tiny_checkpoint):
     return archive, ckpt, cal, replay, series
 
 
-@pytest.mark.parametrize("kind", ["preprocess", "inference"])
-def test_stage_sigkilled_during_a_detection_loses_no_window(tmp_path, prepared, kind):
+@pytest.mark.parametrize(("kind", "lagging"), [("preprocess", None), ("inference", None), ("inference", "preprocess")],
+                         ids=["preprocess", "inference", "inference-preprocess-lagging"])
+def test_stage_sigkilled_during_a_detection_loses_no_window(tmp_path, prepared, kind, lagging):
+    """lagging: a stage upstream of the victim stopped with it and resumed only after the victim's successor was
+    spawned (a loaded machine, where the preprocess process has not read what the ingest stage sent before its
+    rewind when it handles its reset)."""
     archive, ckpt, cal, replay, series = prepared
     replay_closed = {d["id"]: d["close_reason"] for d in replay if d["state"] == "closed"}
     complete = {(d["id"], d["state"]) for d in cal.detections}
@@ -73,10 +77,15 @@ def test_stage_sigkilled_during_a_detection_loses_no_window(tmp_path, prepared, 
 
         killed_open = wait_for(collector.open_detection, 90, "a detection that is open")
         victim = stage_pid(daemon, kind)
-        os.kill(victim, signal.SIGSTOP)
+        behind = stage_pid(daemon, lagging) if lagging else None
+        for pid in filter(None, (victim, behind)):
+            os.kill(pid, signal.SIGSTOP)
         time.sleep(PILE_UP_S)
         os.kill(victim, signal.SIGKILL)
         daemon.wait_event("stage_spawned", 30, kind=kind, count=2)
+        if behind is not None:
+            time.sleep(0.5)  # the supervisor has asked the lagging preprocess process to reset by now
+            os.kill(behind, signal.SIGCONT)
         wait_for(lambda: complete <= set(collector.detections()), 120, "every replay detection, new and closed")
         assert daemon.stop(30) == 0, daemon.stderr()[-3000:]
     finally:
