@@ -79,6 +79,7 @@ def test_windows_sent_before_the_rewind_do_not_overtake_the_re_sent_ones(tmp_pat
     inference = None
     try:
         assert pre.start()
+        assert ingest.push.poll(5000, zmq.POLLOUT)  # connected: a batch sent now is not left queued
 
         def ingest_sends(*firsts: int) -> None:
             for first in firsts:
