@@ -49,7 +49,7 @@ from quakemon.base.signals import StopFlag, install_stop_handlers, set_on_signal
 from quakemon.service import reload as reloading
 from quakemon.service.config import EXIT_FATAL, STAGES, Config, check_journal, check_stages
 from quakemon.service.paths import check_writable_paths
-from quakemon.service.runtime_lock import RuntimeLock
+from quakemon.service.runtime_lock import RuntimeLock, remove_stale_control_sockets
 
 log = structlog.get_logger(__name__)
 
@@ -253,11 +253,12 @@ class Supervisor:
 
     def rewind_for(self, st: StageProcess) -> None:
         """Re-send the windows a killed downstream process held (`quakemon.service.stages.ingest`, "Rewind"):
-        preprocess: ingest rewinds (SIGUSR2) before the new process connects; inference: preprocess drops its
-        undelivered spectra (SIGUSR2) first, ingest rewinds once that is reported, so windows stay in order."""
+        preprocess: ingest rewinds (SIGUSR2) before the new process connects; inference: preprocess resets first
+        (SIGUSR2, "Reset" in `quakemon.service.stages.preprocess`), ingest rewinds once that is reported, so
+        windows stay in order; without an ingest stage here to rewind, nothing is reset."""
         if st.kind == "preprocess":
             self.rewind_ingest()
-        elif st.kind == "inference":
+        elif st.kind == "inference" and self.rewindable():
             self.resetting = [(p, p.proc.pid, int(p.stats.get("resets", 0)) + 1) for p in self.stages
                               if p.kind == "preprocess" and p.ready and p.proc is not None]
             for p, _, _ in self.resetting:
@@ -271,11 +272,13 @@ class Supervisor:
             self.resetting = None
             self.rewind_ingest()
 
+    def rewindable(self) -> list[StageProcess]:
+        return [st for st in self.stages if st.kind == "ingest" and st.ready and not st.held and st.proc is not None]
+
     def rewind_ingest(self) -> None:
-        for st in self.stages:
-            if st.kind == "ingest" and st.ready and not st.held and st.proc is not None:
-                st.proc.send_signal(signal.SIGUSR2)
-                log.info("ingest_rewind_requested", stage=st.name, pid=st.proc.pid)
+        for st in self.rewindable():
+            st.proc.send_signal(signal.SIGUSR2)  # type: ignore[union-attr]
+            log.info("ingest_rewind_requested", stage=st.name, pid=st.proc.pid)  # type: ignore[union-attr]
 
     def stage_alive(self, st: StageProcess, now: float) -> bool:
         """A ready stage must have advanced its loop within STALE_S; a starting one gets STARTUP_GRACE_S."""
@@ -437,48 +440,6 @@ class Reload:
                                                **sup.reloads)
         sup.reload = None
         sup.notifier.ready(sup.status_text())
-
-
-def remove_stale_control_sockets(runtime_dir: str) -> list[str]:
-    """Remove `control-<pid>` sockets whose daemon is gone (no such process, or one that is not quakemon: the pid
-    was reused); returns the removed paths. A running daemon's socket in a shared directory is left alone."""
-    removed = []
-    try:
-        names = os.listdir(runtime_dir)
-    except OSError:
-        return removed
-    for name in names:
-        pid = name[len("control-"):]
-        if not name.startswith("control-") or not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        if _quakemon_running(int(pid)):
-            continue
-        path = os.path.join(runtime_dir, name)
-        try:
-            os.unlink(path)
-        except OSError as exc:
-            log.warning("stale_control_socket_not_removed", path=path, error=str(exc))
-            continue
-        removed.append(path)
-        log.info("stale_control_socket_removed", path=path, pid=int(pid))
-    return removed
-
-
-def _quakemon_running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            cmdline = fh.read()
-        return not cmdline or b"quakemon" in cmdline  # empty: exiting, or between fork and exec; keep it
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc (or not ours to read): the process exists if signal 0 reaches it
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
 
 
 def check_startup(cfg: Config, stages: list[str] | None, config_path: str | None = None) -> list[str]:

@@ -104,6 +104,9 @@ class _FakeProc:
     def kill(self) -> None:
         self.code = -9
 
+    def send_signal(self, sig: int) -> None:
+        self.signals = [*getattr(self, "signals", []), sig]
+
 
 def test_watchdog_progress_needs_every_ready_stage_to_advance(supervisor):
     now = time.monotonic()
@@ -164,6 +167,24 @@ def test_stale_control_sockets_of_dead_daemons_are_removed(tmp_path):
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_an_inference_restart_resets_preprocess_only_where_an_ingest_stage_is_rewound(supervisor):
+    """A reset preprocess process drops what the ingest stage sent until that stage's rewind reaches it: without
+    an ingest stage here to rewind (held, or not ready), preprocess keeps and delivers what it has."""
+    by_kind = {st.kind: st for st in supervisor.stages}
+    for st in supervisor.stages:
+        st.proc, st.ready = _FakeProc(pid=4242 + len(st.kind)), True
+    by_kind["ingest"].ready = False  # restarting
+    supervisor.rewind_for(by_kind["inference"])
+    assert supervisor.resetting is None and not hasattr(by_kind["preprocess"].proc, "signals")
+    by_kind["ingest"].ready = True
+    supervisor.rewind_for(by_kind["inference"])
+    assert by_kind["preprocess"].proc.signals == [signal.SIGUSR2] and supervisor.resetting
+    assert not hasattr(by_kind["ingest"].proc, "signals")  # the rewind waits for the reset's report
+    by_kind["preprocess"].stats = {"resets": 1}
+    supervisor.rewind_when_reset()
+    assert by_kind["ingest"].proc.signals == [signal.SIGUSR2] and supervisor.resetting is None
 
 
 def test_restart_backoff_and_give_up(supervisor):

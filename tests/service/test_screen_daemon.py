@@ -87,8 +87,14 @@ def setup(tmp_path: Path, tiny: Path) -> Setup:
     return Setup(archive, ckpt, end_ns, cal, screen, dets, st)
 
 
-def test_the_daemon_screens_as_the_replay_does(tmp_path, tiny_checkpoint):
-    env = setup(tmp_path, tiny_checkpoint)
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, tiny_checkpoint) -> Setup:
+    """`setup` once for the module's tests, which only read it (each daemon writes in its own tmp_path)."""
+    return setup(tmp_path_factory.mktemp("screen"), tiny_checkpoint)
+
+
+def test_the_daemon_screens_as_the_replay_does(tmp_path, prepared):
+    env = prepared
     archive, ckpt, end_ns, cal, screen, dets, st = (env.archive, env.ckpt, env.end_ns, env.cal, env.screen,
                                                     env.dets, env.series)
     p = np.asarray(st.probabilities, np.float64)[:, 1]
@@ -104,10 +110,10 @@ def test_the_daemon_screens_as_the_replay_does(tmp_path, tiny_checkpoint):
 
 
 @pytest.mark.parametrize("when", ["open", "quiet"])
-def test_an_inference_stage_killed_loses_no_window(tmp_path, tiny_checkpoint, when):
+def test_an_inference_stage_killed_loses_no_window(tmp_path, prepared, when):
     """Killed while a detection is open (the station dense), or after the first detection closed, once the station
     has turned sparse and holds windows for its next screen window."""
-    env = setup(tmp_path, tiny_checkpoint)
+    env = prepared
     complete = {(d["id"], d["state"]) for d in env.dets if d.get("close_reason") != "flush"}
     server, sl_port = start_server(env.archive, tmp_path, speed=8.0, loop=False)  # 240 s in 30 s
     port = free_port()

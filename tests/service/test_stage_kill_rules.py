@@ -1,5 +1,6 @@
 """The rules behind a lossless stage restart, one by one: the ingest stage's rewind of the batches it sent (real
-ZeroMQ sockets), and the inference stage holding silent-station expiry while no ingest status arrives.
+ZeroMQ sockets), the preprocess stage's reset ahead of it (the re-sent windows reach the new inference process in
+window order), and the inference stage holding silent-station expiry while no ingest status arrives.
 
 The daemon-level behaviour (real processes, SIGKILL) is in tests/service/test_stage_kill_lossless.py.
 """
@@ -18,7 +19,8 @@ from quakemon.models.contract import InputContract
 from quakemon.pipeline.detect import DetectionStage, WindowMeta
 from quakemon.service.config import load_config
 from quakemon.service.stages.ingest import IngestStage
-from quakemon.service.stages.messages import WINDOWS, Batch, decode
+from quakemon.service.stages.messages import SPECTRA, WINDOWS, Batch, decode
+from quakemon.service.stages.preprocess import PreprocessStage
 
 T0 = 1_700_000_000.0
 
@@ -28,11 +30,12 @@ def _batch(first: int, n: int) -> Batch:
     return Batch(WINDOWS, metas, {"data": np.zeros((n, 3, InputContract().window_samples), np.float32)})
 
 
-def _starts(pull: zmq.Socket, contract: InputContract) -> list[int]:
+def _starts(pull: zmq.Socket, contract: InputContract, kind: str = WINDOWS) -> list[int]:
     out: list[int] = []
     while pull.poll(200):
-        msg = decode(pull.recv_multipart(), contract, WINDOWS)
-        out += [m.start_ns // 10**9 for m in msg.metas]
+        msg = decode(pull.recv_multipart(), contract, kind)
+        if isinstance(msg, Batch):  # (status reports pass too)
+            out += [m.start_ns // 10**9 for m in msg.metas]
     return out
 
 
@@ -61,6 +64,56 @@ def test_ingest_rewind_sends_the_kept_batches_again_oldest_first_ahead_of_newer_
     finally:
         stage.push.close(linger=0)
         pull.close(linger=0)
+
+
+def test_windows_sent_before_the_rewind_do_not_overtake_the_re_sent_ones(tmp_path) -> None:
+    """The inference stage was killed; on a loaded machine the preprocess process handles its reset with a batch
+    the ingest stage sent before the rewind still in its socket, and another one is sent before the rewind comes.
+    Passed on, they would reach the new inference process ahead of the older re-sent windows, which it would drop
+    as late (decided after newer windows of their station): every window must arrive, in window order."""
+    cfg = load_config(None, {"pipeline.runtime_dir": str(tmp_path / "rt")})
+    contract = InputContract()
+    ingest = IngestStage(cfg, contract, StopFlag(), None)
+    pre = PreprocessStage(cfg, contract, StopFlag(), None)
+    ingest.push = ingest.socket(zmq.PUSH, cfg.pipeline.windows_endpoint, bind=True)
+    inference = None
+    try:
+        assert pre.start()
+        assert ingest.push.poll(5000, zmq.POLLOUT)  # connected: a batch sent now is not left queued
+
+        def ingest_sends(*firsts: int) -> None:
+            for first in firsts:
+                ingest.queue.put(_batch(first, 2))
+            ingest.send()
+            assert pre.pull.poll(2000)  # arrived, not yet received
+
+        ingest_sends(0, 2)
+        while pre.windows < 4:
+            pre.step()  # transformed and sent or queued for the inference process, which is killed now
+        ingest_sends(4)  # not yet received (the preprocess process lags) ...
+        pre.reset.set()  # ... when the supervisor's reset signal comes
+        pre.step()
+        ingest_sends(6)  # sent before the rewind reaches the ingest stage
+        pre.step()
+        ingest.rewind.set()
+        ingest_sends(8)
+        inference = pre.ctx.socket(zmq.PULL)  # the new process binds
+        inference.bind(cfg.pipeline.spectra_endpoint)
+        got: list[int] = []
+        for _ in range(50):
+            ingest.send()
+            pre.step()
+            got += _starts(inference, contract, SPECTRA)
+            if got and got[-1] == 9:
+                break
+        assert got == list(range(10))
+        assert pre.resets == 1 and pre.discarded >= 4  # (4-7: sent before the rewind)
+    finally:
+        if inference is not None:
+            inference.close(linger=0)
+        ingest.push.close(linger=0)
+        ingest.ctx.term()
+        pre.stop()
 
 
 def test_deferred_silence_is_not_counted_against_a_station() -> None:

@@ -15,7 +15,7 @@ from quakemon.base.signals import StopFlag
 from quakemon.pipeline.detect import WindowMeta
 from quakemon.service.stages.common import DropOldestQueue, Every, StatusRelay
 from quakemon.service.stages.inference import Upstream, _connected, _publisher_rejections
-from quakemon.service.stages.messages import SPECTRA, WINDOWS, Batch, decode, status_frames
+from quakemon.service.stages.messages import SPECTRA, WINDOWS, Batch, InvalidMessage, Sender, decode, status_frames
 from quakemon.service.stages.preprocess import coalesce
 from quakemon.wire.schema import MessageError, pack_arrays
 
@@ -64,6 +64,13 @@ def test_window_batches_keep_their_wire_format_and_come_back_equal() -> None:
     assert "stats" not in header  # counters travel on the status path, never on data messages
     back = decode([bytes(f) for f in frames])
     assert isinstance(back, Batch) and back.metas == metas and back.arrays["data"].shape == (2, 3, 4)
+    assert back.sender is None
+    stamped = decode([bytes(f) for f in batch.frames(Sender("h:1", 2))])  # (the ingest stage's stamp, when sent)
+    assert isinstance(stamped, Batch) and stamped.sender == Sender("h:1", 2) and stamped.metas == metas
+    for bad in ({"source": "h:1", "rewinds": -1}, {"source": "", "rewinds": 0}, {"rewinds": 1}, "h:1"):
+        header = {"kind": "windows", "windows": [m.to_wire() for m in metas], "sender": bad}
+        with pytest.raises(InvalidMessage, match="sender"):
+            decode([bytes(f) for f in pack_arrays(header, batch.arrays)])
 
 
 def test_spectra_metas_carry_the_transform_verdict() -> None:

@@ -22,7 +22,7 @@ import zmq
 from quakemon.base.signals import StopFlag
 from quakemon.service.config import EXIT_FATAL  # noqa: F401  (re-exported for the stages)
 from quakemon.service.stages.faults import HangInjector
-from quakemon.service.stages.messages import Batch, InvalidMessage, status_frames
+from quakemon.service.stages.messages import Batch, InvalidMessage, Sender, status_frames
 from quakemon.wire.schema import MessageError
 
 log = structlog.get_logger(__name__)
@@ -170,15 +170,16 @@ class DropOldestQueue:
         return (batch for batch, _ in self.items)
 
 
-def drain_to(sock: zmq.Socket, queue: DropOldestQueue, kept: DropOldestQueue | None = None) -> int:
+def drain_to(sock: zmq.Socket, queue: DropOldestQueue, kept: DropOldestQueue | None = None,
+             sender: Sender | None = None) -> int:
     """Send queued batches without blocking; return how many were sent. `kept`: every sent batch is also put
-    there (the ingest stage's resend ring)."""
+    there (the ingest stage's resend ring). `sender`: stamped on every batch sent (`Batch.frames`)."""
     sent = 0
     while queue:
         queued_at = queue.oldest or 0.0
         batch = queue.popleft()
         try:
-            sock.send_multipart(batch.frames(), zmq.NOBLOCK, copy=False)
+            sock.send_multipart(batch.frames(sender), zmq.NOBLOCK, copy=False)
             sent += 1
         except zmq.Again:
             queue.appendleft(batch, queued_at)

@@ -14,8 +14,10 @@ still to be cut needs its samples; a restart therefore re-reads at most one wind
 
 Rewind: the batches already sent are kept, up to half of pipeline.queue_hwm windows (the newest). On SIGUSR2,
 which the supervisor sends when it restarts a stage downstream, they are sent again, oldest first and ahead of
-anything not yet sent: the windows the killed process held are not lost. The inference stage drops the windows
-it already decided (by window start) and does not publish a journaled message twice.
+anything not yet sent: the windows the killed process held are not lost. Every batch carries this process and
+its rewind count as sent (`Sender`), so a preprocess process reset for the rewind drops the batches sent before
+it (which the rewind sends again) instead of passing them on ahead of the older re-sent windows. The inference
+stage drops the windows it already decided (by window start) and does not publish a journaled message twice.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from quakemon.models.contract import InputContract
 from quakemon.service.config import Config
 from quakemon.service.reload import ReloadableStage, reselect_windower
 from quakemon.service.stages.common import DropOldestQueue, Stage, Stats, StatusRelay, drain_to
-from quakemon.service.stages.messages import WINDOWS, Batch
+from quakemon.service.stages.messages import WINDOWS, Batch, Sender
 
 log = structlog.get_logger(__name__)
 
@@ -186,15 +188,17 @@ class IngestStage(ReloadableStage, Stage):
         self.relay.put(self.status.body(self.totals()))
 
     def send(self) -> None:
-        """Send what is queued without blocking: after a rewind (`REWIND_SIGNAL`) the kept batches first."""
+        """Send what is queued without blocking: after a rewind (`REWIND_SIGNAL`) the kept batches first; every
+        batch stamped with this process and its rewinds so far."""
         assert self.push is not None
         if self.rewind.is_set():
             self.rewind.clear()
             self.rewind_kept()
+        sender = Sender(self.status.source, self.rewinds)
         if self.resend:
-            drain_to(self.push, self.resend, self.kept)
+            drain_to(self.push, self.resend, self.kept, sender)
         if not self.resend:
-            drain_to(self.push, self.queue, self.kept)
+            drain_to(self.push, self.queue, self.kept, sender)
 
     def rewind_kept(self) -> None:
         """Queue the kept batches (and those of an unfinished rewind) to be sent again, oldest first."""

@@ -2,13 +2,19 @@
 
 Each is one multipart message made by `quakemon.wire.schema.pack_arrays`, with the header
 
-    {"kind": "windows", "windows": [WindowMeta.to_wire(), ...]}   + array "data"    float32 [B, C, N]
+    {"kind": "windows", "windows": [WindowMeta.to_wire(), ...],   + array "data"    float32 [B, C, N]
+     "sender": {"source": "host:pid", "rewinds": n}}              (optional: the ingest process and how often
+                                                                    it had rewound when it sent the batch)
     {"kind": "spectra", "windows": [WindowMeta.to_wire(), ...]}   + array "spectra" float32 [B, C, F, T]
                                                                   + array "data"    float32 [B, C, N] (the
                                                                     windows' samples, for the P picks)
     {"kind": "status",  "status": {stage, source, pid, ready, loops, progress, stats, time}}   (no arrays)
 
 Window metadata is typed (`WindowMeta`) inside a stage and serialised only here, at the stage boundary.
+
+The sender of a window batch is stamped when the batch is sent (`Batch.frames`), so a batch the ingest stage sends
+again after a rewind carries the new count: a preprocess process told to reset drops what was sent before the
+rewind and still reaches it (`quakemon.service.stages.preprocess`, "Reset").
 
 Every received message is validated here, before a stage uses any of it: a stage PULL socket may be reachable
 by other hosts, so a message is untrusted input. `decode` raises `InvalidMessage` (one type, with a short
@@ -25,7 +31,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -61,20 +67,33 @@ class InvalidMessage(MessageError):
         self.reason = reason
 
 
+class Sender(NamedTuple):
+    """The ingest process that sent a window batch (`source_id`) and how many rewinds it had made by then."""
+
+    source: str
+    rewinds: int
+
+
 @dataclass(frozen=True)
 class Batch:
-    """Windows on their way to the next stage: their metadata and arrays whose first axis runs over them."""
+    """Windows on their way to the next stage: their metadata and arrays whose first axis runs over them.
+    `sender`: set on a received window batch that carried one (module docstring)."""
 
     kind: str  # WINDOWS | SPECTRA
     metas: tuple[WindowMeta, ...]
     arrays: Mapping[str, np.ndarray]
+    sender: Sender | None = None
 
     def __len__(self) -> int:
         return len(self.metas)
 
-    def frames(self) -> list[bytes | memoryview]:
-        """The message (zero-copy views onto the arrays: leave them unchanged until sent)."""
-        return pack_arrays({"kind": self.kind, "windows": [m.to_wire() for m in self.metas]}, self.arrays)
+    def frames(self, sender: Sender | None = None) -> list[bytes | memoryview]:
+        """The message (zero-copy views onto the arrays: leave them unchanged until sent), stamped with `sender`
+        when given."""
+        header: dict[str, Any] = {"kind": self.kind, "windows": [m.to_wire() for m in self.metas]}
+        if sender is not None:
+            header["sender"] = {"source": sender.source, "rewinds": sender.rewinds}
+        return pack_arrays(header, self.arrays)
 
 
 def status_frames(body: Mapping[str, Any]) -> list[bytes | memoryview]:
@@ -123,7 +142,16 @@ def decode(frames: Sequence[Any], contract: InputContract | None = None,
     except InvalidMessage as exc:
         raise InvalidMessage(exc.reason, f"{kind} message: malformed window metadata: {exc}") from None
     _check_arrays(kind, arrays, len(wires), contract)
-    return Batch(kind, metas, arrays)
+    return Batch(kind, metas, arrays, _sender(header.get("sender")))
+
+
+def _sender(obj: Any) -> Sender | None:
+    if obj is None:
+        return None
+    source, rewinds = (obj.get("source"), obj.get("rewinds")) if isinstance(obj, dict) else (None, None)
+    if not (isinstance(source, str) and 0 < len(source) <= 256 and _is_int(rewinds) and 0 <= rewinds < 2**62):
+        raise InvalidMessage("sender", "sender must be {source: a short string, rewinds: an int >= 0}")
+    return Sender(source, rewinds)
 
 
 def _nbytes(frame: Any) -> int:

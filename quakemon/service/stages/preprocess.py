@@ -3,6 +3,15 @@ spectra (connects pipeline.spectra_endpoint). Several workers may share the work
 when inference lags.
 
 Status reports arriving from ingest are passed on downstream (the newest per process), beside this stage's own.
+
+Reset (`RESET_SIGNAL`, sent by the supervisor when it restarts the inference stage, only where it rewinds the
+ingest stage next): the spectra not yet delivered are dropped, and so is every window batch that the ingest
+process sent before that rewind, though it arrives after the reset (still in the socket, or sent while the
+rewind was on its way): the rewind sends those windows again, after older ones, and the new inference process
+would drop the older ones as late (decided after newer windows of their station). A batch is known to be from
+before the rewind by its sender stamp (`messages.Sender`): the same ingest process with no more rewinds than the
+newest batch of that process received before the reset. A batch of another ingest process (one restarted
+meanwhile) passes.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from quakemon.service.stages.messages import SPECTRA, WINDOWS, Batch, decode, ma
 log = structlog.get_logger(__name__)
 
 MAX_BATCH = 512  # windows per transform call
+MAX_SENDERS = 16  # ingest processes whose rewind count is remembered (one feeds a process; more while restarting)
 RESET_SIGNAL = signal.SIGUSR2  # the supervisor restarted the inference stage: drop the undelivered spectra
 
 
@@ -62,6 +72,8 @@ class PreprocessStage(Stage):
         set_on_signals(self.reset, [RESET_SIGNAL])  # (main thread only)
         self.resets = 0
         self.discarded = 0
+        self.senders: dict[str, int] = {}  # ingest process -> the most rewinds a batch of it was sent after
+        self.stale: dict[str, int] = {}  # since the last reset: batches of these with no more rewinds are dropped
 
     def start(self) -> bool:
         from quakemon.pipeline.detect import warm_up_preprocess
@@ -82,20 +94,25 @@ class PreprocessStage(Stage):
         return True
 
     def loop(self) -> int:
-        assert self.push is not None
         while not self.should_stop.is_set():
-            self.tick()
-            if self.reset.is_set():
-                self.discard_output()
-            self.transform(self.receive())
-            sent = self.status.maybe_send(self.own)
-            if sent is not None:
-                self.relay.put(sent)
-            # status reports go ahead of the spectra: a backlog of spectra (a late or slow inference stage)
-            # must not hold back the upstream counters that the heartbeat reports
-            self.relay.send(self.push)
-            drain_to(self.push, self.queue)
+            self.step()
         return 0
+
+    def step(self) -> None:
+        """One round: a pending reset, what arrived within the poll transformed and queued, status and spectra
+        sent without blocking."""
+        assert self.push is not None
+        self.tick()
+        if self.reset.is_set():
+            self.discard_output()
+        self.transform(self.receive())
+        sent = self.status.maybe_send(self.own)
+        if sent is not None:
+            self.relay.put(sent)
+        # status reports go ahead of the spectra: a backlog of spectra (a late or slow inference stage)
+        # must not hold back the upstream counters that the heartbeat reports
+        self.relay.send(self.push)
+        drain_to(self.push, self.queue)
 
     def stop(self) -> None:
         for sock in (self.pull, self.push):
@@ -107,10 +124,12 @@ class PreprocessStage(Stage):
 
     def discard_output(self) -> None:
         """The supervisor restarted the inference stage (`RESET_SIGNAL`): drop the spectra not yet delivered (the
-        queue and the PUSH socket's pipe); the ingest stage sends their windows again once this stage reports the
-        reset (status `resets`), so they reach the new process in window order."""
+        queue and the PUSH socket's pipe), and from now on the window batches sent before the ingest stage's
+        rewind (module docstring, "Reset"); the ingest stage sends their windows again once this stage reports
+        the reset (status `resets`), so they reach the new process in window order."""
         assert self.push is not None
         self.reset.clear()
+        self.stale = dict(self.senders)
         self.discarded += self.queue.windows
         self.queue = DropOldestQueue(self.cfg.pipeline.queue_hwm)
         self.push.close(linger=0)
@@ -128,11 +147,28 @@ class PreprocessStage(Stage):
         batches: list[Batch] = []
         if self.poller.poll(100 if not self.queue else 10):
             for msg in receive(self.pull, lambda frames: decode(frames, self.contract, WINDOWS), self.rejections):
-                if isinstance(msg, Batch):
-                    batches.append(msg)
-                else:
+                if not isinstance(msg, Batch):
                     self.relay.put(msg)
+                elif self.sent_before_rewind(msg):
+                    self.discarded += len(msg)
+                else:
+                    batches.append(msg)
         return batches
+
+    def sent_before_rewind(self, batch: Batch) -> bool:
+        """Note the batch's sender; whether it was sent before the rewind that follows the last reset."""
+        sender = batch.sender
+        if sender is None:
+            return False
+        if sender.source not in self.senders and len(self.senders) >= MAX_SENDERS:
+            del self.senders[next(iter(self.senders))]  # the longest known: a process restarted long ago
+        self.senders[sender.source] = max(sender.rewinds, self.senders.get(sender.source, 0))
+        stale = self.stale.get(sender.source)
+        if stale is not None and sender.rewinds > stale:
+            del self.stale[sender.source]
+            log.info("preprocess_rewind_reached", ingest=sender.source, resets=self.resets,
+                     windows_discarded=self.discarded)
+        return stale is not None and sender.rewinds <= stale
 
     def transform(self, batches: list[Batch]) -> None:
         from quakemon.pipeline.detect import preprocess_windows
