@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 
 import pytest
+import structlog
 import torch
 
 from quakemon.base import net
@@ -35,6 +37,20 @@ def pytest_runtest_makereport(item, call):
         if pipeline.STARTED:
             report.sections.append(("load average (1, 5, 15 min)", " ".join(f"{x:.2f}" for x in os.getloadavg())))
             report.sections.append(("quakemon processes alive", pipeline.quakemon_processes()))
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """A test that runs a command's main() in process configures structlog (its level included) and the root
+    logger; undo that, so that the tests after it, in whatever order, capture the logs they expect."""
+    handlers = list(logging.getLogger().handlers)
+    level = logging.getLogger().level
+    config = structlog.get_config()
+    yield
+    if structlog.get_config() != config:
+        structlog.configure(**config)
+    logging.getLogger().handlers[:] = handlers
+    logging.getLogger().setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import logging
 import os
 import signal
 import socket
@@ -22,7 +21,6 @@ import types
 from pathlib import Path
 
 import pytest
-import structlog
 
 import quakemon
 from quakemon.cli import app as cli
@@ -70,17 +68,6 @@ def record_calls(monkeypatch, module: str, name: str, result=0) -> list[dict]:
 
     monkeypatch.setattr(mod, name, fake)
     return calls
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """In-process main() configures structlog and the root logger; undo that for the tests that follow."""
-    handlers = list(logging.getLogger().handlers)
-    level = logging.getLogger().level
-    yield
-    structlog.reset_defaults()
-    logging.getLogger().handlers[:] = handlers
-    logging.getLogger().setLevel(level)
 
 
 # -- help, version, usage errors -----------------------------------------------------------------------------

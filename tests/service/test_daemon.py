@@ -6,6 +6,7 @@ fatal CUDA error makes the daemon exit non-zero, a corrupt checkpoint fails befo
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -124,6 +125,8 @@ def test_watchdog_progress_needs_every_ready_stage_to_advance(supervisor):
 def test_a_stalled_stage_is_named_in_status_and_log_at_once(supervisor):
     import structlog
 
+    # INFO whatever a test before configured (tests/conftest.py restores the configuration afterwards)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
     sent = []
     supervisor.notifier = SimpleNamespace(ready=lambda *_: True, status=sent.append)
     now = time.monotonic()
