@@ -19,28 +19,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from quakemon.tools.bench_live import LIVE_DATA, live_archive
+
 
 def archive(directory: Path, data: str, stations: int, seconds: float) -> list[Path]:
-    from quakemon.tools.bench_common import write_noise_archive, write_synthetic_archive
+    """The live bench's stations (`bench_live.live_archive`): real noise without events, or the synthetic data
+    with its one event a minute."""
+    from quakemon.tools.bench_common import BenchPlan
 
-    if data == "synthetic":
-        return write_synthetic_archive(directory, stations, seconds)
-    files = write_noise_archive(directory, stations, seconds)
-    if data == "uv10-z":
-        files = _vertical_only(directory, files)
-    return files
-
-
-def _vertical_only(directory: Path, files: list[Path]) -> list[Path]:
-    from obspy import Stream, read
-
-    out = []
-    for f in files:
-        st = Stream([tr for tr in read(str(f)) if tr.stats.channel.endswith("Z")])
-        path = directory / f"{f.stem}.z.mseed"
-        st.write(str(path), format="MSEED", reclen=512, encoding="STEIM2")
-        out.append(path)
-    return out
+    plan = BenchPlan(live_data=data, live_archive_s=seconds, live_event_every_s=60.0 if data == "synthetic" else None)
+    return live_archive(directory, plan, stations)
 
 
 def forwarded_share(files: list[Path], screen: str) -> dict[str, Any]:
@@ -62,7 +50,7 @@ def forwarded_share(files: list[Path], screen: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("screens", nargs="+", help="screen net checkpoints of the bundled detector")
-    parser.add_argument("--data", choices=("uv10", "uv10-z", "synthetic"), default="uv10")
+    parser.add_argument("--data", choices=LIVE_DATA, default="uv10")
     parser.add_argument("--stations", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--json", type=Path, default=None)

@@ -31,7 +31,7 @@ import zmq
 
 from quakemon.base.net import free_port
 from quakemon.tools import bench_common as bench
-from quakemon.tools.bench_live import BENCH_TRIGGER, daemon_config, live_archive
+from quakemon.tools.bench_live import BENCH_TRIGGER, LIVE_DATA, daemon_config, live_archive
 
 STARTUP_TIMEOUT_S = 600.0  # until the first windows come out (a loaded host takes minutes to import torch)
 SETTLE_S = 20.0  # then the first burst of windows settles
@@ -143,7 +143,7 @@ if __name__ == "__main__":
     parser.add_argument("--measure", type=float, default=MEASURE_S, help="seconds measured after the warm-up")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy each stage process into this directory")
     parser.add_argument("--screen-net", default=None, help="run the cascade with this screen net")
-    parser.add_argument("--data", default="synthetic", choices=("synthetic", "uv10", "uv10-z"))
+    parser.add_argument("--data", default="synthetic", choices=LIVE_DATA)
     parser.add_argument("--event-every", type=float, default=60.0, help="seconds; 0: no events (real noise only)")
     args = parser.parse_args()
     main(args.stations, args.measure, args.profile, args.screen_net, args.data, args.event_every or None)

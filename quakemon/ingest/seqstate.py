@@ -111,20 +111,8 @@ class SeqState:
             shared = doc.get("shared")
             st.shared = None if shared is None else bool(shared)
         bits = 64 if st.proto == "4.0" else SEQ_BITS
-        for key, entry in doc.get("stations", {}).items():
-            seq = int(entry["seq"])
-            if not 0 <= seq < (1 << bits):
-                raise ValueError(f"station {key}: seq {seq} outside 0..{(1 << bits) - 1}")
-            st.stations[str(key)] = seq
-            if entry.get("time") is not None:
-                st.station_times[str(key)] = float(entry["time"])
-        for key, entry in doc.get("first", {}).items():
-            seq = int(entry["seq"])
-            if not 0 <= seq < (1 << bits):
-                raise ValueError(f"first record of {key}: seq {seq} outside 0..{(1 << bits) - 1}")
-            st.first_seqs[str(key)] = seq
-            if entry.get("time") is not None:
-                st.first_times[str(key)] = float(entry["time"])
+        _read_positions(doc.get("stations", {}), bits, "station", st.stations, st.station_times)
+        _read_positions(doc.get("first", {}), bits, "first record of", st.first_seqs, st.first_times)
         for key, entry in doc.get("streams", {}).items():
             if isinstance(entry, dict):
                 st.stream_times[str(key)] = float(entry["time"])
@@ -133,6 +121,18 @@ class SeqState:
             else:
                 st.stream_times[str(key)] = float(entry)
         return st
+
+
+def _read_positions(section: dict, bits: int, what: str, seqs: dict[str, int], times: dict[str, float]) -> None:
+    """Fill `seqs` and `times` from a {key: {"seq": n, "time": t or null}} section; a number outside the
+    protocol's range raises ValueError."""
+    for key, entry in section.items():
+        seq = int(entry["seq"])
+        if not 0 <= seq < (1 << bits):
+            raise ValueError(f"{what} {key}: seq {seq} outside 0..{(1 << bits) - 1}")
+        seqs[str(key)] = seq
+        if entry.get("time") is not None:
+            times[str(key)] = float(entry["time"])
 
 
 def load_state(path: str | os.PathLike[str]) -> SeqState:

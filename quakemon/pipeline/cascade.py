@@ -300,7 +300,10 @@ class QuietRuns:
 
     def flush(self, station: str | None = None) -> None:
         """Hand on the station's run (None: every station's)."""
-        self._ok.pop(station, None) if station is not None else self._ok.clear()
+        if station is None:
+            self._ok.clear()
+        else:
+            self._ok.pop(station, None)
         names = [station] if station is not None else list(self.runs)
         for name in names:
             run = self.runs.pop(name, None)

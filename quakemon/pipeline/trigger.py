@@ -420,13 +420,8 @@ class TriggerBank:
         """Whether windows whose trigger-label probabilities are finite and at most `high` leave every trigger of
         the station idle and change nothing but the window each remembers (`update_quiet`): no calibration, every
         trigger idle with no detection waiting in `take_opened`, and `high` below each one's ``on``."""
-        if self.calibration is not None:
-            return False
-        for label in self.trigger_labels:
-            trig = self.trigger(station, label)
-            if trig.state != "idle" or trig.opened is not None or not high < trig.on:
-                return False
-        return True
+        return self.calibration is None and all(
+            _idle_below(self.trigger(station, label), high) for label in self.trigger_labels)
 
     def update_quiet(self, station: str, first_start: float, last: tuple[float, float, dict[str, float]],
                      bounds: Mapping[str, tuple[float, float]]) -> bool:
@@ -443,8 +438,8 @@ class TriggerBank:
         trigs = [self.trigger(station, label) for label in self.trigger_labels]
         for trig in trigs:
             low, high = bounds.get(trig.label, (math.nan, math.nan))
-            if (trig.state != "idle" or trig.opened is not None or not (math.isfinite(low) and high < trig.on)
-                    or (trig._last is not None and first_start <= trig._last[0])):
+            if not (math.isfinite(low) and _idle_below(trig, high)) or (
+                    trig._last is not None and first_start <= trig._last[0]):
                 return False
         start, end, probs = last
         for trig in trigs:
@@ -495,3 +490,9 @@ class TriggerBank:
                 total[key] += value
         total["open"] = sum(t.state in ("active", "held") for t in self._triggers.values())
         return total
+
+
+def _idle_below(trig: StationTrigger, high: float) -> bool:
+    """The trigger is idle with no detection waiting in `take_opened`, and `high` is below its ``on`` (False for
+    NaN): windows up to `high` leave it idle."""
+    return trig.state == "idle" and trig.opened is None and high < trig.on
