@@ -37,7 +37,7 @@ def env(tmp_path_factory, tiny_checkpoint):
                              "backfill.source": "fdsn://127.0.0.1:1"})
     ckpt = load_checkpoint(ckpt_path)
     t = cfg.trigger
-    expected = replay([str(archive)], ckpt, stride_s=cfg.window.stride_s, progress=False,
+    expected = replay([str(archive)], ckpt, stride_s=cfg.window.stride_s, progress=False, precision="fp32",
                       trigger={"on": t.on, "off": t.off, "min_duration_s": t.min_duration, "trigger_label": t.label,
                                "max_missing": cfg.window.max_missing_fraction}).detections
     assert any(b["state"] == "new" for b in expected)

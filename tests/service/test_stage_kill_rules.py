@@ -84,8 +84,11 @@ def test_windows_sent_before_the_rewind_do_not_overtake_the_re_sent_ones(tmp_pat
         def ingest_sends(*firsts: int) -> None:
             for first in firsts:
                 ingest.queue.put(_batch(first, 2))
-            ingest.send()
-            assert pre.pull.poll(2000)  # arrived, not yet received
+            for _ in range(400):  # as the stage's loop does: ZeroMQ may report the pipe full until its I/O
+                ingest.send()     # thread has passed on that the earlier batches were read
+                if pre.pull.poll(5):
+                    return  # arrived, not yet received
+            raise AssertionError("no batch reached the preprocess stage")
 
         ingest_sends(0, 2)
         while pre.windows < 4:
