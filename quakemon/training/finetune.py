@@ -233,7 +233,9 @@ def finetune_data(day: str | None, contract: InputContract, base_ckpt, sizes: Fi
     (`noise="day"`, see the module docstring) or the multi-site windows (`noise="sprit"`, `training.multisite`).
     With `noise="sprit"` and a `day`, that day's real noise is added to the multi-site windows: its hard negatives,
     random windows and transients at the same sizes (`day_parts` without its events and microseism windows, which
-    the multi-site part already has), so a broadband station's own noise is in the noise class."""
+    the multi-site part already has), so a broadband station's own noise is in the noise class. With
+    `sizes.surrogates`, phase-randomised copies of the finished earthquake windows are appended as noise
+    (`surrogate_part`)."""
     from quakemon.data.datasets import LabelledWaveforms
     from quakemon.training.bundle import band_limit, training_data
 
