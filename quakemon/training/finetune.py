@@ -17,7 +17,10 @@ Starting from an existing checkpoint's weights (by default the bundled model), t
   "little energy above 1 Hz" as an earthquake;
 * earthquakes over the training day's real noise, labelled earthquake: local events
   (`synthetic.synthesize_event_trace`) and regional/teleseismic events (`quakemon.data.distant`), P anywhere in
-  the window or up to 15 s before it (coda windows).
+  the window or up to 15 s before it (coda windows);
+* optionally (`FinetuneSizes.surrogates`, 0 by default), phase-randomised copies of earthquake windows of the whole
+  set, labelled noise (`phase_surrogates`): each has its earthquake window's power spectrum and cross-component
+  coherence but no onset, so a spectrum alone can no longer make a window an earthquake.
 
 Noise windows are taken only away from classic STA/LTA triggers on the training day (30 s before to 90 s after
 each), so the real events a volcano network records are not taught as noise. The noise day is vertical-only:
@@ -56,6 +59,7 @@ class FinetuneSizes:
     distant: int = 2000
     local: int = 1500
     microseism: int = 1500
+    surrogates: int = 0
 
 
 def _clean_mask(n: int, fs: float, onsets_s: list[float], pre_s: float = 30.0, post_s: float = 90.0) -> np.ndarray:
@@ -112,6 +116,39 @@ def microseism_noise(m: int, n: int, fs: float, rng: np.random.Generator
     bg, info = background_noise(m, n, fs, rng, cfg, np.zeros(m, dtype=bool))
     return bg[:, 0], 0, [{"label": "noise", "part": "microseism", "microseism_ratio": float(r)}
                          for r in info["microseism_ratio"]]
+
+
+def phase_surrogates(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Phase-randomised copies of windows [m, C, N]: the FFT of each window along time, every frequency bin turned
+    by a random phase (uniform in [0, 2 pi)) that is the same for all components of the window, so each
+    component's power spectrum and the cross-spectra between components are kept exactly; the DC and (N even)
+    Nyquist bins are left as they are, so the result is real. What is lost is every temporal structure: an onset,
+    an envelope, a transient become stationary noise of the same spectrum (periodic over the window). Components
+    that are all zero stay zero. Returns float32."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[-1]
+    spec = np.fft.rfft(x, axis=-1)
+    phase = rng.uniform(0.0, 2 * np.pi, (x.shape[0], 1, spec.shape[-1]))
+    phase[..., 0] = 0.0
+    if n % 2 == 0:
+        phase[..., -1] = 0.0
+    out = np.fft.irfft(spec * np.exp(1j * phase), n=n, axis=-1)
+    return (out * np.any(x != 0, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def surrogate_part(waves: np.ndarray, labels: np.ndarray, meta: list[dict[str, Any]], k: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """`k` phase-randomised copies (`phase_surrogates`) of randomly chosen earthquake windows (label 1) of `waves`,
+    labelled noise (0); each source window is used once before any is used again. Meta rows name the part
+    ("surrogate"), the source window's index in `waves` and its part."""
+    eq = np.flatnonzero(labels == 1)
+    if k <= 0 or eq.size == 0:
+        return np.zeros((0, *waves.shape[1:]), np.float32), np.zeros(0, np.int64), []
+    src = np.concatenate([rng.permutation(eq) for _ in range(-(-k // eq.size))])[:k]
+    out = np.concatenate([phase_surrogates(waves[src[lo : lo + 256]], rng) for lo in range(0, k, 256)])
+    rows = [{"label": "noise", "part": "surrogate", "source_index": int(i),
+             "source_part": meta[i].get("part", "replay")} for i in src]
+    return out, np.zeros(k, np.int64), rows
 
 
 def day_parts(day: str, contract: InputContract, base_ckpt, sizes: FinetuneSizes, seed: int
@@ -196,7 +233,9 @@ def finetune_data(day: str | None, contract: InputContract, base_ckpt, sizes: Fi
     (`noise="day"`, see the module docstring) or the multi-site windows (`noise="sprit"`, `training.multisite`).
     With `noise="sprit"` and a `day`, that day's real noise is added to the multi-site windows: its hard negatives,
     random windows and transients at the same sizes (`day_parts` without its events and microseism windows, which
-    the multi-site part already has), so a broadband station's own noise is in the noise class."""
+    the multi-site part already has), so a broadband station's own noise is in the noise class. With
+    `sizes.surrogates`, phase-randomised copies of the finished earthquake windows are appended as noise
+    (`surrogate_part`)."""
     from quakemon.data.datasets import LabelledWaveforms
     from quakemon.training.bundle import band_limit, training_data
 
@@ -216,9 +255,12 @@ def finetune_data(day: str | None, contract: InputContract, base_ckpt, sizes: Fi
                          "or noise='day' with a day")
     rng = np.random.default_rng(seed + 2)
     band_limit(waves, meta, contract.sampling_rate, rng, fraction=0.35, corner_hz=(7.0, 32.0))
-    meta = [dict(m) for m in meta]
-    return LabelledWaveforms(np.concatenate([base.waveforms, waves]), np.concatenate([base.labels, labels]),
-                             list(base.label_names), list(base.meta) + meta)
+    waves, labels = np.concatenate([base.waveforms, waves]), np.concatenate([base.labels, labels])
+    meta = [dict(m) for m in list(base.meta) + meta]
+    if sizes.surrogates:  # of the finished earthquake windows (band limit included), replay ones too
+        w, lab, m = surrogate_part(waves, labels, meta, sizes.surrogates, np.random.default_rng(seed + 4))
+        waves, labels, meta = np.concatenate([waves, w]), np.concatenate([labels, lab]), meta + m
+    return LabelledWaveforms(waves, labels, list(base.label_names), meta)
 
 
 def finetune(day: str | None, output: str | Path, init: str | Path | None = None, *, epochs: int = 3,

@@ -23,7 +23,9 @@ windows (replay) and the band limiting, as for a noise day.
 With the distant events in the set, quiet broadband stations' microseism-dominated noise comes out as earthquakes
 (the sprit sensors are short-period, so only the events show energy below a few Hz); `--size distant=0` leaves them
 out, and `--day` adds one msnoise day's real broadband noise to the set (`finetune.finetune_data`), which makes
-that day training data (docs/detection-quality.md has the measurements).
+that day training data (docs/detection-quality.md has the measurements). `--size surrogates=N` adds
+phase-randomised copies of the earthquake windows as noise (`finetune.phase_surrogates`), so that an event's
+spectrum without its onset is taught as noise.
 """
 
 from __future__ import annotations

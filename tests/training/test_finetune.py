@@ -164,3 +164,70 @@ def test_the_cli_refuses_an_unknown_or_malformed_size():
         with pytest.raises(SystemExit) as exc:
             finetune.main(["--noise", "sprit", "--output", "x", "--size", size])
         assert exc.value.code == 2
+
+
+def _onset_window(rng: np.random.Generator) -> np.ndarray:
+    """[3, 2000] at 100 Hz: weak noise, then from 8 s a strong decaying 5 Hz burst on Z and N; E is all zero."""
+    t = np.arange(2000) / 100.0
+    x = rng.normal(0, 1.0, (3, 2000))
+    burst = 200 * np.sin(2 * np.pi * 5 * t) * np.exp(-(t - 8) / 2) * (t >= 8)
+    x[0] += burst
+    x[1] += 0.5 * burst
+    x[2] = 0.0
+    return x
+
+
+def test_phase_surrogates_keep_each_components_spectrum_and_coherence_but_remove_the_onset():
+    from scipy.signal import hilbert
+
+    rng = np.random.default_rng(3)
+    x = np.stack([_onset_window(rng) for _ in range(4)])
+    s = finetune.phase_surrogates(x, np.random.default_rng(5))
+    assert s.shape == x.shape and s.dtype == np.float32
+    fx, fs_ = np.fft.rfft(x, axis=-1), np.fft.rfft(s.astype(np.float64), axis=-1)
+    power = np.abs(fx) ** 2
+    np.testing.assert_allclose(np.abs(fs_) ** 2, power, rtol=1e-4, atol=1e-6 * power.max())
+    cross_x, cross_s = fx[:, 0] * np.conj(fx[:, 1]), fs_[:, 0] * np.conj(fs_[:, 1])  # Z-N cross-spectrum kept
+    np.testing.assert_allclose(cross_s, cross_x, rtol=1e-3, atol=1e-6 * np.abs(cross_x).max())
+    assert np.all(s[:, 2] == 0), "a zero component stays zero"
+
+    def peak_to_median(w):
+        env = np.abs(hilbert(w, axis=-1))
+        return env.max(axis=-1) / np.median(env, axis=-1)
+
+    before, after = peak_to_median(x[:, 0]), peak_to_median(s[:, 0].astype(np.float64))
+    assert np.all(before > 20) and np.all(after < 6), (before, after)  # the onset's envelope is gone
+    assert not np.allclose(s, finetune.phase_surrogates(x, np.random.default_rng(6)), atol=1e-3)
+
+
+def test_surrogate_part_copies_earthquake_windows_as_noise_and_finetune_data_adds_them(monkeypatch):
+    from quakemon.data.datasets import LabelledWaveforms
+    from quakemon.training import bundle, multisite
+
+    rng = np.random.default_rng(0)
+    waves = np.stack([_onset_window(rng) for _ in range(7)]).astype(np.float32)
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    meta = [{"part": "noise"}] * 3 + [{"part": "local"}, {"part": "distant"}, {}, {"part": "local"}]
+    w, lab, rows = finetune.surrogate_part(waves, labels, meta, 6, np.random.default_rng(1))
+    assert w.shape == (6, 3, 2000) and list(lab) == [0] * 6 and len(rows) == 6
+    src = [r["source_index"] for r in rows]
+    assert set(src[:4]) == {3, 4, 5, 6} and set(src) <= {3, 4, 5, 6}, "every earthquake window once, then again"
+    assert [r["source_part"] for r in rows] == [meta[i].get("part", "replay") for i in src]
+    assert {r["part"] for r in rows} == {"surrogate"} and {r["label"] for r in rows} == {"noise"}
+    for out, i in zip(w, src, strict=True):  # each copy has its own source's spectrum
+        np.testing.assert_allclose(np.abs(np.fft.rfft(out[0])), np.abs(np.fft.rfft(waves[i, 0])), rtol=1e-3,
+                                   atol=1e-3 * np.abs(np.fft.rfft(waves[i, 0])).max())
+    assert len(finetune.surrogate_part(waves, np.zeros(7), meta, 6, rng)[0]) == 0
+
+    monkeypatch.setattr(multisite, "sprit_parts", lambda contract, ckpt, sizes, seed: (waves, labels, meta))
+    monkeypatch.setattr(bundle, "training_data", lambda contract, n, seed: LabelledWaveforms(
+        waves[:2], np.array([0, 1]), ["noise", "earthquake"], [{"label": "noise"}, {"label": "earthquake"}]))
+    contract = InputContract(component_sets=("Z",))
+    data = finetune.finetune_data(None, contract, None, finetune.FinetuneSizes(surrogates=10), seed=1,
+                                  noise="sprit")
+    parts = [m.get("part") for m in data.meta]
+    assert len(data) == 2 + 7 + 10 and parts.count("surrogate") == 10
+    assert set(data.labels[9:]) == {0} and list(data.labels[:9]) == [0, 1, *labels]
+    assert {m["source_part"] for m in data.meta[9:]} <= {"replay", "local", "distant"}
+    assert "replay" in {m["source_part"] for m in data.meta[9:]}, "the replay's earthquakes are copied too"
+    assert finetune.FinetuneSizes().surrogates == 0
