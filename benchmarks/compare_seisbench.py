@@ -2,15 +2,16 @@
 replay path, on the same archive, in one run.
 
     .venv/bin/python benchmarks/compare_seisbench.py [--stations 4] [--seconds 300] [--repeat 3] [--threads 1,2]
-        [--strides 1,2,5,10] [--screen 4:0.1 ...] [--noise-day UV10] [--screen-net FILE] [--skip-eqt] [--json FILE]
+        [--strides 1,2,5,10] [--screen 4:0.1 ...] [--noise-day UV10 [--hours-apart 4]] [--screen-net FILE]
+        [--skip-eqt] [--skip-full-stride] [--json FILE]
 
 Needs the optional extra `seisbench` (nothing is downloaded: both SeisBench models get random weights, which do
 not change their cost). Everything runs in this process, one after the other, for each torch thread count of
 --threads, on the same MiniSEED archive: by default synthetic (`quakemon.tools.bench_common.write_synthetic_archive`:
 3-component 100 Hz stations, 512-byte STEIM2 records); with --noise-day, real noise (`write_noise_archive`:
---stations stretches of --seconds of that msnoise day, `quakemon.data.noise_days`, each its own station, vertical
-only; every program fills the missing horizontal components with zeros, as it does by default: SeisBench
-`annotate` with strict=False, quakemon's windowing for a station without N and E):
+--stations stretches of --seconds of that msnoise day, `quakemon.data.noise_days`, --hours-apart hours apart from
+06:00 UTC, each its own station, vertical only; every program fills the missing horizontal components with zeros,
+as it does by default: SeisBench `annotate` with strict=False, quakemon's windowing for a station without N and E):
 
 - SeisBench PhaseNet and EQTransformer `annotate` at their documented default overlap (the class's
   `_annotate_args["overlap"]`: 1500 of PhaseNet's 3001 samples, 3000 of EQTransformer's 6000 in SeisBench 0.12),
@@ -18,6 +19,8 @@ only; every program fills the missing horizontal components with zeros, as it do
   default (256);
 - quakemon's replay (`quakemon.tools.bench_replay`, what `quakemon replay` runs) at each stride of --strides,
   every window forwarded;
+- with --skip-full-stride, neither SeisBench at quakemon's stride nor quakemon with every window forwarded (the
+  costly rows, for large archives where only the default-overlap and cascade rows are wanted);
 - with --screen EVERY:THRESHOLD, and only when `DetectionRunner` takes `screen_every` / `screen_threshold`
   (screen and refine: a quiet station's windows forwarded one in EVERY), quakemon at the first stride so screened;
 - with --screen-net FILE (repeatable), quakemon's cascade screen at the first stride (`screen_net`: the screen
@@ -79,8 +82,8 @@ def write_noise_archive(directory: str | os.PathLike, day: str, n_stations: int,
                         first_hour: float = 6.0, hours_apart: float = 4.0) -> list[Path]:
     """MiniSEED files (512-byte STEIM2, vertical only, as the day is recorded) of `n_stations` stretches of
     `seconds` of the msnoise noise day `day`, stretch i starting first_hour + i * hours_apart into the day, each
-    written as its own station (the day's station code with a letter A, B, ... in place of its last character),
-    all relabelled to start at the first stretch's start. Returns the files."""
+    written as its own station (the day's station code with A, B, ... Z, then AA, AB, ... in place of its last
+    character), all relabelled to start at the first stretch's start. Returns the files."""
     from quakemon.data.noise_days import load_day
 
     out = Path(directory)
@@ -93,13 +96,23 @@ def write_noise_archive(directory: str | os.PathLike, day: str, n_stations: int,
         if a + seconds > tr.stats.endtime:
             raise ValueError(f"{day}: stretch {i} ({i * hours_apart + first_hour:g} h + {seconds:g} s) is past the day")
         cut = tr.slice(a, a + seconds - 1.0 / tr.stats.sampling_rate).copy()
-        cut.stats.station = tr.stats.station[:-1] + chr(ord("A") + i)
+        cut.stats.station = tr.stats.station[:-1] + station_suffix(i)
         cut.stats.starttime = t0
         cut.data = cut.data.astype(np.int32)
         path = out / f"{cut.id}.mseed"
         cut.write(str(path), format="MSEED", reclen=512, encoding="STEIM2")
         files.append(path)
     return files
+
+
+def station_suffix(i: int) -> str:
+    """A, B, ... Z for i = 0 ... 25, then AA, AB, ... (station codes are letters and digits)."""
+    letters = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        letters = chr(ord("A") + r) + letters
+    return letters
 
 
 def cascade_check(files: list[Path], ckpt_path: Path, screen_net: str, stride: float) -> dict[str, Any]:
@@ -194,10 +207,12 @@ def run_threads(threads: int, files: list[Path], args: argparse.Namespace, stati
         rows.append((Row(f"SeisBench {name}, default overlap", default / SAMPLING_RATE,
                          note=f"overlap {model.in_samples - default} of {model.in_samples} samples"), (model, None)))
         step = round(stride0 * SAMPLING_RATE)
+        if args.skip_full_stride:
+            continue
         rows.append((Row(f"SeisBench {name}, quakemon's stride", stride0,
                          note=f"overlap {model.in_samples - step} of {model.in_samples} samples"),
                      (model, model.in_samples - step)))
-    for stride in args.strides:
+    for stride in [] if args.skip_full_stride else args.strides:
         rows.append((Row("quakemon replay", stride), ("replay", stride, full)))
     for screen_net in args.screen_net:
         rows.append((Row(f"quakemon cascade, {Path(screen_net).name}", stride0, note="screen_net"),
@@ -270,7 +285,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="archive: stretches of this real noise day (vertical only) instead of synthetic data")
     p.add_argument("--screen-net", action="append", default=[], metavar="FILE",
                    help="also quakemon's cascade with this screen checkpoint; repeatable")
+    p.add_argument("--hours-apart", type=float, default=4.0,
+                   help="--noise-day: hours between the stretches' starts (4 fits 4 stations of 600 s in the day)")
     p.add_argument("--skip-eqt", action="store_true", help="EQTransformer is slow on a CPU")
+    p.add_argument("--skip-full-stride", action="store_true",
+                   help="leave out SeisBench at quakemon's stride and quakemon with every window forwarded")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
     try:
@@ -292,13 +311,15 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("warning", "console")
     args.workdir = tempfile.mkdtemp(prefix="qm-sb-")
     if args.noise_day:
-        files = write_noise_archive(Path(args.workdir) / "archive", args.noise_day, args.stations, args.seconds)
+        files = write_noise_archive(Path(args.workdir) / "archive", args.noise_day, args.stations, args.seconds,
+                                    hours_apart=args.hours_apart)
     else:
         files = write_synthetic_archive(Path(args.workdir) / "archive", args.stations, args.seconds)
     station_hours = args.stations * args.seconds / 3600.0
     info = {"seisbench": seisbench.__version__, "torch": torch.__version__, "stations": args.stations,
             "seconds": args.seconds, "station_hours": station_hours, "batch": args.batch,
-            "archive": f"noise day {args.noise_day}, vertical only" if args.noise_day else "synthetic, 3 components",
+            "archive": (f"noise day {args.noise_day}, vertical only, {args.hours_apart:g} h apart" if args.noise_day
+                        else "synthetic, 3 components"),
             "loadavg_before": os.getloadavg(), "cpus": os.cpu_count()}
     tables = {t: run_threads(t, files, args, station_hours, screens) for t in threads}
     info["loadavg_after"] = os.getloadavg()

@@ -19,8 +19,10 @@ forward pool's workers), and the passed windows and those of stations busy at th
 detector there too. `decide` forwards, on its own thread, the windows of stations that turned busy within the
 batch. A window forwarded ahead of need (its station was busy when the batch was inferred, idle when decided) is
 used only where the rule forwards it, so the decisions do not depend on the batching. No window is held: the
-decisions come with their batch, with no delay. `decide` feeds the windows it does not forward to the
-triggers a run per station (`QuietRuns`), as feeding them one by one would.
+decisions come with their batch, with no delay; except in a replay on the CPU workers (`DetectionRunner`), where a
+task with only a few windows to forward leaves them to `Gather`, which forwards those of several tasks in one
+forward and holds their decisions until then (a pipeline batch at most). `decide` feeds the windows it does not
+forward to the triggers a run per station (`QuietRuns`), as feeding them one by one would.
 
 What it guarantees: with a threshold every window reaches, the trigger sees exactly the full-stride
 probabilities. What it does not: that a window the screen scores below its threshold would not have reached the
@@ -112,13 +114,12 @@ class CascadeScreen:
         """Screen scores [B] (float64) of a batch of spectra (numpy, or a torch tensor on any device)."""
         if len(spectra) == 0:
             return np.zeros(0)
-        net = self.model.net
-        device = getattr(spectra, "device", None)
-        if device is not None and next(net.parameters()).device != device:
-            with self._lock:
-                self.model.net = net = net.to(device)
         import torch
 
+        net = self.model.net
+        if isinstance(spectra, torch.Tensor) and next(net.parameters()).device != spectra.device:
+            with self._lock:  # (a numpy batch has a `device` too, the string "cpu": never moved for it)
+                self.model.net = net = net.to(spectra.device)
         with torch.inference_mode():
             out = net(torch.as_tensor(spectra))
         return out.float().cpu().numpy().astype(np.float64)
@@ -212,9 +213,9 @@ class CascadeScreen:
                     else:
                         quiet(q.popleft(), score)
                     continue
-            if item.probs is None:
+            if item.probs is None:  # (with every queued window passed or of a station found busy: one forward)
                 return [it for it in q if it.valid and it.probs is None and
-                        (it is item or not it.score < logit)]  # type: ignore[attr-defined]
+                        (it is item or not it.score < logit or busy.get(it.meta.station))]  # type: ignore[attr-defined]
             feed(q.popleft(), item.probs, True)
             busy.pop(station, None)
         self._hint(touched, busy)
@@ -309,3 +310,65 @@ class QuietRuns:
             run = self.runs.pop(name, None)
             if run is not None:
                 self.feed_run(run[0], self.screen.rows_of(run[1]))
+
+
+class Gather:
+    """The cascade's forwards gathered across a runner's tasks (`quakemon.pipeline.runner.DetectionRunner`).
+
+    On a quiet station the screen passes a window or two of a forward-sized task, and the detector's forward of
+    a few windows costs more per window than one of dozens (docs/performance.md, "Gathered forwards", measures
+    what gathering them saves, in the forwards and around them). So a task with fewer than `below` windows to
+    forward (`CascadeScreen.wanted`: passed, or of a station busy at the last decision) forwards none of them on
+    its worker (`infer`: their rows stay NaN, a mask says which they are); the runner holds the decisions of
+    such tasks back, in order, until they hold `below` such windows or `max_tasks` tasks (or the data ends),
+    forwards them all in one forward on its own thread (`forward`), then decides the tasks. A task with `below`
+    or more is forwarded on its worker as without it.
+
+    The windows forwarded and the rule that decides each window are those of the cascade without it; only the
+    forwards' batches differ. The detector's forward need not be bit-identical across batch sizes (on the CPU
+    measured it is from two windows up, not for a lone window), so a gathered window's probabilities may differ
+    in their last bits from the task's own forward (which batches a task's windows were forwarded in depended on
+    the threads' timing before too: `infer` forwards ahead)."""
+
+    def __init__(self, stage: Any, below: int, max_tasks: int) -> None:
+        self.stage = stage
+        self.below = int(below)
+        self.max_tasks = int(max_tasks)
+
+    def infer(self, spectra: Any, metas: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """`DetectionStage.infer` of a task (the same forward where it has `below` windows to forward or more),
+        else none forwarded: (probabilities, mask [B] of the windows still to forward)."""
+        stage = self.stage
+        wanted = np.array([m.valid is not False for m in metas], dtype=bool)
+        wanted &= stage.screen.wanted(metas, spectra)
+        if wanted.sum() >= self.below:
+            return stage._forward(spectra, wanted), np.zeros(len(metas), bool)
+        return np.full((len(metas), len(stage.labels)), np.nan, np.float32), wanted
+
+    def ready(self, masks: Sequence[np.ndarray]) -> bool:
+        """Whether the held tasks (their masks, oldest first) are to be forwarded now."""
+        return len(masks) >= self.max_tasks or sum(int(m.sum()) for m in masks) >= self.below
+
+    def forward(self, tasks: Sequence[tuple[Any, np.ndarray, np.ndarray]]) -> None:
+        """Forward the windows of the held tasks (spectra, probabilities, mask) left to forward, in one forward
+        on this thread (at the stage's `refine_threads`), their rows written into the tasks' probabilities."""
+        parts = [(spectra, probs, mask) for spectra, probs, mask in tasks if mask.any()]
+        if not parts:
+            return
+        rows = _cat([s[_index(s, np.flatnonzero(m))] for s, _, m in parts])
+        out = self.stage.forward_rows(rows)
+        k = 0
+        for _, probs, mask in parts:
+            n = int(mask.sum())
+            probs[mask] = out[k : k + n]
+            mask[:] = False
+            k += n
+
+
+def _cat(parts: list[Any]) -> Any:
+    """Concatenate numpy arrays or torch tensors."""
+    if isinstance(parts[0], np.ndarray):
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    import torch
+
+    return torch.cat(parts)

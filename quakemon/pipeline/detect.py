@@ -396,6 +396,10 @@ class DetectionStage:
         return self._run_screen(lambda feed, **kw: self.screen.release(feed, older_than=older, now=now, **kw), now)
 
     def _refine(self, spectra: np.ndarray | torch.Tensor) -> np.ndarray:
+        """`forward_rows`, for the windows `decide` forwards itself."""
+        return self.forward_rows(spectra)
+
+    def forward_rows(self, spectra: np.ndarray | torch.Tensor) -> np.ndarray:
         """Forward every window of `spectra` on this thread, on `refine_threads` torch threads when set."""
         every = np.ones(len(spectra), bool)
         if self.refine_threads is None:

@@ -29,6 +29,7 @@ from quakemon.ingest.base import Samples
 from quakemon.models.checkpoint import Checkpoint
 from quakemon.models.contract import InputContract
 from quakemon.pipeline.associate import Associator
+from quakemon.pipeline.cascade import CascadeScreen, Gather
 from quakemon.pipeline.detect import (
     DetectionResult,
     DetectionStage,
@@ -45,6 +46,11 @@ from quakemon.pipeline.windowing import StationWindower, Window
 from quakemon.wire.schema import DETECTION_SCHEMA, Sequencer, detection_topic, event_topic
 
 log = structlog.get_logger(__name__)
+
+#: `Gather`: a task with fewer windows to forward than this leaves them to a forward gathered across tasks, which
+#: runs once the held tasks have this many, or make a pipeline batch (docs/performance.md, "Cascade screen": the
+#: forward of a window or two costs more per window than one of this many).
+GATHER_WINDOWS = 16
 
 #: Longest piece `interleaved` cuts a trace into, s: the archive source's piece length, well inside the
 #: windower's `max_skew_s` (30 s), so no channel runs further ahead of another than a live stream would let it.
@@ -194,7 +200,8 @@ class DetectionRunner:
         screen_every, screen_threshold: screen and refine (`quakemon.pipeline.screen`; defaults:
             `quakemon.pipeline.settings.SCREEN`; screen_every 1 forwards every window).
         screen_net: the cascade screen instead (`quakemon.pipeline.cascade`; a screen checkpoint path or a loaded
-            `quakemon.models.screen_net.Screen`), with screen_every 1.
+            `quakemon.models.screen_net.Screen`), with screen_every 1. On the CPU workers its few windows to forward
+            are gathered across tasks (`cascade.Gather`): a decision may wait for up to a batch more.
     """
 
     def __init__(self, checkpoint: Checkpoint, *, stride_s: float = WINDOW.stride_s,
@@ -246,6 +253,14 @@ class DetectionRunner:
         self._task = (engine.batch_size if self._worker is not None and engine.device.type == "cpu"
                       else max(1, batch_size))
         self._max_inflight = self.inference_workers + -(-max(1, batch_size) // self._task)
+        # the cascade on the CPU workers: the few windows a task passes are forwarded together with those of the
+        # next tasks (`Gather`), whose decisions wait for it meanwhile in `_held`, a batch's worth at most
+        self._gather: Gather | None = None
+        tasks = -(-max(1, batch_size) // self._task)
+        if isinstance(self.stage.screen, CascadeScreen) and self._worker is not None and engine.device.type == "cpu" \
+                and tasks > 1:
+            self._gather = Gather(self.stage, GATHER_WINDOWS, tasks)
+        self._held: deque[tuple[Any, ...]] = deque()
 
     def close(self) -> None:
         """Drop the batches in flight and stop the worker threads, if this runner built them. Idempotent."""
@@ -255,6 +270,7 @@ class DetectionRunner:
             with contextlib.suppress(Exception):
                 future.result()  # a task already running finishes before the pool may go
         self._inflight.clear()
+        self._held.clear()
         if self._owns_inference:
             self.inference.close()
 
@@ -294,22 +310,47 @@ class DetectionRunner:
                                             keep_on_device=True)
         return spectra, metas, data
 
-    def _infer(self, batch: list[Window]) -> tuple[list[WindowMeta], np.ndarray, np.ndarray, Any]:
+    def _infer(self, batch: list[Window]) -> tuple[list[WindowMeta], np.ndarray, np.ndarray, Any, Any]:
         """On an inference worker: stack, preprocess (on the worker's one thread, or the GPU) and infer a batch.
         The transform runs here rather than in the thread that decodes and windows, which keeps that thread's
-        share of the cores small."""
+        share of the cores small. The last item: the windows left for `Gather` to forward (None without it)."""
         spectra, metas, data = self._preprocess(batch)
-        return metas, self.stage.infer(spectra, metas), data, spectra
+        if self._gather is not None:
+            probs, left = self._gather.infer(spectra, metas)
+            return metas, probs, data, spectra, left
+        return metas, self.stage.infer(spectra, metas), data, spectra, None
 
     def _decide_oldest(self) -> list[dict[str, Any]]:
-        metas, probs, data, spectra = self._inflight.popleft().result()
+        task = self._inflight.popleft().result()
+        if self._gather is None:
+            return self._decide(task)
+        self._held.append(task)
+        return self._decide_held()
+
+    def _decide(self, task: tuple[Any, ...]) -> list[dict[str, Any]]:
+        metas, probs, data, spectra, _ = task
         return self._collect(self.stage.decide(metas, probs, data, spectra))
+
+    def _decide_held(self, final: bool = False) -> list[dict[str, Any]]:
+        """Decide the held tasks, in order, as far as they need no gathered forward; forward the gathered windows
+        first when `Gather` says so or `final` (the data ended), and then decide them all."""
+        out: list[dict[str, Any]] = []
+        held = self._held
+        while held and not held[0][4].any():
+            out += self._decide(held.popleft())
+        if held and (final or self._gather.ready([task[4] for task in held])):
+            self._gather.forward([(task[3], task[1], task[4]) for task in held])
+            while held:
+                out += self._decide(held.popleft())
+        return out
 
     def _drain(self) -> list[dict[str, Any]]:
         """Wait for the batches in flight and return their detections, in order."""
         out: list[dict[str, Any]] = []
         while self._inflight:
             out += self._decide_oldest()
+        if self._held:
+            out += self._decide_held(final=True)
         return out
 
     def _collect(self, result: DetectionResult) -> list[dict[str, Any]]:
