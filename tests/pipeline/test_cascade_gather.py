@@ -6,25 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from support.screens import FILL_LOGIT, FIRST, peakedness_net
+from support.screens import FILL_LOGIT, FIRST, VOLATILE, full_stride_scores, peakedness_net, two_stations
 
-from quakemon.data import realdata
 from quakemon.models.screen_net import save_screen
 from quakemon.pipeline.cascade import Gather
 from quakemon.pipeline.runner import GATHER_WINDOWS, DetectionRunner
-
-VOLATILE = ("seq", "topic_seq", "epoch", "latency_s")
-
-
-def two_stations():
-    """manz_regional, and the same samples as a second station."""
-    (rec,) = [r for r in realdata.local_events() if r.name == "manz_regional"]
-    stream = realdata.load(rec)
-    twin = stream.copy()
-    for tr in twin:
-        tr.stats.station = "MANY"
-    return stream + twin
 
 
 def replay(ckpt, inference, stream, gather: bool, **kw):
@@ -55,20 +41,7 @@ def replay(ckpt, inference, stream, gather: bool, **kw):
 def scored(ckpt):
     """The stream, and the peakedness score of each of its windows."""
     stream = two_stations()
-    net = peakedness_net(ckpt.contract, **FIRST)
-    scores = []
-    with DetectionRunner(ckpt, device="cpu", precision="fp32", overlap=False, screen_every=1) as runner:
-        infer = runner.stage.infer
-
-        def hooked(spectra, metas):
-            with torch.inference_mode():
-                scores.extend(net(torch.as_tensor(np.asarray(spectra))).numpy().tolist())
-            return infer(spectra, metas)
-
-        runner.stage.infer = hooked
-        list(runner.add_stream(stream.copy(), chunk_s=5.0))
-        runner.finish()
-    return stream, np.array(scores)
+    return stream, full_stride_scores(ckpt, stream, peakedness_net(ckpt.contract, **FIRST))[1]
 
 
 @pytest.mark.parametrize("batch_size", [256, 150])

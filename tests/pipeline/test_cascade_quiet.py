@@ -8,28 +8,14 @@ import math
 
 import numpy as np
 import pytest
-import torch
-from support.screens import FILL_LOGIT, FIRST, peakedness_net
+from support.screens import FILL_LOGIT, FIRST, VOLATILE, full_stride_scores, peakedness_net, two_stations
 
-from quakemon.data import realdata
 from quakemon.models.screen_net import Screen as ScreenModel
 from quakemon.models.screen_net import save_screen
 from quakemon.pipeline.cascade import CascadeScreen, QuietRuns
 from quakemon.pipeline.runner import DetectionRunner
 from quakemon.pipeline.screen import ScreenItem
 from quakemon.pipeline.trigger import TriggerBank
-
-VOLATILE = ("seq", "topic_seq", "epoch", "latency_s")
-
-
-def two_stations():
-    """manz_regional, and the same samples as a second station (so the runs of two stations interleave)."""
-    (rec,) = [r for r in realdata.local_events() if r.name == "manz_regional"]
-    stream = realdata.load(rec)
-    twin = stream.copy()
-    for tr in twin:
-        tr.stats.station = "MANY"
-    return stream + twin
 
 
 def replay(ckpt, stream, one_by_one: bool = False, **kw):
@@ -62,20 +48,7 @@ def replay(ckpt, stream, one_by_one: bool = False, **kw):
 def scored(ckpt):
     """The stream, its full-stride replay and the peakedness score of each window."""
     stream = two_stations()
-    net = peakedness_net(ckpt.contract, **FIRST)
-    scores = []
-    with DetectionRunner(ckpt, device="cpu", precision="fp32", overlap=False, screen_every=1) as runner:
-        infer = runner.stage.infer
-
-        def hooked(spectra, metas):
-            with torch.inference_mode():
-                scores.extend(net(torch.as_tensor(np.asarray(spectra))).numpy().tolist())
-            return infer(spectra, metas)
-
-        runner.stage.infer = hooked
-        full = [{k: v for k, v in b.items() if k not in VOLATILE} for b in
-                [*runner.add_stream(stream.copy(), chunk_s=5.0), *runner.finish()]]
-    return stream, full, np.array(scores)
+    return (stream, *full_stride_scores(ckpt, stream, peakedness_net(ckpt.contract, **FIRST)))
 
 
 def test_quiet_runs_decide_as_one_window_at_a_time(ckpt, scored, tmp_path):

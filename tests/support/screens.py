@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from quakemon.data import realdata
 from quakemon.models.screen_net import ScreenArgs, ScreenNet, choose_threshold
+from quakemon.pipeline.runner import DetectionRunner
 
 #: The first architecture (format-1 files, and the default): every component a channel, no pooling. Its
 #: peakedness score separates the quiet windows of the catalogue's records from those the detector scores high;
@@ -17,6 +19,9 @@ from quakemon.models.screen_net import ScreenArgs, ScreenNet, choose_threshold
 FIRST = {"pool": 1, "components": "all"}
 #: The pooled architecture: the components' max, 2 x 2 average pooling.
 POOLED = {"pool": 2, "components": "max"}
+
+#: Detection fields that differ between two replays of the same data.
+VOLATILE = ("seq", "topic_seq", "epoch", "latency_s")
 
 #: The threshold the test screens are saved with: sigmoid(-2.5) = 0.076, below any trigger off used in the tests.
 FILL_LOGIT = -2.5
@@ -49,3 +54,31 @@ def clear_threshold(scores: np.ndarray, p: np.ndarray, p_min: float, clearance: 
     while np.abs(scores - t).min() < clearance:
         t -= clearance
     return t
+
+
+def two_stations():
+    """manz_regional, and the same samples as a second station (so the two stations' windows interleave)."""
+    (rec,) = [r for r in realdata.local_events() if r.name == "manz_regional"]
+    stream = realdata.load(rec)
+    twin = stream.copy()
+    for tr in twin:
+        tr.stats.station = "MANY"
+    return stream + twin
+
+
+def full_stride_scores(ckpt: Any, stream: Any, net: ScreenNet) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """A full-stride replay of `stream` (fp32, on the calling thread) with `net` scoring every window beside it:
+    the detections (without the `VOLATILE` fields) and the scores in the order the windows were inferred."""
+    scores: list[float] = []
+    with DetectionRunner(ckpt, device="cpu", precision="fp32", overlap=False, screen_every=1) as runner:
+        infer = runner.stage.infer
+
+        def hooked(spectra, metas):
+            with torch.inference_mode():
+                scores.extend(net(torch.as_tensor(np.asarray(spectra))).numpy().tolist())
+            return infer(spectra, metas)
+
+        runner.stage.infer = hooked
+        bodies = [{k: v for k, v in b.items() if k not in VOLATILE} for b in
+                  [*runner.add_stream(stream.copy(), chunk_s=5.0), *runner.finish()]]
+    return bodies, np.array(scores)
