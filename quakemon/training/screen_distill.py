@@ -21,7 +21,12 @@ teacher p 0.02 is kept, as neighbours overlap by 95 %) and a random fifth of the
 regresses the teacher's logit (clipped to `LOGIT_RANGE`, Huber loss, windows at p >= 0.05 weighted up); the
 pass threshold is the lowest score of a validation window at teacher p >= `p_min`, less `margin` (logit units):
 every validation window that matters passes, by construction, and the evaluation on other data says how far
-that carries.
+that carries. `P_MIN` (0.3) is well below the trigger's `on` (0.7 by default): an idle trigger opens only at `on`
+and a busy one has every window forwarded, so a window the screen fills changes a decision only if the detector
+would have scored it at `on` or above; the margin below `on` is for windows the validation set does not hold.
+Keep `--p-min` well below the `trigger.on` the screen will run with. (At 0.1, the earlier default, the threshold
+rests on a few windows far below any decision and passed several times as many windows for no measured gain:
+docs/performance.md, "Cascade screen".)
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ SEED = 20261207
 LOGIT_RANGE = (-9.0, 9.0)
 #: Sizes of the synthetic parts (windows), smaller than the fine-tuning set's: the screen is tiny.
 BUNDLE_WINDOWS = 3000
+#: The teacher probability the checkpoint's threshold covers on validation (module docstring).
+P_MIN = 0.3
 #: The thresholds also chosen on validation (for teacher p at or above each), kept in the checkpoint's metadata.
 VAL_P_MIN = (0.05, 0.1, 0.3, 0.5)
 DAY_PART_SIZES = {"replay": 0, "hard_negatives": 2000, "noise": 1500, "transients": 1000, "distant": 2500,
@@ -215,7 +222,7 @@ def score(net, x: np.ndarray, batch: int = 4096) -> np.ndarray:
                                for lo in range(0, len(x), batch)]).astype(np.float64)
 
 
-def distil(day: str, output: str | Path, *, p_min: float = 0.1, margin: float = 0.0, epochs: int = 20,
+def distil(day: str, output: str | Path, *, p_min: float = P_MIN, margin: float = 0.0, epochs: int = 20,
            seed: int = SEED, architecture: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the training set on `day`, train, choose the threshold on validation, write `output`; return a report.
     architecture: `ScreenArgs` keywords (widths, pool, components) other than the input shape; default: its
@@ -269,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quakemon.training.screen_distill")
     parser.add_argument("--day", choices=("UV05", "UV10"), required=True, help="noise day to train on")
     parser.add_argument("--output", "-o", required=True)
-    parser.add_argument("--p-min", type=float, default=0.1, help="teacher probability every pass must cover")
+    parser.add_argument("--p-min", type=float, default=P_MIN, help="teacher probability every pass must cover")
     parser.add_argument("--margin", type=float, default=0.0, help="threshold margin below that, in logit units")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--widths", default=None, help="the three convolutions' widths, e.g. 16,32,48")
