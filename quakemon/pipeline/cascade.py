@@ -44,7 +44,7 @@ import structlog
 
 from quakemon.models.screen_net import Screen as ScreenModel
 from quakemon.models.screen_net import check_screen_meta, load_screen, passes
-from quakemon.pipeline.screen import Feed, ScreenItem
+from quakemon.pipeline.screen import Feed, ScreenItem, stack_rows
 
 #: quiet(item, score): take a window the cascade does not forward (`CascadeScreen.advance`).
 Quiet = Callable[[ScreenItem, float], None]
@@ -355,7 +355,7 @@ class Gather:
         parts = [(spectra, probs, mask) for spectra, probs, mask in tasks if mask.any()]
         if not parts:
             return
-        rows = _cat([s[_index(s, np.flatnonzero(m))] for s, _, m in parts])
+        rows = stack_rows(s[int(i)] for s, _, m in parts for i in np.flatnonzero(m))
         out = self.stage.forward_rows(rows)
         k = 0
         for _, probs, mask in parts:
@@ -363,12 +363,3 @@ class Gather:
             probs[mask] = out[k : k + n]
             mask[:] = False
             k += n
-
-
-def _cat(parts: list[Any]) -> Any:
-    """Concatenate numpy arrays or torch tensors."""
-    if isinstance(parts[0], np.ndarray):
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-    import torch
-
-    return torch.cat(parts)

@@ -252,11 +252,11 @@ class DetectionRunner:
         # ahead by a batch and wakes about once per batch.
         self._task = (engine.batch_size if self._worker is not None and engine.device.type == "cpu"
                       else max(1, batch_size))
-        self._max_inflight = self.inference_workers + -(-max(1, batch_size) // self._task)
+        tasks = -(-max(1, batch_size) // self._task)  # forward-sized tasks per pipeline batch
+        self._max_inflight = self.inference_workers + tasks
         # the cascade on the CPU workers: the few windows a task passes are forwarded together with those of the
         # next tasks (`Gather`), whose decisions wait for it meanwhile in `_held`, a batch's worth at most
         self._gather: Gather | None = None
-        tasks = -(-max(1, batch_size) // self._task)
         if isinstance(self.stage.screen, CascadeScreen) and self._worker is not None and engine.device.type == "cpu" \
                 and tasks > 1:
             self._gather = Gather(self.stage, GATHER_WINDOWS, tasks)
