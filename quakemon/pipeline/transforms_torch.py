@@ -28,7 +28,7 @@ import torch
 from quakemon.models.contract import InputContract
 from quakemon.pipeline import transforms
 from quakemon.pipeline.threads import torch_worker_pool
-from quakemon.pipeline.transforms import Plan, PreprocessResult, bandpass_sos, tukey_window
+from quakemon.pipeline.transforms import Plan, PreprocessResult, band_passed, tukey_window
 
 
 def preprocess_tensors(
@@ -305,10 +305,8 @@ def _tukey(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 
 
 def _bandpass(t: torch.Tensor, contract: InputContract) -> torch.Tensor:
-    """Zero-phase Butterworth band-pass on the CPU (scipy), corners from contract.extra['bandpass_hz']."""
-    from scipy.signal import sosfiltfilt
-
-    filtered = sosfiltfilt(bandpass_sos(contract), t.detach().cpu().double().numpy(), axis=-1)
+    """BANDPASS on the CPU (scipy, `transforms.band_passed`): the zero-phase filter and its optional taper."""
+    filtered = band_passed(t.detach().cpu().double().numpy(), contract)
     return torch.from_numpy(np.ascontiguousarray(filtered)).to(device=t.device, dtype=t.dtype)
 
 

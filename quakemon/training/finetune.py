@@ -26,6 +26,10 @@ Noise windows are taken only away from classic STA/LTA triggers on the training 
 each), so the real events a volcano network records are not taught as noise. The noise day is vertical-only:
 its windows carry zero horizontals, the input a Z-only station gives the detector. A share of the new windows is
 low-passed at 7-32 Hz, as a 20-80 Hz station's data reach the model after resampling.
+
+With `bandpass=(fmin, fmax)` the fine-tuned model gets a band-passed input contract (`band_passed_contract`): each
+window is detrended, band-passed and tapered before the z-score, so the window's scale comes from the band an
+onset is seen in rather than from the microseism below it (see docs/detection-quality.md, "A band-passed input").
 """
 
 from __future__ import annotations
@@ -40,9 +44,14 @@ from typing import Any
 import numpy as np
 import structlog
 
-from quakemon.models.contract import InputContract
+from quakemon.models.contract import KNOWN_TRANSFORMS, InputContract
+from quakemon.pipeline.transforms import bandpass_sos
 
 log = structlog.get_logger(__name__)
+
+#: Tukey fraction after the band-pass: 2 s ramps at each end of a 20 s window, where filtering a window whose
+#: microseism is far stronger than the band leaves its transients.
+BANDPASS_TAPER = 0.2
 
 #: Seeds of the fine-tuning data; disjoint from `bundle.SEED` and from the evaluation seeds in `continuous`.
 FINETUNE_SEED = 20261206
@@ -263,21 +272,37 @@ def finetune_data(day: str | None, contract: InputContract, base_ckpt, sizes: Fi
     return LabelledWaveforms(waves, labels, list(base.label_names), meta)
 
 
+def band_passed_contract(contract: InputContract, band_hz: tuple[float, float],
+                         taper: float = BANDPASS_TAPER) -> InputContract:
+    """`contract` with DETREND and BANDPASS (corners `band_hz`, 4th-order zero-phase Butterworth, then a Tukey
+    window `taper` over the filtered window) added before its z-score; the window, STFT and component sets are
+    unchanged, so the weights of a checkpoint with `contract` fit the new one."""
+    fmin, fmax = (float(f) for f in band_hz)
+    transforms = {*contract.transforms, "DETREND", "BANDPASS"}
+    out = replace(contract, transforms=tuple(t for t in KNOWN_TRANSFORMS if t in transforms),
+                  extra={**contract.extra, "bandpass_hz": [fmin, fmax], "bandpass_order": 4, "bandpass_taper": taper})
+    bandpass_sos(out)  # ContractError for corners or a taper the contract cannot take
+    return out
+
+
 def finetune(day: str | None, output: str | Path, init: str | Path | None = None, *, epochs: int = 3,
              lr: float = 1e-4, sizes: FinetuneSizes = FinetuneSizes(), seed: int = FINETUNE_SEED,
-             precision: str = "fp32", progress: bool = False, noise: str = "day"):
+             precision: str = "fp32", progress: bool = False, noise: str = "day",
+             bandpass: tuple[float, float] | None = None):
     """Fine-tune `init` (default: the bundled model) on noise day `day` (`noise="day"`) or on the multi-site noise
-    (`noise="sprit"`, plus the noise of `day` if given); writes `output`, returns the TrainResult."""
+    (`noise="sprit"`, plus the noise of `day` if given); writes `output`, returns the TrainResult. `bandpass`: train
+    for a band-passed input contract (`band_passed_contract`) instead of `init`'s own."""
     from quakemon.models.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
     from quakemon.training.train import TrainConfig, train
 
     init = Path(init or BUNDLED_CHECKPOINT)
     base = load_checkpoint(init)
-    contract = base.contract
+    contract = base.contract if bandpass is None else band_passed_contract(base.contract, bandpass)
     data = finetune_data(day, contract, base, sizes, seed, noise)
     log.info("finetune_data", counts=data.counts(), day=day, noise=noise)
     source = " ".join(["--noise sprit"] * (noise == "sprit") + [f"--day {day}"] * bool(day))
     source += "".join(f" --size {k}={v}" for k, v in sizes.__dict__.items() if v != getattr(FinetuneSizes(), k))
+    source += f" --bandpass {bandpass[0]:g} {bandpass[1]:g}" if bandpass else ""
     arch = base.provenance.get("train_config", {})
     cfg = TrainConfig(backbone=arch.get("backbone", "TINY"), depth=int(arch.get("depth", 4)), epochs=epochs,
                       batch_size=64, lr=lr, warmup_fraction=0.1, component_dropout=0.3, seed=seed,
@@ -303,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32", help="bf16 only on CPUs with native bf16 (or CUDA)")
     parser.add_argument("--size", action="append", default=[], metavar="PART=N",
                         help=f"windows of one part (repeatable; parts: {', '.join(FinetuneSizes().__dict__)})")
+    parser.add_argument("--bandpass", nargs=2, type=float, default=None, metavar=("FMIN", "FMAX"),
+                        help="train for a band-passed input (detrend, taper, Butterworth band-pass before the z-score)")
     args = parser.parse_args(argv)
     try:
         sizes = replace(FinetuneSizes(), **{k: int(v) for k, v in (item.split("=", 1) for item in args.size)})
@@ -312,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --day with --noise day (the default)")
     configure_logging("info", "console")
     result = finetune(args.day, args.output, args.init, epochs=args.epochs, lr=args.lr, precision=args.precision,
-                      progress=sys.stderr.isatty(), noise=args.noise, sizes=sizes)
+                      progress=sys.stderr.isatty(), noise=args.noise, sizes=sizes,
+                      bandpass=tuple(args.bandpass) if args.bandpass else None)
     print(json.dumps({"checkpoint": str(result.checkpoint), "sha256": result.sha256, "best_epoch": result.best_epoch,
                       "val": result.best}, indent=2))
     return 0

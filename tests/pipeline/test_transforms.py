@@ -175,6 +175,20 @@ def test_detrend_taper_bandpass_match_scipy():
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
 
 
+def test_bandpass_taper_multiplies_the_filtered_samples_by_a_tukey_window():
+    x = windows(b=2, seed=12) + 300 * np.sin(2 * np.pi * 0.2 * np.arange(2000) / 100.0)
+    extra = {"bandpass_hz": [0.7, 25.0], "bandpass_taper": 0.2}
+    out = preprocess_batch(x, InputContract(transforms=("DETREND", "BANDPASS"), extra=extra),
+                           dtype=torch.float64).spectrograms
+    sos = scipy.signal.butter(4, [0.7, 25.0], btype="bandpass", fs=100.0, output="sos")
+    ref = scipy.signal.sosfiltfilt(sos, scipy.signal.detrend(x, axis=-1, type="linear"), axis=-1)
+    ref *= scipy.signal.windows.tukey(2000, alpha=0.2)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+    for alpha in (0, 1.5, "0.2"):
+        with pytest.raises(ContractError, match="bandpass_taper"):
+            preprocess_batch(x, InputContract(transforms=("BANDPASS",), extra={**extra, "bandpass_taper": alpha}))
+
+
 def test_bandpass_without_corners_is_a_contract_error():
     with pytest.raises(ContractError, match="bandpass_hz"):
         preprocess_batch(windows(b=1), InputContract(transforms=("BANDPASS",)))

@@ -150,11 +150,12 @@ def test_the_cli_wants_a_day_for_day_noise_and_passes_sprit_with_or_without_one(
     class Result:
         checkpoint, sha256, best_epoch, best = "x", "0" * 64, 0, {}
 
-    monkeypatch.setattr(finetune, "finetune", lambda day, output, init, **kw: calls.append((day, kw["noise"])) or
-                        Result())
-    for argv in (["--noise", "sprit", "--day", "UV05"], ["--noise", "sprit"], ["--day", "UV10"]):
+    monkeypatch.setattr(finetune, "finetune", lambda day, output, init, **kw: calls.append(
+        (day, kw["noise"], kw["bandpass"])) or Result())
+    for argv in (["--noise", "sprit", "--day", "UV05"], ["--noise", "sprit", "--bandpass", "0.7", "25"],
+                 ["--day", "UV10"]):
         assert finetune.main([*argv, "--output", "x"]) == 0
-    assert calls == [("UV05", "sprit"), (None, "sprit"), ("UV10", "day")]
+    assert calls == [("UV05", "sprit", None), (None, "sprit", (0.7, 25.0)), ("UV10", "day", None)]
 
 
 def test_the_cli_refuses_an_unknown_or_malformed_size():
@@ -164,6 +165,32 @@ def test_the_cli_refuses_an_unknown_or_malformed_size():
         with pytest.raises(SystemExit) as exc:
             finetune.main(["--noise", "sprit", "--output", "x", "--size", size])
         assert exc.value.code == 2
+
+
+def test_a_band_passed_contract_keeps_the_input_shape_and_takes_its_scale_from_the_band():
+    import pytest
+
+    from quakemon.base.errors import ContractError
+    from quakemon.pipeline.transforms import preprocess_arrays
+
+    base = InputContract(component_sets=("Z",))
+    bp = finetune.band_passed_contract(base, (0.7, 25))
+    assert bp.transforms == ("DROP_NAN", "DETREND", "TRIMMING", "BANDPASS", "ZSCORE", "SPECTROGRAM")
+    assert bp.extra["bandpass_hz"] == [0.7, 25.0] and bp.extra["bandpass_taper"] == finetune.BANDPASS_TAPER
+    assert bp.spectrogram_shape == base.spectrogram_shape
+    assert bp.component_sets == base.component_sets
+    with pytest.raises(ContractError):
+        finetune.band_passed_contract(base, (0.7, 60))  # above the 50 Hz Nyquist frequency
+    # a 5 Hz burst under a microseism 50 times larger: the microseism's bin is the spectrogram's peak without the
+    # band-pass, the burst's with it
+    t = np.arange(2000) / 100.0
+    micro = 500 * np.sin(2 * np.pi * 0.2 * t + 0.3) + np.random.default_rng(3).normal(0, 1.0, 2000)
+    burst = 10 * np.sin(2 * np.pi * 5 * t) * np.exp(-(t - 10) / 1.5) * (t >= 10)
+    x = np.zeros((1, 3, 2000))
+    x[0, 0] = micro + burst
+    bin5 = round(5 / (100 / 64))
+    share = [(s[bin5].max() / s.max()) for s in (preprocess_arrays(x, c).spectrograms[0, 0] for c in (base, bp))]
+    assert share[0] < 0.1 and share[1] == 1.0
 
 
 def _onset_window(rng: np.random.Generator) -> np.ndarray:
