@@ -1,17 +1,20 @@
 """Build and evaluate the bundled detector (quakemon/assets/quakemon-detector.safetensors).
 
-    python -m quakemon.training.bundle train      # fixed seed; writes the checkpoint and its evaluation
-    python -m quakemon.training.bundle finetune --init OLD.safetensors   # fine-tune OLD on noise day UV05
+    python -m quakemon.training.bundle train --output BASE.safetensors   # the synthetic base model (fixed seed)
+    python -m quakemon.training.bundle finetune --init BASE.safetensors  # the shipped model: two fine-tunes
     python -m quakemon.training.bundle evaluate   # re-runs the real-data evaluation of an existing checkpoint
 
-`finetune` starts from a checkpoint's weights and trains on the UV05 noise day (`quakemon.training.finetune`:
-hard negatives, transients, local and distant events over real noise); its evaluation adds the continuous
-report (`quakemon.training.continuous`) on the day it did not train on, UV10, next to a recursive STA/LTA.
+`train` builds the base model from synthetic data. `finetune` turns a base into the shipped model in two stages
+(`FINETUNE_STAGES`, `quakemon.training.finetune`): (1) multi-site real noise, distant and local events over it and
+their phase-randomised copies, for a band-passed input contract; (2) from stage 1, the same plus the UV05 noise
+day's hard negatives mined with stage 1. Its evaluation adds the continuous report
+(`quakemon.training.continuous`) on both noise days, next to a recursive STA/LTA; UV05 is a training day.
 
-Training data: `quakemon.data.synthetic.generate` (physically motivated local earthquakes and hard negatives
-over synthetic and real ObsPy noise files that are *not* evaluation recordings) plus real noise windows cut from
-BW.KW1 (`quakemon.data.training_noise.training_noise_segments`, triggers masked). No evaluation recording is ever
-used for training: evaluation runs on `quakemon.data.realdata.local_events()` and `noise_recordings()`.
+Training data of the base: `quakemon.data.synthetic.generate` (physically motivated local earthquakes and hard
+negatives over synthetic and real ObsPy noise files that are *not* evaluation recordings) plus real noise
+windows cut from BW.KW1 (`quakemon.data.training_noise.training_noise_segments`, triggers masked). No evaluation
+recording is ever used for training: evaluation runs on `quakemon.data.realdata.local_events()` and
+`noise_recordings()`.
 
 Evaluation slides windows over each real recording on the absolute 1 s grid, through the one preprocessing,
 the inference engine and the trigger (the daemon's code). A local event counts as detected when a detection's
@@ -40,6 +43,11 @@ log = structlog.get_logger(__name__)
 SEED = 20261128
 N_SYNTHETIC = 12_000
 REPORT = BUNDLED_CHECKPOINT.with_suffix(".eval.json")
+#: The shipped model's fine-tuning stages after the base: `finetune.finetune` keyword arguments of each.
+FINETUNE_STAGES: tuple[dict[str, Any], ...] = (
+    {"day": None, "noise": "sprit", "epochs": 2, "bandpass": (0.7, 25.0), "surrogates": 5000},
+    {"day": "UV05", "noise": "sprit", "epochs": 1, "bandpass": None, "surrogates": 5000},
+)
 #: A detection whose onset lies 10-60 s after a P arrival is "late" (S wave or coda of that event), not false.
 LATE_S = 60.0
 
@@ -206,6 +214,26 @@ def continuous_summary(ckpt: Checkpoint, events_day: str = "UV10") -> dict[str, 
     return rep
 
 
+def finetune_stages(init: Path, out: Path, precision: str = "fp32") -> None:
+    """The shipped model from base checkpoint `init`: each of `FINETUNE_STAGES` starts from the one before (its
+    output next to `out` as OUT.stageN.safetensors), the last is moved to `out` (which may be `init` itself)."""
+    from dataclasses import replace
+
+    import torch
+
+    from quakemon.training.finetune import FinetuneSizes, finetune
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    for i, stage in enumerate(FINETUNE_STAGES, 1):
+        staged = out.with_name(f"{out.stem}.stage{i}.safetensors")
+        finetune(stage["day"], staged, init, epochs=stage["epochs"], noise=stage["noise"], precision=precision,
+                 bandpass=stage["bandpass"], sizes=replace(FinetuneSizes(), surrogates=stage["surrogates"]),
+                 progress=sys.stderr.isatty(),
+                 command=f"python -m quakemon.training.bundle finetune (stage {i} of {len(FINETUNE_STAGES)})")
+        init = staged
+    init.replace(out)
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = ["| recording | station | comps | windows | P arrivals | detected | late | false | max p |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -228,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluate: add the noise-day report (needs the msnoise noise days)")
     parser.add_argument("--output", default=str(BUNDLED_CHECKPOINT))
     parser.add_argument("--n", type=int, default=N_SYNTHETIC)
-    parser.add_argument("--epochs", type=int, default=None, help="default: 6 (train), 2 (finetune)")
+    parser.add_argument("--epochs", type=int, default=None, help="train: default 6")
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--precision", default=None, help="default: bf16 (train), fp32 (finetune)")
     args = parser.parse_args(argv)
@@ -247,16 +275,9 @@ def main(argv: list[str] | None = None) -> int:
             "data": f"bundle.training_data(n={args.n}, seed={SEED}): synthetic + real BW.KW1 noise",
             "command": "python -m quakemon.training.bundle train"})
     if args.action == "finetune":
-        import torch
-
-        from quakemon.training.finetune import finetune
-
-        torch.set_num_threads(min(2, torch.get_num_threads()))
-        init = Path(args.init or BUNDLED_CHECKPOINT)
-        staged = out.with_name(out.stem + ".finetune.safetensors")  # `out` may be `init` itself
-        finetune("UV05", staged, init, epochs=args.epochs or 2, precision=args.precision or "fp32",
-                 progress=sys.stderr.isatty())
-        staged.replace(out)
+        if args.epochs is not None:
+            parser.error("--epochs: the fine-tuning stages fix their epochs (FINETUNE_STAGES)")
+        finetune_stages(Path(args.init or BUNDLED_CHECKPOINT), out, args.precision or "fp32")
     report = evaluate_real(load_checkpoint(out))
     if args.action == "finetune" or args.continuous:
         report["continuous"] = continuous_summary(load_checkpoint(out))

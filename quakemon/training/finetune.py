@@ -288,10 +288,11 @@ def band_passed_contract(contract: InputContract, band_hz: tuple[float, float],
 def finetune(day: str | None, output: str | Path, init: str | Path | None = None, *, epochs: int = 3,
              lr: float = 1e-4, sizes: FinetuneSizes = FinetuneSizes(), seed: int = FINETUNE_SEED,
              precision: str = "fp32", progress: bool = False, noise: str = "day",
-             bandpass: tuple[float, float] | None = None):
+             bandpass: tuple[float, float] | None = None, command: str | None = None):
     """Fine-tune `init` (default: the bundled model) on noise day `day` (`noise="day"`) or on the multi-site noise
     (`noise="sprit"`, plus the noise of `day` if given); writes `output`, returns the TrainResult. `bandpass`: train
-    for a band-passed input contract (`band_passed_contract`) instead of `init`'s own."""
+    for a band-passed input contract (`band_passed_contract`) instead of `init`'s own. `command`: the provenance's
+    command (default: this module's command line for these arguments)."""
     from quakemon.models.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
     from quakemon.training.train import TrainConfig, train
 
@@ -310,7 +311,7 @@ def finetune(day: str | None, output: str | Path, init: str | Path | None = None
     return train(data, contract, cfg, output, progress=progress, provenance={
         "data": f"training.finetune.finetune_data(day={day!r}, sizes={sizes}, seed={seed}, noise={noise!r})",
         "init": {"path": init.name, "sha256": base.sha256},
-        "command": f"python -m quakemon.training.finetune {source} --epochs {epochs}"})
+        "command": command or f"python -m quakemon.training.finetune {source} --epochs {epochs}"})
 
 
 def main(argv: list[str] | None = None) -> int:

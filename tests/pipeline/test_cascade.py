@@ -1,9 +1,9 @@
-"""The cascade screen (`[model] screen_net`, `quakemon.pipeline.cascade`) in the replay, with the bundled model on
-real recordings of the P catalogue written as MiniSEED.
+"""The cascade screen (`[model] screen_net`, `quakemon.pipeline.cascade`) in the replay, with the plain-contract
+detector (`support.screens.PLAIN_DETECTOR`) on real recordings of the P catalogue written as MiniSEED.
 
 The screens are built from `ScreenNet` with fixed weights (no screen checkpoint ships with the repository):
 `support.screens.peakedness_net`, whose score is the peakedness of the window's log spectrogram (its highest
-smoothed value less its mean), saved with `save_screen` for the bundled detector. Its threshold is chosen on the
+smoothed value less its mean), saved with `save_screen` for that detector. Its threshold is chosen on the
 record itself with the distillation's rule (`choose_threshold`: the lowest score of a window the detector scores
 >= p_min), lowered until no score lies within 1e-4 of it (`clear_threshold`), which tests the pipeline's rule
 and plumbing, not how well a screen generalises (docs/performance.md measures that)."""
@@ -19,14 +19,18 @@ import pytest
 import torch
 from obspy import UTCDateTime
 from obspy.clients.filesystem.sds import Client
-from support.screens import FILL_LOGIT, FIRST, POOLED, clear_threshold, peakedness_net
+from support.screens import FILL_LOGIT, FIRST, PLAIN_DETECTOR, POOLED, clear_threshold, peakedness_net, plain_teacher
 
 from quakemon.data import realdata
-from quakemon.models.checkpoint import resolve_checkpoint
 from quakemon.models.screen_net import save_screen
 from quakemon.pipeline.runner import DetectionRunner, replay
 
 VOLATILE = ("seq", "topic_seq", "epoch", "latency_s")
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """The cascade tests' teacher (`support.screens.PLAIN_DETECTOR`), not the bundled model."""
+    return plain_teacher(tmp_path_factory.mktemp("model"))
 
 
 def mseed(tmp_path, name: str):
@@ -148,7 +152,7 @@ def test_replay_cli_screen_net(ckpt, tmp_path, capsys):
 
     _, path = mseed(tmp_path, "uh_uh3_2010-05-27")
     model = tmp_path / "model.safetensors"
-    shutil.copyfile(resolve_checkpoint(None), model)
+    shutil.copyfile(PLAIN_DETECTOR, model)
     screen = save_screen(tmp_path / "all.safetensors", peakedness_net(ckpt.contract), -1e6, ckpt.sha256, ckpt.contract)
     out = {}
     for name, extra in (("full", ["--screen-every", "1"]), ("cascade", ["--screen-net", str(screen)])):

@@ -1,16 +1,23 @@
 """The cascade's forwards gathered across a runner's tasks (`quakemon.pipeline.cascade.Gather`): the decisions of
 the tasks whose few passed windows wait for a gathered forward are those of each task forwarding its own windows
-(the rule before it), on a real recording with the bundled model and a `support.screens` screen."""
+(the rule before it), on a real recording with the plain-contract detector (`support.screens.PLAIN_DETECTOR`) and
+a `support.screens` screen."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from support.screens import FILL_LOGIT, FIRST, VOLATILE, full_stride_scores, peakedness_net, two_stations
+from support.screens import FILL_LOGIT, FIRST, VOLATILE, full_stride_scores, peakedness_net, plain_teacher, two_stations
 
 from quakemon.models.screen_net import save_screen
 from quakemon.pipeline.cascade import Gather
 from quakemon.pipeline.runner import GATHER_WINDOWS, DetectionRunner
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """The cascade tests' teacher (`support.screens.PLAIN_DETECTOR`), not the bundled model."""
+    return plain_teacher(tmp_path_factory.mktemp("model"))
 
 
 def replay(ckpt, inference, stream, gather: bool, **kw):

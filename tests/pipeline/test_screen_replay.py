@@ -1,7 +1,8 @@
-"""Screen and refine in the replay, with the bundled model on real recordings of the P catalogue: the screened
-replay publishes exactly the full-stride detection bodies (ids, onsets, picks, closes) whatever the batching, the
-probability archive holds every window once (a window the screen let pass: the values of its screen window,
-below the threshold), and windows held for a screen window that never comes are decided by `release_held`."""
+"""Screen and refine in the replay, with the plain-contract detector (`support.screens.PLAIN_DETECTOR`) on real
+recordings of the P catalogue: the screened replay publishes exactly the full-stride detection bodies (ids, onsets,
+picks, closes) whatever the batching, the probability archive holds every window once (a window the screen let
+pass: the values of its screen window, below the threshold), and windows held for a screen window that never
+comes are decided by `release_held`."""
 
 from __future__ import annotations
 
@@ -13,14 +14,20 @@ import numpy as np
 import pytest
 from obspy import UTCDateTime
 from obspy.clients.filesystem.sds import Client
+from support.screens import PLAIN_DETECTOR, plain_teacher
 
 from quakemon.data import realdata
-from quakemon.models.checkpoint import resolve_checkpoint
 from quakemon.pipeline.runner import DetectionRunner, replay
 
 RECORDS = ("uh_uh3_2010-05-27", "manz_regional")  # 3.8 min, 3 components, 4 P; 10 min, vertical, a regional P
 THRESHOLD = 0.1
 VOLATILE = ("seq", "topic_seq", "epoch", "latency_s")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """The cascade tests' teacher (`support.screens.PLAIN_DETECTOR`), not the bundled model."""
+    return plain_teacher(tmp_path_factory.mktemp("model"))
 
 
 def record(name: str):
@@ -108,7 +115,7 @@ def test_replay_cli_screen_options(ckpt, tmp_path, capsys):
         tr.data = tr.data.astype(np.float32)
     stream.write(str(path), format="MSEED", encoding="FLOAT32")
     model = tmp_path / "model.safetensors"
-    shutil.copyfile(resolve_checkpoint(None), model)
+    shutil.copyfile(PLAIN_DETECTOR, model)
     out = {}
     for every in ("1", "4"):
         dets = tmp_path / f"d{every}.jsonl"

@@ -3,6 +3,7 @@ repository)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,12 @@ import torch
 from quakemon.data import realdata
 from quakemon.models.screen_net import ScreenArgs, ScreenNet, choose_threshold
 from quakemon.pipeline.runner import DetectionRunner
+
+#: The detector shipped before the band-passed input contract (sha256 c9f26a24...; plain contract): the teacher of
+#: the cascade tests. Their hand-built screens score a window by its log spectrogram's peakedness, which follows
+#: this detector's probabilities on the catalogue's records; the band-passed model's spectrograms are all peaked
+#: (empty bins above its band), so a peakedness screen cannot stand in for a distilled one there.
+PLAIN_DETECTOR = Path(__file__).with_name("plain-detector.safetensors")
 
 #: The first architecture (format-1 files, and the default): every component a channel, no pooling. Its
 #: peakedness score separates the quiet windows of the catalogue's records from those the detector scores high;
@@ -25,6 +32,16 @@ VOLATILE = ("seq", "topic_seq", "epoch", "latency_s")
 
 #: The threshold the test screens are saved with: sigmoid(-2.5) = 0.076, below any trigger off used in the tests.
 FILL_LOGIT = -2.5
+
+
+def plain_teacher(directory: Path) -> Any:
+    """`PLAIN_DETECTOR`, loaded from a copy in `directory` (as the pipeline tests' `ckpt` fixture copies the
+    bundled model)."""
+    import shutil
+
+    from quakemon.models.checkpoint import load_checkpoint
+
+    return load_checkpoint(shutil.copyfile(PLAIN_DETECTOR, directory / PLAIN_DETECTOR.name))
 
 
 def peakedness_net(contract: Any, bias: float = 0.0, **arch: Any) -> ScreenNet:

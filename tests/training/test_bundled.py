@@ -29,9 +29,9 @@ def test_bundled_model_is_small_and_declares_its_contract(bundled):
     assert bundled.labels == ["noise", "earthquake"]
     assert bundled.contract.spectrogram_shape == (33, 64)
     assert bundled.contract.accepts("Z") and bundled.contract.accepts("ZNE")
-    # built by the bundle script (quakemon.models.bundle before the package was laid out in layers)
-    assert bundled.provenance["command"] in ("python -m quakemon.training.bundle train",
-                                             "python -m quakemon.models.bundle train")
+    # built by the bundle script's last fine-tuning stage, for the band-passed contract
+    assert bundled.provenance["command"] == "python -m quakemon.training.bundle finetune (stage 2 of 2)"
+    assert "BANDPASS" in bundled.contract.transforms and bundled.contract.extra["bandpass_hz"] == [0.7, 25.0]
 
 
 def test_evaluation_report_belongs_to_this_checkpoint_and_the_docs_quote_it(bundled):

@@ -258,3 +258,31 @@ def test_surrogate_part_copies_earthquake_windows_as_noise_and_finetune_data_add
     assert {m["source_part"] for m in data.meta[9:]} <= {"replay", "local", "distant"}
     assert "replay" in {m["source_part"] for m in data.meta[9:]}, "the replay's earthquakes are copied too"
     assert finetune.FinetuneSizes().surrogates == 0
+
+
+def test_the_bundle_chains_its_fine_tuning_stages_and_moves_the_last_to_the_output(monkeypatch, tmp_path):
+    import pytest
+
+    from quakemon.training import bundle
+
+    calls = []
+
+    def fake(day, output, init, **kw):
+        calls.append((day, output.name, init.name, kw["epochs"], kw["bandpass"], kw["sizes"].surrogates,
+                      kw["command"]))
+        output.write_text(f"from {init.name}")
+
+    monkeypatch.setattr(finetune, "finetune", fake)
+    base = tmp_path / "base.safetensors"
+    base.write_text("base")
+    out = tmp_path / "shipped.safetensors"
+    bundle.finetune_stages(base, out)
+    assert calls == [
+        (None, "shipped.stage1.safetensors", "base.safetensors", 2, (0.7, 25.0), 5000,
+         "python -m quakemon.training.bundle finetune (stage 1 of 2)"),
+        ("UV05", "shipped.stage2.safetensors", "shipped.stage1.safetensors", 1, None, 5000,
+         "python -m quakemon.training.bundle finetune (stage 2 of 2)")]
+    assert out.read_text() == "from shipped.stage1.safetensors"
+    assert not (tmp_path / "shipped.stage2.safetensors").exists()
+    with pytest.raises(SystemExit):
+        bundle.main(["finetune", "--epochs", "3", "--output", str(out)])
