@@ -216,7 +216,8 @@ def continuous_summary(ckpt: Checkpoint, events_day: str = "UV10") -> dict[str, 
 
 def finetune_stages(init: Path, out: Path, precision: str = "fp32") -> None:
     """The shipped model from base checkpoint `init`: each of `FINETUNE_STAGES` starts from the one before (its
-    output next to `out` as OUT.stageN.safetensors), the last is moved to `out` (which may be `init` itself)."""
+    output next to `out` as OUT.stageN.safetensors; the last one's in a hidden directory there, under `out`'s own
+    file name, which the checkpoint's name is taken from), and the last is moved to `out` (which may be `init`)."""
     from dataclasses import replace
 
     import torch
@@ -224,14 +225,17 @@ def finetune_stages(init: Path, out: Path, precision: str = "fp32") -> None:
     from quakemon.training.finetune import FinetuneSizes, finetune
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    last = out.parent / f".{out.stem}.stages" / out.name
     for i, stage in enumerate(FINETUNE_STAGES, 1):
-        staged = out.with_name(f"{out.stem}.stage{i}.safetensors")
+        staged = last if i == len(FINETUNE_STAGES) else out.with_name(f"{out.stem}.stage{i}.safetensors")
+        staged.parent.mkdir(exist_ok=True)
         finetune(stage["day"], staged, init, epochs=stage["epochs"], noise=stage["noise"], precision=precision,
                  bandpass=stage["bandpass"], sizes=replace(FinetuneSizes(), surrogates=stage["surrogates"]),
                  progress=sys.stderr.isatty(),
                  command=f"python -m quakemon.training.bundle finetune (stage {i} of {len(FINETUNE_STAGES)})")
         init = staged
-    init.replace(out)
+    last.replace(out)
+    last.parent.rmdir()
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -280,9 +280,10 @@ def test_the_bundle_chains_its_fine_tuning_stages_and_moves_the_last_to_the_outp
     assert calls == [
         (None, "shipped.stage1.safetensors", "base.safetensors", 2, (0.7, 25.0), 5000,
          "python -m quakemon.training.bundle finetune (stage 1 of 2)"),
-        ("UV05", "shipped.stage2.safetensors", "shipped.stage1.safetensors", 1, None, 5000,
+        ("UV05", "shipped.safetensors", "shipped.stage1.safetensors", 1, None, 5000,
          "python -m quakemon.training.bundle finetune (stage 2 of 2)")]
     assert out.read_text() == "from shipped.stage1.safetensors"
-    assert not (tmp_path / "shipped.stage2.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.safetensors", "shipped.safetensors",
+                                                         "shipped.stage1.safetensors"]
     with pytest.raises(SystemExit):
         bundle.main(["finetune", "--epochs", "3", "--output", str(out)])
