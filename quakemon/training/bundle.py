@@ -1,10 +1,11 @@
 """Build and evaluate the bundled detector (quakemon/assets/quakemon-detector.safetensors).
 
-    python -m quakemon.training.bundle train --output BASE.safetensors   # the synthetic base model (fixed seed)
-    python -m quakemon.training.bundle finetune --init BASE.safetensors  # the shipped model: two fine-tunes
+    python -m quakemon.training.bundle train      # base, fine-tuning stages and evaluation (fixed seeds)
+    python -m quakemon.training.bundle finetune --init BASE.safetensors  # only the fine-tuning stages from BASE
     python -m quakemon.training.bundle evaluate   # re-runs the real-data evaluation of an existing checkpoint
 
-`train` builds the base model from synthetic data. `finetune` turns a base into the shipped model in two stages
+`train` builds a base model from synthetic data (OUT.base.safetensors next to the output), then the fine-tuning
+stages from it. `finetune` turns a base into the shipped model in two stages
 (`FINETUNE_STAGES`, `quakemon.training.finetune`): (1) multi-site real noise, distant and local events over it and
 their phase-randomised copies, for a band-passed input contract; (2) from stage 1, the same plus the UV05 noise
 day's hard negatives mined with stage 1. Its evaluation adds the continuous report
@@ -262,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=N_SYNTHETIC)
     parser.add_argument("--epochs", type=int, default=None, help="train: default 6")
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--precision", default=None, help="default: bf16 (train), fp32 (finetune)")
+    parser.add_argument("--precision", default=None,
+                        help="train: the base's (default bf16; the fine-tuning stages run in fp32); finetune: the "
+                             "stages' (default fp32)")
     args = parser.parse_args(argv)
     configure_logging("info", "console")
     out = Path(args.output)
@@ -275,15 +278,17 @@ def main(argv: list[str] | None = None) -> int:
         log.info("bundle_data", counts=data.counts(), seconds=round(time.time() - t0, 1))
         cfg = TrainConfig(backbone="TINY", depth=args.depth, epochs=args.epochs or 6, batch_size=64, lr=5e-4,
                           component_dropout=0.3, seed=SEED, precision=args.precision or "bf16", val_fraction=0.1)
-        train(data, contract, cfg, out, progress=sys.stderr.isatty(), provenance={
+        base = out.with_name(f"{out.stem}.base.safetensors")
+        train(data, contract, cfg, base, progress=sys.stderr.isatty(), provenance={
             "data": f"bundle.training_data(n={args.n}, seed={SEED}): synthetic + real BW.KW1 noise",
-            "command": "python -m quakemon.training.bundle train"})
+            "command": "python -m quakemon.training.bundle train (base)"})
+        finetune_stages(base, out, "fp32")
     if args.action == "finetune":
         if args.epochs is not None:
             parser.error("--epochs: the fine-tuning stages fix their epochs (FINETUNE_STAGES)")
         finetune_stages(Path(args.init or BUNDLED_CHECKPOINT), out, args.precision or "fp32")
     report = evaluate_real(load_checkpoint(out))
-    if args.action == "finetune" or args.continuous:
+    if args.action in ("train", "finetune") or args.continuous:
         report["continuous"] = continuous_summary(load_checkpoint(out))
     out.with_suffix(".eval.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     print(markdown(report))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from obspy import Stream, Trace, UTCDateTime
 
@@ -287,3 +289,24 @@ def test_the_bundle_chains_its_fine_tuning_stages_and_moves_the_last_to_the_outp
                                                          "shipped.stage1.safetensors"]
     with pytest.raises(SystemExit):
         bundle.main(["finetune", "--epochs", "3", "--output", str(out)])
+
+
+def test_bundle_train_builds_a_base_next_to_the_output_then_the_stages_from_it(monkeypatch, tmp_path):
+    from quakemon.data.datasets import LabelledWaveforms
+    from quakemon.training import bundle, train
+
+    calls = []
+    monkeypatch.setattr(bundle, "training_data", lambda contract, n, seed: LabelledWaveforms(
+        np.zeros((2, 3, contract.window_samples), np.float32), np.array([0, 1]), ["noise", "earthquake"]))
+    monkeypatch.setattr(train, "train", lambda data, contract, cfg, out, **kw: calls.append(
+        ("train", out.name, cfg.precision, kw["provenance"]["command"])))
+    monkeypatch.setattr(bundle, "finetune_stages", lambda init, out, precision: calls.append(
+        ("stages", init.name, out.name, precision)))
+    monkeypatch.setattr(bundle, "evaluate_real", lambda ckpt: {k: {} for k in (
+        "events_all", "events_3c", "events_3c_as_z", "events_z", "noise", "event_recordings")} | {"recordings": []})
+    monkeypatch.setattr(bundle, "continuous_summary", lambda ckpt: {"noise": {}})
+    monkeypatch.setattr(bundle, "load_checkpoint", lambda path: path)
+    assert bundle.main(["train", "--output", str(tmp_path / "q.safetensors")]) == 0
+    assert calls == [("train", "q.base.safetensors", "bf16", "python -m quakemon.training.bundle train (base)"),
+                     ("stages", "q.base.safetensors", "q.safetensors", "fp32")]
+    assert "continuous" in json.loads((tmp_path / "q.eval.json").read_text())
