@@ -90,6 +90,9 @@ from quakemon.pipeline.window import Window, rate_supported, window_grid_start
 log = structlog.get_logger(__name__)
 
 _NS = 1_000_000_000
+#: Below this rate a band-passed model's windows hold only the bottom of its band (a 5 Hz channel: nothing above
+#: 2.5 Hz), where it was not trained to tell noise from earthquakes; the station opens with a warning.
+BANDPASSED_MIN_RATE_HZ = 20.0
 
 
 def _ratio(native: Fraction, target: Fraction) -> tuple[int, int]:
@@ -439,6 +442,10 @@ class StationWindower:
             return None
         self.schedulers[key] = sched
         log.info("station_open", station=key[0], instrument=key[1], rate=rate, resample=(sched.up, sched.down))
+        if "BANDPASS" in self.contract.transforms and rate < BANDPASSED_MIN_RATE_HZ:
+            log.warning("station_rate_low_for_band", station=key[0], instrument=key[1], rate=rate,
+                        band_hz=self.contract.extra.get("bandpass_hz"), min_rate=BANDPASSED_MIN_RATE_HZ,
+                        hint="the window holds only the bottom of the model's band; expect many false detections")
         return sched
 
     def _rate_change(

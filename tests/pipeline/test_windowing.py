@@ -564,3 +564,18 @@ def test_vertical_only_stream_goes_out_in_runs_identical_to_the_per_window_path(
     _assert_same(got[100], got[412])
     _assert_same(got[100], got[3000])
     assert sum(x.run is not None for x in got[100]) > len(got[100]) // 2
+
+
+def test_a_band_passed_model_warns_when_a_station_opens_below_twenty_hertz():
+    from structlog.testing import capture_logs
+
+    contract = InputContract(transforms=("DROP_NAN", "DETREND", "TRIMMING", "BANDPASS", "ZSCORE", "SPECTROGRAM"),
+                             extra={"bandpass_hz": [0.7, 25.0]})
+    t0 = UTCDateTime(2020, 1, 1)
+    for rate, plain in ((5.0, False), (20.0, False), (5.0, True)):
+        w = StationWindower(InputContract() if plain else contract, 1.0)
+        with capture_logs() as logs:
+            w.add_trace(Trace(np.zeros(int(30 * rate)), header={"station": "LOW", "channel": "BHZ",
+                                                                "sampling_rate": rate, "starttime": t0}))
+        warned = [e for e in logs if e["event"] == "station_rate_low_for_band"]
+        assert len(warned) == (rate < 20 and not plain), (rate, plain, logs)
