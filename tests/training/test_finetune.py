@@ -262,6 +262,38 @@ def test_surrogate_part_copies_earthquake_windows_as_noise_and_finetune_data_add
     assert finetune.FinetuneSizes().surrogates == 0
 
 
+def test_tremor_bursts_add_a_symmetric_low_frequency_burst_to_copies_of_real_noise(monkeypatch):
+    from scipy.signal import butter, sosfiltfilt
+
+    from quakemon.data.datasets import LabelledWaveforms
+    from quakemon.training import bundle, multisite
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(0, 1.0, (64, 3, 2000)).astype(np.float32)
+    x[:32, 1:] = 0.0  # vertical-only windows stay vertical-only
+    y, rows = finetune.tremor_bursts(x, 100.0, np.random.default_rng(5))
+    assert y.shape == x.shape and not np.shares_memory(y, x) and (y[:32, 1:] == 0).all()
+    added = (y - x)[:, 0].astype(np.float64)
+    spec = np.abs(np.fft.rfft(added, axis=-1)) ** 2
+    freq = np.fft.rfftfreq(2000, 0.01)
+    assert spec[:, (freq >= 0.7) & (freq <= 4.0)].sum() > 0.95 * spec.sum()  # the burst lies in 0.7-4 Hz
+    band = sosfiltfilt(butter(4, [0.7, 4.0], btype="bandpass", fs=100.0, output="sos"), x[:, 0], axis=-1)
+    peak = np.abs(added).max(-1) / np.sqrt((band**2).mean(-1))
+    snr = np.array([r["snr"] for r in rows])
+    assert ((snr >= 1.5) & (snr <= 10)).all() and np.corrcoef(np.log(peak), np.log(snr))[0, 1] > 0.6
+    assert {r["part"] for r in rows} == {"tremor"} and {r["label"] for r in rows} == {"noise"}
+
+    labels = np.array([0] * 3 + [1] * 2)
+    meta = [{"part": "noise"}, {"part": "noise"}, {"part": "hard_negative"}, {"part": "local"}, {"part": "local"}]
+    monkeypatch.setattr(multisite, "sprit_parts", lambda contract, ckpt, sizes, seed: (x[:5], labels, meta))
+    monkeypatch.setattr(bundle, "training_data", lambda contract, n, seed: LabelledWaveforms(
+        x[:2], np.array([0, 1]), ["noise", "earthquake"], [{"label": "noise"}, {"label": "earthquake"}]))
+    data = finetune.finetune_data(None, InputContract(component_sets=("Z",)), None,
+                                  finetune.FinetuneSizes(tremor=6), seed=1, noise="sprit")
+    assert len(data) == 2 + 5 + 6 and [m.get("part") for m in data.meta].count("tremor") == 6
+    assert set(data.labels[7:]) == {0} and finetune.FinetuneSizes().tremor == 0
+
+
 def test_the_bundle_chains_its_fine_tuning_stages_and_moves_the_last_to_the_output(monkeypatch, tmp_path):
     import pytest
 
