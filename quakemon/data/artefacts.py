@@ -71,7 +71,7 @@ def add_cultural_bursts(x: np.ndarray, sampling_rate: float, rng: np.random.Gene
     t = np.arange(n) / sampling_rate
     centre = rng.uniform(0.1, 0.9, m) * n / sampling_rate
     width = rng.uniform(2.0, 6.0, m)
-    env = np.exp(-0.5 * ((t[None, :] - centre[:, None]) / width[:, None]) ** 2)
+    env = _gaussian_envelope(t, centre, width)
     f0 = rng.uniform(2.0, 20.0, m)
     drift = 1.0 + rng.uniform(-0.05, 0.05, m)[:, None] * (t[None, :] - centre[:, None]) / (n / sampling_rate)
     phase = 2 * np.pi * f0[:, None] * t[None, :] * drift
@@ -80,13 +80,46 @@ def add_cultural_bursts(x: np.ndarray, sampling_rate: float, rng: np.random.Gene
         (h < n_harm)[:, None] * np.sin((h + 1) * phase + rng.uniform(0, 2 * np.pi, m)[:, None]) / (h + 1)
         for h in range(3)
     )
-    freq = scipy.fft.rfftfreq(n, 1.0 / sampling_rate)
-    band = ((freq >= 3.0) & (freq <= 25.0)).astype(float)
-    traffic = shaped_noise(np.broadcast_to(_normalise_spectrum(band[None, :]), (m, freq.size)), n, rng)
+    traffic = band_noise(m, n, sampling_rate, (3.0, 25.0), rng)
     source = np.where(rng.random(m)[:, None] < 0.5, tone, traffic)
     amp = log_uniform(rng, (1.0, 20.0), m)
     weights = rng.uniform(0.3, 1.0, (m, c))
     x += (weights[:, :, None] * (amp[:, None] * env * source)[:, None, :]).astype(np.float32)
+
+
+def add_tremor_bursts(x: np.ndarray, sampling_rate: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """An emergent 0.7-4 Hz burst: band-limited noise under a symmetric Gaussian envelope (1.5-6 s wide, centred
+    anywhere in the window), 1.5-10 times the window's own 0.7-4 Hz RMS on its vertical (component 0), on every
+    component the window has (weights 0.3-1; all-zero components stay zero). Volcanic tremor, wind and distant
+    traffic make such bursts: they rise and fall within seconds, where an earthquake's P starts a coda that decays
+    slowly. Unlike the other kinds, the amplitude is relative to the window's band, not to unit RMS. Returns the
+    bursts' (snr, width_s) [m]."""
+    from scipy.signal import butter, sosfiltfilt
+
+    m, c, n = x.shape
+    sos = butter(4, [0.7, 4.0], btype="bandpass", fs=sampling_rate, output="sos")
+    rms = np.sqrt(np.mean(sosfiltfilt(sos, x[:, 0].astype(np.float64), axis=-1) ** 2, axis=-1))
+    source = band_noise(m, n, sampling_rate, (0.7, 4.0), rng)
+    source /= source.std(axis=-1, keepdims=True) + 1e-12
+    centre, width = rng.uniform(0.0, n / sampling_rate, m), rng.uniform(1.5, 6.0, m)
+    env = _gaussian_envelope(np.arange(n) / sampling_rate, centre, width)
+    snr = log_uniform(rng, (1.5, 10.0), m)
+    weights = rng.uniform(0.3, 1.0, (m, c)) * (np.abs(x).max(axis=-1) > 0)
+    x += (weights[:, :, None] * ((snr * rms)[:, None] * env * source)[:, None, :]).astype(np.float32)
+    return snr, width
+
+
+def band_noise(m: int, n: int, sampling_rate: float, band_hz: tuple[float, float],
+               rng: np.random.Generator) -> np.ndarray:
+    """m rows of n samples of Gaussian noise with a flat spectrum in `band_hz` and nothing outside it."""
+    freq = scipy.fft.rfftfreq(n, 1.0 / sampling_rate)
+    band = ((freq >= band_hz[0]) & (freq <= band_hz[1])).astype(float)
+    return shaped_noise(np.broadcast_to(_normalise_spectrum(band[None, :]), (m, freq.size)), n, rng)
+
+
+def _gaussian_envelope(t: np.ndarray, centre: np.ndarray, width: np.ndarray) -> np.ndarray:
+    """[m, len(t)]: exp(-((t - centre) / width)^2 / 2) per row."""
+    return np.exp(-0.5 * ((t[None, :] - centre[:, None]) / width[:, None]) ** 2)
 
 
 def add_teleseisms(x: np.ndarray, sampling_rate: float, rng: np.random.Generator) -> None:

@@ -406,8 +406,6 @@ def tukey_window(n: int) -> np.ndarray:
 
 def bandpass_sos(contract: InputContract) -> np.ndarray:
     """BANDPASS's Butterworth sections, corners from contract.extra['bandpass_hz'] (ContractError when unusable)."""
-    from scipy.signal import butter
-
     corners = contract.extra.get("bandpass_hz")
     nyquist = contract.sampling_rate / 2
     if not isinstance(corners, list | tuple) or len(corners) != 2 or not 0 < corners[0] < corners[1] < nyquist:
@@ -418,20 +416,37 @@ def bandpass_sos(contract: InputContract) -> np.ndarray:
     alpha = contract.extra.get("bandpass_taper")
     if alpha is not None and not (isinstance(alpha, int | float) and 0 < alpha <= 1):
         raise ContractError(f'contract.extra["bandpass_taper"] must be a number in (0, 1], got {alpha!r}')
-    order = int(contract.extra.get("bandpass_order", 4))
-    return butter(order, [float(corners[0]), float(corners[1])], btype="bandpass", fs=contract.sampling_rate,
-                  output="sos")  # fmt: skip
+    sos = _butter_bandpass(int(contract.extra.get("bandpass_order", 4)), float(corners[0]), float(corners[1]),
+                           float(contract.sampling_rate))
+    return sos.copy()  # scipy's sosfilt family wants a writable array
+
+
+@lru_cache(maxsize=16)
+def _butter_bandpass(order: int, fmin: float, fmax: float, fs: float) -> np.ndarray:
+    """The Butterworth design, made once per contract rather than once per batch."""
+    from scipy.signal import butter
+
+    return butter(order, [fmin, fmax], btype="bandpass", fs=fs, output="sos")
+
+
+@lru_cache(maxsize=16)
+def _tukey(n: int, alpha: float) -> np.ndarray:
+    """BANDPASS's post-filter taper (read-only, shared by every batch)."""
+    from scipy.signal.windows import tukey
+
+    window = tukey(n, alpha)
+    window.flags.writeable = False
+    return window
 
 
 def band_passed(t: np.ndarray, contract: InputContract) -> np.ndarray:
     """BANDPASS on samples [..., N] (float64): the zero-phase filter, then the optional post-filter taper."""
     from scipy.signal import sosfiltfilt
-    from scipy.signal.windows import tukey
 
     out = sosfiltfilt(bandpass_sos(contract), t, axis=-1)
     alpha = contract.extra.get("bandpass_taper")
     if alpha is not None:
-        out *= tukey(out.shape[-1], float(alpha))
+        out *= _tukey(out.shape[-1], float(alpha))
     return out
 
 

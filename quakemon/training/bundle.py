@@ -227,9 +227,9 @@ def finetune_stages(init: Path, out: Path, precision: str = "fp32") -> None:
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     last = out.parent / f".{out.stem}.stages" / out.name
+    last.parent.mkdir(exist_ok=True)
     for i, stage in enumerate(FINETUNE_STAGES, 1):
         staged = last if i == len(FINETUNE_STAGES) else out.with_name(f"{out.stem}.stage{i}.safetensors")
-        staged.parent.mkdir(exist_ok=True)
         finetune(stage["day"], staged, init, epochs=stage["epochs"], noise=stage["noise"], precision=precision,
                  bandpass=stage["bandpass"], sizes=replace(FinetuneSizes(), surrogates=stage["surrogates"]),
                  progress=sys.stderr.isatty(),

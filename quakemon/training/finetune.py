@@ -161,32 +161,18 @@ def surrogate_part(waves: np.ndarray, labels: np.ndarray, meta: list[dict[str, A
     return out, np.zeros(k, np.int64), rows
 
 
-def tremor_bursts(x: np.ndarray, fs: float, rng: np.random.Generator) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Copies of noise windows x [m, C, N] with an emergent 0.7-4 Hz burst added: band-limited noise under a
-    symmetric Gaussian envelope (1.5-6 s wide, centred anywhere in the window), 1.5-10 times the window's own
-    0.7-4 Hz RMS on its vertical (component 0), on every component the window has (weights 0.3-1). Volcanic tremor,
-    wind and distant traffic make such bursts: they rise and fall within seconds, where an earthquake's P starts
-    a coda that decays slowly."""
-    from scipy.signal import butter, sosfiltfilt
+def tremor_part(waves: np.ndarray, meta: list[dict[str, Any]], k: int, fs: float, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """`k` copies of randomly chosen real-noise windows (meta part "noise") of `waves`, each with an emergent
+    0.7-4 Hz burst (`artefacts.add_tremor_bursts`), labelled noise (0)."""
+    from quakemon.data.artefacts import add_tremor_bursts
 
-    from quakemon.data.physics import _normalise_spectrum, log_uniform, shaped_noise
-
-    m, c, n = x.shape
-    sos = butter(4, [0.7, 4.0], btype="bandpass", fs=fs, output="sos")
-    rms = np.sqrt(np.mean(sosfiltfilt(sos, x[:, 0].astype(np.float64), axis=-1) ** 2, axis=-1))
-    freq = np.fft.rfftfreq(n, 1.0 / fs)
-    band = ((freq >= 0.7) & (freq <= 4.0)).astype(float)
-    source = shaped_noise(np.broadcast_to(_normalise_spectrum(band[None, :]), (m, freq.size)), n, rng)
-    source /= source.std(axis=-1, keepdims=True) + 1e-12
-    t = np.arange(n) / fs
-    centre, width = rng.uniform(0.0, n / fs, m), rng.uniform(1.5, 6.0, m)
-    env = np.exp(-0.5 * ((t[None, :] - centre[:, None]) / width[:, None]) ** 2)
-    snr = log_uniform(rng, (1.5, 10.0), m)
-    weights = rng.uniform(0.3, 1.0, (m, c)) * (np.abs(x).max(axis=-1) > 0)  # absent components stay zero
-    burst = (snr * rms)[:, None] * env * source
-    out = (x + weights[:, :, None] * burst[:, None, :]).astype(np.float32)
-    return out, [{"label": "noise", "part": "tremor", "snr": round(float(r), 2), "width_s": round(float(w), 2)}
-                 for r, w in zip(snr, width, strict=True)]
+    real = np.flatnonzero([m.get("part") == "noise" for m in meta])
+    out = waves[rng.choice(real, size=k, replace=k > real.size)].astype(np.float32)  # fancy indexing: a copy
+    snr, width = add_tremor_bursts(out, fs, rng)
+    rows = [{"label": "noise", "part": "tremor", "snr": round(float(r), 2), "width_s": round(float(w), 2)}
+            for r, w in zip(snr, width, strict=True)]
+    return out, np.zeros(k, np.int64), rows
 
 
 def day_parts(day: str, contract: InputContract, base_ckpt, sizes: FinetuneSizes, seed: int
@@ -296,12 +282,8 @@ def finetune_data(day: str | None, contract: InputContract, base_ckpt, sizes: Fi
     waves, labels = np.concatenate([base.waveforms, waves]), np.concatenate([base.labels, labels])
     meta = [dict(m) for m in list(base.meta) + meta]
     if sizes.tremor:  # over random copies of the set's real-noise windows
-        rng_t = np.random.default_rng(seed + 5)
-        real = np.flatnonzero([m.get("part") == "noise" for m in meta])
-        src = rng_t.choice(real, size=sizes.tremor, replace=sizes.tremor > real.size)
-        w, m = tremor_bursts(waves[src], contract.sampling_rate, rng_t)
-        waves, labels, meta = np.concatenate([waves, w]), np.concatenate([labels, np.zeros(len(w), labels.dtype)]), \
-            meta + m
+        w, lab, m = tremor_part(waves, meta, sizes.tremor, contract.sampling_rate, np.random.default_rng(seed + 5))
+        waves, labels, meta = np.concatenate([waves, w]), np.concatenate([labels, lab]), meta + m
     if sizes.surrogates:  # of the finished earthquake windows (band limit included), replay ones too
         w, lab, m = surrogate_part(waves, labels, meta, sizes.surrogates, np.random.default_rng(seed + 4))
         waves, labels, meta = np.concatenate([waves, w]), np.concatenate([labels, lab]), meta + m
@@ -366,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", action="append", default=[], metavar="PART=N",
                         help=f"windows of one part (repeatable; parts: {', '.join(FinetuneSizes().__dict__)})")
     parser.add_argument("--bandpass", nargs=2, type=float, default=None, metavar=("FMIN", "FMAX"),
-                        help="train for a band-passed input (detrend, taper, Butterworth band-pass before the z-score)")
+                        help="train for a band-passed input (detrend, band-pass, taper; before the z-score)")
     args = parser.parse_args(argv)
     try:
         sizes = replace(FinetuneSizes(), **{k: int(v) for k, v in (item.split("=", 1) for item in args.size)})

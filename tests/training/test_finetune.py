@@ -265,22 +265,25 @@ def test_surrogate_part_copies_earthquake_windows_as_noise_and_finetune_data_add
 def test_tremor_bursts_add_a_symmetric_low_frequency_burst_to_copies_of_real_noise(monkeypatch):
     from scipy.signal import butter, sosfiltfilt
 
+    from quakemon.data.artefacts import add_tremor_bursts
     from quakemon.data.datasets import LabelledWaveforms
     from quakemon.training import bundle, multisite
 
     rng = np.random.default_rng(4)
     x = rng.normal(0, 1.0, (64, 3, 2000)).astype(np.float32)
     x[:32, 1:] = 0.0  # vertical-only windows stay vertical-only
-    y, rows = finetune.tremor_bursts(x, 100.0, np.random.default_rng(5))
-    assert y.shape == x.shape and not np.shares_memory(y, x) and (y[:32, 1:] == 0).all()
+    y = x.copy()
+    snr, _ = add_tremor_bursts(y, 100.0, np.random.default_rng(5))
+    assert (y[:32, 1:] == 0).all()
     added = (y - x)[:, 0].astype(np.float64)
     spec = np.abs(np.fft.rfft(added, axis=-1)) ** 2
     freq = np.fft.rfftfreq(2000, 0.01)
     assert spec[:, (freq >= 0.7) & (freq <= 4.0)].sum() > 0.95 * spec.sum()  # the burst lies in 0.7-4 Hz
     band = sosfiltfilt(butter(4, [0.7, 4.0], btype="bandpass", fs=100.0, output="sos"), x[:, 0], axis=-1)
     peak = np.abs(added).max(-1) / np.sqrt((band**2).mean(-1))
-    snr = np.array([r["snr"] for r in rows])
     assert ((snr >= 1.5) & (snr <= 10)).all() and np.corrcoef(np.log(peak), np.log(snr))[0, 1] > 0.6
+    w, lab, rows = finetune.tremor_part(x, [{"part": "noise"}] * 64, 5, 100.0, np.random.default_rng(6))
+    assert w.shape == (5, 3, 2000) and not np.shares_memory(w, x) and list(lab) == [0] * 5
     assert {r["part"] for r in rows} == {"tremor"} and {r["label"] for r in rows} == {"noise"}
 
     labels = np.array([0] * 3 + [1] * 2)
