@@ -64,6 +64,31 @@ def test_records_are_committed_only_when_no_pending_window_needs_them():
     assert len(source.committed) + len(pending) == len(records)
 
 
+def test_records_stay_uncommitted_while_a_window_that_needs_them_is_undelivered():
+    """A window cut but still queued (or in ZeroMQ's pipe) dies with a SIGKILL: its records must be read again."""
+    windower = StationWindower(InputContract(), 1.0, ["BW.RJOB..EH?"])
+    source, delivered, cut = _FakeSource(), [0], [0]
+    committer = Committer(source, windower, lambda: delivered[0])
+    windows = []
+    for tr in sorted((tr.slice(tr.stats.starttime + t0, tr.stats.starttime + t0 + 0.99) for tr in obspy.read()
+                      for t0 in range(30)), key=lambda r: r.stats.starttime):
+        new = windower.add_trace(tr)
+        committer.note_cut(new, cut[0])
+        cut[0] += len(new)
+        windows += new
+        committer.add(tr)
+    assert len(windows) >= 5
+    first = windows[0].start_ns  # nothing delivered: the first window's records are all still pending
+    assert all(tr.stats.endtime.ns < first for tr in source.committed)
+    assert any(tr.stats.endtime.ns >= first for d in committer.pending.values() for tr in d)
+    delivered[0] = 3  # the first three went out: what only they needed may go now, the fourth's records not
+    committer.add(obspy.read()[0].slice(endtime=obspy.read()[0].stats.starttime))  # a tiny record triggers the check
+    fourth = windows[3].start_ns
+    assert any(tr.stats.endtime.ns >= first for tr in source.committed)
+    assert all(tr.stats.endtime.ns < fourth for tr in source.committed)
+    assert any(tr.stats.endtime.ns >= fourth for d in committer.pending.values() for tr in d)
+
+
 class _SlowSource:
     def __init__(self, items: list) -> None:
         self.items = items

@@ -8,9 +8,12 @@ waited FLUSH_AGE_S, or at once when FLUSH_WINDOWS are pending. Windows complete 
 a message per window would make every step downstream run on tiny batches and pay its fixed cost per call
 (transform, send) for each of them. The added latency is at most FLUSH_AGE_S + FEED_TICK_S.
 
-Resume: a SeedLink record counts as processed, and is committed to the state file, only once no window
-still to be cut needs its samples; a restart therefore re-reads at most one window length per station
-(at-least-once: windows cut just before a stop may be cut again; detection ids are stable).
+Resume: a SeedLink record counts as processed, and is committed to the state file, only once no window that
+still has to reach the next stage needs its samples: neither a window still to be cut, nor one cut but still
+queued here, nor one of the last messages handed to ZeroMQ (up to its send HWM, which a SIGKILL loses with the
+process). A restart therefore re-reads about one window length per station, plus what was queued
+(at-least-once: windows sent just before a stop are cut again, and the inference stage drops the ones it
+already decided; detection ids are stable).
 
 Rewind: the batches already sent are kept, up to half of pipeline.queue_hwm windows (the newest). On SIGUSR2,
 which the supervisor sends when it restarts a stage downstream, they are sent again, oldest first and ahead of
@@ -36,7 +39,7 @@ from quakemon.base.signals import StopFlag, set_on_signals
 from quakemon.models.contract import InputContract
 from quakemon.service.config import Config
 from quakemon.service.reload import ReloadableStage, reselect_windower
-from quakemon.service.stages.common import DropOldestQueue, Stage, Stats, StatusRelay, drain_to
+from quakemon.service.stages.common import ZMQ_HWM, DropOldestQueue, Stage, Stats, StatusRelay, drain_to
 from quakemon.service.stages.messages import WINDOWS, Batch, Sender
 
 log = structlog.get_logger(__name__)
@@ -87,6 +90,7 @@ class IngestStage(ReloadableStage, Stage):
         self.newest_end: dict[str, int] = {}  # station -> end (ns) of its newest window
         self.station_windows: collections.Counter[str] = collections.Counter()  # station -> windows cut
         self.windows_cut = 0
+        self.in_flight: collections.deque[int] = collections.deque(maxlen=ZMQ_HWM)  # windows of the last sends
         self._counted = (-1, 0)  # (schedulers, stations among them): recounted only when a scheduler is added
         self.gaps: Any = None  # the backfill GapPlanner, when [backfill] source is set
 
@@ -107,7 +111,7 @@ class IngestStage(ReloadableStage, Stage):
         self.windower = StationWindower(self.contract, self.cfg.window.stride_s, list(sl.streams),
                                         max_missing=self.cfg.window.max_missing_fraction,
                                         silence_s=sl.station_silence_s)
-        self.committer = Committer(self.source, self.windower)
+        self.committer = Committer(self.source, self.windower, self.windows_delivered)
         self.start_backfill()
         self.status.ready = True
         log.info("stage_started", stage="ingest", server=sl.server, streams=list(sl.streams),
@@ -173,6 +177,7 @@ class IngestStage(ReloadableStage, Stage):
                 self.station_windows[w.station] += 1
             self.windows_cut += len(windows)
             self.status.progress += len(windows)
+            self.committer.note_cut(windows, self.windows_cut - len(windows))
             self.pending += windows
             self.arrivals += [now] * len(windows)
         self.committer.add(tr)
@@ -198,7 +203,14 @@ class IngestStage(ReloadableStage, Stage):
         if self.resend:
             drain_to(self.push, self.resend, self.kept, sender)
         if not self.resend:
-            drain_to(self.push, self.queue, self.kept, sender)
+            before = self.queue.windows
+            if drain_to(self.push, self.queue, self.kept, sender):
+                self.in_flight.append(before - self.queue.windows)
+
+    def windows_delivered(self) -> int:
+        """How many of the windows cut so far (the oldest) have left this process for sure: not pending, not
+        queued, not among the last ZMQ_HWM sends (ZeroMQ may still hold those). Dropped ones count as gone."""
+        return self.windows_cut - len(self.pending) - self.queue.windows - sum(self.in_flight)
 
     def rewind_kept(self) -> None:
         """Queue the kept batches (and those of an unfinished rewind) to be sent again, oldest first."""
@@ -299,16 +311,38 @@ class IngestStage(ReloadableStage, Stage):
 
 
 class Committer:
-    """Commits records to the source's resume state once no window still to be cut needs their samples.
+    """Commits records to the source's resume state once no window still to be cut or delivered needs them.
 
     Records are committed per station in arrival (= sequence) order; a record stays pending while it ends
-    after the start of its station's next undecided window (minus the resampling margin).
+    after the start (minus the resampling margin) of its station's next undecided window or, with `delivered`,
+    of its oldest window not yet delivered. `delivered()` is how many of the windows cut so far, in cutting
+    order, have been delivered; `note_cut` numbers the windows as they are cut. Without `delivered` a window
+    counts as delivered once cut.
     """
 
-    def __init__(self, source: Any, windower: Any) -> None:
+    def __init__(self, source: Any, windower: Any, delivered: Callable[[], int] | None = None) -> None:
         self.source = source
         self.windower = windower
+        self.delivered = delivered
         self.pending: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self.undelivered: dict[str, collections.deque[tuple[int, int]]] = collections.defaultdict(collections.deque)
+
+    def note_cut(self, windows: list[Any], first: int) -> None:
+        """Windows just cut, numbered from `first` in cutting order."""
+        if self.delivered is None or not hasattr(self.source, "commit"):
+            return
+        for n, w in enumerate(windows, first):
+            self.undelivered[w.station].append((n, w.start_ns))
+
+    def _oldest_undelivered(self, station: str) -> int | None:
+        """Start (ns) of the station's oldest window not yet delivered, or None."""
+        queue = self.undelivered.get(station)
+        if not queue or self.delivered is None:
+            return None
+        done = self.delivered()
+        while queue and queue[0][0] < done:
+            queue.popleft()
+        return queue[0][1] if queue else None
 
     def add(self, tr: Any) -> None:
         if not hasattr(self.source, "commit"):
@@ -326,7 +360,9 @@ class Committer:
             return  # no window decided yet: everything is still needed
         else:
             margin_ns = int(sched.margin / float(sched.rate) * 1e9) + 1
-            needed_from = sched.next_k * sched.stride_ns - margin_ns
+            oldest = self._oldest_undelivered(key)
+            first_needed = sched.next_k * sched.stride_ns if oldest is None else oldest
+            needed_from = first_needed - margin_ns
         while pending:
             head = pending[0]
             if needed_from is not None and head.stats.endtime.ns >= needed_from:
