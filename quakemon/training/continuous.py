@@ -108,11 +108,20 @@ def model_series(ckpt: Checkpoint, streams: Iterable[Stream], label: str = "eart
 
 
 def trigger_onsets(series: Series, on: float, off: float = 0.5, min_duration_s: float = 2.0,
-                   new_p: NewPCheck | None = None) -> list[float]:
+                   new_p: NewPCheck | None = None, *, retrigger_hold_s: float | None = None,
+                   split_on_new_p: bool = False) -> list[float]:
     """Onsets of the "new" detections the daemon's trigger gives on these probabilities (flush at the end).
 
-    new_p: the record's samples, to split an active detection at a clearly new P (`trigger.split_on_new_p`)."""
-    trig = StationTrigger(on, min(off, on), min_duration_s, "earthquake", split_on_new_p=new_p is not None)
+    retrigger_hold_s: one detection per event (default: the daemon's, `TriggerSettings.retrigger_hold_s`); 0
+    closes a detection at its first window below ``off``. new_p: the record's samples, for the daemon's check
+    of a re-trigger inside a hold (a clearly new P opens a new detection; without it a re-trigger inside the
+    hold always extends the held detection) and, with `split_on_new_p` (`trigger.split_on_new_p`), of a window
+    over ``on`` inside an active detection."""
+    from quakemon.pipeline.settings import TRIGGER
+
+    hold = TRIGGER.retrigger_hold_s if retrigger_hold_s is None else retrigger_hold_s
+    trig = StationTrigger(on, min(off, on), min_duration_s, "earthquake", retrigger_hold_s=hold,
+                          split_on_new_p=split_on_new_p and new_p is not None)
     onsets = []
     for s, e, p in zip(series.start.tolist(), series.end.tolist(), series.p.tolist(), strict=True):
         check = (lambda ref, t=s: new_p(ref, t)) if new_p is not None else None
@@ -255,34 +264,53 @@ def score_continuous(model: dict[str, Any], window_s: float, noise: dict[str, St
                      noise_series: dict[str, dict[str, Series]], events: list[EventRecord],
                      event_series: list[Series], *, on: float = 0.7, off: float = 0.5, min_duration_s: float = 2.0,
                      sta_lta: StaLta = StaLta(), split_on_new_p: bool = False,
-                     sampling_rate: float | None = None) -> dict[str, Any]:
+                     sampling_rate: float | None = None, retrigger_hold_s: float | None = None) -> dict[str, Any]:
     """The side-by-side report from given probabilities: false detections per noise day, recall by kind, late
     detections, sweeps; the STA/LTA runs on the same streams.
 
     `noise_series[name]` holds the probabilities on `noise[name]` ({station: Series}); `event_series[i]` those on
     `events[i]`. `model` is what the report names as the model (e.g. `Checkpoint.model_info`); `window_s` is the
-    window length (detections of a P arrival may start up to one window before it). split_on_new_p: the model's
-    trigger splits an active detection at a clearly new P (`NewPCheck` on each stream's samples, resampled to
-    `sampling_rate`, the model's rate, which it then requires).
+    window length (detections of a P arrival may start up to one window before it). The model's trigger is the
+    daemon's, one detection per event included (`retrigger_hold_s`, default the daemon's): given `sampling_rate`
+    (the model's rate) it checks a re-trigger inside a hold for a clearly new P as the daemon does (`NewPCheck` on
+    each stream's samples, resampled to that rate); without it such a re-trigger always extends. split_on_new_p:
+    the model's trigger also splits an active detection at a clearly new P (needs `sampling_rate`).
     """
+    from quakemon.pipeline.settings import TRIGGER
+
     if split_on_new_p and sampling_rate is None:
         raise ValueError("split_on_new_p needs the model's sampling_rate")
+    hold = TRIGGER.retrigger_hold_s if retrigger_hold_s is None else float(retrigger_hold_s)
+
+    def model_onsets(s: Series, o: float, check: NewPCheck | None) -> list[float]:
+        return trigger_onsets(s, o, off, min_duration_s, check, retrigger_hold_s=hold, split_on_new_p=split_on_new_p)
+
+    def checker(st: Stream, station: str | None = None) -> NewPCheck | None:
+        """The new-P check on `st`'s vertical (of `station`, "NET.STA.LOC", when given)."""
+        if sampling_rate is None:
+            return None
+        if station is not None:
+            net, sta, loc = (station.split(".") + ["", ""])[:3]
+            st = st.select(network=net, station=sta, location=loc) or st
+        return NewPCheck(st, sampling_rate, window_s)
+
     if len(event_series) != len(events):
         raise ValueError(f"{len(event_series)} event series for {len(events)} event records")
     report: dict[str, Any] = {"model": model,
                               "trigger": {"on": on, "off": off, "min_duration_s": min_duration_s,
-                                          "split_on_new_p": split_on_new_p},
+                                          "split_on_new_p": split_on_new_p, "retrigger_hold_s": hold,
+                                          "new_p_in_hold": sampling_rate is not None},
                               "sta_lta": {**sta_lta.__dict__, "band_hz": list(sta_lta.band_hz)},
                               "noise": {}, "series": {}}
     for name, st in noise.items():
         series = noise_series[name]
         report["series"][name] = series
         days = station_days(series, window_s)
-        check = NewPCheck(st, sampling_rate, window_s) if split_on_new_p else None
-        model_on = {o: sum(len(trigger_onsets(s, o, off, min_duration_s, check)) for s in series.values())
+        checks = {station: checker(st, station) for station in series}
+        model_on = {o: sum(len(model_onsets(s, o, checks[k])) for k, s in series.items())
                     for o in sorted({*SWEEP_ON, on})}
         classic = {o: len(sta_lta_onsets(st, sta_lta, o)) for o in sorted({*SWEEP_STA_LTA, sta_lta.on})}
-        onsets = [o for s in series.values() for o in trigger_onsets(s, on, off, min_duration_s, check)]
+        onsets = [o for k, s in series.items() for o in model_onsets(s, on, checks[k])]
         classic_onsets = sta_lta_onsets(st, sta_lta)
         near = near_count(onsets, classic_onsets, window_s)
         report["noise"][name] = {
@@ -294,20 +322,18 @@ def score_continuous(model: dict[str, Any], window_s: float, noise: dict[str, St
         }
         log.info("noise_day_scored", day=name, model=model_on[on], sta_lta=classic[sta_lta.on], days=round(days, 3))
     if events:
-        rec_series = [(r, s, NewPCheck(r.stream, sampling_rate, window_s) if split_on_new_p else None)
-                      for r, s in zip(events, event_series, strict=True)]
+        rec_series = [(r, s, checker(r.stream)) for r, s in zip(events, event_series, strict=True)]
         report["events"] = {
-            "model": recall_by_kind([(r, trigger_onsets(s, on, off, min_duration_s, c)) for r, s, c in rec_series],
-                                    window_s),
+            "model": recall_by_kind([(r, model_onsets(s, on, c)) for r, s, c in rec_series], window_s),
             "sta_lta": recall_by_kind([(r, sta_lta_onsets(r.stream, sta_lta)) for r in events], window_s),
             "sweep_model": {f"{o:g}": recall_by_kind(
-                [(r, trigger_onsets(s, o, off, min_duration_s, c)) for r, s, c in rec_series], window_s)
+                [(r, model_onsets(s, o, c)) for r, s, c in rec_series], window_s)
                 for o in SWEEP_ON},
             "sweep_sta_lta": {f"{o:g}": recall_by_kind([(r, sta_lta_onsets(r.stream, sta_lta, o)) for r in events],
                                                        window_s) for o in SWEEP_STA_LTA},
             "records": [{"name": r.name, "kind": r.kind, **r.info,
                          "max_p": float(s.p.max()) if len(s.p) else None,
-                         **{f"model_{k}": v for k, v in match(trigger_onsets(s, on, off, min_duration_s, c),
+                         **{f"model_{k}": v for k, v in match(model_onsets(s, on, c),
                                                               r.p_times, window_s).items()}}
                         for r, s, c in rec_series],
         }

@@ -31,6 +31,7 @@ from quakemon.training.continuous import (
     SWEEP_ON,
     TELESEISMIC_KIND,
     EventRecord,
+    NewPCheck,
     Series,
     StaLta,
     band_passed,
@@ -116,28 +117,32 @@ def model_rows(ckpt: Checkpoint, records: list[EventRecord], *, on: float = 0.7,
                min_duration_s: float = 2.0, precision: str = "fp32", resampled_first: bool = True) -> dict[str, Any]:
     """The model's outcome on each record at `on` and its recall sweep, at the records' own rate (the daemon's
     per-window resampling: "native") and, with `resampled_first`, on the records resampled beforehand to the
-    model's rate ("upsampled")."""
+    model's rate ("upsampled"). The trigger is the daemon's, one detection per event with its check of a
+    re-trigger inside a hold for a clearly new P (`continuous.NewPCheck` on each record, at the model's rate)."""
     window_s = ckpt.contract.window_seconds
+    rate = ckpt.contract.sampling_rate
     out: dict[str, Any] = {}
     ways = [("native", records)]
     if resampled_first:
         ways.append(("upsampled", [upsampled(r, ckpt.contract.sampling_rate) for r in records]))
     for how, recs in ways:
         series = record_series(ckpt, recs, precision)
-        out[how] = {"records": [_model_record(r, s, on, off, min_duration_s, window_s) for r, s in zip(recs, series,
-                                                                                                      strict=True)],
-                    "sweep": {f"{o:g}": sum(classify(trigger_onsets(s, o, off, min_duration_s), r.p_times, _later(r),
-                                                     window_s).detected for r, s in zip(recs, series, strict=True))
+        checks = [NewPCheck(r.stream, rate, window_s) for r in recs]
+        out[how] = {"records": [_model_record(r, s, on, off, min_duration_s, window_s, c)
+                                for r, s, c in zip(recs, series, checks, strict=True)],
+                    "sweep": {f"{o:g}": sum(classify(trigger_onsets(s, o, off, min_duration_s, c), r.p_times,
+                                                     _later(r), window_s).detected
+                                            for r, s, c in zip(recs, series, checks, strict=True))
                               for o in SWEEP_ON}}
     return out
 
 
 def _model_record(r: EventRecord, s: Series, on: float, off: float, min_duration_s: float,
-                  window_s: float) -> dict[str, Any]:
+                  window_s: float, check: NewPCheck | None = None) -> dict[str, Any]:
     near = [p for p, st in zip(s.p, s.start, strict=True) if any(t - window_s <= st <= t for t in r.p_times)]
     return {"name": r.name, "max_p": float(s.p.max()) if len(s.p) else None,
             "max_p_at_p": float(max(near)) if near else None,
-            **_row(trigger_onsets(s, on, off, min_duration_s), r, window_s)}
+            **_row(trigger_onsets(s, on, off, min_duration_s, check), r, window_s)}
 
 
 def _row(onsets: list[float], r: EventRecord, window_s: float) -> dict[str, Any]:

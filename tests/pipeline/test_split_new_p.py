@@ -99,9 +99,10 @@ def test_the_scoring_check_splits_the_same_way():
     t0 = st[0].stats.starttime.timestamp
     starts = t0 + np.arange(0.0, 200.0)
     series = Series(starts, starts + 20.0, np.where(starts - t0 <= 25.0, 0.95, 0.05))
-    onsets = trigger_onsets(series, 0.7, 0.5, 2.0, new_p=NewPCheck(st))
+    onsets = trigger_onsets(series, 0.7, 0.5, 2.0, new_p=NewPCheck(st), split_on_new_p=True)
     assert len(onsets) == 2 and onsets[0] == t0 and p1 - 20.0 <= onsets[1] <= p1
     assert trigger_onsets(series, 0.7, 0.5, 2.0) == [t0]
+    assert trigger_onsets(series, 0.7, 0.5, 2.0, new_p=NewPCheck(st)) == [t0]  # the split itself is opt-in
 
 
 @pytest.mark.parametrize("split", [False, True])

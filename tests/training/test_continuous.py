@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from obspy import Stream, Trace, UTCDateTime
 
+from quakemon.pipeline.settings import TRIGGER
 from quakemon.training import continuous as cont
 
 T0 = UTCDateTime("2010-09-01T00:00:00")
@@ -22,10 +23,21 @@ def test_offline_trigger_is_the_daemon_trigger_including_the_flush_rule():
     start = T0.timestamp + np.arange(12.0)
     p = np.array([0.1, 0.9, 0.9, 0.9, 0.9, 0.2, 0.1, 0.6, 0.95, 0.1, 0.1, 0.99])
     s = cont.Series(start, start + 20.0, p)
-    assert cont.trigger_onsets(s, 0.7) == [start[1], start[11]]  # 8: one window only; 11: record ends while pending
-    assert cont.trigger_onsets(s, 0.5) == [start[1], start[11]]  # 7-8 lasts 1 s, under min_duration
-    assert cont.trigger_onsets(s, 0.5, min_duration_s=1.0) == [start[1], start[7], start[11]]
+    held = {"retrigger_hold_s": 0.0}  # closed at the first window below off
+    assert cont.trigger_onsets(s, 0.7, **held) == [start[1], start[11]]  # 8: one window; 11: ends while pending
+    assert cont.trigger_onsets(s, 0.5, **held) == [start[1], start[11]]  # 7-8 lasts 1 s, under min_duration
+    assert cont.trigger_onsets(s, 0.5, min_duration_s=1.0, **held) == [start[1], start[7], start[11]]
+    assert cont.trigger_onsets(s, 0.96, **held) == [start[11]]
+    # the daemon's default: one detection per event, re-triggers inside the hold extend the first detection
+    assert TRIGGER.retrigger_hold_s > 10.0
+    assert cont.trigger_onsets(s, 0.7) == [start[1]]
+    assert cont.trigger_onsets(s, 0.5, min_duration_s=1.0) == [start[1]]
     assert cont.trigger_onsets(s, 0.96) == [start[11]]
+    n = int(TRIGGER.retrigger_hold_s) + 20
+    late = T0.timestamp + np.arange(float(n))
+    q = np.full(n, 0.1)
+    q[1:5] = q[n - 5:n - 1] = 0.9  # a second event once the hold is over: a detection of its own
+    assert cont.trigger_onsets(cont.Series(late, late + 20.0, q), 0.7) == [late[1], late[n - 5]]
 
 
 def _noise_trace(seconds: float, rate: float = 100.0, seed: int = 0, station: str = "AAA") -> Trace:
