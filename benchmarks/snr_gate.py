@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     events = cont.real_event_records() + cont.synthetic_event_records(load_day(args.events_day))
     streams = [cont._relabel(r.stream, i) for i, r in enumerate(events)]
     series = cont.model_series(ckpt, streams)
+    rate = ckpt.contract.sampling_rate  # the daemon's trigger: its hold, with the new-P check inside it
+    day_checks = {day: cont.NewPCheck(stream, rate) for day, (stream, _) in days.items()}
     result["gate"] = args.gate
 
     def measure(stream, onsets: list[float]) -> list[float]:
@@ -88,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     for on in args.on:
         res: dict = {"noise": {}, "events": {f"{g:g}": {} for g in GATES}}
         for day, (stream, s) in days.items():
-            m = measure(stream, cont.trigger_onsets(s, on))
+            m = measure(stream, cont.trigger_onsets(s, on, new_p=day_checks[day]))
             res["noise"][day] = {f"{g:g}": int(sum(v >= g for v in m)) for g in GATES}
         for r, st in zip(events, streams, strict=True):
             s = series.get(".".join(st[0].id.split(".")[:3]))
-            onsets = cont.trigger_onsets(s, on) if s is not None else []
+            onsets = cont.trigger_onsets(s, on, new_p=cont.NewPCheck(r.stream, rate)) if s is not None else []
             m = measure(st, onsets)
             group = r.kind.split(":")[0]
             for g in GATES:
