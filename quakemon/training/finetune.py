@@ -59,7 +59,8 @@ FINETUNE_SEED = 20261206
 
 @dataclass(frozen=True)
 class FinetuneSizes:
-    """Number of windows of each part of the fine-tuning set."""
+    """Number of windows of each part of the fine-tuning set. `day_local`: with `noise="sprit"` and a day, local
+    events over that day's noise (the multi-site part has its own `local` events over the survey noise)."""
 
     replay: int = 3000
     hard_negatives: int = 2000
@@ -70,6 +71,7 @@ class FinetuneSizes:
     microseism: int = 1500
     surrogates: int = 0
     tremor: int = 0
+    day_local: int = 0
 
 
 def _clean_mask(n: int, fs: float, onsets_s: list[float], pre_s: float = 30.0, post_s: float = 90.0) -> np.ndarray:
@@ -269,7 +271,7 @@ def finetune_data(day: str | None, contract: InputContract, base_ckpt, sizes: Fi
 
         waves, labels, meta = sprit_parts(contract, base_ckpt, sizes, seed + 1)
         if day:
-            day_sizes = replace(sizes, distant=0, local=0, microseism=0)
+            day_sizes = replace(sizes, distant=0, local=sizes.day_local, microseism=0)
             w, lab, m = day_parts(day, contract, base_ckpt, day_sizes, seed + 3)
             waves, labels, meta = np.concatenate([waves, w]), np.concatenate([labels, lab]), meta + m
     elif noise == "day" and day:
