@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 from obspy import Stream, Trace, UTCDateTime
@@ -139,6 +140,10 @@ def test_sprit_noise_with_a_day_adds_that_days_noise_but_not_its_events(monkeypa
     assert {m["day"] for m in data.meta[7:]} == {"UV05"}
     assert np.abs(data.waveforms[7:][np.array(parts[7:]) == "hard_negative"]).max() < 5000
     assert len(finetune.finetune_data(None, contract, None, sizes, seed=1, noise="sprit").meta) == 7
+    with_local = finetune.finetune_data("UV05", contract, None, replace(sizes, day_local=3), seed=1, noise="sprit")
+    local = [i for i, m in enumerate(with_local.meta) if m["part"] == "local"]  # opt-in: events over the day
+    assert len(local) == 3 and set(with_local.labels[local]) == {1}
+    assert len(with_local.meta) == len(data.meta) + 3
 
 
 def test_the_cli_wants_a_day_for_day_noise_and_passes_sprit_with_or_without_one(monkeypatch):
