@@ -60,7 +60,8 @@ FINETUNE_SEED = 20261206
 @dataclass(frozen=True)
 class FinetuneSizes:
     """Number of windows of each part of the fine-tuning set. `day_local`: with `noise="sprit"` and a day, local
-    events over that day's noise (the multi-site part has its own `local` events over the survey noise)."""
+    events over that day's noise (the multi-site part has its own `local` events over the survey noise).
+    `low_rate`: copies of random windows of the set, low-passed as a 3-7 Hz digitiser would (`low_rate_part`)."""
 
     replay: int = 3000
     hard_negatives: int = 2000
@@ -72,6 +73,7 @@ class FinetuneSizes:
     surrogates: int = 0
     tremor: int = 0
     day_local: int = 0
+    low_rate: int = 0
 
 
 def _clean_mask(n: int, fs: float, onsets_s: list[float], pre_s: float = 30.0, post_s: float = 90.0) -> np.ndarray:
@@ -175,6 +177,28 @@ def tremor_part(waves: np.ndarray, meta: list[dict[str, Any]], k: int, fs: float
     rows = [{"label": "noise", "part": "tremor", "snr": round(float(r), 2), "width_s": round(float(w), 2)}
             for r, w in zip(snr, width, strict=True)]
     return out, np.zeros(k, np.int64), rows
+
+
+def low_rate_part(waves: np.ndarray, labels: np.ndarray, meta: list[dict[str, Any]], k: int, fs: float,
+                  rng: np.random.Generator, corner_hz: tuple[float, float] = (1.5, 3.5)
+                  ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """`k` copies of randomly chosen windows of `waves`, each low-passed (8th-order zero-phase Butterworth, one
+    corner drawn uniformly from `corner_hz` per block of 64), keeping its label: what a channel at a few samples
+    per second holds once resampled to the model's rate (a 5 Hz channel has nothing above 2.5 Hz)."""
+    from scipy.signal import butter, sosfiltfilt
+
+    src = rng.choice(len(waves), size=k, replace=k > len(waves))
+    out = waves[src].astype(np.float32)  # fancy indexing: a copy
+    corners = np.empty(k)
+    for lo in range(0, k, 64):
+        fc = float(rng.uniform(*corner_hz))
+        sos = butter(8, fc, btype="low", fs=fs, output="sos")
+        out[lo : lo + 64] = sosfiltfilt(sos, out[lo : lo + 64], axis=-1).astype(np.float32)
+        corners[lo : lo + 64] = fc
+    rows = [{"label": meta[i].get("label", "earthquake" if labels[i] else "noise"), "part": "low_rate",
+             "source_part": meta[i].get("part", "replay"), "band_limit_hz": round(float(c), 2)}
+            for i, c in zip(src, corners, strict=True)]
+    return out, labels[src].copy(), rows
 
 
 def day_parts(day: str, contract: InputContract, base_ckpt, sizes: FinetuneSizes, seed: int
@@ -285,6 +309,10 @@ def finetune_data(day: str | None, contract: InputContract, base_ckpt, sizes: Fi
     meta = [dict(m) for m in list(base.meta) + meta]
     if sizes.tremor:  # over random copies of the set's real-noise windows
         w, lab, m = tremor_part(waves, meta, sizes.tremor, contract.sampling_rate, np.random.default_rng(seed + 5))
+        waves, labels, meta = np.concatenate([waves, w]), np.concatenate([labels, lab]), meta + m
+    if sizes.low_rate:  # of the whole set, before the surrogates (which then copy low-rate earthquakes too)
+        w, lab, m = low_rate_part(waves, labels, meta, sizes.low_rate, contract.sampling_rate,
+                                  np.random.default_rng(seed + 6))
         waves, labels, meta = np.concatenate([waves, w]), np.concatenate([labels, lab]), meta + m
     if sizes.surrogates:  # of the finished earthquake windows (band limit included), replay ones too
         w, lab, m = surrogate_part(waves, labels, meta, sizes.surrogates, np.random.default_rng(seed + 4))

@@ -140,10 +140,12 @@ def test_sprit_noise_with_a_day_adds_that_days_noise_but_not_its_events(monkeypa
     assert {m["day"] for m in data.meta[7:]} == {"UV05"}
     assert np.abs(data.waveforms[7:][np.array(parts[7:]) == "hard_negative"]).max() < 5000
     assert len(finetune.finetune_data(None, contract, None, sizes, seed=1, noise="sprit").meta) == 7
-    with_local = finetune.finetune_data("UV05", contract, None, replace(sizes, day_local=3), seed=1, noise="sprit")
+    with_local = finetune.finetune_data("UV05", contract, None, replace(sizes, day_local=3, low_rate=2), seed=1,
+                                        noise="sprit")
     local = [i for i, m in enumerate(with_local.meta) if m["part"] == "local"]  # opt-in: events over the day
     assert len(local) == 3 and set(with_local.labels[local]) == {1}
-    assert len(with_local.meta) == len(data.meta) + 3
+    low = [i for i, m in enumerate(with_local.meta) if m["part"] == "low_rate"]  # opt-in: low-passed copies
+    assert len(low) == 2 and len(with_local.meta) == len(data.meta) + 5 == len(with_local.labels)
 
 
 def test_the_cli_wants_a_day_for_day_noise_and_passes_sprit_with_or_without_one(monkeypatch):
@@ -350,3 +352,19 @@ def test_bundle_train_builds_a_base_next_to_the_output_then_the_stages_from_it(m
     assert calls == [("train", "q.base.safetensors", "bf16", "python -m quakemon.training.bundle train (base)"),
                      ("stages", "q.base.safetensors", "q.safetensors", "fp32")]
     assert "continuous" in json.loads((tmp_path / "q.eval.json").read_text())
+
+
+def test_low_rate_copies_keep_their_labels_and_lose_everything_above_a_few_hertz():
+    rng = np.random.default_rng(3)
+    fs, n = 100.0, 2000
+    t = np.arange(n) / fs
+    waves = np.stack([np.stack([np.sin(2 * np.pi * 1.0 * t) + np.sin(2 * np.pi * 15.0 * t)] * 3) for _ in range(10)])
+    labels = np.array([0, 1] * 5)
+    meta = [{"label": "noise" if y == 0 else "earthquake", "part": "noise" if y == 0 else "distant"} for y in labels]
+    out, lab, rows = finetune.low_rate_part(waves.astype(np.float32), labels, meta, 6, fs, rng)
+    assert out.shape == (6, 3, n) and len(rows) == 6 and waves.shape == (10, 3, n)  # copies; the set is untouched
+    assert [r["label"] for r in rows] == ["earthquake" if y else "noise" for y in lab]
+    assert all(r["part"] == "low_rate" and 1.5 <= r["band_limit_hz"] <= 3.5 for r in rows)
+    spec = np.abs(np.fft.rfft(out[:, 0, 500:1500], axis=-1))
+    f = np.fft.rfftfreq(1000, 1 / fs)
+    assert spec[:, np.argmin(np.abs(f - 15.0))].max() < 1e-3 * spec[:, np.argmin(np.abs(f - 1.0))].min()
