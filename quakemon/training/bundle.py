@@ -81,16 +81,26 @@ def band_limit(waves: np.ndarray, meta: list[dict], fs: float, rng: np.random.Ge
     """Low-pass a random share of windows in place, as a digitiser at 30-80 Hz (upsampled to the model's rate)
     would have: real 40 and 50 Hz stations reach the model with an empty upper spectrum, and without this the
     model would learn "energy above 25 Hz" as a property of every window. Applied to both classes alike."""
+    chosen = rng.permutation(np.flatnonzero(rng.random(len(waves)) < fraction))
+    blocks = [np.sort(chosen[lo : lo + 64]) for lo in range(0, len(chosen), 64)]
+    for idx, fc in zip(blocks, low_pass_blocks(waves, blocks, fs, rng, corner_hz), strict=True):
+        for i in idx:
+            meta[i]["band_limit_hz"] = round(fc, 1)
+
+
+def low_pass_blocks(waves: np.ndarray, blocks: list[np.ndarray], fs: float, rng: np.random.Generator,
+                    corner_hz: tuple[float, float]) -> list[float]:
+    """Low-pass `waves[idx]` in place for each index array of `blocks` (8th-order zero-phase Butterworth, one corner
+    drawn uniformly from `corner_hz` per block, which keeps the filtering vectorised); returns the corners."""
     from scipy.signal import butter, sosfiltfilt
 
-    chosen = rng.permutation(np.flatnonzero(rng.random(len(waves)) < fraction))
-    for lo in range(0, len(chosen), 64):  # one random corner per block of 64 keeps the filtering vectorised
-        idx = np.sort(chosen[lo : lo + 64])
+    corners = []
+    for idx in blocks:
         fc = float(rng.uniform(*corner_hz))
         sos = butter(8, fc, btype="low", fs=fs, output="sos")
         waves[idx] = sosfiltfilt(sos, waves[idx], axis=-1).astype(np.float32)
-        for i in idx:
-            meta[i]["band_limit_hz"] = round(fc, 1)
+        corners.append(fc)
+    return corners
 
 
 def _grid_windows(stream, contract: InputContract, stride_s: float = 1.0, force_z_only: bool = False):
@@ -287,9 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.epochs is not None:
             parser.error("--epochs: the fine-tuning stages fix their epochs (FINETUNE_STAGES)")
         finetune_stages(Path(args.init or BUNDLED_CHECKPOINT), out, args.precision or "fp32")
-    report = evaluate_real(load_checkpoint(out))
+    ckpt = load_checkpoint(out)
+    report = evaluate_real(ckpt)
     if args.action in ("train", "finetune") or args.continuous:
-        report["continuous"] = continuous_summary(load_checkpoint(out))
+        report["continuous"] = continuous_summary(ckpt)
     out.with_suffix(".eval.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     print(markdown(report))
     keys = ("events_all", "events_3c", "events_3c_as_z", "events_z", "noise", "event_recordings")

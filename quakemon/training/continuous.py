@@ -30,6 +30,7 @@ from scipy.stats import chi2
 
 from quakemon.models.checkpoint import Checkpoint
 from quakemon.pipeline.picker import Pick, is_new_p, pick_every_row
+from quakemon.pipeline.settings import TRIGGER
 from quakemon.pipeline.trigger import DetectionRef, StationTrigger
 
 log = structlog.get_logger(__name__)
@@ -117,8 +118,6 @@ def trigger_onsets(series: Series, on: float, off: float = 0.5, min_duration_s: 
     of a re-trigger inside a hold (a clearly new P opens a new detection; without it a re-trigger inside the
     hold always extends the held detection) and, with `split_on_new_p` (`trigger.split_on_new_p`), of a window
     over ``on`` inside an active detection."""
-    from quakemon.pipeline.settings import TRIGGER
-
     hold = TRIGGER.retrigger_hold_s if retrigger_hold_s is None else retrigger_hold_s
     trig = StationTrigger(on, min(off, on), min_duration_s, "earthquake", retrigger_hold_s=hold,
                           split_on_new_p=split_on_new_p and new_p is not None)
@@ -143,7 +142,6 @@ class NewPCheck:
         from scipy.signal import resample_poly
 
         from quakemon.pipeline.detect import PICK_LEAD_S
-        from quakemon.pipeline.settings import TRIGGER
 
         st = (stream.select(component="Z") or stream).copy().merge(fill_value="interpolate")
         tr = max(st, key=lambda t: t.stats.npts)
@@ -276,8 +274,6 @@ def score_continuous(model: dict[str, Any], window_s: float, noise: dict[str, St
     each stream's samples, resampled to that rate); without it such a re-trigger always extends. split_on_new_p:
     the model's trigger also splits an active detection at a clearly new P (needs `sampling_rate`).
     """
-    from quakemon.pipeline.settings import TRIGGER
-
     if split_on_new_p and sampling_rate is None:
         raise ValueError("split_on_new_p needs the model's sampling_rate")
     hold = TRIGGER.retrigger_hold_s if retrigger_hold_s is None else float(retrigger_hold_s)

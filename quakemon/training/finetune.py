@@ -185,16 +185,12 @@ def low_rate_part(waves: np.ndarray, labels: np.ndarray, meta: list[dict[str, An
     """`k` copies of randomly chosen windows of `waves`, each low-passed (8th-order zero-phase Butterworth, one
     corner drawn uniformly from `corner_hz` per block of 64), keeping its label: what a channel at a few samples
     per second holds once resampled to the model's rate (a 5 Hz channel has nothing above 2.5 Hz)."""
-    from scipy.signal import butter, sosfiltfilt
+    from quakemon.training.bundle import low_pass_blocks
 
     src = rng.choice(len(waves), size=k, replace=k > len(waves))
     out = waves[src].astype(np.float32)  # fancy indexing: a copy
-    corners = np.empty(k)
-    for lo in range(0, k, 64):
-        fc = float(rng.uniform(*corner_hz))
-        sos = butter(8, fc, btype="low", fs=fs, output="sos")
-        out[lo : lo + 64] = sosfiltfilt(sos, out[lo : lo + 64], axis=-1).astype(np.float32)
-        corners[lo : lo + 64] = fc
+    blocks = [np.arange(lo, min(lo + 64, k)) for lo in range(0, k, 64)]
+    corners = np.repeat(low_pass_blocks(out, blocks, fs, rng, corner_hz), [len(b) for b in blocks])
     rows = [{"label": meta[i].get("label", "earthquake" if labels[i] else "noise"), "part": "low_rate",
              "source_part": meta[i].get("part", "replay"), "band_limit_hz": round(float(c), 2)}
             for i, c in zip(src, corners, strict=True)]

@@ -124,7 +124,7 @@ def model_rows(ckpt: Checkpoint, records: list[EventRecord], *, on: float = 0.7,
     out: dict[str, Any] = {}
     ways = [("native", records)]
     if resampled_first:
-        ways.append(("upsampled", [upsampled(r, ckpt.contract.sampling_rate) for r in records]))
+        ways.append(("upsampled", [upsampled(r, rate) for r in records]))
     for how, recs in ways:
         series = record_series(ckpt, recs, precision)
         checks = [NewPCheck(r.stream, rate, window_s) for r in recs]
