@@ -12,7 +12,7 @@ from typing import Any
 from quakemon.base.errors import ContractError
 
 #: Transform names, in the order they are applied. `quakemon.pipeline.adapter.TransformOP` mirrors these.
-KNOWN_TRANSFORMS = ("DROP_NAN", "DETREND", "TRIMMING", "TAPER", "BANDPASS", "ZSCORE", "SPECTROGRAM")
+KNOWN_TRANSFORMS = ("DROP_NAN", "DETREND", "TRIMMING", "TAPER", "BANDPASS", "ZSCORE", "SPECTROGRAM", "WHITEN")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ class InputContract:
         unknown = [t for t in self.transforms if t not in KNOWN_TRANSFORMS]
         if unknown:
             raise ContractError(f"unknown transforms {unknown}; known: {list(KNOWN_TRANSFORMS)}")
+        if "WHITEN" in self.transforms and "SPECTROGRAM" not in self.transforms:
+            raise ContractError("transform WHITEN works on a spectrogram: it needs SPECTROGRAM in the contract")
         if self.stft_nperseg <= 1 or not 0 < self.stft_hop <= self.stft_nperseg:
             raise ContractError(
                 f"need stft_nperseg > 1 and 0 < stft_hop <= stft_nperseg, got {self.stft_nperseg}, {self.stft_hop}"

@@ -55,6 +55,7 @@ class TransformOP(enum.Flag):
     BANDPASS = enum.auto()
     ZSCORE = enum.auto()
     SPECTROGRAM = enum.auto()
+    WHITEN = enum.auto()
 
     @classmethod
     def from_names(cls, names: Iterable[str]) -> TransformOP:

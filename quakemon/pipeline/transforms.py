@@ -38,6 +38,14 @@ SPECTROGRAM  |STFT| exactly as `np.abs(scipy.signal.stft(x, window="hann", npers
              the end to fill the last segment, scaled by 1 / sum(window). No log, no further normalisation.
              F = nperseg // 2 + 1, T = `contract.spectrogram_shape[1]` (33 x 64 for 64/32 and 2000 samples).
              Without SPECTROGRAM the output is the transformed waveform [B, C, N'].
+WHITEN       Each spectrogram row (one frequency bin of one channel) over its background in the window, as
+             log1p(S / (b_f + floor * max_f b_f)): b_f is the row's q-quantile over the time frames (the k-th
+             smallest frame, k = floor(q * (T - 1)); q = `contract.extra["whiten_quantile"]`, default 0.2), floor
+             = `contract.extra["whiten_floor"]` (default 1e-3) keeps rows with almost no content (a band a filter
+             or a low sampling rate emptied) from being blown up. Stationary noise of any spectrum becomes the
+             same flat image (about log1p(1.5) in every row), and a signal shows as its excess over the
+             window's own background in each band, which is what an STA/LTA measures in time. A row whose
+             denominator is 0 (a dead channel) stays 0. Needs SPECTROGRAM; runs after it on every path.
 
 The output is always finite float32 (a last guard zeroes anything non-finite, e.g. a float32 overflow without
 ZSCORE). Precision: the steps up to the mean removal run in float64 (float32 input stays float32), since raw
@@ -170,8 +178,42 @@ def preprocess_arrays(
             _fused_passes(x, plan, spectra, dead, nan_fraction)
         else:
             _numpy_passes(x, plan, spectra, dead, nan_fraction)
+    if "WHITEN" in plan.ops:
+        whiten(spectra, contract)
     valid = valid_windows(nan_fraction, plan, nan_limit(contract, max_nan_fraction))
     return PreprocessResult(spectra, valid, dead, nan_fraction)
+
+
+WHITEN_QUANTILE = 0.2
+WHITEN_FLOOR = 1e-3
+
+
+def whiten_settings(contract: InputContract) -> tuple[float, float]:
+    """(quantile, floor) of WHITEN from the contract's extra, checked; ContractError when out of range."""
+    q = contract.extra.get("whiten_quantile", WHITEN_QUANTILE)
+    floor = contract.extra.get("whiten_floor", WHITEN_FLOOR)
+    if not isinstance(q, int | float) or not 0 <= q < 1:
+        raise ContractError(f'contract.extra["whiten_quantile"] must be a number in [0, 1), got {q!r}')
+    if not isinstance(floor, int | float) or not 0 < floor < 1:
+        raise ContractError(f'contract.extra["whiten_floor"] must be a number in (0, 1), got {floor!r}')
+    return float(q), float(floor)
+
+
+def whiten_rank(q: float, frames: int) -> int:
+    """The 0-based rank of the frame WHITEN takes as a row's background."""
+    return int(q * (frames - 1))
+
+
+def whiten(spectra: np.ndarray, contract: InputContract) -> None:
+    """WHITEN in place on float32 spectrograms [B, C, F, T] (see the module docstring)."""
+    q, floor = whiten_settings(contract)
+    k = whiten_rank(q, spectra.shape[-1])
+    background = np.partition(spectra, k, axis=-1)[..., k : k + 1]
+    denominator = background + floor * background.max(axis=-2, keepdims=True)
+    live = denominator > 0
+    np.divide(spectra, denominator, out=spectra, where=live)
+    spectra *= live
+    np.log1p(spectra, out=spectra)
 
 
 def check_input(shape: tuple[int, ...], complex_or_bool: bool, dtype_name: str, contract: InputContract) -> None:

@@ -123,6 +123,18 @@ def _torch_passes(
     # z-scored output with finite std is bounded; anything else gets the guard (e.g. float32 overflow)
     if (not zscore or not _all_finite(std)) and not _all_finite(spectra.sum()):
         torch.nan_to_num(spectra, nan=0.0, posinf=0.0, neginf=0.0, out=spectra)
+    if spectrogram and "WHITEN" in ops:
+        _whiten(spectra, plan.contract)
+
+
+def _whiten(spectra: torch.Tensor, contract: InputContract) -> None:
+    """WHITEN in place (`transforms.whiten`, the same numbers on any device)."""
+    q, floor = transforms.whiten_settings(contract)
+    k = transforms.whiten_rank(q, spectra.shape[-1])
+    background = spectra.kthvalue(k + 1, dim=-1, keepdim=True).values
+    denominator = background + floor * background.amax(dim=-2, keepdim=True)
+    ratio = torch.where(denominator > 0, spectra / denominator.clamp_min(torch.finfo(spectra.dtype).tiny), 0.0)
+    torch.log1p(ratio, out=spectra)
 
 
 def _centre(

@@ -45,7 +45,7 @@ import numpy as np
 import structlog
 
 from quakemon.models.contract import KNOWN_TRANSFORMS, InputContract
-from quakemon.pipeline.transforms import bandpass_sos
+from quakemon.pipeline.transforms import bandpass_sos, whiten_settings
 
 log = structlog.get_logger(__name__)
 
@@ -329,25 +329,38 @@ def band_passed_contract(contract: InputContract, band_hz: tuple[float, float],
     return out
 
 
+def whitened_contract(contract: InputContract) -> InputContract:
+    """`contract` with WHITEN added after its spectrogram (each frequency row over its background in the window,
+    log-compressed; `quakemon.pipeline.transforms`), its quantile and floor written into `extra`; the shapes are
+    unchanged, so the weights of a checkpoint with `contract` fit the new one."""
+    transforms = {*contract.transforms, "WHITEN"}
+    q, floor = whiten_settings(contract)
+    return replace(contract, transforms=tuple(t for t in KNOWN_TRANSFORMS if t in transforms),
+                   extra={**contract.extra, "whiten_quantile": q, "whiten_floor": floor})
+
+
 def finetune(day: str | None, output: str | Path, init: str | Path | None = None, *, epochs: int = 3,
              lr: float = 1e-4, sizes: FinetuneSizes = FinetuneSizes(), seed: int = FINETUNE_SEED,
              precision: str = "fp32", progress: bool = False, noise: str = "day",
-             bandpass: tuple[float, float] | None = None, command: str | None = None):
+             bandpass: tuple[float, float] | None = None, whiten: bool = False, command: str | None = None):
     """Fine-tune `init` (default: the bundled model) on noise day `day` (`noise="day"`) or on the multi-site noise
     (`noise="sprit"`, plus the noise of `day` if given); writes `output`, returns the TrainResult. `bandpass`: train
     for a band-passed input contract (`band_passed_contract`) instead of `init`'s own. `command`: the provenance's
-    command (default: this module's command line for these arguments)."""
+    command (default: this module's command line for these arguments). `whiten`: add WHITEN to the contract
+    (`whitened_contract`)."""
     from quakemon.models.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
     from quakemon.training.train import TrainConfig, train
 
     init = Path(init or BUNDLED_CHECKPOINT)
     base = load_checkpoint(init)
     contract = base.contract if bandpass is None else band_passed_contract(base.contract, bandpass)
+    contract = whitened_contract(contract) if whiten else contract
     data = finetune_data(day, contract, base, sizes, seed, noise)
     log.info("finetune_data", counts=data.counts(), day=day, noise=noise)
     source = " ".join(["--noise sprit"] * (noise == "sprit") + [f"--day {day}"] * bool(day))
     source += "".join(f" --size {k}={v}" for k, v in sizes.__dict__.items() if v != getattr(FinetuneSizes(), k))
     source += f" --bandpass {bandpass[0]:g} {bandpass[1]:g}" if bandpass else ""
+    source += " --whiten" if whiten else ""
     arch = base.provenance.get("train_config", {})
     cfg = TrainConfig(backbone=arch.get("backbone", "TINY"), depth=int(arch.get("depth", 4)), epochs=epochs,
                       batch_size=64, lr=lr, warmup_fraction=0.1, component_dropout=0.3, seed=seed,
@@ -375,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"windows of one part (repeatable; parts: {', '.join(FinetuneSizes().__dict__)})")
     parser.add_argument("--bandpass", nargs=2, type=float, default=None, metavar=("FMIN", "FMAX"),
                         help="train for a band-passed input (detrend, band-pass, taper; before the z-score)")
+    parser.add_argument("--whiten", action="store_true",
+                        help="train for a whitened input (each spectrogram row over its background in the window)")
     args = parser.parse_args(argv)
     try:
         sizes = replace(FinetuneSizes(), **{k: int(v) for k, v in (item.split("=", 1) for item in args.size)})
@@ -385,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("info", "console")
     result = finetune(args.day, args.output, args.init, epochs=args.epochs, lr=args.lr, precision=args.precision,
                       progress=sys.stderr.isatty(), noise=args.noise, sizes=sizes,
-                      bandpass=tuple(args.bandpass) if args.bandpass else None)
+                      bandpass=tuple(args.bandpass) if args.bandpass else None, whiten=args.whiten)
     print(json.dumps({"checkpoint": str(result.checkpoint), "sha256": result.sha256, "best_epoch": result.best_epoch,
                       "val": result.best}, indent=2))
     return 0
