@@ -43,7 +43,7 @@ WHITEN       Each spectrogram row (one frequency bin of one channel) over its ba
              smallest frame, k = floor(q * (T - 1)); q = `contract.extra["whiten_quantile"]`, default 0.2), floor
              = `contract.extra["whiten_floor"]` (default 1e-3) keeps rows with almost no content (a band a filter
              or a low sampling rate emptied) from being blown up. Stationary noise of any spectrum becomes the
-             same flat image (about log1p(1.5) in every row), and a signal shows as its excess over the
+             same flat image (a level near 1 in every row), and a signal shows as its excess over the
              window's own background in each band, which is what an STA/LTA measures in time. A row whose
              denominator is 0 (a dead channel) stays 0. Needs SPECTROGRAM; runs after it on every path.
 
