@@ -64,6 +64,19 @@ def test_match_counts_detected_late_and_false():
     assert m == {"events": 2, "detected": 1, "late": 1, "false": 1}
 
 
+def test_long_lead_recall_counts_only_p_arrivals_with_30_s_of_data_before_them():
+    t0 = T0.timestamp
+    early = cont.EventRecord("early", Stream([_noise_trace(60.0)]), [t0 + 10.0, t0 + 40.0], "real:local")
+    late = cont.EventRecord("late", Stream([_noise_trace(90.0)]), [t0 + 30.0], "synthetic:regional")
+    rows = [(early, [t0 + 5.0, t0 + 38.0]), (late, [t0 + 75.0])]  # the second record's P is missed
+    out = cont.recall_with_lead(rows, window_s=20.0)
+    assert out == {"real:local": {"events": 1, "detected": 1, "recall": 1.0},
+                   "synthetic:regional": {"events": 1, "detected": 0, "recall": 0.0},
+                   "all": {"events": 2, "detected": 1, "recall": 0.5}}  # the P at 10 s is left out
+    assert cont.recall_with_lead(rows, window_s=20.0, lead_s=45.0) == {}
+    assert cont.LONG_LEAD_S == 30.0
+
+
 def test_near_count_counts_onsets_within_a_window_of_another():
     assert cont.near_count([100.0, 150.0, 300.0], [120.0, 281.0], 20.0) == 2
     assert cont.near_count([100.0], [], 20.0) == 0
@@ -87,8 +100,11 @@ def test_report_puts_model_and_sta_lta_side_by_side():
     assert set(day["sweep_model"]) >= {"0.5", "0.7", "0.99"} and "3.5" in day["sweep_sta_lta"]
     assert report["events"]["sta_lta"]["synthetic:regional"]["detected"] == 1  # SNR 30: STA/LTA must see it
     assert report["events"]["model"]["all"]["events"] == 1
+    lead = report["events"]["long_lead"]  # the P lies 45 s into its record
+    assert lead["lead_s"] == 30.0 and lead["sta_lta"]["all"] == {"events": 1, "detected": 1, "recall": 1.0}
+    assert lead["model"]["all"]["events"] == 1
     text = cont.markdown(report)
-    assert "| X |" in text and "synthetic:regional" in text
+    assert "| X |" in text and "synthetic:regional" in text and "30 s or more of data before it" in text
     assert "series" not in cont.summary(report)
 
 

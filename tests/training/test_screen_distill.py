@@ -41,7 +41,7 @@ def test_series_features_match_an_independent_windowing(tmp_path, tiny_checkpoin
     from quakemon.pipeline.runner import interleaved
     from quakemon.pipeline.windowing import StationWindower
     from quakemon.training.screen_distill import series_features
-    from tests.support.pipeline import write_archive
+    from support.pipeline import write_archive
 
     path, start, span = write_archive(tmp_path / "a.mseed", blocks=3)
     ckpt = load_checkpoint(tiny_checkpoint)
