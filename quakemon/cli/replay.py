@@ -69,7 +69,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         result = replay(args.paths, ckpt, output=out, stride_s=cfg.window.stride_s,
                         associator=associator_from_config(cfg.associate), selectors=selectors,
-                        trigger={"on": t.on, "off": t.off, "min_duration_s": t.min_duration, "trigger_label": t.label,
+                        trigger={**t.detection_kwargs(), "trigger_label": t.label,
                                  "max_missing": cfg.window.max_missing_fraction},
                         device=cfg.model.device, precision=cfg.model.precision, graph=cfg.model.graph,
                         batch_size=max(cfg.model.batch_size, 256), progress=not args.quiet,

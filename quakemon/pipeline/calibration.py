@@ -169,15 +169,21 @@ class Calibration:
         self.on, self.cfg = on, cfg
         self._stations: dict[tuple[str, str], StationCalibration] = {}
 
-    def station(self, station: str, label: str) -> StationCalibration:
+    def station(self, station: str, label: str, on: float | None = None) -> StationCalibration:
+        """The calibration of (station, label) with floor `on` (default: the global one). A station whose floor
+        changes (a per-station override, a reload) starts a new history: it warms up again."""
+        on = self.on if on is None else float(on)
         key = (station, label)
-        if key not in self._stations:
-            self._stations[key] = StationCalibration(self.on, self.cfg)
-        return self._stations[key]
+        cal = self._stations.get(key)
+        if cal is None or cal.on != on:
+            cal = self._stations[key] = StationCalibration(on, self.cfg)
+        return cal
 
-    def threshold(self, station: str, label: str, start: float, end: float, p: float) -> float:
-        """The threshold for this window of `station` (then the window joins its history)."""
-        return float(self.station(station, label).update(np.array([start]), np.array([end]), np.array([p]))[0])
+    def threshold(self, station: str, label: str, start: float, end: float, p: float,
+                  on: float | None = None) -> float:
+        """The threshold for this window of `station`, at or above `on` (the station's own; default the global
+        one); then the window joins its history."""
+        return float(self.station(station, label, on).update(np.array([start]), np.array([end]), np.array([p]))[0])
 
     def snapshot(self) -> dict[str, Any]:
         """{station/label: {threshold, rate_per_day}} for logs and stats (rate None while warming up)."""

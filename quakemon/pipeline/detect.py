@@ -28,7 +28,7 @@ from quakemon.pipeline.pick_context import PICK_LEAD_S as PICK_LEAD_S
 from quakemon.pipeline.pick_context import BatchComponents, PickContext
 from quakemon.pipeline.picker import Pick, PickerConfig, is_new_p, pick_every_row
 from quakemon.pipeline.screen import Screen, ScreenItem, check_screen, stack_rows
-from quakemon.pipeline.settings import SCREEN, TRIGGER, WINDOW
+from quakemon.pipeline.settings import SCREEN, TRIGGER, WINDOW, CalibrationSettings
 from quakemon.pipeline.transforms import preprocess_batch
 from quakemon.pipeline.trigger import DetectionRef, TriggerBank, TriggerEvent
 from quakemon.pipeline.windowing import Window
@@ -216,7 +216,9 @@ class DetectionStage:
     the window grid of `stride_s`. With screening, `infer` forwards the screen windows and the windows of dense
     stations only, `decide` needs the batch's spectra (it forwards the rest it needs itself, on its own thread),
     and held windows are decided with a later batch or by `release_held`. screen_net: the cascade screen instead
-    (`quakemon.pipeline.cascade`: a checkpoint path or a loaded screen; needs screen_every 1).
+    (`quakemon.pipeline.cascade`: a checkpoint path or a loaded screen; needs screen_every 1). overrides: on, off,
+    min_duration per network or station (`[trigger] overrides`); calibration: per-station thresholds
+    (`quakemon.pipeline.calibration`; None or mode "off": none). Both go to the `TriggerBank`.
     """
 
     def __init__(self, engine: InferenceEngine, on: float, off: float, min_duration_s: float,
@@ -224,13 +226,15 @@ class DetectionStage:
                  retrigger_hold_s: float = TRIGGER.retrigger_hold_s, picker: PickerConfig | None = None,
                  new_pick_after_s: float = TRIGGER.new_pick_after_s, *, stride_s: float = WINDOW.stride_s,
                  screen_every: int = 1, screen_threshold: float = SCREEN.threshold,
-                 split_on_new_p: bool = TRIGGER.split_on_new_p, screen_net: Any = None) -> None:
+                 split_on_new_p: bool = TRIGGER.split_on_new_p, screen_net: Any = None,
+                 overrides: Mapping[str, Mapping[str, float]] | None = None,
+                 calibration: CalibrationSettings | None = None) -> None:
         self.engine = engine
         self.labels = list(engine.labels)
         self.model_info = engine.checkpoint.model_info
         trigger_labels = [trigger_label] if trigger_label else None
         self.triggers = TriggerBank(on, off, min_duration_s, self.labels, trigger_labels, max_gap_s,
-                                    retrigger_hold_s, split_on_new_p=split_on_new_p)
+                                    retrigger_hold_s, overrides, calibration, split_on_new_p=split_on_new_p)
         self.picker = picker or PickerConfig()
         self.new_pick_after_s = float(new_pick_after_s)
         self._unpicked: dict[int, tuple[int, np.ndarray]] = {}  # id(ref) -> span, detections opened this batch

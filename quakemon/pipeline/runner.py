@@ -15,7 +15,7 @@ import json
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -41,7 +41,7 @@ from quakemon.pipeline.detect import (
 from quakemon.pipeline.engine import CPU_FORWARD_BATCH, InferenceEngine, pick_device
 from quakemon.pipeline.forward_pool import WORKER_SWITCH_INTERVAL_S, gil_switch_interval, inference_pool
 from quakemon.pipeline.probarchive import ProbabilityArchive
-from quakemon.pipeline.settings import INFERENCE, REPLAY_BATCH_SIZE, SCREEN, TRIGGER, WINDOW
+from quakemon.pipeline.settings import INFERENCE, REPLAY_BATCH_SIZE, SCREEN, TRIGGER, WINDOW, CalibrationSettings
 from quakemon.pipeline.windowing import StationWindower, Window
 from quakemon.wire.schema import DETECTION_SCHEMA, Sequencer, detection_topic, event_topic
 
@@ -189,7 +189,8 @@ class DetectionRunner:
         selectors: NET.STA.LOC.CHA selectors of the channels to use (default: all).
         on, off, min_duration_s, trigger_label, retrigger_hold_s, split_on_new_p: the trigger (defaults:
             `quakemon.pipeline.settings.TRIGGER`); a label the checkpoint does not know triggers on every class
-            but noise.
+            but noise. overrides, calibration: per-network/station thresholds and per-station calibration (see
+            `DetectionStage`; the daemon's `[trigger]` keys).
         device, precision, graph, forward_batch, overlap, inference_workers: see `Inference` (ignored when
             `inference` is given).
         batch_size: windows taken from the windower together.
@@ -214,7 +215,9 @@ class DetectionRunner:
                  graph: str = INFERENCE.graph, inference: Inference | None = None,
                  retrigger_hold_s: float = TRIGGER.retrigger_hold_s, archive: ProbabilityArchive | None = None,
                  screen_every: int = SCREEN.every, screen_threshold: float = SCREEN.threshold,
-                 split_on_new_p: bool = TRIGGER.split_on_new_p, screen_net: Any = None) -> None:
+                 split_on_new_p: bool = TRIGGER.split_on_new_p, screen_net: Any = None,
+                 overrides: Mapping[str, Mapping[str, float]] | None = None,
+                 calibration: CalibrationSettings | None = None) -> None:
         log_to_stderr_unless_configured()
         if inference is not None and inference.checkpoint is not checkpoint:
             raise ValueError("inference was built for another checkpoint")
@@ -229,7 +232,8 @@ class DetectionRunner:
         label = trigger_label if trigger_label in checkpoint.labels else None
         self.stage = DetectionStage(engine, on, off, min_duration_s, label, retrigger_hold_s=retrigger_hold_s,
                                     stride_s=stride_s, screen_every=screen_every, screen_threshold=screen_threshold,
-                                    split_on_new_p=split_on_new_p, screen_net=screen_net)
+                                    split_on_new_p=split_on_new_p, screen_net=screen_net, overrides=overrides,
+                                    calibration=calibration)
         if inference.pool is not None and engine.device.type == "cpu":
             self.stage.refine_threads = 1  # (screening: beside the single-threaded workers)
         self._preprocess_device = inference.preprocess_device
@@ -445,7 +449,7 @@ def replay(paths: list[str], checkpoint: Checkpoint, *, output: TextIO | None = 
         stride_s, selectors, device, precision, batch_size, keep_series, associator, graph: see
             `DetectionRunner` (defaults: `quakemon.pipeline.settings`).
         trigger: further `DetectionRunner` keywords (on, off, min_duration_s, trigger_label, max_missing,
-            retrigger_hold_s).
+            retrigger_hold_s, split_on_new_p, overrides, calibration).
         progress: show a progress bar on stderr.
         on_detection: called with each body (detection or event) as it comes.
         probabilities: a folder for the probability archive (`quakemon.pipeline.probarchive`), or None.

@@ -379,6 +379,8 @@ class TriggerBank:
         self.on, self.off, self.min_duration_s = on, off, min_duration_s
         self.retrigger_hold_s = float(retrigger_hold_s)
         self.overrides = {k: dict(v) for k, v in overrides.items()}
+        if self.calibration is not None:
+            self.calibration.on = on  # a station whose on changed warms up again (Calibration.station)
         for (station, _), trig in self._triggers.items():
             trig.on, trig.off, trig.min_duration_s = self.thresholds(station)
             trig.retrigger_hold_s = self.retrigger_hold_s
@@ -412,7 +414,8 @@ class TriggerBank:
         for label in self.trigger_labels:  # (each trigger keeps `probs`: a dict of its own, never changed)
             trig = self.trigger(station, label)
             if self.calibration is not None and label in probs:
-                trig.on = self.calibration.threshold(station, label, start, end, probs[label])
+                floor = self.thresholds(station)[0]  # the station's own on (an override) is its floor
+                trig.on = self.calibration.threshold(station, label, start, end, probs[label], floor)
             events.extend(trig._update(start, end, probs, new_phase))
         return events
 

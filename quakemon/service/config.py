@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from quakemon.base.errors import ConfigError
-from quakemon.pipeline.settings import ASSOCIATION, INFERENCE, SCREEN, TRIGGER, WINDOW, check_trigger_overrides
+from quakemon.pipeline.settings import (
+    ASSOCIATION,
+    INFERENCE,
+    SCREEN,
+    TRIGGER,
+    WINDOW,
+    CalibrationSettings,
+    check_trigger_overrides,
+)
 from quakemon.service.config_checks import (
     Invalid,
     auto_endpoint,
@@ -137,6 +145,30 @@ class TriggerConfig:
                                    "and opens a new one")
     overrides: tuple = setting((), 'on, off, min_duration per network or station, e.g. { "BW.RJOB" = { on = 0.8 } }',
                                _overrides)
+    calibration: str = setting("off", '"rate": each station\'s own on, raised to hold calibration_rate false '
+                               'detections per day on its last calibration_history seconds; "off"',
+                               one_of("off", "rate"))
+    calibration_rate: float = setting(1.0, "target detections per station-day with calibration", in_range(0, 86400))
+    calibration_history: float = setting(6 * 3600.0, "data a station's calibrated threshold is learnt from, s",
+                                         in_range(600, 90 * 86400))
+
+    def overrides_map(self) -> dict[str, dict[str, float]]:
+        """`overrides` as {target: {key: value}} (what `TriggerBank` takes)."""
+        return {k: dict(v) for k, v in self.overrides}
+
+    def calibration_settings(self) -> CalibrationSettings | None:
+        """The per-station calibration these keys ask for, or None when it is off."""
+        if self.calibration == "off":
+            return None
+        return CalibrationSettings(mode=self.calibration, rate_per_day=self.calibration_rate,
+                                   history_s=self.calibration_history)
+
+    def detection_kwargs(self) -> dict[str, Any]:
+        """The trigger keywords of `DetectionRunner` for these settings (all but the label, which the runner
+        checks against its checkpoint), so a replay or a backfill triggers as the daemon does."""
+        return {"on": self.on, "off": self.off, "min_duration_s": self.min_duration,
+                "retrigger_hold_s": self.retrigger_hold, "split_on_new_p": self.split_on_new_p,
+                "overrides": self.overrides_map(), "calibration": self.calibration_settings()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -259,6 +259,29 @@ def test_replay_wiring(tmp_path, monkeypatch, capsys):
     assert out.exists()
 
 
+def test_replay_triggers_with_every_trigger_key_of_its_config(tmp_path, monkeypatch):
+    """A replay with --config triggers as the daemon with that config would: hold, split, overrides, calibration."""
+    from quakemon.pipeline.runner import ReplayResult
+    from quakemon.pipeline.settings import CalibrationSettings
+
+    archive = tmp_path / "a.mseed"
+    archive.write_bytes(b"")
+    ckpt = tmp_path / "m.safetensors"
+    ckpt.write_bytes(b"")
+    config = tmp_path / "site.toml"
+    config.write_text('[trigger]\non = 0.8\nretrigger_hold = 5.0\nsplit_on_new_p = true\ncalibration = "rate"\n'
+                      'calibration_history = 7200\n[trigger.overrides]\n"BW.RJOB" = { on = 0.9 }\n')
+    record_calls(monkeypatch, "quakemon.models.checkpoint", "load_checkpoint", result=object())
+    replays = record_calls(monkeypatch, "quakemon.pipeline.runner", "replay",
+                           result=ReplayResult([], {}, 0, {}, ["noise", "earthquake"]))
+    assert cli.main(["replay", str(archive), "--model", str(ckpt), "--config", str(config), "--quiet"]) == 0
+    trigger = replays[0]["trigger"]
+    assert (trigger["on"], trigger["off"], trigger["retrigger_hold_s"], trigger["split_on_new_p"]) == (0.8, 0.5, 5.0,
+                                                                                                       True)
+    assert trigger["overrides"] == {"BW.RJOB": {"on": 0.9}} and trigger["trigger_label"] == "earthquake"
+    assert trigger["calibration"] == CalibrationSettings(mode="rate", rate_per_day=1.0, history_s=7200.0)
+
+
 def test_demo_wiring(monkeypatch):
     calls = record_calls(monkeypatch, "quakemon.tools.demo", "run_demo", result=0)
     assert cli.main(["demo", "--duration", "5", "--speed", "4", "--plot", ""]) == 0

@@ -197,3 +197,33 @@ def test_bank_matches_the_vectorised_thresholds() -> None:
 def test_mode_off_is_the_plain_trigger() -> None:
     bank = TriggerBank(0.7, 0.5, 2.0, ["noise", "earthquake"], calibration=CalibrationSettings())
     assert bank.calibration is None
+
+
+def test_a_station_override_is_its_calibration_floor_and_a_changed_on_warms_up_again() -> None:
+    starts, ends, p = spiky(2, seed=2)
+    bank = TriggerBank(0.7, 0.5, 2.0, ["noise", "earthquake"], overrides={"XX.HI": {"on": 0.99}}, calibration=CFG)
+    seen: dict[str, list[float]] = {"XX.HI.": [], "XX.LO.": []}
+    for s, e, q in zip(starts.tolist(), ends.tolist(), p.tolist(), strict=True):
+        for station, ons in seen.items():
+            bank.update(station, s, e, {"noise": 1 - q, "earthquake": q})
+            ons.append(bank.trigger(station, "earthquake").on)
+    assert min(seen["XX.HI."]) == 0.99 and min(seen["XX.LO."]) == 0.7  # each starts at its own on
+    assert seen["XX.LO."][-1] > 0.9  # warmed up: the spikes to 0.95 are above the target rate
+    assert seen["XX.HI."][-1] >= max(0.99, seen["XX.LO."][-1]) - 1e-9  # never below its own on
+    bank.reconfigure(0.7, 0.5, 2.0, 0.0, {"XX.HI": {"on": 0.995}})
+    bank.update("XX.HI.", starts[-1] + 1, ends[-1] + 1, {"noise": 0.99, "earthquake": 0.01})
+    assert bank.trigger("XX.HI.", "earthquake").on == 0.995  # its history starts again at the new on
+    bank.update("XX.LO.", starts[-1] + 1, ends[-1] + 1, {"noise": 0.99, "earthquake": 0.01})
+    assert bank.trigger("XX.LO.", "earthquake").on == seen["XX.LO."][-1]  # unchanged on: history kept
+
+
+def test_the_detection_stage_hands_overrides_and_calibration_to_its_triggers() -> None:
+    from support.engines import SpectraAreProbabilities
+
+    from quakemon.pipeline.detect import DetectionStage
+
+    stage = DetectionStage(SpectraAreProbabilities(), 0.7, 0.5, 2.0, "earthquake",
+                           overrides={"BW": {"on": 0.8}}, calibration=CFG)
+    assert stage.triggers.thresholds("BW.RJOB.") == (0.8, 0.5, 2.0)
+    assert stage.triggers.calibration is not None and stage.triggers.calibration.cfg == CFG
+    assert DetectionStage(SpectraAreProbabilities(), 0.7, 0.5, 2.0, "earthquake").triggers.calibration is None

@@ -265,14 +265,15 @@ def test_operations_recipe_configs_load(tmp_path: Path, monkeypatch: pytest.Monk
     text = (EXAMPLE.parents[1] / "docs" / "operations.md").read_text()
     recipes = text[text.index("\n## Recipes\n"):]
     blocks = [b.split("```", 1)[0] for b in recipes.split("```toml\n")[1:]]
-    assert len(blocks) == 3
-    public, trigger, hosts = (load_config(write(tmp_path, textwrap.dedent(b))) for b in blocks)
+    assert len(blocks) == 4
+    public, trigger, calibrated, hosts = (load_config(write(tmp_path, textwrap.dedent(b))) for b in blocks)
     assert public.seedlink.streams == ("GE.UGM..HH?", "GE.APE..HH?")
     assert public.publish.journal == str(tmp_path / "state" / "seedlink.journal.sqlite")
     assert (trigger.trigger.on, trigger.trigger.off) == (0.9, 0.5)
+    assert calibrated.trigger.calibration_settings().history_s == 21600.0
     assert hosts.pipeline.curve_secret_key == str(tmp_path / "credentials" / "stages.key_secret")
     assert hosts.pipeline.spectra_endpoint == "tcp://gpuhost.example.org:5556"
-    on_gpu = load_config(write(tmp_path, textwrap.dedent(blocks[2])), {"pipeline.spectra_endpoint": "tcp://*:5556"})
+    on_gpu = load_config(write(tmp_path, textwrap.dedent(blocks[3])), {"pipeline.spectra_endpoint": "tcp://*:5556"})
     assert on_gpu.pipeline.spectra_endpoint == "tcp://*:5556"
 
 
@@ -280,3 +281,22 @@ def test_split_on_new_p_is_off_by_default_and_can_be_set(tmp_path: Path) -> None
     assert load_config(write(tmp_path, MINIMAL)).trigger.split_on_new_p is False
     cfg = load_config(write(tmp_path, MINIMAL + "[trigger]\nsplit_on_new_p = true\n"))
     assert cfg.trigger.split_on_new_p is True
+
+
+def test_trigger_calibration_keys(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL))
+    assert (cfg.trigger.calibration, cfg.trigger.calibration_rate, cfg.trigger.calibration_history) == (
+        "off", 1.0, 21600.0)
+    assert cfg.trigger.calibration_settings() is None
+    on = load_config(write(tmp_path, MINIMAL + '[trigger]\ncalibration = "rate"\ncalibration_rate = 4\n'
+                                             "calibration_history = 3600\n"
+                                             '[trigger.overrides]\n"BW.RJOB" = { on = 0.9 }\n'))
+    settings = on.trigger.calibration_settings()
+    assert (settings.mode, settings.rate_per_day, settings.history_s) == ("rate", 4.0, 3600.0)
+    kwargs = on.trigger.detection_kwargs()
+    assert kwargs["calibration"] == settings and kwargs["overrides"] == {"BW.RJOB": {"on": 0.9}}
+    assert (kwargs["on"], kwargs["retrigger_hold_s"], kwargs["split_on_new_p"]) == (0.7, 30.0, False)
+    for bad, key in (('calibration = "auto"', "trigger.calibration"), ("calibration_rate = -1", "calibration_rate"),
+                     ("calibration_history = 60", "calibration_history")):
+        with pytest.raises(ConfigError, match=key):
+            load_config(write(tmp_path, MINIMAL + f"[trigger]\n{bad}\n"))

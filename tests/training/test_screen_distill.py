@@ -34,6 +34,7 @@ def test_series_features_match_an_independent_windowing(tmp_path, tiny_checkpoin
     windows cut and transformed without the runner (windower, stack_windows, preprocess_windows)."""
     import obspy
     import torch
+    from support.pipeline import write_archive
 
     from quakemon.models.checkpoint import load_checkpoint
     from quakemon.models.screen_net import ScreenArgs, ScreenNet
@@ -41,7 +42,6 @@ def test_series_features_match_an_independent_windowing(tmp_path, tiny_checkpoin
     from quakemon.pipeline.runner import interleaved
     from quakemon.pipeline.windowing import StationWindower
     from quakemon.training.screen_distill import series_features
-    from support.pipeline import write_archive
 
     path, start, span = write_archive(tmp_path / "a.mseed", blocks=3)
     ckpt = load_checkpoint(tiny_checkpoint)

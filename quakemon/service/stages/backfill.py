@@ -197,10 +197,9 @@ class Backfiller:
             self.inference = Inference(self.checkpoint, device=device, precision=cfg.model.precision,
                                        graph=cfg.model.graph, batch_size=batch_size, overlap=False)
         return DetectionRunner(self.checkpoint, stride_s=cfg.window.stride_s, selectors=list(cfg.seedlink.streams),
-                               max_missing=cfg.window.max_missing_fraction, on=t.on, off=t.off,
-                               min_duration_s=t.min_duration, trigger_label=t.label, retrigger_hold_s=t.retrigger_hold,
+                               max_missing=cfg.window.max_missing_fraction, trigger_label=t.label,
                                batch_size=batch_size, inference=self.inference, screen_every=cfg.model.screen_every,
-                               screen_threshold=cfg.model.screen_threshold, split_on_new_p=t.split_on_new_p)
+                               screen_threshold=cfg.model.screen_threshold, **t.detection_kwargs())
 
 
 def backfiller_from_config(cfg: Config, checkpoint: Any, busy: Callable[[], bool]) -> Backfiller | None:

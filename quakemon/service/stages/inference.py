@@ -146,8 +146,8 @@ class InferenceStage(ReloadableStage, Stage):
                                     t.label if t.label in self.ckpt.labels else None,
                                     retrigger_hold_s=t.retrigger_hold, stride_s=cfg.window.stride_s,
                                     screen_every=cfg.model.screen_every, screen_threshold=cfg.model.screen_threshold,
-                                    split_on_new_p=t.split_on_new_p, screen_net=cfg.model.screen_net or None)
-        self.apply_thresholds(cfg)  # [trigger.overrides]
+                                    split_on_new_p=t.split_on_new_p, screen_net=cfg.model.screen_net or None,
+                                    overrides=t.overrides_map(), calibration=t.calibration_settings())
         self.assoc = associator_from_config(cfg.associate)  # network events, when [associate] enabled = true
         self.open_archive()
         if self.journal is not None:
@@ -412,8 +412,7 @@ class InferenceStage(ReloadableStage, Stage):
         """[trigger] thresholds and overrides into the running triggers (ConfigError: nothing changed); returns the
         stations whose thresholds changed."""
         t = cfg.trigger
-        return self.stage.triggers.reconfigure(t.on, t.off, t.min_duration, t.retrigger_hold,
-                                               {k: dict(v) for k, v in t.overrides})
+        return self.stage.triggers.reconfigure(t.on, t.off, t.min_duration, t.retrigger_hold, t.overrides_map())
 
     def apply_reload(self, new: Config, changed: list[str]) -> Stats:
         """[trigger] and [associate] settings, in place: open detections, events in flight and the publisher stay."""
@@ -426,6 +425,13 @@ class InferenceStage(ReloadableStage, Stage):
         return {"stations_retuned": stations, "publisher_epoch": self.publisher.epoch}
 
     # -- counters -------------------------------------------------------------------------------------------------
+    def calibrated_on(self) -> Stats:
+        """With [trigger] calibration: {"calibrated_on": {"NET.STA.LOC/label": the on in effect}}; else {}."""
+        cal = self.stage.triggers.calibration
+        if cal is None:
+            return {}
+        return {"calibrated_on": {k: round(v["threshold"], 6) for k, v in cal.snapshot().items()}}
+
     def own(self) -> Stats:
         """Status counters: totals, the latest batch, detections opened per station, PUB socket events by name."""
         stats, engine = self.stage.stats, self.engine.stats
@@ -434,6 +440,7 @@ class InferenceStage(ReloadableStage, Stage):
                 "batches": engine.batches, "batch_size": engine.last_batch_size,
                 "batch_seconds": engine.last_batch_seconds, "detections_opened": dict(self.stage.opened),
                 "zmq_events": dict(self.events.counts) if self.events is not None else {}, **self.rejections.stats(),
+                **self.calibrated_on(),
                 "stage_curve_rejected": self.curve.rejections if self.curve is not None else {},
                 "curve_rejected": _publisher_rejections(self.configure_publisher), **self.reload_stats(),
                 **(self.backfill.stats() if self.backfill is not None else {})}
