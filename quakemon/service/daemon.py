@@ -543,6 +543,9 @@ class MetricsBridge:
                         m.station_silent.labels(station=station).set(0)
                 for station, fill in (st.stats.get("buffer_fill") or {}).items():
                     m.station_buffer_fill.labels(station=station).set(float(fill))
+            for key, on in (st.stats.get("calibrated_on") or {}).items() if st.kind == "inference" else ():
+                station, _, label = str(key).rpartition("/")
+                m.trigger_on.labels(station=station, label=label).set(float(on))
             if st.kind == "inference" and self._delta(st, "batches", st.stats.get("batches")) > 0:
                 m.batch_size.observe(float(st.stats.get("batch_size", 0) or 0))  # the latest batch, sampled
                 m.inference_seconds.observe(float(st.stats.get("batch_seconds", 0) or 0))

@@ -92,6 +92,8 @@ class Metrics:
                                       ["outcome"], registry=r)
         self.backfill_detections = Counter("quakemon_backfill_detections", "Detections in backfilled spans",
                                            registry=r)
+        self.trigger_on = Gauge("quakemon_trigger_on", "The trigger's on in effect, per station and label, with "
+                                "[trigger] calibration", ["station", "label"], registry=r)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """One inference micro-batch: its size, its forward time and the windows it classified."""

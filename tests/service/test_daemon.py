@@ -277,7 +277,7 @@ def test_metrics_bridge_counts_the_windowers_rejections_silences_and_curve_refus
     ingest.stats = {"windower_clock_glitch": 40, "windower_duplicate_records": 2, "windower_clock_jumps": 1,
                     "windower_silent_stations": 1, "windower_station_silences": 1, "silent": ["GR.FUR."],
                     "newest_end_s": {"BW.RJOB.": time.time(), "GR.FUR.": time.time() - 90}}
-    inference.stats = {"curve_rejected": {"Unknown key": 3}}
+    inference.stats = {"curve_rejected": {"Unknown key": 3}, "calibrated_on": {"BW.RJOB./earthquake": 0.97}}
     bridge([ingest, inference])
     ingest.stats = {**ingest.stats, "windower_clock_glitch": 45, "windower_silent_stations": 0, "silent": []}
     bridge([ingest, inference])
@@ -289,6 +289,7 @@ def test_metrics_bridge_counts_the_windowers_rejections_silences_and_curve_refus
     assert reg.get_sample_value("quakemon_silent_stations") == 0
     assert reg.get_sample_value("quakemon_station_silent", {"station": "GR.FUR."}) == 0  # data came back
     assert reg.get_sample_value("quakemon_curve_rejected_total", {"reason": "Unknown key"}) == 3
+    assert reg.get_sample_value("quakemon_trigger_on", {"station": "BW.RJOB.", "label": "earthquake"}) == 0.97
 
 
 
