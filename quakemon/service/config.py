@@ -164,8 +164,8 @@ class TriggerConfig:
                                    history_s=self.calibration_history)
 
     def detection_kwargs(self) -> dict[str, Any]:
-        """The trigger keywords of `DetectionRunner` for these settings (all but the label, which the runner
-        checks against its checkpoint), so a replay or a backfill triggers as the daemon does."""
+        """The trigger keywords of `DetectionStage` and `DetectionRunner` for these settings (all but the label,
+        which each caller checks against its checkpoint): the daemon, its backfill and a replay trigger alike."""
         return {"on": self.on, "off": self.off, "min_duration_s": self.min_duration,
                 "retrigger_hold_s": self.retrigger_hold, "split_on_new_p": self.split_on_new_p,
                 "overrides": self.overrides_map(), "calibration": self.calibration_settings()}

@@ -142,12 +142,10 @@ class InferenceStage(ReloadableStage, Stage):
         self.engine.warmup()
         maybe_break_engine(self.engine)
         t = cfg.trigger
-        self.stage = DetectionStage(self.engine, t.on, t.off, t.min_duration,
-                                    t.label if t.label in self.ckpt.labels else None,
-                                    retrigger_hold_s=t.retrigger_hold, stride_s=cfg.window.stride_s,
-                                    screen_every=cfg.model.screen_every, screen_threshold=cfg.model.screen_threshold,
-                                    split_on_new_p=t.split_on_new_p, screen_net=cfg.model.screen_net or None,
-                                    overrides=t.overrides_map(), calibration=t.calibration_settings())
+        self.stage = DetectionStage(self.engine, trigger_label=t.label if t.label in self.ckpt.labels else None,
+                                    stride_s=cfg.window.stride_s, screen_every=cfg.model.screen_every,
+                                    screen_threshold=cfg.model.screen_threshold,
+                                    screen_net=cfg.model.screen_net or None, **t.detection_kwargs())
         self.assoc = associator_from_config(cfg.associate)  # network events, when [associate] enabled = true
         self.open_archive()
         if self.journal is not None:
