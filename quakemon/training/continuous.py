@@ -174,22 +174,34 @@ class NewPCheck:
 
 def sta_lta_onsets(stream: Stream, cfg: StaLta = StaLta(), on: float | None = None) -> list[float]:
     """Trigger-on times of the recursive STA/LTA on each vertical trace (POSIX seconds)."""
+    level = cfg.on if on is None else on
+    return sta_lta_sweep(stream, cfg, [level])[level]
+
+
+def sta_lta_sweep(stream: Stream, cfg: StaLta, ons: Iterable[float]) -> dict[float, list[float]]:
+    """`sta_lta_onsets` at each trigger-on level of `ons`, from one STA/LTA ratio per vertical trace."""
     from obspy.signal.trigger import trigger_onset
 
-    onsets: list[float] = []
+    out: dict[float, list[float]] = {o: [] for o in ons}
     for tr in stream.select(component="Z"):
         ratio = sta_lta_ratio(tr, cfg)
         if ratio is None:
             continue
         t0, fs, cft = ratio
-        onsets += [t0 + i / fs for i, _ in trigger_onset(cft, cfg.on if on is None else on, cfg.off)]
-    return sorted(onsets)
+        for o, onsets in out.items():
+            onsets += [t0 + i / fs for i, _ in trigger_onset(cft, o, cfg.off)]
+    return {o: sorted(onsets) for o, onsets in out.items()}
 
 
 # ------------------------------------------------------------------------------------------------------- scoring
+def detects(onsets: Sequence[float], p: float, window_s: float) -> bool:
+    """Whether a detection onset lies within [p - window_s, p + MATCH_AFTER_S]: the P arrival at p is detected."""
+    return any(p - window_s <= o <= p + MATCH_AFTER_S for o in onsets)
+
+
 def match(onsets: Sequence[float], p_times: Sequence[float], window_s: float) -> dict[str, int]:
     """Detected P arrivals, late and false detections of one record."""
-    detected = sum(any(p - window_s <= o <= p + MATCH_AFTER_S for o in onsets) for p in p_times)
+    detected = sum(detects(onsets, p, window_s) for p in p_times)
     late = sum(1 for o in onsets if not any(p - window_s <= o <= p + MATCH_AFTER_S for p in p_times)
                and any(p + MATCH_AFTER_S < o <= p + LATE_S for p in p_times))
     false = sum(1 for o in onsets if not any(p - window_s <= o <= p + LATE_S for p in p_times))
@@ -219,14 +231,14 @@ def recall_by_kind(per_record: list[tuple[EventRecord, list[float]]], window_s: 
 def recall_with_lead(per_record: list[tuple[EventRecord, list[float]]], window_s: float,
                      lead_s: float = LONG_LEAD_S) -> dict[str, Any]:
     """{kind: {events, detected, recall}} plus "all", over the P arrivals with at least `lead_s` of data before
-    them in their record (from the record's earliest sample); detected as in `match`."""
+    them in their record (from the record's earliest sample); detected as in `match` (`detects`)."""
     out: dict[str, Any] = {}
     for rec, onsets in per_record:
         start = min((tr.stats.starttime.timestamp for tr in rec.stream), default=None)
         for p in rec.p_times:
             if start is None or p - start < lead_s:
                 continue
-            hit = any(p - window_s <= o <= p + MATCH_AFTER_S for o in onsets)
+            hit = detects(onsets, p, window_s)
             for key in (rec.kind, "all"):
                 agg = out.setdefault(key, {"events": 0, "detected": 0})
                 agg["events"] += 1
@@ -328,12 +340,12 @@ def score_continuous(model: dict[str, Any], window_s: float, noise: dict[str, St
         report["series"][name] = series
         days = station_days(series, window_s)
         checks = {station: checker(st, station) for station in series}
-        model_on = {o: sum(len(model_onsets(s, o, checks[k])) for k, s in series.items())
-                    for o in sorted({*SWEEP_ON, on})}
-        classic = {o: len(sta_lta_onsets(st, sta_lta, o)) for o in sorted({*SWEEP_STA_LTA, sta_lta.on})}
-        onsets = [o for k, s in series.items() for o in model_onsets(s, on, checks[k])]
-        classic_onsets = sta_lta_onsets(st, sta_lta)
-        near = near_count(onsets, classic_onsets, window_s)
+        model_by_on = {o: [x for k, s in series.items() for x in model_onsets(s, o, checks[k])]
+                       for o in sorted({*SWEEP_ON, on})}
+        classic_by_on = sta_lta_sweep(st, sta_lta, sorted({*SWEEP_STA_LTA, sta_lta.on}))
+        model_on = {o: len(x) for o, x in model_by_on.items()}
+        classic = {o: len(x) for o, x in classic_by_on.items()}
+        near = near_count(model_by_on[on], classic_by_on[sta_lta.on], window_s)
         report["noise"][name] = {
             "station_days": days, "windows": int(sum(len(s.p) for s in series.values())),
             "model": false_rate(model_on[on], days), "sta_lta": false_rate(classic[sta_lta.on], days),
@@ -344,23 +356,21 @@ def score_continuous(model: dict[str, Any], window_s: float, noise: dict[str, St
         log.info("noise_day_scored", day=name, model=model_on[on], sta_lta=classic[sta_lta.on], days=round(days, 3))
     if events:
         rec_series = [(r, s, checker(r.stream)) for r, s in zip(events, event_series, strict=True)]
-        model_rows = [(r, model_onsets(s, on, c)) for r, s, c in rec_series]
-        classic_rows = [(r, sta_lta_onsets(r.stream, sta_lta)) for r in events]
+        model_rows = {o: [(r, model_onsets(s, o, c)) for r, s, c in rec_series] for o in sorted({*SWEEP_ON, on})}
+        sweeps = [sta_lta_sweep(r.stream, sta_lta, sorted({*SWEEP_STA_LTA, sta_lta.on})) for r in events]
+        classic_rows = {o: [(r, x[o]) for r, x in zip(events, sweeps, strict=True)] for o in sweeps[0]}
+        rows, classic_at = model_rows[on], classic_rows[sta_lta.on]
         report["events"] = {
-            "model": recall_by_kind(model_rows, window_s),
-            "sta_lta": recall_by_kind(classic_rows, window_s),
-            "long_lead": {"lead_s": LONG_LEAD_S, "model": recall_with_lead(model_rows, window_s),
-                          "sta_lta": recall_with_lead(classic_rows, window_s)},
-            "sweep_model": {f"{o:g}": recall_by_kind(
-                [(r, model_onsets(s, o, c)) for r, s, c in rec_series], window_s)
-                for o in SWEEP_ON},
-            "sweep_sta_lta": {f"{o:g}": recall_by_kind([(r, sta_lta_onsets(r.stream, sta_lta, o)) for r in events],
-                                                       window_s) for o in SWEEP_STA_LTA},
+            "model": recall_by_kind(rows, window_s),
+            "sta_lta": recall_by_kind(classic_at, window_s),
+            "long_lead": {"lead_s": LONG_LEAD_S, "model": recall_with_lead(rows, window_s),
+                          "sta_lta": recall_with_lead(classic_at, window_s)},
+            "sweep_model": {f"{o:g}": recall_by_kind(model_rows[o], window_s) for o in SWEEP_ON},
+            "sweep_sta_lta": {f"{o:g}": recall_by_kind(classic_rows[o], window_s) for o in SWEEP_STA_LTA},
             "records": [{"name": r.name, "kind": r.kind, **r.info,
                          "max_p": float(s.p.max()) if len(s.p) else None,
-                         **{f"model_{k}": v for k, v in match(model_onsets(s, on, c),
-                                                              r.p_times, window_s).items()}}
-                        for r, s, c in rec_series],
+                         **{f"model_{k}": v for k, v in match(onsets, r.p_times, window_s).items()}}
+                        for (r, s, _), (_, onsets) in zip(rec_series, rows, strict=True)],
         }
     return report
 
