@@ -45,8 +45,13 @@ def main(argv: list[str] | None = None) -> int:
                         "with --teleseisms: only that way (default: also resampled to the model's rate first)")
     parser.add_argument("--teleseisms", action="store_true", help="only the real teleseismic records "
                         "(rf's example data, evaluation only) instead of the noise days and the other catalogues")
+    parser.add_argument("--hours", nargs=2, type=float, default=None, metavar=("START", "END"),
+                        help="score only these hours (UTC, 0-24) of each noise day and of --events-day, e.g. the "
+                             "hours a model adapted on the day's other hours has not seen")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.hours and not 0 <= args.hours[0] < args.hours[1] <= 24:
+        parser.error(f"--hours {args.hours[0]:g} {args.hours[1]:g}: want 0 <= START < END <= 24")
     configure_logging("warning", "console")
     t0 = time.time()
     ckpt = load_checkpoint(resolve_checkpoint(args.model))
@@ -54,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         return teleseisms(ckpt, args.on, args.json, t0, not args.native_rate)
     noise = {d: load_day(d) for d in args.days}
     series = {d: cont.day_series(ckpt, d) for d in args.days}
+    if args.hours:
+        noise = {d: hours_of(st, args.hours) for d, st in noise.items()}
+        series = {d: {k: within(x, noise[d]) for k, x in s.items()} for d, s in series.items()}
     if args.sprit_sites:
         more, more_series = sprit_validation(ckpt)
         noise.update(more)
@@ -61,18 +69,38 @@ def main(argv: list[str] | None = None) -> int:
     events = [] if args.no_real else cont.real_event_records(None if args.native_rate
                                                              else ckpt.contract.sampling_rate)
     if args.events_day != "none":
-        events += cont.synthetic_event_records(load_day(args.events_day), args.n_per_kind)
+        day = load_day(args.events_day)
+        events += cont.synthetic_event_records(hours_of(day, args.hours) if args.hours else day, args.n_per_kind)
     report = cont.evaluate_continuous(ckpt, noise, events, on=args.on, noise_series=series,
                                       split_on_new_p=args.split_on_new_p)
     out = cont.summary(report)
     out["events_day"] = args.events_day
     out["native_rate"] = args.native_rate
+    out["hours"] = args.hours
     out["seconds"] = round(time.time() - t0, 1)
     print(cont.markdown(report))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(out, fh, indent=1, default=float)
     return 0
+
+
+def hours_of(st, hours):
+    """The part of a noise day's stream from hour hours[0] to hour hours[1] of its first day (UTC)."""
+    from obspy import UTCDateTime
+
+    day = UTCDateTime(st[0].stats.starttime.date)
+    return st.slice(day + hours[0] * 3600.0, day + hours[1] * 3600.0)
+
+
+def within(series, st):
+    """The windows of `series` that lie wholly inside the stream's time span."""
+    from quakemon.training.continuous import Series
+
+    t0 = min(tr.stats.starttime for tr in st).timestamp
+    t1 = max(tr.stats.endtime for tr in st).timestamp
+    keep = (series.start >= t0) & (series.end <= t1 + 1e-6)
+    return Series(series.start[keep], series.end[keep], series.p[keep])
 
 
 def teleseisms(ckpt, on: float, json_path: str | None, t0: float, resampled_first: bool) -> int:

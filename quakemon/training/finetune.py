@@ -3,6 +3,7 @@
     python -m quakemon.training.finetune --day UV05 --output /tmp/ft.safetensors   # then evaluate on UV10
     python -m quakemon.training.finetune --noise sprit --output /tmp/ms.safetensors  # many sites, no msnoise day
     python -m quakemon.training.finetune --noise sprit --day UV05 --output /tmp/m5.safetensors  # many sites + UV05
+    python -m quakemon.training.finetune --noise sprit --noise-file my_station/ --output /tmp/mine.safetensors
 
 Starting from an existing checkpoint's weights (by default the bundled model), the training set is:
 
@@ -21,6 +22,10 @@ Starting from an existing checkpoint's weights (by default the bundled model), t
 * optionally (`FinetuneSizes.surrogates`, 0 by default), phase-randomised copies of earthquake windows of the whole
   set, labelled noise (`phase_surrogates`): each has its earthquake window's power spectrum and cross-component
   coherence but no onset, so a spectrum alone can no longer make a window an earthquake.
+
+Instead of an msnoise day, `--noise-file` takes one station's own continuous MiniSEED (`station_noise`: its
+vertical channel's longest gap-free stretch, resampled to the model's rate), so an observatory can fine-tune the
+detector on the noise of the station it runs on.
 
 Noise windows are taken only away from classic STA/LTA triggers on the training day (30 s before to 90 s after
 each), so the real events a volcano network records are not taught as noise. The noise day is vertical-only:
@@ -197,23 +202,97 @@ def low_rate_part(waves: np.ndarray, labels: np.ndarray, meta: list[dict[str, An
     return out, labels[src].copy(), rows
 
 
-def day_parts(day: str, contract: InputContract, base_ckpt, sizes: FinetuneSizes, seed: int
-              ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
-    """The noise-day windows of the fine-tuning set: waveforms [m, C, N], labels [m], meta."""
-    from quakemon.data.distant import KINDS, add_distant_event
+#: The shortest stretch of a station's own noise `station_noise` accepts (an hour: enough windows to mine, and
+#: the STA/LTA's clean-noise mask needs room around its triggers).
+MIN_NOISE_FILE_S = 3600.0
+
+
+def station_noise(path: str | Path, sampling_rate: float):
+    """The vertical channel of one station's continuous MiniSEED (`path`: a file, or a folder read recursively) as
+    one Trace at `sampling_rate`: the longest gap-free stretch, resampled with `resample_poly` as the daemon
+    resamples (float64). Raises QuakemonError for a path that holds no readable MiniSEED, no vertical channel,
+    more than one vertical channel, or less than `MIN_NOISE_FILE_S` of gap-free data."""
+    from fractions import Fraction
+
+    from obspy import Stream, read
+    from scipy.signal import resample_poly
+
+    from quakemon.base.errors import QuakemonError
+
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else []
+    if not files:
+        raise QuakemonError(f"noise file {path}: no such file or folder")
+    st = Stream()
+    for f in files:
+        try:
+            st += read(str(f), format="MSEED")
+        except Exception as exc:  # obspy raises many kinds for a file that is not MiniSEED
+            raise QuakemonError(f"noise file {f}: not readable as MiniSEED ({exc})") from None
+    st = st.select(component="Z")
+    ids = sorted({tr.id for tr in st})
+    if not ids:
+        raise QuakemonError(f"noise file {path}: no vertical channel (a channel code ending in Z)")
+    if len(ids) > 1:
+        raise QuakemonError(f"noise file {path}: {len(ids)} vertical channels ({', '.join(ids)}); give one "
+                            "station's data (the model learns that station's noise)")
+    rates = {tr.stats.sampling_rate for tr in st}
+    if len(rates) > 1:
+        raise QuakemonError(f"noise file {path}: {ids[0]} changes its sampling rate ({sorted(rates)} Hz)")
+    st.merge(method=1, fill_value=None)
+    tr = max(st.split(), key=lambda t: t.stats.npts)
+    seconds = tr.stats.npts / tr.stats.sampling_rate
+    if seconds < MIN_NOISE_FILE_S:
+        raise QuakemonError(f"noise file {path}: the longest gap-free stretch of {ids[0]} is {seconds:.0f} s; "
+                            f"at least {MIN_NOISE_FILE_S:.0f} s are needed")
+    x = np.asarray(tr.data, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        raise QuakemonError(f"noise file {path}: {ids[0]} holds non-finite samples")
+    if tr.stats.sampling_rate != sampling_rate:
+        ratio = Fraction(sampling_rate / tr.stats.sampling_rate).limit_denominator(1000)
+        x = resample_poly(x, ratio.numerator, ratio.denominator)
+    out = tr.copy()
+    out.data, out.stats.sampling_rate = x, float(sampling_rate)
+    log.info("finetune_noise_file", path=str(path), id=tr.id, start=str(tr.stats.starttime),
+             hours=round(seconds / 3600.0, 2), rate_hz=tr.stats.sampling_rate)
+    return out
+
+
+def _noise_source(day: str | Path, contract: InputContract, base_ckpt):
+    """(name, vertical Trace at the contract's rate, the starting model's Series on it) of an msnoise day's name
+    or of the Path of a station's continuous MiniSEED (`station_noise`)."""
+    from obspy import Stream
+
     from quakemon.data.noise_days import load_day
+    from quakemon.training.continuous import day_series, model_series
+
+    if isinstance(day, Path):
+        tr = station_noise(day, contract.sampling_rate)
+        (series,) = model_series(base_ckpt, [Stream([tr])]).values()
+        return day.name, tr, series
+    tr = max(load_day(day), key=lambda t: t.stats.npts)
+    if tr.stats.sampling_rate != contract.sampling_rate:
+        raise ValueError(f"{tr.id}: {tr.stats.sampling_rate} Hz, the contract wants {contract.sampling_rate} Hz")
+    (series,) = day_series(base_ckpt, day).values()
+    return day, tr, series
+
+
+def day_parts(day: str | Path, contract: InputContract, base_ckpt, sizes: FinetuneSizes, seed: int
+              ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """The noise windows of the fine-tuning set: waveforms [m, C, N], labels [m], meta. `day`: an msnoise noise
+    day's name, or the Path of one station's continuous MiniSEED (`station_noise`)."""
+    from obspy import Stream
+
+    from quakemon.data.distant import KINDS, add_distant_event
     from quakemon.data.synthetic import synthesize_event_trace
-    from quakemon.training.continuous import day_series, sta_lta_onsets
+    from quakemon.training.continuous import sta_lta_onsets
 
     rng = np.random.default_rng(seed)
-    st = load_day(day)
-    tr = max(st, key=lambda t: t.stats.npts)
+    day, tr, series = _noise_source(day, contract, base_ckpt)
     fs, n = tr.stats.sampling_rate, contract.window_samples
-    if fs != contract.sampling_rate:
-        raise ValueError(f"{tr.id}: {fs} Hz, the contract wants {contract.sampling_rate} Hz")
     x = tr.data.astype(np.float64)
     t0 = tr.stats.starttime.timestamp
-    onsets = [o - t0 for o in sta_lta_onsets(st.select(id=tr.id))]
+    onsets = [o - t0 for o in sta_lta_onsets(Stream([tr]))]
     cum = _clean_mask(x.size, fs, onsets)
     log.info("finetune_day", day=day, sta_lta_triggers=len(onsets), clean_fraction=round(1 - cum[-1] / x.size, 3))
     waves, labels, meta = [], [], []
@@ -224,7 +303,6 @@ def day_parts(day: str, contract: InputContract, base_ckpt, sizes: FinetuneSizes
         meta.extend(rows)
 
     # hard negatives: where the starting model fires on clean noise
-    (series,) = day_series(base_ckpt, day).values()
     starts = np.round((series.start[series.p >= 0.5] - t0) * fs).astype(np.int64)
     starts = starts[(starts >= 0) & (starts + n <= x.size)]
     starts = starts[(cum[starts + n] - cum[starts]) == 0]
@@ -273,10 +351,11 @@ def day_parts(day: str, contract: InputContract, base_ckpt, sizes: FinetuneSizes
     return np.concatenate(waves), np.concatenate(labels), meta
 
 
-def finetune_data(day: str | None, contract: InputContract, base_ckpt, sizes: FinetuneSizes = FinetuneSizes(),
-                  seed: int = FINETUNE_SEED, noise: str = "day"):
+def finetune_data(day: str | Path | None, contract: InputContract, base_ckpt,
+                  sizes: FinetuneSizes = FinetuneSizes(), seed: int = FINETUNE_SEED, noise: str = "day"):
     """The whole fine-tuning set as LabelledWaveforms: the replay windows plus the noise day's windows
     (`noise="day"`, see the module docstring) or the multi-site windows (`noise="sprit"`, `training.multisite`).
+    `day` is an msnoise day's name or the Path of one station's continuous MiniSEED (`station_noise`).
     With `noise="sprit"` and a `day`, that day's real noise is added to the multi-site windows: its hard negatives,
     random windows and transients at the same sizes (`day_parts` without its events and microseism windows, which
     the multi-site part already has), so a broadband station's own noise is in the noise class. With
@@ -339,12 +418,13 @@ def whitened_contract(contract: InputContract) -> InputContract:
                    extra={**contract.extra, "whiten_quantile": q, "whiten_floor": floor})
 
 
-def finetune(day: str | None, output: str | Path, init: str | Path | None = None, *, epochs: int = 3,
+def finetune(day: str | Path | None, output: str | Path, init: str | Path | None = None, *, epochs: int = 3,
              lr: float = 1e-4, sizes: FinetuneSizes = FinetuneSizes(), seed: int = FINETUNE_SEED,
              precision: str = "fp32", progress: bool = False, noise: str = "day",
              bandpass: tuple[float, float] | None = None, whiten: bool = False, command: str | None = None):
     """Fine-tune `init` (default: the bundled model) on noise day `day` (`noise="day"`) or on the multi-site noise
-    (`noise="sprit"`, plus the noise of `day` if given); writes `output`, returns the TrainResult. `bandpass`: train
+    (`noise="sprit"`, plus the noise of `day` if given); writes `output`, returns the TrainResult. `day`: an msnoise
+    day's name, or the Path of one station's continuous MiniSEED (`station_noise`). `bandpass`: train
     for a band-passed input contract (`band_passed_contract`) instead of `init`'s own. `command`: the provenance's
     command (default: this module's command line for these arguments). `whiten`: add WHITEN to the contract
     (`whitened_contract`)."""
@@ -357,7 +437,9 @@ def finetune(day: str | None, output: str | Path, init: str | Path | None = None
     contract = whitened_contract(contract) if whiten else contract
     data = finetune_data(day, contract, base, sizes, seed, noise)
     log.info("finetune_data", counts=data.counts(), day=day, noise=noise)
-    source = " ".join(["--noise sprit"] * (noise == "sprit") + [f"--day {day}"] * bool(day))
+    day_arg = f"--noise-file {day}" if isinstance(day, Path) else f"--day {day}"
+    day_repr = repr(str(day)) if isinstance(day, Path) else repr(day)
+    source = " ".join(["--noise sprit"] * (noise == "sprit") + [day_arg] * bool(day))
     source += "".join(f" --size {k}={v}" for k, v in sizes.__dict__.items() if v != getattr(FinetuneSizes(), k))
     source += f" --bandpass {bandpass[0]:g} {bandpass[1]:g}" if bandpass else ""
     source += " --whiten" if whiten else ""
@@ -366,7 +448,7 @@ def finetune(day: str | None, output: str | Path, init: str | Path | None = None
                       batch_size=64, lr=lr, warmup_fraction=0.1, component_dropout=0.3, seed=seed,
                       precision=precision, val_fraction=0.1, init_checkpoint=str(init))
     return train(data, contract, cfg, output, progress=progress, provenance={
-        "data": f"training.finetune.finetune_data(day={day!r}, sizes={sizes}, seed={seed}, noise={noise!r})",
+        "data": f"training.finetune.finetune_data(day={day_repr}, sizes={sizes}, seed={seed}, noise={noise!r})",
         "init": {"path": init.name, "sha256": base.sha256},
         "command": command or f"python -m quakemon.training.finetune {source} --epochs {epochs}"})
 
@@ -375,10 +457,14 @@ def main(argv: list[str] | None = None) -> int:
     from quakemon.base.logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m quakemon.training.finetune")
-    parser.add_argument("--day", choices=("UV05", "UV10"), default=None, help="noise day to train on")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--day", choices=("UV05", "UV10"), default=None, help="noise day to train on")
+    where.add_argument("--noise-file", default=None, metavar="PATH",
+                       help="one station's continuous MiniSEED (a file or a folder) to train on instead of an "
+                            "msnoise day: its vertical channel's longest gap-free stretch, at least an hour")
     parser.add_argument("--noise", choices=("day", "sprit"), default="day",
-                        help="day: one msnoise day (--day); sprit: the multi-site noise, plus the noise of --day "
-                             "if given")
+                        help="day: one msnoise day (--day) or --noise-file; sprit: the multi-site noise, plus the "
+                             "noise of --day or --noise-file if given")
     parser.add_argument("--output", "-o", required=True)
     parser.add_argument("--init", default=None, help="checkpoint to start from (default: the bundled model)")
     parser.add_argument("--epochs", type=int, default=3)
@@ -395,10 +481,11 @@ def main(argv: list[str] | None = None) -> int:
         sizes = replace(FinetuneSizes(), **{k: int(v) for k, v in (item.split("=", 1) for item in args.size)})
     except (TypeError, ValueError) as exc:
         parser.error(f"--size: {exc}")
-    if args.noise == "day" and args.day is None:
-        parser.error("give --day with --noise day (the default)")
+    day = Path(args.noise_file) if args.noise_file else args.day
+    if args.noise == "day" and day is None:
+        parser.error("give --day or --noise-file with --noise day (the default)")
     configure_logging("info", "console")
-    result = finetune(args.day, args.output, args.init, epochs=args.epochs, lr=args.lr, precision=args.precision,
+    result = finetune(day, args.output, args.init, epochs=args.epochs, lr=args.lr, precision=args.precision,
                       progress=sys.stderr.isatty(), noise=args.noise, sizes=sizes,
                       bandpass=tuple(args.bandpass) if args.bandpass else None, whiten=args.whiten)
     print(json.dumps({"checkpoint": str(result.checkpoint), "sha256": result.sha256, "best_epoch": result.best_epoch,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 from obspy import Stream, Trace, UTCDateTime
@@ -165,6 +166,92 @@ def test_the_cli_wants_a_day_for_day_noise_and_passes_sprit_with_or_without_one(
                  ["--day", "UV10"]):
         assert finetune.main([*argv, "--output", "x"]) == 0
     assert calls == [("UV05", "sprit", None), (None, "sprit", (0.7, 25.0)), ("UV10", "day", None)]
+    calls.clear()
+    for argv in (["--noise-file", "station/"], ["--noise", "sprit", "--noise-file", "a.mseed"]):
+        assert finetune.main([*argv, "--output", "x"]) == 0
+    assert calls == [(Path("station"), "day", None), (Path("a.mseed"), "sprit", None)]
+    with pytest.raises(SystemExit) as exc:  # one noise source or the other
+        finetune.main(["--day", "UV05", "--noise-file", "a.mseed", "--output", "x"])
+    assert exc.value.code == 2
+
+
+# ------------------------------------------------------------------------------- a station's own noise (--noise-file)
+def _station_file(path, seconds, *, station="ABC", channels=("HHZ", "HHN", "HHE"), fs=50.0, start=T0, seed=0):
+    rng = np.random.default_rng(seed)
+    st = Stream([Trace(rng.normal(0, 200, int(seconds * fs)).astype(np.int32),
+                       {"network": "XX", "station": station, "location": "", "channel": ch, "sampling_rate": fs,
+                        "starttime": start}) for ch in channels])
+    st.write(str(path), format="MSEED")
+    return st
+
+
+def test_station_noise_takes_the_vertical_channel_of_one_station_at_the_models_rate(tmp_path):
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    first = _station_file(folder / "day1.mseed", 2400)  # 50 Hz, three components; the files join without a gap
+    _station_file(folder / "day2.mseed", 2400, start=T0 + 2400, seed=1)
+    tr = finetune.station_noise(folder, 100.0)
+    assert tr.id == "XX.ABC..HHZ" and tr.stats.sampling_rate == 100.0 and tr.data.dtype == np.float64
+    assert abs(tr.stats.npts - 4800 * 100) <= 2 and tr.stats.starttime == T0
+    # resample_poly, as the daemon resamples: the first 50 Hz samples are kept at the even 100 Hz samples
+    z = first.select(component="Z")[0].data.astype(np.float64)
+    assert np.corrcoef(tr.data[200:4200:2], z[100:2100])[0, 1] > 0.99
+    assert finetune.station_noise(folder, 50.0).stats.npts == 4800 * 50  # at its own rate: no resampling
+
+
+def test_station_noise_refuses_what_it_cannot_learn_a_stations_noise_from(tmp_path):
+    import pytest
+
+    from quakemon.base.errors import QuakemonError
+
+    cases = {}
+    cases["missing"] = tmp_path / "missing.mseed"
+    (tmp_path / "text.mseed").write_text("not MiniSEED\n")
+    cases["not readable as MiniSEED"] = tmp_path / "text.mseed"
+    _station_file(tmp_path / "horizontal.mseed", 3700, channels=("HHN", "HHE"))
+    cases["no vertical channel"] = tmp_path / "horizontal.mseed"
+    two = tmp_path / "two"
+    two.mkdir()
+    _station_file(two / "a.mseed", 3700, channels=("HHZ",))
+    _station_file(two / "b.mseed", 3700, station="DEF", channels=("HHZ",))
+    cases["2 vertical channels"] = two
+    _station_file(tmp_path / "short.mseed", 1800)
+    cases["longest gap-free stretch"] = tmp_path / "short.mseed"
+    gaps = tmp_path / "gaps"  # 2 x 40 min with a 10 min gap: more than an hour, but no hour without a gap
+    gaps.mkdir()
+    _station_file(gaps / "a.mseed", 2400, channels=("HHZ",))
+    _station_file(gaps / "b.mseed", 2400, channels=("HHZ",), start=T0 + 3000)
+    cases["longest gap-free stretch "] = gaps
+    for message, path in cases.items():
+        with pytest.raises(QuakemonError, match=message.strip() if message != "missing" else "no such file"):
+            finetune.station_noise(path, 100.0)
+
+
+def test_day_parts_mines_a_station_file_with_the_starting_models_probabilities_on_it(monkeypatch, tmp_path):
+    """A noise file goes the way of a noise day: hard negatives where the starting model fires, away from the
+    STA/LTA's triggers, and every window vertical-only at the model's rate."""
+    path = tmp_path / "station.mseed"
+    st = _station_file(path, 3700, channels=("HHZ",), fs=100.0)
+    seen = []
+
+    def fake_series(ckpt, streams):
+        (s,) = streams
+        seen.append((s[0].id, s[0].stats.sampling_rate, s[0].stats.npts))
+        starts = T0.timestamp + np.arange(0, 3680, 1.0)
+        p = np.zeros(starts.size)
+        p[500:540] = 0.9
+        return {"XX.ABC.": continuous.Series(starts, starts + 20, p)}
+
+    monkeypatch.setattr(continuous, "model_series", fake_series)
+    contract = InputContract(component_sets=("Z",))
+    sizes = finetune.FinetuneSizes(replay=0, hard_negatives=100, noise=10, transients=4, distant=2, local=2,
+                                   microseism=0)
+    waves, labels, meta = finetune.day_parts(path, contract, None, sizes, seed=1)
+    assert seen == [("XX.ABC..HHZ", 100.0, st[0].stats.npts)]
+    parts = [m["part"] for m in meta]
+    assert parts.count("hard_negative") == 40 and parts.count("noise") == 10 and {m["day"] for m in meta
+                                                                                  if "day" in m} == {"station.mseed"}
+    assert waves.shape == (len(labels), 3, 2000) and np.all(waves[:, 1:] == 0)
 
 
 def test_the_cli_refuses_an_unknown_or_malformed_size():
