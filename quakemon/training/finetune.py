@@ -436,7 +436,7 @@ def finetune(day: str | Path | None, output: str | Path, init: str | Path | None
     contract = base.contract if bandpass is None else band_passed_contract(base.contract, bandpass)
     contract = whitened_contract(contract) if whiten else contract
     data = finetune_data(day, contract, base, sizes, seed, noise)
-    log.info("finetune_data", counts=data.counts(), day=day, noise=noise)
+    log.info("finetune_data", counts=data.counts(), day=str(day) if day else None, noise=noise)
     day_arg = f"--noise-file {day}" if isinstance(day, Path) else f"--day {day}"
     day_repr = repr(str(day)) if isinstance(day, Path) else repr(day)
     source = " ".join(["--noise sprit"] * (noise == "sprit") + [day_arg] * bool(day))
