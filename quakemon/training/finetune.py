@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from quakemon.base.errors import QuakemonError
 from quakemon.models.contract import KNOWN_TRANSFORMS, InputContract
 from quakemon.pipeline.transforms import bandpass_sos, whiten_settings
 
@@ -217,8 +218,6 @@ def station_noise(path: str | Path, sampling_rate: float):
     from obspy import Stream, read
     from scipy.signal import resample_poly
 
-    from quakemon.base.errors import QuakemonError
-
     path = Path(path)
     files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else []
     if not files:
@@ -364,20 +363,23 @@ def finetune_data(day: str | Path | None, contract: InputContract, base_ckpt,
     from quakemon.data.datasets import LabelledWaveforms
     from quakemon.training.bundle import band_limit, training_data
 
+    if noise not in ("day", "sprit") or (noise == "day" and not day):
+        raise ValueError(f"noise={noise!r} (day={day!r}): expected noise='sprit' (with or without a day), "
+                         "or noise='day' with a day")
+    own = None
+    if day:  # first, so that a noise file that cannot be used fails before the rest is built
+        day_sizes = replace(sizes, distant=0, local=sizes.day_local, microseism=0) if noise == "sprit" else sizes
+        own = day_parts(day, contract, base_ckpt, day_sizes, seed + 3 if noise == "sprit" else seed + 1)
     base = training_data(contract, sizes.replay, seed)
     if noise == "sprit":
         from quakemon.training.multisite import sprit_parts
 
         waves, labels, meta = sprit_parts(contract, base_ckpt, sizes, seed + 1)
-        if day:
-            day_sizes = replace(sizes, distant=0, local=sizes.day_local, microseism=0)
-            w, lab, m = day_parts(day, contract, base_ckpt, day_sizes, seed + 3)
-            waves, labels, meta = np.concatenate([waves, w]), np.concatenate([labels, lab]), meta + m
-    elif noise == "day" and day:
-        waves, labels, meta = day_parts(day, contract, base_ckpt, sizes, seed + 1)
+        if own is not None:
+            waves, labels, meta = (np.concatenate([waves, own[0]]), np.concatenate([labels, own[1]]),
+                                   meta + own[2])
     else:
-        raise ValueError(f"noise={noise!r} (day={day!r}): expected noise='sprit' (with or without a day), "
-                         "or noise='day' with a day")
+        waves, labels, meta = own
     rng = np.random.default_rng(seed + 2)
     band_limit(waves, meta, contract.sampling_rate, rng, fraction=0.35, corner_hz=(7.0, 32.0))
     waves, labels = np.concatenate([base.waveforms, waves]), np.concatenate([base.labels, labels])
@@ -485,9 +487,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.noise == "day" and day is None:
         parser.error("give --day or --noise-file with --noise day (the default)")
     configure_logging("info", "console")
-    result = finetune(day, args.output, args.init, epochs=args.epochs, lr=args.lr, precision=args.precision,
-                      progress=sys.stderr.isatty(), noise=args.noise, sizes=sizes,
-                      bandpass=tuple(args.bandpass) if args.bandpass else None, whiten=args.whiten)
+    try:
+        result = finetune(day, args.output, args.init, epochs=args.epochs, lr=args.lr, precision=args.precision,
+                          progress=sys.stderr.isatty(), noise=args.noise, sizes=sizes,
+                          bandpass=tuple(args.bandpass) if args.bandpass else None, whiten=args.whiten)
+    except QuakemonError as exc:  # a noise file or checkpoint that cannot be used: the message names it
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     print(json.dumps({"checkpoint": str(result.checkpoint), "sha256": result.sha256, "best_epoch": result.best_epoch,
                       "val": result.best}, indent=2))
     return 0

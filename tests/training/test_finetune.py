@@ -455,3 +455,23 @@ def test_low_rate_copies_keep_their_labels_and_lose_everything_above_a_few_hertz
     spec = np.abs(np.fft.rfft(out[:, 0, 500:1500], axis=-1))
     f = np.fft.rfftfreq(1000, 1 / fs)
     assert spec[:, np.argmin(np.abs(f - 15.0))].max() < 1e-3 * spec[:, np.argmin(np.abs(f - 1.0))].min()
+
+
+def test_the_cli_names_a_noise_file_it_cannot_use_before_building_anything_else(monkeypatch, tmp_path, capsys):
+    import pytest
+
+    from quakemon.training import bundle, multisite
+
+    def never(*args, **kwargs):
+        raise AssertionError("the rest of the set is built before the noise file is checked")
+
+    monkeypatch.setattr(bundle, "training_data", never)
+    monkeypatch.setattr(multisite, "sprit_parts", never)
+    _station_file(tmp_path / "horizontal.mseed", 3700, channels=("HHN", "HHE"))
+    for path, message in ((tmp_path / "missing", "no such file"), (tmp_path / "horizontal.mseed", "no vertical")):
+        with pytest.raises(SystemExit) as exc:
+            finetune.main(["--noise", "sprit", "--noise-file", str(path), "--output", str(tmp_path / "out")])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and str(path) in err
+    assert not (tmp_path / "out").exists()
