@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -350,11 +351,29 @@ def day_parts(day: str | Path, contract: InputContract, base_ckpt, sizes: Finetu
     return np.concatenate(waves), np.concatenate(labels), meta
 
 
-def finetune_data(day: str | Path | None, contract: InputContract, base_ckpt,
+def own_noise_parts(day: str | Path | Sequence[Path], contract: InputContract, base_ckpt, sizes: FinetuneSizes,
+                    seed: int) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """`day_parts` of one noise source, or of several stations' MiniSEED (a sequence of Paths), each given an
+    equal share of every part's windows (the first ones one more where the count does not divide), so that the
+    set stays the size of one station's and a network's stations weigh alike."""
+    if isinstance(day, (str, Path)):
+        return day_parts(day, contract, base_ckpt, sizes, seed)
+    paths = list(day)
+    k = len(paths)
+    parts = []
+    for i, path in enumerate(paths):
+        share = replace(sizes, **{f: v // k + (i < v % k) for f, v in sizes.__dict__.items()})
+        parts.append(day_parts(Path(path), contract, base_ckpt, share, seed + 17 * i))
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            [m for p in parts for m in p[2]])
+
+
+def finetune_data(day: str | Path | Sequence[Path] | None, contract: InputContract, base_ckpt,
                   sizes: FinetuneSizes = FinetuneSizes(), seed: int = FINETUNE_SEED, noise: str = "day"):
     """The whole fine-tuning set as LabelledWaveforms: the replay windows plus the noise day's windows
     (`noise="day"`, see the module docstring) or the multi-site windows (`noise="sprit"`, `training.multisite`).
-    `day` is an msnoise day's name or the Path of one station's continuous MiniSEED (`station_noise`).
+    `day` is an msnoise day's name, the Path of one station's continuous MiniSEED (`station_noise`), or a
+    sequence of such Paths, one per station (`own_noise_parts`).
     With `noise="sprit"` and a `day`, that day's real noise is added to the multi-site windows: its hard negatives,
     random windows and transients at the same sizes (`day_parts` without its events and microseism windows, which
     the multi-site part already has), so a broadband station's own noise is in the noise class. With
@@ -369,7 +388,7 @@ def finetune_data(day: str | Path | None, contract: InputContract, base_ckpt,
     own = None
     if day:  # first, so that a noise file that cannot be used fails before the rest is built
         day_sizes = replace(sizes, distant=0, local=sizes.day_local, microseism=0) if noise == "sprit" else sizes
-        own = day_parts(day, contract, base_ckpt, day_sizes, seed + 3 if noise == "sprit" else seed + 1)
+        own = own_noise_parts(day, contract, base_ckpt, day_sizes, seed + 3 if noise == "sprit" else seed + 1)
     base = training_data(contract, sizes.replay, seed)
     if noise == "sprit":
         from quakemon.training.multisite import sprit_parts
@@ -420,13 +439,14 @@ def whitened_contract(contract: InputContract) -> InputContract:
                    extra={**contract.extra, "whiten_quantile": q, "whiten_floor": floor})
 
 
-def finetune(day: str | Path | None, output: str | Path, init: str | Path | None = None, *, epochs: int = 3,
-             lr: float = 1e-4, sizes: FinetuneSizes = FinetuneSizes(), seed: int = FINETUNE_SEED,
+def finetune(day: str | Path | Sequence[Path] | None, output: str | Path, init: str | Path | None = None, *,
+             epochs: int = 3, lr: float = 1e-4, sizes: FinetuneSizes = FinetuneSizes(), seed: int = FINETUNE_SEED,
              precision: str = "fp32", progress: bool = False, noise: str = "day",
              bandpass: tuple[float, float] | None = None, whiten: bool = False, command: str | None = None):
     """Fine-tune `init` (default: the bundled model) on noise day `day` (`noise="day"`) or on the multi-site noise
     (`noise="sprit"`, plus the noise of `day` if given); writes `output`, returns the TrainResult. `day`: an msnoise
-    day's name, or the Path of one station's continuous MiniSEED (`station_noise`). `bandpass`: train
+    day's name, the Path of one station's continuous MiniSEED (`station_noise`), or several such Paths, one per
+    station (`own_noise_parts`). `bandpass`: train
     for a band-passed input contract (`band_passed_contract`) instead of `init`'s own. `command`: the provenance's
     command (default: this module's command line for these arguments). `whiten`: add WHITEN to the contract
     (`whitened_contract`)."""
@@ -438,9 +458,10 @@ def finetune(day: str | Path | None, output: str | Path, init: str | Path | None
     contract = base.contract if bandpass is None else band_passed_contract(base.contract, bandpass)
     contract = whitened_contract(contract) if whiten else contract
     data = finetune_data(day, contract, base, sizes, seed, noise)
-    log.info("finetune_data", counts=data.counts(), day=str(day) if day else None, noise=noise)
-    day_arg = f"--noise-file {day}" if isinstance(day, Path) else f"--day {day}"
-    day_repr = repr(str(day)) if isinstance(day, Path) else repr(day)
+    files = [day] if isinstance(day, Path) else [] if day is None or isinstance(day, str) else [Path(p) for p in day]
+    log.info("finetune_data", counts=data.counts(), day=[str(f) for f in files] if files else day, noise=noise)
+    day_arg = " ".join(f"--noise-file {f}" for f in files) if files else f"--day {day}"
+    day_repr = repr([str(f) for f in files] if len(files) > 1 else str(files[0])) if files else repr(day)
     source = " ".join(["--noise sprit"] * (noise == "sprit") + [day_arg] * bool(day))
     source += "".join(f" --size {k}={v}" for k, v in sizes.__dict__.items() if v != getattr(FinetuneSizes(), k))
     source += f" --bandpass {bandpass[0]:g} {bandpass[1]:g}" if bandpass else ""
@@ -461,9 +482,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quakemon.training.finetune")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--day", choices=("UV05", "UV10"), default=None, help="noise day to train on")
-    where.add_argument("--noise-file", default=None, metavar="PATH",
+    where.add_argument("--noise-file", action="append", default=None, metavar="PATH",
                        help="one station's continuous MiniSEED (a file or a folder) to train on instead of an "
-                            "msnoise day: its vertical channel's longest gap-free stretch, at least an hour")
+                            "msnoise day: its vertical channel's longest gap-free stretch, at least an hour; "
+                            "repeat it for several stations (they share the windows of each part equally)")
     parser.add_argument("--noise", choices=("day", "sprit"), default="day",
                         help="day: one msnoise day (--day) or --noise-file; sprit: the multi-site noise, plus the "
                              "noise of --day or --noise-file if given")
@@ -483,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes = replace(FinetuneSizes(), **{k: int(v) for k, v in (item.split("=", 1) for item in args.size)})
     except (TypeError, ValueError) as exc:
         parser.error(f"--size: {exc}")
-    day = Path(args.noise_file) if args.noise_file else args.day
+    files = [Path(p) for p in args.noise_file or []]
+    day = (files[0] if len(files) == 1 else files) if files else args.day
     if args.noise == "day" and day is None:
         parser.error("give --day or --noise-file with --noise day (the default)")
     configure_logging("info", "console")

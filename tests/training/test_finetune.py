@@ -169,7 +169,9 @@ def test_the_cli_wants_a_day_for_day_noise_and_passes_sprit_with_or_without_one(
     calls.clear()
     for argv in (["--noise-file", "station/"], ["--noise", "sprit", "--noise-file", "a.mseed"]):
         assert finetune.main([*argv, "--output", "x"]) == 0
-    assert calls == [(Path("station"), "day", None), (Path("a.mseed"), "sprit", None)]
+    assert finetune.main(["--noise-file", "a.mseed", "--noise-file", "b/", "--output", "x"]) == 0  # two stations
+    assert calls == [(Path("station"), "day", None), (Path("a.mseed"), "sprit", None),
+                     ([Path("a.mseed"), Path("b")], "day", None)]
     with pytest.raises(SystemExit) as exc:  # one noise source or the other
         finetune.main(["--day", "UV05", "--noise-file", "a.mseed", "--output", "x"])
     assert exc.value.code == 2
@@ -252,6 +254,18 @@ def test_day_parts_mines_a_station_file_with_the_starting_models_probabilities_o
     assert parts.count("hard_negative") == 40 and parts.count("noise") == 10 and {m["day"] for m in meta
                                                                                   if "day" in m} == {"station.mseed"}
     assert waves.shape == (len(labels), 3, 2000) and np.all(waves[:, 1:] == 0)
+
+    # several stations share each part's windows equally: the set stays the size of one station's
+    other = tmp_path / "other.mseed"
+    _station_file(other, 3700, station="DEF", channels=("HHZ",), fs=100.0, seed=3)
+    seen.clear()
+    waves2, labels2, meta2 = finetune.own_noise_parts([path, other], contract, None, sizes, seed=1)
+    assert [s[0] for s in seen] == ["XX.ABC..HHZ", "XX.DEF..HHZ"]
+    by_day = {d: [m["part"] for m in meta2 if m.get("day") == d] for d in ("station.mseed", "other.mseed")}
+    assert by_day["station.mseed"].count("noise") == 5 == by_day["other.mseed"].count("noise")
+    assert by_day["station.mseed"].count("transient") == 2 == by_day["other.mseed"].count("transient")
+    assert len(labels2) == len(meta2) == waves2.shape[0] and np.all(waves2[:, 1:] == 0)
+    assert sum(m["part"] == "local" for m in meta2) == 2 and sum(m["part"] == "distant" for m in meta2) == 2
 
 
 def test_the_cli_refuses_an_unknown_or_malformed_size():
