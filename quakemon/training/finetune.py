@@ -214,10 +214,9 @@ def station_noise(path: str | Path, sampling_rate: float):
     one Trace at `sampling_rate`: the longest gap-free stretch, resampled with `resample_poly` as the daemon
     resamples (float64). Raises QuakemonError for a path that holds no readable MiniSEED, no vertical channel,
     more than one vertical channel, or less than `MIN_NOISE_FILE_S` of gap-free data."""
-    from fractions import Fraction
-
     from obspy import Stream, read
-    from scipy.signal import resample_poly
+
+    from quakemon.data.sprit_noise import resample
 
     path = Path(path)
     files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else []
@@ -248,9 +247,7 @@ def station_noise(path: str | Path, sampling_rate: float):
     x = np.asarray(tr.data, dtype=np.float64)
     if not np.all(np.isfinite(x)):
         raise QuakemonError(f"noise file {path}: {ids[0]} holds non-finite samples")
-    if tr.stats.sampling_rate != sampling_rate:
-        ratio = Fraction(sampling_rate / tr.stats.sampling_rate).limit_denominator(1000)
-        x = resample_poly(x, ratio.numerator, ratio.denominator)
+    x = resample(x, tr.stats.sampling_rate, sampling_rate)  # QuakemonError for a rate with no rational ratio
     out = tr.copy()
     out.data, out.stats.sampling_rate = x, float(sampling_rate)
     log.info("finetune_noise_file", path=str(path), id=tr.id, start=str(tr.stats.starttime),
@@ -458,11 +455,11 @@ def finetune(day: str | Path | Sequence[Path] | None, output: str | Path, init: 
     contract = base.contract if bandpass is None else band_passed_contract(base.contract, bandpass)
     contract = whitened_contract(contract) if whiten else contract
     data = finetune_data(day, contract, base, sizes, seed, noise)
-    files = [day] if isinstance(day, Path) else [] if day is None or isinstance(day, str) else [Path(p) for p in day]
-    log.info("finetune_data", counts=data.counts(), day=[str(f) for f in files] if files else day, noise=noise)
-    day_arg = " ".join(f"--noise-file {f}" for f in files) if files else f"--day {day}"
-    day_repr = repr([str(f) for f in files] if len(files) > 1 else str(files[0])) if files else repr(day)
-    source = " ".join(["--noise sprit"] * (noise == "sprit") + [day_arg] * bool(day))
+    files = [] if day is None or isinstance(day, str) else [day] if isinstance(day, Path) else [Path(p) for p in day]
+    noise_source = [str(f) for f in files] or day  # for the log and the provenance
+    log.info("finetune_data", counts=data.counts(), day=noise_source, noise=noise)
+    day_arg = " ".join(f"--noise-file {f}" for f in files) or (f"--day {day}" if day else "")
+    source = " ".join(a for a in ("--noise sprit" if noise == "sprit" else "", day_arg) if a)
     source += "".join(f" --size {k}={v}" for k, v in sizes.__dict__.items() if v != getattr(FinetuneSizes(), k))
     source += f" --bandpass {bandpass[0]:g} {bandpass[1]:g}" if bandpass else ""
     source += " --whiten" if whiten else ""
@@ -471,7 +468,7 @@ def finetune(day: str | Path | Sequence[Path] | None, output: str | Path, init: 
                       batch_size=64, lr=lr, warmup_fraction=0.1, component_dropout=0.3, seed=seed,
                       precision=precision, val_fraction=0.1, init_checkpoint=str(init))
     return train(data, contract, cfg, output, progress=progress, provenance={
-        "data": f"training.finetune.finetune_data(day={day_repr}, sizes={sizes}, seed={seed}, noise={noise!r})",
+        "data": f"training.finetune.finetune_data(day={noise_source!r}, sizes={sizes}, seed={seed}, noise={noise!r})",
         "init": {"path": init.name, "sha256": base.sha256},
         "command": command or f"python -m quakemon.training.finetune {source} --epochs {epochs}"})
 

@@ -489,3 +489,21 @@ def test_the_cli_names_a_noise_file_it_cannot_use_before_building_anything_else(
         err = capsys.readouterr().err
         assert message in err and str(path) in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_provenance_names_the_noise_as_the_command_line_gives_it(monkeypatch, tmp_path):
+    """The checkpoint's provenance holds the command that rebuilds it: --day, --noise-file once per station."""
+    from quakemon.data.datasets import LabelledWaveforms
+    from quakemon.training import train
+
+    seen = []
+    monkeypatch.setattr(finetune, "finetune_data", lambda day, contract, base, sizes, seed, noise: LabelledWaveforms(
+        np.zeros((0, 3, 2000), np.float32), np.zeros(0, np.int64), ["noise", "earthquake"], []))
+    monkeypatch.setattr(train, "train", lambda data, contract, cfg, out, **kw: seen.append(kw["provenance"]))
+    cases = [("UV05", "day", "--day UV05"), ("UV05", "sprit", "--noise sprit --day UV05"),
+             (None, "sprit", "--noise sprit"), (Path("a.mseed"), "sprit", "--noise sprit --noise-file a.mseed"),
+             ([Path("a.mseed"), Path("b")], "day", "--noise-file a.mseed --noise-file b")]
+    for day, noise, args in cases:
+        finetune.finetune(day, tmp_path / "x.safetensors", noise=noise, epochs=1)
+        assert seen[-1]["command"] == f"python -m quakemon.training.finetune {args} --epochs 1"
+    assert "day=['a.mseed', 'b']" in seen[-1]["data"] and "day='UV05'" in seen[0]["data"]
