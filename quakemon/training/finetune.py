@@ -210,18 +210,22 @@ MIN_NOISE_FILE_S = 3600.0
 
 
 def station_noise(path: str | Path, sampling_rate: float):
-    """The vertical channel of one station's continuous MiniSEED (`path`: a file, or a folder read recursively) as
-    one Trace at `sampling_rate`: the longest gap-free stretch, resampled with `resample_poly` as the daemon
-    resamples (float64). Raises QuakemonError for a path that holds no readable MiniSEED, no vertical channel,
-    more than one vertical channel, or less than `MIN_NOISE_FILE_S` of gap-free data."""
+    """The vertical channel of one station's continuous MiniSEED (`path`: a file, or a folder read recursively as a
+    replay reads it, `ArchiveSource.files`) as one Trace at `sampling_rate`: the longest gap-free stretch, resampled
+    by a rational factor with `resample_poly` as the daemon resamples (float64). Raises QuakemonError for a path
+    that holds no readable MiniSEED, no vertical channel, more than one vertical channel, less than
+    `MIN_NOISE_FILE_S` of gap-free data, non-finite samples, or a rate with no rational ratio to `sampling_rate`."""
     from obspy import Stream, read
 
     from quakemon.data.sprit_noise import resample
+    from quakemon.ingest.archive import ArchiveSource
 
     path = Path(path)
-    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else []
-    if not files:
+    if not path.exists():
         raise QuakemonError(f"noise file {path}: no such file or folder")
+    files = ArchiveSource([path]).files()
+    if not files:
+        raise QuakemonError(f"noise file {path}: a folder without files")
     st = Stream()
     for f in files:
         try:

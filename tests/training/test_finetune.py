@@ -192,6 +192,7 @@ def test_station_noise_takes_the_vertical_channel_of_one_station_at_the_models_r
     folder.mkdir()
     first = _station_file(folder / "day1.mseed", 2400)  # 50 Hz, three components; the files join without a gap
     _station_file(folder / "day2.mseed", 2400, start=T0 + 2400, seed=1)
+    (folder / ".DS_Store").write_bytes(b"\0\1")  # hidden files are skipped, as a replay skips them
     tr = finetune.station_noise(folder, 100.0)
     assert tr.id == "XX.ABC..HHZ" and tr.stats.sampling_rate == 100.0 and tr.data.dtype == np.float64
     assert abs(tr.stats.npts - 4800 * 100) <= 2 and tr.stats.starttime == T0
@@ -206,26 +207,27 @@ def test_station_noise_refuses_what_it_cannot_learn_a_stations_noise_from(tmp_pa
 
     from quakemon.base.errors import QuakemonError
 
-    cases = {}
-    cases["missing"] = tmp_path / "missing.mseed"
+    cases = [("no such file", tmp_path / "missing.mseed")]
+    (tmp_path / "empty").mkdir()
+    cases.append(("a folder without files", tmp_path / "empty"))
     (tmp_path / "text.mseed").write_text("not MiniSEED\n")
-    cases["not readable as MiniSEED"] = tmp_path / "text.mseed"
+    cases.append(("not readable as MiniSEED", tmp_path / "text.mseed"))
     _station_file(tmp_path / "horizontal.mseed", 3700, channels=("HHN", "HHE"))
-    cases["no vertical channel"] = tmp_path / "horizontal.mseed"
+    cases.append(("no vertical channel", tmp_path / "horizontal.mseed"))
     two = tmp_path / "two"
     two.mkdir()
     _station_file(two / "a.mseed", 3700, channels=("HHZ",))
     _station_file(two / "b.mseed", 3700, station="DEF", channels=("HHZ",))
-    cases["2 vertical channels"] = two
+    cases.append(("2 vertical channels", two))
     _station_file(tmp_path / "short.mseed", 1800)
-    cases["longest gap-free stretch"] = tmp_path / "short.mseed"
+    cases.append(("longest gap-free stretch", tmp_path / "short.mseed"))
     gaps = tmp_path / "gaps"  # 2 x 40 min with a 10 min gap: more than an hour, but no hour without a gap
     gaps.mkdir()
     _station_file(gaps / "a.mseed", 2400, channels=("HHZ",))
     _station_file(gaps / "b.mseed", 2400, channels=("HHZ",), start=T0 + 3000)
-    cases["longest gap-free stretch "] = gaps
-    for message, path in cases.items():
-        with pytest.raises(QuakemonError, match=message.strip() if message != "missing" else "no such file"):
+    cases.append(("longest gap-free stretch", gaps))
+    for message, path in cases:
+        with pytest.raises(QuakemonError, match=message):
             finetune.station_noise(path, 100.0)
 
 
