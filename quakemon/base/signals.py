@@ -1,12 +1,18 @@
 """Signal handling in one place: SIGINT/SIGTERM only record a stop request, loops poll the flag and stop cleanly.
 
-Handlers never do work (no logging, no I/O, no exceptions): they set an Event, as gunicorn's arbiter and
+Handlers never do work (no logging, no I/O, no exceptions): they have an Event set, as gunicorn's arbiter and
 uvicorn's server do, and the owning loop notices the flag within its poll interval. Handlers can be
 installed from the main thread only (Python's rule); elsewhere the install functions do nothing.
+
+A handler never calls `Event.set()` itself. Python runs a handler in the main thread between two bytecodes,
+which may be while that thread holds the lock inside the same Event (in its `wait()`, `clear()` or `set()`);
+`set()` would then wait for that lock for ever, and so would the process, deaf to every later signal but
+SIGKILL. Handlers hand the Event to a relay thread instead (`_SignalRelay`), which sets it at once.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
@@ -44,13 +50,53 @@ class StopFlag(threading.Event):
         return super().is_set()
 
 
+class _SignalRelay:
+    """Sets, on a thread of its own, the Events that signal handlers hand it (`post`).
+
+    `post` takes no lock: it appends to a deque (atomic under the GIL) and writes a byte to a non-blocking pipe
+    that wakes the thread. A full pipe means the thread has bytes to read, so it will drain the deque anyway.
+    In a child forked from this process the thread does not exist; there `post` sets the Event directly.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.pending: collections.deque[threading.Event] = collections.deque()
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)
+        threading.Thread(target=self._run, name="signal-relay", daemon=True).start()
+
+    def post(self, event: threading.Event) -> None:
+        if os.getpid() != self.pid:
+            event.set()
+            return
+        self.pending.append(event)
+        try:
+            os.write(self.write_fd, b"\0")
+        except BlockingIOError:
+            pass
+
+    def _run(self) -> None:
+        while True:
+            os.read(self.read_fd, 4096)
+            while self.pending:
+                self.pending.popleft().set()
+
+
+_relay: _SignalRelay | None = None
+
+
 def set_on_signals(event: threading.Event, signums: Sequence[int] = STOP_SIGNALS) -> dict[int, _Handler]:
-    """Make each of `signums` only set `event`; returns the handlers it replaced (empty off the main thread)."""
+    """Make each of `signums` only set `event` (through the relay thread, within milliseconds); returns the
+    handlers it replaced (empty off the main thread)."""
+    global _relay
     previous: dict[int, _Handler] = {}
     if threading.current_thread() is not threading.main_thread():
         return previous
+    if _relay is None or _relay.pid != os.getpid():  # (a forked child needs a relay thread of its own)
+        _relay = _SignalRelay()
+    relay = _relay
     for signum in signums:
-        previous[signum] = signal.signal(signum, lambda *_: event.set())
+        previous[signum] = signal.signal(signum, lambda *_: relay.post(event))
     return previous
 
 
