@@ -1,7 +1,7 @@
 """Signal handling in one place: SIGINT/SIGTERM only record a stop request, loops poll the flag and stop cleanly.
 
-Handlers never do work (no logging, no I/O, no exceptions): they have an Event set, as gunicorn's arbiter and
-uvicorn's server do, and the owning loop notices the flag within its poll interval. Handlers can be
+Handlers never do work (no logging, no exceptions, no lock taken): they have an Event set, as gunicorn's
+arbiter and uvicorn's server do, and the owning loop notices the flag within its poll interval. Handlers can be
 installed from the main thread only (Python's rule); elsewhere the install functions do nothing.
 
 A handler never calls `Event.set()` itself. Python runs a handler in the main thread between two bytecodes,
@@ -55,7 +55,8 @@ class _SignalRelay:
 
     `post` takes no lock: it appends to a deque (atomic under the GIL) and writes a byte to a non-blocking pipe
     that wakes the thread. A full pipe means the thread has bytes to read, so it will drain the deque anyway.
-    In a child forked from this process the thread does not exist; there `post` sets the Event directly.
+    A child forked from this process has no relay thread: there `post` sets the Event directly (the old hazard)
+    until the child installs handlers of its own, which start its own relay.
     """
 
     def __init__(self) -> None:
