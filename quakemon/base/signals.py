@@ -55,8 +55,8 @@ class _SignalRelay:
 
     `post` takes no lock: it appends to a deque (atomic under the GIL) and writes a byte to a non-blocking pipe
     that wakes the thread. A full pipe means the thread has bytes to read, so it will drain the deque anyway.
-    A child forked from this process has no relay thread: there `post` sets the Event directly (the old hazard)
-    until the child installs handlers of its own, which start its own relay.
+    A child forked from this process has no relay thread: there `post` sets the Event directly (with the hazard
+    above) until the child installs handlers of its own, which start its own relay.
     """
 
     def __init__(self) -> None:

@@ -251,12 +251,11 @@ def station_noise(path: str | Path, sampling_rate: float):
     x = np.asarray(tr.data, dtype=np.float64)
     if not np.all(np.isfinite(x)):
         raise QuakemonError(f"noise file {path}: {ids[0]} holds non-finite samples")
-    x = resample(x, tr.stats.sampling_rate, sampling_rate)  # QuakemonError for a rate with no rational ratio
-    out = tr.copy()
-    out.data, out.stats.sampling_rate = x, float(sampling_rate)
     log.info("finetune_noise_file", path=str(path), id=tr.id, start=str(tr.stats.starttime),
              hours=round(seconds / 3600.0, 2), rate_hz=tr.stats.sampling_rate)
-    return out
+    tr.data = resample(x, tr.stats.sampling_rate, sampling_rate)  # QuakemonError for a rate with no rational ratio
+    tr.stats.sampling_rate = float(sampling_rate)
+    return tr
 
 
 def _noise_source(day: str | Path, contract: InputContract, base_ckpt):

@@ -7,8 +7,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 from obspy import Stream, Trace, UTCDateTime
 
+from quakemon.base.errors import QuakemonError
 from quakemon.data import noise_days
 from quakemon.models.contract import InputContract
 from quakemon.training import continuous, finetune
@@ -64,8 +66,6 @@ def test_training_warns_when_the_model_would_skip_vertical_only_stations():
 
 def test_multisite_parts_come_from_the_training_sites_only_and_keep_events_out_of_the_noise(tmp_path):
     import zipfile
-
-    import pytest
 
     from quakemon.data import sprit_noise
     from quakemon.training import multisite
@@ -150,8 +150,6 @@ def test_sprit_noise_with_a_day_adds_that_days_noise_but_not_its_events(monkeypa
 
 
 def test_the_cli_wants_a_day_for_day_noise_and_passes_sprit_with_or_without_one(monkeypatch):
-    import pytest
-
     with pytest.raises(SystemExit) as exc:
         finetune.main(["--output", "x"])
     assert exc.value.code == 2
@@ -203,10 +201,6 @@ def test_station_noise_takes_the_vertical_channel_of_one_station_at_the_models_r
 
 
 def test_station_noise_refuses_what_it_cannot_learn_a_stations_noise_from(tmp_path):
-    import pytest
-
-    from quakemon.base.errors import QuakemonError
-
     cases = [("no such file", tmp_path / "missing.mseed")]
     (tmp_path / "empty").mkdir()
     cases.append(("a folder without files", tmp_path / "empty"))
@@ -271,8 +265,6 @@ def test_day_parts_mines_a_station_file_with_the_starting_models_probabilities_o
 
 
 def test_the_cli_refuses_an_unknown_or_malformed_size():
-    import pytest
-
     for size in ("bogus=3", "distant=x", "distant"):
         with pytest.raises(SystemExit) as exc:
             finetune.main(["--noise", "sprit", "--output", "x", "--size", size])
@@ -280,8 +272,6 @@ def test_the_cli_refuses_an_unknown_or_malformed_size():
 
 
 def test_a_band_passed_contract_keeps_the_input_shape_and_takes_its_scale_from_the_band():
-    import pytest
-
     from quakemon.base.errors import ContractError
     from quakemon.pipeline.transforms import preprocess_arrays
 
@@ -408,8 +398,6 @@ def test_tremor_bursts_add_a_symmetric_low_frequency_burst_to_copies_of_real_noi
 
 
 def test_the_bundle_chains_its_fine_tuning_stages_and_moves_the_last_to_the_output(monkeypatch, tmp_path):
-    import pytest
-
     from quakemon.training import bundle
 
     calls = []
@@ -474,8 +462,6 @@ def test_low_rate_copies_keep_their_labels_and_lose_everything_above_a_few_hertz
 
 
 def test_the_cli_names_a_noise_file_it_cannot_use_before_building_anything_else(monkeypatch, tmp_path, capsys):
-    import pytest
-
     from quakemon.training import bundle, multisite
 
     def never(*args, **kwargs):
